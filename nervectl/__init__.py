@@ -1,0 +1,1 @@
+"""nervectl: the operator client of nerved."""

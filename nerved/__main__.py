@@ -1,0 +1,5 @@
+import sys
+
+from nerved.cli import main
+
+sys.exit(main())

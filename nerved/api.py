@@ -1,0 +1,113 @@
+"""The names user code imports from ``nerved`` (SPEC §4), typed for editors and mypy.
+
+Nothing here touches the daemon's internals: workers build these objects and hand them to
+user functions. Events and prompts are plain JSON values so that they can be stored in
+logs.db exactly as the role returned them and replayed after a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypedDict
+
+from nerved.store import LogEntry
+
+JsonValue = Any
+"""A value ``json.dumps`` accepts: dict, list, str, int, float, bool or None."""
+
+CommandEvent = dict[str, Any]
+"""An event in a thread: a JSON object with a string ``type``.
+
+The first event of every thread is ``{"type": "thread_start", "payload": <trigger payload>}``.
+"""
+
+
+class ModerateResult(TypedDict):
+    """The moderator's answer: which role speaks next, and what it is told."""
+
+    role: str
+    prompt: JsonValue
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadState:
+    """What the moderator sees: the run and every event so far, oldest first."""
+
+    run_id: str
+    workflow: str
+    events: Sequence[CommandEvent]
+
+
+class WorkflowContext:
+    """Handed to each role call: who is running, and a way to write to the run's log."""
+
+    __slots__ = ("_log", "run_id", "workflow")
+
+    def __init__(self, run_id: str, workflow: str, log: Callable[[str], None]) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self._log = log
+
+    def log(self, message: str) -> None:
+        """Append a ``log`` entry to this run (``nervectl workflow inspect`` shows it)."""
+        self._log(str(message))
+
+
+class LogQuery(Protocol):
+    def query(
+        self,
+        *,
+        source: str | None = None,
+        type: str | None = None,
+        ref_id: str | None = None,
+        since: int | None = None,
+        limit: int | None = 100,
+    ) -> list[LogEntry]: ...
+
+
+class SenseContext:
+    """Handed to each compute: the sense's name, a log line, and read-only logs.db."""
+
+    __slots__ = ("_log", "logs", "sense")
+
+    def __init__(self, sense: str, log: Callable[[str], None], logs: LogQuery) -> None:
+        self.sense = sense
+        self.logs = logs
+        self._log = log
+
+    def log(self, message: str) -> None:
+        """Append a ``log`` entry for this sense (``nervectl logs --source sense``)."""
+        self._log(str(message))
+
+
+RoleFn = Callable[[JsonValue, WorkflowContext], CommandEvent | Awaitable[CommandEvent]]
+"""A role: sync or async, side effects allowed; returns the next event."""
+
+ModerateFn = Callable[[ThreadState, CommandEvent], ModerateResult | None]
+"""The moderator: pure, no I/O. Returns the next role and prompt, or None when done."""
+
+ComputeFn = Callable[[SenseContext], JsonValue | Awaitable[JsonValue]]
+"""A sense: sync or async; returns the signal's payload, or None for no signal."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowDefinition:
+    """What a workflow package exports as ``workflow``."""
+
+    roles: Mapping[str, RoleFn]
+    moderate: ModerateFn
+    description: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.roles, Mapping) or not self.roles:
+            raise TypeError(
+                "WorkflowDefinition.roles must be a non-empty mapping of name -> function"
+            )
+        for name, role in self.roles.items():
+            if not isinstance(name, str) or not callable(role):
+                raise TypeError(f"role {name!r} must be a function (prompt, ctx) -> event")
+        if not callable(self.moderate):
+            raise TypeError(
+                "WorkflowDefinition.moderate must be a function (thread, event) -> next"
+            )

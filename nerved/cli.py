@@ -1,0 +1,55 @@
+"""``nerved``: the daemon's command line (SPEC §7)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from nerved import _version, check, logs
+from nerved.daemon import Daemon, Options
+from nerved.paths import resolve_root, resolve_socket, resolve_state_dir
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nerved",
+        description="nerve daemon: senses, reflexes and durable workflow threads.",
+    )
+    parser.add_argument("--version", action="version", version=f"nerved {_version.__version__}")
+    parser.add_argument("--root", help="the nerve root (default: $NERVE_ROOT, /etc/nerve as root)")
+    parser.add_argument("--state-dir", help="where logs.db lives (default: $STATE_DIRECTORY)")
+    parser.add_argument("--socket", help="the control socket (default: $NERVE_SOCKET)")
+    parser.add_argument("--log-level", default="info", choices=logs.LEVELS)
+    parser.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
+    parser.add_argument("--daemon", action="store_true", help="detach (for hosts without systemd)")
+    parser.add_argument("--pidfile", help="with --daemon: the pid file to write and lock")
+    parser.add_argument("command", nargs="?", choices=["run", "check"], default="run",
+                        help="run the daemon (default) or check the root and exit")  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    root = resolve_root(args.root)
+    if args.command == "check":
+        logs.setup("warning")
+        return check.run(root)
+    if args.pidfile and not args.daemon:
+        _parser().error("--pidfile needs --daemon")
+    logs.setup(args.log_level)
+    options = Options(
+        root=root,
+        state_dir=resolve_state_dir(args.state_dir),
+        socket=resolve_socket(args.socket),
+        watch=not args.no_watch,
+    )
+    if args.daemon:
+        from nerved import detach  # python-daemon is only imported when used
+
+        return detach.run(options, args.pidfile, args.log_level)
+    return Daemon(options).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The control methods, one module each (as in circus): its docstring is its help.
+
+Each module defines ``NAME`` (the JSON-RPC method), ``PARAMS`` (the params it accepts),
+``MUTATES`` (refused with -32002 once the daemon is shutting down) and
+``run(daemon, params)``, which returns the result, raises ``RpcError``, or returns a
+``Pending`` that the daemon resolves later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from nerved.control.commands import (
+    logs_query,
+    reload,
+    sense_list,
+    sense_trigger,
+    status,
+)
+from nerved.control.rpc import Params
+
+if TYPE_CHECKING:
+    from nerved.daemon import Daemon
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    params: frozenset[str]
+    mutates: bool
+    run: Callable[[Daemon, Params], Any]
+    help: str
+
+
+def _command(module: ModuleType) -> Command:
+    return Command(
+        name=module.NAME,
+        params=frozenset(module.PARAMS),
+        mutates=module.MUTATES,
+        run=module.run,
+        help=(module.__doc__ or "").strip(),
+    )
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in map(
+        _command,
+        (status, sense_list, sense_trigger, logs_query, reload),
+    )
+}

@@ -1,0 +1,24 @@
+"""sense.trigger {sense}: compute a sense now (subject to its throttle).
+
+Result: ``{accepted: true}``; -32001 if there is no such sense.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from nerved.control.rpc import NOT_FOUND, Params, RpcError
+
+if TYPE_CHECKING:
+    from nerved.daemon import Daemon
+
+NAME = "sense.trigger"
+PARAMS = ("sense",)
+MUTATES = True
+
+
+def run(daemon: Daemon, params: Params) -> Any:
+    sense = params.string("sense", required=True)
+    if not daemon.senses.trigger(sense):
+        raise RpcError(NOT_FOUND, f"no sense named {sense!r}")
+    return {"accepted": True}

@@ -1,0 +1,112 @@
+"""JSON-RPC 2.0 vocabulary of the control socket (SPEC §6): error codes, errors, params."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
+
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+NOT_FOUND: Final = -32001
+SHUTTING_DOWN: Final = -32002
+PERMISSION_DENIED: Final = -32003
+
+MAX_LINE: Final = 1024 * 1024
+
+T = TypeVar("T")
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_wire(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+def bad_params(message: str) -> RpcError:
+    return RpcError(INVALID_PARAMS, message)
+
+
+class Params:
+    """Typed access to a request's params; every mistake becomes -32602 naming the param."""
+
+    def __init__(self, raw: Mapping[str, Any], allowed: frozenset[str]) -> None:
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            allowed_list = ", ".join(sorted(allowed)) or "none"
+            raise bad_params(f"unknown param {unknown[0]!r} (allowed: {allowed_list})")
+        self._raw = raw
+
+    def _get(self, name: str, kind: type[T] | tuple[type, ...], what: str, required: bool) -> Any:
+        if name not in self._raw or self._raw[name] is None:
+            if required:
+                raise bad_params(f"param {name!r} is required")
+            return None
+        value = self._raw[name]
+        if isinstance(value, bool) and kind is not bool:
+            raise bad_params(f"param {name!r} must be {what}, not a boolean")
+        if not isinstance(value, kind):
+            raise bad_params(f"param {name!r} must be {what}")
+        return value
+
+    def string(self, name: str, *, required: bool = False) -> Any:
+        value = self._get(name, str, "a string", required)
+        if value is not None and not value:
+            raise bad_params(f"param {name!r} must not be empty")
+        return value
+
+    def integer(self, name: str, *, required: bool = False, minimum: int = 0) -> Any:
+        value = self._get(name, int, "an integer", required)
+        if value is not None and value < minimum:
+            raise bad_params(f"param {name!r} must be at least {minimum}")
+        return value
+
+    def number(self, name: str, *, required: bool = False, minimum: float = 0) -> Any:
+        value = self._get(name, (int, float), "a number", required)
+        if value is not None and value < minimum:
+            raise bad_params(f"param {name!r} must be at least {minimum}")
+        return value
+
+    def flag(self, name: str) -> bool:
+        return bool(self._get(name, bool, "true or false", False))
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        return self._raw.get(name, default)
+
+    def has(self, name: str) -> bool:
+        return name in self._raw
+
+
+class Pending:
+    """A result that is not known yet (``workflow.wait``, a trigger awaiting its commit)."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Any, RpcError | None], None]] = []
+        self.done = False
+
+    def on_done(self, callback: Callable[[Any, RpcError | None], None]) -> None:
+        self._callbacks.append(callback)
+
+    def resolve(self, result: Any) -> None:
+        self._finish(result, None)
+
+    def reject(self, error: RpcError) -> None:
+        self._finish(None, error)
+
+    def _finish(self, result: Any, error: RpcError | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        for callback in self._callbacks:
+            callback(result, error)
+        self._callbacks.clear()

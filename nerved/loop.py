@@ -1,0 +1,156 @@
+"""The master's event loop: one selector, timers, and signals turned into readable bytes.
+
+The master is single-threaded on purpose: it forks, and a fork copies only the calling
+thread, so any other thread's locks would be left held in the child. Everything the master
+waits for (the signal wakeup fd, the control socket and its clients, the workers' channels,
+inotify) is a file descriptor in one selector; everything it waits *until* is a timer.
+
+Signals follow CPython's ``asyncio.unix_events``: ``signal.set_wakeup_fd`` makes the C-level
+handler write the signal number to a socket, and the Python-level handler does nothing at
+all. The loop reads the numbers and calls the registered handler between two selects, where
+it is safe to do anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+READ: Final = selectors.EVENT_READ
+WRITE: Final = selectors.EVENT_WRITE
+
+FdCallback = Callable[[int], None]  # receives the ready mask
+
+
+def _record_only(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: the wakeup fd already recorded the signal."""
+
+
+class Timer:
+    """A one-shot callback at a monotonic deadline; cancel() makes it a no-op."""
+
+    __slots__ = ("callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._signal_handlers: dict[int, Callable[[int], None]] = {}
+        self._end_of_turn: list[Callable[[], None]] = []
+        self._stopping = False
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self._wakeup_r.setblocking(False)
+        self._wakeup_w.setblocking(False)
+        self.add_reader(self._wakeup_r.fileno(), self._read_signals)
+
+    # -- file descriptors ---------------------------------------------------------------
+
+    def add_reader(self, fd: int, callback: FdCallback) -> None:
+        self._selector.register(fd, READ, callback)
+
+    def set_events(self, fd: int, events: int) -> None:
+        """Change what an fd is watched for (READ, WRITE or both) without re-registering."""
+        key = self._selector.get_key(fd)
+        if key.events != events:
+            self._selector.modify(fd, events, key.data)
+
+    def remove(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
+
+    # -- timers -------------------------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, (timer.deadline, next(self._seq), timer))
+        return timer
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
+        return self.call_later(deadline - time.monotonic(), callback)
+
+    # -- signals ------------------------------------------------------------------------
+
+    def add_signal_handler(self, signum: int, handler: Callable[[int], None]) -> None:
+        self._signal_handlers[signum] = handler
+        signal.signal(signum, _record_only)
+        signal.siginterrupt(signum, False)
+
+    def install_signal_wakeup(self) -> None:
+        signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+
+    def _read_signals(self, _mask: int) -> None:
+        try:
+            data = self._wakeup_r.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        # A burst of one signal is one event: SIGCHLD reaps every child anyway, and a
+        # second SIGTERM while stopping means nothing more than the first.
+        for signum in dict.fromkeys(data):
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                handler(signum)
+
+    # -- running ------------------------------------------------------------------------
+
+    def at_end_of_turn(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after every turn: where the store commits its batch."""
+        self._end_of_turn.append(callback)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _next_timeout(self, max_wait: float) -> float:
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return max_wait
+        return min(max_wait, max(0.0, self._timers[0][0] - time.monotonic()))
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+
+    def run_once(self, max_wait: float = 1.0) -> None:
+        for key, mask in self._selector.select(self._next_timeout(max_wait)):
+            key.data(mask)
+        self._run_due_timers()
+        for callback in self._end_of_turn:
+            callback()
+
+    def run(self) -> None:
+        self._stopping = False
+        while not self._stopping:
+            self.run_once()
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for signum in self._signal_handlers:
+            signal.signal(signum, signal.SIG_DFL)
+        self._selector.close()
+        self._wakeup_r.close()
+        self._wakeup_w.close()

@@ -1,0 +1,163 @@
+"""The sense-group worker: the child process that imports a group's senses and computes them.
+
+Protocol (master -> worker):
+    {"t": "compute", "id": N, "sense": NAME}
+    {"t": "cancel", "id": N}        the master gave up on compute N (timeout)
+    {"t": "stop"}                   finish what runs, then exit
+Worker -> master:
+    {"t": "loaded", "sense": NAME, "error": null | "why it did not import"}
+    {"t": "ready"}
+    {"t": "result", "id": N, "payload": JSON | null}   null: no signal
+    {"t": "error", "id": N, "error": "..."}
+    {"t": "cancelled", "id": N}
+    {"t": "log", "sense": NAME, "message": "..."}
+    {"t": "query", "call": N, source/type/refId/since/limit}   ctx.logs.query
+Master -> worker, answering a query:
+    {"t": "reply", "call": N, "entries": [...]} or {"t": "reply", "call": N, "error": "..."}
+
+The master owns the timeouts. An async compute that is cancelled answers ``cancelled``; a
+sync compute cannot be interrupted, so the worker stays silent and the master kills it once
+the sense's grace period is over. Sync computes run in threads so that the worker keeps
+reading its channel (and can cancel its async computes) while they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+from nerved import logs
+from nerved.api import ComputeFn, SenseContext
+from nerved.channel import Message
+from nerved.port import Port
+from nerved.store import LogEntry
+from nerved.usercode import UserCodeError, describe, load_sense
+
+log = logging.getLogger(__name__)
+
+
+class RemoteLogs:
+    """``ctx.logs``: queries answered by the master, the only process that opens logs.db."""
+
+    def __init__(self, port: Port) -> None:
+        self._port = port
+
+    def query(
+        self,
+        *,
+        source: str | None = None,
+        type: str | None = None,
+        ref_id: str | None = None,
+        since: int | None = None,
+        limit: int | None = 100,
+    ) -> list[LogEntry]:
+        filters = {"source": source, "type": type, "refId": ref_id, "since": since, "limit": limit}
+        reply = self._port.call({"t": "query", **filters})
+        if reply.get("error"):
+            raise ValueError(str(reply["error"]))
+        return [
+            LogEntry(e["id"], e["source"], e["type"], e["refId"], e["payload"], e["ts"])
+            for e in reply["entries"]
+        ]
+
+
+class SenseGroupWorker:
+    def __init__(self, sock: socket.socket, root: Path, group: str, senses: list[str]):
+        self.root = root
+        self.group = group
+        self.sense_names = senses
+        self.computes: dict[str, ComputeFn] = {}
+        self.load_errors: dict[str, str] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.stopping = False
+        self.loop = asyncio.new_event_loop()
+        self.port = Port(sock, self.loop, self.on_message)
+        self.logs = RemoteLogs(self.port)
+        self.done = asyncio.Event()
+
+    def load(self) -> None:
+        for name in self.sense_names:
+            error: str | None = None
+            try:
+                self.computes[name] = load_sense(self.root, name)
+            except UserCodeError as exc:
+                error = str(exc)
+                self.load_errors[name] = error
+            self.port.post({"t": "loaded", "sense": name, "error": error})
+        self.port.post({"t": "ready"})
+
+    def on_message(self, message: Message) -> None:
+        kind = message.get("t")
+        if kind == "compute":
+            compute_id = int(message["id"])
+            task = self.loop.create_task(self.compute(compute_id, str(message["sense"])))
+            self.tasks[compute_id] = task
+            task.add_done_callback(functools.partial(self._finished, compute_id))
+        elif kind == "cancel":
+            running = self.tasks.get(int(message["id"]))
+            if running is not None:
+                running.cancel()
+        elif kind == "stop":
+            self.stopping = True
+            self._maybe_done()
+
+    def _finished(self, compute_id: int, _task: object = None) -> None:
+        self.tasks.pop(compute_id, None)
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self.stopping and not self.tasks:
+            self.done.set()
+
+    async def compute(self, compute_id: int, sense: str) -> None:
+        fn = self.computes.get(sense)
+        if fn is None:
+            why = self.load_errors.get(sense, f"sense {sense!r} is not in group {self.group!r}")
+            self.port.post({"t": "error", "id": compute_id, "error": why})
+            return
+
+        def log_line(text: str) -> None:
+            self.port.post({"t": "log", "sense": sense, "message": text})
+
+        ctx = SenseContext(sense, log_line, self.logs)
+        try:
+            if inspect.iscoroutinefunction(fn):
+                result: Any = await fn(ctx)
+            else:
+                result = await self.loop.run_in_executor(None, fn, ctx)
+                if inspect.isawaitable(result):
+                    result = await result
+        except asyncio.CancelledError:
+            self.port.post({"t": "cancelled", "id": compute_id})
+            return
+        except Exception as exc:
+            self.port.post({"t": "error", "id": compute_id, "error": describe(exc)})
+            return
+        try:
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            self.port.post({"t": "error", "id": compute_id, "error": f"result is not JSON: {exc}"})
+            return
+        self.port.post({"t": "result", "id": compute_id, "payload": result})
+
+    async def serve(self) -> None:
+        self.load()
+        closed = asyncio.ensure_future(self.port.closed.wait())
+        done = asyncio.ensure_future(self.done.wait())
+        await asyncio.wait({closed, done}, return_when=asyncio.FIRST_COMPLETED)
+
+
+def run(sock: socket.socket, root: Path, group: str, senses: list[str]) -> int:
+    logs.relabel(f"sense:{group}")
+    worker = SenseGroupWorker(sock, root, group, senses)
+    asyncio.set_event_loop(worker.loop)
+    worker.loop.run_until_complete(worker.serve())
+    worker.port.finish()
+    # Threads still running a sync compute are abandoned: the process ends here.
+    return 0

@@ -1,0 +1,381 @@
+"""The master's side of the signal loop: sense groups, their workers, and when to compute.
+
+Each group of senses has one long-lived worker. A sense is computed when something
+triggers it (an interval, a signal of another sense, ``nervectl sense trigger``); triggers
+coalesce: while a compute runs, or inside the sense's ``throttle`` window, any number of
+triggers make one trailing compute. The master owns each compute's timeout: past it, the
+compute is abandoned and logged as an error, and a worker that does not come back from it
+within the sense's ``gracePeriod`` is killed and respawned, with backoff if it keeps dying.
+
+The signal loop is lossy on purpose: a compute lost to a dying worker is logged, not retried.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nerved import sense_worker
+from nerved.channel import Message
+from nerved.config import NerveConfig, SenseConfig
+from nerved.loop import Loop, Timer
+from nerved.store import Store, now_ms
+from nerved.usercode import fingerprint
+from nerved.workers import Worker, Workers
+
+log = logging.getLogger(__name__)
+
+SignalHandler = Callable[[str, Any], None]
+
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 30.0  # a worker that lived this long resets its group's failure count
+
+
+@dataclass(eq=False)
+class SenseState:
+    config: SenseConfig
+    computes: int = 0
+    errors: int = 0
+    last_compute_at: int | None = None
+    last_signal_at: int | None = None
+    last_error: str | None = None
+    running: int | None = None  # id of the compute in flight
+    pending: bool = False  # triggered since the last compute started
+    last_start: float = float("-inf")
+    timer: Timer | None = None  # the throttle's trailing compute
+    deadline: Timer | None = None  # the running compute's timeout
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "group": self.config.group,
+            "computes": self.computes,
+            "errors": self.errors,
+            "lastComputeAt": self.last_compute_at,
+            "lastSignalAt": self.last_signal_at,
+            "lastError": self.last_error,
+            "running": self.running is not None,
+        }
+
+
+@dataclass(eq=False)
+class Group:
+    name: str
+    senses: tuple[str, ...]
+    code: str  # fingerprint of the member packages, to tell a reload what changed
+    worker: Worker | None = None
+    ready: bool = False
+    inflight: dict[int, str] = field(default_factory=dict)  # compute id -> sense
+    abandoned: set[int] = field(default_factory=set)
+    grace: Timer | None = None
+    failures: int = 0
+    respawn: Timer | None = None
+    retired: bool = False  # removed or replaced by a reload: never respawned
+
+
+class SenseManager:
+    def __init__(
+        self, loop: Loop, workers: Workers, store: Store, root: Path, on_signal: SignalHandler
+    ) -> None:
+        self.loop = loop
+        self.workers = workers
+        self.store = store
+        self.root = root
+        self.on_signal = on_signal
+        self.senses: dict[str, SenseState] = {}
+        self.groups: dict[str, Group] = {}
+        self._ids = itertools.count(1)
+        self.stopping = False
+
+    # -- configuration ------------------------------------------------------------------
+
+    def _fingerprint(self, senses: tuple[str, ...]) -> str:
+        return "|".join(f"{name}:{fingerprint(self.root / 'senses' / name)}" for name in senses)
+
+    def apply(self, config: NerveConfig) -> list[str]:
+        """Start, keep, replace or stop groups to match ``config``; returns what changed."""
+        changed: list[str] = []
+        wanted = {name: tuple(s.name for s in members) for name, members in config.groups().items()}
+        for name, group in list(self.groups.items()):
+            members = wanted.get(name)
+            if (
+                members is None
+                or members != group.senses
+                or self._fingerprint(members) != group.code
+            ):
+                self._retire(group)
+                del self.groups[name]
+                changed.append(f"group {name}")
+        for name in [n for n in self.senses if n not in config.senses]:
+            self._cancel_timers(self.senses.pop(name))
+            changed.append(f"sense {name} removed")
+        for name, sense_config in config.senses.items():
+            state = self.senses.get(name)
+            if state is None:
+                self.senses[name] = SenseState(sense_config)
+                changed.append(f"sense {name} added")
+            elif state.config != sense_config:
+                state.config = sense_config
+                changed.append(f"sense {name}")
+        for name, members in wanted.items():
+            if name not in self.groups:
+                group = Group(name, members, self._fingerprint(members))
+                self.groups[name] = group
+                self._spawn(group)
+        return changed
+
+    # -- workers ------------------------------------------------------------------------
+
+    def _spawn(self, group: Group) -> None:
+        group.respawn = None
+        root, name, members = self.root, group.name, list(group.senses)
+
+        def child_main(sock: socket.socket) -> int:
+            return sense_worker.run(sock, root, name, members)
+
+        def on_message(worker: Worker, message: Message) -> None:
+            self._on_message(group, worker, message)
+
+        def on_gone(worker: Worker, why: str) -> None:
+            self._on_gone(group, worker, why)
+
+        group.ready = False
+        group.worker = self.workers.spawn("sense", name, child_main, on_message, on_gone)
+
+    def _grace_of(self, group: Group) -> float:
+        """The longest grace period among the group's senses, in seconds."""
+        periods = [self.senses[s].config.grace_period_ms for s in group.senses if s in self.senses]
+        return max(periods, default=0) / 1000
+
+    def _retire(self, group: Group) -> None:
+        """Stop a group's worker gracefully: it finishes running computes, then exits."""
+        group.retired = True
+        if group.respawn is not None:
+            group.respawn.cancel()
+        worker = group.worker
+        if worker is None or not worker.alive:
+            return
+        worker.stopping = True
+        if worker.send({"t": "stop"}):
+            self.loop.call_later(self._grace_of(group), worker.kill)
+        else:
+            worker.kill()
+
+    def _on_message(self, group: Group, worker: Worker, message: Message) -> None:
+        if worker is not group.worker:
+            return
+        kind = message.get("t")
+        if kind == "result" or kind == "error":
+            self._on_result(group, int(message["id"]), message)
+        elif kind == "cancelled":
+            self._forget(group, int(message["id"]))
+        elif kind == "loaded":
+            sense, error = str(message.get("sense")), message.get("error")
+            if error:
+                log.error("sense %s: %s", sense, error)
+                self._record_error(sense, str(error), journal=False)
+        elif kind == "ready":
+            group.ready = True
+            log.info("sense group %s ready (pid %d)", group.name, worker.pid)
+            for name in group.senses:
+                state = self.senses.get(name)
+                if state is not None:
+                    self._schedule(state)
+        elif kind == "query":
+            worker.send(self._answer_query(message))
+        elif kind == "log":
+            sense = str(message.get("sense"))
+            self.store.append_log("sense", "log", sense, str(message.get("message")))
+        else:
+            log.warning("sense group %s sent an unknown message %r", group.name, kind)
+
+    def _answer_query(self, message: Message) -> Message:
+        """Serve ``ctx.logs.query`` for a worker: reads are the master's too."""
+        reply: Message = {"t": "reply", "call": message.get("call")}
+        filters = {k: message.get(k) for k in ("source", "type", "refId", "since", "limit")}
+        strings = [filters[k] for k in ("source", "type", "refId")]
+        numbers = [filters[k] for k in ("since", "limit")]
+        if not all(v is None or isinstance(v, str) for v in strings) or not all(
+            v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+            for v in numbers
+        ):
+            reply["error"] = "query filters: source, type, refId are strings; since, limit integers"
+            return reply
+        entries = self.store.query_logs(
+            source=filters["source"],
+            type=filters["type"],
+            ref_id=filters["refId"],
+            since=filters["since"],
+            limit=filters["limit"],
+        )
+        reply["entries"] = [entry.to_wire() for entry in entries]
+        return reply
+
+    def _on_gone(self, group: Group, worker: Worker, why: str) -> None:
+        if worker is not group.worker:
+            return
+        group.worker = None
+        group.ready = False
+        if group.grace is not None:
+            group.grace.cancel()
+            group.grace = None
+        lost = dict(group.inflight)
+        group.inflight.clear()
+        group.abandoned.clear()
+        for compute_id, sense in lost.items():
+            state = self.senses.get(sense)
+            if state is not None and state.running == compute_id:
+                self._end_compute(state)
+                self._record_error(sense, f"its worker died during the compute ({why})")
+        if group.retired or self.stopping:
+            log.info("sense group %s stopped (%s)", group.name, why)
+            return
+        lived = time.monotonic() - worker.started
+        group.failures = 1 if lived >= STABLE_AFTER else group.failures + 1
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (group.failures - 1))
+        log.warning(
+            "sense group %s worker pid %d died (%s); respawning in %.2fs",
+            group.name, worker.pid, why, delay,
+        )  # fmt: skip
+        group.respawn = self.loop.call_later(delay, lambda: self._spawn(group))
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def trigger(self, name: str) -> bool:
+        state = self.senses.get(name)
+        if state is None or self.stopping:
+            return False
+        state.pending = True
+        self._schedule(state)
+        return True
+
+    def _schedule(self, state: SenseState) -> None:
+        if state.running is not None or not state.pending or state.timer is not None:
+            return
+        wait = state.last_start + state.config.throttle_ms / 1000 - time.monotonic()
+        if wait > 0:
+            state.timer = self.loop.call_later(wait, lambda: self._throttle_over(state))
+            return
+        group = self.groups.get(state.config.group)
+        if group is None or not group.ready or group.worker is None:
+            return  # the group's "ready" reschedules it
+        compute_id = next(self._ids)
+        if not group.worker.send({"t": "compute", "id": compute_id, "sense": state.name}):
+            return
+        state.pending = False
+        state.running = compute_id
+        state.last_start = time.monotonic()
+        group.inflight[compute_id] = state.name
+        timeout = state.config.timeout_ms / 1000
+        state.deadline = self.loop.call_later(
+            timeout, lambda: self._timed_out(state, group, compute_id)
+        )
+
+    def _throttle_over(self, state: SenseState) -> None:
+        state.timer = None
+        if self.senses.get(state.name) is state:
+            self._schedule(state)
+
+    def _end_compute(self, state: SenseState) -> None:
+        state.running = None
+        state.computes += 1
+        state.last_compute_at = now_ms()
+        if state.deadline is not None:
+            state.deadline.cancel()
+            state.deadline = None
+
+    def _on_result(self, group: Group, compute_id: int, message: Message) -> None:
+        sense = group.inflight.pop(compute_id, None)
+        if compute_id in group.abandoned:
+            self._forget(group, compute_id)
+            return
+        state = self.senses.get(sense) if sense else None
+        if state is None or state.running != compute_id:
+            return
+        self._end_compute(state)
+        if message["t"] == "error":
+            self._record_error(state.name, str(message.get("error")))
+        else:
+            state.last_error = None
+            payload = message.get("payload")
+            if payload is not None:
+                state.last_signal_at = now_ms()
+                self.store.append_log("sense", "signal", state.name, payload)
+                self.on_signal(state.name, payload)
+        self._schedule(state)
+
+    def _timed_out(self, state: SenseState, group: Group, compute_id: int) -> None:
+        if state.running != compute_id:
+            return
+        state.deadline = None
+        self._end_compute(state)
+        limit = state.config.timeout_ms / 1000
+        self._record_error(state.name, f"compute timed out after {limit:g}s and was abandoned")
+        group.abandoned.add(compute_id)
+        if group.worker is not None:
+            group.worker.send({"t": "cancel", "id": compute_id})
+            if group.grace is None:
+                worker = group.worker
+                grace = state.config.grace_period_ms / 1000
+                group.grace = self.loop.call_later(grace, lambda: self._grace_over(group, worker))
+        self._schedule(state)
+
+    def _grace_over(self, group: Group, worker: Worker) -> None:
+        group.grace = None
+        if group.worker is worker and group.abandoned:
+            log.warning(
+                "sense group %s did not come back from an abandoned compute; killing pid %d",
+                group.name, worker.pid,
+            )  # fmt: skip
+            worker.kill()
+
+    def _forget(self, group: Group, compute_id: int) -> None:
+        group.abandoned.discard(compute_id)
+        group.inflight.pop(compute_id, None)
+        if not group.abandoned and group.grace is not None:
+            group.grace.cancel()
+            group.grace = None
+
+    def _record_error(self, sense: str, error: str, *, journal: bool = True) -> None:
+        state = self.senses.get(sense)
+        if state is not None:
+            state.errors += 1
+            repeated = state.last_error == error
+            state.last_error = error
+            if journal and not repeated:
+                log.error("sense %s: %s", sense, error)
+        self.store.append_log("sense", "error", sense, error)
+
+    @staticmethod
+    def _cancel_timers(state: SenseState) -> None:
+        for timer in (state.timer, state.deadline):
+            if timer is not None:
+                timer.cancel()
+
+    # -- stopping -----------------------------------------------------------------------
+
+    def stop(self) -> float:
+        """Ask every group to finish and exit; returns the longest grace period (seconds)."""
+        self.stopping = True
+        for state in self.senses.values():
+            self._cancel_timers(state)
+        longest = max((self._grace_of(g) for g in self.groups.values()), default=0.0)
+        for group in self.groups.values():
+            self._retire(group)
+        return longest
+
+    # -- views --------------------------------------------------------------------------
+
+    def list(self) -> list[dict[str, Any]]:
+        return [state.to_wire() for state in self.senses.values()]

@@ -1,0 +1,518 @@
+"""logs.db: the one module that speaks SQL.
+
+Everything durable in nerve goes through here, so that another backend can replace SQLite
+by implementing the same narrow interface, ``Store``. Only the master opens logs.db: workers
+are forked from it, and SQLite state must never cross a fork (workers that read the logs
+ask the master over their channel).
+
+Writes are *batched*: each write joins the transaction that is open for the current turn
+of the master loop, and the loop calls :meth:`Store.commit` once at the end of the turn.
+Whoever needs to act only once a write is durable (acknowledging a trigger, telling a
+worker to go on) registers that action with :meth:`Store.after_commit`. That gives group
+commit for free: many workers' events share one fsync, and no acknowledgement ever runs
+ahead of its data.
+
+Run statuses change only through :class:`~nerved.states.Transition`s, applied as guarded
+``UPDATE ... WHERE status IN (...)`` statements together with the log entry that records
+them, in the same transaction (RFC-002 §6.2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from nerved.states import ACTIVE, RunStatus, Transition
+
+SCHEMA_VERSION: Final = 1
+MAX_QUERY_LIMIT: Final = 10_000
+
+_MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.
+    """
+    CREATE TABLE logs (
+        id      INTEGER PRIMARY KEY,
+        source  TEXT    NOT NULL,
+        type    TEXT    NOT NULL,
+        ref_id  TEXT,
+        payload TEXT,
+        ts      INTEGER NOT NULL
+    );
+    CREATE INDEX logs_ref_id      ON logs (ref_id, id);
+    CREATE INDEX logs_source_type ON logs (source, type, id);
+    CREATE INDEX logs_ts          ON logs (ts);
+
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE workflow_runs (
+        seq             INTEGER PRIMARY KEY,
+        run_id          TEXT    NOT NULL UNIQUE,
+        workflow        TEXT    NOT NULL,
+        status          TEXT    NOT NULL CHECK (status IN
+                          ('queued', 'started', 'completed', 'failed', 'crashed', 'dropped')),
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        trigger_payload TEXT,
+        steps           INTEGER NOT NULL DEFAULT 0,
+        error           TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        retry_of        TEXT
+    );
+    CREATE INDEX workflow_runs_status   ON workflow_runs (status, workflow, seq);
+    CREATE INDEX workflow_runs_workflow ON workflow_runs (workflow, seq);
+    CREATE INDEX workflow_runs_final    ON workflow_runs (updated_at)
+        WHERE status NOT IN ('queued', 'started');
+    """,
+)
+
+_RUN_COLUMNS: Final = (
+    "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
+    "attempts, retry_of, seq"
+)
+
+
+class StoreError(Exception):
+    """logs.db cannot be opened or is not one this version understands."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def dumps(value: Any) -> str:
+    """The one JSON encoding used for stored payloads: compact, UTF-8, no NaN."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    id: int
+    source: str
+    type: str
+    ref_id: str | None
+    payload: Any
+    ts: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "refId": self.ref_id,
+            "payload": self.payload,
+            "ts": self.ts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    workflow: str
+    status: RunStatus
+    created_at: int
+    updated_at: int
+    trigger_payload: Any
+    steps: int
+    error: str | None
+    attempts: int
+    retry_of: str | None
+    seq: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "runId": self.run_id,
+            "workflow": self.workflow,
+            "status": str(self.status),
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+            "steps": self.steps,
+            "error": self.error,
+            "attempts": self.attempts,
+            "retryOf": self.retry_of,
+        }
+
+
+def _run_from_row(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        workflow=row[1],
+        status=RunStatus(row[2]),
+        created_at=row[3],
+        updated_at=row[4],
+        trigger_payload=_loads(row[5]),
+        steps=row[6],
+        error=row[7],
+        attempts=row[8],
+        retry_of=row[9],
+        seq=row[10],
+    )
+
+
+def _entry_from_row(row: Sequence[Any]) -> LogEntry:
+    return LogEntry(row[0], row[1], row[2], row[3], _loads(row[4]), row[5])
+
+
+def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    """The connect hook: every connection nerve opens gets its pragmas here and nowhere else."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        raise StoreError(f"{path}: cannot switch to WAL mode (got {mode!r})")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
+def _query_logs(
+    conn: sqlite3.Connection,
+    *,
+    source: str | None = None,
+    type: str | None = None,
+    ref_id: str | None = None,
+    since: int | None = None,
+    after_id: int | None = None,
+    limit: int | None = 100,
+) -> list[LogEntry]:
+    """With ``after_id`` the oldest entries after it come first (for following); otherwise the
+    newest ``limit`` entries are returned, still oldest first.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (("source", source), ("type", type), ("ref_id", ref_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("ts >= ?")
+        args.append(since)
+    if after_id is not None:
+        where.append("id > ?")
+        args.append(after_id)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    n = min(limit if limit is not None else MAX_QUERY_LIMIT, MAX_QUERY_LIMIT)
+    order = "ASC" if after_id is not None or since is not None else "DESC"
+    rows = conn.execute(
+        f"SELECT id, source, type, ref_id, payload, ts FROM logs {clause}"
+        f" ORDER BY id {order} LIMIT ?",
+        (*args, n),
+    ).fetchall()
+    if order == "DESC":
+        rows.reverse()
+    return [_entry_from_row(r) for r in rows]
+
+
+CommitCallback = Callable[[], None]
+AbortCallback = Callable[[BaseException], None]
+
+
+class Store:
+    """The master's connection to logs.db: batched writes and the reads the daemon serves."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = _connect(path, synchronous)
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: {exc}") from exc
+        self._in_tx = False
+        self._on_commit: list[CommitCallback] = []
+        self._on_abort: list[AbortCallback] = []
+        self.commits = 0
+
+    # -- schema -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}; this nerved knows up to "
+                f"{SCHEMA_VERSION} (was it written by a newer release?)"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            script = _MIGRATIONS[number - 1]
+            self._conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- the batch ----------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    @property
+    def dirty(self) -> bool:
+        return self._in_tx or bool(self._on_commit)
+
+    def after_commit(
+        self, on_commit: CommitCallback, on_abort: AbortCallback | None = None
+    ) -> None:
+        """Run ``on_commit`` once everything written so far is durable.
+
+        If nothing is pending, the callback still waits for the end of the turn, so callers
+        never have to care whether their own write was the one that opened the batch.
+        """
+        self._on_commit.append(on_commit)
+        if on_abort is not None:
+            self._on_abort.append(on_abort)
+
+    def commit(self) -> None:
+        """Make the batch durable, then run its callbacks. On failure, roll back and abort them."""
+        callbacks, aborts = self._on_commit, self._on_abort
+        self._on_commit, self._on_abort = [], []
+        if self._in_tx:
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                for abort in aborts:
+                    abort(exc)
+                raise StoreError(f"commit failed: {exc}") from exc
+            self._in_tx = False
+            self.commits += 1
+        for callback in callbacks:
+            callback()
+
+    def _rollback(self) -> None:
+        if self._in_tx:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            self._in_tx = False
+
+    def close(self) -> None:
+        if self._in_tx:
+            self.commit()
+        self._conn.close()
+
+    # -- writes -------------------------------------------------------------------------
+
+    def append_log(
+        self, source: str, type: str, ref_id: str | None, payload: Any, ts: int | None = None
+    ) -> int:
+        self._begin()
+        cur = self._conn.execute(
+            "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES (?, ?, ?, ?, ?)",
+            (source, type, ref_id, None if payload is None else dumps(payload), ts or now_ms()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def create_run(
+        self,
+        run_id: str,
+        workflow: str,
+        transition: Transition,
+        trigger_payload: Any,
+        *,
+        reason: str | None = None,
+        retry_of: str | None = None,
+        ts: int | None = None,
+    ) -> RunRecord:
+        """Insert a new run in the transition's status, with the log entry recording it."""
+        if not transition.creates:
+            raise ValueError(f"{transition.name} does not create a run")
+        ts = ts or now_ms()
+        status = transition.target
+        payload_json = None if trigger_payload is None else dumps(trigger_payload)
+        self._begin()
+        cur = self._conn.execute(
+            "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at,"
+            " trigger_payload, error, retry_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, workflow, status, ts, ts, payload_json, reason, retry_of),
+        )
+        self._conn.execute(
+            "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES ('workflow', ?, ?, ?, ?)",
+            (status, run_id, payload_json if reason is None else dumps(reason), ts),
+        )
+        return RunRecord(
+            run_id, workflow, status, ts, ts, trigger_payload, 0, reason, 0, retry_of,
+            int(cur.lastrowid or 0),
+        )  # fmt: skip
+
+    def transition_run(
+        self,
+        run_id: str,
+        transition: Transition,
+        *,
+        payload: Any = None,
+        error: str | None = None,
+        ts: int | None = None,
+    ) -> bool:
+        """Apply a labelled transition if the run is in one of its source statuses.
+
+        Returns False, writing nothing, when the guard does not hold (the run moved on
+        already): the caller lost a race it must not win twice.
+        """
+        if transition.creates:
+            raise ValueError(f"{transition.name} creates a run; use create_run")
+        ts = ts or now_ms()
+        sources = sorted(transition.sources)
+        marks = ",".join("?" * len(sources))
+        self._begin()
+        cur = self._conn.execute(
+            f"UPDATE workflow_runs SET status = ?, updated_at = ?, error = COALESCE(?, error)"
+            f" WHERE run_id = ? AND status IN ({marks})",
+            (transition.target, ts, error, run_id, *sources),
+        )
+        if cur.rowcount != 1:
+            return False
+        logged = payload if payload is not None else error
+        self._conn.execute(
+            "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES ('workflow', ?, ?, ?, ?)",
+            (transition.target, run_id, None if logged is None else dumps(logged), ts),
+        )
+        return True
+
+    def record_step(
+        self, run_id: str, role: str, prompt: Any, event: Any, ts: int | None = None
+    ) -> bool:
+        """Append a role's output event and count the step, only while the run is started."""
+        ts = ts or now_ms()
+        self._begin()
+        cur = self._conn.execute(
+            "UPDATE workflow_runs SET steps = steps + 1, updated_at = ?"
+            " WHERE run_id = ? AND status = 'started'",
+            (ts, run_id),
+        )
+        if cur.rowcount != 1:
+            return False
+        self._conn.execute(
+            "INSERT INTO logs (source, type, ref_id, payload, ts)"
+            " VALUES ('workflow', 'step_complete', ?, ?, ?)",
+            (run_id, dumps({"role": role, "prompt": prompt, "event": event}), ts),
+        )
+        return True
+
+    def count_attempt(self, run_id: str) -> int:
+        """Count one more worker lost under a started run; returns the new count."""
+        self._begin()
+        row = self._conn.execute(
+            "UPDATE workflow_runs SET attempts = attempts + 1"
+            " WHERE run_id = ? AND status = 'started' RETURNING attempts",
+            (run_id,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._begin()
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def query_logs(
+        self,
+        *,
+        source: str | None = None,
+        type: str | None = None,
+        ref_id: str | None = None,
+        since: int | None = None,
+        after_id: int | None = None,
+        limit: int | None = 100,
+    ) -> list[LogEntry]:
+        return _query_logs(
+            self._conn,
+            source=source,
+            type=type,
+            ref_id=ref_id,
+            since=since,
+            after_id=after_id,
+            limit=limit,
+        )
+
+    def last_log_id(self) -> int:
+        row = self._conn.execute("SELECT MAX(id) FROM logs").fetchone()
+        return int(row[0] or 0)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self._conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return None if row is None else _run_from_row(row)
+
+    def find_runs(self, prefix: str, limit: int = 2) -> list[RunRecord]:
+        """Runs whose id starts with ``prefix`` (an index range scan, not LIKE)."""
+        rows = self._conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE run_id >= ? AND run_id < ?"
+            " ORDER BY run_id LIMIT ?",
+            (prefix, prefix + "\U0010ffff", limit),
+        ).fetchall()
+        return [_run_from_row(r) for r in rows]
+
+    def list_runs(
+        self,
+        *,
+        statuses: Iterable[RunStatus] | None = None,
+        workflow: str | None = None,
+        limit: int | None = 100,
+    ) -> list[RunRecord]:
+        """Newest first, as an operator reads a list."""
+        where: list[str] = []
+        args: list[Any] = []
+        if statuses is not None:
+            wanted = sorted(set(statuses))
+            where.append(f"status IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if workflow is not None:
+            where.append("workflow = ?")
+            args.append(workflow)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        n = min(limit if limit is not None else MAX_QUERY_LIMIT, MAX_QUERY_LIMIT)
+        rows = self._conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM workflow_runs {clause} ORDER BY seq DESC LIMIT ?",
+            (*args, n),
+        ).fetchall()
+        return [_run_from_row(r) for r in rows]
+
+    def active_runs(self) -> list[RunRecord]:
+        """Every queued or started run, oldest first: the order recovery must keep."""
+        marks = ",".join("?" * len(ACTIVE))
+        rows = self._conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE status IN ({marks}) ORDER BY seq",
+            tuple(sorted(ACTIVE)),
+        ).fetchall()
+        return [_run_from_row(r) for r in rows]
+
+    def run_history(self, run_id: str) -> list[LogEntry]:
+        """Every log entry of one run, oldest first."""
+        rows = self._conn.execute(
+            "SELECT id, source, type, ref_id, payload, ts FROM logs"
+            " WHERE ref_id = ? AND source = 'workflow' ORDER BY id",
+            (run_id,),
+        ).fetchall()
+        return [_entry_from_row(r) for r in rows]
+
+    def count_runs(self) -> dict[tuple[str, RunStatus], int]:
+        rows = self._conn.execute(
+            "SELECT workflow, status, COUNT(*) FROM workflow_runs GROUP BY workflow, status"
+        ).fetchall()
+        return {(r[0], RunStatus(r[1])): int(r[2]) for r in rows}

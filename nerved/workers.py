@@ -1,0 +1,161 @@
+"""The master's handles on its forked children, and the registry that reaps them.
+
+A worker is gone when the master has *reaped* it: end of stream on its channel comes first
+(and makes the master kill the process if it lingers), but only ``waitpid`` proves the
+process no longer runs user code, so only then are its duties handed to a successor.
+That ordering is what keeps a step from ever running twice in parallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+from nerved.channel import Channel, ChannelClosed, Message, ProtocolError
+from nerved.loop import READ, WRITE, Loop
+from nerved.process import describe_exit, reap, spawn
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[["Worker", Message], None]
+GoneHandler = Callable[["Worker", str], None]
+
+
+class Worker:
+    def __init__(
+        self,
+        registry: Workers,
+        kind: str,
+        name: str,
+        pid: int,
+        sock: socket.socket,
+        on_message: MessageHandler,
+        on_gone: GoneHandler,
+    ) -> None:
+        self._registry = registry
+        self._loop = registry.loop
+        self.kind = kind
+        self.name = name
+        self.pid = pid
+        self.channel = Channel(sock)
+        self.on_message = on_message
+        self.on_gone = on_gone
+        self.started = time.monotonic()
+        self.reaped = False
+        self.stopping = False
+        self._fd = self.channel.fileno()
+        self._loop.add_reader(self._fd, self._on_ready)
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} worker {self.name} pid {self.pid}>"
+
+    @property
+    def alive(self) -> bool:
+        return not self.reaped
+
+    @property
+    def connected(self) -> bool:
+        return not self.channel.closed
+
+    def send(self, message: Message) -> bool:
+        """Queue a message; False if the channel is already gone (the worker is dying)."""
+        if self.channel.closed:
+            return False
+        try:
+            if not self.channel.send(message):
+                self._loop.set_events(self._fd, READ | WRITE)
+        except ChannelClosed:
+            self._disconnect("its channel broke")
+            return False
+        return True
+
+    def _on_ready(self, mask: int) -> None:
+        if mask & WRITE:
+            try:
+                if self.channel.flush():
+                    self._loop.set_events(self._fd, READ)
+            except ChannelClosed:
+                self._disconnect("its channel broke")
+                return
+        if not mask & READ:
+            return
+        try:
+            messages = self.channel.receive()
+        except ChannelClosed:
+            self._disconnect("end of stream")
+            return
+        except ProtocolError as exc:
+            log.error("%r sent garbage (%s); killing it", self, exc)
+            self._disconnect("protocol error")
+            return
+        for message in messages:
+            if self.channel.closed:
+                break
+            self.on_message(self, message)
+
+    def _disconnect(self, why: str) -> None:
+        """Close the channel; a process that has no channel has no purpose, so end it."""
+        if self.channel.closed:
+            return
+        log.debug("%r disconnected: %s", self, why)
+        self._loop.remove(self._fd)
+        self.channel.close()
+        self.kill()
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        if not self.reaped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def _reaped(self, status: int) -> None:
+        self.reaped = True
+        if not self.channel.closed:
+            self._loop.remove(self._fd)
+            self.channel.close()
+        self.on_gone(self, describe_exit(status))
+
+
+class Workers:
+    """Every child the master has forked, by pid."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+        self._by_pid: dict[int, Worker] = {}
+
+    def spawn(
+        self,
+        kind: str,
+        name: str,
+        child_main: Callable[[socket.socket], int],
+        on_message: MessageHandler,
+        on_gone: GoneHandler,
+    ) -> Worker:
+        pid, sock = spawn(f"nerve:{kind[:1]}:{name}", child_main)
+        worker = Worker(self, kind, name, pid, sock, on_message, on_gone)
+        self._by_pid[pid] = worker
+        log.debug("forked %r", worker)
+        return worker
+
+    def reap(self) -> None:
+        """On SIGCHLD: collect every ended child and tell its owner."""
+        for pid, status in reap():
+            worker = self._by_pid.pop(pid, None)
+            if worker is None:
+                log.debug("reaped pid %d (%s), not a worker", pid, describe_exit(status))
+                continue
+            worker._reaped(status)
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(list(self._by_pid.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
+
+    def kill_all(self, signum: int = signal.SIGKILL) -> None:
+        for worker in list(self._by_pid.values()):
+            worker.kill(signum)
