@@ -1,0 +1,91 @@
+"""A JSON-RPC 2.0 client for the control socket: one request per line, answers matched by id."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+
+class Unreachable(Exception):
+    """The daemon's socket cannot be reached (no daemon, wrong path, no permission)."""
+
+
+class RemoteError(Exception):
+    """The daemon answered with a JSON-RPC error."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class Client:
+    def __init__(self, path: Path | str, timeout: float | None = 30.0) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        if self._sock is not None:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            raise Unreachable(f"cannot connect to {self.path}: {exc.strerror or exc}") from exc
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+        """Send one request and return its result; raises RemoteError for an error answer."""
+        self.connect()
+        assert self._sock is not None
+        request_id = next(self._ids)
+        request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params:
+            request["params"] = {k: v for k, v in params.items() if v is not None}
+        self._sock.settimeout(timeout if timeout is not None else self.timeout)
+        try:
+            self._sock.sendall(json.dumps(request).encode() + b"\n")
+            while True:
+                answer = self._read_line()
+                if answer.get("id") == request_id or answer.get("id") is None:
+                    break
+        except (ConnectionError, BrokenPipeError) as exc:
+            self.close()
+            raise Unreachable(f"connection to {self.path} lost: {exc}") from exc
+        if "error" in answer:
+            error = answer["error"]
+            raise RemoteError(int(error.get("code", 0)), str(error.get("message")), error.get("data"))
+        return answer.get("result")
+
+    def _read_line(self) -> dict[str, Any]:
+        assert self._sock is not None
+        while b"\n" not in self._buf:
+            chunk = self._sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the daemon closed the connection")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        answer = json.loads(line)
+        if not isinstance(answer, dict):
+            raise ConnectionError("the daemon sent something that is not a JSON-RPC answer")
+        return answer

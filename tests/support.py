@@ -1,0 +1,209 @@
+"""Driving a real nerved from tests: a root on disk, the process, its notify socket, RPC.
+
+Tests synchronise on what the daemon says (``READY=1`` on a notify socket the test holds,
+answers on the control socket, a status), never on fixed sleeps. ``wait_until`` polls a
+condition against a deadline, for the places where the daemon's state is the signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nervectl.client import Client
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def make_root(
+    base: Path,
+    config: str,
+    senses: dict[str, str] | None = None,
+    workflows: dict[str, str] | None = None,
+) -> Path:
+    """Write a nerve root: nerve.yaml and one package per sense/workflow (code dedented)."""
+    root = base / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nerve.yaml").write_text(textwrap.dedent(config))
+    for kind, packages in (("senses", senses or {}), ("workflows", workflows or {})):
+        for name, code in packages.items():
+            write_package(root, kind, name, code)
+    return root
+
+
+def write_package(root: Path, kind: str, name: str, code: str) -> None:
+    package = root / kind / name
+    package.mkdir(parents=True, exist_ok=True)
+    tmp = package / "__init__.py.tmp"
+    tmp.write_text(textwrap.dedent(code))
+    tmp.rename(package / "__init__.py")  # atomic: inotify sees one complete file
+
+
+def wait_until(
+    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+class Nerved:
+    """One nerved process on a root, with its state, socket and notify socket in ``base``."""
+
+    def __init__(self, root: Path, base: Path, *extra: str, env: dict[str, str] | None = None):
+        self.root = root
+        self.base = base
+        self.state = base / "state"
+        self.socket = base / "run" / "nerved.sock"
+        self.log_path = base / "nerved.log"
+        self.extra = list(extra)
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.notify_path = base / "notify.sock"
+        self._notify: socket.socket | None = None
+        self.notifications: list[str] = []
+
+    # -- process ------------------------------------------------------------------------
+
+    def start(self, *, wait: bool = True, timeout: float = 20.0) -> Nerved:
+        self.base.mkdir(parents=True, exist_ok=True)
+        if self._notify is None:
+            self.notify_path.unlink(missing_ok=True)
+            self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._notify.bind(str(self.notify_path))
+        self.notifications.clear()
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **self.env}
+        env.pop("NERVE_SOCKET", None)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nerved", "--root", str(self.root),
+             "--state-dir", str(self.state), "--socket", str(self.socket),
+             "--log-level", "debug", *self.extra],
+            stdout=log, stderr=log, env=env, cwd=REPO, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        if wait:
+            self.wait_notify("READY=1", timeout)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def wait_notify(self, needle: str, timeout: float = 20.0) -> str:
+        """Wait for a notify message containing ``needle``; fail fast if nerved exits."""
+        assert self._notify is not None
+        deadline = time.monotonic() + timeout
+        for message in self.notifications:
+            if needle in message:
+                return message
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"nerved exited with {self.proc.returncode} before {needle!r}:\n{self.log()}"
+                )
+            self._notify.settimeout(0.1)
+            try:
+                message = self._notify.recv(65536).decode()
+            except TimeoutError:
+                continue
+            self.notifications.append(message)
+            if needle in message:
+                return message
+        raise AssertionError(f"no {needle!r} from nerved within {timeout}s:\n{self.log()}")
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait for the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        """kill -9 of the master alone (its workers die by PR_SET_PDEATHSIG)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # -- talking to it ------------------------------------------------------------------
+
+    def client(self, timeout: float = 30.0) -> Client:
+        return Client(self.socket, timeout)
+
+    def rpc(self, method: str, **params: Any) -> Any:
+        with self.client() as client:
+            return client.call(method, params)
+
+    def ctl(
+        self, *args: str, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nervectl", "--socket", str(self.socket), *args],
+            capture_output=True, text=True, input=input, timeout=timeout, cwd=REPO,
+        )  # fmt: skip
+
+    def ctl_json(self, *args: str) -> Any:
+        done = self.ctl("--json", *args)
+        assert done.returncode == 0, f"nervectl {' '.join(args)}: {done.returncode}\n{done.stderr}"
+        return json.loads(done.stdout)
+
+    def sense(self, name: str) -> dict[str, Any]:
+        return next(s for s in self.rpc("sense.list") if s["name"] == name)
+
+    def worker_pids(self, kind: str | None = None) -> dict[str, int]:
+        return {
+            w["name"]: w["pid"]
+            for w in self.rpc("status")["workers"]
+            if kind is None or w["kind"] == kind
+        }
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
