@@ -24,6 +24,7 @@ reading its channel (and can cancel its async computes) while they run.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 import json
@@ -77,6 +78,7 @@ class SenseGroupWorker:
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.stopping = False
         self.loop = asyncio.new_event_loop()
+        self.executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="compute")
         self.port = Port(sock, self.loop, self.on_message)
         self.logs = RemoteLogs(self.port)
         self.done = asyncio.Event()
@@ -126,15 +128,23 @@ class SenseGroupWorker:
             self.port.post({"t": "log", "sense": sense, "message": text})
 
         ctx = SenseContext(sense, log_line, self.logs)
+        thread: concurrent.futures.Future[Any] | None = None
         try:
             if inspect.iscoroutinefunction(fn):
                 result: Any = await fn(ctx)
             else:
-                result = await self.loop.run_in_executor(None, fn, ctx)
+                thread = self.executor.submit(fn, ctx)
+                result = await asyncio.wrap_future(thread)
                 if inspect.isawaitable(result):
                     result = await result
         except asyncio.CancelledError:
-            self.port.post({"t": "cancelled", "id": compute_id})
+            cancelled = {"t": "cancelled", "id": compute_id}
+            if thread is not None and not thread.done():
+                # A thread cannot be interrupted: the compute is over for the master only
+                # once the function returns. If it never does, the master kills us.
+                thread.add_done_callback(lambda _f: self.port.post(cancelled))
+            else:
+                self.port.post(cancelled)
             return
         except Exception as exc:
             self.port.post({"t": "error", "id": compute_id, "error": describe(exc)})

@@ -13,11 +13,11 @@ def nerved_factory(tmp_path: Path) -> Iterator[Callable[..., Nerved]]:
     made: list[Nerved] = []
 
     def factory(config: str, senses: dict[str, str] | None = None,
-                workflows: dict[str, str] | None = None, *extra: str,
-                name: str = "n") -> Nerved:  # fmt: skip
+                workflows: dict[str, str] | None = None, *,
+                args: tuple[str, ...] = (), name: str = "n") -> Nerved:  # fmt: skip
         base = tmp_path / name
         root = make_root(base, config, senses, workflows)
-        daemon = Nerved(root, base, *extra)
+        daemon = Nerved(root, base, *args)
         made.append(daemon)
         return daemon
 

@@ -1,0 +1,163 @@
+"""The signal loop through a real nerved: intervals, reflex chains, throttle, timeouts, respawn."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from support import pid_alive, wait_until
+
+COUNTER = """
+    import itertools
+    _n = itertools.count(1)
+
+    def compute(ctx):
+        return {"n": next(_n)}
+"""
+
+
+def signals(daemon, sense):
+    return daemon.rpc("logs.query", source="sense", type="signal", refId=sense, limit=1000)
+
+
+def test_interval_sense_signals_are_logged(nerved_factory):
+    daemon = nerved_factory(
+        """
+        senses:
+          tick: {}
+        reflexes:
+          - {kind: sense, sense: tick, interval: 100ms}
+        """,
+        {"tick": COUNTER},
+    ).start()
+    entries = wait_until(lambda: len(signals(daemon, "tick")) >= 3 and signals(daemon, "tick"))
+    assert [e["payload"]["n"] for e in entries[:3]] == [1, 2, 3]
+    assert all(e["source"] == "sense" and e["refId"] == "tick" for e in entries)
+    assert daemon.sense("tick")["computes"] >= 3
+
+
+def test_on_reflex_chains_two_senses(nerved_factory):
+    daemon = nerved_factory(
+        """
+        senses:
+          source: {group: a}
+          follower: {group: b}
+        reflexes:
+          - {kind: sense, sense: source, interval: 1h}
+          - {kind: sense, sense: follower, on: [source]}
+        """,
+        {
+            "source": 'def compute(ctx):\n    return {"value": 41}\n',
+            "follower": """
+                def compute(ctx):
+                    last = ctx.logs.query(source="sense", type="signal", ref_id="source", limit=1)
+                    ctx.log("saw %d" % last[0].payload["value"])
+                    return {"value": last[0].payload["value"] + 1}
+            """,
+        },
+    ).start()
+    entry = wait_until(lambda: signals(daemon, "follower"), what="follower's signal")[0]
+    assert entry["payload"] == {"value": 42}
+    lines = daemon.rpc("logs.query", source="sense", type="log", refId="follower")
+    assert lines[0]["payload"] == "saw 41"
+    assert set(daemon.worker_pids("sense")) == {"a", "b"}
+
+
+def test_throttle_coalesces_a_burst_into_at_most_two_computes(nerved_factory):
+    daemon = nerved_factory(
+        """
+        senses:
+          slow: {throttle: 1s}
+        """,
+        {"slow": COUNTER},
+    ).start()
+    with daemon.client() as client:
+        for _ in range(100):
+            assert client.call("sense.trigger", {"sense": "slow"}) == {"accepted": True}
+    wait_until(lambda: daemon.sense("slow")["computes"] == 2, what="the trailing compute")
+    # One more throttle window: nothing else may run.
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert daemon.sense("slow")["computes"] == 2
+        time.sleep(0.1)
+    assert len(signals(daemon, "slow")) == 2
+
+
+def test_hung_compute_is_abandoned_and_its_worker_replaced(nerved_factory):
+    daemon = nerved_factory(
+        """
+        senses:
+          hang: {timeout: 300ms, gracePeriod: 300ms}
+        """,
+        {"hang": "import time\n\ndef compute(ctx):\n    time.sleep(3600)\n"},
+    ).start()
+    old_pid = daemon.worker_pids("sense")["default"]
+    daemon.rpc("sense.trigger", sense="hang")
+    started = time.monotonic()
+    # The daemon keeps answering while the compute hangs.
+    while time.monotonic() - started < 0.2:
+        assert daemon.rpc("status")["pid"] == daemon.pid
+    errors = wait_until(
+        lambda: daemon.rpc("logs.query", source="sense", type="error", refId="hang"),
+        what="the timeout error",
+    )
+    assert "timed out after 0.3s" in errors[0]["payload"]
+    new_pid = wait_until(
+        lambda: (
+            daemon.worker_pids("sense").get("default") not in (None, old_pid)
+            and daemon.worker_pids("sense")["default"]
+        ),
+        what="a new worker",
+    )
+    assert not pid_alive(old_pid)
+    assert new_pid != old_pid
+    assert "did not come back from an abandoned compute" in daemon.log()
+
+
+def test_killed_sense_worker_is_respawned(nerved_factory):
+    daemon = nerved_factory("senses:\n  tick: {}\n", {"tick": COUNTER}).start()
+    old_pid = daemon.worker_pids("sense")["default"]
+    os.kill(old_pid, signal.SIGKILL)
+    new_pid = wait_until(
+        lambda: (
+            daemon.worker_pids("sense").get("default") not in (None, old_pid)
+            and daemon.worker_pids("sense")["default"]
+        )
+    )
+    assert new_pid != old_pid
+    daemon.rpc("sense.trigger", sense="tick")
+    wait_until(lambda: signals(daemon, "tick"), what="a signal from the new worker")
+    assert "respawning" in daemon.log()
+
+
+def test_async_compute_and_errors(nerved_factory):
+    daemon = nerved_factory(
+        "senses:\n  a: {}\n  boom: {}\n  notjson: {}\n",
+        {
+            "a": "import asyncio\n\nasync def compute(ctx):\n"
+            "    await asyncio.sleep(0.01)\n    return {'async': True}\n",
+            "boom": "def compute(ctx):\n    raise ValueError('no disk')\n",
+            "notjson": "def compute(ctx):\n    return {'x': object()}\n",
+        },
+    ).start()
+    for name in ("a", "boom", "notjson"):
+        daemon.rpc("sense.trigger", sense=name)
+    wait_until(lambda: signals(daemon, "a"))
+    assert signals(daemon, "a")[0]["payload"] == {"async": True}
+    boom = wait_until(lambda: daemon.sense("boom")["errors"] and daemon.sense("boom"))
+    assert "ValueError: no disk" in boom["lastError"]
+    bad = wait_until(lambda: daemon.sense("notjson")["errors"] and daemon.sense("notjson"))
+    assert "not JSON" in bad["lastError"]
+
+
+def test_broken_sense_package_does_not_stop_its_group(nerved_factory):
+    daemon = nerved_factory(
+        "senses:\n  good: {}\n  broken: {}\n",
+        {"good": COUNTER, "broken": "import nosuchmodule_xyz\n"},
+    ).start()
+    daemon.rpc("sense.trigger", sense="good")
+    daemon.rpc("sense.trigger", sense="broken")
+    wait_until(lambda: signals(daemon, "good"))
+    broken = wait_until(lambda: daemon.sense("broken")["errors"] and daemon.sense("broken"))
+    assert "No module named 'nosuchmodule_xyz'" in broken["lastError"]
