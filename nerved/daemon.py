@@ -35,6 +35,7 @@ from nerved.senses import SenseManager
 from nerved.store import Store, StoreError
 from nerved.watch import Watcher
 from nerved.workers import Workers
+from nerved.workflows import WorkflowManager
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Daemon:
         self.config: NerveConfig
         self.store: Store
         self.senses: SenseManager
+        self.workflows: WorkflowManager
         self.reflexes: Reflexes
         self.control: ControlServer | None = None
         self.watcher: Watcher | None = None
@@ -114,7 +116,15 @@ class Daemon:
         self.loop.install_signal_wakeup()
 
         self.senses = SenseManager(self.loop, self.workers, self.store, self.root, self._on_signal)
+        self.workflows = WorkflowManager(self.loop, self.workers, self.store, self.root)
         self.reflexes = Reflexes(self.loop, self.senses.trigger, self._start_workflow)
+
+        # Recovery comes before the socket listens: nothing is admitted until the queues
+        # and active sets are rebuilt from logs.db, in their original order.
+        self.notifier.status("recovering unfinished runs")
+        self.workflows.apply(self.config)
+        self.recovery = self.workflows.recover()
+        self.store.commit()
 
         try:
             sock = bind(self.options.socket)
@@ -165,7 +175,11 @@ class Daemon:
         self._lock_fd = fd
 
     def _summary(self) -> str:
-        return f"{len(self.config.senses)} senses in {len(self.config.groups())} groups"
+        active, queued = self.workflows.counts()
+        return (
+            f"{len(self.config.senses)} senses in {len(self.config.groups())} groups, "
+            f"{len(self.config.workflows)} workflows, {active} active and {queued} queued threads"
+        )
 
     # -- the turn -----------------------------------------------------------------------
 
@@ -213,6 +227,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         workers = list(self.workers)
+        active, queued = self.workflows.counts()
         return {
             "version": _version.__version__,
             "pid": os.getpid(),
@@ -222,8 +237,9 @@ class Daemon:
             "stateDir": str(self.options.state_dir),
             "senses": len(self.config.senses),
             "groups": len(self.config.groups()),
-            "activeWorkflows": 0,
-            "queuedWorkflows": 0,
+            "workflows": len(self.config.workflows),
+            "activeWorkflows": active,
+            "queuedWorkflows": queued,
             "workers": [{"kind": w.kind, "name": w.name, "pid": w.pid} for w in workers],
             "rss": _tree_rss([os.getpid(), *(w.pid for w in workers)]),
         }
@@ -250,7 +266,7 @@ class Daemon:
             self.notifier.status(f"{self._summary()}; last reload failed")
             raise ConfigError(tuple(missing))
         self.notifier.reloading()
-        changed = self.senses.apply(config)
+        changed = self.senses.apply(config) + self.workflows.apply(config)
         if config.reflexes != self.config.reflexes:
             changed.append("reflexes")
         self.reflexes.apply(config)
@@ -264,13 +280,17 @@ class Daemon:
             log.debug("reload (%s): nothing changed", source)
         return changed
 
-    # -- signals to workflows (the engine comes with issue 3) ---------------------------
+    # -- signals -------------------------------------------------------------------------
 
     def _on_signal(self, sense: str, payload: Any) -> None:
         self.reflexes.on_signal(sense, payload)
 
     def _start_workflow(self, workflow: str, payload: Any) -> None:
-        log.warning("workflow %s: no workflow engine yet; signal ignored", workflow)
+        """A workflow reflex fired: the signal's payload becomes the trigger payload."""
+        try:
+            self.workflows.trigger(workflow, payload)
+        except RpcError as exc:
+            log.warning("reflex could not start workflow %s: %s", workflow, exc.message)
 
     # -- stop ---------------------------------------------------------------------------
 
@@ -289,7 +309,7 @@ class Daemon:
             self.watcher.close()
             self.watcher = None
         self.reflexes.stop()
-        grace = self.senses.stop()
+        grace = max(self.senses.stop(), self.workflows.stop())
         self._stop_timer = self.loop.call_later(grace + STOP_MARGIN, self._kill_remaining)
         if not len(self.workers):
             self.loop.stop()

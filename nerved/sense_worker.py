@@ -165,6 +165,7 @@ class SenseGroupWorker:
 
 def run(sock: socket.socket, root: Path, group: str, senses: list[str]) -> int:
     logs.relabel(f"sense:{group}")
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
     worker = SenseGroupWorker(sock, root, group, senses)
     asyncio.set_event_loop(worker.loop)
     worker.loop.run_until_complete(worker.serve())

@@ -21,7 +21,7 @@ def test_ready_is_sent_once_the_socket_listens(nerved_factory):
     # READY=1 comes only after the socket answers: it must answer right now.
     assert daemon.rpc("status")["pid"] == daemon.pid
     assert f"MAINPID={daemon.pid}" in ready
-    assert "STATUS=1 senses in 1 groups" in ready
+    assert "STATUS=1 senses in 1 groups, 0 workflows" in ready
 
 
 def test_sigterm_exits_zero_after_stopping_within_the_deadline(nerved_factory):

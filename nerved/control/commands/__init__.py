@@ -19,6 +19,10 @@ from nerved.control.commands import (
     sense_list,
     sense_trigger,
     status,
+    workflow_inspect,
+    workflow_list,
+    workflow_trigger,
+    workflow_wait,
 )
 from nerved.control.rpc import Params
 
@@ -49,6 +53,16 @@ COMMANDS: dict[str, Command] = {
     c.name: c
     for c in map(
         _command,
-        (status, sense_list, sense_trigger, logs_query, reload),
+        (
+            status,
+            sense_list,
+            sense_trigger,
+            logs_query,
+            reload,
+            workflow_list,
+            workflow_inspect,
+            workflow_trigger,
+            workflow_wait,
+        ),
     )
 }

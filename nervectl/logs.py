@@ -1,0 +1,75 @@
+"""``logs``: the entries of logs.db, once or followed as they are appended.
+
+Following polls ``logs.query`` with ``afterId`` on one connection: the daemon keeps no
+per-client state for it, so a follower can never slow the daemon down or be forgotten by it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from nervectl import render
+from nervectl.context import Context
+from nervectl.exits import OK
+
+POLL_INTERVAL: Final = 0.5  # seconds between two polls while following
+PAGE: Final = 1000  # entries per poll; a burst larger than this is fetched in several pages
+
+
+def logs(ctx: Context) -> int:
+    args = ctx.args
+    filters = {"source": args.source, "type": args.type, "refId": args.run, "since": args.since}
+    # Taken before the tail, so that whatever is appended between the two calls is not lost.
+    newest = _newest_id(ctx) if args.follow else 0
+    entries: list[dict[str, Any]] = ctx.call("logs.query", {**filters, "limit": args.limit})
+    lines = render.LogLines(ctx.out)
+    if not args.follow:
+        if ctx.json:
+            ctx.print_json(entries)
+        elif not entries:
+            ctx.print("no log entries")
+        else:
+            lines.widen(entries)
+            for entry in entries:
+                ctx.print(lines.format(entry))
+        return OK
+    try:
+        _emit(ctx, lines, entries)
+        # With --since the tail is the oldest entries since then, so the rest follows from its
+        # end; otherwise it is the newest, and nothing older than it may be printed later.
+        if args.since is not None and entries:
+            cursor = int(entries[-1]["id"])
+        else:
+            cursor = max([newest, *(int(e["id"]) for e in entries[-1:])])
+        _follow(ctx, lines, filters, cursor)
+    except KeyboardInterrupt:
+        pass  # ^C is how a follow ends
+    return OK
+
+
+def _follow(
+    ctx: Context, lines: render.LogLines, filters: dict[str, Any], cursor: int
+) -> None:
+    while True:
+        time.sleep(POLL_INTERVAL)
+        while True:
+            params = {**filters, "afterId": cursor, "limit": PAGE}
+            batch: list[dict[str, Any]] = ctx.call("logs.query", params)
+            _emit(ctx, lines, batch)
+            if batch:
+                cursor = int(batch[-1]["id"])
+            if len(batch) < PAGE:
+                break
+
+
+def _newest_id(ctx: Context) -> int:
+    last: list[dict[str, Any]] = ctx.call("logs.query", {"limit": 1})
+    return int(last[-1]["id"]) if last else 0
+
+
+def _emit(ctx: Context, lines: render.LogLines, entries: Sequence[dict[str, Any]]) -> None:
+    for entry in entries:
+        ctx.out.write((render.dumps_line(entry) if ctx.json else lines.format(entry)) + "\n")
+    ctx.out.flush()

@@ -1,0 +1,115 @@
+"""Turning the daemon's JSON into what an operator reads: tables, one-line values, log lines.
+
+Human output is for eyes at a terminal, so long values are cut to keep one row per line;
+``--json`` is where the complete values are, and every command has it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, TextIO
+
+from tabulate import tabulate
+
+from nervectl.times import format_local
+
+ELLIPSIS: Final = "..."
+CELL_WIDTH: Final = 60  # a table cell holding free text (an error, a payload)
+PIPED_LINE_WIDTH: Final = 1000  # a log payload when stdout is not a terminal
+
+
+def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
+    return tabulate(list(rows), headers=list(headers), tablefmt="simple", disable_numparse=True)
+
+
+def fields(pairs: Iterable[tuple[str, Any]]) -> str:
+    """A key/value block: one field per line, values aligned."""
+    return tabulate(
+        [(f"{key}:", value) for key, value in pairs], tablefmt="plain", disable_numparse=True
+    )
+
+
+def truncate(text: str, width: int = CELL_WIDTH) -> str:
+    if len(text) <= width:
+        return text
+    return text[: max(width - len(ELLIPSIS), 1)] + ELLIPSIS
+
+
+def one_line(text: str) -> str:
+    """The line of a multi-line message worth showing in a cell.
+
+    For a Python traceback that is its last line (the exception), for anything else its
+    first; the rest is one ``--json`` away.
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].startswith("Traceback (most recent call last)"):
+        return lines[-1]
+    return lines[0] + (f" {ELLIPSIS}" if len(lines) > 1 else "")
+
+
+def compact(value: Any) -> str:
+    """A JSON value on one line; a plain string is shown as itself (log lines, errors)."""
+    if isinstance(value, str) and value.isprintable():
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def cell(value: Any, width: int = CELL_WIDTH) -> str:
+    """Free text or a JSON value, cut to fit a table cell; ``-`` for nothing."""
+    if value is None or value == "":
+        return "-"
+    text = one_line(value) if isinstance(value, str) else compact(value)
+    return truncate(text, width)
+
+
+def mib(size: int | float | None) -> str:
+    return "-" if size is None else f"{size / (1 << 20):.1f} MiB"
+
+
+def dumps(value: Any) -> str:
+    """``--json`` output of a whole result: indented, for jq and for people alike."""
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def dumps_line(value: Any) -> str:
+    """One JSON document per line (``logs --follow --json``), for line-by-line readers."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class LogLines:
+    """Log entries as aligned lines, for a batch or for a stream that is still growing.
+
+    Columns only ever widen, so a ``--follow`` stream stays aligned as longer names arrive
+    without redrawing what is already on the screen; the payload gets what is left of the
+    terminal's width (or a generous cap when piped).
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.widths = [6, 6, 8]  # source, type, refId
+
+    def _payload_width(self, used: int) -> int:
+        if not self.stream.isatty():
+            return PIPED_LINE_WIDTH
+        return max(shutil.get_terminal_size().columns - used, 40)
+
+    def format(self, entry: Mapping[str, Any]) -> str:
+        columns = [str(entry.get(key) or "-") for key in ("source", "type", "refId")]
+        self.widths = [max(w, len(c)) for w, c in zip(self.widths, columns, strict=True)]
+        head = "  ".join(
+            [format_local(entry.get("ts"), millis=True)]
+            + [c.ljust(w) for c, w in zip(columns, self.widths, strict=True)]
+        )
+        payload = compact(entry.get("payload"))
+        return f"{head}  {truncate(payload, self._payload_width(len(head) + 2))}"
+
+    def widen(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        """Size the columns for a whole batch first, so that it prints aligned."""
+        for entry in entries:
+            columns = [str(entry.get(key) or "-") for key in ("source", "type", "refId")]
+            self.widths = [max(w, len(c)) for w, c in zip(self.widths, columns, strict=True)]

@@ -1,0 +1,179 @@
+"""``workflow list``, ``workflow inspect`` and ``workflow trigger [--wait]``.
+
+A run's history is the source of truth of a thread (SPEC §5), so ``inspect`` shows every
+entry, each summarised on one line; the complete payloads are in ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+from nervectl import render
+from nervectl.context import Context
+from nervectl.exits import FAILED, INTERRUPTED, OK, USAGE, CliError
+from nervectl.remote import FOREVER
+from nervectl.times import format_local
+
+STATUSES: Final = ("queued", "started", "completed", "failed", "crashed", "dropped")
+# workflow.wait's own timeout comes first: the socket's is only a backstop against a daemon
+# that stopped answering, so it waits this much longer.
+WAIT_MARGIN: Final = 5.0
+
+_RUN_FIELDS: Final = (
+    ("runId", "run"),
+    ("workflow", "workflow"),
+    ("status", "status"),
+    ("steps", "steps"),
+    ("createdAt", "created"),
+    ("updatedAt", "updated"),
+    ("error", "error"),
+)
+
+
+def workflow_list(ctx: Context) -> int:
+    args = ctx.args
+    params = {
+        "all": True if args.all else None,
+        "status": args.status,
+        "workflow": args.workflow,
+        "limit": args.limit,
+    }
+    runs: list[dict[str, Any]] = ctx.call("workflow.list", params)
+    if ctx.json:
+        ctx.print_json(runs)
+        return OK
+    if not runs:
+        everything = args.all or args.status
+        ctx.print("no runs" if everything else "no active runs (--all lists finished ones too)")
+        return OK
+    rows = [
+        (
+            run.get("runId", "-"),
+            run.get("workflow", "-"),
+            run.get("status", "-"),
+            run.get("steps", "-"),
+            format_local(run.get("createdAt")),
+            format_local(run.get("updatedAt")),
+            render.cell(run.get("error"), 50),
+        )
+        for run in runs
+    ]
+    headers = ("RUN", "WORKFLOW", "STATUS", "STEPS", "CREATED", "UPDATED", "ERROR")
+    ctx.print(render.table(rows, headers))
+    return OK
+
+
+def workflow_inspect(ctx: Context) -> int:
+    run: dict[str, Any] = ctx.call("workflow.inspect", {"runId": ctx.args.run_id})
+    if ctx.json:
+        ctx.print_json(run)
+        return OK
+    ctx.print(run_fields(run))
+    events = run.get("events") or []
+    ctx.print()
+    if not events:
+        ctx.print("no events")
+        return OK
+    rows = [
+        (
+            event.get("id", "-"),
+            format_local(event.get("ts"), millis=True),
+            event.get("type", "-"),
+            summarise(event.get("type"), event.get("payload")),
+        )
+        for event in events
+    ]
+    ctx.print(render.table(rows, ("ID", "TIME", "TYPE", "SUMMARY")))
+    return OK
+
+
+def run_fields(run: dict[str, Any]) -> str:
+    """The run's own fields first, in the protocol's order, then whatever else it carries."""
+    pairs: list[tuple[str, Any]] = []
+    for key, label in _RUN_FIELDS:
+        value = run.get(key)
+        if key in ("createdAt", "updatedAt"):
+            value = format_local(value)
+        elif key == "error":
+            value = "-" if value is None else render.one_line(str(value))
+        pairs.append((label, "-" if value is None else value))
+    known = {key for key, _ in _RUN_FIELDS} | {"events"}
+    pairs += [(key, render.cell(value)) for key, value in run.items() if key not in known]
+    return render.fields(pairs)
+
+
+def summarise(kind: Any, payload: Any, width: int = 100) -> str:
+    """One line per history entry: for a step, who spoke and what they said."""
+    if kind == "step_complete" and isinstance(payload, dict):
+        role = payload.get("role", "?")
+        event = payload.get("event")
+        said = event.get("type", "?") if isinstance(event, dict) else "?"
+        return render.truncate(f"{role} -> {said} {render.compact(event)}", width)
+    return render.cell(payload, width)
+
+
+def workflow_trigger(ctx: Context) -> int:
+    args = ctx.args
+    if args.timeout is not None and not args.wait:
+        raise CliError("--timeout only applies with --wait", USAGE)
+    payload = read_payload_file(args.payload_file) if args.payload_file else args.payload
+    params: dict[str, Any] = {"workflow": args.name}
+    if payload is not NO_PAYLOAD:
+        params["payload"] = payload
+    accepted: dict[str, Any] = ctx.remote.call("workflow.trigger", params)
+    run_id = accepted.get("runId")
+    if not args.wait:
+        if ctx.json:
+            ctx.print_json({"runId": run_id, "status": accepted.get("status")})
+        else:
+            ctx.print(f"run {run_id}: {accepted.get('status')}")
+        return OK
+    if not ctx.json:
+        ctx.print(f"run {run_id}: {accepted.get('status')}; waiting for it to finish")
+        ctx.out.flush()
+    wait: dict[str, Any] = {"runId": run_id}
+    socket_timeout = FOREVER
+    if args.timeout is not None:
+        wait["timeout"] = round(args.timeout * 1000)  # milliseconds, as every duration on the wire
+        socket_timeout = args.timeout + WAIT_MARGIN
+    try:
+        run: dict[str, Any] = ctx.remote.call("workflow.wait", wait, timeout=socket_timeout)
+    except KeyboardInterrupt:
+        message = f"interrupted; run {run_id} goes on (nervectl workflow inspect {run_id})"
+        raise CliError(message, INTERRUPTED) from None
+    if ctx.json:
+        ctx.print_json(run)
+    else:
+        ctx.print(run_fields(run))
+    return OK if run.get("status") == "completed" else FAILED
+
+
+class _NoPayload:
+    def __repr__(self) -> str:
+        return "no payload"
+
+
+NO_PAYLOAD: Final = _NoPayload()
+
+
+def parse_payload(text: str) -> Any:
+    """``--payload``: argparse reports the ValueError as a usage error (exit 2)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--payload is not valid JSON: {exc}") from None
+
+
+def read_payload_file(name: str) -> Any:
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read the payload file {name}: {exc}", USAGE) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = "stdin" if name == "-" else name
+        raise CliError(f"the payload in {where} is not valid JSON: {exc}", USAGE) from None

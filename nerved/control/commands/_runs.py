@@ -1,0 +1,23 @@
+"""Finding a run by its id or by a unique prefix of it (8 characters or more)."""
+
+from __future__ import annotations
+
+from nerved.control.rpc import NOT_FOUND, RpcError, bad_params
+from nerved.store import RunRecord, Store
+
+MIN_PREFIX = 8
+
+
+def find_run(store: Store, ref: str) -> RunRecord:
+    record = store.get_run(ref)
+    if record is not None:
+        return record
+    if len(ref) < MIN_PREFIX:
+        raise RpcError(NOT_FOUND, f"no run {ref!r} (a prefix must have {MIN_PREFIX}+ characters)")
+    matches = store.find_runs(ref, limit=3)
+    if not matches:
+        raise RpcError(NOT_FOUND, f"no run {ref!r}")
+    if len(matches) > 1:
+        shown = ", ".join(m.run_id for m in matches[:2])
+        raise bad_params(f"run id prefix {ref!r} is ambiguous: {shown}, ...")
+    return matches[0]

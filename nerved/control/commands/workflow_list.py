@@ -1,0 +1,44 @@
+"""workflow.list {status?, workflow?, all?, limit?}: runs, newest first.
+
+Active runs (queued, started) only, unless ``all`` is true or ``status`` names the statuses
+wanted (a string or a list). ``limit`` defaults to 100. Result: ``[run]``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from nerved.control.rpc import Params, bad_params
+from nerved.states import ACTIVE, RunStatus
+
+if TYPE_CHECKING:
+    from nerved.daemon import Daemon
+
+NAME = "workflow.list"
+PARAMS = ("status", "workflow", "all", "limit")
+MUTATES = False
+
+
+def _statuses(raw: Any) -> set[RunStatus]:
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list) or not names:
+        raise bad_params("param 'status' must be a status or a list of statuses")
+    try:
+        return {RunStatus(name) for name in names}
+    except ValueError:
+        allowed = ", ".join(s.value for s in RunStatus)
+        raise bad_params(f"param 'status' must be among: {allowed}") from None
+
+
+def run(daemon: Daemon, params: Params) -> Any:
+    raw_status = params.raw("status")
+    if raw_status is not None:
+        statuses: set[RunStatus] | None = _statuses(raw_status)
+    else:
+        statuses = None if params.flag("all") else set(ACTIVE)
+    records = daemon.store.list_runs(
+        statuses=statuses,
+        workflow=params.string("workflow"),
+        limit=params.integer("limit", minimum=1) or 100,
+    )
+    return [record.to_wire() for record in records]

@@ -1,0 +1,29 @@
+"""workflow.trigger {workflow, payload?}: start a thread, or queue or drop it per the workflow.
+
+Answered only once the run is durably ``started``, ``queued`` or ``dropped`` with its
+payload stored. Result: ``{runId, status}``; -32001 if there is no such workflow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from nerved.control.rpc import INTERNAL_ERROR, Params, Pending, RpcError
+
+if TYPE_CHECKING:
+    from nerved.daemon import Daemon
+
+NAME = "workflow.trigger"
+PARAMS = ("workflow", "payload")
+MUTATES = True
+
+
+def run(daemon: Daemon, params: Params) -> Any:
+    workflow = params.string("workflow", required=True)
+    record = daemon.workflows.trigger(workflow, params.raw("payload"))
+    answer = Pending()
+    daemon.store.after_commit(
+        lambda: answer.resolve({"runId": record.run_id, "status": str(record.status)}),
+        lambda exc: answer.reject(RpcError(INTERNAL_ERROR, f"the run was not stored: {exc}")),
+    )
+    return answer

@@ -1,0 +1,235 @@
+"""The workflow worker: one child per workflow, running its threads as asyncio tasks.
+
+A thread is the loop moderate -> execute -> moderate ... (RFC-002 §5.4), with one rule that
+the original design lacked: every role's output event is sent to the master and the thread
+waits for the master's ``ack``, which comes only once the event is committed to logs.db.
+The moderator therefore never sees an event that a crash could take back, and a thread
+resumed after a crash replays exactly what its moderator saw.
+
+Protocol (master -> worker):
+    {"t": "start",  "run": ID, "payload": P, "maxSteps": N}
+    {"t": "resume", "run": ID, "payload": P, "events": [E1, E2, ...], "maxSteps": N}
+    {"t": "ack", "run": ID, "n": K}           step K of the run is durable
+    {"t": "stop"}                             take nothing new; exit once every thread is done
+    {"t": "halt"}                             the daemon stops: finish the running steps, start
+                                              no new ones, exit (the threads stay started and
+                                              resume at the next start)
+Worker -> master:
+    {"t": "ready"} or {"t": "load_error", "error": "..."}  once, after importing the package
+    {"t": "step", "run": ID, "n": K, "role": R, "prompt": P, "event": E}
+    {"t": "log", "run": ID, "message": "..."}
+    {"t": "completed", "run": ID}
+    {"t": "failed", "run": ID, "error": "..."}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import inspect
+import json
+import logging
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nerved import logs
+from nerved.api import CommandEvent, ThreadState, WorkflowContext, WorkflowDefinition
+from nerved.channel import Message
+from nerved.port import Port
+from nerved.usercode import UserCodeError, describe, load_workflow
+
+log = logging.getLogger(__name__)
+
+
+class ThreadFailed(Exception):
+    """A rule of SPEC §4 was broken; the message is what the run's ``error`` will say."""
+
+
+class Halted(Exception):
+    """The daemon is stopping: this thread ends here without a final status."""
+
+
+def _not_json(value: Any) -> str | None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _check_event(role: str, event: Any) -> CommandEvent:
+    if not isinstance(event, Mapping):
+        raise ThreadFailed(
+            f"role {role!r} returned {type(event).__name__}, not an event"
+            " (a dict with a string 'type')"
+        )
+    if not isinstance(event.get("type"), str):
+        raise ThreadFailed(f"role {role!r} returned an event without a string 'type'")
+    if (why := _not_json(dict(event))) is not None:
+        raise ThreadFailed(f"role {role!r} returned an event that is not JSON: {why}")
+    return dict(event)
+
+
+class WorkflowWorker:
+    def __init__(self, sock: socket.socket, root: Path, workflow: str) -> None:
+        self.root = root
+        self.workflow = workflow
+        self.definition: WorkflowDefinition | None = None
+        self.load_error: str | None = None
+        self.loop = asyncio.new_event_loop()
+        self.executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="role")
+        self.port = Port(sock, self.loop, self.on_message)
+        self.threads: dict[str, asyncio.Task[None]] = {}
+        self.acks: dict[tuple[str, int], asyncio.Future[None]] = {}
+        self.stopping = False
+        self.halting = False
+        self.done = asyncio.Event()
+
+    def load(self) -> None:
+        try:
+            self.definition = load_workflow(self.root, self.workflow)
+        except UserCodeError as exc:
+            self.load_error = str(exc)
+            self.port.post({"t": "load_error", "error": self.load_error})
+        else:
+            self.port.post({"t": "ready"})
+
+    # -- messages -----------------------------------------------------------------------
+
+    def on_message(self, message: Message) -> None:
+        kind = message.get("t")
+        if kind in ("start", "resume"):
+            run_id = str(message["run"])
+            if run_id in self.threads:
+                log.error("run %s is already running here; ignoring a second %s", run_id, kind)
+                return
+            events = [{"type": "thread_start", "payload": message.get("payload")}]
+            events += list(message.get("events") or [])
+            task = self.loop.create_task(self.run_thread(run_id, events, int(message["maxSteps"])))
+            self.threads[run_id] = task
+            task.add_done_callback(functools.partial(self._thread_done, run_id))
+        elif kind == "ack":
+            future = self.acks.pop((str(message["run"]), int(message["n"])), None)
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif kind == "stop":
+            self.stopping = True
+            self._maybe_done()
+        elif kind == "halt":
+            self.halting = self.stopping = True
+            self._maybe_done()
+
+    def _thread_done(self, run_id: str, _task: object = None) -> None:
+        self.threads.pop(run_id, None)
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self.stopping and not self.threads:
+            self.done.set()
+
+    # -- a thread -----------------------------------------------------------------------
+
+    async def run_thread(self, run_id: str, events: list[CommandEvent], max_steps: int) -> None:
+        try:
+            await self._steps(run_id, events, max_steps)
+        except Halted:
+            return  # the run stays started; the next daemon resumes it
+        except ThreadFailed as exc:
+            self.port.post({"t": "failed", "run": run_id, "error": str(exc)})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # nerve's own bug: say so, but keep the worker serving
+            log.exception("thread %s broke inside nerve", run_id)
+            self.port.post({"t": "failed", "run": run_id, "error": f"internal error: {exc}"})
+        else:
+            self.port.post({"t": "completed", "run": run_id})
+
+    async def _steps(self, run_id: str, events: list[CommandEvent], max_steps: int) -> None:
+        if self.definition is None:
+            raise ThreadFailed(self.load_error or "the workflow package is not loaded")
+        definition = self.definition
+        steps = len(events) - 1
+
+        def log_line(text: str) -> None:
+            self.port.post({"t": "log", "run": run_id, "message": text})
+
+        ctx = WorkflowContext(run_id, self.workflow, log_line)
+        while True:
+            role_name, prompt = self._moderate(definition, run_id, events)
+            if role_name is None:
+                return
+            if self.halting:
+                raise Halted
+            if steps >= max_steps:
+                raise ThreadFailed(
+                    f"exceeded maxSteps ({max_steps}): the moderator asked for step "
+                    f"{steps + 1} (role {role_name!r})"
+                )
+            event = await self._execute(definition, role_name, prompt, ctx)
+            steps += 1
+            ack = self.loop.create_future()
+            self.acks[(run_id, steps)] = ack
+            self.port.post(
+                {"t": "step", "run": run_id, "n": steps, "role": role_name,
+                 "prompt": prompt, "event": event}
+            )  # fmt: skip
+            await ack  # durable before the moderator sees it
+            events.append(event)
+
+    def _moderate(
+        self, definition: WorkflowDefinition, run_id: str, events: list[CommandEvent]
+    ) -> tuple[str | None, Any]:
+        state = ThreadState(run_id, self.workflow, tuple(events))
+        try:
+            decision = definition.moderate(state, events[-1])
+        except Exception as exc:
+            raise ThreadFailed(f"moderator raised {describe(exc)}") from exc
+        if decision is None:
+            return None, None
+        if not isinstance(decision, Mapping) or not isinstance(decision.get("role"), str):
+            raise ThreadFailed(
+                f"moderator returned {decision!r:.200}; expected None or"
+                " {'role': <name>, 'prompt': <JSON>}"
+            )
+        role_name = decision["role"]
+        if role_name not in definition.roles:
+            known = ", ".join(sorted(definition.roles))
+            raise ThreadFailed(f"moderator chose unknown role {role_name!r} (roles: {known})")
+        prompt = decision.get("prompt")
+        if (why := _not_json(prompt)) is not None:
+            raise ThreadFailed(f"moderator's prompt for role {role_name!r} is not JSON: {why}")
+        return role_name, prompt
+
+    async def _execute(
+        self, definition: WorkflowDefinition, role_name: str, prompt: Any, ctx: WorkflowContext
+    ) -> CommandEvent:
+        role = definition.roles[role_name]
+        try:
+            if inspect.iscoroutinefunction(role):
+                result: Any = await role(prompt, ctx)
+            else:
+                result = await asyncio.wrap_future(self.executor.submit(role, prompt, ctx))
+                if inspect.isawaitable(result):
+                    result = await result
+        except Exception as exc:
+            raise ThreadFailed(f"role {role_name!r} raised {describe(exc)}") from exc
+        return _check_event(role_name, result)
+
+    async def serve(self) -> None:
+        self.load()
+        closed = asyncio.ensure_future(self.port.closed.wait())
+        done = asyncio.ensure_future(self.done.wait())
+        await asyncio.wait({closed, done}, return_when=asyncio.FIRST_COMPLETED)
+
+
+def run(sock: socket.socket, root: Path, workflow: str) -> int:
+    logs.relabel(f"workflow:{workflow}")
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    worker = WorkflowWorker(sock, root, workflow)
+    asyncio.set_event_loop(worker.loop)
+    worker.loop.run_until_complete(worker.serve())
+    worker.port.finish()
+    return 0
