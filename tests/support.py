@@ -207,3 +207,55 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+TRANSITION_TYPES = ("queued", "started", "completed", "failed", "crashed", "dropped")
+
+
+def derive_runs_from_logs(db: Path) -> dict[str, dict[str, Any]]:
+    """Rebuild every run's status, steps and error from the ``logs`` table alone.
+
+    RFC-002 §6.2: workflow_runs is derived data. This is the independent derivation that
+    tests compare it with, reading the file through its own read-only connection.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        derived: dict[str, dict[str, Any]] = {}
+        rows = conn.execute(
+            "SELECT ref_id, type, payload FROM logs WHERE source = 'workflow' ORDER BY id"
+        )
+        for ref_id, type_, payload in rows:
+            run = derived.setdefault(ref_id, {"status": None, "steps": 0, "error": None})
+            if type_ == "step_complete":
+                run["steps"] += 1
+            elif type_ in TRANSITION_TYPES:
+                run["status"] = type_
+                if type_ in ("failed", "crashed", "dropped"):
+                    run["error"] = json.loads(payload)
+        return derived
+    finally:
+        conn.close()
+
+
+def stored_runs(db: Path) -> dict[str, dict[str, Any]]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {
+            run_id: {"status": status, "steps": steps, "error": error}
+            for run_id, status, steps, error in conn.execute(
+                "SELECT run_id, status, steps, error FROM workflow_runs"
+            )
+        }
+    finally:
+        conn.close()
+
+
+def assert_runs_match_logs(db: Path) -> None:
+    derived, stored = derive_runs_from_logs(db), stored_runs(db)
+    assert set(derived) == set(stored), "runs without log entries, or log entries without runs"
+    for run_id, row in stored.items():
+        assert derived[run_id] == row, f"run {run_id}: logs say {derived[run_id]}, row says {row}"

@@ -1,0 +1,487 @@
+"""Workflow threads through a real nerved: admission, queues, steps, failures, reflexes.
+
+The scenarios of the original TypeScript tests (workflow-manager, kernel-workflow) are here
+against the real engine; the log-store ones are in test_store.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from support import Nerved, assert_runs_match_logs, pid_alive, wait_until
+
+# A workflow of three steps whose events carry what each role saw.
+THREE_STEPS = """
+    from nerved import WorkflowDefinition
+
+    def scan(prompt, ctx):
+        ctx.log("scanning %s" % prompt["target"])
+        return {"type": "scanned", "found": [1, 2, 3], "target": prompt["target"]}
+
+    async def clean(prompt, ctx):
+        return {"type": "cleaned", "count": len(prompt["found"])}
+
+    def report(prompt, ctx):
+        return {"type": "reported", "text": "cleaned %d" % prompt["count"]}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "scan", "prompt": {"target": (event["payload"] or {}).get("target", "/")}}
+        if event["type"] == "scanned":
+            return {"role": "clean", "prompt": {"found": event["found"]}}
+        if event["type"] == "cleaned":
+            return {"role": "report", "prompt": {"count": event["count"]}}
+        return None
+
+    workflow = WorkflowDefinition(
+        roles={"scan": scan, "clean": clean, "report": report}, moderate=moderate
+    )
+"""
+
+# One role that holds its slot until a gate file exists, counting how many run at once.
+GATED = """
+    import asyncio, os
+    from nerved import WorkflowDefinition
+
+    current = 0
+    peak = 0
+
+    async def work(prompt, ctx):
+        global current, peak
+        current += 1
+        peak = max(peak, current)
+        try:
+            while not os.path.exists(prompt["gate"]):
+                await asyncio.sleep(0.01)
+        finally:
+            current -= 1
+        return {"type": "worked", "peak": peak, "n": prompt["n"]}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "work", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
+"""
+
+
+def start(nerved_factory, workflows_yaml: str, workflows: dict[str, str], senses_yaml: str = "",
+          senses: dict[str, str] | None = None) -> Nerved:  # fmt: skip
+    config = f"{senses_yaml}\nworkflows:\n{workflows_yaml}"
+    return nerved_factory(config, senses, workflows).start()
+
+
+def trigger(daemon: Nerved, workflow: str, payload=None) -> dict:
+    return daemon.rpc("workflow.trigger", workflow=workflow, payload=payload)
+
+
+def wait_run(daemon: Nerved, run_id: str, timeout: float = 20) -> dict:
+    with daemon.client(timeout=timeout + 5) as client:
+        return client.call("workflow.wait", {"runId": run_id, "timeout": timeout})
+
+
+def db(daemon: Nerved):
+    return daemon.state / "logs.db"
+
+
+# -- the thread loop -------------------------------------------------------------------------
+
+
+def test_three_step_thread_completes_and_inspect_shows_what_roles_returned(nerved_factory):
+    daemon = start(nerved_factory, "  cleanup: {}\n", {"cleanup": THREE_STEPS})
+    answer = trigger(daemon, "cleanup", {"target": "/tmp"})
+    assert answer["status"] == "started"
+    run = wait_run(daemon, answer["runId"])
+    assert run["status"] == "completed" and run["steps"] == 3 and run["error"] is None
+    detail = daemon.rpc("workflow.inspect", runId=answer["runId"][:8])
+    assert detail["triggerPayload"] == {"target": "/tmp"}
+    types = [e["type"] for e in detail["events"]]
+    assert types == [
+        "started",
+        "log",
+        "step_complete",
+        "step_complete",
+        "step_complete",
+        "completed",
+    ]
+    steps = [e["payload"] for e in detail["events"] if e["type"] == "step_complete"]
+    assert steps == [
+        {"role": "scan", "prompt": {"target": "/tmp"},
+         "event": {"type": "scanned", "found": [1, 2, 3], "target": "/tmp"}},
+        {"role": "clean", "prompt": {"found": [1, 2, 3]}, "event": {"type": "cleaned", "count": 3}},
+        {"role": "report", "prompt": {"count": 3}, "event": {"type": "reported", "text": "cleaned 3"}},
+    ]  # fmt: skip
+    assert detail["events"][1]["payload"] == "scanning /tmp"
+    assert_runs_match_logs(db(daemon))
+
+
+def test_moderator_sees_every_event_in_order(nerved_factory):
+    daemon = start(
+        nerved_factory,
+        "  echo: {}\n",
+        {
+            "echo": """
+            from nerved import WorkflowDefinition
+
+            def step(prompt, ctx):
+                return {"type": "step", "i": prompt}
+
+            def moderate(thread, event):
+                assert thread.events[-1] == event
+                assert thread.events[0] == {"type": "thread_start", "payload": "p"}
+                i = len(thread.events) - 1
+                if i == 4:
+                    assert [e["i"] for e in thread.events[1:]] == [0, 1, 2, 3]
+                    return None
+                return {"role": "step", "prompt": i}
+
+            workflow = WorkflowDefinition(roles={"step": step}, moderate=moderate)
+            """
+        },
+    )
+    run = wait_run(daemon, trigger(daemon, "echo", "p")["runId"])
+    assert run["status"] == "completed", run["error"]
+    assert run["steps"] == 4
+
+
+FAILING = """
+    from nerved import WorkflowDefinition
+
+    def moderate(thread, event):
+        kind = thread.events[0]["payload"]
+        if event["type"] != "thread_start":
+            return None
+        if kind == "raise":
+            raise KeyError("no-such-key")
+        if kind == "garbage":
+            return 42
+        if kind == "prompt":
+            return {"role": "ok", "prompt": {1, 2}}
+        if kind == "unknown":
+            return {"role": "nobody", "prompt": None}
+        return {"role": kind, "prompt": None}
+
+    def ok(prompt, ctx):
+        return {"type": "ok"}
+
+    def boom(prompt, ctx):
+        raise RuntimeError("the disk is on fire")
+
+    async def notdict(prompt, ctx):
+        return ["not", "a", "dict"]
+
+    def notype(prompt, ctx):
+        return {"kind": "no type"}
+
+    def notjson(prompt, ctx):
+        return {"type": "x", "value": object()}
+
+    roles = {"ok": ok, "boom": boom, "notdict": notdict, "notype": notype, "notjson": notjson}
+    workflow = WorkflowDefinition(roles=roles, moderate=moderate)
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("boom", "role 'boom' raised RuntimeError: the disk is on fire"),
+        ("unknown", "moderator chose unknown role 'nobody' (roles: boom, notdict, notjson, notype, ok)"),
+        ("notdict", "role 'notdict' returned list, not an event"),
+        ("notype", "role 'notype' returned an event without a string 'type'"),
+        ("notjson", "role 'notjson' returned an event that is not JSON"),
+        ("raise", "moderator raised KeyError: 'no-such-key'"),
+        ("garbage", "moderator returned 42; expected None or"),
+        ("prompt", "moderator's prompt for role 'ok' is not JSON"),
+    ],
+)  # fmt: skip
+def test_every_failure_path_fails_the_thread_with_its_reason(nerved_factory, kind, message):
+    daemon = start(nerved_factory, "  f: {}\n", {"f": FAILING})
+    run = wait_run(daemon, trigger(daemon, "f", kind)["runId"])
+    assert run["status"] == "failed"
+    assert message in run["error"]
+    assert daemon.rpc("status")["workers"], "the worker survives a failed thread"
+    assert_runs_match_logs(db(daemon))
+
+
+def test_max_steps_fails_a_thread_that_loops(nerved_factory):
+    loop = """
+        from nerved import WorkflowDefinition
+        def again(prompt, ctx):
+            return {"type": "again"}
+        def moderate(thread, event):
+            return {"role": "again", "prompt": None}
+        workflow = WorkflowDefinition(roles={"again": again}, moderate=moderate)
+    """
+    daemon = start(nerved_factory, "  loop: {maxSteps: 5}\n", {"loop": loop})
+    run = wait_run(daemon, trigger(daemon, "loop")["runId"])
+    assert run["status"] == "failed" and run["steps"] == 5
+    assert "exceeded maxSteps (5)" in run["error"]
+
+
+def test_package_that_does_not_import_fails_its_threads_and_the_daemon_stays(nerved_factory):
+    daemon = start(
+        nerved_factory,
+        "  broken: {}\n  fine: {}\n",
+        {"broken": "import no_such_module_qq\n", "fine": THREE_STEPS},
+    )
+    runs = [trigger(daemon, "broken")["runId"] for _ in range(3)]
+    for run_id in runs:
+        run = wait_run(daemon, run_id)
+        assert run["status"] == "failed"
+        assert "No module named 'no_such_module_qq'" in run["error"]
+    assert daemon.log().count("workflow broken: workflows/broken failed to import") == 1
+    assert wait_run(daemon, trigger(daemon, "fine")["runId"])["status"] == "completed"
+
+
+# -- admission -------------------------------------------------------------------------------
+
+
+def test_concurrency_limit_is_used_and_never_exceeded(nerved_factory, tmp_path):
+    gate = tmp_path / "gate"
+    daemon = start(nerved_factory, "  g: {concurrency: 3, overflow: queue}\n", {"g": GATED})
+    runs = [trigger(daemon, "g", {"gate": str(gate), "n": i})["runId"] for i in range(10)]
+    status = wait_until(lambda: (s := daemon.rpc("status"))["activeWorkflows"] == 3 and s)
+    assert status["queuedWorkflows"] == 7
+    gate.touch()
+    peaks = []
+    for run_id in runs:
+        assert wait_run(daemon, run_id)["status"] == "completed"
+        events = daemon.rpc("workflow.inspect", runId=run_id)["events"]
+        peaks += [e["payload"]["event"]["peak"] for e in events if e["type"] == "step_complete"]
+    assert max(peaks) == 3
+    assert_runs_match_logs(db(daemon))
+
+
+def test_queue_is_fifo(nerved_factory, tmp_path):
+    gate = tmp_path / "gate"
+    daemon = start(nerved_factory, "  g: {concurrency: 1, overflow: queue}\n", {"g": GATED})
+    runs = [trigger(daemon, "g", {"gate": str(gate), "n": i}) for i in range(8)]
+    assert [r["status"] for r in runs] == ["started"] + ["queued"] * 7
+    gate.touch()
+    for run in runs:
+        wait_run(daemon, run["runId"])
+    started = daemon.rpc("logs.query", source="workflow", type="started", limit=100)
+    assert [e["payload"]["n"] for e in started] == list(range(8))
+
+
+def test_max_queue_drops_the_oldest_queued_run(nerved_factory, tmp_path):
+    gate = tmp_path / "gate"
+    daemon = start(
+        nerved_factory, "  g: {concurrency: 1, overflow: queue, maxQueue: 2}\n", {"g": GATED}
+    )
+    runs = [trigger(daemon, "g", {"gate": str(gate), "n": i})["runId"] for i in range(5)]
+    # 0 runs; 1 and 2 queue; 3 evicts 1; 4 evicts 2.
+    for evicted in runs[1:3]:
+        run = daemon.rpc("workflow.inspect", runId=evicted)
+        assert run["status"] == "dropped"
+        assert "queue of g was full (maxQueue 2) and this was its oldest run" in run["error"]
+    assert daemon.rpc("status")["queuedWorkflows"] == 2
+    gate.touch()
+    finals = {r: wait_run(daemon, r)["status"] for r in runs}
+    assert [finals[r] for r in runs] == [
+        "completed",
+        "dropped",
+        "dropped",
+        "completed",
+        "completed",
+    ]
+    assert_runs_match_logs(db(daemon))
+
+
+def test_overflow_drop_drops_while_busy(nerved_factory, tmp_path):
+    gate = tmp_path / "gate"
+    daemon = start(nerved_factory, "  g: {concurrency: 1, overflow: drop}\n", {"g": GATED})
+    first = trigger(daemon, "g", {"gate": str(gate), "n": 0})
+    others = [trigger(daemon, "g", {"gate": str(gate), "n": i}) for i in (1, 2)]
+    assert first["status"] == "started"
+    assert [o["status"] for o in others] == ["dropped", "dropped"]
+    dropped = daemon.rpc("workflow.inspect", runId=others[0]["runId"])
+    assert "concurrency limit (1) with overflow: drop" in dropped["error"]
+    assert dropped["triggerPayload"] == {"gate": str(gate), "n": 1}
+    gate.touch()
+    assert wait_run(daemon, first["runId"])["status"] == "completed"
+    assert daemon.rpc("workflow.list", status="dropped") != []
+    assert_runs_match_logs(db(daemon))
+
+
+def test_failed_thread_frees_its_slot_for_the_next_queued(nerved_factory):
+    daemon = start(nerved_factory, "  f: {concurrency: 1, overflow: queue}\n", {"f": FAILING})
+    runs = [trigger(daemon, "f", kind)["runId"] for kind in ("boom", "ok", "boom", "ok")]
+    assert [wait_run(daemon, r)["status"] for r in runs] == ["failed", "completed"] * 2
+
+
+def test_unknown_workflow_is_not_found(nerved_factory):
+    daemon = start(nerved_factory, "  f: {}\n", {"f": FAILING})
+    with daemon.client() as client:
+        with pytest.raises(Exception) as info:
+            client.call("workflow.trigger", {"workflow": "nope"})
+    assert getattr(info.value, "code", None) == -32001
+    assert daemon.rpc("workflow.list", all=True) == []
+
+
+def test_one_worker_serves_many_threads_and_leaves_when_idle(nerved_factory):
+    daemon = start(
+        nerved_factory, "  w: {concurrency: 4, idleTimeout: 300ms}\n", {"w": THREE_STEPS}
+    )
+    runs = [trigger(daemon, "w")["runId"] for _ in range(6)]
+    pid = daemon.worker_pids("workflow")["w"]
+    for run_id in runs:
+        assert wait_run(daemon, run_id)["status"] == "completed"
+    wait_until(lambda: "w" not in daemon.worker_pids("workflow"), what="the idle worker to leave")
+    assert not pid_alive(pid)
+    assert wait_run(daemon, trigger(daemon, "w")["runId"])["status"] == "completed"
+
+
+# -- listing, waiting ------------------------------------------------------------------------
+
+
+def test_list_filters_and_wait_timeout(nerved_factory, tmp_path):
+    gate = tmp_path / "gate"
+    daemon = start(
+        nerved_factory, "  g: {concurrency: 1}\n  t: {}\n", {"g": GATED, "t": THREE_STEPS}
+    )
+    done = trigger(daemon, "t")["runId"]
+    wait_run(daemon, done)
+    held = trigger(daemon, "g", {"gate": str(gate), "n": 0})["runId"]
+    waiting = trigger(daemon, "g", {"gate": str(gate), "n": 1})["runId"]
+    active = daemon.rpc("workflow.list")
+    assert [r["runId"] for r in active] == [waiting, held]
+    assert [r["status"] for r in active] == ["queued", "started"]
+    assert [r["runId"] for r in daemon.rpc("workflow.list", all=True)] == [waiting, held, done]
+    assert [r["runId"] for r in daemon.rpc("workflow.list", status="completed")] == [done]
+    assert [r["runId"] for r in daemon.rpc("workflow.list", workflow="t", all=True)] == [done]
+    assert len(daemon.rpc("workflow.list", all=True, limit=1)) == 1
+    with daemon.client() as client:
+        with pytest.raises(Exception) as info:
+            client.call("workflow.wait", {"runId": held, "timeout": 0.2})
+    assert "timed out after 0.2s" in str(info.value)
+    gate.touch()
+    assert wait_run(daemon, waiting)["status"] == "completed"
+
+
+# -- the signal loop starts threads ---------------------------------------------------------
+
+
+def test_sense_signal_starts_a_thread_with_its_payload(nerved_factory):
+    daemon = nerved_factory(
+        """
+        senses:
+          disk: {}
+          other: {}
+        reflexes:
+          - {kind: workflow, workflow: cleanup, on: [disk]}
+        workflows:
+          cleanup: {overflow: queue}
+        """,
+        {
+            "disk": "def compute(ctx):\n    return {'target': '/var'}\n",
+            "other": "def compute(ctx):\n    return {'target': '/other'}\n",
+        },
+        {"cleanup": THREE_STEPS},
+    ).start()
+    daemon.rpc("sense.trigger", sense="other")
+    daemon.rpc("sense.trigger", sense="disk")
+    run = wait_until(lambda: daemon.rpc("workflow.list", all=True))
+    assert len(run) == 1
+    final = wait_run(daemon, run[0]["runId"])
+    assert final["status"] == "completed"
+    detail = daemon.rpc("workflow.inspect", runId=final["runId"])
+    assert detail["triggerPayload"] == {"target": "/var"}
+    # other's signal started nothing.
+    assert len(daemon.rpc("workflow.list", all=True)) == 1
+
+
+def test_thread_logs_never_reach_the_bus(nerved_factory):
+    """Only sense signals enter the bus: runs of a workflow never trigger the reflexes."""
+    daemon = nerved_factory(
+        """
+        senses:
+          starter: {}
+          listener: {}
+        reflexes:
+          - {kind: workflow, workflow: cleanup, on: [starter]}
+          - {kind: sense, sense: listener, on: [starter]}
+        workflows:
+          cleanup: {}
+        """,
+        {"starter": "def compute(ctx):\n    return {}\n",
+         "listener": "def compute(ctx):\n    return None\n"},
+        {"cleanup": THREE_STEPS},
+    ).start()  # fmt: skip
+    daemon.rpc("sense.trigger", sense="starter")
+    run = wait_until(lambda: daemon.rpc("workflow.list", all=True))[0]
+    wait_run(daemon, run["runId"])
+    for _ in range(5):
+        wait_run(daemon, trigger(daemon, "cleanup")["runId"])
+    assert daemon.sense("listener")["computes"] == 1  # from the one signal of starter
+    assert len(daemon.rpc("workflow.list", all=True)) == 6
+
+
+def test_reload_adds_and_removes_workflow_reflexes(nerved_factory):
+    daemon = nerved_factory(
+        "senses:\n  s: {}\nworkflows:\n  a: {}\n  b: {}\n"
+        "reflexes:\n  - {kind: workflow, workflow: a, on: [s]}\n",
+        {"s": "def compute(ctx):\n    return {'from': 's'}\n"},
+        {"a": THREE_STEPS, "b": THREE_STEPS},
+        args=("--no-watch",),
+    ).start()
+    daemon.rpc("sense.trigger", sense="s")
+    wait_until(lambda: daemon.rpc("workflow.list", workflow="a", all=True))
+    (daemon.root / "nerve.yaml").write_text(
+        "senses:\n  s: {}\nworkflows:\n  a: {}\n  b: {}\n"
+        "reflexes:\n  - {kind: workflow, workflow: b, on: [s]}\n"
+    )
+    assert daemon.rpc("reload") == {"changed": ["reflexes"]}
+    daemon.rpc("sense.trigger", sense="s")
+    wait_until(lambda: daemon.rpc("workflow.list", workflow="b", all=True))
+    assert len(daemon.rpc("workflow.list", workflow="a", all=True)) == 1
+
+
+def test_status_counts_and_graceful_stop_of_workflow_workers(nerved_factory, tmp_path):
+    gate = tmp_path / "gate"
+    daemon = start(nerved_factory, "  g: {concurrency: 2, drainTimeout: 1s}\n", {"g": GATED})
+    for i in range(3):
+        trigger(daemon, "g", {"gate": str(gate), "n": i})
+    status = wait_until(lambda: (s := daemon.rpc("status"))["activeWorkflows"] == 2 and s)
+    assert status["queuedWorkflows"] == 1
+    workers = daemon.worker_pids("workflow")
+    assert list(workers) == ["g"]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(10) == 0
+    assert not pid_alive(workers["g"])
+    # Unfinished threads stay started (and queued stays queued) for the next start.
+    with_rows = {r["status"] for r in _rows(daemon)}
+    assert with_rows == {"started", "queued"}
+
+
+def _rows(daemon: Nerved) -> list[dict]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db(daemon)}?mode=ro", uri=True)
+    try:
+        return [
+            {"runId": r[0], "status": r[1], "payload": json.loads(r[2])}
+            for r in conn.execute("SELECT run_id, status, trigger_payload FROM workflow_runs")
+        ]
+    finally:
+        conn.close()
+
+
+def test_runs_resume_after_a_restart(nerved_factory, tmp_path):
+    gate = tmp_path / "gate"
+    daemon = start(nerved_factory, "  g: {concurrency: 1, drainTimeout: 500ms}\n", {"g": GATED})
+    runs = [trigger(daemon, "g", {"gate": str(gate), "n": i})["runId"] for i in range(3)]
+    assert daemon.stop() == 0
+    gate.touch()
+    daemon.start()
+    assert [wait_run(daemon, r)["status"] for r in runs] == ["completed"] * 3
+    started = daemon.rpc("logs.query", source="workflow", type="started", limit=100)
+    assert [e["refId"] for e in started] == runs  # FIFO kept across the restart
+    assert "recovered 1 started and 2 queued runs" in daemon.log()
+    assert os.path.exists(db(daemon))
+    assert_runs_match_logs(db(daemon))
