@@ -11,7 +11,6 @@ import os
 import signal
 
 import pytest
-
 from support import Nerved, assert_runs_match_logs, pid_alive, wait_until
 
 # A workflow of three steps whose events carry what each role saw.
@@ -317,9 +316,8 @@ def test_failed_thread_frees_its_slot_for_the_next_queued(nerved_factory):
 
 def test_unknown_workflow_is_not_found(nerved_factory):
     daemon = start(nerved_factory, "  f: {}\n", {"f": FAILING})
-    with daemon.client() as client:
-        with pytest.raises(Exception) as info:
-            client.call("workflow.trigger", {"workflow": "nope"})
+    with daemon.client() as client, pytest.raises(Exception) as info:
+        client.call("workflow.trigger", {"workflow": "nope"})
     assert getattr(info.value, "code", None) == -32001
     assert daemon.rpc("workflow.list", all=True) == []
 
@@ -356,9 +354,8 @@ def test_list_filters_and_wait_timeout(nerved_factory, tmp_path):
     assert [r["runId"] for r in daemon.rpc("workflow.list", status="completed")] == [done]
     assert [r["runId"] for r in daemon.rpc("workflow.list", workflow="t", all=True)] == [done]
     assert len(daemon.rpc("workflow.list", all=True, limit=1)) == 1
-    with daemon.client() as client:
-        with pytest.raises(Exception) as info:
-            client.call("workflow.wait", {"runId": held, "timeout": 0.2})
+    with daemon.client() as client, pytest.raises(Exception) as info:
+        client.call("workflow.wait", {"runId": held, "timeout": 0.2})
     assert "timed out after 0.2s" in str(info.value)
     gate.touch()
     assert wait_run(daemon, waiting)["status"] == "completed"
