@@ -56,6 +56,10 @@ class Channel:
         self._wbuf += encode(message)
         return self.flush()
 
+    def queue(self, message: Message) -> None:
+        """Queue a message for the next :meth:`flush`."""
+        self._wbuf += encode(message)
+
     def flush(self) -> bool:
         if self.closed:
             raise ChannelClosed("channel is closed")

@@ -242,6 +242,7 @@ class Daemon:
             "queuedWorkflows": queued,
             "workers": [{"kind": w.kind, "name": w.name, "pid": w.pid} for w in workers],
             "rss": _tree_rss([os.getpid(), *(w.pid for w in workers)]),
+            "commits": self.store.commits,
         }
 
     # -- reload -------------------------------------------------------------------------

@@ -179,6 +179,13 @@ def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     return conn
 
 
+def _cap(limit: int | None) -> int:
+    """At most MAX_QUERY_LIMIT rows; SQLite would read a negative LIMIT as no limit at all."""
+    if limit is None or limit < 0:
+        return MAX_QUERY_LIMIT
+    return min(limit, MAX_QUERY_LIMIT)
+
+
 def _query_logs(
     conn: sqlite3.Connection,
     *,
@@ -205,7 +212,7 @@ def _query_logs(
         where.append("id > ?")
         args.append(after_id)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    n = min(limit if limit is not None else MAX_QUERY_LIMIT, MAX_QUERY_LIMIT)
+    n = _cap(limit)
     order = "ASC" if after_id is not None or since is not None else "DESC"
     rows = conn.execute(
         f"SELECT id, source, type, ref_id, payload, ts FROM logs {clause}"
@@ -229,9 +236,16 @@ class Store:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = _connect(path, synchronous)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"{path}: {exc}") from exc
+        try:
             self._migrate()
         except sqlite3.Error as exc:
+            self._conn.close()
             raise StoreError(f"{path}: {exc}") from exc
+        except StoreError:
+            self._conn.close()
+            raise
         self._in_tx = False
         self._on_commit: list[CommitCallback] = []
         self._on_abort: list[AbortCallback] = []
@@ -370,6 +384,8 @@ class Store:
         ts = ts or now_ms()
         sources = sorted(transition.sources)
         marks = ",".join("?" * len(sources))
+        logged = payload if payload is not None else error
+        logged_json = None if logged is None else dumps(logged)  # may raise: before any write
         self._begin()
         cur = self._conn.execute(
             f"UPDATE workflow_runs SET status = ?, updated_at = ?, error = COALESCE(?, error)"
@@ -378,10 +394,9 @@ class Store:
         )
         if cur.rowcount != 1:
             return False
-        logged = payload if payload is not None else error
         self._conn.execute(
             "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES ('workflow', ?, ?, ?, ?)",
-            (transition.target, run_id, None if logged is None else dumps(logged), ts),
+            (transition.target, run_id, logged_json, ts),
         )
         return True
 
@@ -390,6 +405,7 @@ class Store:
     ) -> bool:
         """Append a role's output event and count the step, only while the run is started."""
         ts = ts or now_ms()
+        record = dumps({"role": role, "prompt": prompt, "event": event})  # may raise: first
         self._begin()
         cur = self._conn.execute(
             "UPDATE workflow_runs SET steps = steps + 1, updated_at = ?"
@@ -401,7 +417,7 @@ class Store:
         self._conn.execute(
             "INSERT INTO logs (source, type, ref_id, payload, ts)"
             " VALUES ('workflow', 'step_complete', ?, ?, ?)",
-            (run_id, dumps({"role": role, "prompt": prompt, "event": event}), ts),
+            (run_id, record, ts),
         )
         return True
 
@@ -486,7 +502,7 @@ class Store:
             where.append("workflow = ?")
             args.append(workflow)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        n = min(limit if limit is not None else MAX_QUERY_LIMIT, MAX_QUERY_LIMIT)
+        n = _cap(limit)
         rows = self._conn.execute(
             f"SELECT {_RUN_COLUMNS} FROM workflow_runs {clause} ORDER BY seq DESC LIMIT ?",
             (*args, n),

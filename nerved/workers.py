@@ -63,16 +63,21 @@ class Worker:
         return not self.channel.closed
 
     def send(self, message: Message) -> bool:
-        """Queue a message; False if the channel is already gone (the worker is dying)."""
+        """Queue a message, written at the end of the turn; False if the worker is gone."""
         if self.channel.closed:
             return False
+        self.channel.queue(message)
+        self._loop.flush_at_end(self, self._flush)
+        return True
+
+    def _flush(self) -> None:
+        if self.channel.closed:
+            return
         try:
-            if not self.channel.send(message):
+            if not self.channel.flush():
                 self._loop.set_events(self._fd, READ | WRITE)
         except ChannelClosed:
             self._disconnect("its channel broke")
-            return False
-        return True
 
     def _on_ready(self, mask: int) -> None:
         if mask & WRITE:

@@ -120,7 +120,7 @@ class WorkflowManager:
         flow.removed = True
         while flow.queue:
             run_id, _ = flow.queue.popleft()
-            self._finish(run_id, Transition.WITHDRAW, f"workflow {flow.name} was removed")
+            self._finish(run_id, flow.name, Transition.WITHDRAW, f"workflow {flow.name} was removed")
         self._drain_worker(flow)
 
     def _drain_worker(self, flow: Flow) -> None:
@@ -157,7 +157,10 @@ class WorkflowManager:
                     Transition.WITHDRAW if record.status is RunStatus.QUEUED else Transition.CRASH
                 )
                 self._finish(
-                    record.run_id, transition, f"workflow {record.workflow} is not configured"
+                    record.run_id,
+                    record.workflow,
+                    transition,
+                    f"workflow {record.workflow} is not configured",
                 )
                 dropped += 1
             elif record.status is RunStatus.QUEUED:
@@ -216,6 +219,7 @@ class WorkflowManager:
                 oldest, _ = flow.queue.popleft()
                 self._finish(
                     oldest,
+                    workflow,
                     Transition.EVICT,
                     f"the queue of {workflow} was full (maxQueue {flow.config.max_queue})"
                     " and this was its oldest run",
@@ -228,13 +232,6 @@ class WorkflowManager:
         if record.status is RunStatus.STARTED:
             _log_transition(run_id, workflow, Transition.START, None)
         return record
-
-    def _workflow_of(self, run_id: str) -> str:
-        run = self.runs.get(run_id)
-        if run is not None:
-            return run.flow.name
-        record = self.store.get_run(run_id)
-        return record.workflow if record is not None else "?"
 
     def _activate(self, flow: Flow, run_id: str, payload: Any) -> None:
         run = ActiveRun(run_id, flow, payload)
@@ -407,7 +404,7 @@ class WorkflowManager:
     def _restart_afresh(self, record: RunRecord, why: str, *, already_ended: bool = False) -> None:
         """overflow: drop: the lost thread ends crashed; a new run takes its payload."""
         if not already_ended:
-            self._finish(record.run_id, Transition.CRASH, why)
+            self._finish(record.run_id, record.workflow, Transition.CRASH, why)
         try:
             new = self.trigger(record.workflow, record.trigger_payload, retry_of=record.run_id)
         except RpcError as exc:
@@ -423,18 +420,20 @@ class WorkflowManager:
         flow.active.pop(run.run_id, None)
         self.runs.pop(run.run_id, None)
         run.worker = None
-        self._finish(run.run_id, transition, error)
+        self._finish(run.run_id, flow.name, transition, error)
         self._fill(flow)
         if not flow.active and not flow.queue:
             self._arm_idle(flow)
 
-    def _finish(self, run_id: str, transition: Transition, error: str | None) -> None:
+    def _finish(
+        self, run_id: str, workflow: str, transition: Transition, error: str | None
+    ) -> None:
         if not self.store.transition_run(run_id, transition, error=error):
             log.error(
                 "run %s could not move to %s (it moved on already)", run_id, transition.target
             )
             return
-        _log_transition(run_id, self._workflow_of(run_id), transition, error)
+        _log_transition(run_id, workflow, transition, error)
         waiters = self.waiters.pop(run_id, None)
         if waiters:
             self.store.after_commit(lambda: self._answer(run_id, waiters))

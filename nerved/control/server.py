@@ -288,7 +288,11 @@ class Connection:
             log.warning("control client uid %d stopped reading; disconnecting it", self.uid)
             self.close()
             return
+        self.server.loop.flush_at_end(self, self._flush_and_close)
+
+    def _flush_and_close(self) -> None:
         self.flush()
+        self.maybe_close()
 
     def flush(self) -> None:
         while self.wbuf and not self.closed:

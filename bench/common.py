@@ -1,0 +1,138 @@
+"""What the benchmarks share: a nerved on a scratch root, an RPC connection, percentiles."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile, as the anchors compute it."""
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100.0 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+def summary_ms(values_s: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values_s]
+    return {"n": len(ms), "p50": pct(ms, 50), "p99": pct(ms, 99), "max": max(ms)}
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (from /proc)."""
+    total = 0
+    todo = [pid]
+    page = os.sysconf("SC_PAGE_SIZE")
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{current}/statm") as f:
+                total += int(f.read().split()[1]) * page
+            for task in os.listdir(f"/proc/{current}/task"):
+                children = f"/proc/{current}/task/{task}/children"
+                with contextlib.suppress(OSError), open(children) as f:
+                    todo += [int(c) for c in f.read().split()]
+    return total
+
+
+class Rpc:
+    """A blocking JSON-RPC connection that can also pipeline (send many, read later)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.buf = b""
+        self.next_id = 0
+
+    def send(self, method: str, params: dict[str, Any] | None = None) -> int:
+        self.next_id += 1
+        request = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params or {}}
+        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        return self.next_id
+
+    def read(self) -> dict[str, Any]:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("nerved closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        self.send(method, params)
+        return self.read()["result"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Daemon:
+    """nerved on a scratch root; ready when it says READY=1 on our notify socket."""
+
+    def __init__(self, config: str, packages: dict[str, str]):
+        self.dir = Path(tempfile.mkdtemp(prefix="nerve-bench-"))
+        self.root = self.dir / "root"
+        self.root.mkdir()
+        (self.root / "nerve.yaml").write_text(textwrap.dedent(config))
+        for path, code in packages.items():
+            (self.root / path).mkdir(parents=True)
+            (self.root / path / "__init__.py").write_text(textwrap.dedent(code))
+        self.socket = self.dir / "nerved.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = dict(os.environ)
+
+    def __enter__(self) -> Daemon:
+        notify_path = self.dir / "notify.sock"
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        notify.settimeout(30)
+        env = {**self.env, "NOTIFY_SOCKET": str(notify_path)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nerved", "--root", str(self.root), "--state-dir",
+             str(self.dir / "state"), "--socket", str(self.socket), "--log-level", "warning",
+             "--no-watch"],
+            env=env, cwd=REPO, stderr=open(self.dir / "nerved.log", "wb"),
+        )  # fmt: skip
+        while b"READY=1" not in notify.recv(4096):
+            pass
+        notify.close()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rpc(self) -> Rpc:
+        return Rpc(self.socket)
+
+
+@contextlib.contextmanager
+def timed(label: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    print(f"  {label}: {time.perf_counter() - started:.2f}s", file=sys.stderr)
