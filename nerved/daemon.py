@@ -14,6 +14,7 @@ socket listen and ``READY=1`` go out.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -24,15 +25,17 @@ from pathlib import Path
 from typing import Any, Final
 
 from nerved import _version
-from nerved.config import ConfigError, NerveConfig, check_packages, load_config
+from nerved.config import ConfigError, NerveConfig, Reflex, check_packages, load_config
 from nerved.control.commands import COMMANDS
-from nerved.control.rpc import METHOD_NOT_FOUND, SHUTTING_DOWN, Params, RpcError
+from nerved.control.rpc import METHOD_NOT_FOUND, SHUTTING_DOWN, Params, Pending, RpcError
 from nerved.control.server import ControlServer, SocketInUse, bind
 from nerved.loop import Loop
 from nerved.notify import Notifier
 from nerved.reflexes import Reflexes
+from nerved.reloader import Reloader
 from nerved.senses import SenseManager
 from nerved.store import Store, StoreError
+from nerved.usercode import CodeSnapshot
 from nerved.watch import Watcher
 from nerved.workers import Workers
 from nerved.workflows import WorkflowManager
@@ -122,7 +125,8 @@ class Daemon:
         # Recovery comes before the socket listens: nothing is admitted until the queues
         # and active sets are rebuilt from logs.db, in their original order.
         self.notifier.status("recovering unfinished runs")
-        self.workflows.apply(self.config)
+        self.code = CodeSnapshot.take(self.root, self.config.senses, self.config.workflows)
+        self.workflows.apply(self.config, self.code)
         self.recovery = self.workflows.recover()
         self.store.commit()
 
@@ -133,10 +137,13 @@ class Daemon:
         self._socket_inode = os.stat(self.options.socket).st_ino
         self.control = ControlServer(self.loop, sock, self.dispatch)
 
-        self.senses.apply(self.config)
+        self.senses.apply(self.config, self.code)
         self.reflexes.apply(self.config)
+        self.reloader = Reloader(
+            self.loop, self.workers, self.root, lambda: self.code, self.apply, self._reload_failed
+        )
         if self.options.watch:
-            self.watcher = Watcher(self.loop, self.root, lambda: self.request_reload("inotify"))
+            self.watcher = Watcher(self.loop, self.root, self._files_changed)
         self.store.commit()
         if self.notifier.watchdog_interval:
             self._watchdog()
@@ -208,7 +215,8 @@ class Daemon:
         self.begin_stop("SIGINT")
 
     def handle_hup(self, signum: int) -> None:
-        self.request_reload("SIGHUP")
+        if not self.stopping:
+            self.request_reload("SIGHUP")
 
     def handle_chld(self, signum: int) -> None:
         self.workers.reap()
@@ -247,31 +255,18 @@ class Daemon:
 
     # -- reload -------------------------------------------------------------------------
 
-    def request_reload(self, source: str) -> None:
-        if self.stopping:
-            return
-        try:
-            self.reload(source)
-        except ConfigError as exc:
-            log.error("configuration not reloaded (%s):\n%s", source, exc)
+    def request_reload(self, source: str) -> Pending:
+        """SIGHUP, inotify and ``nervectl reload`` all come here; see nerved.reloader."""
+        return self.reloader.request(source)
 
-    def reload(self, source: str) -> list[str]:
-        """Apply the root as it is now; on any error the running configuration stays."""
-        try:
-            config = load_config(self.root)
-        except ConfigError:
-            self.notifier.status(f"{self._summary()}; last reload failed")
-            raise
-        missing = check_packages(self.root, config)
-        if missing:
-            self.notifier.status(f"{self._summary()}; last reload failed")
-            raise ConfigError(tuple(missing))
+    def apply(self, config: NerveConfig, code: CodeSnapshot, source: str) -> list[str]:
+        """Make a validated configuration and code current, by diff."""
         self.notifier.reloading()
-        changed = self.senses.apply(config) + self.workflows.apply(config)
-        if config.reflexes != self.config.reflexes:
+        changed = self.senses.apply(config, code) + self.workflows.apply(config, code)
+        if [_unlined(r) for r in config.reflexes] != [_unlined(r) for r in self.config.reflexes]:
             changed.append("reflexes")
         self.reflexes.apply(config)
-        self.config = config
+        self.config, self.code = config, code
         if self.watcher is not None:
             self.watcher.refresh()
         self.notifier.ready(self._summary())
@@ -281,7 +276,14 @@ class Daemon:
             log.debug("reload (%s): nothing changed", source)
         return changed
 
-    # -- signals -------------------------------------------------------------------------
+    def _files_changed(self) -> None:
+        if not self.stopping:
+            self.request_reload("inotify")
+
+    def _reload_failed(self, errors: str) -> None:
+        self.notifier.status(f"{self._summary()}; last reload failed")
+
+    # -- signals to reflexes -------------------------------------------------------------
 
     def _on_signal(self, sense: str, payload: Any) -> None:
         self.reflexes.on_signal(sense, payload)
@@ -310,6 +312,7 @@ class Daemon:
             self.watcher.close()
             self.watcher = None
         self.reflexes.stop()
+        self.reloader.stop()
         grace = max(self.senses.stop(), self.workflows.stop())
         self._stop_timer = self.loop.call_later(grace + STOP_MARGIN, self._kill_remaining)
         if not len(self.workers):
@@ -353,6 +356,11 @@ class Daemon:
                 self.store.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
+
+
+def _unlined(reflex: Reflex) -> Reflex:
+    """A reflex without its line number: moving it in the file is not a change."""
+    return dataclasses.replace(reflex, line=0)
 
 
 def _tree_rss(pids: list[int]) -> int:

@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from nerved.channel import Message
 from nerved.config import NerveConfig, SenseConfig
 from nerved.loop import Loop, Timer
 from nerved.store import Store, now_ms
-from nerved.usercode import fingerprint
+from nerved.usercode import CodeSnapshot
 from nerved.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
@@ -100,20 +100,13 @@ class SenseManager:
 
     # -- configuration ------------------------------------------------------------------
 
-    def _fingerprint(self, senses: tuple[str, ...]) -> str:
-        return "|".join(f"{name}:{fingerprint(self.root / 'senses' / name)}" for name in senses)
-
-    def apply(self, config: NerveConfig) -> list[str]:
+    def apply(self, config: NerveConfig, code: CodeSnapshot) -> list[str]:
         """Start, keep, replace or stop groups to match ``config``; returns what changed."""
         changed: list[str] = []
         wanted = {name: tuple(s.name for s in members) for name, members in config.groups().items()}
         for name, group in list(self.groups.items()):
             members = wanted.get(name)
-            if (
-                members is None
-                or members != group.senses
-                or self._fingerprint(members) != group.code
-            ):
+            if members is None or members != group.senses or code.of_senses(members) != group.code:
                 self._retire(group)
                 del self.groups[name]
                 changed.append(f"group {name}")
@@ -125,12 +118,13 @@ class SenseManager:
             if state is None:
                 self.senses[name] = SenseState(sense_config)
                 changed.append(f"sense {name} added")
-            elif state.config != sense_config:
+            else:
+                if replace(state.config, line=0) != replace(sense_config, line=0):
+                    changed.append(f"sense {name}")
                 state.config = sense_config
-                changed.append(f"sense {name}")
         for name, members in wanted.items():
             if name not in self.groups:
-                group = Group(name, members, self._fingerprint(members))
+                group = Group(name, members, code.of_senses(members))
                 self.groups[name] = group
                 self._spawn(group)
         return changed

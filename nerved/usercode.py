@@ -12,7 +12,8 @@ import importlib.util
 import re
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import cast
@@ -122,3 +123,29 @@ def probe(root: Path, senses: Iterable[str], workflows: Iterable[str]) -> list[s
         except UserCodeError as exc:
             errors.append(str(exc))
     return errors
+
+
+@dataclass(frozen=True, slots=True)
+class CodeSnapshot:
+    """The fingerprints of every configured package at one moment, taken once per reload."""
+
+    senses: Mapping[str, str]
+    workflows: Mapping[str, str]
+
+    @classmethod
+    def take(cls, root: Path, senses: Iterable[str], workflows: Iterable[str]) -> CodeSnapshot:
+        return cls(
+            {name: fingerprint(root / "senses" / name) for name in senses},
+            {name: fingerprint(root / "workflows" / name) for name in workflows},
+        )
+
+    def of_senses(self, names: Iterable[str]) -> str:
+        """One digest for a group: its members and their code."""
+        return "|".join(f"{name}:{self.senses[name]}" for name in names)
+
+    def changed_since(self, old: CodeSnapshot) -> tuple[list[str], list[str]]:
+        """Packages that are new or differ from ``old``: (senses, workflows)."""
+        return (
+            [n for n, d in self.senses.items() if old.senses.get(n) != d],
+            [n for n, d in self.workflows.items() if old.workflows.get(n) != d],
+        )

@@ -31,7 +31,7 @@ from nerved.control.rpc import INTERNAL_ERROR, NOT_FOUND, SHUTTING_DOWN, Pending
 from nerved.loop import Loop, Timer
 from nerved.states import RunStatus, Transition
 from nerved.store import RunRecord, Store
-from nerved.usercode import fingerprint
+from nerved.usercode import CodeSnapshot
 from nerved.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
@@ -94,15 +94,15 @@ class WorkflowManager:
 
     # -- configuration ------------------------------------------------------------------
 
-    def apply(self, config: NerveConfig) -> list[str]:
+    def apply(self, config: NerveConfig, code: CodeSnapshot) -> list[str]:
         changed: list[str] = []
         for name in [n for n in self.flows if n not in config.workflows]:
             self._remove(self.flows.pop(name))
             changed.append(f"workflow {name} removed")
         for name, wf_config in config.workflows.items():
-            code = fingerprint(self.root / "workflows" / name)
+            digest = code.workflows[name]
             if name not in self.flows:
-                self.flows[name] = Flow(wf_config, code)
+                self.flows[name] = Flow(wf_config, digest)
                 changed.append(f"workflow {name} added")
                 continue
             flow = self.flows[name]
@@ -110,8 +110,8 @@ class WorkflowManager:
                 flow.config = wf_config
                 changed.append(f"workflow {name} settings")
                 self._fill(flow)
-            if flow.code != code:
-                flow.code = code
+            if flow.code != digest:
+                flow.code = digest
                 self._drain_worker(flow)
                 changed.append(f"workflow {name} code")
         return changed
@@ -120,7 +120,9 @@ class WorkflowManager:
         flow.removed = True
         while flow.queue:
             run_id, _ = flow.queue.popleft()
-            self._finish(run_id, flow.name, Transition.WITHDRAW, f"workflow {flow.name} was removed")
+            self._finish(
+                run_id, flow.name, Transition.WITHDRAW, f"workflow {flow.name} was removed"
+            )
         self._drain_worker(flow)
 
     def _drain_worker(self, flow: Flow) -> None:

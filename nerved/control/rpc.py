@@ -93,9 +93,14 @@ class Pending:
     def __init__(self) -> None:
         self._callbacks: list[Callable[[Any, RpcError | None], None]] = []
         self.done = False
+        self._outcome: tuple[Any, RpcError | None] = (None, None)
 
     def on_done(self, callback: Callable[[Any, RpcError | None], None]) -> None:
-        self._callbacks.append(callback)
+        """Call ``callback(result, error)`` when known: at once if it is known already."""
+        if self.done:
+            callback(*self._outcome)
+        else:
+            self._callbacks.append(callback)
 
     def resolve(self, result: Any) -> None:
         self._finish(result, None)
@@ -107,6 +112,7 @@ class Pending:
         if self.done:
             return
         self.done = True
+        self._outcome = (result, error)
         for callback in self._callbacks:
             callback(result, error)
         self._callbacks.clear()
