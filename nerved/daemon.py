@@ -33,6 +33,7 @@ from nerved.loop import Loop
 from nerved.notify import Notifier
 from nerved.reflexes import Reflexes
 from nerved.reloader import Reloader
+from nerved.retention import Retention
 from nerved.senses import SenseManager
 from nerved.store import Store, StoreError
 from nerved.usercode import CodeSnapshot
@@ -142,6 +143,7 @@ class Daemon:
         self.reloader = Reloader(
             self.loop, self.workers, self.root, lambda: self.code, self.apply, self._reload_failed
         )
+        self.retention = Retention(self.loop, self.store, lambda: self.config.retention)
         if self.options.watch:
             self.watcher = Watcher(self.loop, self.root, self._files_changed)
         self.store.commit()
@@ -313,6 +315,7 @@ class Daemon:
             self.watcher = None
         self.reflexes.stop()
         self.reloader.stop()
+        self.retention.stop()
         grace = max(self.senses.stop(), self.workflows.stop())
         self._stop_timer = self.loop.call_later(grace + STOP_MARGIN, self._kill_remaining)
         if not len(self.workers):

@@ -69,7 +69,7 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX workflow_runs_status   ON workflow_runs (status, workflow, seq);
     CREATE INDEX workflow_runs_workflow ON workflow_runs (workflow, seq);
-    CREATE INDEX workflow_runs_final    ON workflow_runs (updated_at)
+    CREATE INDEX workflow_runs_final    ON workflow_runs (seq)
         WHERE status NOT IN ('queued', 'started');
     """,
 )
@@ -430,6 +430,54 @@ class Store:
             (run_id,),
         ).fetchone()
         return int(row[0]) if row else 0
+
+    def prune_runs(self, *, older_than: int | None, keep: int | None, limit: int) -> int:
+        """Delete up to ``limit`` final runs, with their log entries, oldest first.
+
+        A final run goes when it was last updated before ``older_than`` (ms) or when it is
+        not among the ``keep`` newest final runs. Active runs are never touched.
+        """
+        if older_than is None and keep is None:
+            return 0
+        final = "status NOT IN ('queued', 'started')"
+        reasons: list[str] = []
+        args: list[Any] = []
+        if older_than is not None:
+            reasons.append("updated_at < ?")
+            args.append(older_than)
+        if keep is not None:
+            reasons.append(
+                f"seq <= (SELECT seq FROM workflow_runs WHERE {final}"
+                " ORDER BY seq DESC LIMIT 1 OFFSET ?)"
+            )
+            args.append(keep)
+        victims = [
+            row[0]
+            for row in self._conn.execute(
+                f"SELECT run_id FROM workflow_runs WHERE {final} AND ({' OR '.join(reasons)})"
+                " ORDER BY seq LIMIT ?",
+                (*args, limit),
+            )
+        ]
+        if not victims:
+            return 0
+        marks = ",".join("?" * len(victims))
+        self._begin()
+        self._conn.execute(
+            f"DELETE FROM logs WHERE source = 'workflow' AND ref_id IN ({marks})", victims
+        )
+        self._conn.execute(f"DELETE FROM workflow_runs WHERE run_id IN ({marks})", victims)
+        return len(victims)
+
+    def prune_sense_logs(self, *, older_than: int, limit: int) -> int:
+        """Delete up to ``limit`` sense entries (signals, errors, log lines) older than a time."""
+        self._begin()
+        cur = self._conn.execute(
+            "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE source = 'sense'"
+            " AND ts < ? ORDER BY id LIMIT ?)",
+            (older_than, limit),
+        )
+        return cur.rowcount
 
     def set_meta(self, key: str, value: str) -> None:
         self._begin()

@@ -1,0 +1,59 @@
+"""Keeping logs.db bounded: old final runs and old sense entries are pruned in small batches.
+
+Pruning shares the master's loop with everything else, so it works in batches small enough
+to be unnoticeable (a few hundred runs per turn), spaced out while there is a backlog and
+idle for a minute once there is none. Active runs are never pruned, whatever their age.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Final
+
+from nerved.config import RetentionConfig
+from nerved.loop import Loop, Timer
+from nerved.store import Store, now_ms
+
+log = logging.getLogger(__name__)
+
+RUN_BATCH: Final = 200
+SENSE_BATCH: Final = 2000
+PAUSE: Final = 0.05  # between batches while there is a backlog
+INTERVAL: Final = 60.0  # between passes once there is none
+FIRST_PASS: Final = 1.0  # after start, once recovery and readiness are out of the way
+
+
+class Retention:
+    def __init__(self, loop: Loop, store: Store, settings: Callable[[], RetentionConfig]):
+        self.loop = loop
+        self.store = store
+        self.settings = settings
+        self.pruned_runs = 0
+        self.pruned_entries = 0
+        self._timer: Timer | None = loop.call_later(FIRST_PASS, self.tick)
+
+    def tick(self) -> None:
+        settings = self.settings()
+        now = now_ms()
+        runs = self.store.prune_runs(
+            older_than=None if settings.run_max_age_ms is None else now - settings.run_max_age_ms,
+            keep=settings.run_max_count,
+            limit=RUN_BATCH,
+        )
+        entries = 0
+        if settings.signal_max_age_ms is not None:
+            entries = self.store.prune_sense_logs(
+                older_than=now - settings.signal_max_age_ms, limit=SENSE_BATCH
+            )
+        self.pruned_runs += runs
+        self.pruned_entries += entries
+        backlog = runs == RUN_BATCH or entries == SENSE_BATCH
+        if runs or entries:
+            log.debug("retention: pruned %d runs and %d sense entries", runs, entries)
+        self._timer = self.loop.call_later(PAUSE if backlog else INTERVAL, self.tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
