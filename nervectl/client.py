@@ -54,7 +54,9 @@ class Client:
             self._sock.close()
             self._sock = None
 
-    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
         """Send one request and return its result; raises RemoteError for an error answer."""
         self.connect()
         assert self._sock is not None
@@ -74,7 +76,9 @@ class Client:
             raise Unreachable(f"connection to {self.path} lost: {exc}") from exc
         if "error" in answer:
             error = answer["error"]
-            raise RemoteError(int(error.get("code", 0)), str(error.get("message")), error.get("data"))
+            raise RemoteError(
+                int(error.get("code", 0)), str(error.get("message")), error.get("data")
+            )
         return answer.get("result")
 
     def _read_line(self) -> dict[str, Any]:

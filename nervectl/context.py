@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from nervectl.render import dumps
 from nervectl.remote import Remote
+from nervectl.render import dumps
 
 
 @dataclass

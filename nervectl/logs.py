@@ -31,9 +31,7 @@ def logs(ctx: Context) -> int:
         elif not entries:
             ctx.print("no log entries")
         else:
-            lines.widen(entries)
-            for entry in entries:
-                ctx.print(lines.format(entry))
+            _emit(ctx, lines, entries)
         return OK
     try:
         _emit(ctx, lines, entries)
@@ -49,9 +47,7 @@ def logs(ctx: Context) -> int:
     return OK
 
 
-def _follow(
-    ctx: Context, lines: render.LogLines, filters: dict[str, Any], cursor: int
-) -> None:
+def _follow(ctx: Context, lines: render.LogLines, filters: dict[str, Any], cursor: int) -> None:
     while True:
         time.sleep(POLL_INTERVAL)
         while True:
@@ -70,6 +66,9 @@ def _newest_id(ctx: Context) -> int:
 
 
 def _emit(ctx: Context, lines: render.LogLines, entries: Sequence[dict[str, Any]]) -> None:
+    """Print a batch (aligned as a whole) and flush it: a follower's reader is waiting."""
+    if not ctx.json:
+        lines.widen(entries)
     for entry in entries:
         ctx.out.write((render.dumps_line(entry) if ctx.json else lines.format(entry)) + "\n")
     ctx.out.flush()

@@ -99,8 +99,8 @@ class LogLines:
         return max(shutil.get_terminal_size().columns - used, 40)
 
     def format(self, entry: Mapping[str, Any]) -> str:
-        columns = [str(entry.get(key) or "-") for key in ("source", "type", "refId")]
-        self.widths = [max(w, len(c)) for w, c in zip(self.widths, columns, strict=True)]
+        self.widen([entry])
+        columns = _log_columns(entry)
         head = "  ".join(
             [format_local(entry.get("ts"), millis=True)]
             + [c.ljust(w) for c, w in zip(columns, self.widths, strict=True)]
@@ -111,5 +111,9 @@ class LogLines:
     def widen(self, entries: Iterable[Mapping[str, Any]]) -> None:
         """Size the columns for a whole batch first, so that it prints aligned."""
         for entry in entries:
-            columns = [str(entry.get(key) or "-") for key in ("source", "type", "refId")]
+            columns = _log_columns(entry)
             self.widths = [max(w, len(c)) for w, c in zip(self.widths, columns, strict=True)]
+
+
+def _log_columns(entry: Mapping[str, Any]) -> list[str]:
+    return [str(entry.get(key) or "-") for key in ("source", "type", "refId")]

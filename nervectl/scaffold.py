@@ -9,6 +9,7 @@ so that the operator's comments and layout stay as they were.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -18,10 +19,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Final
 
-from nerved.paths import resolve_root
-
 from nervectl.context import Context
 from nervectl.exits import FAILED, OK, USAGE, CliError
+from nerved.paths import resolve_root
 
 CONFIG: Final = "nerve.yaml"
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -39,9 +39,13 @@ _WORKFLOW_BODY: Final = (
     "overflow: queue      # drop | queue: what a trigger does when every slot is busy",
 )
 # `senses:` at the start of a line, with perhaps an inline value and a comment after it.
-_HEADER_RE: Final = re.compile(r"(?P<key>[A-Za-z]+):[ \t]*(?P<value>[^#\r\n]*?)[ \t]*(?P<comment>#.*)?")
+_HEADER_RE: Final = re.compile(
+    r"(?P<key>[A-Za-z]+):[ \t]*(?P<value>[^#\r\n]*?)[ \t]*(?P<comment>#.*)?"
+)
 _EMPTY_VALUES: Final = ("", "{}", "null", "~", "Null", "NULL")
-_KEY_RE: Final = re.compile(r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<plain>[^\s:#'"][^:#]*?))\s*:(?:\s|$)""")
+_KEY_RE: Final = re.compile(
+    r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<plain>[^\s:#'"][^:#]*?))\s*:(?:\s|$)"""
+)
 
 
 @dataclass
@@ -77,12 +81,12 @@ def init_root(root: Path) -> Scaffolded:
             )
     done = Scaffolded(root)
     try:
-        for directory in (root / "senses", root / "workflows"):
+        for directory in (package.parent, root / "workflows"):
             directory.mkdir(parents=True, exist_ok=True)
         _create(package, _render("sense.py.tmpl", FIRST_SENSE), done)
         _create(config, template(CONFIG), done)
     except OSError as exc:
-        raise CliError(f"cannot write {root}: {exc.strerror or exc}") from exc
+        raise CliError(_os_failure(exc, root)) from exc
     done.declared = True
     return done
 
@@ -123,7 +127,7 @@ def _init_package(
             _replace(config, edited)
             done.declared = True
     except OSError as exc:
-        raise CliError(f"cannot write {root}: {exc.strerror or exc}") from exc
+        raise CliError(_os_failure(exc, root)) from exc
     return done
 
 
@@ -148,7 +152,8 @@ def declare(text: str, section: str, name: str, body: Sequence[str], where: str)
             f"add {name} to it by hand, or write it as a block"
         )
     newline = "\r\n" if lines[header].endswith("\r\n") else "\n"
-    lines[header] = f"{section}:" + (f"  {comment}" if comment else "") + newline
+    if value or not lines[header].endswith("\n"):  # an empty inline value, or the file's end
+        lines[header] = f"{section}:" + (f"  {comment}" if comment else "") + newline
     indent: int | None = None
     for line in lines[header + 1 :]:
         stripped = line.strip()
@@ -185,6 +190,10 @@ def _entry(name: str, body: Sequence[str], indent: int, newline: str = "\n") -> 
     return [f"{pad}{name}:{newline}", *(f"{pad}  {line}{newline}" for line in body)]
 
 
+def _os_failure(exc: OSError, root: Path) -> str:
+    return f"cannot write {exc.filename or root}: {exc.strerror or exc}"
+
+
 # -- files ------------------------------------------------------------------------------------
 
 
@@ -199,8 +208,16 @@ def _create(path: Path, text: str, done: Scaffolded) -> None:
         os.link(tmp, path)  # unlike rename, never replaces what is there
     except FileExistsError:
         raise CliError(f"{path} already exists; not overwriting it", FAILED) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        # A filesystem without hard links: checked, then renamed, which leaves a window.
+        if path.exists():
+            raise CliError(f"{path} already exists; not overwriting it", FAILED) from None
+        os.rename(tmp, path)
     finally:
-        os.unlink(tmp)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
     done.created.append(path)
 
 

@@ -65,6 +65,8 @@ def _parse_iso(text: str, now: int) -> datetime.datetime | None:
         return datetime.datetime.fromisoformat(text)
     except ValueError:
         pass
+    if ":" not in text:
+        return None  # time.fromisoformat reads "10" as 10:00: too easily a mistyped "10m"
     try:
         clock = datetime.time.fromisoformat(text)
     except ValueError:

@@ -14,10 +14,11 @@ from typing import Any, Final
 from nervectl import render
 from nervectl.context import Context
 from nervectl.exits import FAILED, INTERRUPTED, OK, USAGE, CliError
-from nervectl.remote import FOREVER
+from nervectl.remote import FOREVER, RemoteError
 from nervectl.times import format_local
+from nerved.states import RunStatus
 
-STATUSES: Final = ("queued", "started", "completed", "failed", "crashed", "dropped")
+STATUSES: Final = tuple(status.value for status in RunStatus)
 # workflow.wait's own timeout comes first: the socket's is only a backstop against a daemon
 # that stopped answering, so it waits this much longer.
 WAIT_MARGIN: Final = 5.0
@@ -37,7 +38,8 @@ def workflow_list(ctx: Context) -> int:
     args = ctx.args
     params = {
         "all": True if args.all else None,
-        "status": args.status,
+        # one status as a string, several as a list: workflow.list takes both
+        "status": args.status[0] if args.status and len(args.status) == 1 else args.status,
         "workflow": args.workflow,
         "limit": args.limit,
     }
@@ -137,10 +139,15 @@ def workflow_trigger(ctx: Context) -> int:
     wait: dict[str, Any] = {"runId": run_id}
     socket_timeout = FOREVER
     if args.timeout is not None:
-        wait["timeout"] = round(args.timeout * 1000)  # milliseconds, as every duration on the wire
+        wait["timeout"] = args.timeout  # seconds, as workflow.wait takes it
         socket_timeout = args.timeout + WAIT_MARGIN
     try:
         run: dict[str, Any] = ctx.remote.call("workflow.wait", wait, timeout=socket_timeout)
+    except RemoteError as exc:
+        if isinstance(exc.data, dict) and exc.data.get("timeout"):
+            message = f"run {run_id} did not finish in time ({exc.message}); it goes on"
+            raise CliError(message, FAILED) from None
+        raise
     except KeyboardInterrupt:
         message = f"interrupted; run {run_id} goes on (nervectl workflow inspect {run_id})"
         raise CliError(message, INTERRUPTED) from None
@@ -164,14 +171,15 @@ def parse_payload(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--payload is not valid JSON: {exc}") from None
+        raise ValueError(f"not valid JSON: {exc}") from None
 
 
 def read_payload_file(name: str) -> Any:
     try:
         text = sys.stdin.read() if name == "-" else Path(name).read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise CliError(f"cannot read the payload file {name}: {exc}", USAGE) from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise CliError(f"cannot read the payload file {name}: {why}", USAGE) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -28,7 +28,7 @@ from nerved import _version
 from nerved.config import ConfigError, NerveConfig, Reflex, check_packages, load_config
 from nerved.control.commands import COMMANDS
 from nerved.control.rpc import METHOD_NOT_FOUND, SHUTTING_DOWN, Params, Pending, RpcError
-from nerved.control.server import ControlServer, SocketInUse, bind
+from nerved.control.server import ControlServer, SocketInUse, bind, inherited_socket
 from nerved.loop import Loop
 from nerved.notify import Notifier
 from nerved.reflexes import Reflexes
@@ -72,6 +72,7 @@ class Options:
 class Daemon:
     def __init__(self, options: Options) -> None:
         self.options = options
+        self._activated = inherited_socket()  # read first: the variables are for us alone
         self.root = options.root.resolve()
         self.loop = Loop()
         self.notifier = Notifier()
@@ -132,10 +133,11 @@ class Daemon:
         self.store.commit()
 
         try:
-            sock = bind(self.options.socket)
+            sock = self._activated or bind(self.options.socket)
         except (SocketInUse, OSError) as exc:
             raise Fatal(f"cannot listen on {self.options.socket}: {exc}", EX_TEMPFAIL) from exc
-        self._socket_inode = os.stat(self.options.socket).st_ino
+        # A socket we bound is ours to remove at exit; systemd's stays for the next start.
+        self._socket_inode = None if self._activated else os.stat(self.options.socket).st_ino
         self.control = ControlServer(self.loop, sock, self.dispatch)
 
         self.senses.apply(self.config, self.code)
@@ -339,7 +341,7 @@ class Daemon:
         if self.control is not None:
             self.control.close()
             with contextlib.suppress(OSError):
-                if os.stat(self.options.socket).st_ino == self._socket_inode:
+                if self._socket_inode and os.stat(self.options.socket).st_ino == self._socket_inode:
                     os.unlink(self.options.socket)
         if self.watcher is not None:
             self.watcher.close()

@@ -153,14 +153,12 @@ class Loop:
         """
         ready = self._selector.select(self._next_timeout(max_wait))
         for _ in range(WIDEN):
-            for key, mask in ready:
-                key.data(mask)
+            self._dispatch(ready)
             ready = self._selector.select(0)
             if not ready:
                 break
         else:
-            for key, mask in ready:
-                key.data(mask)
+            self._dispatch(ready)
         self._run_due_timers()
         for callback in self._end_of_turn:
             callback()
@@ -168,6 +166,13 @@ class Loop:
             flushes, self._flushes = self._flushes, {}
             for flush in flushes.values():
                 flush()
+
+    def _dispatch(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        registered = self._selector.get_map()
+        for key, mask in ready:
+            # A handler earlier in this list may have closed (or replaced) this fd.
+            if registered.get(key.fd) is key:
+                key.data(mask)
 
     def run(self) -> None:
         self._stopping = False

@@ -80,6 +80,8 @@ class Worker:
             self._disconnect("its channel broke")
 
     def _on_ready(self, mask: int) -> None:
+        if self.channel.closed:
+            return
         if mask & WRITE:
             try:
                 if self.channel.flush():

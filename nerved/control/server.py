@@ -80,6 +80,27 @@ def bind(path: Path) -> socket.socket:
     return sock
 
 
+SD_LISTEN_FDS_START: Final = 3
+
+
+def inherited_socket() -> socket.socket | None:
+    """The listening socket systemd passed us (socket activation, sd_listen_fds(3)), if any.
+
+    The variables are removed once read, so that no child ever believes it was activated.
+    """
+    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()) or not count.isdigit() or int(count) < 1:
+        return None
+    if int(count) > 1:
+        log.warning("systemd passed %s sockets; using the first", count)
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise OSError(f"the socket systemd passed is not a Unix stream socket ({sock})")
+    os.set_inheritable(sock.fileno(), False)
+    return sock
+
+
 class PeerPolicy:
     """Root, the daemon's own user, and members of the ``nerve`` group may connect."""
 

@@ -1,0 +1,293 @@
+"""``nervectl``: the operator's command line (SPEC §7).
+
+Scripts rely on the exit status and on stderr being one line, so every expected failure
+(a usage mistake, a daemon that does not answer, an error it reports) ends here as a
+``nervectl: ...`` line and its code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from nervectl import commands, logs, scaffold, workflows
+from nervectl.context import Context
+from nervectl.exits import FAILED, INTERRUPTED, NOT_FOUND, OK, UNREACHABLE, USAGE, CliError
+from nervectl.remote import RemoteError, Unreachable
+from nervectl.times import SINCE_HELP, parse_since
+from nerved import _version
+from nerved.paths import resolve_socket
+
+Handler = Callable[[Context], int]
+
+# JSON-RPC codes (SPEC §6) that have their own exit status or wording.
+_RPC_NOT_FOUND = -32001
+_RPC_NO_METHOD = -32601
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other nervectl error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"nervectl: {message} (see: {self.prog} --help)\n")
+
+
+def _since(text: str) -> int:
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _payload(text: str) -> Any:
+    try:
+        return workflows.parse_payload(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < 10**9:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _common() -> argparse.ArgumentParser:
+    """--socket and --json again on every command, so they may also follow it.
+
+    SUPPRESS keeps an option that is not given here from overwriting the one given before
+    the command.
+    """
+    common = _Parser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(
+        prog="nervectl",
+        description="Operate nerved, the nerve daemon, over its control socket.",
+        epilog="Exit status: 0 ok, 1 the daemon reported an error (or a waited-for run did "
+        "not complete, or init refused), 2 usage error, 3 daemon unreachable, 4 not found.",
+    )
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="the control socket (default: $NERVE_SOCKET, $RUNTIME_DIRECTORY/nerved.sock, "
+        "/run/nerve/nerved.sock as root, else $XDG_RUNTIME_DIR/nerve/nerved.sock)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the daemon's result as JSON on stdout"
+    )
+    parser.add_argument("--version", action="version", version=f"nervectl {_version.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        group: Any, name: str, handler: Handler, text: str, **kwargs: Any
+    ) -> argparse.ArgumentParser:
+        leaf: argparse.ArgumentParser = group.add_parser(
+            name, help=text, description=text, parents=[common], **kwargs
+        )
+        leaf.set_defaults(handler=handler)
+        return leaf
+
+    command(sub, "status", commands.status, "show what the daemon is doing and its workers")
+
+    sense = sub.add_parser("sense", help="list or trigger senses", description="Senses.")
+    senses = sense.add_subparsers(dest="sense_command", metavar="SUBCOMMAND", required=True)
+    command(senses, "list", commands.sense_list, "list the senses with their counters")
+    trigger = command(
+        senses, "trigger", commands.sense_trigger, "compute a sense now (subject to its throttle)"
+    )
+    trigger.add_argument("name", metavar="NAME", help="the sense to compute")
+
+    logs_parser = command(
+        sub,
+        "logs",
+        logs.logs,
+        "show entries of the daemon's log store (signals, sense logs and errors, run histories)",
+    )
+    logs_parser.add_argument("--source", metavar="S", help="only this source: sense or workflow")
+    logs_parser.add_argument(
+        "--type", metavar="T", help="only this type (signal, log, error, started, ...)"
+    )
+    logs_parser.add_argument(
+        "--run", metavar="RUN_ID", help="only entries about this run id (or sense name)"
+    )
+    logs_parser.add_argument(
+        "--since", metavar="TIME", type=_since, help=f"from TIME: {SINCE_HELP}"
+    )
+    logs_parser.add_argument(
+        "--limit",
+        metavar="N",
+        type=_positive_int,
+        help="at most N entries (default 100; the newest, or the oldest since --since)",
+    )
+    logs_parser.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="then keep printing new entries as they arrive, until interrupted",
+    )
+
+    command(
+        sub, "reload", commands.reload, "re-read nerve.yaml and the packages, show what changed"
+    )
+
+    workflow = sub.add_parser(
+        "workflow", help="list, inspect or trigger workflow runs", description="Workflow runs."
+    )
+    runs = workflow.add_subparsers(dest="workflow_command", metavar="SUBCOMMAND", required=True)
+    listing = command(
+        runs, "list", workflows.workflow_list, "list workflow runs (the active ones by default)"
+    )
+    listing.add_argument("--all", action="store_true", help="finished runs too")
+    listing.add_argument(
+        "--status",
+        metavar="S",
+        action="append",
+        choices=workflows.STATUSES,
+        help=f"only runs in this status ({', '.join(workflows.STATUSES)}); may be repeated",
+    )
+    listing.add_argument("--workflow", metavar="NAME", help="only runs of this workflow")
+    listing.add_argument(
+        "--limit", metavar="N", type=_positive_int, help="at most N runs, newest first"
+    )
+    inspect = command(
+        runs, "inspect", workflows.workflow_inspect, "show one run and its event history"
+    )
+    inspect.add_argument(
+        "run_id", metavar="RUN_ID", help="a run id, or a unique prefix of 8+ chars"
+    )
+    start = command(runs, "trigger", workflows.workflow_trigger, "start a run of a workflow")
+    start.add_argument("name", metavar="NAME", help="the workflow")
+    payload = start.add_mutually_exclusive_group()
+    payload.add_argument(
+        "--payload",
+        metavar="JSON",
+        type=_payload,
+        default=workflows.NO_PAYLOAD,
+        help="the trigger payload, a JSON value",
+    )
+    payload.add_argument(
+        "--payload-file", metavar="FILE", help="read the JSON trigger payload from FILE (- stdin)"
+    )
+    start.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the run to end and show it; exit 1 unless it completed",
+    )
+    start.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        help="with --wait: give up waiting after this long (default: wait as long as it takes)",
+    )
+
+    init = command(
+        sub,
+        "init",
+        scaffold.init,
+        "scaffold a nerve root, a sense or a workflow (needs no daemon)",
+        usage=scaffold.INIT_USAGE,
+        epilog="init DIR writes DIR/nerve.yaml with one sense, heartbeat; DIR defaults to the "
+        "root nerved would use ($NERVE_ROOT, /etc/nerve as root, else ~/.config/nerve). "
+        "init sense|workflow NAME writes DIR/senses|workflows/NAME/__init__.py and declares it "
+        "in DIR/nerve.yaml. Nothing that exists is overwritten.",
+    )
+    init.add_argument(
+        "target", nargs="*", metavar="DIR | sense NAME | workflow NAME", help="what to create"
+    )
+    init.add_argument(
+        "--root", metavar="DIR", help="the nerve root to add to (default: as nerved resolves it)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has printed them
+        return exc.code if isinstance(exc.code, int) else USAGE
+    ctx = Context(args=args, socket=resolve_socket(args.socket), json=args.json)
+    try:
+        handler: Handler = args.handler
+        code = handler(ctx)
+        ctx.out.flush()  # here, where a closed pipe can still be handled
+        return code
+    except CliError as exc:
+        return _fail(exc.message, exc.code)
+    except Unreachable as exc:
+        return _fail(f"{exc}{_unreachable_hint(exc)}", UNREACHABLE)
+    except RemoteError as exc:
+        return _fail(*_remote_failure(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", INTERRUPTED)
+    except BrokenPipeError:
+        # The reader of our stdout went away (| head): not an error worth a word.
+        _silence_stdout()
+        return OK
+    finally:
+        ctx.close()
+
+
+def _unreachable_hint(exc: Unreachable) -> str:
+    cause = exc.__cause__
+    if not isinstance(cause, OSError) or isinstance(cause, ConnectionResetError | BrokenPipeError):
+        return ""
+    if cause.errno in (errno.ENOENT, errno.ECONNREFUSED):
+        return " (is nerved running, and is this its socket?)"
+    if cause.errno in (errno.EACCES, errno.EPERM):
+        return " (root, nerved's own user and members of the nerve group may connect)"
+    return ""
+
+
+def _remote_failure(exc: RemoteError) -> tuple[str, int]:
+    if exc.code == _RPC_NOT_FOUND:
+        return exc.message, NOT_FOUND
+    if exc.code == _RPC_NO_METHOD:
+        return f"{exc.message} (this nerved does not serve it: is it older than nervectl?)", FAILED
+    return exc.message, FAILED
+
+
+def _fail(message: str, code: int) -> int:
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"nervectl: {line}", file=sys.stderr)
+    return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
