@@ -84,17 +84,23 @@ class Rpc:
         self.sock.close()
 
 
+def scratch_root(base: Path, config: str, packages: dict[str, str]) -> Path:
+    """A nerve root under ``base``: nerve.yaml and packages by path ("workflows/w": code)."""
+    root = base / "root"
+    root.mkdir(parents=True)
+    (root / "nerve.yaml").write_text(textwrap.dedent(config))
+    for path, code in packages.items():
+        (root / path).mkdir(parents=True)
+        (root / path / "__init__.py").write_text(textwrap.dedent(code))
+    return root
+
+
 class Daemon:
     """nerved on a scratch root; ready when it says READY=1 on our notify socket."""
 
     def __init__(self, config: str, packages: dict[str, str]):
         self.dir = Path(tempfile.mkdtemp(prefix="nerve-bench-"))
-        self.root = self.dir / "root"
-        self.root.mkdir()
-        (self.root / "nerve.yaml").write_text(textwrap.dedent(config))
-        for path, code in packages.items():
-            (self.root / path).mkdir(parents=True)
-            (self.root / path / "__init__.py").write_text(textwrap.dedent(code))
+        self.root = scratch_root(self.dir, config, packages)
         self.socket = self.dir / "nerved.sock"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ)

@@ -182,9 +182,18 @@ def main() -> None:
     print(
         tabulate(
             rows,
-            headers=["engine", "runs/s", "steps/s", "e2e p50 ms", "e2e p99 ms",
-                     "iso e2e p50 ms", "iso e2e p99 ms", "ack p50 ms", "ack p99 ms",
-                     "tree RSS MB"],
+            headers=[
+                "engine",
+                "runs/s",
+                "steps/s",
+                "e2e p50 ms",
+                "e2e p99 ms",
+                "iso e2e p50 ms",
+                "iso e2e p99 ms",
+                "ack p50 ms",
+                "ack p99 ms",
+                "tree RSS MB",
+            ],
             floatfmt=".2f",
         )
     )

@@ -393,7 +393,12 @@ class WorkflowManager:
         if not resume:
             self._fill(flow)
             return
-        delay = min(RESPAWN_MAX, RESPAWN_FIRST * 2 ** (flow.failures - 1))
+        # The first loss is answered at once; a worker that keeps dying backs off.
+        delay = (
+            0.0
+            if flow.failures <= 1
+            else min(RESPAWN_MAX, RESPAWN_FIRST * 2 ** (flow.failures - 2))
+        )
 
         def respawn() -> None:
             flow.respawn = None

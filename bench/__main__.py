@@ -1,0 +1,11 @@
+"""``python -m bench`` (``make bench``): every benchmark, one after the other."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+for name in ("bench.control", "bench.workflows", "bench.recovery"):
+    print(f"\n== {name}", flush=True)
+    sys.argv = [name]
+    runpy.run_module(name, run_name="__main__")

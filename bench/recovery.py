@@ -1,0 +1,143 @@
+"""Recovery: start-up with 10,000 unfinished runs in the store, and a worker's sudden death.
+
+- start -> READY=1 with N active runs in logs.db (half started with two logged steps each,
+  half queued), for a workflow whose worker then resumes them: recovery is everything
+  nerved does before READY=1 (rebuild queues, reload each started run's events, hand them
+  to a worker), so this is the time an operator waits after a crash;
+- worker kill -9 -> threads running again: 10 threads inside a step, the worker is killed,
+  and the time until each re-run step has started in the successor is read from the events.
+
+    python -m bench.recovery [--runs 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from tabulate import tabulate
+
+from bench.common import REPO, Daemon, pct, scratch_root
+from nerved.states import Transition
+from nerved.store import Store
+
+WORKFLOW = """
+    import asyncio, os, time
+    from nerved import WorkflowDefinition
+
+    async def step(prompt, ctx):
+        started = time.time()
+        gate = (prompt or {}).get("gate")
+        while gate and not os.path.exists(gate):
+            await asyncio.sleep(0.001)
+        return {"type": "step", "started": started, "pid": os.getpid()}
+
+    def moderate(thread, event):
+        if len(thread.events) > 3:
+            return None
+        return {"role": "step", "prompt": thread.events[0]["payload"]}
+
+    workflow = WorkflowDefinition(roles={"step": step}, moderate=moderate)
+"""
+
+
+def seed_store(path: Path, runs: int) -> None:
+    """Write ``runs`` active runs straight into a fresh logs.db, as a dead nerved left them."""
+    store = Store(path)
+    for i in range(runs):
+        run_id = uuid.uuid4().hex
+        if i % 2:
+            store.create_run(run_id, "w", Transition.ENQUEUE, {"i": i})
+        else:
+            store.create_run(run_id, "w", Transition.START, {"i": i})
+            for n in range(2):
+                store.record_step(run_id, "step", None, {"type": "step", "n": n})
+        if i % 1000 == 999:
+            store.commit()
+    store.commit()
+    store.close()
+
+
+def time_to_ready(root: Path, state: Path) -> float:
+    sock = state.parent / f"{state.name}.sock"
+    notify_path = state.parent / "notify.sock"
+    notify_path.unlink(missing_ok=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(300)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nerved", "--root", str(root), "--state-dir", str(state),
+         "--socket", str(sock), "--log-level", "warning", "--no-watch"],
+        env={**os.environ, "NOTIFY_SOCKET": str(notify_path)}, cwd=REPO,
+    )  # fmt: skip
+    while b"READY=1" not in notify.recv(4096):
+        pass
+    elapsed = time.perf_counter() - t0
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    notify.close()
+    return elapsed
+
+
+def bench_start(runs: int) -> list[tuple[str, float]]:
+    config = "workflows:\n  w: {concurrency: 5000, maxQueue: 100000, idleTimeout: 1h}\n"
+    base = Path(tempfile.mkdtemp(prefix="nerve-bench-"))
+    try:
+        root = scratch_root(base, config, {"workflows/w": WORKFLOW})
+        rows = [("start -> READY=1, empty store", time_to_ready(root, base / "empty"))]
+        seed_store(base / "state" / "logs.db", runs)
+        rows.append((f"start -> READY=1, {runs} active runs", time_to_ready(root, base / "state")))
+        return rows
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def bench_worker_kill(threads: int) -> dict[str, float]:
+    config = f"workflows:\n  w: {{concurrency: {threads}, idleTimeout: 1h, maxAttempts: 5}}\n"
+    with Daemon(config, {"workflows/w": WORKFLOW}) as daemon:
+        gate = daemon.dir / "gate"
+        rpc = daemon.rpc()
+        payload = {"workflow": "w", "payload": {"gate": str(gate)}}
+        runs = [rpc.call("workflow.trigger", payload)["runId"] for _ in range(threads)]
+        pid = next(w["pid"] for w in rpc.call("status")["workers"] if w["kind"] == "workflow")
+        time.sleep(0.3)  # every thread is inside its step (they wait for the gate)
+        gate.touch()  # the re-run steps finish at once
+        t_kill = time.time()
+        os.kill(pid, signal.SIGKILL)
+        restarted = []
+        for run_id in runs:
+            rpc.call("workflow.wait", {"runId": run_id})
+            events = rpc.call("workflow.inspect", {"runId": run_id})["events"]
+            first = next(e["payload"]["event"] for e in events if e["type"] == "step_complete")
+            assert first["pid"] != pid
+            restarted.append(first["started"] - t_kill)
+    return {"first": min(restarted) * 1000, "p50": pct(restarted, 50) * 1000,
+            "last": max(restarted) * 1000}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--threads", type=int, default=10)
+    args = parser.parse_args()
+    rows = bench_start(args.runs)
+    print(tabulate([(name, f"{s * 1000:.0f}") for name, s in rows], headers=["measure", "ms"]))
+    kill = bench_worker_kill(args.threads)
+    print(
+        f"\nworker kill -9 -> its {args.threads} threads' steps running again in a new worker: "
+        f"first {kill['first']:.1f} ms, median {kill['p50']:.1f} ms, last {kill['last']:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
