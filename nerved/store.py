@@ -35,6 +35,10 @@ MAX_QUERY_LIMIT: Final = 10_000
 
 _MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.
+    # Every index costs pages in each commit's fsync, so there are only the ones the hot
+    # paths need: a run's history (ref_id), filters by source/type, the active runs.
+    # Time (``since``) is found through ids, which grow with time; the rest of
+    # workflow_runs is scanned newest first, which retention keeps short.
     """
     CREATE TABLE logs (
         id      INTEGER PRIMARY KEY,
@@ -46,7 +50,6 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX logs_ref_id      ON logs (ref_id, id);
     CREATE INDEX logs_source_type ON logs (source, type, id);
-    CREATE INDEX logs_ts          ON logs (ts);
 
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
@@ -67,10 +70,8 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         attempts        INTEGER NOT NULL DEFAULT 0,
         retry_of        TEXT
     );
-    CREATE INDEX workflow_runs_status   ON workflow_runs (status, workflow, seq);
-    CREATE INDEX workflow_runs_workflow ON workflow_runs (workflow, seq);
-    CREATE INDEX workflow_runs_final    ON workflow_runs (seq)
-        WHERE status NOT IN ('queued', 'started');
+    CREATE INDEX workflow_runs_active ON workflow_runs (seq)
+        WHERE status IN ('queued', 'started');
     """,
 )
 
@@ -186,6 +187,26 @@ def _cap(limit: int | None) -> int:
     return min(limit, MAX_QUERY_LIMIT)
 
 
+def _first_id_since(conn: sqlite3.Connection, ts: int) -> int:
+    """The first entry at or after ``ts``, by bisecting ids (they grow with time).
+
+    Entries are appended with the master's clock, so ts is non-decreasing in id unless the
+    wall clock was stepped back; then the boundary is approximate, never an error.
+    """
+    lo, hi = conn.execute("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM logs").fetchone()
+    hi += 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(
+            "SELECT id, ts FROM logs WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
+        ).fetchone()
+        if row is None or row[1] >= ts:
+            hi = mid
+        else:
+            lo = row[0] + 1
+    return int(lo)
+
+
 def _query_logs(
     conn: sqlite3.Connection,
     *,
@@ -206,8 +227,8 @@ def _query_logs(
             where.append(f"{column} = ?")
             args.append(value)
     if since is not None:
-        where.append("ts >= ?")
-        args.append(since)
+        where.append("id >= ?")
+        args.append(_first_id_since(conn, since))
     if after_id is not None:
         where.append("id > ?")
         args.append(after_id)
