@@ -5,9 +5,11 @@ function returning ~100 bytes of JSON, at most C = 10 runs at once, durable in S
 local disk. nerve runs it as a workflow with concurrency 10 and a queue; its durability is
 WAL + synchronous=FULL, as Huey's default. Measured from a client on the control socket:
 
-- trigger ack: ``workflow.trigger`` sent -> answer read (the run is durably started/queued);
-- burst: N triggers back to back on one connection, a ``workflow.wait`` for each on a
-  second; wall = first trigger -> last completion; e2e = ack -> completion;
+- trigger ack: ``workflow.trigger`` sent -> answer read (the run is durably started or
+  queued), one at a time against an idle daemon ("iso ack"), and within the burst;
+- burst: N triggers on one connection, up to ``--window`` (10) in flight at once, as
+  several clients would send them; wall = first trigger -> last completion (read from the
+  runs' ``updatedAt``, ms); e2e = ack -> completion;
 - iso: one run at a time: trigger, wait, next; e2e = trigger sent -> completion read;
 - tree RSS: the master and all its workers, sampled during the burst.
 
@@ -59,7 +61,7 @@ CONFIG = """
 """
 
 
-def run_nerve(n: int, iso: int, conc: int) -> dict[str, Any]:
+def run_nerve(n: int, iso: int, conc: int, window: int) -> dict[str, Any]:
     config = CONFIG.format(conc=conc, queue=max(n, 100))
     with Daemon(config, {"workflows/w": WORKFLOW}) as daemon:
         triggers, _waits = daemon.rpc(), daemon.rpc()
@@ -67,18 +69,23 @@ def run_nerve(n: int, iso: int, conc: int) -> dict[str, Any]:
         run_id = triggers.call("workflow.trigger", {"workflow": "w"})["runId"]
         triggers.call("workflow.wait", {"runId": run_id})
 
-        # -- burst. Completion is read from the store afterwards (updatedAt, ms), so that
-        # measuring does not add a request per run to the daemon's work.
+        # -- burst. The submitter keeps up to ``window`` triggers in flight on its
+        # connection, as several clients (or reflexes) would: that is what lets one commit
+        # carry many runs. Completion is read from the store afterwards (updatedAt, ms), so
+        # that measuring adds no request per run to the daemon's work.
         peak = [tree_rss(daemon.pid)]
         acked: dict[str, float] = {}
         ack_lat: list[float] = []
+        sent_at: dict[int, float] = {}
         t_start = time.time()
-        for _ in range(n):
-            t0 = time.perf_counter()
-            run_id = triggers.call("workflow.trigger", {"workflow": "w"})["runId"]
-            t1 = time.perf_counter()
-            ack_lat.append(t1 - t0)
-            acked[run_id] = time.time()
+        sent = 0
+        while len(acked) < n:
+            while sent < n and len(sent_at) < window:
+                sent_at[triggers.send("workflow.trigger", {"workflow": "w"})] = time.perf_counter()
+                sent += 1
+            answer = triggers.read()
+            ack_lat.append(time.perf_counter() - sent_at.pop(answer["id"]))
+            acked[answer["result"]["runId"]] = time.time()
             if len(acked) % 100 == 0:
                 peak.append(tree_rss(daemon.pid))
         while (status := triggers.call("status"))["activeWorkflows"] + status["queuedWorkflows"]:
@@ -150,9 +157,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--iso", type=int, default=200)
     parser.add_argument("--conc", type=int, default=10)
+    parser.add_argument("--window", type=int, default=10, help="triggers in flight (burst)")
     parser.add_argument("--no-peers", action="store_true")
     args = parser.parse_args()
-    nerve = run_nerve(args.n, args.iso, args.conc)
+    nerve = run_nerve(args.n, args.iso, args.conc, args.window)
     rows = [
         ("nerve", nerve["runs_per_s"], nerve["steps_per_s"], nerve["e2e"]["p50"],
          nerve["e2e"]["p99"], nerve["iso_e2e"]["p50"], nerve["iso_e2e"]["p99"],

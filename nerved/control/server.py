@@ -20,6 +20,7 @@ import socket
 import stat
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -101,35 +102,57 @@ def inherited_socket() -> socket.socket | None:
     return sock
 
 
+@dataclass(frozen=True, slots=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    """Who is at the other end, as the kernel saw them connect (SO_PEERCRED)."""
+    pid, uid, gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
+    return Peer(pid, uid, gid)
+
+
 class PeerPolicy:
-    """Root, the daemon's own user, and members of the ``nerve`` group may connect."""
+    """Root, the daemon's own user, and members of the ``nerve`` group may connect.
+
+    Membership is looked up at each connection (no cache: ``usermod -aG nerve`` takes
+    effect without a restart): the peer's group, the supplementary groups of the peer
+    process (``sg nerve``), or the group database.
+    """
 
     def __init__(self) -> None:
         self.own_uid = os.getuid()
-        self._cache: dict[int, bool] = {}
 
-    def allows(self, uid: int) -> bool:
-        if uid in (0, self.own_uid):
+    def allows(self, peer: Peer) -> bool:
+        if peer.uid in (0, self.own_uid):
             return True
-        if uid not in self._cache:
-            self._cache[uid] = self._in_group(uid)
-        return self._cache[uid]
-
-    @staticmethod
-    def _in_group(uid: int) -> bool:
         try:
             gid = grp.getgrnam(GROUP).gr_gid
-            user = pwd.getpwuid(uid)
+        except KeyError:
+            return False
+        if peer.gid == gid or gid in _process_groups(peer.pid):
+            return True
+        try:
+            user = pwd.getpwuid(peer.uid)
         except KeyError:
             return False
         return gid == user.pw_gid or gid in os.getgrouplist(user.pw_name, user.pw_gid)
 
 
-def peer_uid(sock: socket.socket) -> int:
-    _pid, uid, _gid = _UCRED.unpack(
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    )
-    return int(uid)
+def _process_groups(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
 
 
 class Connection:
@@ -384,8 +407,9 @@ class ControlServer:
                 log.warning("refusing a control connection: %d are open", MAX_CONNECTIONS)
                 client.close()
                 continue
-            uid = peer_uid(client)
-            allowed = self.policy.allows(uid)
+            peer = peer_of(client)
+            uid = peer.uid
+            allowed = self.policy.allows(peer)
             if not allowed:
                 log.warning(
                     "refused control connection from uid %d (not root, uid %d or in group %s)",

@@ -1,0 +1,170 @@
+"""A real systemd as PID 1 for service tests, after ../shared/tools/systemd-sandbox.
+
+The tool is vendored in tests/tools/ (so that a clean clone has it). A sandbox boots
+systemd in private namespaces with the host's file system: units come from a directory of
+ours, the service runs as the real ``nerve`` user, journald runs inside. Tests that need it
+skip cleanly where the machine cannot run one (not root, no systemd binaries, no cgroup2).
+
+The service's Python must be reachable by the ``nerve`` user, which the development venv
+(built on a Python under /root) is not; :func:`service_venv` builds a second venv from
+Debian's /usr/bin/python3 with nerve installed in editable mode, once per checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from support import REPO, wait_until
+
+TOOLS = REPO / "tests" / "tools"
+SANDBOX = TOOLS / "systemd-sandbox"
+SERVICE_VENV = REPO / ".venv-service"
+SCRATCH = REPO / ".sandbox"  # not /tmp: PrivateTmp= hides the host's /tmp from the service
+
+
+def unavailable() -> str | None:
+    """Why sandboxes cannot run here, or None."""
+    import os
+
+    if os.geteuid() != 0:
+        return "systemd sandboxes need root"
+    check = subprocess.run([str(SANDBOX), "check"], capture_output=True, text=True)
+    if check.returncode != 0:
+        return f"systemd-sandbox check: {check.stderr.strip() or check.stdout.strip()}"
+    if not Path("/usr/bin/python3").exists():
+        return "no /usr/bin/python3 for the service's venv"
+    return None
+
+
+def service_venv() -> Path:
+    """A venv the ``nerve`` user can run (Debian's python3), with nerve installed editable."""
+    nerved = SERVICE_VENV / "bin" / "nerved"
+    if not nerved.exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(SERVICE_VENV)], check=True)
+        subprocess.run(
+            [str(SERVICE_VENV / "bin" / "pip"), "install", "-q", "-e", str(REPO)],
+            check=True,
+        )
+    return SERVICE_VENV
+
+
+def ensure_nerve_user() -> None:
+    """What the package's postinst does: systemd-sysusers with our sysusers.d file."""
+    subprocess.run(
+        ["systemd-sysusers", str(REPO / "systemd" / "nerve-sysusers.conf")],
+        check=True,
+        capture_output=True,
+    )
+
+
+class Sandbox:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dir = SCRATCH / name
+        self.units = self.dir / "units"
+        self.root = self.dir / "root"
+        self.state_name = f"nerve-test-{name}"
+        self.started = False
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def prepare(self, config: str, workflows: dict[str, str] | None = None,
+                watchdog: str = "30s") -> Sandbox:  # fmt: skip
+        """Units (ours, plus a drop-in pointing at the test root and venv) and a root."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.units.mkdir(parents=True)
+        for unit in ("nerved.service", "nerved.socket"):
+            shutil.copy(REPO / "systemd" / unit, self.units / unit)
+        dropin = self.units / "nerved.service.d"
+        dropin.mkdir()
+        venv = service_venv()
+        (dropin / "50-test.conf").write_text(
+            textwrap.dedent(f"""\
+            [Service]
+            ExecStart=
+            ExecStart={venv}/bin/nerved --root {self.root} --state-dir ${{STATE_DIRECTORY}} --socket ${{RUNTIME_DIRECTORY}}/nerved.sock
+            ConfigurationDirectory=
+            StateDirectory=
+            StateDirectory={self.state_name}
+            WatchdogSec={watchdog}
+            RestartSec=200ms
+            """)
+        )
+        self.root.mkdir(parents=True)
+        (self.root / "nerve.yaml").write_text(textwrap.dedent(config))
+        for name, code in (workflows or {}).items():
+            package = self.root / "workflows" / name
+            package.mkdir(parents=True)
+            (package / "__init__.py").write_text(textwrap.dedent(code))
+        for path in [self.dir, *self.dir.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        return self
+
+    @property
+    def state_dir(self) -> Path:
+        return Path("/var/lib") / self.state_name
+
+    # -- the sandbox --------------------------------------------------------------------
+
+    def start(self) -> Sandbox:
+        subprocess.run([str(SANDBOX), "stop", self.name], capture_output=True)
+        done = subprocess.run(
+            [str(SANDBOX), "start", self.name, str(self.units)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"sandbox start failed:\n{done.stdout}\n{done.stderr}"
+        self.started = True
+        return self
+
+    def stop(self) -> None:
+        if self.started:
+            subprocess.run([str(SANDBOX), "stop", self.name], capture_output=True, timeout=60)
+            self.started = False
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(SANDBOX), "exec", self.name, *cmd], capture_output=True, text=True, timeout=timeout
+        )
+        if check:
+            assert done.returncode == 0, (
+                f"{' '.join(cmd)}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("systemctl", *args, check=check)
+
+    def nervectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(str(SERVICE_VENV / "bin" / "nervectl"), *args, check=check)
+
+    def nervectl_json(self, *args: str) -> Any:
+        return json.loads(self.nervectl("--json", *args).stdout)
+
+    def main_pid(self) -> int:
+        out = self.systemctl("show", "-p", "MainPID", "--value", "nerved.service").stdout
+        return int(out.strip() or 0)
+
+    def state(self) -> str:
+        return self.systemctl("is-active", "nerved.service", check=False).stdout.strip()
+
+    def wait_new_main_pid(self, old: int, timeout: float = 30) -> int:
+        return wait_until(
+            lambda: (pid := self.main_pid()) not in (0, old) and self.state() == "active" and pid,
+            timeout=timeout,
+            interval=0.1,
+            what="systemd to restart nerved",
+        )
+
+    def journal(self, *args: str) -> list[dict[str, Any]]:
+        self.run("journalctl", "--sync", check=False)
+        out = self.run("journalctl", "-u", "nerved", "-o", "json", "--no-pager", *args).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]

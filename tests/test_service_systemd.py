@@ -1,0 +1,162 @@
+"""nerved as a systemd service, under a real systemd (PID 1 in a sandbox) and journald.
+
+Each test boots its own sandbox with the project's unit files (plus a drop-in that points
+them at a test root and a venv the ``nerve`` user can run) and drives it with systemctl,
+nervectl and journalctl inside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sandbox import Sandbox, ensure_nerve_user, service_venv, unavailable
+from support import REPO, wait_until
+
+pytestmark = pytest.mark.systemd
+
+WHY_NOT = unavailable()
+
+GATED = """
+    import asyncio, os
+    from nerved import WorkflowDefinition
+
+    async def work(prompt, ctx):
+        while not os.path.exists(prompt["gate"]):
+            await asyncio.sleep(0.02)
+        return {"type": "done"}
+
+    def boom(prompt, ctx):
+        raise RuntimeError("deliberate failure")
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            payload = event["payload"] or {}
+            return {"role": "boom" if payload.get("fail") else "work", "prompt": payload}
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work, "boom": boom}, moderate=moderate)
+"""
+CONFIG = "workflows:\n  g: {concurrency: 4}\n"
+
+
+@pytest.fixture
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    if WHY_NOT:
+        pytest.skip(WHY_NOT)
+    ensure_nerve_user()
+    box = Sandbox(f"nt-{os.getpid()}-{request.node.name[5:30]}".replace("[", "-").replace("]", ""))
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+def test_start_waits_for_ready_and_nervectl_works(sandbox: Sandbox) -> None:
+    sandbox.prepare(CONFIG, {"g": GATED}).start()
+    sandbox.systemctl("start", "nerved.service")  # returns once READY=1 arrived
+    assert sandbox.state() == "active"
+    status = sandbox.nervectl_json("status")
+    assert status["pid"] == sandbox.main_pid()
+    assert sandbox.run("stat", "-c", "%a %U %G", "/run/nerve/nerved.sock").stdout.split() == [
+        "660", "nerve", "nerve"
+    ]  # fmt: skip
+    assert sandbox.run("ps", "-o", "user=", "-p", str(status["pid"])).stdout.strip() == "nerve"
+    shown = sandbox.systemctl("show", "-p", "StatusText", "--value", "nerved.service").stdout
+    assert "workflows" in shown
+
+
+def test_kill_9_of_the_main_pid_restarts_it_and_runs_complete(sandbox: Sandbox) -> None:
+    sandbox.prepare(CONFIG, {"g": GATED}).start()
+    sandbox.systemctl("start", "nerved.service")
+    gate = sandbox.state_dir / "gate"
+    run = sandbox.nervectl_json("workflow", "trigger", "g", "--payload", f'{{"gate": "{gate}"}}')
+    old = sandbox.main_pid()
+    sandbox.run("kill", "-9", str(old))
+    new = sandbox.wait_new_main_pid(old)
+    assert new != old
+    assert sandbox.nervectl_json("workflow", "inspect", run["runId"])["status"] == "started"
+    gate.touch()  # the resumed thread's step can now finish
+    wait_until(
+        lambda: sandbox.nervectl_json("workflow", "inspect", run["runId"])["status"] == "completed",
+        what="the run to complete after the restart",
+    )
+    assert "recovered 1 started" in str([e.get("MESSAGE") for e in sandbox.journal()])
+
+
+def test_a_stopped_main_loop_is_restarted_by_the_watchdog(sandbox: Sandbox) -> None:
+    sandbox.prepare(CONFIG, {"g": GATED}, watchdog="2s").start()
+    sandbox.systemctl("start", "nerved.service")
+    old = sandbox.main_pid()
+    sandbox.run("kill", "-STOP", str(old))
+    new = sandbox.wait_new_main_pid(old, timeout=30)
+    assert new != old
+    assert sandbox.nervectl_json("status")["pid"] == new
+    result = sandbox.systemctl("show", "-p", "NRestarts", "--value", "nerved.service").stdout
+    assert int(result) >= 1
+
+
+def test_systemctl_reload_applies_a_changed_nerve_yaml(sandbox: Sandbox) -> None:
+    sandbox.prepare(CONFIG, {"g": GATED}).start()
+    sandbox.systemctl("start", "nerved.service")
+    pid = sandbox.main_pid()
+    (sandbox.root / "nerve.yaml").write_text("workflows:\n  g: {concurrency: 7}\n")
+    sandbox.systemctl("reload", "nerved.service")
+    assert sandbox.main_pid() == pid
+    wait_until(lambda: any("reloaded (SIGHUP" in str(e.get("MESSAGE")) for e in sandbox.journal()))
+
+
+def test_socket_activation_starts_nerved_on_the_first_call(sandbox: Sandbox) -> None:
+    sandbox.prepare(CONFIG, {"g": GATED}).start()
+    sandbox.systemctl("start", "nerved.socket")
+    assert sandbox.state() == "inactive"
+    status = sandbox.nervectl_json("status")  # waits in the socket while nerved starts
+    assert sandbox.state() == "active"
+    assert status["pid"] == sandbox.main_pid()
+    # A restart keeps the socket: calls made meanwhile wait instead of failing.
+    sandbox.systemctl("restart", "--no-block", "nerved.service")
+    assert sandbox.nervectl_json("status")["pid"] != status["pid"]
+
+
+def test_journal_has_warnings_at_their_priority(sandbox: Sandbox) -> None:
+    sandbox.prepare(CONFIG, {"g": GATED}).start()
+    sandbox.systemctl("start", "nerved.service")
+    done = sandbox.nervectl(
+        "--json", "workflow", "trigger", "g", "--payload", '{"fail": true}', "--wait", check=False
+    )
+    assert done.returncode == 1  # a --wait'ed run that did not complete
+    run = json.loads(done.stdout)
+    assert run["status"] == "failed"
+    warnings = sandbox.journal("-p", "warning")
+    failed = [e for e in warnings if run["runId"] in str(e.get("MESSAGE"))]
+    assert failed and all(e["PRIORITY"] == "4" for e in failed), warnings
+    assert (
+        "of g failed: role 'boom' raised RuntimeError: deliberate failure" in failed[0]["MESSAGE"]
+    )
+    infos = sandbox.journal("-p", "info")
+    started = [
+        e for e in infos if run["runId"] in str(e.get("MESSAGE")) and "started" in e["MESSAGE"]
+    ]
+    assert started and started[0]["PRIORITY"] == "6"
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("no systemd-analyze")
+    venv = service_venv() if not WHY_NOT else None
+    nerved = f"{venv}/bin/nerved" if venv else shutil.which("true")
+    for unit in ("nerved.service", "nerved.socket"):
+        text = (REPO / "systemd" / unit).read_text().replace("/usr/bin/nerved", str(nerved))
+        (tmp_path / unit).write_text(text)
+    if not WHY_NOT:
+        ensure_nerve_user()
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "nerved.service"), str(tmp_path / "nerved.socket")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr
