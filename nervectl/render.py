@@ -12,8 +12,6 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, TextIO
 
-from tabulate import tabulate
-
 from nervectl.times import format_local
 
 ELLIPSIS: Final = "..."
@@ -22,11 +20,15 @@ PIPED_LINE_WIDTH: Final = 1000  # a log payload when stdout is not a terminal
 
 
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
+    from tabulate import tabulate  # imported when a table is drawn: --json does without
+
     return tabulate(list(rows), headers=list(headers), tablefmt="simple", disable_numparse=True)
 
 
 def fields(pairs: Iterable[tuple[str, Any]]) -> str:
     """A key/value block: one field per line, values aligned."""
+    from tabulate import tabulate
+
     return tabulate(
         [(f"{key}:", value) for key, value in pairs], tablefmt="plain", disable_numparse=True
     )
