@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 STATE  ?= $(CURDIR)/.state
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test test-deps lint typecheck unit bench deb clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,17 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 venv: $(BIN)/.installed
+
+# Debian packages the tests use (a real systemd and journald, setpriv, a venv from Debian's
+# python3 for the service user); installed only when missing, and only as root.
+TEST_DEBS = systemd util-linux python3-venv
+test-deps:
+	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; }; \
+	fi
 
 # Run nerved in the foreground on the bundled example root; state and socket stay in .state/.
 run: $(BIN)/.installed
@@ -30,7 +41,7 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-unit: $(BIN)/.installed
+unit: $(BIN)/.installed test-deps
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # The whole default suite: style, types, tests (the systemd ones skip where they cannot run).
@@ -39,5 +50,9 @@ test: lint typecheck unit
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
 
+# The Debian package, into dist/ (see packaging/build-deb).
+deb:
+	packaging/build-deb
+
 clean:
-	rm -rf $(VENV) $(STATE) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(STATE) .venv-service .sandbox build dist .mypy_cache .ruff_cache .pytest_cache

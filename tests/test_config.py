@@ -55,7 +55,7 @@ workflows:
     idleTimeout: 30s     # worker exits after this long with no thread; default 30s
     drainTimeout: 60s    # on code change/removal, wait this long for active threads; default 60s
     maxSteps: 1000       # a thread that takes more steps fails; default 1000
-"""  # noqa: E501 (verbatim from the SPEC)
+"""
 
 # The SPEC example recomputes and listens to `disk-alert` without declaring it; declared here.
 SPEC_EXAMPLE_DECLARED = SPEC_EXAMPLE.replace("reflexes:\n", "  disk-alert:\nreflexes:\n", 1)

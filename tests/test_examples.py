@@ -17,7 +17,9 @@ def run_examples(tmp_path) -> Nerved:
 def test_example_root_runs_senses_and_both_workflows(tmp_path):
     daemon = run_examples(tmp_path)
     try:
-        wait_until(lambda: daemon.rpc("logs.query", source="sense", type="signal", refId="disk-usage"))
+        wait_until(
+            lambda: daemon.rpc("logs.query", source="sense", type="signal", refId="disk-usage")
+        )
         review = daemon.ctl_json("workflow", "trigger", "code-review", "--payload",
                                  '{"title": "big change", "lines": 120}', "--wait")  # fmt: skip
         assert review["status"] == "completed", review
