@@ -55,4 +55,4 @@ deb:
 	packaging/build-deb
 
 clean:
-	rm -rf $(VENV) $(STATE) .venv-service .sandbox build dist .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(STATE) build dist .mypy_cache .ruff_cache .pytest_cache

@@ -5,9 +5,11 @@ systemd in private namespaces with the host's file system: units come from a dir
 ours, the service runs as the real ``nerve`` user, journald runs inside. Tests that need it
 skip cleanly where the machine cannot run one (not root, no systemd binaries, no cgroup2).
 
-The service's Python must be reachable by the ``nerve`` user, which the development venv
-(built on a Python under /root) is not; :func:`service_venv` builds a second venv from
-Debian's /usr/bin/python3 with nerve installed in editable mode, once per checkout.
+The service must be able to run nerve as the ``nerve`` user, under the unit's sandboxing:
+the development venv (a Python under /root) is out of its reach, and so is a checkout under
+/tmp (``PrivateTmp=yes``). So :func:`service_venv` keeps a venv from Debian's
+/usr/bin/python3 under /var/lib/nerve-test and installs the checkout into it (not
+editable) once per test session; the sandboxes' roots live there too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import shutil
 import subprocess
 import textwrap
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,9 @@ from support import REPO, wait_until
 
 TOOLS = REPO / "tests" / "tools"
 SANDBOX = TOOLS / "systemd-sandbox"
-SERVICE_VENV = REPO / ".venv-service"
-SCRATCH = REPO / ".sandbox"  # not /tmp: PrivateTmp= hides the host's /tmp from the service
+SCRATCH = Path("/var/lib/nerve-test")
+SERVICE_VENV = SCRATCH / "venv"
+_installed = False
 
 
 def unavailable() -> str | None:
@@ -42,14 +46,19 @@ def unavailable() -> str | None:
 
 
 def service_venv() -> Path:
-    """A venv the ``nerve`` user can run (Debian's python3), with nerve installed editable."""
-    nerved = SERVICE_VENV / "bin" / "nerved"
-    if not nerved.exists():
+    """A venv the ``nerve`` user can run (Debian's python3), with this checkout installed."""
+    global _installed
+    pip = [str(SERVICE_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+    if not (SERVICE_VENV / "bin" / "python").exists():
+        SCRATCH.mkdir(mode=0o755, parents=True, exist_ok=True)
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(SERVICE_VENV)], check=True)
+        project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+        subprocess.run([*pip, "setuptools>=77", *project["dependencies"]], check=True)
+    if not _installed:
         subprocess.run(
-            [str(SERVICE_VENV / "bin" / "pip"), "install", "-q", "-e", str(REPO)],
-            check=True,
+            [*pip, "--no-build-isolation", "--force-reinstall", "--no-deps", str(REPO)], check=True
         )
+        _installed = True
     return SERVICE_VENV
 
 
