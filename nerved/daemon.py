@@ -51,6 +51,7 @@ EX_CONFIG: Final = 78
 
 STOP_MARGIN: Final = 1.0  # seconds past the longest grace period before SIGKILL
 KILL_WAIT: Final = 5.0  # seconds to wait for SIGKILLed children to be reaped
+STATUS_EVERY: Final = 2.0  # seconds between STATUS= updates (sent only when they change)
 
 
 class Fatal(Exception):
@@ -101,6 +102,11 @@ class Daemon:
             return exc.code
         try:
             self.loop.run()
+        except Exception:
+            # A bug in nerve itself: state in memory can no longer be trusted, but logs.db can.
+            # Exit non-zero so that systemd restarts us and recovery rebuilds from the store.
+            log.critical("internal error; exiting so that a restart recovers", exc_info=True)
+            self.exit_code = EX_SOFTWARE
         finally:
             self._close()
         log.info("nerved stopped")
@@ -151,6 +157,8 @@ class Daemon:
         self.store.commit()
         if self.notifier.watchdog_interval:
             self._watchdog()
+        self._last_status = ""
+        self.loop.call_later(STATUS_EVERY, self._status_tick)
         summary = self._summary()
         log.info(
             "nerved %s ready (pid %d): root %s, state %s, socket %s; %s",
@@ -203,6 +211,16 @@ class Daemon:
             log.critical("%s; stopping so that a restart recovers from logs.db", exc)
             self.exit_code = EX_TEMPFAIL
             self.begin_stop("storage failure")
+
+    def _status_tick(self) -> None:
+        """Keep ``systemctl status`` current: what runs and what waits, when it changes."""
+        if self.stopping:
+            return
+        summary = self._summary()
+        if summary != self._last_status:
+            self.notifier.status(summary)
+            self._last_status = summary
+        self.loop.call_later(STATUS_EVERY, self._status_tick)
 
     def _watchdog(self) -> None:
         self.notifier.watchdog()

@@ -338,8 +338,9 @@ class Store:
             self._in_tx = False
 
     def close(self) -> None:
-        if self._in_tx:
-            self.commit()
+        """Close, dropping a batch nobody committed: nothing of it was acknowledged yet."""
+        self._rollback()
+        self._on_commit, self._on_abort = [], []
         self._conn.close()
 
     # -- writes -------------------------------------------------------------------------

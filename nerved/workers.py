@@ -103,7 +103,16 @@ class Worker:
         for message in messages:
             if self.channel.closed:
                 break
-            self.on_message(self, message)
+            try:
+                self.on_message(self, message)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # A worker runs user code, which can reach the channel: a malformed message
+                # ends that worker (its runs resume elsewhere), never the daemon.
+                log.error(
+                    "%r sent a malformed %r message (%s); killing it", self, message.get("t"), exc
+                )
+                self._disconnect("malformed message")
+                break
 
     def _disconnect(self, why: str) -> None:
         """Close the channel; a process that has no channel has no purpose, so end it."""

@@ -355,3 +355,43 @@ def test_overflow_drop_run_whose_worker_dies_is_crashed_and_started_afresh(
     assert daemon.rpc("workflow.inspect", runId=run["runId"])["triggerPayload"] == {
         "gate": str(gate)
     }
+
+
+SABOTEUR = """
+    import json, os, socket, stat, struct
+    from nerved import WorkflowDefinition
+
+    def sabotage(prompt, ctx):
+        if not os.path.exists(prompt["flag"]):
+            open(prompt["flag"], "w").close()
+            frame = json.dumps({"t": "step", "run": ctx.run_id, "n": "not a number"}).encode()
+            if prompt["kind"] == "garbage":
+                frame = b"{not json"
+            for fd in range(3, 64):
+                try:
+                    if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                        os.write(fd, struct.pack(">I", len(frame)) + frame)
+                except OSError:
+                    pass
+            import time
+            time.sleep(5)  # the master should have ended this worker by now
+        return {"type": "done"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "sabotage", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"sabotage": sabotage}, moderate=moderate)
+"""
+
+
+@pytest.mark.parametrize("kind", ["malformed", "garbage"])
+def test_a_worker_that_sends_nonsense_is_ended_and_its_run_resumed(nerved_factory, tmp_path, kind):
+    daemon = nerved_factory("workflows:\n  s: {}\n", workflows={"s": SABOTEUR}).start()
+    payload = {"flag": str(tmp_path / "flag"), "kind": kind}
+    run_id = daemon.rpc("workflow.trigger", workflow="s", payload=payload)["runId"]
+    run = daemon.rpc("workflow.wait", runId=run_id, timeout=20)
+    assert run["status"] == "completed" and run["attempts"] == 1
+    assert "killing it" in daemon.log()
+    assert daemon.rpc("status")["pid"] == daemon.pid

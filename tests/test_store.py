@@ -188,8 +188,11 @@ def test_reopening_is_idempotent_and_keeps_data(db_path: Path) -> None:
         again.close()
 
 
-def test_close_commits_the_open_batch(db_path: Path) -> None:
+def test_close_drops_the_uncommitted_batch(db_path: Path) -> None:
+    """Only a commit acknowledges; what no commit covered was never promised to anyone."""
     s = Store(db_path)
+    s.create_run("r0", "wf", Transition.ENQUEUE, None)
+    s.commit()
     s.create_run("r1", "wf", Transition.ENQUEUE, None)
     s.close()
     conn = plain_connect(db_path)
@@ -1124,6 +1127,7 @@ def test_derivation_helper_sees_a_divergence(db_path: Path) -> None:
     store = Store(db_path)
     make_run(store, "r1", RunStatus.STARTED)
     store.record_step("r1", "role", None, None)
+    store.commit()
     store.close()
     conn = plain_connect(db_path)
     assert derive_runs_from_logs(conn) == materialised_runs(conn)
