@@ -1,7 +1,26 @@
 """Workflow threads through a real nerved: admission, queues, steps, failures, reflexes.
 
-The scenarios of the original TypeScript tests (workflow-manager, kernel-workflow) are here
-against the real engine; the log-store ones are in test_store.py.
+The scenarios of the original TypeScript tests, against the real engine (log-store-workflow's
+are in test_store.py):
+
+workflow-manager                                   here
+  forks a worker, sends start under the limit      test_three_step_thread_completes...
+  reuses the same worker for a second thread       test_threads_share_one_worker_per_workflow
+  logs 'started' for each dispatched thread        test_queue_is_fifo, ..._share_one_worker...
+  drop overflow: no start, logs 'dropped'          test_overflow_drop_drops_while_busy
+  queue overflow: queues, logs 'queued'            test_queue_is_fifo
+  maxQueue drops the oldest                        test_max_queue_drops_the_oldest_queued_run
+  completed / failed thread dequeues the next      test_queue_is_fifo, test_failed_thread_frees...
+  stop() shuts every worker down                   test_status_counts_and_graceful_stop...
+  ignores starts after stop()                      test_no_trigger_is_taken_once_stopping
+  unknown workflow does nothing                    test_unknown_workflow_is_not_found
+kernel-workflow
+  a signal on a workflow reflex starts a thread    test_sense_signal_starts_a_thread_with_its_payload
+  the signal's payload is the trigger payload      (same)
+  a sense not in 'on' starts nothing               (same: 'other')
+  reload adds / removes workflow reflexes          test_reload_adds_and_removes_workflow_reflexes
+  shutdown stops workflow workers                  test_status_counts_and_graceful_stop...
+  health includes activeWorkflows                  test_concurrency_limit_is_used_and_never_exceeded
 """
 
 from __future__ import annotations
@@ -482,3 +501,48 @@ def test_runs_resume_after_a_restart(nerved_factory, tmp_path):
     assert "recovered 1 started and 2 queued runs" in daemon.log()
     assert os.path.exists(db(daemon))
     assert_runs_match_logs(db(daemon))
+
+
+PIDS = """
+    import os
+    from nerved import WorkflowDefinition
+
+    def who(prompt, ctx):
+        return {"type": "who", "pid": os.getpid()}
+
+    def moderate(thread, event):
+        return {"role": "who", "prompt": None} if event["type"] == "thread_start" else None
+
+    workflow = WorkflowDefinition(roles={"who": who}, moderate=moderate)
+"""
+
+
+def test_threads_share_one_worker_per_workflow(nerved_factory):
+    """workflow-manager: 'reuses the same worker for a second thread under the limit'."""
+    daemon = start(nerved_factory, "  a: {concurrency: 2}\n  b: {}\n", {"a": PIDS, "b": PIDS})
+    pids = {}
+    for workflow in ("a", "a", "b"):
+        run = wait_run(daemon, trigger(daemon, workflow)["runId"])
+        events = daemon.rpc("workflow.inspect", runId=run["runId"])["events"]
+        assert events[0]["type"] == "started"  # 'logs a started event for each thread'
+        pid = next(e["payload"]["event"]["pid"] for e in events if e["type"] == "step_complete")
+        pids.setdefault(workflow, set()).add(pid)
+    assert len(pids["a"]) == 1 and len(pids["b"]) == 1 and pids["a"] != pids["b"]
+    assert daemon.worker_pids("workflow") == {"a": pids["a"].pop(), "b": pids["b"].pop()}
+
+
+def test_no_trigger_is_taken_once_stopping(nerved_factory, tmp_path):
+    """workflow-manager: 'ignores startWorkflow calls after stop()' (here: -32002)."""
+    gate = tmp_path / "gate"
+    daemon = start(nerved_factory, "  g: {drainTimeout: 10s}\n", {"g": GATED})
+    run_id = trigger(daemon, "g", {"gate": str(gate), "n": 0})["runId"]
+    with daemon.client() as client:  # connected before the listener closes
+        client.call("status")
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_notify("STOPPING=1")
+        with pytest.raises(Exception) as info:
+            client.call("workflow.trigger", {"workflow": "g"})
+        assert getattr(info.value, "code", None) == -32002
+    gate.touch()  # the running step finishes; it was the last one, so the thread completes
+    assert daemon.wait(15) == 0
+    assert {r["runId"]: r["status"] for r in _rows(daemon)} == {run_id: "completed"}
