@@ -9,6 +9,7 @@ whole configurations on reload and must never see one half-changed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import enum
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from types import MappingProxyType
-from typing import NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, TypeVar, cast
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -863,3 +864,11 @@ def check_packages(root: Path, config: NerveConfig) -> list[str]:
             problem = f"no package: {root / relative} is not a regular file"
         errors.append(f"{filename}:{line}: {section}.{name}: {problem}")
     return errors
+
+
+_Lined = TypeVar("_Lined")
+
+
+def unlined(item: _Lined) -> _Lined:
+    """The same setting without its line number: moving a block in the file is no change."""
+    return cast(_Lined, dataclasses.replace(cast(Any, item), line=0))

@@ -14,7 +14,6 @@ socket listen and ``READY=1`` go out.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from nerved import _version
-from nerved.config import ConfigError, NerveConfig, Reflex, check_packages, load_config
+from nerved.config import ConfigError, NerveConfig, check_packages, load_config, unlined
 from nerved.control.commands import COMMANDS
 from nerved.control.rpc import METHOD_NOT_FOUND, SHUTTING_DOWN, Params, Pending, RpcError
 from nerved.control.server import ControlServer, SocketInUse, bind, inherited_socket
@@ -285,7 +284,7 @@ class Daemon:
         """Make a validated configuration and code current, by diff."""
         self.notifier.reloading()
         changed = self.senses.apply(config, code) + self.workflows.apply(config, code)
-        if [_unlined(r) for r in config.reflexes] != [_unlined(r) for r in self.config.reflexes]:
+        if [unlined(r) for r in config.reflexes] != [unlined(r) for r in self.config.reflexes]:
             changed.append("reflexes")
         self.reflexes.apply(config)
         self.config, self.code = config, code
@@ -379,11 +378,6 @@ class Daemon:
                 self.store.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
-
-
-def _unlined(reflex: Reflex) -> Reflex:
-    """A reflex without its line number: moving it in the file is not a change."""
-    return dataclasses.replace(reflex, line=0)
 
 
 def _tree_rss(pids: list[int]) -> int:

@@ -17,13 +17,13 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nerved import sense_worker
 from nerved.channel import Message
-from nerved.config import NerveConfig, SenseConfig
+from nerved.config import NerveConfig, SenseConfig, unlined
 from nerved.loop import Loop, Timer
 from nerved.store import Store, now_ms
 from nerved.usercode import CodeSnapshot
@@ -119,7 +119,7 @@ class SenseManager:
                 self.senses[name] = SenseState(sense_config)
                 changed.append(f"sense {name} added")
             else:
-                if replace(state.config, line=0) != replace(sense_config, line=0):
+                if unlined(state.config) != unlined(sense_config):
                     changed.append(f"sense {name}")
                 state.config = sense_config
         for name, members in wanted.items():

@@ -14,7 +14,6 @@ and started afresh; a thread whose worker died ``maxAttempts`` times under it is
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 from nerved import workflow_worker
 from nerved.channel import Message
-from nerved.config import NerveConfig, Overflow, WorkflowConfig
+from nerved.config import NerveConfig, Overflow, WorkflowConfig, unlined
 from nerved.control.rpc import INTERNAL_ERROR, NOT_FOUND, SHUTTING_DOWN, Pending, RpcError
 from nerved.loop import Loop, Timer
 from nerved.states import RunStatus, Transition
@@ -61,7 +60,6 @@ class Flow:
     queue: deque[tuple[str, Any]] = field(default_factory=deque)
     active: dict[str, ActiveRun] = field(default_factory=dict)
     worker: Worker | None = None
-    draining: set[Worker] = field(default_factory=set)
     idle: Timer | None = None
     respawn: Timer | None = None
     failures: int = 0
@@ -74,11 +72,6 @@ class Flow:
     @property
     def has_room(self) -> bool:
         return len(self.active) < self.config.concurrency
-
-
-def _settings(config: WorkflowConfig) -> WorkflowConfig:
-    """A config without its line number: moving a block in the file changes nothing."""
-    return dataclasses.replace(config, line=0)
 
 
 class WorkflowManager:
@@ -106,7 +99,7 @@ class WorkflowManager:
                 changed.append(f"workflow {name} added")
                 continue
             flow = self.flows[name]
-            if _settings(flow.config) != _settings(wf_config):
+            if unlined(flow.config) != unlined(wf_config):
                 flow.config = wf_config
                 changed.append(f"workflow {name} settings")
                 self._fill(flow)
@@ -131,7 +124,6 @@ class WorkflowManager:
         if worker is None:
             return
         flow.worker = None
-        flow.draining.add(worker)
         worker.stopping = True
         if not worker.send({"t": "stop"}):
             return
@@ -354,7 +346,6 @@ class WorkflowManager:
         self.store.after_commit(send)
 
     def _on_gone(self, flow: Flow, worker: Worker, why: str) -> None:
-        flow.draining.discard(worker)
         orphans = [r for r in flow.active.values() if r.worker is worker]
         if flow.worker is worker:
             flow.worker = None
@@ -369,7 +360,7 @@ class WorkflowManager:
         )  # fmt: skip
         lived = time.monotonic() - worker.started
         flow.failures = 1 if lived > 30 else flow.failures + 1
-        resume: list[ActiveRun] = []
+        survivors = 0
         for run in orphans:
             run.worker = None
             attempts = self.store.count_attempt(run.run_id)
@@ -389,8 +380,8 @@ class WorkflowManager:
                     f"its worker died {attempts} times under it (last: {why})",
                 )
             else:
-                resume.append(run)
-        if not resume:
+                survivors += 1
+        if not survivors:
             self._fill(flow)
             return
         # The first loss is answered at once; a worker that keeps dying backs off.
