@@ -88,8 +88,16 @@ def test_daemon_mode_with_a_pidfile(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert started.returncode == 0, started.stderr  # the parent returns once detached
-    pid = wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "999999"
-                     and int(pidfile.read_text()))  # fmt: skip
+
+    def read_pid() -> int | None:
+        """The pid in the file once it is fully written (it is not written atomically)."""
+        try:
+            text = pidfile.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() and text != "999999" else None
+
+    pid = wait_until(read_pid, what="the daemon's pid file")
     daemon = Nerved(root, tmp_path)
     daemon.socket = sock
     status = wait_until(lambda: sock.exists() and daemon.rpc("status"), what="the socket")
@@ -102,7 +110,7 @@ def test_daemon_mode_with_a_pidfile(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert again.returncode == 75 and "already running" in again.stderr
-    os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not pid_alive(pid), what="the daemon to stop")
     assert not pidfile.exists()
     log = (state / "nerved.log").read_text()
