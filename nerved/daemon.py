@@ -50,6 +50,7 @@ EX_CONFIG: Final = 78
 
 STOP_MARGIN: Final = 1.0  # seconds past the longest grace period before SIGKILL
 KILL_WAIT: Final = 5.0  # seconds to wait for SIGKILLed children to be reaped
+IDLE_CHECKPOINT: Final = 0.25  # seconds without a commit before the WAL is checkpointed
 STATUS_EVERY: Final = 2.0  # seconds between STATUS= updates (sent only when they change)
 
 
@@ -158,6 +159,7 @@ class Daemon:
             self._watchdog()
         self._last_status = ""
         self.loop.call_later(STATUS_EVERY, self._status_tick)
+        self.loop.call_later(IDLE_CHECKPOINT, self._checkpoint_when_idle)
         summary = self._summary()
         log.info(
             "nerved %s ready (pid %d): root %s, state %s, socket %s; %s",
@@ -220,6 +222,13 @@ class Daemon:
             self.notifier.status(summary)
             self._last_status = summary
         self.loop.call_later(STATUS_EVERY, self._status_tick)
+
+    def _checkpoint_when_idle(self) -> None:
+        """Fold the WAL into logs.db in a quiet moment, not in the middle of a burst."""
+        if time.monotonic() - self.store.last_commit >= IDLE_CHECKPOINT:
+            self.store.checkpoint()
+        if not self.stopping:
+            self.loop.call_later(IDLE_CHECKPOINT, self._checkpoint_when_idle)
 
     def _watchdog(self) -> None:
         self.notifier.watchdog()

@@ -31,6 +31,7 @@ from typing import Any, Final
 from nerved.states import ACTIVE, RunStatus, Transition
 
 SCHEMA_VERSION: Final = 1
+AUTOCHECKPOINT_PAGES: Final = 8000  # ~32 MB of WAL before SQLite checkpoints on its own
 MAX_QUERY_LIMIT: Final = 10_000
 
 _MIGRATIONS: Final[tuple[str, ...]] = (
@@ -174,6 +175,9 @@ def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
         raise StoreError(f"{path}: cannot switch to WAL mode (got {mode!r})")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA journal_size_limit = 67108864")
+    # Checkpoints copy the WAL into the database and fsync it: a stall of milliseconds. The
+    # master runs them when it is idle (Store.checkpoint); this is only the backstop.
+    conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA temp_store = MEMORY")
@@ -271,6 +275,8 @@ class Store:
         self._on_commit: list[CommitCallback] = []
         self._on_abort: list[AbortCallback] = []
         self.commits = 0
+        self.last_commit = 0.0  # time.monotonic() of the last commit
+        self._since_checkpoint = 0
 
     # -- schema -------------------------------------------------------------------------
 
@@ -328,6 +334,8 @@ class Store:
                 raise StoreError(f"commit failed: {exc}") from exc
             self._in_tx = False
             self.commits += 1
+            self._since_checkpoint += 1
+            self.last_commit = time.monotonic()
         for callback in callbacks:
             callback()
 
@@ -336,6 +344,17 @@ class Store:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             self._in_tx = False
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database if there is anything new; False if there was not.
+
+        PASSIVE: never waits for readers (an operator's sqlite3 shell), just does what it can.
+        """
+        if self._in_tx or not self._since_checkpoint:
+            return False
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._since_checkpoint = 0
+        return True
 
     def close(self) -> None:
         """Close, dropping a batch nobody committed: nothing of it was acknowledged yet."""
