@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -121,7 +122,7 @@ class Worker:
         log.debug("%r disconnected: %s", self, why)
         self._loop.remove(self._fd)
         self.channel.close()
-        self.kill()
+        self.kill()  # a no-op once reaped
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
         if not self.reaped:
@@ -131,8 +132,16 @@ class Worker:
     def _reaped(self, status: int) -> None:
         self.reaped = True
         if not self.channel.closed:
-            self._loop.remove(self._fd)
-            self.channel.close()
+            # SIGCHLD can be handled before the channel's last bytes in the same turn: what
+            # the worker said before it exited (a final "completed") must still be heard.
+            # Bounded, and only while readable: a grandchild may still hold the socket.
+            for _ in range(1024):
+                if self.channel.closed or not select.select([self._fd], [], [], 0)[0]:
+                    break
+                self._on_ready(READ)
+            if not self.channel.closed:
+                self._loop.remove(self._fd)
+                self.channel.close()
         self.on_gone(self, describe_exit(status))
 
 

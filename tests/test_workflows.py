@@ -70,6 +70,7 @@ GATED = """
 
     async def work(prompt, ctx):
         global current, peak
+        ctx.log("waiting for the gate")
         current += 1
         peak = max(peak, current)
         try:
@@ -536,6 +537,8 @@ def test_no_trigger_is_taken_once_stopping(nerved_factory, tmp_path):
     gate = tmp_path / "gate"
     daemon = start(nerved_factory, "  g: {drainTimeout: 10s}\n", {"g": GATED})
     run_id = trigger(daemon, "g", {"gate": str(gate), "n": 0})["runId"]
+    wait_until(lambda: len(daemon.rpc("workflow.inspect", runId=run_id)["events"]) > 1,
+               what="the role to be running")  # fmt: skip
     with daemon.client() as client:  # connected before the listener closes
         client.call("status")
         daemon.signal(signal.SIGTERM)
