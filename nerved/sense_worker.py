@@ -154,7 +154,10 @@ class SenseGroupWorker:
         except (TypeError, ValueError) as exc:
             self.port.post({"t": "error", "id": compute_id, "error": f"result is not JSON: {exc}"})
             return
-        self.port.post({"t": "result", "id": compute_id, "payload": result})
+        try:
+            self.port.post({"t": "result", "id": compute_id, "payload": result})
+        except ValueError as exc:  # larger than a frame may be
+            self.port.post({"t": "error", "id": compute_id, "error": f"result too large: {exc}"})
 
     async def serve(self) -> None:
         self.load()

@@ -172,10 +172,15 @@ class WorkflowWorker:
             steps += 1
             ack = self.loop.create_future()
             self.acks[(run_id, steps)] = ack
-            self.port.post(
-                {"t": "step", "run": run_id, "n": steps, "role": role_name,
-                 "prompt": prompt, "event": event}
-            )  # fmt: skip
+            try:
+                self.port.post(
+                    {"t": "step", "run": run_id, "n": steps, "role": role_name,
+                     "prompt": prompt, "event": event}
+                )  # fmt: skip
+            except ValueError as exc:  # larger than a frame may be
+                raise ThreadFailed(
+                    f"role {role_name!r} returned an event too large: {exc}"
+                ) from exc
             await ack  # durable before the moderator sees it
             events.append(event)
 
