@@ -47,10 +47,6 @@ class Channel:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    @property
-    def has_output(self) -> bool:
-        return bool(self._wbuf)
-
     def send(self, message: Message) -> bool:
         """Queue a message and write what the socket takes now; True if nothing is left over."""
         self._wbuf += encode(message)

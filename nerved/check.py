@@ -6,17 +6,15 @@ import it, but in a throwaway fork: user code never runs in the process that che
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Final
 
-from nerved.channel import Channel
+from nerved.channel import Channel, ChannelClosed, ProtocolError
 from nerved.config import ConfigError, check_packages, load_config
 from nerved.process import describe_exit, spawn
-from nerved.usercode import probe
+from nerved.usercode import probe_child
 
 EX_OK: Final = 0
 EX_CONFIG: Final = 78
@@ -26,27 +24,20 @@ PROBE_TIMEOUT: Final = 60.0
 def probe_in_fork(root: Path, senses: list[str], workflows: list[str]) -> list[str]:
     """Import the packages in a child; its answer, or why there was none."""
 
-    def child_main(sock: socket.socket) -> int:
-        channel = Channel(sock)
-        channel.send({"t": "probed", "errors": probe(root, senses, workflows)})
-        channel.flush_blocking(PROBE_TIMEOUT)
-        return 0
-
-    pid, sock = spawn("nerve:check", child_main)
-    sock.settimeout(PROBE_TIMEOUT)
-    data = bytearray()
+    pid, sock = spawn("nerve:check", probe_child(root, senses, workflows, PROBE_TIMEOUT))
+    channel = Channel(sock)
     try:
-        while chunk := sock.recv(65536):
-            data += chunk
+        message = channel.receive_blocking(PROBE_TIMEOUT)[0]
     except TimeoutError:
         os.kill(pid, 9)
+        os.waitpid(pid, 0)
         return [f"importing the packages took longer than {PROBE_TIMEOUT:g}s"]
-    finally:
-        sock.close()
+    except (ChannelClosed, ProtocolError):
         _, status = os.waitpid(pid, 0)
-    if len(data) < 4:
         return [f"the import check died ({describe_exit(status)})"]
-    message = json.loads(bytes(data[4:]))
+    finally:
+        channel.close()
+    os.waitpid(pid, 0)
     return [str(e) for e in message["errors"]]
 
 

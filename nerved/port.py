@@ -20,8 +20,9 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
+from nerved import logs
 from nerved.channel import Channel, ChannelClosed, Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -129,3 +130,33 @@ class Port:
         if not self.channel.closed:
             with contextlib.suppress(ChannelClosed, OSError):
                 self.channel.flush_blocking(timeout)
+
+
+class Served(Protocol):
+    """A worker as :func:`serve` runs it: its loop and port, and when its work is done."""
+
+    loop: asyncio.AbstractEventLoop
+    port: Port
+    done: asyncio.Event
+
+    def load(self) -> None: ...
+
+
+async def _until_done_or_orphaned(worker: Served) -> None:
+    worker.load()
+    closed = asyncio.ensure_future(worker.port.closed.wait())
+    done = asyncio.ensure_future(worker.done.wait())
+    await asyncio.wait({closed, done}, return_when=asyncio.FIRST_COMPLETED)
+
+
+def serve(label: str, worker: Served) -> int:
+    """A worker's whole life: import the user package, serve until its work is done or the
+    master is gone, write out what is still queued. Threads still running sync user code
+    are abandoned: the process ends right after.
+    """
+    logs.relabel(label)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    asyncio.set_event_loop(worker.loop)
+    worker.loop.run_until_complete(_until_done_or_orphaned(worker))
+    worker.port.finish()
+    return 0

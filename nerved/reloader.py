@@ -12,16 +12,15 @@ one more reload after it, so that none of them is answered with a stale state.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from nerved.channel import Channel, Message
+from nerved.channel import Message
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config
 from nerved.control.rpc import INTERNAL_ERROR, SHUTTING_DOWN, Pending, RpcError
 from nerved.loop import Loop, Timer
-from nerved.usercode import CodeSnapshot, probe
+from nerved.usercode import CodeSnapshot, probe_child
 from nerved.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
@@ -88,13 +87,7 @@ class Reloader:
         self._spawn_probe(senses, workflows)
 
     def _spawn_probe(self, senses: list[str], workflows: list[str]) -> None:
-        root = self.root
-
-        def child_main(sock: socket.socket) -> int:
-            channel = Channel(sock)
-            channel.send({"t": "probed", "errors": probe(root, senses, workflows)})
-            channel.flush_blocking(PROBE_TIMEOUT)
-            return 0
+        child_main = probe_child(self.root, senses, workflows, PROBE_TIMEOUT)
 
         def on_message(worker: Worker, message: Message) -> None:
             if worker is self._probe and message.get("t") == "probed":

@@ -33,10 +33,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from nerved import logs
 from nerved.api import ComputeFn, SenseContext
 from nerved.channel import Message
-from nerved.port import Port
+from nerved.port import Port, serve
 from nerved.store import LogEntry
 from nerved.usercode import UserCodeError, describe, load_sense
 
@@ -159,19 +158,6 @@ class SenseGroupWorker:
         except ValueError as exc:  # larger than a frame may be
             self.port.post({"t": "error", "id": compute_id, "error": f"result too large: {exc}"})
 
-    async def serve(self) -> None:
-        self.load()
-        closed = asyncio.ensure_future(self.port.closed.wait())
-        done = asyncio.ensure_future(self.done.wait())
-        await asyncio.wait({closed, done}, return_when=asyncio.FIRST_COMPLETED)
-
 
 def run(sock: socket.socket, root: Path, group: str, senses: list[str]) -> int:
-    logs.relabel(f"sense:{group}")
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
-    worker = SenseGroupWorker(sock, root, group, senses)
-    asyncio.set_event_loop(worker.loop)
-    worker.loop.run_until_complete(worker.serve())
-    worker.port.finish()
-    # Threads still running a sync compute are abandoned: the process ends here.
-    return 0
+    return serve(f"sense:{group}", SenseGroupWorker(sock, root, group, senses))

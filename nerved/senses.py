@@ -160,7 +160,6 @@ class SenseManager:
         worker = group.worker
         if worker is None or not worker.alive:
             return
-        worker.stopping = True
         if worker.send({"t": "stop"}):
             self.loop.call_later(self._grace_of(group), worker.kill)
         else:

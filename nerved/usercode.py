@@ -10,15 +10,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+import socket
 import sys
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import cast
 
 from nerved.api import ComputeFn, WorkflowDefinition
+from nerved.channel import Channel
 
 
 class UserCodeError(Exception):
@@ -123,6 +125,25 @@ def probe(root: Path, senses: Iterable[str], workflows: Iterable[str]) -> list[s
         except UserCodeError as exc:
             errors.append(str(exc))
     return errors
+
+
+def probe_child(
+    root: Path, senses: Iterable[str], workflows: Iterable[str], timeout: float
+) -> Callable[[socket.socket], int]:
+    """The main of a throwaway child that probes packages and answers ``{"t": "probed"}``.
+
+    ``nerved check`` and the reloader both fork one, so that user code never runs in the
+    process that asked.
+    """
+    senses, workflows = list(senses), list(workflows)
+
+    def child_main(sock: socket.socket) -> int:
+        channel = Channel(sock)
+        channel.send({"t": "probed", "errors": probe(root, senses, workflows)})
+        channel.flush_blocking(timeout)
+        return 0
+
+    return child_main
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,6 @@ class Worker:
         self.on_gone = on_gone
         self.started = time.monotonic()
         self.reaped = False
-        self.stopping = False
         self._fd = self.channel.fileno()
         self._loop.add_reader(self._fd, self._on_ready)
 

@@ -35,10 +35,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nerved import logs
 from nerved.api import CommandEvent, ThreadState, WorkflowContext, WorkflowDefinition
 from nerved.channel import Message
-from nerved.port import Port
+from nerved.port import Port, serve
 from nerved.usercode import UserCodeError, describe, load_workflow
 
 log = logging.getLogger(__name__)
@@ -223,18 +222,6 @@ class WorkflowWorker:
             raise ThreadFailed(f"role {role_name!r} raised {describe(exc)}") from exc
         return _check_event(role_name, result)
 
-    async def serve(self) -> None:
-        self.load()
-        closed = asyncio.ensure_future(self.port.closed.wait())
-        done = asyncio.ensure_future(self.done.wait())
-        await asyncio.wait({closed, done}, return_when=asyncio.FIRST_COMPLETED)
-
 
 def run(sock: socket.socket, root: Path, workflow: str) -> int:
-    logs.relabel(f"workflow:{workflow}")
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
-    worker = WorkflowWorker(sock, root, workflow)
-    asyncio.set_event_loop(worker.loop)
-    worker.loop.run_until_complete(worker.serve())
-    worker.port.finish()
-    return 0
+    return serve(f"workflow:{workflow}", WorkflowWorker(sock, root, workflow))

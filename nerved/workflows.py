@@ -124,7 +124,6 @@ class WorkflowManager:
         if worker is None:
             return
         flow.worker = None
-        worker.stopping = True
         if not worker.send({"t": "stop"}):
             return
         drain = flow.config.drain_timeout_ms / 1000
@@ -455,7 +454,6 @@ class WorkflowManager:
                           flow.config.idle_timeout_ms / 1000)  # fmt: skip
                 worker = flow.worker
                 flow.worker = None
-                worker.stopping = True
                 if not worker.send({"t": "stop"}):
                     worker.kill()
 
@@ -506,10 +504,8 @@ class WorkflowManager:
             if flow.active:
                 longest = max(longest, flow.config.drain_timeout_ms / 1000)
         for worker in self.workers:
-            if worker.kind == "workflow":
-                worker.stopping = True
-                if not worker.send({"t": "halt"}):
-                    worker.kill()
+            if worker.kind == "workflow" and not worker.send({"t": "halt"}):
+                worker.kill()
         for run_id, waiters in list(self.waiters.items()):
             for pending in waiters:
                 pending.reject(
