@@ -20,7 +20,6 @@ them, in the same transaction (RFC-002 §6.2).
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from nerved import wire
 from nerved.states import ACTIVE, RunStatus, Transition
 
 SCHEMA_VERSION: Final = 1
@@ -91,12 +91,33 @@ def now_ms() -> int:
 
 
 def dumps(value: Any) -> str:
-    """The one JSON encoding used for stored payloads: compact, UTF-8, no NaN."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """The one JSON encoding used for stored payloads (:func:`nerved.wire.dumps`).
+
+    Raises :class:`nerved.wire.Invalid` (a ``ValueError``) for what JSON cannot carry,
+    before anything is written.
+    """
+    return wire.dumps(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A stored payload that does not decode: written by an older release, or damaged on disk.
+
+    It stands in for the value, so that one bad row costs the entry or the run it belongs
+    to, never the query or the daemon that reads it.
+    """
+
+    reason: str
+    size: int  # characters of the stored text
 
 
 def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    if text is None:
+        return None
+    try:
+        return wire.loads_stored(text)
+    except wire.Invalid as exc:
+        return Unreadable(exc.reason, len(text))
 
 
 @dataclass(frozen=True, slots=True)

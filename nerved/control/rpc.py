@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
+
+from nerved import wire
 
 PARSE_ERROR: Final = -32700
 INVALID_REQUEST: Final = -32600
@@ -14,7 +17,9 @@ NOT_FOUND: Final = -32001
 SHUTTING_DOWN: Final = -32002
 PERMISSION_DENIED: Final = -32003
 
-MAX_LINE: Final = 1024 * 1024
+MAX_LINE: Final = wire.MAX_LINE
+MAX_INTEGER: Final = 2**63 - 1  # SQLite's INTEGER: a wider one cannot even be compared
+MAX_NUMBER: Final = 1e9  # seconds (31 years): past it, a number is a mistake, not a wish
 
 T = TypeVar("T")
 
@@ -38,7 +43,12 @@ def bad_params(message: str) -> RpcError:
 
 
 class Params:
-    """Typed access to a request's params; every mistake becomes -32602 naming the param."""
+    """Typed access to a request's params; every mistake becomes -32602 naming the param.
+
+    Numbers are bounded as well as typed: an integer must fit SQLite's 64 bits and a number
+    be finite and at most :data:`MAX_NUMBER`, so that no value a client can send reaches the
+    store or a timer as something they cannot hold.
+    """
 
     def __init__(self, raw: Mapping[str, Any], allowed: frozenset[str]) -> None:
         unknown = sorted(set(raw) - allowed)
@@ -65,17 +75,60 @@ class Params:
             raise bad_params(f"param {name!r} must not be empty")
         return value
 
-    def integer(self, name: str, *, required: bool = False, minimum: int = 0) -> Any:
+    def integer(
+        self, name: str, *, required: bool = False, minimum: int = 0, maximum: int = MAX_INTEGER
+    ) -> Any:
         value = self._get(name, int, "an integer", required)
-        if value is not None and value < minimum:
-            raise bad_params(f"param {name!r} must be at least {minimum}")
+        if value is not None:
+            self._within(name, value, minimum, maximum)
         return value
 
-    def number(self, name: str, *, required: bool = False, minimum: float = 0) -> Any:
+    def number(
+        self,
+        name: str,
+        *,
+        required: bool = False,
+        minimum: float = 0,
+        maximum: float = MAX_NUMBER,
+    ) -> Any:
         value = self._get(name, (int, float), "a number", required)
-        if value is not None and value < minimum:
-            raise bad_params(f"param {name!r} must be at least {minimum}")
+        if value is not None:
+            if not math.isfinite(value):
+                raise bad_params(f"param {name!r} must be a finite number")
+            self._within(name, value, minimum, maximum)
         return value
+
+    @staticmethod
+    def _within(name: str, value: float, minimum: float, maximum: float) -> None:
+        for bound, word, broken in (
+            (minimum, "least", value < minimum),
+            (maximum, "most", value > maximum),
+        ):
+            if broken:
+                shown = str(bound) if isinstance(bound, int) else f"{bound:g}"
+                raise bad_params(f"param {name!r} must be at {word} {shown}")
+
+    def json(self, name: str) -> tuple[Any, str | None]:
+        """A param holding any JSON value that nerve will keep: (value, its encoding).
+
+        The encoding is checked here, before anything changes, and handed on, so that the
+        value is encoded once (``None`` when the param is absent or null).
+        """
+        value = self._raw.get(name)
+        if value is None:
+            return None, None
+        try:
+            text = wire.dumps(value)
+        except wire.Invalid as exc:
+            at = wire.where(exc.path, name)
+            raise bad_params(
+                f"param {name!r} holds what JSON cannot carry: {exc.reason} (at {at})"
+            ) from None
+        size = len(text.encode())
+        if size > wire.MAX_VALUE:
+            limit = wire.size_text(wire.MAX_VALUE)
+            raise bad_params(f"param {name!r} is {wire.size_text(size)}; at most {limit}")
+        return value, text
 
     def flag(self, name: str) -> bool:
         return bool(self._get(name, bool, "true or false", False))

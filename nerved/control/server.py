@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from nerved import wire
 from nerved.control.rpc import (
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     INVALID_REQUEST,
     MAX_LINE,
     PARSE_ERROR,
@@ -241,9 +243,11 @@ class Connection:
             self.read_closed = True
             return
         try:
-            request = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
-            self.reply_error(None, RpcError(PARSE_ERROR, f"not JSON: {exc}"))
+            # Two levels for the envelope ({"params": {"payload": ...}}): a payload may nest
+            # as deep as any value nerve keeps, and the request line no deeper.
+            request = wire.loads(line, max_depth=wire.MAX_DEPTH + 2)
+        except wire.Invalid as exc:
+            self.reply_error(None, _invalid(exc))
             return
         if not isinstance(request, dict):
             what = (
@@ -321,7 +325,7 @@ class Connection:
             return
         try:
             data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             log.error("cannot encode a control reply: %s", exc)
             err = RpcError(INTERNAL_ERROR, "internal error: result not encodable")
             data = json.dumps(
@@ -378,6 +382,30 @@ class Connection:
         self.server.forget(self)
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def _invalid(exc: wire.Invalid) -> RpcError:
+    """The JSON-RPC error for a request line :func:`wire.loads` refused.
+
+    Not JSON at all is a parse error; a bad value inside one param names that param
+    (-32602); anything else about the shape of the request is an invalid request.
+    """
+    if exc.reason.startswith(("not JSON", "not UTF-8")):
+        return RpcError(PARSE_ERROR, exc.reason)
+    path = exc.path
+    if len(path) >= 2 and path[0] == "params" and isinstance(path[1], str):
+        name = path[1]
+        at = wire.where(path[2:], name)
+        return RpcError(
+            INVALID_PARAMS, f"param {name!r} holds what JSON cannot carry: {exc.reason} (at {at})"
+        )
+    if exc.reason.startswith("nested deeper"):
+        depth = wire.MAX_DEPTH
+        return RpcError(
+            INVALID_REQUEST,
+            f"request nested deeper than {depth + 2} levels: a value may nest at most {depth}",
+        )
+    return RpcError(INVALID_REQUEST, f"invalid request: {exc}")
 
 
 class ControlServer:
