@@ -27,6 +27,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bench.common import REPO, Daemon, pct, scratch_root
+from nerved import wire
 from nerved.states import Transition
 from nerved.store import Store
 
@@ -60,7 +61,8 @@ def seed_store(path: Path, runs: int) -> None:
         else:
             store.create_run(run_id, "w", Transition.START, {"i": i})
             for n in range(2):
-                store.record_step(run_id, "step", None, {"type": "step", "n": n})
+                record = {"role": "step", "prompt": None, "event": {"type": "step", "n": n}}
+                store.record_step(run_id, wire.dumps(record))
         if i % 1000 == 999:
             store.commit()
     store.commit()

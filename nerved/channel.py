@@ -1,6 +1,17 @@
 """Framed JSON messages between the master and a worker, over one end of a socketpair.
 
-A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON holding one object.
+A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON holding one object,
+encoded and decoded by :mod:`nerved.wire`'s rules; a message may nest :data:`ENVELOPE_DEPTH`
+levels deeper than a value, for the envelope around the values it carries. Each direction
+has its own size limit, which the sender checks before it writes (:func:`frame`) and the
+receiver before it reads: :data:`TO_MASTER` (a step carries a prompt and an event) and
+:data:`TO_WORKER` (a resume carries a whole history).
+
+A frame that does not decode is consumed and handed on as :class:`Garbled`, in its place
+among the messages: it never stays at the head of the buffer, and the frames after it are
+read as usual. What to do about it is the receiver's decision. A frame longer than the limit
+leaves no way to find the next one, so it ends the channel (:class:`ProtocolError`).
+
 Both directions are non-blocking and buffered, so neither side ever waits on the other:
 the master must never stall on a worker that stopped reading, and a worker must keep
 answering while its user code runs.
@@ -8,16 +19,39 @@ answering while its user code runs.
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
+from dataclasses import dataclass
 from typing import Any, Final
 
+from nerved import wire
+
 _HEADER: Final = struct.Struct(">I")
-MAX_FRAME: Final = 64 * 1024 * 1024
 _RECV_SIZE: Final = 256 * 1024
 
+ENVELOPE_DEPTH: Final = 3
+"""Levels a message adds around the deepest value it carries (a query reply's
+``entries[i].payload``; a resume's ``events[i]`` is two levels down)."""
+
+TO_MASTER: Final = 4 * wire.MiB
+"""Bytes of one frame from a worker: a step carries a prompt and an event of at most
+:data:`wire.MAX_VALUE` each; the rest is room for the role's name and the envelope."""
+
+TO_WORKER: Final = wire.MAX_HISTORY + wire.MiB
+"""Bytes of one frame from the master: a resume carries a run's trigger payload and events,
+which its history (at most :data:`wire.MAX_HISTORY`) holds with room to spare."""
+
 Message = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Garbled:
+    """A frame that arrived whole but does not decode to a message; ``reason`` says why."""
+
+    reason: str
+
+
+Received = Message | Garbled
 
 
 class ChannelClosed(Exception):
@@ -25,21 +59,37 @@ class ChannelClosed(Exception):
 
 
 class ProtocolError(Exception):
-    """The other end sent something that is not a frame of this protocol."""
+    """The other end announced a frame longer than this side accepts: the stream is lost."""
 
 
-def encode(message: Message) -> bytes:
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    data = body.encode()
-    if len(data) > MAX_FRAME:
-        raise ValueError(f"message of {len(data)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+def frame(message: Message, limit: int) -> bytes:
+    """``message`` as one frame for a receiver that accepts ``limit`` bytes.
+
+    Raises :class:`wire.Invalid` (nothing is written) for a message that breaks wire's rules
+    or is longer than ``limit``: the receiver would refuse it.
+    """
+    data = wire.encode(message, max_depth=wire.MAX_DEPTH + ENVELOPE_DEPTH)
+    if len(data) > limit:
+        raise wire.Invalid(
+            f"a message of {wire.size_text(len(data))} is larger than a frame may be"
+            f" ({wire.size_text(limit)})"
+        )
     return _HEADER.pack(len(data)) + data
 
 
 class Channel:
-    def __init__(self, sock: socket.socket) -> None:
+    """One end of a socketpair. ``receive_limit`` and ``send_limit`` are frame sizes in bytes:
+    the master's ends accept :data:`TO_MASTER` and send :data:`TO_WORKER`, a worker's the
+    reverse; the default (:data:`TO_MASTER` both ways) suits the short-lived probe children.
+    """
+
+    def __init__(
+        self, sock: socket.socket, *, receive_limit: int = TO_MASTER, send_limit: int = TO_MASTER
+    ) -> None:
         sock.setblocking(False)
         self.sock = sock
+        self.receive_limit = receive_limit
+        self.send_limit = send_limit
         self._rbuf = bytearray()
         self._wbuf = bytearray()
         self.closed = False
@@ -48,13 +98,19 @@ class Channel:
         return self.sock.fileno()
 
     def send(self, message: Message) -> bool:
-        """Queue a message and write what the socket takes now; True if nothing is left over."""
-        self._wbuf += encode(message)
+        """Encode a message, queue it and write what the socket takes now; True if nothing is
+        left over. Raises :class:`wire.Invalid` as :func:`frame` does.
+        """
+        return self.write(frame(message, self.send_limit))
+
+    def write(self, data: bytes) -> bool:
+        """Queue a frame made by :func:`frame` and write what the socket takes now."""
+        self._wbuf += data
         return self.flush()
 
-    def queue(self, message: Message) -> None:
-        """Queue a message for the next :meth:`flush`."""
-        self._wbuf += encode(message)
+    def queue(self, data: bytes) -> None:
+        """Queue a frame made by :func:`frame` for the next :meth:`flush`."""
+        self._wbuf += data
 
     def flush(self) -> bool:
         if self.closed:
@@ -80,8 +136,8 @@ class Channel:
         finally:
             self.sock.setblocking(False)
 
-    def receive_blocking(self, timeout: float) -> list[Message]:
-        """Wait up to ``timeout`` for at least one more complete message."""
+    def receive_blocking(self, timeout: float) -> list[Received]:
+        """Wait up to ``timeout`` for at least one more complete frame."""
         self.sock.settimeout(timeout)
         try:
             while True:
@@ -95,11 +151,11 @@ class Channel:
         finally:
             self.sock.setblocking(False)
 
-    def receive(self) -> list[Message]:
-        """Read what is available and return the complete messages in it.
+    def receive(self) -> list[Received]:
+        """Read what is available and return the complete frames in it, in order.
 
         Raises ChannelClosed at end of stream (after the messages before it were returned
-        by earlier calls) and ProtocolError on a frame that cannot be decoded.
+        by earlier calls) and ProtocolError on a frame longer than ``receive_limit``.
         """
         eof = False
         while True:
@@ -123,25 +179,32 @@ class Channel:
         # at end of stream, so the next call reports the end.
         return messages
 
-    def _decode(self) -> list[Message]:
-        messages: list[Message] = []
+    def _decode(self) -> list[Received]:
+        messages: list[Received] = []
         offset = 0
         buf = self._rbuf
         while len(buf) - offset >= _HEADER.size:
             (length,) = _HEADER.unpack_from(buf, offset)
-            if length > MAX_FRAME:
-                raise ProtocolError(f"frame of {length} bytes exceeds the limit")
+            if length > self.receive_limit:
+                raise ProtocolError(
+                    f"a frame of {wire.size_text(length)} is larger than"
+                    f" {wire.size_text(self.receive_limit)}"
+                )
             end = offset + _HEADER.size + length
             if len(buf) < end:
                 break
-            try:
-                message = json.loads(bytes(buf[offset + _HEADER.size : end]))
-            except ValueError as exc:
-                raise ProtocolError(f"undecodable frame: {exc}") from exc
-            if not isinstance(message, dict):
-                raise ProtocolError("a frame must hold a JSON object")
+            with memoryview(buf) as view:
+                body = view[offset + _HEADER.size : end]
+                try:
+                    message = wire.loads(body, max_depth=wire.MAX_DEPTH + ENVELOPE_DEPTH)
+                except wire.Invalid as exc:
+                    message = Garbled(str(exc))
+                finally:
+                    body.release()
+            offset = end  # consumed, whatever it held
+            if not isinstance(message, dict | Garbled):
+                message = Garbled("a frame must hold a JSON object")
             messages.append(message)
-            offset = end
         if offset:
             del buf[:offset]
         return messages

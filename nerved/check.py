@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from nerved.channel import Channel, ChannelClosed, ProtocolError
+from nerved.channel import Channel, ChannelClosed, Garbled, ProtocolError
 from nerved.config import ConfigError, check_packages, load_config
 from nerved.process import describe_exit, spawn
 from nerved.usercode import probe_child
@@ -38,6 +38,8 @@ def probe_in_fork(root: Path, senses: list[str], workflows: list[str]) -> list[s
     finally:
         channel.close()
     os.waitpid(pid, 0)
+    if isinstance(message, Garbled):
+        return [f"the import check's answer could not be read ({message.reason})"]
     return [str(e) for e in message["errors"]]
 
 

@@ -2,7 +2,14 @@
 
 Workers run user code that may be sync (then it runs in a thread, so the worker keeps
 answering the master) or async. Messages may therefore be posted from any thread; they are
-always written from the loop's thread, in order.
+encoded in the caller's thread (so that a message the master would refuse raises there, in
+the code that made it) and always written from the loop's thread, in order.
+
+A frame from the master that cannot be read ends the worker (exit code
+:data:`~nerved.process.EXIT_UNREADABLE`): it cannot know which run the frame was for, and a
+run whose ``start`` or ``ack`` was lost would wait forever, so the worker leaves and the
+master resumes its runs in a successor. The master encodes by the rules the worker decodes
+by, so this is a bug's last line, never a run's fate.
 
 Workers never open logs.db: a SQLite connection must not be used across ``fork()``, and
 even a *new* connection in a forked child shares the parent's in-process lock bookkeeping
@@ -22,8 +29,19 @@ import threading
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from nerved import logs
-from nerved.channel import Channel, ChannelClosed, Message, ProtocolError
+from nerved import logs, wire
+from nerved.channel import (
+    TO_MASTER,
+    TO_WORKER,
+    Channel,
+    ChannelClosed,
+    Garbled,
+    Message,
+    ProtocolError,
+    frame,
+)
+from nerved.process import EXIT_OK, EXIT_UNREADABLE
+from nerved.usercode import describe
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +55,7 @@ class Port:
         loop: asyncio.AbstractEventLoop,
         on_message: Callable[[Message], None],
     ) -> None:
-        self.channel = Channel(sock)
+        self.channel = Channel(sock, receive_limit=TO_WORKER, send_limit=TO_MASTER)
         self._loop = loop
         self._on_message = on_message
         self._thread = threading.get_ident()
@@ -45,17 +63,25 @@ class Port:
         self._calls = itertools.count(1)
         self._waiting: dict[int, concurrent.futures.Future[Message]] = {}
         self.closed = asyncio.Event()
+        self.unreadable: str | None = None  # why a frame from the master could not be read
         loop.add_reader(self.channel.fileno(), self._readable)
 
     def post(self, message: Message) -> None:
-        """Send from any thread; silently dropped once the master is gone."""
+        """Send from any thread; silently dropped once the master is gone.
+
+        Raises :class:`wire.Invalid`, sending nothing, for a message the master would refuse
+        (:func:`nerved.channel.frame`).
+        """
+        self._write(frame(message, self.channel.send_limit))
+
+    def _write(self, data: bytes) -> None:
         if threading.get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self.post, message)
+            self._loop.call_soon_threadsafe(self._write, data)
             return
         if self.channel.closed:
             return
         try:
-            if not self.channel.send(message) and not self._writing:
+            if not self.channel.write(data) and not self._writing:
                 self._writing = True
                 self._loop.add_writer(self.channel.fileno(), self._writable)
         except ChannelClosed:
@@ -83,7 +109,15 @@ class Port:
         self.channel.send(request)
         self.channel.flush_blocking(timeout)
         while True:
-            for reply in self.channel.receive_blocking(timeout):
+            try:
+                replies = self.channel.receive_blocking(timeout)
+            except ProtocolError as exc:
+                self._unreadable(str(exc))
+                raise ChannelClosed("a message from the master could not be read") from exc
+            for reply in replies:
+                if isinstance(reply, Garbled):
+                    self._unreadable(reply.reason)
+                    raise ChannelClosed("a message from the master could not be read")
                 if reply.get("t") == "reply" and reply.get("call") == call_id:
                     return reply
                 self._loop.call_soon(self._dispatch, reply)
@@ -99,11 +133,26 @@ class Port:
     def _readable(self) -> None:
         try:
             messages = self.channel.receive()
-        except (ChannelClosed, ProtocolError):
+        except ChannelClosed:
             self._close()
             return
+        except ProtocolError as exc:
+            self._unreadable(str(exc))
+            return
         for message in messages:
+            if isinstance(message, Garbled):
+                self._unreadable(message.reason)
+                return
             self._dispatch(message)
+
+    def _unreadable(self, reason: str) -> None:
+        log.error(
+            "a message from the master could not be read (%s); ending this worker so that"
+            " its runs resume in a successor",
+            reason,
+        )
+        self.unreadable = reason
+        self._close()
 
     def _dispatch(self, message: Message) -> None:
         if message.get("t") == "reply":
@@ -159,4 +208,16 @@ def serve(label: str, worker: Served) -> int:
     asyncio.set_event_loop(worker.loop)
     worker.loop.run_until_complete(_until_done_or_orphaned(worker))
     worker.port.finish()
-    return 0
+    return EXIT_OK if worker.port.unreadable is None else EXIT_UNREADABLE
+
+
+def explain(exc: BaseException) -> str:
+    """:func:`nerved.usercode.describe` as text nerve can keep (:func:`wire.text`).
+
+    An exception's message is user code too: it may hold lone surrogates, run to megabytes,
+    or fail to render at all, and none of that may keep a run from ending with a reason.
+    """
+    try:
+        return wire.text(describe(exc))
+    except Exception:
+        return wire.text(f"{type(exc).__name__} (its message could not be rendered)")

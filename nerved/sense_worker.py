@@ -15,6 +15,11 @@ Worker -> master:
 Master -> worker, answering a query:
     {"t": "reply", "call": N, "entries": [...]} or {"t": "reply", "call": N, "error": "..."}
 
+A result must be a value :func:`nerved.wire.check_value` accepts, or the compute ends in an
+error that says which part is wrong; log lines and exception messages are free text, made
+safe with :func:`wire.text` and never refused. A frame from the master that cannot be read
+ends the worker (see :mod:`nerved.port`).
+
 The master owns the timeouts. An async compute that is cancelled answers ``cancelled``; a
 sync compute cannot be interrupted, so the worker stays silent and the master kills it once
 the sense's grace period is over. Sync computes run in threads so that the worker keeps
@@ -27,17 +32,17 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
-import json
 import logging
 import socket
 from pathlib import Path
 from typing import Any
 
+from nerved import wire
 from nerved.api import ComputeFn, SenseContext
 from nerved.channel import Message
-from nerved.port import Port, serve
+from nerved.port import Port, explain, serve
 from nerved.store import LogEntry
-from nerved.usercode import UserCodeError, describe, load_sense
+from nerved.usercode import UserCodeError, load_sense
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ class RemoteLogs:
         limit: int | None = 100,
     ) -> list[LogEntry]:
         filters = {"source": source, "type": type, "refId": ref_id, "since": since, "limit": limit}
-        reply = self._port.call({"t": "query", **filters})
+        reply = self._port.call({"t": "query", **filters})  # wire.Invalid: not sendable filters
         if reply.get("error"):
             raise ValueError(str(reply["error"]))
         return [
@@ -88,7 +93,7 @@ class SenseGroupWorker:
             try:
                 self.computes[name] = load_sense(self.root, name)
             except UserCodeError as exc:
-                error = str(exc)
+                error = wire.text(str(exc))
                 self.load_errors[name] = error
             self.port.post({"t": "loaded", "sense": name, "error": error})
         self.port.post({"t": "ready"})
@@ -124,7 +129,7 @@ class SenseGroupWorker:
             return
 
         def log_line(text: str) -> None:
-            self.port.post({"t": "log", "sense": sense, "message": text})
+            self.port.post({"t": "log", "sense": sense, "message": wire.text(text)})
 
         ctx = SenseContext(sense, log_line, self.logs)
         thread: concurrent.futures.Future[Any] | None = None
@@ -146,17 +151,15 @@ class SenseGroupWorker:
                 self.port.post(cancelled)
             return
         except Exception as exc:
-            self.port.post({"t": "error", "id": compute_id, "error": describe(exc)})
+            self.port.post({"t": "error", "id": compute_id, "error": explain(exc)})
             return
-        try:
-            json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            self.port.post({"t": "error", "id": compute_id, "error": f"result is not JSON: {exc}"})
-            return
-        try:
-            self.port.post({"t": "result", "id": compute_id, "payload": result})
-        except ValueError as exc:  # larger than a frame may be
-            self.port.post({"t": "error", "id": compute_id, "error": f"result too large: {exc}"})
+        if result is not None:
+            try:
+                wire.check_value(result, "the result")
+            except wire.Invalid as exc:
+                self.port.post({"t": "error", "id": compute_id, "error": wire.text(str(exc))})
+                return
+        self.port.post({"t": "result", "id": compute_id, "payload": result})
 
 
 def run(sock: socket.socket, root: Path, group: str, senses: list[str]) -> int:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nerved import sense_worker
-from nerved.channel import Message
+from nerved import sense_worker, wire
+from nerved.channel import TO_WORKER, Message, frame
 from nerved.config import NerveConfig, SenseConfig, unlined
 from nerved.loop import Loop, Timer
 from nerved.store import Store, now_ms
@@ -186,7 +186,13 @@ class SenseManager:
                 if state is not None:
                     self._schedule(state)
         elif kind == "query":
-            worker.send(self._answer_query(message))
+            reply = self._answer_query(message)
+            try:
+                data = frame(reply, TO_WORKER)
+            except wire.Invalid as exc:  # an entry that cannot be read back, or too many
+                error = {"t": "reply", "call": reply["call"], "error": f"cannot answer: {exc}"}
+                data = frame(error, TO_WORKER)
+            worker.send_frame(data)
         elif kind == "log":
             sense = str(message.get("sense"))
             self.store.append_log("sense", "log", sense, str(message.get("message")))

@@ -70,6 +70,11 @@ class Transition(enum.Enum):
         RunStatus.FAILED,
     )
     CRASH = ("its worker died under it", frozenset({RunStatus.STARTED}), RunStatus.CRASHED)
+    UNRESUMABLE = (
+        "its stored history can no longer be resumed",
+        frozenset({RunStatus.QUEUED, RunStatus.STARTED}),
+        RunStatus.FAILED,
+    )
 
     def __init__(self, label: str, sources: frozenset[RunStatus], target: RunStatus) -> None:
         self.label = label

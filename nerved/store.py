@@ -153,6 +153,9 @@ class RunRecord:
     attempts: int
     retry_of: str | None
     seq: int
+    history: int = 0
+    """Bytes of its stored trigger payload and step records, what a resume reads and sends;
+    counted by :meth:`Store.active_runs` only (0 from the other reads)."""
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -168,7 +171,7 @@ class RunRecord:
         }
 
 
-def _run_from_row(row: Sequence[Any]) -> RunRecord:
+def _run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
     return RunRecord(
         run_id=row[0],
         workflow=row[1],
@@ -181,6 +184,7 @@ def _run_from_row(row: Sequence[Any]) -> RunRecord:
         attempts=row[8],
         retry_of=row[9],
         seq=row[10],
+        history=history,
     )
 
 
@@ -402,16 +406,22 @@ class Store:
         transition: Transition,
         trigger_payload: Any,
         *,
+        payload_json: str | None = None,
         reason: str | None = None,
         retry_of: str | None = None,
         ts: int | None = None,
     ) -> RunRecord:
-        """Insert a new run in the transition's status, with the log entry recording it."""
+        """Insert a new run in the transition's status, with the log entry recording it.
+
+        ``payload_json`` is ``trigger_payload`` as :func:`dumps` encodes it, when the caller
+        has it (it checked the payload on admission): it is stored as it is, not encoded again.
+        """
         if not transition.creates:
             raise ValueError(f"{transition.name} does not create a run")
         ts = ts or now_ms()
         status = transition.target
-        payload_json = None if trigger_payload is None else dumps(trigger_payload)
+        if payload_json is None and trigger_payload is not None:
+            payload_json = dumps(trigger_payload)
         self._begin()
         cur = self._conn.execute(
             "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at,"
@@ -432,22 +442,24 @@ class Store:
         run_id: str,
         transition: Transition,
         *,
-        payload: Any = None,
+        payload_json: str | None = None,
         error: str | None = None,
         ts: int | None = None,
     ) -> bool:
         """Apply a labelled transition if the run is in one of its source statuses.
 
-        Returns False, writing nothing, when the guard does not hold (the run moved on
-        already): the caller lost a race it must not win twice.
+        The log entry holds ``payload_json`` (encoded JSON, stored as it is: a dispatched run's
+        trigger payload) or else ``error``. Returns False, writing nothing, when the guard
+        does not hold (the run moved on already): the caller lost a race it must not win twice.
         """
         if transition.creates:
             raise ValueError(f"{transition.name} creates a run; use create_run")
         ts = ts or now_ms()
         sources = sorted(transition.sources)
         marks = ",".join("?" * len(sources))
-        logged = payload if payload is not None else error
-        logged_json = None if logged is None else dumps(logged)  # may raise: before any write
+        logged_json = payload_json
+        if logged_json is None and error is not None:
+            logged_json = dumps(error)  # may raise: before any write
         self._begin()
         cur = self._conn.execute(
             f"UPDATE workflow_runs SET status = ?, updated_at = ?, error = COALESCE(?, error)"
@@ -462,12 +474,13 @@ class Store:
         )
         return True
 
-    def record_step(
-        self, run_id: str, role: str, prompt: Any, event: Any, ts: int | None = None
-    ) -> bool:
-        """Append a role's output event and count the step, only while the run is started."""
+    def record_step(self, run_id: str, record_json: str, ts: int | None = None) -> bool:
+        """Append a step and count it, only while the run is started.
+
+        ``record_json`` is the step ``{"role", "prompt", "event"}`` already encoded: the
+        caller checks it, and what it adds to the run's history, before anything is written.
+        """
         ts = ts or now_ms()
-        record = dumps({"role": role, "prompt": prompt, "event": event})  # may raise: first
         self._begin()
         cur = self._conn.execute(
             "UPDATE workflow_runs SET steps = steps + 1, updated_at = ?"
@@ -479,7 +492,7 @@ class Store:
         self._conn.execute(
             "INSERT INTO logs (source, type, ref_id, payload, ts)"
             " VALUES ('workflow', 'step_complete', ?, ?, ?)",
-            (run_id, record, ts),
+            (run_id, record_json, ts),
         )
         return True
 
@@ -620,13 +633,23 @@ class Store:
         return [_run_from_row(r) for r in rows]
 
     def active_runs(self) -> list[RunRecord]:
-        """Every queued or started run, oldest first: the order recovery must keep."""
+        """Every queued or started run, oldest first: the order recovery must keep.
+
+        Each with its ``history`` size, counted in SQL, so that a run too large to resume is
+        known before its steps are read. (The unary ``+`` keeps SQLite on the ``ref_id``
+        index: left to itself it picks ``(source, type)`` and scans every step of every run.)
+        """
         marks = ",".join("?" * len(ACTIVE))
         rows = self._conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE status IN ({marks}) ORDER BY seq",
+            f"SELECT {_RUN_COLUMNS},"
+            " COALESCE(LENGTH(CAST(trigger_payload AS BLOB)), 0)"
+            " + (SELECT COALESCE(SUM(LENGTH(CAST(payload AS BLOB))), 0) FROM logs"
+            "    WHERE ref_id = workflow_runs.run_id AND +source = 'workflow'"
+            "    AND +type = 'step_complete')"
+            f" FROM workflow_runs WHERE status IN ({marks}) ORDER BY seq",
             tuple(sorted(ACTIVE)),
         ).fetchall()
-        return [_run_from_row(r) for r in rows]
+        return [_run_from_row(r, history=r[11]) for r in rows]
 
     def run_history(self, run_id: str) -> list[LogEntry]:
         """Every log entry of one run, oldest first."""

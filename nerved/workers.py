@@ -4,6 +4,11 @@ A worker is gone when the master has *reaped* it: end of stream on its channel c
 (and makes the master kill the process if it lingers), but only ``waitpid`` proves the
 process no longer runs user code, so only then are its duties handed to a successor.
 That ordering is what keeps a step from ever running twice in parallel.
+
+The master does not trust what a worker sends: a frame longer than
+:data:`~nerved.channel.TO_MASTER`, one that does not decode by :mod:`nerved.wire`'s rules, or a
+message its owner cannot use ends that worker (its runs resume in a successor), never the
+daemon. Nor does anything the master sends raise: see :meth:`Worker.send`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,17 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
-from nerved.channel import Channel, ChannelClosed, Message, ProtocolError
+from nerved import wire
+from nerved.channel import (
+    TO_MASTER,
+    TO_WORKER,
+    Channel,
+    ChannelClosed,
+    Garbled,
+    Message,
+    ProtocolError,
+    frame,
+)
 from nerved.loop import READ, WRITE, Loop
 from nerved.process import describe_exit, reap, spawn
 
@@ -43,7 +58,7 @@ class Worker:
         self.kind = kind
         self.name = name
         self.pid = pid
-        self.channel = Channel(sock)
+        self.channel = Channel(sock, receive_limit=TO_MASTER, send_limit=TO_WORKER)
         self.on_message = on_message
         self.on_gone = on_gone
         self.started = time.monotonic()
@@ -63,10 +78,26 @@ class Worker:
         return not self.channel.closed
 
     def send(self, message: Message) -> bool:
-        """Queue a message, written at the end of the turn; False if the worker is gone."""
+        """Queue a message, written at the end of the turn; False if the worker is gone.
+
+        Never raises, so that it is safe in an ``after_commit`` callback. A message that
+        cannot be encoded (nerve's own bug) is logged and ends the worker, whose runs then
+        resume in a successor; a caller that can answer such a failure better (a run built
+        from stored data) encodes with :func:`nerved.channel.frame` and uses :meth:`send_frame`.
+        """
+        try:
+            data = frame(message, self.channel.send_limit)
+        except wire.Invalid as exc:
+            log.error("cannot send %r a %r message (%s); killing it", self, message.get("t"), exc)
+            self._disconnect("a message for it could not be encoded")
+            return False
+        return self.send_frame(data)
+
+    def send_frame(self, data: bytes) -> bool:
+        """Queue a frame made by :func:`nerved.channel.frame` for :data:`TO_WORKER`."""
         if self.channel.closed:
             return False
-        self.channel.queue(message)
+        self.channel.queue(data)
         self._loop.flush_at_end(self, self._flush)
         return True
 
@@ -102,6 +133,10 @@ class Worker:
             return
         for message in messages:
             if self.channel.closed:
+                break
+            if isinstance(message, Garbled):
+                log.error("%r sent an unreadable frame (%s); killing it", self, message.reason)
+                self._disconnect("protocol error")
                 break
             try:
                 self.on_message(self, message)

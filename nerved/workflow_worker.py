@@ -10,6 +10,8 @@ Protocol (master -> worker):
     {"t": "start",  "run": ID, "payload": P, "maxSteps": N}
     {"t": "resume", "run": ID, "payload": P, "events": [E1, E2, ...], "maxSteps": N}
     {"t": "ack", "run": ID, "n": K}           step K of the run is durable
+    {"t": "end", "run": ID}                   the master ended the run (its history is full):
+                                              drop its thread where it is, without a word
     {"t": "stop"}                             take nothing new; exit once every thread is done
     {"t": "halt"}                             the daemon stops: finish the running steps, start
                                               no new ones, exit (the threads stay started and
@@ -20,6 +22,11 @@ Worker -> master:
     {"t": "log", "run": ID, "message": "..."}
     {"t": "completed", "run": ID}
     {"t": "failed", "run": ID, "error": "..."}
+
+What user code hands over is checked here, where it enters: a prompt and an event must be
+values :func:`nerved.wire.check_value` accepts (or the run fails, saying which part is wrong),
+and free text (``ctx.log`` lines, exception messages) is made safe with :func:`wire.text`,
+never refused.
 """
 
 from __future__ import annotations
@@ -28,17 +35,17 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
-import json
 import logging
 import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nerved import wire
 from nerved.api import CommandEvent, ThreadState, WorkflowContext, WorkflowDefinition
 from nerved.channel import Message
-from nerved.port import Port, serve
-from nerved.usercode import UserCodeError, describe, load_workflow
+from nerved.port import Port, explain, serve
+from nerved.usercode import UserCodeError, load_workflow
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +58,12 @@ class Halted(Exception):
     """The daemon is stopping: this thread ends here without a final status."""
 
 
-def _not_json(value: Any) -> str | None:
+def _checked(value: Any, what: str) -> None:
+    """Raise ThreadFailed unless ``value`` is one nerve keeps (:func:`wire.check_value`)."""
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return str(exc)
-    return None
+        wire.check_value(value, what)
+    except wire.Invalid as exc:
+        raise ThreadFailed(str(exc)) from None
 
 
 def _check_event(role: str, event: Any) -> CommandEvent:
@@ -67,9 +74,9 @@ def _check_event(role: str, event: Any) -> CommandEvent:
         )
     if not isinstance(event.get("type"), str):
         raise ThreadFailed(f"role {role!r} returned an event without a string 'type'")
-    if (why := _not_json(dict(event))) is not None:
-        raise ThreadFailed(f"role {role!r} returned an event that is not JSON: {why}")
-    return dict(event)
+    checked = dict(event)
+    _checked(checked, f"the event role {role!r} returned")
+    return checked
 
 
 class WorkflowWorker:
@@ -91,7 +98,7 @@ class WorkflowWorker:
         try:
             self.definition = load_workflow(self.root, self.workflow)
         except UserCodeError as exc:
-            self.load_error = str(exc)
+            self.load_error = wire.text(str(exc))
             self.port.post({"t": "load_error", "error": self.load_error})
         else:
             self.port.post({"t": "ready"})
@@ -114,6 +121,10 @@ class WorkflowWorker:
             future = self.acks.pop((str(message["run"]), int(message["n"])), None)
             if future is not None and not future.done():
                 future.set_result(None)
+        elif kind == "end":
+            thread = self.threads.get(str(message["run"]))
+            if thread is not None:
+                thread.cancel()
         elif kind == "stop":
             self.stopping = True
             self._maybe_done()
@@ -137,14 +148,17 @@ class WorkflowWorker:
         except Halted:
             return  # the run stays started; the next daemon resumes it
         except ThreadFailed as exc:
-            self.port.post({"t": "failed", "run": run_id, "error": str(exc)})
+            error = str(exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # nerve's own bug: say so, but keep the worker serving
             log.exception("thread %s broke inside nerve", run_id)
-            self.port.post({"t": "failed", "run": run_id, "error": f"internal error: {exc}"})
+            error = f"internal error: {explain(exc)}"
         else:
             self.port.post({"t": "completed", "run": run_id})
+            return
+        # The reason quotes user code (names, messages): made safe to carry, never refused.
+        self.port.post({"t": "failed", "run": run_id, "error": wire.text(error)})
 
     async def _steps(self, run_id: str, events: list[CommandEvent], max_steps: int) -> None:
         if self.definition is None:
@@ -153,7 +167,7 @@ class WorkflowWorker:
         steps = len(events) - 1
 
         def log_line(text: str) -> None:
-            self.port.post({"t": "log", "run": run_id, "message": text})
+            self.port.post({"t": "log", "run": run_id, "message": wire.text(text)})
 
         ctx = WorkflowContext(run_id, self.workflow, log_line)
         while True:
@@ -169,18 +183,20 @@ class WorkflowWorker:
                 )
             event = await self._execute(definition, role_name, prompt, ctx)
             steps += 1
-            ack = self.loop.create_future()
-            self.acks[(run_id, steps)] = ack
             try:
                 self.port.post(
                     {"t": "step", "run": run_id, "n": steps, "role": role_name,
                      "prompt": prompt, "event": event}
                 )  # fmt: skip
-            except ValueError as exc:  # larger than a frame may be
+            except wire.Invalid as exc:  # prompt and event are checked: the role's name is not
                 raise ThreadFailed(
-                    f"role {role_name!r} returned an event too large: {exc}"
-                ) from exc
-            await ack  # durable before the moderator sees it
+                    f"step {steps} (role {role_name!r}) cannot be sent: {exc}"
+                ) from None
+            ack = self.acks[(run_id, steps)] = self.loop.create_future()
+            try:
+                await ack  # durable before the moderator sees it
+            finally:
+                self.acks.pop((run_id, steps), None)  # the master may end the run instead
             events.append(event)
 
     def _moderate(
@@ -190,7 +206,7 @@ class WorkflowWorker:
         try:
             decision = definition.moderate(state, events[-1])
         except Exception as exc:
-            raise ThreadFailed(f"moderator raised {describe(exc)}") from exc
+            raise ThreadFailed(f"moderator raised {explain(exc)}") from exc
         if decision is None:
             return None, None
         if not isinstance(decision, Mapping) or not isinstance(decision.get("role"), str):
@@ -203,8 +219,7 @@ class WorkflowWorker:
             known = ", ".join(sorted(definition.roles))
             raise ThreadFailed(f"moderator chose unknown role {role_name!r} (roles: {known})")
         prompt = decision.get("prompt")
-        if (why := _not_json(prompt)) is not None:
-            raise ThreadFailed(f"moderator's prompt for role {role_name!r} is not JSON: {why}")
+        _checked(prompt, f"the moderator's prompt for role {role_name!r}")
         return role_name, prompt
 
     async def _execute(
@@ -219,7 +234,7 @@ class WorkflowWorker:
                 if inspect.isawaitable(result):
                     result = await result
         except Exception as exc:
-            raise ThreadFailed(f"role {role_name!r} raised {describe(exc)}") from exc
+            raise ThreadFailed(f"role {role_name!r} raised {explain(exc)}") from exc
         return _check_event(role_name, result)
 
 

@@ -10,6 +10,12 @@ A worker is one process per workflow, started on demand and stopped after ``idle
 with nothing to do. When one dies, its threads are resumed in a successor from their logged
 events (roles are at-least-once), or, for ``overflow: drop`` workflows, marked ``crashed``
 and started afresh; a thread whose worker died ``maxAttempts`` times under it is ``crashed``.
+
+A resume sends a run's whole history (trigger payload and steps) in one frame, so each run's
+history is held to :data:`wire.MAX_HISTORY`: a step that would take it past that fails the
+run instead of being recorded. A run whose stored history cannot be resumed (unreadable,
+nested too deeply, too large: a row from an older release, or damaged on disk) fails alone,
+with the reason (``Transition.UNRESUMABLE``), at recovery or at the resume that finds it.
 """
 
 from __future__ import annotations
@@ -23,13 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nerved import workflow_worker
-from nerved.channel import Message
+from nerved import wire, workflow_worker
+from nerved.channel import TO_WORKER, Message, frame
 from nerved.config import NerveConfig, Overflow, WorkflowConfig, unlined
-from nerved.control.rpc import INTERNAL_ERROR, NOT_FOUND, SHUTTING_DOWN, Pending, RpcError
+from nerved.control.rpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    NOT_FOUND,
+    SHUTTING_DOWN,
+    Pending,
+    RpcError,
+)
 from nerved.loop import Loop, Timer
 from nerved.states import RunStatus, Transition
-from nerved.store import RunRecord, Store
+from nerved.store import RunRecord, Store, Unreadable
 from nerved.usercode import CodeSnapshot
 from nerved.workers import Worker, Workers
 
@@ -46,9 +59,19 @@ class ActiveRun:
     run_id: str
     flow: Flow
     payload: Any
+    history: int  # bytes of its stored trigger payload and steps, at most wire.MAX_HISTORY
     steps: int = 0
     worker: Worker | None = None
     sent: bool = False  # a worker has been told of it before: the next one resumes it
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRun:
+    """A run waiting for a slot, with its payload as stored (``None``: no payload)."""
+
+    run_id: str
+    payload: Any
+    payload_json: str | None
 
 
 @dataclass(eq=False)
@@ -57,7 +80,7 @@ class Flow:
 
     config: WorkflowConfig
     code: str
-    queue: deque[tuple[str, Any]] = field(default_factory=deque)
+    queue: deque[QueuedRun] = field(default_factory=deque)
     active: dict[str, ActiveRun] = field(default_factory=dict)
     worker: Worker | None = None
     idle: Timer | None = None
@@ -112,9 +135,11 @@ class WorkflowManager:
     def _remove(self, flow: Flow) -> None:
         flow.removed = True
         while flow.queue:
-            run_id, _ = flow.queue.popleft()
             self._finish(
-                run_id, flow.name, Transition.WITHDRAW, f"workflow {flow.name} was removed"
+                flow.queue.popleft().run_id,
+                flow.name,
+                Transition.WITHDRAW,
+                f"workflow {flow.name} was removed",
             )
         self._drain_worker(flow)
 
@@ -141,8 +166,12 @@ class WorkflowManager:
     # -- recovery -----------------------------------------------------------------------
 
     def recover(self) -> str:
-        """Rebuild the queues and active sets from logs.db and resume what was running."""
-        queued = resumed = restarted = dropped = 0
+        """Rebuild the queues and active sets from logs.db and resume what was running.
+
+        A run whose stored trigger payload cannot be used, or whose history is too large to
+        resume, fails here with the reason; every other run recovers.
+        """
+        queued = resumed = restarted = dropped = failed = 0
         for record in self.store.active_runs():
             flow = self.flows.get(record.workflow)
             if flow is None:
@@ -156,15 +185,27 @@ class WorkflowManager:
                     f"workflow {record.workflow} is not configured",
                 )
                 dropped += 1
-            elif record.status is RunStatus.QUEUED:
-                flow.queue.append((record.run_id, record.trigger_payload))
+                continue
+            try:
+                payload_json = _stored_payload(record)
+            except wire.Invalid as exc:
+                self._finish(record.run_id, flow.name, Transition.UNRESUMABLE, _unresumable(exc))
+                failed += 1
+                continue
+            if record.status is RunStatus.QUEUED:
+                flow.queue.append(QueuedRun(record.run_id, record.trigger_payload, payload_json))
                 queued += 1
             elif flow.config.overflow is Overflow.DROP:
-                self._restart_afresh(record, "nerved stopped while it ran")
+                self._restart_afresh(record, payload_json, "nerved stopped while it ran")
                 restarted += 1
             else:
                 run = ActiveRun(
-                    record.run_id, flow, record.trigger_payload, record.steps, sent=True
+                    record.run_id,
+                    flow,
+                    record.trigger_payload,
+                    record.history,
+                    record.steps,
+                    sent=True,
                 )
                 flow.active[run.run_id] = run
                 self.runs[run.run_id] = run
@@ -172,64 +213,86 @@ class WorkflowManager:
         for flow in self.flows.values():
             for run in list(flow.active.values()):
                 self._assign(run)
+                if run.run_id not in self.runs:  # its stored steps could not be resumed
+                    resumed, failed = resumed - 1, failed + 1
             self._fill(flow)
         summary = (
             f"recovered {resumed} started and {queued} queued runs, "
             f"restarted {restarted}, ended {dropped} of unconfigured workflows"
+            f" and {failed} that can no longer be resumed"
         )
-        if resumed or queued or restarted or dropped:
+        if resumed or queued or restarted or dropped or failed:
             log.info("%s", summary)
         return summary
 
     # -- admission ----------------------------------------------------------------------
 
-    def trigger(self, workflow: str, payload: Any, *, retry_of: str | None = None) -> RunRecord:
+    def trigger(
+        self,
+        workflow: str,
+        payload: Any,
+        payload_json: str | None = None,
+        *,
+        retry_of: str | None = None,
+    ) -> RunRecord:
         """Admit a new run: started, queued or dropped, written in the current batch.
 
-        The caller acknowledges it with ``store.after_commit``; the worker hears of a started
-        run only after that same commit.
+        ``payload_json`` is the payload as :func:`wire.check_value` encodes it, when the
+        caller checked it already (the control socket); otherwise (a reflex's signal, a run
+        started afresh) it is checked here. Nothing changes before everything that can refuse
+        the trigger has passed: -32001 (no such workflow), -32002 (shutting down), -32602
+        (a payload nerve does not keep). The caller acknowledges the run with
+        ``store.after_commit``; the worker hears of a started run only after that same commit.
         """
         flow = self.flows.get(workflow)
         if flow is None or flow.removed:
             raise RpcError(NOT_FOUND, f"no workflow named {workflow!r}")
         if self.stopping:
             raise RpcError(SHUTTING_DOWN, "nerved is shutting down")
+        if payload_json is None and payload is not None:
+            try:
+                payload_json = wire.check_value(payload, "the payload")
+            except wire.Invalid as exc:
+                raise RpcError(INVALID_PARAMS, str(exc)) from None
         run_id = uuid.uuid4().hex
         if flow.has_room and not flow.queue:
             record = self.store.create_run(
-                run_id, workflow, Transition.START, payload, retry_of=retry_of
-            )
-            self._activate(flow, run_id, payload)
+                run_id, workflow, Transition.START, payload,
+                payload_json=payload_json, retry_of=retry_of,
+            )  # fmt: skip
+            self._activate(flow, QueuedRun(run_id, payload, payload_json))
         elif flow.config.overflow is Overflow.DROP:
             limit = flow.config.concurrency
             record = self.store.create_run(
-                run_id, workflow, Transition.REJECT, payload, retry_of=retry_of,
+                run_id, workflow, Transition.REJECT, payload,
+                payload_json=payload_json, retry_of=retry_of,
                 reason=f"{workflow} is at its concurrency limit ({limit}) with overflow: drop",
             )  # fmt: skip
             _log_transition(run_id, workflow, Transition.REJECT, record.error)
         else:
             if len(flow.queue) >= flow.config.max_queue:
-                oldest, _ = flow.queue.popleft()
                 self._finish(
-                    oldest,
+                    flow.queue.popleft().run_id,
                     workflow,
                     Transition.EVICT,
                     f"the queue of {workflow} was full (maxQueue {flow.config.max_queue})"
                     " and this was its oldest run",
                 )
             record = self.store.create_run(
-                run_id, workflow, Transition.ENQUEUE, payload, retry_of=retry_of
-            )
-            flow.queue.append((run_id, payload))
+                run_id, workflow, Transition.ENQUEUE, payload,
+                payload_json=payload_json, retry_of=retry_of,
+            )  # fmt: skip
+            flow.queue.append(QueuedRun(run_id, payload, payload_json))
             _log_transition(run_id, workflow, Transition.ENQUEUE, None)
         if record.status is RunStatus.STARTED:
             _log_transition(run_id, workflow, Transition.START, None)
         return record
 
-    def _activate(self, flow: Flow, run_id: str, payload: Any) -> None:
-        run = ActiveRun(run_id, flow, payload)
-        flow.active[run_id] = run
-        self.runs[run_id] = run
+    def _activate(self, flow: Flow, queued: QueuedRun) -> None:
+        history = 0 if queued.payload_json is None else len(queued.payload_json.encode())
+        run = ActiveRun(queued.run_id, flow, queued.payload, history)
+        flow.active[run.run_id] = run
+        self.runs[run.run_id] = run
         if flow.idle is not None:
             flow.idle.cancel()
             flow.idle = None
@@ -238,10 +301,12 @@ class WorkflowManager:
     def _fill(self, flow: Flow) -> None:
         """Start queued runs, oldest first, while the workflow has free slots."""
         while flow.queue and flow.has_room and not self.stopping and not flow.removed:
-            run_id, payload = flow.queue.popleft()
-            if self.store.transition_run(run_id, Transition.DISPATCH, payload=payload):
-                _log_transition(run_id, flow.name, Transition.DISPATCH, None)
-                self._activate(flow, run_id, payload)
+            queued = flow.queue.popleft()
+            if self.store.transition_run(
+                queued.run_id, Transition.DISPATCH, payload_json=queued.payload_json
+            ):
+                _log_transition(queued.run_id, flow.name, Transition.DISPATCH, None)
+                self._activate(flow, queued)
 
     # -- workers ------------------------------------------------------------------------
 
@@ -249,37 +314,55 @@ class WorkflowManager:
         """Give a run to its flow's worker (spawned if needed), once the batch commits.
 
         A run that some worker had before is *resumed*: the new worker gets its logged
-        events and replays the moderator over them.
+        events and replays the moderator over them. A run whose stored history cannot be
+        sent fails here.
         """
         flow = run.flow
         worker = flow.worker
+        if (worker is None or not worker.connected) and flow.respawn is not None:
+            return  # the pending respawn assigns every run that waits for a worker
+        try:
+            data = self._start_frame(run)
+        except wire.Invalid as exc:
+            self._end(run, Transition.UNRESUMABLE, _unresumable(exc))
+            return
         if worker is None or not worker.connected:
-            if flow.respawn is not None:
-                return  # the pending respawn assigns every run that waits for a worker
             worker = self._spawn(flow)
         run.worker = worker
-        message: Message = {
-            "t": "resume" if run.sent else "start",
-            "run": run.run_id,
-            "payload": run.payload,
-            "maxSteps": flow.config.max_steps,
-        }
-        if run.sent:
-            message["events"] = self._logged_events(run.run_id)
         run.sent = True
 
         def send() -> None:
             if run.worker is worker and self.runs.get(run.run_id) is run:
-                worker.send(message)
+                worker.send_frame(data)
 
         self.store.after_commit(send)
 
+    def _start_frame(self, run: ActiveRun) -> bytes:
+        """The run's ``start`` or ``resume``, encoded; raises wire.Invalid saying why its
+        stored history cannot be carried to a worker."""
+        message: Message = {
+            "t": "resume" if run.sent else "start",
+            "run": run.run_id,
+            "payload": run.payload,
+            "maxSteps": run.flow.config.max_steps,
+        }
+        if run.sent:
+            message["events"] = self._logged_events(run.run_id)
+        return frame(message, TO_WORKER)
+
     def _logged_events(self, run_id: str) -> list[Any]:
-        return [
-            entry.payload["event"]
-            for entry in self.store.run_history(run_id)
-            if entry.type == "step_complete"
-        ]
+        """The events of a run's stored steps; raises wire.Invalid for one that cannot be read."""
+        events: list[Any] = []
+        for entry in self.store.run_history(run_id):
+            if entry.type != "step_complete":
+                continue
+            step = entry.payload
+            if isinstance(step, Unreadable):
+                raise wire.Invalid(f"step {len(events) + 1} cannot be read back: {step.reason}")
+            if not isinstance(step, dict) or "event" not in step:
+                raise wire.Invalid(f"step {len(events) + 1} is not a {{role, prompt, event}}")
+            events.append(step["event"])
+        return events
 
     def _spawn(self, flow: Flow) -> Worker:
         flow.respawn = None
@@ -297,6 +380,17 @@ class WorkflowManager:
         worker = self.workers.spawn("workflow", name, child_main, on_message, on_gone)
         flow.worker = worker
         return worker
+
+    def _respawn_later(self, flow: Flow, delay: float) -> None:
+        """Assign every run of the flow that waits for a worker, ``delay`` seconds from now."""
+
+        def respawn() -> None:
+            flow.respawn = None
+            for run in list(flow.active.values()):
+                if run.worker is None:
+                    self._assign(run)
+
+        flow.respawn = self.loop.call_later(delay, respawn)
 
     def _on_message(self, flow: Flow, worker: Worker, message: Message) -> None:
         kind = message.get("t")
@@ -330,12 +424,28 @@ class WorkflowManager:
                 "run %s: step %d arrived after step %d; ignoring it", run.run_id, n, run.steps
             )
             return
-        if not self.store.record_step(
-            run.run_id, str(message.get("role")), message.get("prompt"), message.get("event")
-        ):
+        # A prompt or event nested deeper than any value may be is a worker breaking the
+        # rules: wire.Invalid, a ValueError, makes the Worker end it.
+        record = wire.dumps(
+            {"role": str(message.get("role")), "prompt": message.get("prompt"),
+             "event": message.get("event")},
+            max_depth=wire.MAX_DEPTH + 1,
+        )  # fmt: skip
+        size = len(record.encode())
+        if run.history + size > wire.MAX_HISTORY:
+            self._end(
+                run,
+                Transition.FAIL,
+                f"step {n} ({wire.size_text(size)}) would take its history past"
+                f" {wire.size_text(wire.MAX_HISTORY)}, more than a resume can carry",
+            )
+            worker.send({"t": "end", "run": run.run_id})
+            return
+        if not self.store.record_step(run.run_id, record):
             log.error("run %s is no longer started; ignoring its step %d", run.run_id, n)
             return
         run.steps = n
+        run.history += size
         ack = {"t": "ack", "run": run.run_id, "n": n}
 
         def send() -> None:
@@ -371,7 +481,9 @@ class WorkflowManager:
                 record = self.store.get_run(run.run_id)
                 self._end(run, Transition.CRASH, f"its worker died ({why})")
                 if record is not None and not flow.removed:
-                    self._restart_afresh(record, f"its worker died ({why})", already_ended=True)
+                    self._restart_afresh(
+                        record, None, f"its worker died ({why})", already_ended=True
+                    )
             elif attempts >= flow.config.max_attempts:
                 self._end(
                     run,
@@ -383,27 +495,26 @@ class WorkflowManager:
         if not survivors:
             self._fill(flow)
             return
-        # The first loss is answered at once; a worker that keeps dying backs off.
-        delay = (
-            0.0
-            if flow.failures <= 1
-            else min(RESPAWN_MAX, RESPAWN_FIRST * 2 ** (flow.failures - 2))
-        )
+        self._respawn_later(flow, _backoff(flow.failures))
 
-        def respawn() -> None:
-            flow.respawn = None
-            for run in list(flow.active.values()):
-                if run.worker is None:
-                    self._assign(run)
+    def _restart_afresh(
+        self,
+        record: RunRecord,
+        payload_json: str | None,
+        why: str,
+        *,
+        already_ended: bool = False,
+    ) -> None:
+        """overflow: drop: the lost thread ends crashed; a new run takes its payload.
 
-        flow.respawn = self.loop.call_later(delay, respawn)
-
-    def _restart_afresh(self, record: RunRecord, why: str, *, already_ended: bool = False) -> None:
-        """overflow: drop: the lost thread ends crashed; a new run takes its payload."""
+        ``payload_json``: the payload's encoding if known, else it is checked again.
+        """
         if not already_ended:
             self._finish(record.run_id, record.workflow, Transition.CRASH, why)
         try:
-            new = self.trigger(record.workflow, record.trigger_payload, retry_of=record.run_id)
+            new = self.trigger(
+                record.workflow, record.trigger_payload, payload_json, retry_of=record.run_id
+            )
         except RpcError as exc:
             log.warning("run %s could not be restarted: %s", record.run_id, exc.message)
             return
@@ -519,6 +630,33 @@ class WorkflowManager:
         active = sum(len(f.active) for f in self.flows.values())
         queued = sum(len(f.queue) for f in self.flows.values())
         return active, queued
+
+
+def _backoff(failures: int) -> float:
+    """Seconds before the next fork: the first loss is answered at once, then 0.1 s doubling
+    to :data:`RESPAWN_MAX` while workers keep dying."""
+    return 0.0 if failures <= 1 else min(RESPAWN_MAX, RESPAWN_FIRST * 2.0 ** (failures - 2))
+
+
+def _unresumable(exc: wire.Invalid) -> str:
+    return f"{Transition.UNRESUMABLE.label}: {exc}"
+
+
+def _stored_payload(record: RunRecord) -> str | None:
+    """A recovered run's trigger payload encoded again (None: none); raises wire.Invalid,
+    saying why, for one that cannot be read back or sent to a worker."""
+    payload = record.trigger_payload
+    if isinstance(payload, Unreadable):
+        raise wire.Invalid(f"its trigger payload cannot be read back: {payload.reason}")
+    if record.history > wire.MAX_HISTORY:
+        raise wire.Invalid(
+            f"its history is {wire.size_text(record.history)}; a resume carries at most"
+            f" {wire.size_text(wire.MAX_HISTORY)}"
+        )
+    try:
+        return None if payload is None else wire.dumps(payload)
+    except wire.Invalid as exc:
+        raise wire.Invalid(f"its trigger payload cannot be sent: {exc}") from None
 
 
 def _log_transition(run_id: str, workflow: str, transition: Transition, error: str | None) -> None:

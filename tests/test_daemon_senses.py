@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import time
 
+import pytest
 from support import pid_alive, wait_until
+
+from nerved import wire
 
 COUNTER = """
     import itertools
@@ -148,7 +153,7 @@ def test_async_compute_and_errors(nerved_factory):
     boom = wait_until(lambda: daemon.sense("boom")["errors"] and daemon.sense("boom"))
     assert "ValueError: no disk" in boom["lastError"]
     bad = wait_until(lambda: daemon.sense("notjson")["errors"] and daemon.sense("notjson"))
-    assert "not JSON" in bad["lastError"]
+    assert "not a JSON value" in bad["lastError"]
 
 
 def test_broken_sense_package_does_not_stop_its_group(nerved_factory):
@@ -161,3 +166,71 @@ def test_broken_sense_package_does_not_stop_its_group(nerved_factory):
     wait_until(lambda: signals(daemon, "good"))
     broken = wait_until(lambda: daemon.sense("broken")["errors"] and daemon.sense("broken"))
     assert "No module named 'nosuchmodule_xyz'" in broken["lastError"]
+
+
+NEST = """
+    def nest(depth):
+        value = 1
+        for _ in range(depth):
+            value = [value]
+        return value
+"""
+
+UNKEEPABLE_RESULTS = {
+    "deep": ("{'v': nest(500)}", "nested deeper than 100 levels (at v[0]"),
+    "nan": ("{'v': float('nan')}", "NaN is not JSON (at v)"),
+    "big": ("{'v': 'x' * (2 << 20)}", "the result is 2.0 MiB; at most 1.0 MiB is kept"),
+    "aset": ("{'v': {1, 2}}", "a set is not a JSON value (at v)"),
+}
+
+
+@pytest.mark.parametrize("name", list(UNKEEPABLE_RESULTS))
+def test_a_result_nerve_cannot_keep_is_an_error_for_that_compute(nerved_factory, name):
+    result, reason = UNKEEPABLE_RESULTS[name]
+    daemon = nerved_factory(
+        f"senses:\n  {name}: {{}}\n  deepest: {{}}\n",
+        {
+            name: f"{NEST}\n    def compute(ctx):\n        return {result}\n",
+            "deepest": f"{NEST}\n    def compute(ctx):\n        return {{'v': nest(99)}}\n",
+        },
+    ).start()
+    pid = daemon.worker_pids("sense")["default"]
+    daemon.rpc("sense.trigger", sense=name)
+    state = wait_until(lambda: daemon.sense(name)["errors"] and daemon.sense(name), timeout=5)
+    assert reason in state["lastError"]
+    daemon.rpc("sense.trigger", sense="deepest")
+    wait_until(lambda: signals(daemon, "deepest"), timeout=5, what="a signal 100 levels deep")
+    assert signals(daemon, name) == []
+    assert daemon.worker_pids("sense")["default"] == pid
+
+
+def test_sense_log_lines_are_kept_truncated_and_sanitised(nerved_factory):
+    daemon = nerved_factory(
+        "senses:\n  talk: {}\n",
+        {"talk": "def compute(ctx):\n    ctx.log('x' * (1 << 20))\n    ctx.log('a \\ud800')\n"},
+    ).start()
+    daemon.rpc("sense.trigger", sense="talk")
+    lines = wait_until(
+        lambda: len(q := daemon.rpc("logs.query", source="sense", type="log")) == 2 and q,
+        timeout=5,
+    )
+    long, lone = (entry["payload"] for entry in lines)
+    assert long.endswith("… [truncated: 1.0 MiB in all]")
+    assert len(long.encode()) <= wire.MAX_LOG_LINE
+    assert lone == "a \ufffd"
+
+
+def test_a_query_that_meets_an_unreadable_entry_costs_that_compute_only(nerved_factory):
+    daemon = nerved_factory(
+        "senses:\n  reader: {}\n",
+        {"reader": "def compute(ctx):\n    return {'n': len(ctx.logs.query(ref_id='x'))}\n"},
+    ).start()
+    pid = daemon.worker_pids("sense")["default"]
+    conn = sqlite3.connect(daemon.state / "logs.db", isolation_level=None)
+    with contextlib.closing(conn):  # a row damaged on disk, or written by an older release
+        conn.execute("INSERT INTO logs (source, type, ref_id, payload, ts)"
+                     " VALUES ('sense', 'signal', 'x', '{broken', 0)")  # fmt: skip
+    daemon.rpc("sense.trigger", sense="reader")
+    wait_until(lambda: daemon.sense("reader")["computes"] == 1, timeout=5)
+    assert daemon.worker_pids("sense")["default"] == pid
+    assert "killing it" not in daemon.log()

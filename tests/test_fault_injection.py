@@ -8,6 +8,7 @@ what the ``logs`` table implies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -395,3 +396,68 @@ def test_a_worker_that_sends_nonsense_is_ended_and_its_run_resumed(nerved_factor
     assert run["status"] == "completed" and run["attempts"] == 1
     assert "killing it" in daemon.log()
     assert daemon.rpc("status")["pid"] == daemon.pid
+
+
+# -- a store nerve did not write ------------------------------------------------------------
+
+PARKED = """
+    import asyncio, os
+    from nerved import WorkflowDefinition
+
+    async def first(prompt, ctx):
+        return {"type": "first"}
+
+    async def park(prompt, ctx):
+        while not os.path.exists(prompt["gate"]):
+            await asyncio.sleep(0.01)
+        return {"type": "parked"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "first", "prompt": None}
+        if event["type"] == "first":
+            return {"role": "park", "prompt": {"gate": thread.events[0]["payload"]["gate"]}}
+        return None
+
+    workflow = WorkflowDefinition(roles={"first": first, "park": park}, moderate=moderate)
+"""
+
+
+def test_runs_whose_stored_history_cannot_be_resumed_fail_alone(nerved_factory, tmp_path):
+    gate = tmp_path / "gate"
+    daemon = nerved_factory(
+        "workflows:\n  p: {concurrency: 5, overflow: queue, drainTimeout: 100ms}\n",
+        workflows={"p": PARKED},
+    ).start()
+    runs = trigger_all(daemon, "p", [{"gate": str(gate), "n": i} for i in range(7)])
+    wait_until(lambda: sum(r["steps"] for r in daemon.rpc("workflow.list")) == 5)
+    assert daemon.stop() == 0
+    unreadable, deep, huge, started, also_started, nan, queued = runs  # five started
+    conn = sqlite3.connect(daemon.state / "logs.db", isolation_level=None)
+    with contextlib.closing(conn):
+        conn.execute("UPDATE workflow_runs SET trigger_payload = '{broken' WHERE run_id = ?",
+                     (unreadable,))  # fmt: skip
+        nested = '{"role":"first","prompt":null,"event":' + "[" * 980 + "]" * 980 + "}"
+        conn.execute("UPDATE logs SET payload = ? WHERE ref_id = ? AND type = 'step_complete'",
+                     (nested, deep))  # fmt: skip
+        big = json.dumps({"role": "first", "prompt": None, "event": {"type": "x" * (65 << 20)}})
+        conn.execute("INSERT INTO logs (source, type, ref_id, payload, ts)"
+                     " VALUES ('workflow', 'step_complete', ?, ?, 0)", (huge, big))  # fmt: skip
+        conn.execute("UPDATE workflow_runs SET steps = 2 WHERE run_id = ?", (huge,))
+        conn.execute("UPDATE workflow_runs SET trigger_payload = '[1, NaN]' WHERE run_id = ?",
+                     (nan,))  # fmt: skip
+    daemon.start()
+    reasons = {
+        unreadable: "its trigger payload cannot be read back: not readable as JSON",
+        deep: "nested",  # too deeply to read back, or to send: whichever the decoder meets
+        huge: "its history is 65.0 MiB; a resume carries at most 64.0 MiB",
+        nan: "its trigger payload cannot be sent: NaN is not JSON (at [1])",
+    }
+    for run_id, reason in reasons.items():
+        run = daemon.rpc("workflow.wait", runId=run_id, timeout=10)
+        assert run["status"] == "failed", run
+        assert run["error"].startswith("its stored history can no longer be resumed: ")
+        assert reason in run["error"]
+    gate.touch()
+    for run_id in (started, also_started, queued):
+        assert daemon.rpc("workflow.wait", runId=run_id, timeout=10)["status"] == "completed"

@@ -28,9 +28,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 
 import pytest
 from support import Nerved, assert_runs_match_logs, pid_alive, wait_until
+
+from nerved import wire
 
 # A workflow of three steps whose events carry what each role saw.
 THREE_STEPS = """
@@ -212,10 +215,10 @@ FAILING = """
         ("unknown", "moderator chose unknown role 'nobody' (roles: boom, notdict, notjson, notype, ok)"),
         ("notdict", "role 'notdict' returned list, not an event"),
         ("notype", "role 'notype' returned an event without a string 'type'"),
-        ("notjson", "role 'notjson' returned an event that is not JSON"),
+        ("notjson", "the event role 'notjson' returned is not a JSON value nerve can keep: a object"),
         ("raise", "moderator raised KeyError: 'no-such-key'"),
         ("garbage", "moderator returned 42; expected None or"),
-        ("prompt", "moderator's prompt for role 'ok' is not JSON"),
+        ("prompt", "the moderator's prompt for role 'ok' is not a JSON value nerve can keep: a set"),
     ],
 )  # fmt: skip
 def test_every_failure_path_fails_the_thread_with_its_reason(nerved_factory, kind, message):
@@ -225,6 +228,133 @@ def test_every_failure_path_fails_the_thread_with_its_reason(nerved_factory, kin
     assert message in run["error"]
     assert daemon.rpc("status")["workers"], "the worker survives a failed thread"
     assert_runs_match_logs(db(daemon))
+
+
+# What a role hands back, and what it logs, is checked in the worker where it enters.
+UNKEEPABLE = """
+    from nerved import WorkflowDefinition
+
+    def nest(depth):
+        value = 1
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    EVENTS = {
+        "deep": lambda: {"type": "x", "v": nest(500)},
+        "nan": lambda: {"type": "x", "v": float("nan")},
+        "big": lambda: {"type": "x", "v": "x" * (2 << 20)},
+        "set": lambda: {"type": "x", "v": {1, 2}},
+        "deepest": lambda: {"type": "x", "v": nest(99)},  # 100 levels: as deep as may be
+    }
+
+    def role(prompt, ctx):
+        if prompt == "surrogate":
+            raise RuntimeError("bad \\ud800 byte")
+        if prompt == "log":
+            ctx.log("x" * (1 << 20))
+            ctx.log("lone \\ud800 surrogate")
+            return {"type": "logged"}
+        return EVENTS[prompt]()
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "role", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"role": role}, moderate=moderate)
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("deep", "is not a JSON value nerve can keep: nested deeper than 100 levels (at v[0]"),
+        ("nan", "is not a JSON value nerve can keep: NaN is not JSON (at v)"),
+        ("big", "is 2.0 MiB; at most 1.0 MiB is kept"),
+        ("set", "is not a JSON value nerve can keep: a set is not a JSON value (at v)"),
+    ],
+)
+def test_an_event_nerve_cannot_keep_fails_its_run_and_the_worker_serves_on(
+    nerved_factory, kind, reason
+):
+    daemon = start(nerved_factory, "  u: {}\n", {"u": UNKEEPABLE})
+    run = wait_run(daemon, trigger(daemon, "u", kind)["runId"], timeout=10)
+    assert (run["status"], run["steps"], run["attempts"]) == ("failed", 0, 0)
+    assert run["error"].startswith("the event role 'role' returned ")
+    assert reason in run["error"]
+    pid = daemon.worker_pids("workflow")["u"]
+    assert wait_run(daemon, trigger(daemon, "u", "deepest")["runId"])["status"] == "completed"
+    assert daemon.worker_pids("workflow")["u"] == pid
+
+
+def test_an_exception_message_with_a_lone_surrogate_fails_the_run_readably(nerved_factory):
+    daemon = start(nerved_factory, "  u: {}\n", {"u": UNKEEPABLE})
+    run = wait_run(daemon, trigger(daemon, "u", "surrogate")["runId"], timeout=5)
+    assert run["status"] == "failed"
+    assert run["error"].startswith("role 'role' raised RuntimeError: bad \ufffd byte (at ")
+
+
+def test_log_lines_are_kept_truncated_and_sanitised(nerved_factory):
+    daemon = start(nerved_factory, "  u: {}\n", {"u": UNKEEPABLE})
+    run_id = trigger(daemon, "u", "log")["runId"]
+    assert wait_run(daemon, run_id, timeout=5)["status"] == "completed"
+    events = daemon.rpc("workflow.inspect", runId=run_id)["events"]
+    long, lone = [e["payload"] for e in events if e["type"] == "log"]
+    assert long.startswith("xxx") and long.endswith("… [truncated: 1.0 MiB in all]")
+    assert len(long.encode()) <= wire.MAX_LOG_LINE
+    assert lone == "lone \ufffd surrogate"
+
+
+HOARDER = """
+    import os, time
+    from nerved import WorkflowDefinition
+
+    def hoard(prompt, ctx):
+        gate = prompt.get("gate")
+        while gate and not os.path.exists(gate):
+            time.sleep(0.01)
+        return {"type": "hoard", "data": "x" * prompt["size"]}
+
+    def moderate(thread, event):
+        job = thread.events[0]["payload"]
+        n = len(thread.events) - 1
+        if n >= job["steps"]:
+            return None
+        gate = job.get("gate") if n == job["steps"] - 1 else None
+        return {"role": "hoard", "prompt": {"size": job["size"], "gate": gate}}
+
+    workflow = WorkflowDefinition(roles={"hoard": hoard}, moderate=moderate)
+"""
+
+
+def test_a_step_past_the_history_limit_fails_the_run_and_is_not_recorded(nerved_factory):
+    daemon = start(nerved_factory, "  h: {maxSteps: 100, idleTimeout: 300ms}\n", {"h": HOARDER})
+    size = 1000 * 1024
+    run = wait_run(daemon, trigger(daemon, "h", {"size": size, "steps": 80})["runId"], 60)
+    assert run["status"] == "failed"
+    assert f"would take its history past {wire.size_text(wire.MAX_HISTORY)}" in run["error"]
+    assert run["steps"] == 65  # 65 steps of 1000 KiB (and a record around each) fit in 64 MiB
+    # The worker dropped the thread: it serves the next run, then leaves when idle.
+    assert (
+        wait_run(daemon, trigger(daemon, "h", {"size": 1, "steps": 1})["runId"])["status"]
+        == "completed"
+    )
+    wait_until(lambda: "h" not in daemon.worker_pids("workflow"), what="the idle worker to go")
+    assert_runs_match_logs(db(daemon))
+
+
+def test_a_run_with_a_large_history_resumes_after_its_worker_is_killed(nerved_factory, tmp_path):
+    gate = tmp_path / "gate"
+    daemon = start(nerved_factory, "  h: {maxAttempts: 2}\n", {"h": HOARDER})
+    job = {"size": 1000 * 1024, "steps": 21, "gate": str(gate)}
+    run_id = trigger(daemon, "h", job)["runId"]
+    wait_until(lambda: daemon.rpc("workflow.list")[0]["steps"] == 20, timeout=30)
+    os.kill(daemon.worker_pids("workflow")["h"], signal.SIGKILL)
+    wait_until(lambda: "died (killed by SIGKILL) with 1 threads" in daemon.log())
+    gate.touch()
+    run = wait_run(daemon, run_id, 30)
+    assert (run["status"], run["steps"], run["attempts"]) == ("completed", 21, 1)
 
 
 def test_max_steps_fails_a_thread_that_loops(nerved_factory):
@@ -332,6 +462,28 @@ def test_failed_thread_frees_its_slot_for_the_next_queued(nerved_factory):
     daemon = start(nerved_factory, "  f: {concurrency: 1, overflow: queue}\n", {"f": FAILING})
     runs = [trigger(daemon, "f", kind)["runId"] for kind in ("boom", "ok", "boom", "ok")]
     assert [wait_run(daemon, r)["status"] for r in runs] == ["failed", "completed"] * 2
+
+
+def test_a_refused_trigger_changes_nothing_even_with_a_full_queue(nerved_factory, tmp_path):
+    gate = tmp_path / "gate"
+    daemon = start(
+        nerved_factory, "  g: {concurrency: 1, overflow: queue, maxQueue: 2}\n", {"g": GATED}
+    )
+    runs = [trigger(daemon, "g", {"gate": str(gate), "n": i}) for i in range(3)]
+    assert [r["status"] for r in runs] == ["started", "queued", "queued"]
+    line = b'{"jsonrpc": "2.0", "id": 1, "method": "workflow.trigger",'
+    line += b' "params": {"workflow": "g", "payload": {"n": NaN}}}\n'
+    with socket.socket(socket.AF_UNIX) as sock:  # nervectl would refuse to send it
+        sock.settimeout(10)
+        sock.connect(str(daemon.socket))
+        sock.sendall(line)
+        answer = json.loads(sock.makefile("rb").readline())
+    assert answer["error"]["code"] == -32602
+    assert "param 'payload'" in answer["error"]["message"]
+    assert [r["status"] for r in daemon.rpc("workflow.list")] == ["queued", "queued", "started"]
+    assert daemon.rpc("workflow.list", status="dropped") == []
+    gate.touch()
+    assert [wait_run(daemon, r["runId"])["status"] for r in runs] == ["completed"] * 3
 
 
 def test_unknown_workflow_is_not_found(nerved_factory):

@@ -20,8 +20,8 @@ MUTATES = True
 
 def run(daemon: Daemon, params: Params) -> Any:
     workflow = params.string("workflow", required=True)
-    payload, _encoded = params.json("payload")  # checked before anything changes
-    record = daemon.workflows.trigger(workflow, payload)
+    payload, encoded = params.json("payload")  # checked before anything changes
+    record = daemon.workflows.trigger(workflow, payload, encoded)
     answer = Pending()
     daemon.store.after_commit(
         lambda: answer.resolve({"runId": record.run_id, "status": str(record.status)}),
