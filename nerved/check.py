@@ -17,13 +17,16 @@ from nerved.process import describe_exit, spawn
 from nerved.usercode import probe_child
 
 EX_OK: Final = 0
+EX_OSERR: Final = 71  # sysexits: "an operating system error ... e.g., cannot fork"
 EX_CONFIG: Final = 78
 PROBE_TIMEOUT: Final = 60.0
 
 
 def probe_in_fork(root: Path, senses: list[str], workflows: list[str]) -> list[str]:
-    """Import the packages in a child; its answer, or why there was none."""
+    """Import the packages in a child; its answer, or why there was none.
 
+    Raises OSError when the child cannot be forked.
+    """
     pid, sock = spawn("nerve:check", probe_child(root, senses, workflows, PROBE_TIMEOUT))
     channel = Channel(sock)
     try:
@@ -49,9 +52,13 @@ def run(root: Path) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EX_CONFIG
-    errors = check_packages(root, config) or probe_in_fork(
-        root.resolve(), list(config.senses), list(config.workflows)
-    )
+    try:
+        errors = check_packages(root, config) or probe_in_fork(
+            root.resolve(), list(config.senses), list(config.workflows)
+        )
+    except OSError as exc:
+        print(f"cannot fork a process to import the packages in: {exc}", file=sys.stderr)
+        return EX_OSERR
     if errors:
         for error in errors:
             print(error, file=sys.stderr)

@@ -88,12 +88,21 @@ def spawn(title: str, child_main: Callable[[socket.socket], int]) -> tuple[int, 
 
     Returns the child's pid and the master's end of the channel. The child never returns
     from this function: whatever happens, it ends in ``os._exit``.
+
+    Raises OSError when no child can be made (``fork``: EAGAIN under a pids or process limit,
+    ENOMEM; ``socketpair``: EMFILE, ENFILE), with nothing left open: the caller decides
+    whether to retry.
     """
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     master_pid = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        parent_end.close()
+        child_end.close()
+        raise
     if pid == 0:  # pragma: no cover - runs in the child, observed through its behaviour
         code = EXIT_CRASH
         try:

@@ -97,7 +97,12 @@ class Reloader:
             if worker is self._probe:
                 self._probed([f"importing the changed packages failed: the probe died ({why})"])
 
-        self._probe = self.workers.spawn("probe", "reload", child_main, on_message, on_gone)
+        try:
+            self._probe = self.workers.spawn("probe", "reload", child_main, on_message, on_gone)
+        except OSError as exc:
+            self._candidate = None
+            self._finish(None, [f"cannot fork a process to import the changed packages: {exc}"])
+            return
         probe_worker = self._probe
 
         def expire() -> None:

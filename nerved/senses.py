@@ -5,7 +5,8 @@ triggers it (an interval, a signal of another sense, ``nervectl sense trigger``)
 coalesce: while a compute runs, or inside the sense's ``throttle`` window, any number of
 triggers make one trailing compute. The master owns each compute's timeout: past it, the
 compute is abandoned and logged as an error, and a worker that does not come back from it
-within the sense's ``gracePeriod`` is killed and respawned, with backoff if it keeps dying.
+within the sense's ``gracePeriod`` is killed and respawned, with backoff if it keeps dying
+or cannot be forked at all (a pids limit, no memory).
 
 The signal loop is lossy on purpose: a compute lost to a dying worker is logged, not retried.
 """
@@ -81,6 +82,7 @@ class Group:
     grace: Timer | None = None
     failures: int = 0
     respawn: Timer | None = None
+    cannot_fork: bool = False  # the last fork failed: its recovery is worth a log line
     retired: bool = False  # removed or replaced by a reload: never respawned
 
 
@@ -145,7 +147,22 @@ class SenseManager:
             self._on_gone(group, worker, why)
 
         group.ready = False
-        group.worker = self.workers.spawn("sense", name, child_main, on_message, on_gone)
+        try:
+            group.worker = self.workers.spawn("sense", name, child_main, on_message, on_gone)
+        except OSError as exc:
+            group.failures += 1
+            delay = _backoff(group.failures)
+            if not group.cannot_fork:  # one line per episode, not per try
+                log.warning(
+                    "sense group %s: cannot fork its worker (%s); retrying with backoff",
+                    group.name, exc,
+                )  # fmt: skip
+                group.cannot_fork = True
+            group.respawn = self.loop.call_later(delay, lambda: self._spawn(group))
+            return
+        if group.cannot_fork:
+            log.info("sense group %s: forked its worker again", group.name)
+            group.cannot_fork = False
 
     def _grace_of(self, group: Group) -> float:
         """The longest grace period among the group's senses, in seconds."""
@@ -242,7 +259,7 @@ class SenseManager:
             return
         lived = time.monotonic() - worker.started
         group.failures = 1 if lived >= STABLE_AFTER else group.failures + 1
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (group.failures - 1))
+        delay = _backoff(group.failures)
         log.warning(
             "sense group %s worker pid %d died (%s); respawning in %.2fs",
             group.name, worker.pid, why, delay,
@@ -378,3 +395,9 @@ class SenseManager:
 
     def list(self) -> list[dict[str, Any]]:
         return [state.to_wire() for state in self.senses.values()]
+
+
+def _backoff(failures: int) -> float:
+    """Seconds before a group's next fork: 0.25 s doubling to 30 s while forks fail or its
+    worker keeps dying."""
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (failures - 1))

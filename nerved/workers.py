@@ -194,6 +194,7 @@ class Workers:
         on_message: MessageHandler,
         on_gone: GoneHandler,
     ) -> Worker:
+        """Fork a worker; raises OSError when no child can be made (see process.spawn)."""
         pid, sock = spawn(f"nerve:{kind[:1]}:{name}", child_main)
         worker = Worker(self, kind, name, pid, sock, on_message, on_gone)
         self._by_pid[pid] = worker

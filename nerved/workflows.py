@@ -10,6 +10,8 @@ A worker is one process per workflow, started on demand and stopped after ``idle
 with nothing to do. When one dies, its threads are resumed in a successor from their logged
 events (roles are at-least-once), or, for ``overflow: drop`` workflows, marked ``crashed``
 and started afresh; a thread whose worker died ``maxAttempts`` times under it is ``crashed``.
+When no worker can be forked (a pids limit, no memory), the runs stay ``started`` or
+``queued`` and the fork is retried with backoff.
 
 A resume sends a run's whole history (trigger payload and steps) in one frame, so each run's
 history is held to :data:`wire.MAX_HISTORY`: a step that would take it past that fails the
@@ -86,6 +88,7 @@ class Flow:
     idle: Timer | None = None
     respawn: Timer | None = None
     failures: int = 0
+    cannot_fork: bool = False  # the last fork failed: its recovery is worth a log line
     removed: bool = False
 
     @property
@@ -315,7 +318,7 @@ class WorkflowManager:
 
         A run that some worker had before is *resumed*: the new worker gets its logged
         events and replays the moderator over them. A run whose stored history cannot be
-        sent fails here.
+        sent fails here; one that finds no worker (the fork failed) waits for the retry.
         """
         flow = run.flow
         worker = flow.worker
@@ -328,6 +331,8 @@ class WorkflowManager:
             return
         if worker is None or not worker.connected:
             worker = self._spawn(flow)
+            if worker is None:
+                return
         run.worker = worker
         run.sent = True
 
@@ -364,7 +369,8 @@ class WorkflowManager:
             events.append(step["event"])
         return events
 
-    def _spawn(self, flow: Flow) -> Worker:
+    def _spawn(self, flow: Flow) -> Worker | None:
+        """Fork the flow's worker; None when the fork failed and a retry is scheduled."""
         flow.respawn = None
         root, name = self.root, flow.name
 
@@ -377,7 +383,22 @@ class WorkflowManager:
         def on_gone(worker: Worker, why: str) -> None:
             self._on_gone(flow, worker, why)
 
-        worker = self.workers.spawn("workflow", name, child_main, on_message, on_gone)
+        try:
+            worker = self.workers.spawn("workflow", name, child_main, on_message, on_gone)
+        except OSError as exc:
+            flow.failures += 1
+            delay = _backoff(flow.failures)
+            if not flow.cannot_fork:  # one line per episode, not per try
+                log.warning(
+                    "workflow %s: cannot fork a worker (%s); its %d runs wait, retrying with"
+                    " backoff", flow.name, exc, len(flow.active),
+                )  # fmt: skip
+                flow.cannot_fork = True
+            self._respawn_later(flow, delay)
+            return None
+        if flow.cannot_fork:
+            log.info("workflow %s: forked a worker again (pid %d)", flow.name, worker.pid)
+            flow.cannot_fork = False
         flow.worker = worker
         return worker
 
@@ -634,7 +655,7 @@ class WorkflowManager:
 
 def _backoff(failures: int) -> float:
     """Seconds before the next fork: the first loss is answered at once, then 0.1 s doubling
-    to :data:`RESPAWN_MAX` while workers keep dying."""
+    to :data:`RESPAWN_MAX` while forks fail or workers keep dying."""
     return 0.0 if failures <= 1 else min(RESPAWN_MAX, RESPAWN_FIRST * 2.0 ** (failures - 2))
 
 

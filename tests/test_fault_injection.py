@@ -14,10 +14,14 @@ import os
 import random
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from support import Nerved, assert_runs_match_logs, pid_alive, wait_until, write_package
+from support import REPO, Nerved, assert_runs_match_logs, pid_alive, wait_until, write_package
 
 # A thread of payload["steps"] steps; step n sleeps payload["sleeps"][n] ms. The moderator
 # is a pure function of the events, so the expected history of a run follows from its payload.
@@ -398,7 +402,7 @@ def test_a_worker_that_sends_nonsense_is_ended_and_its_run_resumed(nerved_factor
     assert daemon.rpc("status")["pid"] == daemon.pid
 
 
-# -- a store nerve did not write ------------------------------------------------------------
+# -- a store nerve did not write, a host that cannot fork ----------------------------------
 
 PARKED = """
     import asyncio, os
@@ -461,3 +465,68 @@ def test_runs_whose_stored_history_cannot_be_resumed_fail_alone(nerved_factory, 
     gate.touch()
     for run_id in (started, also_started, queued):
         assert daemon.rpc("workflow.wait", runId=run_id, timeout=10)["status"] == "completed"
+
+
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+@pytest.fixture
+def pids_cgroup() -> Iterator[Path]:
+    """A new group under the cgroup v1 pids controller; its processes go back at the end."""
+    if os.geteuid() != 0 or not (PIDS_CGROUP / "cgroup.procs").exists():
+        pytest.skip("needs root and the cgroup v1 pids controller")
+    group = PIDS_CGROUP / f"nerve-test-{os.getpid()}-{time.monotonic_ns()}"
+    group.mkdir()
+    try:
+        yield group
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (PIDS_CGROUP / "cgroup.procs").write_text(pid)
+        group.rmdir()
+
+
+def test_nothing_is_lost_while_no_process_can_be_forked(nerved_factory, pids_cgroup):
+    daemon = nerved_factory(
+        "senses:\n  tick: {}\nworkflows:\n  w: {}\n",
+        {"tick": "def compute(ctx):\n    return {'ok': True}\n"},
+        {"w": POISON},
+        args=("--no-watch",),
+    ).start()
+    sense_pid = daemon.worker_pids("sense")["default"]
+    (pids_cgroup / "cgroup.procs").write_text(str(daemon.pid))
+    (pids_cgroup / "pids.max").write_text((pids_cgroup / "pids.current").read_text())
+
+    answer = daemon.rpc("workflow.trigger", workflow="w", payload=1)
+    assert answer["status"] == "started"  # durable: its worker comes when forks work again
+    os.kill(sense_pid, signal.SIGKILL)
+    write_package(daemon.root, "senses", "tick", "def compute(ctx):\n    return {'ok': 2}\n")
+    with daemon.client() as client, pytest.raises(Exception, match="cannot fork a process"):
+        client.call("reload")
+    wait_until(lambda: "sense group default: cannot fork its worker" in daemon.log())
+    time.sleep(0.5)  # a few more tries, each without a line of its own
+    log = daemon.log()
+    assert log.count("workflow w: cannot fork a worker") == 1
+    assert log.count("sense group default: cannot fork its worker") == 1
+    assert daemon.rpc("workflow.inspect", runId=answer["runId"])["status"] == "started"
+
+    (pids_cgroup / "pids.max").write_text("max")
+    run = daemon.rpc("workflow.wait", runId=answer["runId"], timeout=15)
+    assert (run["status"], run["attempts"]) == ("completed", 0)
+    daemon.rpc("sense.trigger", sense="tick")
+    wait_until(lambda: daemon.rpc("logs.query", source="sense", type="signal"), timeout=15)
+    assert daemon.rpc("reload") == {"changed": ["group default"]}
+
+
+def test_check_says_why_when_it_cannot_fork(nerved_factory, pids_cgroup):
+    root = nerved_factory("workflows:\n  w: {}\n", workflows={"w": POISON}).root
+    (pids_cgroup / "pids.max").write_text("1")
+    procs = pids_cgroup / "cgroup.procs"
+    done = subprocess.run(
+        [sys.executable, "-m", "nerved", "check", "--root", str(root)],
+        preexec_fn=lambda: procs.write_text(str(os.getpid())),
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 71, done.stderr
+    assert "cannot fork a process to import the packages in" in done.stderr
+    assert "Traceback" not in done.stderr
