@@ -69,7 +69,7 @@ class ActiveRun:
 
 @dataclass(frozen=True, slots=True)
 class QueuedRun:
-    """A run waiting for a slot, with its payload as stored (``None``: no payload)."""
+    """A run waiting for a slot, with its payload and the payload's stored encoding."""
 
     run_id: str
     payload: Any
@@ -190,7 +190,7 @@ class WorkflowManager:
                 dropped += 1
                 continue
             try:
-                payload_json = _stored_payload(record)
+                payload_json = _resumable_payload(record)
             except wire.Invalid as exc:
                 self._finish(record.run_id, flow.name, Transition.UNRESUMABLE, _unresumable(exc))
                 failed += 1
@@ -263,7 +263,7 @@ class WorkflowManager:
                 run_id, workflow, Transition.START, payload,
                 payload_json=payload_json, retry_of=retry_of,
             )  # fmt: skip
-            self._activate(flow, QueuedRun(run_id, payload, payload_json))
+            self._activate(flow, run_id, payload, payload_json)
         elif flow.config.overflow is Overflow.DROP:
             limit = flow.config.concurrency
             record = self.store.create_run(
@@ -291,11 +291,11 @@ class WorkflowManager:
             _log_transition(run_id, workflow, Transition.START, None)
         return record
 
-    def _activate(self, flow: Flow, queued: QueuedRun) -> None:
-        history = 0 if queued.payload_json is None else len(queued.payload_json.encode())
-        run = ActiveRun(queued.run_id, flow, queued.payload, history)
-        flow.active[run.run_id] = run
-        self.runs[run.run_id] = run
+    def _activate(self, flow: Flow, run_id: str, payload: Any, payload_json: str | None) -> None:
+        history = 0 if payload_json is None else len(payload_json.encode())
+        run = ActiveRun(run_id, flow, payload, history)
+        flow.active[run_id] = run
+        self.runs[run_id] = run
         if flow.idle is not None:
             flow.idle.cancel()
             flow.idle = None
@@ -309,7 +309,7 @@ class WorkflowManager:
                 queued.run_id, Transition.DISPATCH, payload_json=queued.payload_json
             ):
                 _log_transition(queued.run_id, flow.name, Transition.DISPATCH, None)
-                self._activate(flow, queued)
+                self._activate(flow, queued.run_id, queued.payload, queued.payload_json)
 
     # -- workers ------------------------------------------------------------------------
 
@@ -663,9 +663,10 @@ def _unresumable(exc: wire.Invalid) -> str:
     return f"{Transition.UNRESUMABLE.label}: {exc}"
 
 
-def _stored_payload(record: RunRecord) -> str | None:
-    """A recovered run's trigger payload encoded again (None: none); raises wire.Invalid,
-    saying why, for one that cannot be read back or sent to a worker."""
+def _resumable_payload(record: RunRecord) -> str | None:
+    """A recovered run's trigger payload, encoded again (None: none); raises wire.Invalid,
+    saying why, for a run that cannot be resumed: a payload that cannot be read back or sent
+    to a worker, or a history too large for a resume."""
     payload = record.trigger_payload
     if isinstance(payload, Unreadable):
         raise wire.Invalid(f"its trigger payload cannot be read back: {payload.reason}")
