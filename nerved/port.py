@@ -99,8 +99,8 @@ class Port:
         if threading.get_ident() != self._thread:
             future: concurrent.futures.Future[Message] = concurrent.futures.Future()
             self._waiting[call_id] = future
-            self.post(request)
             try:
+                self.post(request)
                 return future.result(timeout)
             finally:
                 self._waiting.pop(call_id, None)

@@ -234,3 +234,13 @@ def test_a_query_that_meets_an_unreadable_entry_costs_that_compute_only(nerved_f
     wait_until(lambda: daemon.sense("reader")["computes"] == 1, timeout=5)
     assert daemon.worker_pids("sense")["default"] == pid
     assert "killing it" not in daemon.log()
+
+
+def test_a_query_nerve_cannot_send_is_an_error_for_that_compute_at_once(nerved_factory):
+    daemon = nerved_factory(
+        "senses:\n  asker: {}\n",
+        {"asker": "def compute(ctx):\n    return ctx.logs.query(ref_id='\\ud800')\n"},
+    ).start()
+    daemon.rpc("sense.trigger", sense="asker")
+    state = wait_until(lambda: daemon.sense("asker")["errors"] and daemon.sense("asker"), 5)
+    assert "Invalid: a string holds a lone UTF-16 surrogate" in state["lastError"]
