@@ -144,7 +144,8 @@ class Daemon:
             raise Fatal(f"cannot listen on {self.options.socket}: {exc}", EX_TEMPFAIL) from exc
         # A socket we bound is ours to remove at exit; systemd's stays for the next start.
         self._socket_inode = None if self._activated else os.stat(self.options.socket).st_ino
-        self.control = ControlServer(self.loop, sock, self.dispatch)
+        heavy = frozenset(c.name for c in COMMANDS.values() if c.heavy)
+        self.control = ControlServer(self.loop, sock, self.dispatch, heavy)
 
         self.senses.apply(self.config, self.code)
         self.reflexes.apply(self.config)
@@ -336,8 +337,8 @@ class Daemon:
         self.stopping = True
         log.info("stopping (%s)", reason)
         self.notifier.stopping(f"stopping ({reason})")
-        if self.control is not None:
-            self.control.stop_listening()
+        # The control socket stays open while workers finish: status and reads still answer
+        # (showing "stopping"), and whatever would change something gets -32002 at once.
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 NAME = "logs.query"
 PARAMS = ("source", "type", "refId", "since", "afterId", "limit")
 MUTATES = False
+HEAVY = True
 
 
 def run(daemon: Daemon, params: Params) -> Any:

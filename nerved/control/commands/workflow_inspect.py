@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 NAME = "workflow.inspect"
 PARAMS = ("runId",)
 MUTATES = False
+HEAVY = True
 
 
 def run(daemon: Daemon, params: Params) -> Any:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 NAME = "workflow.list"
 PARAMS = ("status", "workflow", "all", "limit")
 MUTATES = False
+HEAVY = True
 
 
 def _statuses(raw: Any) -> set[RunStatus]:
