@@ -26,7 +26,14 @@ from typing import Any, Final
 from nerved import _version
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config, unlined
 from nerved.control.commands import COMMANDS
-from nerved.control.rpc import METHOD_NOT_FOUND, SHUTTING_DOWN, Params, Pending, RpcError
+from nerved.control.rpc import (
+    INTERNAL_ERROR,
+    METHOD_NOT_FOUND,
+    SHUTTING_DOWN,
+    Params,
+    Pending,
+    RpcError,
+)
 from nerved.control.server import ControlServer, SocketInUse, bind, inherited_socket
 from nerved.loop import Loop
 from nerved.notify import Notifier
@@ -102,6 +109,8 @@ class Daemon:
             return exc.code
         try:
             self.loop.run()
+        except StoreError as exc:
+            self._storage_failed(exc)
         except Exception:
             # A bug in nerve itself: state in memory can no longer be trusted, but logs.db can.
             # Exit non-zero so that systemd restarts us and recovery rebuilds from the store.
@@ -117,13 +126,24 @@ class Daemon:
         self.config = self._load_config()
         self._lock_state_dir()
         try:
-            self.store = Store(self.options.state_dir / "logs.db")
+            self.store = Store(self.options.state_dir / "logs.db", on_wait=self.notifier.status)
         except StoreError as exc:
-            raise Fatal(str(exc), EX_CANTCREAT) from exc
+            raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc
+        if self._lock_fd is not None:
+            self.store.watch(self.options.state_dir / "nerved.lock", self._lock_fd)
+        self.loop.set_gate(self.store.acquire)
         self.loop.at_end_of_turn(self._end_of_turn)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        # Stopping writes nothing, so it goes on while another process holds logs.db's lock;
+        # reaping (which ends runs) and reloading wait for the lock (nerved.loop, the gate).
+        for signum, gated in (
+            (signal.SIGTERM, False),
+            (signal.SIGINT, False),
+            (signal.SIGHUP, True),
+            (signal.SIGCHLD, True),
+        ):
             name = signal.Signals(signum).name.lower()
-            self.loop.add_signal_handler(signum, getattr(self, f"handle_{name[3:]}"))
+            handler = getattr(self, f"handle_{name[3:]}")
+            self.loop.add_signal_handler(signum, handler, gated=gated)
         self.loop.install_signal_wakeup()
 
         self.senses = SenseManager(self.loop, self.workers, self.store, self.root, self._on_signal)
@@ -135,8 +155,11 @@ class Daemon:
         self.notifier.status("recovering unfinished runs")
         self.code = CodeSnapshot.take(self.root, self.config.senses, self.config.workflows)
         self.workflows.apply(self.config, self.code)
-        self.recovery = self.workflows.recover()
-        self.store.commit()
+        try:
+            self.recovery = self.workflows.recover()
+            self.store.commit()
+        except StoreError as exc:
+            raise Fatal(f"cannot recover unfinished runs: {exc}", EX_CANTCREAT) from exc
 
         try:
             sock = self._activated or bind(self.options.socket)
@@ -159,7 +182,7 @@ class Daemon:
         if self.notifier.watchdog_interval:
             self._watchdog()
         self._last_status = ""
-        self.loop.call_later(STATUS_EVERY, self._status_tick)
+        self.loop.call_later(STATUS_EVERY, self._status_tick, gated=False)
         self.loop.call_later(IDLE_CHECKPOINT, self._checkpoint_when_idle)
         summary = self._summary()
         log.info(
@@ -205,24 +228,20 @@ class Daemon:
     # -- the turn -----------------------------------------------------------------------
 
     def _end_of_turn(self) -> None:
-        try:
-            self.store.commit()
-        except StoreError as exc:
-            # The store is the source of truth: if it cannot commit, nothing we would
-            # acknowledge is safe. Stop, and let the restart recover from what is on disk.
-            log.critical("%s; stopping so that a restart recovers from logs.db", exc)
-            self.exit_code = EX_TEMPFAIL
-            self.begin_stop("storage failure")
+        # A failed commit raises StoreError out of the loop: see _storage_failed.
+        self.store.commit()
 
     def _status_tick(self) -> None:
         """Keep ``systemctl status`` current: what runs and what waits, when it changes."""
         if self.stopping:
             return
         summary = self._summary()
+        if self.store.locked_since is not None:
+            summary = f"waiting for the write lock on {self.store.path}; {summary}"
         if summary != self._last_status:
             self.notifier.status(summary)
             self._last_status = summary
-        self.loop.call_later(STATUS_EVERY, self._status_tick)
+        self.loop.call_later(STATUS_EVERY, self._status_tick, gated=False)
 
     def _checkpoint_when_idle(self) -> None:
         """Fold the WAL into logs.db in a quiet moment, not in the middle of a burst."""
@@ -235,7 +254,7 @@ class Daemon:
         self.notifier.watchdog()
         interval = self.notifier.watchdog_interval
         if interval:
-            self.loop.call_later(interval, self._watchdog)
+            self.loop.call_later(interval, self._watchdog, gated=False)
 
     # -- signals ------------------------------------------------------------------------
 
@@ -262,7 +281,19 @@ class Daemon:
             raise RpcError(METHOD_NOT_FOUND, f"no method {method!r}")
         if command.mutates and self.stopping:
             raise RpcError(SHUTTING_DOWN, "nerved is shutting down")
-        return command.run(self, Params(raw_params, command.params))
+        if command.mutates and not self.loop.gate_open:
+            raise RpcError(
+                SHUTTING_DOWN,
+                f"{self.store.path} is locked by another process; nothing was changed,"
+                " try again once it lets go",
+            )
+        try:
+            return command.run(self, Params(raw_params, command.params))
+        except StoreError as exc:
+            if command.mutates:
+                raise  # a write failed: the daemon stops (see _storage_failed)
+            log.error("%s: %s", method, exc)
+            raise RpcError(INTERNAL_ERROR, f"cannot read the store: {exc}") from None
 
     def status(self) -> dict[str, Any]:
         workers = list(self.workers)
@@ -271,7 +302,7 @@ class Daemon:
             "version": _version.__version__,
             "pid": os.getpid(),
             "uptime": round(time.monotonic() - self.started_at, 3),
-            "state": "stopping" if self.stopping else "running",
+            "state": self._state(),
             "root": str(self.root),
             "stateDir": str(self.options.state_dir),
             "senses": len(self.config.senses),
@@ -283,6 +314,13 @@ class Daemon:
             "rss": _tree_rss([os.getpid(), *(w.pid for w in workers)]),
             "commits": self.store.commits,
         }
+
+    def _state(self) -> str:
+        if self.stopping:
+            return "stopping"
+        if self.store.locked_since is not None:
+            return "waiting for the write lock on logs.db (only reads are served)"
+        return "running"
 
     # -- reload -------------------------------------------------------------------------
 
@@ -346,7 +384,9 @@ class Daemon:
         self.reloader.stop()
         self.retention.stop()
         grace = max(self.senses.stop(), self.workflows.stop())
-        self._stop_timer = self.loop.call_later(grace + STOP_MARGIN, self._kill_remaining)
+        self._stop_timer = self.loop.call_later(
+            grace + STOP_MARGIN, self._kill_remaining, gated=False
+        )
         if not len(self.workers):
             self.loop.stop()
 
@@ -358,15 +398,45 @@ class Daemon:
         for worker in remaining:
             log.warning("%r did not stop in time; killing it", worker)
             worker.kill()
-        self.loop.call_later(KILL_WAIT, self._give_up_waiting)
+        self.loop.call_later(KILL_WAIT, self._give_up_waiting, gated=False)
 
     def _give_up_waiting(self) -> None:
         log.error("%d workers were not reaped after SIGKILL; exiting anyway", len(self.workers))
         self.loop.stop()
 
+    def _storage_failed(self, exc: StoreError) -> None:
+        """logs.db could not take a write: stop at once, so that a restart recovers.
+
+        The store is the source of truth and what the master holds in memory may now be
+        ahead of it, so nothing more can be acknowledged: workers are killed (whatever they
+        would finish could not be recorded), clients see the connection close, and the exit
+        code (75, EX_TEMPFAIL) has systemd start a fresh nerved, which recovers every run
+        from what was committed. One line in the journal says why.
+        """
+        log.critical("storage failure, stopping so that a restart recovers: %s", exc)
+        self.notifier.stopping(f"storage failure: {exc}")
+        self.exit_code = EX_TEMPFAIL
+        self.stopping = True
+        self._kill_workers_now()
+
+    def _kill_workers_now(self) -> None:
+        """SIGKILL every worker and wait for them (at most KILL_WAIT), telling no one: for an
+        exit where nothing more can be recorded."""
+        self.workers.kill_all()
+        pids = {worker.pid for worker in self.workers}
+        deadline = time.monotonic() + KILL_WAIT
+        while pids and time.monotonic() < deadline:
+            for pid in list(pids):
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                        continue
+                pids.discard(pid)
+            if pids:
+                time.sleep(0.01)
+
     def _close(self) -> None:
         if self.control is not None:
-            self.control.close()
+            self.control.close(flush=self.exit_code != EX_TEMPFAIL)
             with contextlib.suppress(OSError):
                 if self._socket_inode and os.stat(self.options.socket).st_ino == self._socket_inode:
                     os.unlink(self.options.socket)
@@ -379,10 +449,7 @@ class Daemon:
             os.close(self._lock_fd)
 
     def _shutdown_after_failed_start(self) -> None:
-        self.workers.kill_all()
-        for worker in list(self.workers):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(worker.pid, 0)
+        self._kill_workers_now()
         if hasattr(self, "store"):
             with contextlib.suppress(Exception):
                 self.store.close()

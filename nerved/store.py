@@ -15,20 +15,37 @@ ahead of its data.
 Run statuses change only through :class:`~nerved.states.Transition`s, applied as guarded
 ``UPDATE ... WHERE status IN (...)`` statements together with the log entry that records
 them, in the same transaction (RFC-002 §6.2).
+
+**The write lock.** The master holds logs.db's write lock (an open ``BEGIN IMMEDIATE``) from
+one commit to the next, so other processes may read the file (WAL) but not write it while
+nerved runs. Should one take the lock all the same (in the instant between a commit and the
+next ``BEGIN``), :meth:`Store.acquire` says so without waiting, and the master's loop runs
+only what does not write until it has the lock back (nerved.loop, "the gate"): contention
+costs a pause, never a crash or a blocked loop. At start the store waits for the lock.
+
+**Failures.** Every SQLite error becomes a one-line :class:`StoreError` naming the file. At
+each commit the store also checks that ``logs.db`` (and any file it was told to watch, such
+as the state directory's lock) is still the file it opened: a state directory deleted under
+a running daemon must stop it, not have it acknowledge work into an unlinked file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from nerved import wire
 from nerved.states import ACTIVE, RunStatus, Transition
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 1
 AUTOCHECKPOINT_PAGES: Final = 8000  # ~32 MB of WAL before SQLite checkpoints on its own
@@ -83,7 +100,104 @@ _RUN_COLUMNS: Final = (
 
 
 class StoreError(Exception):
-    """logs.db cannot be opened or is not one this version understands."""
+    """logs.db cannot be opened, read or written: one line, naming the file and why."""
+
+
+class StoreBusy(StoreError):
+    """Another process holds logs.db's write lock (SQLITE_BUSY): try again later."""
+
+
+START_RETRY: Final = 0.1  # seconds between two tries for the write lock at start
+BUSY_TIMEOUT_MS: Final = 10  # SQLite's own wait for a lock: short, never a stall
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
+
+
+def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    kind = StoreBusy if _is_busy(exc) else StoreError
+    return kind(f"{path}: {exc}")
+
+
+class _Cursor:
+    """A cursor whose errors, even half-way through its rows, are StoreErrors."""
+
+    __slots__ = ("_cursor", "_path")
+
+    def __init__(self, cursor: sqlite3.Cursor, path: Path) -> None:
+        self._cursor = cursor
+        self._path = path
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise _store_error(self._path, exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return self._cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise _store_error(self._path, exc) from exc
+
+    def fetchmany(self, size: int) -> list[Any]:
+        try:
+            return self._cursor.fetchmany(size)
+        except sqlite3.Error as exc:
+            raise _store_error(self._path, exc) from exc
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                row = next(self._cursor)
+            except StopIteration:
+                return
+            except sqlite3.Error as exc:
+                raise _store_error(self._path, exc) from exc
+            yield row
+
+
+class _Connection:
+    """The one sqlite3 connection, every error of which is a StoreError (busy: StoreBusy)."""
+
+    __slots__ = ("_conn", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+        try:
+            return _Cursor(self._conn.execute(sql, params), self.path)
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from exc
+
+    def executescript(self, script: str) -> None:
+        try:
+            self._conn.executescript(script)
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+
+def _file_id(path: Path | int) -> tuple[int, int]:
+    st = os.fstat(path) if isinstance(path, int) else os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def now_ms() -> int:
@@ -188,9 +302,13 @@ def _entry_from_row(row: Sequence[Any]) -> LogEntry:
     return LogEntry(row[0], row[1], row[2], row[3], _loads(row[4]), row[5])
 
 
-def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+def _connect(path: Path, synchronous: str = "FULL") -> _Connection:
     """The connect hook: every connection nerve opens gets its pragmas here and nowhere else."""
-    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _store_error(path, exc) from exc
+    conn = _Connection(raw, path)
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode != "wal":
         raise StoreError(f"{path}: cannot switch to WAL mode (got {mode!r})")
@@ -199,7 +317,8 @@ def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     # Checkpoints copy the WAL into the database and fsync it: a stall of milliseconds. The
     # master runs them when it is idle (Store.checkpoint); this is only the backstop.
     conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
-    conn.execute("PRAGMA busy_timeout = 5000")
+    # Never wait long for a lock: the master's loop must not stall (see "The write lock").
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA temp_store = MEMORY")
     return conn
@@ -212,7 +331,7 @@ def _cap(limit: int | None) -> int:
     return min(limit, MAX_QUERY_LIMIT)
 
 
-def _first_id_since(conn: sqlite3.Connection, ts: int) -> int:
+def _first_id_since(conn: _Connection, ts: int) -> int:
     """The first entry at or after ``ts``, by bisecting ids (they grow with time).
 
     Entries are appended with the master's clock, so ts is non-decreasing in id unless the
@@ -233,7 +352,7 @@ def _first_id_since(conn: sqlite3.Connection, ts: int) -> int:
 
 
 def _query_logs(
-    conn: sqlite3.Connection,
+    conn: _Connection,
     *,
     source: str | None = None,
     type: str | None = None,
@@ -277,27 +396,78 @@ AbortCallback = Callable[[BaseException], None]
 class Store:
     """The master's connection to logs.db: batched writes and the reads the daemon serves."""
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
+        """Open (or create) logs.db, migrate it, prove it writable, and take its write lock.
+
+        While another process holds the write lock, waits (``on_wait`` hears why, once).
+        Raises StoreError when the file cannot be opened, read, migrated or written.
+        """
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = _connect(path, synchronous)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"{path}: {exc}") from exc
-        try:
-            self._migrate()
-        except sqlite3.Error as exc:
-            self._conn.close()
-            raise StoreError(f"{path}: {exc}") from exc
-        except StoreError:
-            self._conn.close()
-            raise
-        self._in_tx = False
+        self._in_tx = False  # we hold the write lock: a BEGIN IMMEDIATE is open
+        self._wrote = False  # and something was written in it since the last commit
         self._on_commit: list[CommitCallback] = []
         self._on_abort: list[AbortCallback] = []
+        self._watched: list[tuple[Path, tuple[int, int]]] = []
+        self.locked_since: float | None = None  # monotonic: another process took the lock
         self.commits = 0
         self.last_commit = 0.0  # time.monotonic() of the last commit
         self._since_checkpoint = 0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{path.parent}: {exc.strerror or exc}") from exc
+        self._conn = self._at_start(lambda: _connect(path, synchronous), on_wait)
+        try:
+            self._watched.append((path, _file_id(path)))
+            self._at_start(self._migrate, on_wait)
+            self._at_start(self._prove_writable, on_wait)
+            self._at_start(self._acquire_or_raise, on_wait)
+        except BaseException:
+            self._conn.close()
+            raise
+        if self.locked_since is not None:
+            log.warning("%s: got the write lock", path)
+            self.locked_since = None
+
+    def _at_start(self, step: Callable[[], T], on_wait: Callable[[str], None] | None) -> T:
+        """Run a start-up step, waiting as long as another process holds the write lock."""
+        while True:
+            try:
+                return step()
+            except StoreBusy:
+                if self.locked_since is None:
+                    self.locked_since = time.monotonic()
+                    why = f"waiting for the write lock on {self.path}, held by another process"
+                    log.warning("%s", why)
+                    if on_wait is not None:
+                        on_wait(why)
+                time.sleep(START_RETRY)
+
+    def _prove_writable(self) -> None:
+        """Write, commit and fsync one row: a read-only file or a full disk shows here, before
+        READY, not at the first trigger."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('last_start', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(now_ms()),),
+            )
+            self._conn.execute("COMMIT")
+        except StoreError:
+            with contextlib.suppress(StoreError):
+                self._conn.execute("ROLLBACK")
+            raise
+
+    def watch(self, path: Path, fd: int) -> None:
+        """Check at every commit that ``path`` is still the file open as ``fd``."""
+        self._watched.append((path, _file_id(fd)))
 
     # -- schema -------------------------------------------------------------------------
 
@@ -320,14 +490,55 @@ class Store:
 
     # -- the batch ----------------------------------------------------------------------
 
+    def acquire(self) -> bool:
+        """Hold the write lock; False, at once, while another process holds it.
+
+        The master's loop asks this at the start of every turn (its gate): a turn that got
+        True can write without ever meeting a busy database.
+        """
+        if self._in_tx:
+            return True
+        try:
+            self._acquire_or_raise()
+        except StoreBusy:
+            if self.locked_since is None:
+                self.locked_since = time.monotonic()
+                log.warning(
+                    "%s is locked by another process; nerved waits (only reads are served)",
+                    self.path,
+                )
+            return False
+        if self.locked_since is not None:
+            log.warning(
+                "%s: got the write lock back after %.1fs",
+                self.path, time.monotonic() - self.locked_since,
+            )  # fmt: skip
+            self.locked_since = None
+        return True
+
+    def release(self) -> None:
+        """Let go of the write lock, if nothing is written under it (else: commit first).
+
+        The next write or :meth:`acquire` takes it again.
+        """
+        if self._wrote:
+            raise RuntimeError("release() with an uncommitted batch")
+        if self._in_tx:
+            self._conn.execute("COMMIT")
+            self._in_tx = False
+
+    def _acquire_or_raise(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
+
     def _begin(self) -> None:
-        if not self._in_tx:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
+        if not self._in_tx and not self.acquire():
+            raise StoreBusy(f"{self.path}: locked by another process")
+        self._wrote = True
 
     @property
     def dirty(self) -> bool:
-        return self._in_tx or bool(self._on_commit)
+        return self._wrote or bool(self._on_commit)
 
     def after_commit(
         self, on_commit: CommitCallback, on_abort: AbortCallback | None = None
@@ -342,37 +553,60 @@ class Store:
             self._on_abort.append(on_abort)
 
     def commit(self) -> None:
-        """Make the batch durable, then run its callbacks. On failure, roll back and abort them."""
+        """Make the batch durable, then run its callbacks, and take the write lock again.
+
+        On failure (a full disk, an I/O error, logs.db gone from its path), roll back, abort
+        the callbacks (nothing of the batch is acknowledged) and raise StoreError.
+        """
         callbacks, aborts = self._on_commit, self._on_abort
         self._on_commit, self._on_abort = [], []
-        if self._in_tx:
+        if self._wrote:
             try:
+                self._check_files()
                 self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except StoreError as exc:
                 self._rollback()
                 for abort in aborts:
                     abort(exc)
                 raise StoreError(f"commit failed: {exc}") from exc
-            self._in_tx = False
+            self._in_tx = self._wrote = False
             self.commits += 1
             self._since_checkpoint += 1
             self.last_commit = time.monotonic()
+            self.acquire()  # at once: the instant without the lock is all another writer gets
         for callback in callbacks:
             callback()
 
+    def _check_files(self) -> None:
+        for path, identity in self._watched:
+            try:
+                now = _file_id(path)
+            except OSError as exc:
+                now, why = None, exc.strerror or str(exc)
+            else:
+                why = "it is another file now"
+            if now != identity:
+                raise StoreError(
+                    f"{path} is gone from under nerved ({why}): was the state directory"
+                    " deleted? Nothing more is written to the file nerved had open"
+                )
+
     def _rollback(self) -> None:
         if self._in_tx:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(StoreError):
                 self._conn.execute("ROLLBACK")
-            self._in_tx = False
+            self._in_tx = self._wrote = False
 
     def checkpoint(self) -> bool:
         """Copy the WAL into the database if there is anything new; False if there was not.
 
         PASSIVE: never waits for readers (an operator's sqlite3 shell), just does what it can.
+        A checkpoint cannot run inside a transaction, so the (empty) one that holds the
+        write lock ends first; the next turn takes the lock again.
         """
-        if self._in_tx or not self._since_checkpoint:
+        if self._wrote or not self._since_checkpoint:
             return False
+        self.release()
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self._since_checkpoint = 0
         return True

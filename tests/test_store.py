@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from nerved.store import (
     LogEntry,
     RunRecord,
     Store,
+    StoreBusy,
     StoreError,
     now_ms,
 )
@@ -94,16 +96,18 @@ def table_rows(conn: sqlite3.Connection, table: str) -> int:
     return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
-def install_poison(path: Path) -> None:
+def install_poison(store: Store) -> None:
     """Make COMMIT itself fail for real, for any batch that logs an entry of type 'poison'.
 
     In WAL mode the store holds the write lock from its ``BEGIN IMMEDIATE`` onwards, so no
     other connection can make its COMMIT busy. A deferred foreign key can: the violation is
     only checked at COMMIT, which then fails and leaves the transaction open. The trigger and
-    tables are added from another connection, so the store's code path is untouched, and
-    the store's own connection has ``foreign_keys = ON``.
+    tables are added from another connection (while the store lets go of its write lock),
+    so the store's code path is untouched, and the store's own connection has
+    ``foreign_keys = ON``.
     """
-    conn = plain_connect(path)
+    store.release()
+    conn = plain_connect(store.path)
     conn.executescript(
         """
         CREATE TABLE poison_parent (id INTEGER PRIMARY KEY);
@@ -250,8 +254,11 @@ def test_path_under_a_regular_file_is_refused_with_store_error(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("status", list(RunStatus), ids=str)
-def test_schema_accepts_every_status(peer: sqlite3.Connection, status: RunStatus) -> None:
+def test_schema_accepts_every_status(
+    store: Store, peer: sqlite3.Connection, status: RunStatus
+) -> None:
     """The CHECK constraint and RunStatus must agree, or a legal transition would fail."""
+    store.release()
     peer.execute(
         "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at)"
         " VALUES ('x', 'wf', ?, 0, 0)",
@@ -259,7 +266,8 @@ def test_schema_accepts_every_status(peer: sqlite3.Connection, status: RunStatus
     )
 
 
-def test_schema_rejects_an_unknown_status(peer: sqlite3.Connection) -> None:
+def test_schema_rejects_an_unknown_status(store: Store, peer: sqlite3.Connection) -> None:
+    store.release()
     with pytest.raises(sqlite3.IntegrityError):
         peer.execute(
             "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at)"
@@ -282,8 +290,9 @@ def test_writes_are_invisible_to_others_until_commit(
     assert store.get_meta("k") == "v"
     assert store.last_log_id() == 2
     assert store.dirty
-    for table in ("workflow_runs", "logs", "meta"):
+    for table in ("workflow_runs", "logs"):
         assert table_rows(peer, table) == 0
+    assert peer.execute("SELECT value FROM meta WHERE key = 'k'").fetchone() is None
 
     store.commit()
     assert not store.dirty
@@ -353,7 +362,7 @@ def test_failing_commit_rolls_back_aborts_and_raises(
     acknowledgement may run, and whoever waited is told why."""
     store.create_run("kept", "wf", Transition.START, None)
     store.commit()
-    install_poison(store.path)
+    install_poison(store)
 
     committed: list[str] = []
     aborted: list[BaseException] = []
@@ -368,7 +377,7 @@ def test_failing_commit_rolls_back_aborts_and_raises(
 
     assert committed == []
     assert len(aborted) == 2
-    assert all(isinstance(exc, sqlite3.Error) for exc in aborted)
+    assert all(isinstance(exc, StoreError) for exc in aborted)
     assert info.value.__cause__ is aborted[0] is aborted[1]
     assert not store.dirty
     assert store.get_run("r1") is None
@@ -384,19 +393,29 @@ def test_failing_commit_rolls_back_aborts_and_raises(
     assert table_rows(peer, "workflow_runs") == 2
 
 
-def test_a_locked_file_fails_the_write_and_leaves_the_store_usable(
+def test_the_store_holds_the_write_lock_and_never_waits_for_it(
     store: Store, peer: sqlite3.Connection
 ) -> None:
-    """Another writer holding the lock makes ``BEGIN IMMEDIATE`` time out on the first
-    write of a batch (not the COMMIT: in WAL mode the lock is taken up front). Nothing may
-    stay half-open, and once the lock is gone the same write works."""
-    store._conn.execute("PRAGMA busy_timeout = 50")
-    peer.execute("BEGIN EXCLUSIVE")
-    with pytest.raises((sqlite3.OperationalError, StoreError), match="locked"):
+    """Others may read logs.db but not write it while the store has it open. If another
+    writer takes the lock all the same (in the instant the store lets go of it), acquire()
+    says so at once, a write is refused with StoreBusy before anything changes, and once the
+    lock is free again the same write works."""
+    peer.execute("PRAGMA busy_timeout = 10")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        peer.execute("BEGIN IMMEDIATE")
+    assert table_rows(peer, "logs") == 0  # reading is fine
+
+    store.release()
+    peer.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    assert store.acquire() is False
+    with pytest.raises(StoreBusy):
         store.create_run("r1", "wf", Transition.START, None)
+    assert time.monotonic() - started < 0.5
     assert not store.dirty
     peer.execute("ROLLBACK")
 
+    assert store.acquire() is True
     store.create_run("r1", "wf", Transition.START, None)
     store.commit()
     assert table_rows(peer, "workflow_runs") == 1
@@ -408,7 +427,7 @@ def test_a_failed_statement_keeps_the_rest_of_the_batch(store: Store) -> None:
     store.create_run("r1", "wf", Transition.START, None)
     store.commit()
     store.append_log("test", "before", None, None)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreError, match="UNIQUE constraint failed"):
         store.create_run("r1", "wf", Transition.ENQUEUE, None)
     store.commit()
     assert [e.type for e in store.query_logs()] == ["started", "before"]
@@ -1029,7 +1048,8 @@ def test_meta_get_and_set(store: Store, peer: sqlite3.Connection) -> None:
     store.set_meta("other", "x")
     assert store.get_meta("boot") == "2"
     store.commit()
-    assert dict(peer.execute("SELECT key, value FROM meta")) == {"boot": "2", "other": "x"}
+    meta = dict(peer.execute("SELECT key, value FROM meta WHERE key != 'last_start'"))
+    assert meta == {"boot": "2", "other": "x"}
 
 
 # -- derivation: workflow_runs is derived data -------------------------------------------
@@ -1044,7 +1064,7 @@ def test_workflow_runs_is_derivable_from_logs(db_path: Path, seed: int) -> None:
     """
     rng = random.Random(seed)
     store = Store(db_path)
-    install_poison(db_path)
+    install_poison(store)
     reader = plain_connect(db_path)
     seen: Counter[str] = Counter()  # what the sequence exercised, so it cannot go vacuous
 

@@ -383,10 +383,13 @@ class ControlServer:
             self.listening = False
             self.loop.remove(self.sock.fileno())
 
-    def close(self) -> None:
+    def close(self, *, flush: bool = True) -> None:
+        """Close every connection, after writing what they are owed unless ``flush`` is
+        False (a failed commit: answers of that turn may describe what was never stored)."""
         self.stop_listening()
         self._sweep_timer.cancel()
         for conn in list(self.connections.values()):
-            conn.flush()
+            if flush:
+                conn.flush()
             conn.close()
         self.sock.close()
