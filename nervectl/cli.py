@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit",
         metavar="N",
         type=_positive_int,
-        help="at most N entries (default 100; the newest, or the oldest since --since)",
+        default=logs.DEFAULT_LIMIT,
+        help=f"at most N entries (default {logs.DEFAULT_LIMIT}; the newest, or the oldest "
+        "since --since)",
     )
     logs_parser.add_argument(
         "--follow",

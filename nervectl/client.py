@@ -66,7 +66,7 @@ class Client:
             request["params"] = {k: v for k, v in params.items() if v is not None}
         self._sock.settimeout(timeout if timeout is not None else self.timeout)
         try:
-            self._sock.sendall(json.dumps(request).encode() + b"\n")
+            self._sock.sendall(_encode(request))
             while True:
                 answer = self._read_line()
                 if answer.get("id") == request_id or answer.get("id") is None:
@@ -93,3 +93,14 @@ class Client:
         if not isinstance(answer, dict):
             raise ConnectionError("the daemon sent something that is not a JSON-RPC answer")
         return answer
+
+
+def _encode(request: dict[str, Any]) -> bytes:
+    """One request line, as the daemon measures it: UTF-8, not ``\\u`` escapes that would
+    triple a payload's size against the line cap. Never NaN or Infinity (``ValueError``).
+
+    A lone surrogate (``surrogateescape`` makes one of a byte of argv that is not UTF-8)
+    has no UTF-8 form: it goes as its JSON escape, for the daemon to refuse naming the param.
+    """
+    text = json.dumps(request, ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8", "backslashreplace") + b"\n"

@@ -97,6 +97,7 @@ _RUN_COLUMNS: Final = (
     "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
     "attempts, retry_of, seq"
 )
+_LISTED_COLUMNS: Final = _RUN_COLUMNS.replace("trigger_payload", "NULL")
 
 
 class StoreError(Exception):
@@ -244,7 +245,9 @@ class LogEntry:
     ts: int
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        """``{id, source, type, refId, payload, ts}``; an :class:`Unreadable` payload is sent
+        as ``payload: null`` with ``unreadable``: why (the entry is still listed)."""
+        wire = {
             "id": self.id,
             "source": self.source,
             "type": self.type,
@@ -252,6 +255,10 @@ class LogEntry:
             "payload": self.payload,
             "ts": self.ts,
         }
+        if isinstance(self.payload, Unreadable):
+            wire["payload"] = None
+            wire["unreadable"] = self.payload.reason
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +275,9 @@ class RunRecord:
     retry_of: str | None
     seq: int
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self, error_limit: int = wire.MAX_LOG_LINE) -> dict[str, Any]:
+        """The run's fields (no trigger payload); ``error`` is cut to ``error_limit`` bytes
+        with a marker, so that a run's answer stays small whatever a role raised."""
         return {
             "runId": self.run_id,
             "workflow": self.workflow,
@@ -276,7 +285,7 @@ class RunRecord:
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
             "steps": self.steps,
-            "error": self.error,
+            "error": None if self.error is None else wire.text(self.error, error_limit),
             "attempts": self.attempts,
             "retryOf": self.retry_of,
         }
@@ -359,10 +368,14 @@ def _query_logs(
     ref_id: str | None = None,
     since: int | None = None,
     after_id: int | None = None,
+    before_id: int | None = None,
     limit: int | None = 100,
-) -> list[LogEntry]:
-    """With ``after_id`` the oldest entries after it come first (for following); otherwise the
-    newest ``limit`` entries are returned, still oldest first.
+) -> tuple[list[LogEntry], bool]:
+    """One page of entries, oldest first, and whether more matched past it.
+
+    With ``after_id`` or ``since`` the page starts at the oldest match (paging forward, for
+    following); otherwise it ends at the newest, or just before ``before_id`` (paging back).
+    See :func:`_read_page` for where a page ends.
     """
     where: list[str] = []
     args: list[Any] = []
@@ -376,17 +389,55 @@ def _query_logs(
     if after_id is not None:
         where.append("id > ?")
         args.append(after_id)
+    if before_id is not None:
+        where.append("id < ?")
+        args.append(before_id)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     n = _cap(limit)
-    order = "ASC" if after_id is not None or since is not None else "DESC"
-    rows = conn.execute(
-        f"SELECT id, source, type, ref_id, payload, ts FROM logs {clause}"
-        f" ORDER BY id {order} LIMIT ?",
-        (*args, n),
-    ).fetchall()
-    if order == "DESC":
-        rows.reverse()
-    return [_entry_from_row(r) for r in rows]
+    forward = after_id is not None or since is not None
+    with contextlib.closing(
+        conn.execute(
+            f"SELECT id, source, type, ref_id, payload, ts FROM logs {clause}"
+            f" ORDER BY id {'ASC' if forward else 'DESC'} LIMIT ?",
+            (*args, n + 1),
+        )
+    ) as rows:
+        entries, more = _read_page(rows, n)
+    if not forward:
+        entries.reverse()
+    return entries, more
+
+
+def _read_page(rows: Iterable[Sequence[Any]], limit: int) -> tuple[list[LogEntry], bool]:
+    """Up to ``limit`` entries whose payloads fit :data:`wire.RESULT_BUDGET` bytes together,
+    and whether a row was left over (a row past ``limit``, or one that did not fit).
+
+    Rows are read one at a time and no further than needed, and decoded only when taken.
+    The first entry is always taken, so that a client paging on always gets further; a
+    payload larger than the whole budget (larger than anything nerve accepts: an older
+    release may have stored one) comes alone, as :class:`Unreadable`, so that no answer
+    outgrows the budget.
+    """
+    entries: list[LogEntry] = []
+    room = wire.RESULT_BUDGET
+    for row in rows:
+        if len(entries) == limit:
+            return entries, True
+        text = row[4]
+        size = 0 if text is None else len(text.encode())
+        if entries and size > room:
+            return entries, True
+        room -= size
+        if size > wire.RESULT_BUDGET:
+            budget = wire.size_text(wire.RESULT_BUDGET)
+            payload: Any = Unreadable(
+                f"{wire.size_text(size)} stored, more than an answer carries ({budget})",
+                len(text),
+            )
+        else:
+            payload = _loads(text)
+        entries.append(LogEntry(row[0], row[1], row[2], row[3], payload, row[5]))
+    return entries, False
 
 
 CommitCallback = Callable[[], None]
@@ -797,17 +848,25 @@ class Store:
         ref_id: str | None = None,
         since: int | None = None,
         after_id: int | None = None,
+        before_id: int | None = None,
         limit: int | None = 100,
     ) -> list[LogEntry]:
-        return _query_logs(
+        """Up to ``limit`` entries (at most :data:`MAX_QUERY_LIMIT`), oldest first: after
+        ``after_id`` or from ``since`` when given (paging forward), else the newest (before
+        ``before_id``: paging back). Never more payload than :data:`wire.RESULT_BUDGET` (at
+        least one entry): fewer than ``limit`` does not mean there are no more.
+        """
+        entries, _ = _query_logs(
             self._conn,
             source=source,
             type=type,
             ref_id=ref_id,
             since=since,
             after_id=after_id,
+            before_id=before_id,
             limit=limit,
         )
+        return entries
 
     def last_log_id(self) -> int:
         row = self._conn.execute("SELECT MAX(id) FROM logs").fetchone()
@@ -835,7 +894,11 @@ class Store:
         workflow: str | None = None,
         limit: int | None = 100,
     ) -> list[RunRecord]:
-        """Newest first, as an operator reads a list."""
+        """Newest first, as an operator reads a list; ``trigger_payload`` is not read (None).
+
+        A list never shows payloads: reading up to 10,000 of them (a MiB each) only to drop
+        them would stall the loop.
+        """
         where: list[str] = []
         args: list[Any] = []
         if statuses is not None:
@@ -848,7 +911,7 @@ class Store:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         n = _cap(limit)
         rows = self._conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM workflow_runs {clause} ORDER BY seq DESC LIMIT ?",
+            f"SELECT {_LISTED_COLUMNS} FROM workflow_runs {clause} ORDER BY seq DESC LIMIT ?",
             (*args, n),
         ).fetchall()
         return [_run_from_row(r) for r in rows]
@@ -863,13 +926,20 @@ class Store:
         return [_run_from_row(r) for r in rows]
 
     def run_history(self, run_id: str) -> list[LogEntry]:
-        """Every log entry of one run, oldest first."""
+        """Every log entry of one run, oldest first (resuming it needs them all)."""
         rows = self._conn.execute(
             "SELECT id, source, type, ref_id, payload, ts FROM logs"
             " WHERE ref_id = ? AND source = 'workflow' ORDER BY id",
             (run_id,),
         ).fetchall()
         return [_entry_from_row(r) for r in rows]
+
+    def run_history_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
+        """One run's entries after ``after_id``, oldest first, as many as one answer carries
+        (:func:`_read_page`), and whether more follow: ``workflow.inspect`` pages on them."""
+        return _query_logs(
+            self._conn, source="workflow", ref_id=run_id, after_id=after_id, limit=None
+        )
 
     def count_runs(self) -> dict[tuple[str, RunStatus], int]:
         rows = self._conn.execute(

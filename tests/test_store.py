@@ -37,6 +37,7 @@ from nerved.store import (
     Store,
     StoreBusy,
     StoreError,
+    Unreadable,
     now_ms,
 )
 
@@ -800,6 +801,7 @@ def expected_ids(
     ref_id: str | None = None,
     since: int | None = None,
     after_id: int | None = None,
+    before_id: int | None = None,
     limit: int | None = 100,
 ) -> list[int]:
     """The documented semantics over LOG_ROWS (ids are 1-based positions)."""
@@ -811,6 +813,7 @@ def expected_ids(
         and (ref_id is None or ref == ref_id)
         and (since is None or ts >= since)
         and (after_id is None or i > after_id)
+        and (before_id is None or i < before_id)
     ]
     n = MAX_QUERY_LIMIT if limit is None else limit
     return ids[:n] if since is not None or after_id is not None else ids[-n:]
@@ -830,6 +833,11 @@ def expected_ids(
         {"after_id": 4},
         {"after_id": 4, "ref_id": "run-a"},
         {"after_id": 10},
+        {"before_id": 6},
+        {"before_id": 6, "source": "sense"},
+        {"before_id": 1},
+        {"after_id": 2, "before_id": 7},
+        {"since": 1_020, "before_id": 9},
         {"source": "nobody"},
     ],
     ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()) or "all",
@@ -901,6 +909,126 @@ def test_query_logs_limit_is_capped(big: Store, limit: int | None) -> None:
 
 def test_query_logs_negative_limit_is_still_capped(big: Store) -> None:
     assert len(big.query_logs(limit=-1)) <= MAX_QUERY_LIMIT
+
+
+KIB = 1024
+MIB = 1024 * KIB
+BUDGET = 4 * MIB  # wire.RESULT_BUDGET
+
+
+def fill(store: Store, sizes: list[int], ref_id: str = "big") -> list[int]:
+    """One entry per size: a string payload of that many bytes once encoded (its quotes)."""
+    ids = [store.append_log("test", "big", ref_id, "x" * (size - 2)) for size in sizes]
+    store.commit()
+    return ids
+
+
+def test_query_logs_pages_end_at_the_result_budget(store: Store) -> None:
+    """Six entries of 900 KiB: four fit in one answer; paging back and forward gets all."""
+    ids = fill(store, [900 * KIB] * 6)
+    newest = store.query_logs()
+    assert [e.id for e in newest] == ids[2:]
+    assert sum(len(e.payload) + 2 for e in newest) <= BUDGET
+    assert [e.id for e in store.query_logs(before_id=newest[0].id)] == ids[:2]
+    assert store.query_logs(before_id=ids[0]) == []
+
+    assert [e.id for e in store.query_logs(after_id=0)] == ids[:4]
+    assert [e.id for e in store.query_logs(after_id=ids[3])] == ids[4:]
+    assert store.query_logs(after_id=ids[-1]) == []
+    assert [e.id for e in store.query_logs(since=0, limit=2)] == ids[:2]
+
+
+def test_query_logs_always_answers_at_least_one_entry(store: Store) -> None:
+    """Entries that fill the budget alone still come one per page: paging always advances."""
+    ids = fill(store, [MIB, BUDGET, BUDGET, 10])
+    assert [e.id for e in store.query_logs()] == ids[3:]
+    assert [e.id for e in store.query_logs(before_id=ids[3])] == [ids[2]]
+    assert [e.id for e in store.query_logs(before_id=ids[2])] == [ids[1]]
+    assert [e.id for e in store.query_logs(after_id=0)] == [ids[0]]
+
+
+def test_a_payload_larger_than_an_answer_comes_alone_unreadable(store: Store) -> None:
+    """Only an older release could have kept one; it costs its entry, never the answer."""
+    ids = fill(store, [10, BUDGET + 1, 10])
+    assert [e.id for e in store.query_logs()] == ids[2:]
+    [huge] = store.query_logs(before_id=ids[2])
+    assert huge.id == ids[1]
+    assert isinstance(huge.payload, Unreadable)
+    assert huge.to_wire()["payload"] is None
+    assert huge.to_wire()["unreadable"] == "4.0 MiB stored, more than an answer carries (4.0 MiB)"
+    assert [e.id for e in store.query_logs(after_id=0)] == ids[:1]
+
+
+def test_query_logs_many_small_entries_stop_at_the_limit(store: Store) -> None:
+    ids = fill(store, [100] * 50)
+    assert [e.id for e in store.query_logs(limit=20)] == ids[30:]
+    assert [e.id for e in store.query_logs(before_id=ids[30], limit=20)] == ids[10:30]
+
+
+def test_unreadable_payloads_are_entries_with_the_reason(
+    store: Store, peer: sqlite3.Connection
+) -> None:
+    ids = fill(store, [10, 10, 10])
+    peer.execute("UPDATE logs SET payload = '{\"cut' WHERE id = ?", (ids[1],))
+    entries = store.query_logs()
+    assert [e.id for e in entries] == ids
+    assert isinstance(entries[1].payload, Unreadable)
+    wire = entries[1].to_wire()
+    assert wire["payload"] is None
+    assert wire["unreadable"].startswith("not readable as JSON: ")
+    assert "unreadable" not in entries[0].to_wire()
+    assert entries[2].payload == "x" * 8
+
+
+def test_run_history_page_pages_on_with_more(store: Store) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    for n in range(5):
+        assert store.record_step("r1", "role", {"n": n}, "x" * (1500 * KIB))
+    store.append_log("workflow", "log", "other", "not this run's")
+    store.transition_run("r1", Transition.COMPLETE)
+    store.commit()
+    every = store.run_history("r1")
+    assert len(every) == 7  # started, 5 steps, completed
+
+    pages = []
+    after, more = 0, True
+    while more:
+        entries, more = store.run_history_page("r1", after)
+        assert entries
+        pages.append(entries)
+        after = entries[-1].id
+    assert [[e.type for e in page] for page in pages] == [
+        ["started", "step_complete", "step_complete"],
+        ["step_complete", "step_complete"],
+        ["step_complete", "completed"],
+    ]
+    assert [e for page in pages for e in page] == every
+    assert store.run_history_page("r1", after) == ([], False)
+    assert store.run_history_page("nope") == ([], False)
+
+
+def test_list_runs_does_not_read_trigger_payloads(store: Store, peer: sqlite3.Connection) -> None:
+    store.create_run("r1", "wf", Transition.START, {"big": "x" * MIB})
+    store.create_run("r2", "wf", Transition.START, {"n": 2})
+    store.commit()
+    peer.execute("UPDATE workflow_runs SET trigger_payload = '{' WHERE run_id = 'r2'")
+    assert [(r.run_id, r.trigger_payload) for r in store.list_runs()] == [
+        ("r2", None),
+        ("r1", None),
+    ]
+    r2 = store.get_run("r2")
+    assert r2 is not None and isinstance(r2.trigger_payload, Unreadable)
+
+
+def test_run_wire_form_cuts_a_huge_error(store: Store) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    store.transition_run("r1", Transition.FAIL, error="e" * MIB)
+    store.commit()
+    run = store.get_run("r1")
+    assert run is not None and run.error == "e" * MIB  # kept whole
+    error = run.to_wire()["error"]
+    assert len(error.encode()) <= 64 * KIB and error.endswith("[truncated: 1.0 MiB in all]")
+    assert len(run.to_wire(error_limit=1000)["error"].encode()) <= 1000
 
 
 # -- run reads ---------------------------------------------------------------------------
