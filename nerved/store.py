@@ -159,6 +159,10 @@ class _Cursor:
         except sqlite3.Error as exc:
             raise _store_error(self._path, exc) from exc
 
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._cursor.close()
+
     def __iter__(self) -> Iterator[Any]:
         while True:
             try:

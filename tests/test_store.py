@@ -969,6 +969,7 @@ def test_unreadable_payloads_are_entries_with_the_reason(
     store: Store, peer: sqlite3.Connection
 ) -> None:
     ids = fill(store, [10, 10, 10])
+    store.release()
     peer.execute("UPDATE logs SET payload = '{\"cut' WHERE id = ?", (ids[1],))
     entries = store.query_logs()
     assert [e.id for e in entries] == ids
@@ -1011,6 +1012,7 @@ def test_list_runs_does_not_read_trigger_payloads(store: Store, peer: sqlite3.Co
     store.create_run("r1", "wf", Transition.START, {"big": "x" * MIB})
     store.create_run("r2", "wf", Transition.START, {"n": 2})
     store.commit()
+    store.release()
     peer.execute("UPDATE workflow_runs SET trigger_payload = '{' WHERE run_id = 'r2'")
     assert [(r.run_id, r.trigger_payload) for r in store.list_runs()] == [
         ("r2", None),
