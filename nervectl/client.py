@@ -8,9 +8,15 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from nerved import wire
+
 
 class Unreachable(Exception):
     """The daemon's socket cannot be reached (no daemon, wrong path, no permission)."""
+
+
+class RequestTooLarge(Exception):
+    """The request line would be over the daemon's cap (``wire.MAX_LINE``): not sent."""
 
 
 class RemoteError(Exception):
@@ -57,16 +63,23 @@ class Client:
     def call(
         self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None
     ) -> Any:
-        """Send one request and return its result; raises RemoteError for an error answer."""
-        self.connect()
-        assert self._sock is not None
+        """Send one request and return its result; raises RemoteError for an error answer,
+        RequestTooLarge (before connecting) for a request over the daemon's line cap."""
         request_id = next(self._ids)
         request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params:
             request["params"] = {k: v for k, v in params.items() if v is not None}
+        line = _encode(request)
+        if len(line) > wire.MAX_LINE + 1:  # the newline is not counted
+            raise RequestTooLarge(
+                f"the request would be {len(line) - 1:,} bytes; the daemon takes at most"
+                f" {wire.MAX_LINE:,} bytes ({wire.size_text(wire.MAX_LINE)}) in one request"
+            )
+        self.connect()
+        assert self._sock is not None
         self._sock.settimeout(timeout if timeout is not None else self.timeout)
         try:
-            self._sock.sendall(_encode(request))
+            self._sock.sendall(line)
             while True:
                 answer = self._read_line()
                 if answer.get("id") == request_id or answer.get("id") is None:

@@ -675,8 +675,21 @@ def test_bad_payload_is_a_usage_error(tmp_path: Path) -> None:
         ("[" * 100 + "]" * 100, None),
         ('"' + "x" * 2 * 1024 * 1024 + '"', "2.0 MiB; at most 1.0 MiB"),
         ('"' + "é" * (512 * 1024) + '"', "1.0 MiB; at most 1.0 MiB"),
+        # Within the value limit, but not within one request line with its envelope.
+        ('"' + "x" * (1024 * 1024 - 16) + '"', "the daemon takes at most 1,048,576 bytes"),
     ],
-    ids=["nan", "inf", "-inf", "1e400", "surrogate", "deep", "100-deep", "2MiB", "2-byte-chars"],
+    ids=[
+        "nan",
+        "inf",
+        "-inf",
+        "1e400",
+        "surrogate",
+        "deep",
+        "100-deep",
+        "2MiB",
+        "2-byte-chars",
+        "line",
+    ],
 )
 def test_payloads_json_cannot_carry_are_refused_before_sending(
     tmp_path: Path, payload: str, problem: str | None
