@@ -33,6 +33,7 @@ class Client:
     def __init__(self, path: Path | str, timeout: float | None = 30.0) -> None:
         self.path = str(path)
         self.timeout = timeout
+        self.connect_timeout = 30.0 if timeout is None else timeout
         self._ids = itertools.count(1)
         self._sock: socket.socket | None = None
         self._buf = b""
@@ -44,10 +45,12 @@ class Client:
         self.close()
 
     def connect(self) -> None:
+        """Connect, waiting at most ``connect_timeout`` seconds (a call that may wait for its
+        answer forever must not wait forever for a full backlog)."""
         if self._sock is not None:
             return
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        sock.settimeout(self.connect_timeout)
         try:
             sock.connect(self.path)
         except OSError as exc:
