@@ -59,6 +59,7 @@ STOP_MARGIN: Final = 1.0  # seconds past the longest grace period before SIGKILL
 KILL_WAIT: Final = 5.0  # seconds to wait for SIGKILLed children to be reaped
 IDLE_CHECKPOINT: Final = 0.25  # seconds without a commit before the WAL is checkpointed
 STATUS_EVERY: Final = 2.0  # seconds between STATUS= updates (sent only when they change)
+CHECK_FILES_EVERY: Final = 1.0  # seconds between two checks that logs.db is still there
 
 
 class Fatal(Exception):
@@ -184,6 +185,7 @@ class Daemon:
         self._last_status = ""
         self.loop.call_later(STATUS_EVERY, self._status_tick, gated=False)
         self.loop.call_later(IDLE_CHECKPOINT, self._checkpoint_when_idle)
+        self.loop.call_later(CHECK_FILES_EVERY, self._check_files, gated=False)
         summary = self._summary()
         log.info(
             "nerved %s ready (pid %d): root %s, state %s, socket %s; %s",
@@ -249,6 +251,12 @@ class Daemon:
             self.store.checkpoint()
         if not self.stopping:
             self.loop.call_later(IDLE_CHECKPOINT, self._checkpoint_when_idle)
+
+    def _check_files(self) -> None:
+        """An idle daemon notices a deleted state directory too, not only at its next commit:
+        a second nerved could otherwise start on the same path (the lock file is new)."""
+        self.store.check_files()  # StoreError: _storage_failed
+        self.loop.call_later(CHECK_FILES_EVERY, self._check_files, gated=False)
 
     def _watchdog(self) -> None:
         self.notifier.watchdog()
@@ -414,6 +422,7 @@ class Daemon:
         from what was committed. One line in the journal says why.
         """
         log.critical("storage failure, stopping so that a restart recovers: %s", exc)
+        log.debug("where the storage failure was met", exc_info=exc)
         self.notifier.stopping(f"storage failure: {exc}")
         self.exit_code = EX_TEMPFAIL
         self.stopping = True

@@ -337,6 +337,20 @@ def _connect(path: Path, synchronous: str = "FULL") -> _Connection:
     return conn
 
 
+def _connect_reader(path: Path) -> _Connection:
+    """A read-only connection (``mode=ro``, ``query_only``) for the queries of clients."""
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    try:
+        raw = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _store_error(path, exc) from exc
+    conn = _Connection(raw, path)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA query_only = ON")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
 def _cap(limit: int | None) -> int:
     """At most MAX_QUERY_LIMIT rows; SQLite would read a negative LIMIT as no limit at all."""
     if limit is None or limit < 0:
@@ -448,8 +462,131 @@ CommitCallback = Callable[[], None]
 AbortCallback = Callable[[BaseException], None]
 
 
-class Store:
-    """The master's connection to logs.db: batched writes and the reads the daemon serves."""
+class Reads:
+    """The queries, over one connection: the store's own, or :attr:`Store.committed`."""
+
+    _conn: _Connection
+    path: Path
+
+    def __init__(self, conn: _Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def query_logs(
+        self,
+        *,
+        source: str | None = None,
+        type: str | None = None,
+        ref_id: str | None = None,
+        since: int | None = None,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        limit: int | None = 100,
+    ) -> list[LogEntry]:
+        """Up to ``limit`` entries (at most :data:`MAX_QUERY_LIMIT`), oldest first: after
+        ``after_id`` or from ``since`` when given (paging forward), else the newest (before
+        ``before_id``: paging back). Never more payload than :data:`wire.RESULT_BUDGET` (at
+        least one entry): fewer than ``limit`` does not mean there are no more.
+        """
+        entries, _ = _query_logs(
+            self._conn,
+            source=source,
+            type=type,
+            ref_id=ref_id,
+            since=since,
+            after_id=after_id,
+            before_id=before_id,
+            limit=limit,
+        )
+        return entries
+
+    def last_log_id(self) -> int:
+        row = self._conn.execute("SELECT MAX(id) FROM logs").fetchone()
+        return int(row[0] or 0)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self._conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return None if row is None else _run_from_row(row)
+
+    def find_runs(self, prefix: str, limit: int = 2) -> list[RunRecord]:
+        """Runs whose id starts with ``prefix`` (an index range scan, not LIKE)."""
+        rows = self._conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE run_id >= ? AND run_id < ?"
+            " ORDER BY run_id LIMIT ?",
+            (prefix, prefix + "\U0010ffff", limit),
+        ).fetchall()
+        return [_run_from_row(r) for r in rows]
+
+    def list_runs(
+        self,
+        *,
+        statuses: Iterable[RunStatus] | None = None,
+        workflow: str | None = None,
+        limit: int | None = 100,
+    ) -> list[RunRecord]:
+        """Newest first, as an operator reads a list; ``trigger_payload`` is not read (None).
+
+        A list never shows payloads: reading up to 10,000 of them (a MiB each) only to drop
+        them would stall the loop.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        if statuses is not None:
+            wanted = sorted(set(statuses))
+            where.append(f"status IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if workflow is not None:
+            where.append("workflow = ?")
+            args.append(workflow)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        n = _cap(limit)
+        rows = self._conn.execute(
+            f"SELECT {_LISTED_COLUMNS} FROM workflow_runs {clause} ORDER BY seq DESC LIMIT ?",
+            (*args, n),
+        ).fetchall()
+        return [_run_from_row(r) for r in rows]
+
+    def run_history(self, run_id: str) -> list[LogEntry]:
+        """Every log entry of one run, oldest first (resuming it needs them all)."""
+        rows = self._conn.execute(
+            "SELECT id, source, type, ref_id, payload, ts FROM logs"
+            " WHERE ref_id = ? AND source = 'workflow' ORDER BY id",
+            (run_id,),
+        ).fetchall()
+        return [_entry_from_row(r) for r in rows]
+
+    def run_history_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
+        """One run's entries after ``after_id``, oldest first, as many as one answer carries
+        (:func:`_read_page`), and whether more follow: ``workflow.inspect`` pages on them."""
+        return _query_logs(
+            self._conn, source="workflow", ref_id=run_id, after_id=after_id, limit=None
+        )
+
+    def count_runs(self) -> dict[tuple[str, RunStatus], int]:
+        rows = self._conn.execute(
+            "SELECT workflow, status, COUNT(*) FROM workflow_runs GROUP BY workflow, status"
+        ).fetchall()
+        return {(r[0], RunStatus(r[1])): int(r[2]) for r in rows}
+
+
+class Store(Reads):
+    """The master's connection to logs.db: batched writes, and the reads the engine makes.
+
+    Its queries see the batch of the current turn. Queries for clients go through
+    :attr:`committed` instead, a second, read-only connection that sees what is durable and
+    nothing else: a client never reads what a crash could take back, and a query that meets
+    a damaged page fails alone, where the same error inside the write transaction would
+    poison the whole batch (SQLite refuses every later statement of it).
+    """
 
     def __init__(
         self,
@@ -483,6 +620,7 @@ class Store:
             self._at_start(self._migrate, on_wait)
             self._at_start(self._prove_writable, on_wait)
             self._at_start(self._acquire_or_raise, on_wait)
+            self.committed = Reads(_connect_reader(path), path)
         except BaseException:
             self._conn.close()
             raise
@@ -617,7 +755,7 @@ class Store:
         self._on_commit, self._on_abort = [], []
         if self._wrote:
             try:
-                self._check_files()
+                self.check_files()
                 self._conn.execute("COMMIT")
             except StoreError as exc:
                 self._rollback()
@@ -632,7 +770,8 @@ class Store:
         for callback in callbacks:
             callback()
 
-    def _check_files(self) -> None:
+    def check_files(self) -> None:
+        """Raise StoreError if logs.db (or a watched file) is no longer the file opened."""
         for path, identity in self._watched:
             try:
                 now = _file_id(path)
@@ -670,6 +809,7 @@ class Store:
         """Close, dropping a batch nobody committed: nothing of it was acknowledged yet."""
         self._rollback()
         self._on_commit, self._on_abort = [], []
+        self.committed.close()
         self._conn.close()
 
     # -- writes -------------------------------------------------------------------------
@@ -838,87 +978,7 @@ class Store:
             (key, value),
         )
 
-    # -- reads --------------------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def query_logs(
-        self,
-        *,
-        source: str | None = None,
-        type: str | None = None,
-        ref_id: str | None = None,
-        since: int | None = None,
-        after_id: int | None = None,
-        before_id: int | None = None,
-        limit: int | None = 100,
-    ) -> list[LogEntry]:
-        """Up to ``limit`` entries (at most :data:`MAX_QUERY_LIMIT`), oldest first: after
-        ``after_id`` or from ``since`` when given (paging forward), else the newest (before
-        ``before_id``: paging back). Never more payload than :data:`wire.RESULT_BUDGET` (at
-        least one entry): fewer than ``limit`` does not mean there are no more.
-        """
-        entries, _ = _query_logs(
-            self._conn,
-            source=source,
-            type=type,
-            ref_id=ref_id,
-            since=since,
-            after_id=after_id,
-            before_id=before_id,
-            limit=limit,
-        )
-        return entries
-
-    def last_log_id(self) -> int:
-        row = self._conn.execute("SELECT MAX(id) FROM logs").fetchone()
-        return int(row[0] or 0)
-
-    def get_run(self, run_id: str) -> RunRecord | None:
-        row = self._conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        return None if row is None else _run_from_row(row)
-
-    def find_runs(self, prefix: str, limit: int = 2) -> list[RunRecord]:
-        """Runs whose id starts with ``prefix`` (an index range scan, not LIKE)."""
-        rows = self._conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE run_id >= ? AND run_id < ?"
-            " ORDER BY run_id LIMIT ?",
-            (prefix, prefix + "\U0010ffff", limit),
-        ).fetchall()
-        return [_run_from_row(r) for r in rows]
-
-    def list_runs(
-        self,
-        *,
-        statuses: Iterable[RunStatus] | None = None,
-        workflow: str | None = None,
-        limit: int | None = 100,
-    ) -> list[RunRecord]:
-        """Newest first, as an operator reads a list; ``trigger_payload`` is not read (None).
-
-        A list never shows payloads: reading up to 10,000 of them (a MiB each) only to drop
-        them would stall the loop.
-        """
-        where: list[str] = []
-        args: list[Any] = []
-        if statuses is not None:
-            wanted = sorted(set(statuses))
-            where.append(f"status IN ({','.join('?' * len(wanted))})")
-            args.extend(wanted)
-        if workflow is not None:
-            where.append("workflow = ?")
-            args.append(workflow)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        n = _cap(limit)
-        rows = self._conn.execute(
-            f"SELECT {_LISTED_COLUMNS} FROM workflow_runs {clause} ORDER BY seq DESC LIMIT ?",
-            (*args, n),
-        ).fetchall()
-        return [_run_from_row(r) for r in rows]
+    # -- reads of the engine ---------------------------------------------------------
 
     def active_runs(self) -> list[RunRecord]:
         """Every queued or started run, oldest first: the order recovery must keep."""
@@ -928,25 +988,3 @@ class Store:
             tuple(sorted(ACTIVE)),
         ).fetchall()
         return [_run_from_row(r) for r in rows]
-
-    def run_history(self, run_id: str) -> list[LogEntry]:
-        """Every log entry of one run, oldest first (resuming it needs them all)."""
-        rows = self._conn.execute(
-            "SELECT id, source, type, ref_id, payload, ts FROM logs"
-            " WHERE ref_id = ? AND source = 'workflow' ORDER BY id",
-            (run_id,),
-        ).fetchall()
-        return [_entry_from_row(r) for r in rows]
-
-    def run_history_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
-        """One run's entries after ``after_id``, oldest first, as many as one answer carries
-        (:func:`_read_page`), and whether more follow: ``workflow.inspect`` pages on them."""
-        return _query_logs(
-            self._conn, source="workflow", ref_id=run_id, after_id=after_id, limit=None
-        )
-
-    def count_runs(self) -> dict[tuple[str, RunStatus], int]:
-        rows = self._conn.execute(
-            "SELECT workflow, status, COUNT(*) FROM workflow_runs GROUP BY workflow, status"
-        ).fetchall()
-        return {(r[0], RunStatus(r[1])): int(r[2]) for r in rows}

@@ -30,7 +30,7 @@ HEAVY = True
 
 def run(daemon: Daemon, params: Params) -> Any:
     limit = params.integer("limit", minimum=1)
-    entries = daemon.store.query_logs(
+    entries = daemon.store.committed.query_logs(
         source=params.string("source"),
         type=params.string("type"),
         ref_id=params.string("refId"),

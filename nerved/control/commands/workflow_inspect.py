@@ -27,8 +27,8 @@ HEAVY = True
 
 def run(daemon: Daemon, params: Params) -> Any:
     after_id = params.integer("afterId") or 0
-    record = find_run(daemon.store, params.string("runId", required=True))
-    entries, more = daemon.store.run_history_page(record.run_id, after_id)
+    record = find_run(daemon.store.committed, params.string("runId", required=True))
+    entries, more = daemon.store.committed.run_history_page(record.run_id, after_id)
     answer = {**record.to_wire(), "triggerPayload": record.trigger_payload}
     if isinstance(record.trigger_payload, Unreadable):
         answer["triggerPayload"] = None

@@ -40,7 +40,7 @@ def run(daemon: Daemon, params: Params) -> Any:
         statuses: set[RunStatus] | None = _statuses(raw_status)
     else:
         statuses = None if params.flag("all") else set(ACTIVE)
-    records = daemon.store.list_runs(
+    records = daemon.store.committed.list_runs(
         statuses=statuses,
         workflow=params.string("workflow"),
         limit=params.integer("limit", minimum=1) or 100,
