@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from nerved import _version
+from nerved import _version, early
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config, unlined
 from nerved.control.commands import COMMANDS
 from nerved.control.rpc import METHOD_NOT_FOUND, SHUTTING_DOWN, Params, Pending, RpcError
@@ -121,10 +121,12 @@ class Daemon:
         except StoreError as exc:
             raise Fatal(str(exc), EX_CANTCREAT) from exc
         self.loop.at_end_of_turn(self._end_of_turn)
+        # The wakeup fd first: from here on a signal reaches the loop, even one that comes
+        # while the handlers below replace nerved.early's.
+        self.loop.install_signal_wakeup()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             name = signal.Signals(signum).name.lower()
             self.loop.add_signal_handler(signum, getattr(self, f"handle_{name[3:]}"))
-        self.loop.install_signal_wakeup()
 
         self.senses = SenseManager(self.loop, self.workers, self.store, self.root, self._on_signal)
         self.workflows = WorkflowManager(self.loop, self.workers, self.store, self.root)
@@ -167,6 +169,8 @@ class Daemon:
             self.options.socket, summary,
         )  # fmt: skip
         self.notifier.ready(summary)
+        if early.reload_requested():
+            self.request_reload("SIGHUP during start-up")
 
     def _load_config(self) -> NerveConfig:
         try:
@@ -374,6 +378,7 @@ class Daemon:
         with contextlib.suppress(StoreError):
             self.store.close()
         self.loop.close()
+        early.ignore()  # the loop restored SIGHUP's default: death, of a clean exit
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
