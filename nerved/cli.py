@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nerved import _version, early, logs
 from nerved.paths import resolve_root, resolve_socket, resolve_state_dir
@@ -58,11 +59,12 @@ def _run(args: argparse.Namespace) -> int:
         state_dir=resolve_state_dir(args.state_dir),
         socket=resolve_socket(args.socket),
         watch=not args.no_watch,
+        pidfile=Path(args.pidfile) if args.pidfile else None,
     )
     if args.daemon:
         from nerved import detach  # python-daemon is only imported when used
 
-        return detach.run(options, args.pidfile, args.log_level)
+        return detach.run(options, args.log_level)
     return Daemon(options).run()
 
 

@@ -1,12 +1,14 @@
-"""Start-up: early signals never kill nerved.
+"""Start-up and detaching: early signals never kill nerved, and ``--daemon`` tells the truth.
 
-Whatever nerved still holds a place's state directory at the end of a test is found through
-its lock on ``<state>/nerved.lock`` (which names its pid) and stopped.
+``nerved --daemon`` must exit 0 only once a daemon serves, and otherwise with the exit code
+and reason the foreground gives. Detached daemons are not our children: every one is found
+again through the lock it holds on ``<state>/nerved.lock`` (which names its pid) and
+stopped at the end of its test.
 
 Some tests hold nerved at a known point of its start through its notify socket: a datagram
 socket whose queue is full makes sd_notify block, so nerved cannot pass its first
-``STATUS=starting`` (before logs.db and the loop's signal handlers) until the test drains
-the queue.
+``STATUS=starting`` (after the checks of ``prepare``, before logs.db and the loop's signal
+handlers) until the test drains the queue.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import fcntl
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -66,6 +69,10 @@ class Place:
             os.close(fd)
         return None
 
+    def assert_no_daemon(self) -> None:
+        assert self.holder() is None, "a nerved holds the state directory"
+        assert not self.socket.exists(), "a socket was left (or someone listens)"
+
 
 @pytest.fixture
 def places(tmp_path: Path) -> Iterator[Callable[[str], Place]]:
@@ -85,6 +92,26 @@ def places(tmp_path: Path) -> Iterator[Callable[[str], Place]]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             wait_until(lambda p=pid: not pid_alive(p), what=f"pid {pid} to die")
+
+
+def nerved(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nerved", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def detach(root: Path, place: Place, *extra: str) -> subprocess.CompletedProcess[str]:
+    return nerved(*place.args(root), "--daemon", *extra)
+
+
+def assert_serving(place: Place, pidfile: Path | None = None) -> int:
+    """The daemon answers right now (no waiting: ``--daemon`` has already returned)."""
+    pid = place.status()["pid"]
+    assert os.getsid(pid) != os.getsid(0), "not detached from our session"
+    if pidfile is not None:
+        assert pidfile.read_text() == f"{pid}\n"
+    return int(pid)
 
 
 def sighup_handled(pid: int) -> bool:
@@ -218,3 +245,197 @@ def test_a_sighup_the_supervisor_blocked_is_a_reload_once_nerved_handles_it(root
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait(20)
+
+
+def test_sighup_while_nerved_daemon_starts_never_kills_it(root, places, tmp_path):
+    place = places("d")
+    pidfile = tmp_path / "nerved.pid"
+    err = tmp_path / "stderr"
+    with open(err, "wb") as stderr:
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "nerved", *place.args(root), "--daemon", "--pidfile", str(pidfile)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+
+    def daemon_pid() -> list[int]:
+        with contextlib.suppress(FileNotFoundError):
+            text = pidfile.read_text().strip()
+            return [int(text)] if text.isdigit() else []
+        return []
+
+    wait_for_sighup_handled(parent)
+    # The barrage thread alone reaps the parent (poll), so its pid is never reused under it.
+    barrage = Barrage(lambda: [parent.pid, *daemon_pid()], lambda: parent.poll() is not None)
+    wait_until(lambda: parent.returncode is not None, timeout=30, what="the parent to exit")
+    assert barrage.stop() > 1
+    assert parent.returncode == 0, err.read_text()
+    assert_serving(place, pidfile)
+
+
+# -- refused before detaching -----------------------------------------------------------------
+
+
+def test_a_bad_configuration_is_refused_before_detaching(root, places):
+    (root / "nerve.yaml").write_text("senses:\n  tick:\n    throttle: soon\n")
+    place = places("d")
+    done = detach(root, place)
+    assert done.returncode == 78, done.stderr
+    assert "nerve.yaml:3: senses.tick.throttle" in done.stderr
+    place.assert_no_daemon()
+
+
+def test_a_state_directory_in_use_is_refused_before_detaching(root, places, nerved_factory):
+    first = nerved_factory("senses: {}\n").start()
+    place = places("d")
+    place.state = first.state
+    done = detach(root, place)
+    assert done.returncode == 75, done.stderr
+    assert f"another nerved is using {first.state}" in done.stderr
+    assert not place.socket.exists()
+    assert first.rpc("status")["pid"] == first.pid
+
+
+def test_a_socket_in_use_is_refused_before_detaching(root, places, nerved_factory):
+    first = nerved_factory("senses: {}\n").start()
+    place = places("d")
+    place.socket = first.socket
+    done = detach(root, place)
+    assert done.returncode == 75, done.stderr
+    assert "another nerved is listening" in done.stderr
+    assert place.holder() is None
+    assert first.rpc("status")["pid"] == first.pid
+
+
+# -- pid files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["ours", "1", "garbage", ""])
+def test_a_pid_file_nobody_holds_is_taken_over_whatever_it_says(root, places, tmp_path, content):
+    """Its pid may be alive (ours, init) or none at all: only the lock says a nerved runs."""
+    pidfile = tmp_path / "nerved.pid"
+    pidfile.write_text(f"{os.getpid()}\n" if content == "ours" else content)
+    place = places("d")
+    done = detach(root, place, "--pidfile", str(pidfile))
+    assert done.returncode == 0, done.stderr
+    assert_serving(place, pidfile)
+
+
+def test_a_pid_file_left_by_a_killed_nerved_is_taken_over(root, places, tmp_path):
+    pidfile = tmp_path / "nerved.pid"
+    place = places("d")
+    assert detach(root, place, "--pidfile", str(pidfile)).returncode == 0
+    killed = assert_serving(place, pidfile)
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(killed), what="the daemon to die")
+    done = detach(root, place, "--pidfile", str(pidfile))
+    assert done.returncode == 0, done.stderr
+    assert assert_serving(place, pidfile) != killed
+
+
+def test_a_pid_file_held_by_a_running_nerved_is_refused(root, places, tmp_path):
+    """Even one on another state directory: taking it over would make `kill $(cat ...)` stop
+    the wrong daemon."""
+    pidfile = tmp_path / "nerved.pid"
+    first = places("first")
+    assert detach(root, first, "--pidfile", str(pidfile)).returncode == 0
+    running = assert_serving(first, pidfile)
+    second = places("second")
+    done = detach(root, second, "--pidfile", str(pidfile))
+    assert done.returncode == 75, done.stderr
+    assert f"already running (pid {running})" in done.stderr
+    second.assert_no_daemon()
+    assert assert_serving(first, pidfile) == running
+
+
+@pytest.mark.parametrize("kind", ["directory", "under a file", "symbolic link", "in /proc"])
+def test_a_pid_file_that_cannot_be_created_is_refused_before_detaching(
+    root, places, tmp_path, kind
+):
+    pidfile = tmp_path / "nerved.pid"
+    if kind == "directory":
+        pidfile.mkdir()
+    elif kind == "under a file":
+        (tmp_path / "file").write_text("")
+        pidfile = tmp_path / "file" / "nerved.pid"
+    elif kind == "symbolic link":
+        pidfile.symlink_to(tmp_path / "elsewhere")
+    else:
+        pidfile = Path("/proc/nerved.pid")
+    place = places("d")
+    done = detach(root, place, "--pidfile", str(pidfile))
+    assert done.returncode == 73, done.stderr
+    assert f"cannot create pid file {pidfile}" in done.stderr
+    place.assert_no_daemon()
+    assert not (tmp_path / "elsewhere").exists()
+
+
+# -- after detaching ----------------------------------------------------------------------------
+
+
+def break_logs_db(db: Path, how: str) -> None:
+    db.parent.mkdir(parents=True)
+    if how == "directory":
+        db.mkdir()
+    elif how == "garbage":
+        db.write_bytes(b"not a database\n" * 100)
+    else:  # written by a newer release
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.execute("PRAGMA user_version = 999")
+
+
+@pytest.mark.parametrize("how", ["directory", "garbage", "newer schema"])
+def test_a_start_that_fails_after_detaching_exits_as_the_foreground_does(
+    root, places, tmp_path, how
+):
+    foreground, detached = places("fg"), places("d")
+    for place in (foreground, detached):
+        break_logs_db(place.state / "logs.db", how)
+    expected = nerved(*foreground.args(root))
+    assert expected.returncode == 73, expected.stderr
+    pidfile = tmp_path / "nerved.pid"
+    done = detach(root, detached, "--pidfile", str(pidfile))
+    assert done.returncode == expected.returncode, done.stderr
+    assert str(detached.state / "logs.db") in done.stderr
+    detached.assert_no_daemon()
+    assert not pidfile.exists()
+
+
+def test_a_daemon_that_dies_while_starting_is_reported(root, places, tmp_path):
+    """SIGTERM before READY keeps its default action: death, which the parent reports."""
+    held = HeldNotify(tmp_path / "notify.sock")
+    place = places("d")
+    pidfile = tmp_path / "nerved.pid"
+    err = tmp_path / "stderr"
+    with open(err, "wb") as stderr:
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "nerved", *place.args(root), "--daemon", "--pidfile", str(pidfile)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+            env={**os.environ, "NOTIFY_SOCKET": str(held.path)},
+        )  # fmt: skip
+    try:
+        pid = wait_until(
+            lambda: pidfile.exists() and pidfile.read_text().strip().isdigit() and pidfile,
+            what="the daemon's pid",
+        ).read_text()
+        os.kill(int(pid), signal.SIGTERM)  # it is held at its first sd_notify: not ready
+        assert parent.wait(30) == 70, err.read_text()
+        assert f"see {place.state / 'nerved.log'}" in err.read_text()
+    finally:
+        held.close()
+        parent.wait(30)
+
+
+def test_a_clean_detached_start_exits_only_once_it_serves(root, places, tmp_path):
+    place = places("d")
+    pidfile = tmp_path / "run" / "nerved.pid"
+    done = detach(root, place, "--pidfile", str(pidfile))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    pid = assert_serving(place, pidfile)
+    assert Path(f"/proc/{pid}/cwd").resolve() == Path("/")
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not pid_alive(pid), what="the daemon to stop")
+    assert not pidfile.exists()
+    place.assert_no_daemon()
+    log = (place.state / "nerved.log").read_text()
+    assert "ready" in log and "nerved stopped" in log
