@@ -5,25 +5,31 @@ loop dispatches each to a ``handle_<signal>`` method; children are reaped exhaus
 SIGCHLD; a graceful stop has a deadline that ends in SIGKILL. Unlike gunicorn there is no
 thread anywhere in the master: the control socket is served by the same loop.
 
-Start-up order matters for the guarantees: the configuration is validated first (a bad one
-exits 78, EX_CONFIG, which the unit file tells systemd not to restart on), then the state
-directory is locked and logs.db opened, unfinished work recovered, and only then does the
-socket listen and ``READY=1`` go out.
+Start-up order matters for the guarantees. First :func:`prepare` makes every check that can
+refuse a start: the configuration (a bad one exits 78, EX_CONFIG, which the unit file tells
+systemd not to restart on), the pid file, the state directory's lock, the control socket.
+``nerved --daemon`` runs it before detaching, so that a refusal reaches the terminal with
+the same exit code as in the foreground. Then, in the process that will serve, logs.db is
+opened (never before a fork), unfinished work recovered, and only then are connections
+accepted (they wait in the socket's backlog until then) and ``READY=1`` sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import signal
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from nerved import _version
+from nerved import _version, early
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config, unlined
 from nerved.control.commands import COMMANDS
 from nerved.control.rpc import (
@@ -37,6 +43,7 @@ from nerved.control.rpc import (
 from nerved.control.server import ControlServer, SocketInUse, bind, inherited_socket
 from nerved.loop import Loop
 from nerved.notify import Notifier
+from nerved.pidfile import PidFile, PidFileHeld
 from nerved.reflexes import Reflexes
 from nerved.reloader import Reloader
 from nerved.retention import Retention
@@ -76,12 +83,137 @@ class Options:
     state_dir: Path
     socket: Path
     watch: bool = True
+    pidfile: Path | None = None
+
+
+Started = Callable[[int, str], None]  # (0, summary) once ready, or (exit code, why not)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """What a start holds once every check passed: see :func:`prepare`."""
+
+    config: NerveConfig
+    lock_fd: int  # <state>/nerved.lock, flock()ed
+    pidfile: PidFile | None
+    listener: socket.socket
+    socket_path: Path
+    socket_inode: int | None  # of the socket file we bound; None when systemd passed it
+
+    def fds(self) -> list[int]:
+        """What must stay open across the detaching (python-daemon's ``files_preserve``)."""
+        fds = [self.lock_fd, self.listener.fileno()]
+        return fds if self.pidfile is None else [*fds, self.pidfile.fd]
+
+    def record_pid(self, pid: int) -> None:
+        """Name the serving process in nerved.lock and the pid file (after any detaching)."""
+        os.ftruncate(self.lock_fd, 0)
+        os.pwrite(self.lock_fd, f"{pid}\n".encode(), 0)
+        if self.pidfile is not None:
+            self.pidfile.write(pid)
+
+    def close(self, *, remove: bool) -> None:
+        """Let go of it all; with ``remove``, also remove the socket and pid file we made.
+
+        The parent of ``nerved --daemon`` closes its copies without removing anything: the
+        daemon holds the same open files, and so the locks, from then on.
+        """
+        self.listener.close()
+        if remove and self.socket_inode is not None:
+            with contextlib.suppress(OSError):
+                if os.stat(self.socket_path).st_ino == self.socket_inode:
+                    os.unlink(self.socket_path)
+        if self.pidfile is not None:
+            self.pidfile.close(remove=remove)
+        os.close(self.lock_fd)  # last: until here, no other nerved can start on this state
+
+
+def prepare(options: Options) -> Prepared:
+    """Make every check that can refuse a start, and hold what they claim.
+
+    In this order: the configuration (EX_CONFIG), the pid file (EX_TEMPFAIL if a running
+    nerved holds it, EX_CANTCREAT if it cannot be created), the state directory's lock (the
+    same), the control socket (EX_TEMPFAIL if another nerved listens there, EX_CANTCREAT if
+    it cannot be created). Nothing here forks, opens logs.db or runs user code, so that
+    ``nerved --daemon`` can do it before detaching. Raises :class:`Fatal`.
+    """
+    config = _load_config(options.root.resolve())
+    with contextlib.ExitStack() as undo:
+        pidfile = None
+        if options.pidfile is not None:
+            pidfile = _acquire_pidfile(options.pidfile)
+            undo.callback(pidfile.close, remove=True)
+        lock_fd = _lock_state_dir(options.state_dir)
+        undo.callback(os.close, lock_fd)
+        listener, socket_inode = _listen(options.socket)
+        undo.pop_all()
+    return Prepared(config, lock_fd, pidfile, listener, options.socket, socket_inode)
+
+
+def _load_config(root: Path) -> NerveConfig:
+    try:
+        config = load_config(root)
+    except ConfigError as exc:
+        raise Fatal(f"bad configuration:\n{exc}", EX_CONFIG) from exc
+    missing = check_packages(root, config)
+    if missing:
+        raise Fatal("bad configuration:\n" + "\n".join(missing), EX_CONFIG)
+    return config
+
+
+def _acquire_pidfile(path: Path) -> PidFile:
+    try:
+        return PidFile.acquire(path)
+    except PidFileHeld as exc:
+        raise Fatal(str(exc), EX_TEMPFAIL) from exc
+    except OSError as exc:
+        raise Fatal(f"cannot create pid file {path}: {exc.strerror or exc}", EX_CANTCREAT) from exc
+
+
+def _lock_state_dir(state: Path) -> int:
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o750)
+        fd = os.open(state / "nerved.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise Fatal(f"cannot use state directory {state}: {exc}", EX_CANTCREAT) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise Fatal(f"another nerved is using {state}", EX_TEMPFAIL) from exc
+    return fd
+
+
+def _listen(path: Path) -> tuple[socket.socket, int | None]:
+    """The socket systemd passed (socket activation), or one bound at ``path``, and its inode."""
+    try:
+        activated = inherited_socket()  # first: the variables are for us alone
+    except OSError as exc:
+        raise Fatal(f"bad socket activation: {exc}", EX_CONFIG) from exc
+    if activated is not None:
+        return activated, None
+    try:
+        sock = bind(path)
+    except SocketInUse as exc:
+        raise Fatal(f"cannot listen on {path}: {exc}", EX_TEMPFAIL) from exc
+    except OSError as exc:
+        code = EX_TEMPFAIL if exc.errno == errno.EADDRINUSE else EX_CANTCREAT
+        raise Fatal(f"cannot listen on {path}: {exc}", code) from exc
+    return sock, os.stat(path).st_ino
 
 
 class Daemon:
-    def __init__(self, options: Options) -> None:
+    def __init__(
+        self, options: Options, prepared: Prepared | None = None, started: Started | None = None
+    ) -> None:
+        """``prepared`` when :func:`prepare` already ran (``nerved --daemon``, before detaching).
+
+        ``started`` is told once, when the daemon is ready or its start failed: the readiness
+        pipe of ``nerved --daemon``.
+        """
         self.options = options
-        self._activated = inherited_socket()  # read first: the variables are for us alone
+        self.prepared = prepared
+        self._started = started or (lambda code, message: None)
         self.root = options.root.resolve()
         self.loop = Loop()
         self.notifier = Notifier()
@@ -89,7 +221,6 @@ class Daemon:
         self.started_at = time.monotonic()
         self.stopping = False
         self.exit_code = EX_OK
-        self._lock_fd: int | None = None
         self._stop_timer: Any = None
         self.config: NerveConfig
         self.store: Store
@@ -105,9 +236,12 @@ class Daemon:
         try:
             self._start()
         except Fatal as exc:
-            log.critical("%s", exc)
-            self._shutdown_after_failed_start()
-            return exc.code
+            return self._shutdown_after_failed_start(exc)
+        except StoreError as exc:  # past opening logs.db: as in a turn, a restart recovers
+            return self._shutdown_after_failed_start(Fatal(f"storage failure: {exc}", EX_TEMPFAIL))
+        except Exception as exc:  # a bug in nerve: its traceback goes to the log
+            fatal = Fatal(f"internal error during start-up: {exc!r}", EX_SOFTWARE)
+            return self._shutdown_after_failed_start(fatal, exc)
         try:
             self.loop.run()
         except StoreError as exc:
@@ -123,19 +257,24 @@ class Daemon:
         return self.exit_code
 
     def _start(self) -> None:
+        if self.prepared is None:
+            self.prepared = prepare(self.options)
+        prepared = self.prepared
+        self.config = prepared.config
+        prepared.record_pid(os.getpid())
         self.notifier.status("starting")
-        self.config = self._load_config()
-        self._lock_state_dir()
         try:
             self.store = Store(self.options.state_dir / "logs.db", on_wait=self.notifier.status)
         except StoreError as exc:
             raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc
-        if self._lock_fd is not None:
-            self.store.watch(self.options.state_dir / "nerved.lock", self._lock_fd)
+        self.store.watch(self.options.state_dir / "nerved.lock", prepared.lock_fd)
         self.loop.set_gate(self.store.acquire)
         self.loop.at_end_of_turn(self._end_of_turn)
-        # Stopping writes nothing, so it goes on while another process holds logs.db's lock;
-        # reaping (which ends runs) and reloading wait for the lock (nerved.loop, the gate).
+        # The wakeup fd first: from here on a signal reaches the loop, even one that comes
+        # while the handlers below replace nerved.early's. Stopping writes nothing, so it goes
+        # on while another process holds logs.db's lock; reaping (which ends runs) and
+        # reloading wait for the lock (nerved.loop, the gate).
+        self.loop.install_signal_wakeup()
         for signum, gated in (
             (signal.SIGTERM, False),
             (signal.SIGINT, False),
@@ -145,31 +284,24 @@ class Daemon:
             name = signal.Signals(signum).name.lower()
             handler = getattr(self, f"handle_{name[3:]}")
             self.loop.add_signal_handler(signum, handler, gated=gated)
-        self.loop.install_signal_wakeup()
 
         self.senses = SenseManager(self.loop, self.workers, self.store, self.root, self._on_signal)
         self.workflows = WorkflowManager(self.loop, self.workers, self.store, self.root)
         self.reflexes = Reflexes(self.loop, self.senses.trigger, self._start_workflow)
 
-        # Recovery comes before the socket listens: nothing is admitted until the queues
+        # Recovery comes before the socket is served: nothing is admitted until the queues
         # and active sets are rebuilt from logs.db, in their original order.
         self.notifier.status("recovering unfinished runs")
         self.code = CodeSnapshot.take(self.root, self.config.senses, self.config.workflows)
         self.workflows.apply(self.config, self.code)
         try:
             self.recovery = self.workflows.recover()
-            self.store.commit()
         except StoreError as exc:
-            raise Fatal(f"cannot recover unfinished runs: {exc}", EX_CANTCREAT) from exc
+            raise Fatal(f"cannot read unfinished runs: {exc}", EX_CANTCREAT) from exc
+        self.store.commit()
 
-        try:
-            sock = self._activated or bind(self.options.socket)
-        except (SocketInUse, OSError) as exc:
-            raise Fatal(f"cannot listen on {self.options.socket}: {exc}", EX_TEMPFAIL) from exc
-        # A socket we bound is ours to remove at exit; systemd's stays for the next start.
-        self._socket_inode = None if self._activated else os.stat(self.options.socket).st_ino
         heavy = frozenset(c.name for c in COMMANDS.values() if c.heavy)
-        self.control = ControlServer(self.loop, sock, self.dispatch, heavy)
+        self.control = ControlServer(self.loop, prepared.listener, self.dispatch, heavy)
 
         self.senses.apply(self.config, self.code)
         self.reflexes.apply(self.config)
@@ -193,32 +325,9 @@ class Daemon:
             self.options.socket, summary,
         )  # fmt: skip
         self.notifier.ready(summary)
-
-    def _load_config(self) -> NerveConfig:
-        try:
-            config = load_config(self.root)
-        except ConfigError as exc:
-            raise Fatal(f"bad configuration:\n{exc}", EX_CONFIG) from exc
-        missing = check_packages(self.root, config)
-        if missing:
-            raise Fatal("bad configuration:\n" + "\n".join(missing), EX_CONFIG)
-        return config
-
-    def _lock_state_dir(self) -> None:
-        state = self.options.state_dir
-        try:
-            state.mkdir(parents=True, exist_ok=True, mode=0o750)
-            fd = os.open(state / "nerved.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            raise Fatal(f"cannot use state directory {state}: {exc}", EX_CANTCREAT) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise Fatal(f"another nerved is using {state}", EX_TEMPFAIL) from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._started(EX_OK, summary)
+        if early.reload_requested():
+            self.request_reload("SIGHUP during start-up")
 
     def _summary(self) -> str:
         active, queued = self.workflows.counts()
@@ -446,24 +555,26 @@ class Daemon:
     def _close(self) -> None:
         if self.control is not None:
             self.control.close(flush=self.exit_code != EX_TEMPFAIL)
-            with contextlib.suppress(OSError):
-                if self._socket_inode and os.stat(self.options.socket).st_ino == self._socket_inode:
-                    os.unlink(self.options.socket)
         if self.watcher is not None:
             self.watcher.close()
         with contextlib.suppress(StoreError):
             self.store.close()
         self.loop.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
+        early.ignore()  # the loop restored SIGHUP's default: death, of a clean exit
+        if self.prepared is not None:
+            self.prepared.close(remove=True)
 
-    def _shutdown_after_failed_start(self) -> None:
+    def _shutdown_after_failed_start(self, reason: Fatal, bug: Exception | None = None) -> int:
+        """Undo what the start did and tell whoever waits for readiness why; the exit code."""
+        log.critical("%s", reason, exc_info=bug)
         self._kill_workers_now()
         if hasattr(self, "store"):
             with contextlib.suppress(Exception):
                 self.store.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
+        if self.prepared is not None:
+            self.prepared.close(remove=True)
+        self._started(reason.code, str(reason))
+        return reason.code
 
 
 def _tree_rss(pids: list[int]) -> int:
