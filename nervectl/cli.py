@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from nervectl import commands, logs, scaffold, workflows
+from nervectl.client import RequestTooLarge
 from nervectl.context import Context
 from nervectl.exits import FAILED, INTERRUPTED, NOT_FOUND, OK, UNREACHABLE, USAGE, CliError
 from nervectl.remote import RemoteError, Unreachable
@@ -143,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit",
         metavar="N",
         type=_positive_int,
-        help="at most N entries (default 100; the newest, or the oldest since --since)",
+        default=logs.DEFAULT_LIMIT,
+        help=f"at most N entries (default {logs.DEFAULT_LIMIT}; the newest, or the oldest "
+        "since --since)",
     )
     logs_parser.add_argument(
         "--follow",
@@ -239,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except CliError as exc:
         return _fail(exc.message, exc.code)
+    except RequestTooLarge as exc:
+        return _fail(str(exc), USAGE)
     except Unreachable as exc:
         return _fail(f"{exc}{_unreachable_hint(exc)}", UNREACHABLE)
     except RemoteError as exc:

@@ -1,5 +1,7 @@
 """``logs``: the entries of logs.db, once or followed as they are appended.
 
+The daemon ends an answer early once it holds 4 MiB of payloads, so every read here goes a
+page at a time until it has what it wants or gets an empty page; a short page says nothing.
 Following polls ``logs.query`` with ``afterId`` on one connection: the daemon keeps no
 per-client state for it, so a follower can never slow the daemon down or be forgotten by it.
 """
@@ -15,7 +17,8 @@ from nervectl.context import Context
 from nervectl.exits import OK
 
 POLL_INTERVAL: Final = 0.5  # seconds between two polls while following
-PAGE: Final = 1000  # entries per poll; a burst larger than this is fetched in several pages
+PAGE: Final = 1000  # entries asked for at a time while following
+DEFAULT_LIMIT: Final = 100
 
 
 def logs(ctx: Context) -> int:
@@ -23,7 +26,7 @@ def logs(ctx: Context) -> int:
     filters = {"source": args.source, "type": args.type, "refId": args.run, "since": args.since}
     # Taken before the tail, so that whatever is appended between the two calls is not lost.
     newest = _newest_id(ctx) if args.follow else 0
-    entries: list[dict[str, Any]] = ctx.call("logs.query", {**filters, "limit": args.limit})
+    entries = _tail(ctx, filters, args.limit)
     lines = render.LogLines(ctx.out)
     if not args.follow:
         if ctx.json:
@@ -47,17 +50,32 @@ def logs(ctx: Context) -> int:
     return OK
 
 
+def _tail(ctx: Context, filters: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` entries (with ``since``, the oldest since then), oldest first:
+    paging back with ``beforeId`` (forward with ``afterId``) until ``limit`` or an empty page.
+    """
+    forward = filters["since"] is not None
+    pages: list[list[dict[str, Any]]] = []
+    cursor: dict[str, int] = {}
+    wanted = limit
+    while wanted > 0:
+        page: list[dict[str, Any]] = ctx.call("logs.query", {**filters, **cursor, "limit": wanted})
+        if not page:
+            break
+        pages.append(page)
+        wanted -= len(page)
+        cursor = {"afterId": page[-1]["id"]} if forward else {"beforeId": page[0]["id"]}
+    if not forward:
+        pages.reverse()
+    return [entry for page in pages for entry in page]
+
+
 def _follow(ctx: Context, lines: render.LogLines, filters: dict[str, Any], cursor: int) -> None:
     while True:
         time.sleep(POLL_INTERVAL)
-        while True:
-            params = {**filters, "afterId": cursor, "limit": PAGE}
-            batch: list[dict[str, Any]] = ctx.call("logs.query", params)
+        while batch := ctx.call("logs.query", {**filters, "afterId": cursor, "limit": PAGE}):
             _emit(ctx, lines, batch)
-            if batch:
-                cursor = int(batch[-1]["id"])
-            if len(batch) < PAGE:
-                break
+            cursor = int(batch[-1]["id"])
 
 
 def _newest_id(ctx: Context) -> int:

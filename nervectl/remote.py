@@ -40,7 +40,6 @@ class Remote:
         """``timeout`` in seconds bounds the wait for the answer; ``FOREVER`` waits as long as
         the daemon takes (``workflow.wait`` without a timeout)."""
         try:
-            self._client.connect()  # under the default timeout, even for a call that waits forever
             if math.isinf(timeout):
                 # Client.call reads timeout=None as "the client's default": make that "none".
                 self._client.timeout = None

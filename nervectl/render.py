@@ -69,6 +69,12 @@ def cell(value: Any, width: int = CELL_WIDTH) -> str:
     return truncate(text, width)
 
 
+def unreadable(entry: Mapping[str, Any]) -> str | None:
+    """The marker shown for an entry whose payload the daemon could not read back, or None."""
+    why = entry.get("unreadable")
+    return None if why is None else f"[unreadable: {why}]"
+
+
 def mib(size: int | float | None) -> str:
     return "-" if size is None else f"{size / (1 << 20):.1f} MiB"
 
@@ -107,7 +113,7 @@ class LogLines:
             [format_local(entry.get("ts"), millis=True)]
             + [c.ljust(w) for c, w in zip(columns, self.widths, strict=True)]
         )
-        payload = compact(entry.get("payload"))
+        payload = unreadable(entry) or compact(entry.get("payload"))
         return f"{head}  {truncate(payload, self._payload_width(len(head) + 2))}"
 
     def widen(self, entries: Iterable[Mapping[str, Any]]) -> None:

@@ -6,8 +6,8 @@ entry, each summarised on one line; the complete payloads are in ``--json``.
 
 from __future__ import annotations
 
-import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -16,6 +16,7 @@ from nervectl.context import Context
 from nervectl.exits import FAILED, INTERRUPTED, OK, USAGE, CliError
 from nervectl.remote import FOREVER, RemoteError
 from nervectl.times import format_local
+from nerved import wire
 from nerved.states import RunStatus
 
 STATUSES: Final = tuple(status.value for status in RunStatus)
@@ -69,12 +70,12 @@ def workflow_list(ctx: Context) -> int:
 
 
 def workflow_inspect(ctx: Context) -> int:
-    run: dict[str, Any] = ctx.call("workflow.inspect", {"runId": ctx.args.run_id})
+    run = inspect_run(ctx, ctx.args.run_id)
     if ctx.json:
         ctx.print_json(run)
         return OK
     ctx.print(run_fields(run))
-    events = run.get("events") or []
+    events = run["events"]
     ctx.print()
     if not events:
         ctx.print("no events")
@@ -84,12 +85,28 @@ def workflow_inspect(ctx: Context) -> int:
             event.get("id", "-"),
             format_local(event.get("ts"), millis=True),
             event.get("type", "-"),
-            summarise(event.get("type"), event.get("payload")),
+            summarise(event),
         )
         for event in events
     ]
     ctx.print(render.table(rows, ("ID", "TIME", "TYPE", "SUMMARY")))
     return OK
+
+
+def inspect_run(ctx: Context, ref: str) -> dict[str, Any]:
+    """The run with every event: ``workflow.inspect`` answers a page at a time (``more``).
+
+    The run's fields are those of the last page, the freshest; ``more`` is left out.
+    """
+    params: dict[str, Any] = {"runId": ref}
+    events: list[dict[str, Any]] = []
+    while True:
+        page: dict[str, Any] = ctx.call("workflow.inspect", params)
+        batch = page.pop("events", None) or []
+        events += batch
+        if not page.pop("more", False) or not batch:
+            return {**page, "events": events}
+        params = {"runId": page["runId"], "afterId": batch[-1]["id"]}
 
 
 def run_fields(run: dict[str, Any]) -> str:
@@ -107,9 +124,13 @@ def run_fields(run: dict[str, Any]) -> str:
     return render.fields(pairs)
 
 
-def summarise(kind: Any, payload: Any, width: int = 100) -> str:
+def summarise(entry: Mapping[str, Any], width: int = 100) -> str:
     """One line per history entry: for a step, who spoke and what they said."""
-    if kind == "step_complete" and isinstance(payload, dict):
+    payload = entry.get("payload")
+    marker = render.unreadable(entry)
+    if marker is not None:
+        return render.truncate(marker, width)
+    if entry.get("type") == "step_complete" and isinstance(payload, dict):
         role = payload.get("role", "?")
         event = payload.get("event")
         said = event.get("type", "?") if isinstance(event, dict) else "?"
@@ -166,22 +187,29 @@ class _NoPayload:
 NO_PAYLOAD: Final = _NoPayload()
 
 
-def parse_payload(text: str) -> Any:
-    """``--payload``: argparse reports the ValueError as a usage error (exit 2)."""
+def parse_payload(data: str | bytes) -> Any:
+    """A trigger payload, held to the rules the daemon holds it to (:mod:`nerved.wire`).
+
+    Checked here, so that what the daemon would refuse (NaN, ``1e400``, a lone surrogate,
+    nesting past 100 levels, more than 1 MiB encoded) is a usage error (exit 2) before
+    anything is sent. Raises ValueError naming the problem; argparse reports it for
+    ``--payload``.
+    """
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
+        value = wire.loads(data)
+        wire.check_value(value, "the payload")  # what decodes may still not encode: 1e400
+    except wire.Invalid as exc:
+        raise ValueError(str(exc)) from None
+    return value
 
 
 def read_payload_file(name: str) -> Any:
     try:
-        text = sys.stdin.read() if name == "-" else Path(name).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as exc:
+        why = exc.strerror or exc
         raise CliError(f"cannot read the payload file {name}: {why}", USAGE) from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        where = "stdin" if name == "-" else name
-        raise CliError(f"the payload in {where} is not valid JSON: {exc}", USAGE) from None
+        return parse_payload(data)
+    except ValueError as exc:
+        raise CliError(f"{'stdin' if name == '-' else name}: {exc}", USAGE) from None

@@ -1,5 +1,9 @@
-import sys
+"""``python -m nerved``: as the ``nerved`` command."""
 
-from nerved.cli import main
+from nerved import early
 
-sys.exit(main())
+early.hold()  # first of all: a SIGHUP while nerved starts is a reload request, not its death
+
+from nerved.cli import main  # noqa: E402
+
+raise SystemExit(main())

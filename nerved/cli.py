@@ -1,13 +1,18 @@
-"""``nerved``: the daemon's command line (SPEC §7)."""
+"""``nerved``: the daemon's command line (SPEC §7).
+
+Only light modules are imported before :func:`main`, whose first statement puts SIGHUP on
+hold (``nerved.early``); the daemon, the store and the configuration are imported after it,
+so that a reload request sent while nerved starts never kills it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from nerved import _version, check, logs
-from nerved.daemon import Daemon, Options
+from nerved import _version, early, logs
 from nerved.paths import resolve_root, resolve_socket, resolve_state_dir
 
 
@@ -30,24 +35,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    early.hold()
+    try:
+        return _run(_parser().parse_args(argv))
+    finally:
+        early.ignore()
+
+
+def _run(args: argparse.Namespace) -> int:
     root = resolve_root(args.root)
     if args.command == "check":
+        from nerved import check
+
         logs.setup("warning")
         return check.run(root)
     if args.pidfile and not args.daemon:
         _parser().error("--pidfile needs --daemon")
     logs.setup(args.log_level)
+    from nerved.daemon import Daemon, Options
+
     options = Options(
         root=root,
         state_dir=resolve_state_dir(args.state_dir),
         socket=resolve_socket(args.socket),
         watch=not args.no_watch,
+        pidfile=Path(args.pidfile) if args.pidfile else None,
     )
     if args.daemon:
         from nerved import detach  # python-daemon is only imported when used
 
-        return detach.run(options, args.pidfile, args.log_level)
+        return detach.run(options, args.log_level)
     return Daemon(options).run()
 
 

@@ -5,31 +5,45 @@ loop dispatches each to a ``handle_<signal>`` method; children are reaped exhaus
 SIGCHLD; a graceful stop has a deadline that ends in SIGKILL. Unlike gunicorn there is no
 thread anywhere in the master: the control socket is served by the same loop.
 
-Start-up order matters for the guarantees: the configuration is validated first (a bad one
-exits 78, EX_CONFIG, which the unit file tells systemd not to restart on), then the state
-directory is locked and logs.db opened, unfinished work recovered, and only then does the
-socket listen and ``READY=1`` go out.
+Start-up order matters for the guarantees. First :func:`prepare` makes every check that can
+refuse a start: the configuration (a bad one exits 78, EX_CONFIG, which the unit file tells
+systemd not to restart on), the pid file, the state directory's lock, the control socket.
+``nerved --daemon`` runs it before detaching, so that a refusal reaches the terminal with
+the same exit code as in the foreground. Then, in the process that will serve, logs.db is
+opened (never before a fork), unfinished work recovered, and only then are connections
+accepted (they wait in the socket's backlog until then) and ``READY=1`` sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import signal
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from nerved import _version
+from nerved import _version, early
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config, unlined
 from nerved.control.commands import COMMANDS
-from nerved.control.rpc import METHOD_NOT_FOUND, SHUTTING_DOWN, Params, Pending, RpcError
+from nerved.control.rpc import (
+    INTERNAL_ERROR,
+    METHOD_NOT_FOUND,
+    SHUTTING_DOWN,
+    Params,
+    Pending,
+    RpcError,
+)
 from nerved.control.server import ControlServer, SocketInUse, bind, inherited_socket
 from nerved.loop import Loop
 from nerved.notify import Notifier
+from nerved.pidfile import PidFile, PidFileHeld
 from nerved.reflexes import Reflexes
 from nerved.reloader import Reloader
 from nerved.retention import Retention
@@ -52,6 +66,7 @@ STOP_MARGIN: Final = 1.0  # seconds past the longest grace period before SIGKILL
 KILL_WAIT: Final = 5.0  # seconds to wait for SIGKILLed children to be reaped
 IDLE_CHECKPOINT: Final = 0.25  # seconds without a commit before the WAL is checkpointed
 STATUS_EVERY: Final = 2.0  # seconds between STATUS= updates (sent only when they change)
+CHECK_FILES_EVERY: Final = 1.0  # seconds between two checks that logs.db is still there
 
 
 class Fatal(Exception):
@@ -68,12 +83,137 @@ class Options:
     state_dir: Path
     socket: Path
     watch: bool = True
+    pidfile: Path | None = None
+
+
+Started = Callable[[int, str], None]  # (0, summary) once ready, or (exit code, why not)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """What a start holds once every check passed: see :func:`prepare`."""
+
+    config: NerveConfig
+    lock_fd: int  # <state>/nerved.lock, flock()ed
+    pidfile: PidFile | None
+    listener: socket.socket
+    socket_path: Path
+    socket_inode: int | None  # of the socket file we bound; None when systemd passed it
+
+    def fds(self) -> list[int]:
+        """What must stay open across the detaching (python-daemon's ``files_preserve``)."""
+        fds = [self.lock_fd, self.listener.fileno()]
+        return fds if self.pidfile is None else [*fds, self.pidfile.fd]
+
+    def record_pid(self, pid: int) -> None:
+        """Name the serving process in nerved.lock and the pid file (after any detaching)."""
+        os.ftruncate(self.lock_fd, 0)
+        os.pwrite(self.lock_fd, f"{pid}\n".encode(), 0)
+        if self.pidfile is not None:
+            self.pidfile.write(pid)
+
+    def close(self, *, remove: bool) -> None:
+        """Let go of it all; with ``remove``, also remove the socket and pid file we made.
+
+        The parent of ``nerved --daemon`` closes its copies without removing anything: the
+        daemon holds the same open files, and so the locks, from then on.
+        """
+        self.listener.close()
+        if remove and self.socket_inode is not None:
+            with contextlib.suppress(OSError):
+                if os.stat(self.socket_path).st_ino == self.socket_inode:
+                    os.unlink(self.socket_path)
+        if self.pidfile is not None:
+            self.pidfile.close(remove=remove)
+        os.close(self.lock_fd)  # last: until here, no other nerved can start on this state
+
+
+def prepare(options: Options) -> Prepared:
+    """Make every check that can refuse a start, and hold what they claim.
+
+    In this order: the configuration (EX_CONFIG), the pid file (EX_TEMPFAIL if a running
+    nerved holds it, EX_CANTCREAT if it cannot be created), the state directory's lock (the
+    same), the control socket (EX_TEMPFAIL if another nerved listens there, EX_CANTCREAT if
+    it cannot be created). Nothing here forks, opens logs.db or runs user code, so that
+    ``nerved --daemon`` can do it before detaching. Raises :class:`Fatal`.
+    """
+    config = _load_config(options.root.resolve())
+    with contextlib.ExitStack() as undo:
+        pidfile = None
+        if options.pidfile is not None:
+            pidfile = _acquire_pidfile(options.pidfile)
+            undo.callback(pidfile.close, remove=True)
+        lock_fd = _lock_state_dir(options.state_dir)
+        undo.callback(os.close, lock_fd)
+        listener, socket_inode = _listen(options.socket)
+        undo.pop_all()
+    return Prepared(config, lock_fd, pidfile, listener, options.socket, socket_inode)
+
+
+def _load_config(root: Path) -> NerveConfig:
+    try:
+        config = load_config(root)
+    except ConfigError as exc:
+        raise Fatal(f"bad configuration:\n{exc}", EX_CONFIG) from exc
+    missing = check_packages(root, config)
+    if missing:
+        raise Fatal("bad configuration:\n" + "\n".join(missing), EX_CONFIG)
+    return config
+
+
+def _acquire_pidfile(path: Path) -> PidFile:
+    try:
+        return PidFile.acquire(path)
+    except PidFileHeld as exc:
+        raise Fatal(str(exc), EX_TEMPFAIL) from exc
+    except OSError as exc:
+        raise Fatal(f"cannot create pid file {path}: {exc.strerror or exc}", EX_CANTCREAT) from exc
+
+
+def _lock_state_dir(state: Path) -> int:
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o750)
+        fd = os.open(state / "nerved.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise Fatal(f"cannot use state directory {state}: {exc}", EX_CANTCREAT) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise Fatal(f"another nerved is using {state}", EX_TEMPFAIL) from exc
+    return fd
+
+
+def _listen(path: Path) -> tuple[socket.socket, int | None]:
+    """The socket systemd passed (socket activation), or one bound at ``path``, and its inode."""
+    try:
+        activated = inherited_socket()  # first: the variables are for us alone
+    except OSError as exc:
+        raise Fatal(f"bad socket activation: {exc}", EX_CONFIG) from exc
+    if activated is not None:
+        return activated, None
+    try:
+        sock = bind(path)
+    except SocketInUse as exc:
+        raise Fatal(f"cannot listen on {path}: {exc}", EX_TEMPFAIL) from exc
+    except OSError as exc:
+        code = EX_TEMPFAIL if exc.errno == errno.EADDRINUSE else EX_CANTCREAT
+        raise Fatal(f"cannot listen on {path}: {exc}", code) from exc
+    return sock, os.stat(path).st_ino
 
 
 class Daemon:
-    def __init__(self, options: Options) -> None:
+    def __init__(
+        self, options: Options, prepared: Prepared | None = None, started: Started | None = None
+    ) -> None:
+        """``prepared`` when :func:`prepare` already ran (``nerved --daemon``, before detaching).
+
+        ``started`` is told once, when the daemon is ready or its start failed: the readiness
+        pipe of ``nerved --daemon``.
+        """
         self.options = options
-        self._activated = inherited_socket()  # read first: the variables are for us alone
+        self.prepared = prepared
+        self._started = started or (lambda code, message: None)
         self.root = options.root.resolve()
         self.loop = Loop()
         self.notifier = Notifier()
@@ -81,7 +221,6 @@ class Daemon:
         self.started_at = time.monotonic()
         self.stopping = False
         self.exit_code = EX_OK
-        self._lock_fd: int | None = None
         self._stop_timer: Any = None
         self.config: NerveConfig
         self.store: Store
@@ -97,11 +236,16 @@ class Daemon:
         try:
             self._start()
         except Fatal as exc:
-            log.critical("%s", exc)
-            self._shutdown_after_failed_start()
-            return exc.code
+            return self._shutdown_after_failed_start(exc)
+        except StoreError as exc:  # past opening logs.db: as in a turn, a restart recovers
+            return self._shutdown_after_failed_start(Fatal(f"storage failure: {exc}", EX_TEMPFAIL))
+        except Exception as exc:  # a bug in nerve: its traceback goes to the log
+            fatal = Fatal(f"internal error during start-up: {exc!r}", EX_SOFTWARE)
+            return self._shutdown_after_failed_start(fatal, exc)
         try:
             self.loop.run()
+        except StoreError as exc:
+            self._storage_failed(exc)
         except Exception:
             # A bug in nerve itself: state in memory can no longer be trusted, but logs.db can.
             # Exit non-zero so that systemd restarts us and recovery rebuilds from the store.
@@ -113,38 +257,51 @@ class Daemon:
         return self.exit_code
 
     def _start(self) -> None:
+        if self.prepared is None:
+            self.prepared = prepare(self.options)
+        prepared = self.prepared
+        self.config = prepared.config
+        prepared.record_pid(os.getpid())
         self.notifier.status("starting")
-        self.config = self._load_config()
-        self._lock_state_dir()
         try:
-            self.store = Store(self.options.state_dir / "logs.db")
+            self.store = Store(self.options.state_dir / "logs.db", on_wait=self.notifier.status)
         except StoreError as exc:
-            raise Fatal(str(exc), EX_CANTCREAT) from exc
+            raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc
+        self.store.watch(self.options.state_dir / "nerved.lock", prepared.lock_fd)
+        self.loop.set_gate(self.store.acquire)
         self.loop.at_end_of_turn(self._end_of_turn)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            name = signal.Signals(signum).name.lower()
-            self.loop.add_signal_handler(signum, getattr(self, f"handle_{name[3:]}"))
+        # The wakeup fd first: from here on a signal reaches the loop, even one that comes
+        # while the handlers below replace nerved.early's. Stopping writes nothing, so it goes
+        # on while another process holds logs.db's lock; reaping (which ends runs) and
+        # reloading wait for the lock (nerved.loop, the gate).
         self.loop.install_signal_wakeup()
+        for signum, gated in (
+            (signal.SIGTERM, False),
+            (signal.SIGINT, False),
+            (signal.SIGHUP, True),
+            (signal.SIGCHLD, True),
+        ):
+            name = signal.Signals(signum).name.lower()
+            handler = getattr(self, f"handle_{name[3:]}")
+            self.loop.add_signal_handler(signum, handler, gated=gated)
 
         self.senses = SenseManager(self.loop, self.workers, self.store, self.root, self._on_signal)
         self.workflows = WorkflowManager(self.loop, self.workers, self.store, self.root)
         self.reflexes = Reflexes(self.loop, self.senses.trigger, self._start_workflow)
 
-        # Recovery comes before the socket listens: nothing is admitted until the queues
+        # Recovery comes before the socket is served: nothing is admitted until the queues
         # and active sets are rebuilt from logs.db, in their original order.
         self.notifier.status("recovering unfinished runs")
         self.code = CodeSnapshot.take(self.root, self.config.senses, self.config.workflows)
         self.workflows.apply(self.config, self.code)
-        self.recovery = self.workflows.recover()
+        try:
+            self.recovery = self.workflows.recover()
+        except StoreError as exc:
+            raise Fatal(f"cannot read unfinished runs: {exc}", EX_CANTCREAT) from exc
         self.store.commit()
 
-        try:
-            sock = self._activated or bind(self.options.socket)
-        except (SocketInUse, OSError) as exc:
-            raise Fatal(f"cannot listen on {self.options.socket}: {exc}", EX_TEMPFAIL) from exc
-        # A socket we bound is ours to remove at exit; systemd's stays for the next start.
-        self._socket_inode = None if self._activated else os.stat(self.options.socket).st_ino
-        self.control = ControlServer(self.loop, sock, self.dispatch)
+        heavy = frozenset(c.name for c in COMMANDS.values() if c.heavy)
+        self.control = ControlServer(self.loop, prepared.listener, self.dispatch, heavy)
 
         self.senses.apply(self.config, self.code)
         self.reflexes.apply(self.config)
@@ -158,8 +315,9 @@ class Daemon:
         if self.notifier.watchdog_interval:
             self._watchdog()
         self._last_status = ""
-        self.loop.call_later(STATUS_EVERY, self._status_tick)
+        self.loop.call_later(STATUS_EVERY, self._status_tick, gated=False)
         self.loop.call_later(IDLE_CHECKPOINT, self._checkpoint_when_idle)
+        self.loop.call_later(CHECK_FILES_EVERY, self._check_files, gated=False)
         summary = self._summary()
         log.info(
             "nerved %s ready (pid %d): root %s, state %s, socket %s; %s",
@@ -167,32 +325,9 @@ class Daemon:
             self.options.socket, summary,
         )  # fmt: skip
         self.notifier.ready(summary)
-
-    def _load_config(self) -> NerveConfig:
-        try:
-            config = load_config(self.root)
-        except ConfigError as exc:
-            raise Fatal(f"bad configuration:\n{exc}", EX_CONFIG) from exc
-        missing = check_packages(self.root, config)
-        if missing:
-            raise Fatal("bad configuration:\n" + "\n".join(missing), EX_CONFIG)
-        return config
-
-    def _lock_state_dir(self) -> None:
-        state = self.options.state_dir
-        try:
-            state.mkdir(parents=True, exist_ok=True, mode=0o750)
-            fd = os.open(state / "nerved.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            raise Fatal(f"cannot use state directory {state}: {exc}", EX_CANTCREAT) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise Fatal(f"another nerved is using {state}", EX_TEMPFAIL) from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._started(EX_OK, summary)
+        if early.reload_requested():
+            self.request_reload("SIGHUP during start-up")
 
     def _summary(self) -> str:
         active, queued = self.workflows.counts()
@@ -204,24 +339,20 @@ class Daemon:
     # -- the turn -----------------------------------------------------------------------
 
     def _end_of_turn(self) -> None:
-        try:
-            self.store.commit()
-        except StoreError as exc:
-            # The store is the source of truth: if it cannot commit, nothing we would
-            # acknowledge is safe. Stop, and let the restart recover from what is on disk.
-            log.critical("%s; stopping so that a restart recovers from logs.db", exc)
-            self.exit_code = EX_TEMPFAIL
-            self.begin_stop("storage failure")
+        # A failed commit raises StoreError out of the loop: see _storage_failed.
+        self.store.commit()
 
     def _status_tick(self) -> None:
         """Keep ``systemctl status`` current: what runs and what waits, when it changes."""
         if self.stopping:
             return
         summary = self._summary()
+        if self.store.locked_since is not None:
+            summary = f"waiting for the write lock on {self.store.path}; {summary}"
         if summary != self._last_status:
             self.notifier.status(summary)
             self._last_status = summary
-        self.loop.call_later(STATUS_EVERY, self._status_tick)
+        self.loop.call_later(STATUS_EVERY, self._status_tick, gated=False)
 
     def _checkpoint_when_idle(self) -> None:
         """Fold the WAL into logs.db in a quiet moment, not in the middle of a burst."""
@@ -230,11 +361,17 @@ class Daemon:
         if not self.stopping:
             self.loop.call_later(IDLE_CHECKPOINT, self._checkpoint_when_idle)
 
+    def _check_files(self) -> None:
+        """An idle daemon notices a deleted state directory too, not only at its next commit:
+        a second nerved could otherwise start on the same path (the lock file is new)."""
+        self.store.check_files()  # StoreError: _storage_failed
+        self.loop.call_later(CHECK_FILES_EVERY, self._check_files, gated=False)
+
     def _watchdog(self) -> None:
         self.notifier.watchdog()
         interval = self.notifier.watchdog_interval
         if interval:
-            self.loop.call_later(interval, self._watchdog)
+            self.loop.call_later(interval, self._watchdog, gated=False)
 
     # -- signals ------------------------------------------------------------------------
 
@@ -261,7 +398,19 @@ class Daemon:
             raise RpcError(METHOD_NOT_FOUND, f"no method {method!r}")
         if command.mutates and self.stopping:
             raise RpcError(SHUTTING_DOWN, "nerved is shutting down")
-        return command.run(self, Params(raw_params, command.params))
+        if command.mutates and not self.loop.gate_open:
+            raise RpcError(
+                SHUTTING_DOWN,
+                f"{self.store.path} is locked by another process; nothing was changed,"
+                " try again once it lets go",
+            )
+        try:
+            return command.run(self, Params(raw_params, command.params))
+        except StoreError as exc:
+            if command.mutates:
+                raise  # a write failed: the daemon stops (see _storage_failed)
+            log.error("%s: %s", method, exc)
+            raise RpcError(INTERNAL_ERROR, f"cannot read the store: {exc}") from None
 
     def status(self) -> dict[str, Any]:
         workers = list(self.workers)
@@ -270,7 +419,7 @@ class Daemon:
             "version": _version.__version__,
             "pid": os.getpid(),
             "uptime": round(time.monotonic() - self.started_at, 3),
-            "state": "stopping" if self.stopping else "running",
+            "state": self._state(),
             "root": str(self.root),
             "stateDir": str(self.options.state_dir),
             "senses": len(self.config.senses),
@@ -282,6 +431,13 @@ class Daemon:
             "rss": _tree_rss([os.getpid(), *(w.pid for w in workers)]),
             "commits": self.store.commits,
         }
+
+    def _state(self) -> str:
+        if self.stopping:
+            return "stopping"
+        if self.store.locked_since is not None:
+            return "waiting for the write lock on logs.db (only reads are served)"
+        return "running"
 
     # -- reload -------------------------------------------------------------------------
 
@@ -336,8 +492,8 @@ class Daemon:
         self.stopping = True
         log.info("stopping (%s)", reason)
         self.notifier.stopping(f"stopping ({reason})")
-        if self.control is not None:
-            self.control.stop_listening()
+        # The control socket stays open while workers finish: status and reads still answer
+        # (showing "stopping"), and whatever would change something gets -32002 at once.
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None
@@ -345,7 +501,9 @@ class Daemon:
         self.reloader.stop()
         self.retention.stop()
         grace = max(self.senses.stop(), self.workflows.stop())
-        self._stop_timer = self.loop.call_later(grace + STOP_MARGIN, self._kill_remaining)
+        self._stop_timer = self.loop.call_later(
+            grace + STOP_MARGIN, self._kill_remaining, gated=False
+        )
         if not len(self.workers):
             self.loop.stop()
 
@@ -357,36 +515,66 @@ class Daemon:
         for worker in remaining:
             log.warning("%r did not stop in time; killing it", worker)
             worker.kill()
-        self.loop.call_later(KILL_WAIT, self._give_up_waiting)
+        self.loop.call_later(KILL_WAIT, self._give_up_waiting, gated=False)
 
     def _give_up_waiting(self) -> None:
         log.error("%d workers were not reaped after SIGKILL; exiting anyway", len(self.workers))
         self.loop.stop()
 
+    def _storage_failed(self, exc: StoreError) -> None:
+        """logs.db could not take a write: stop at once, so that a restart recovers.
+
+        The store is the source of truth and what the master holds in memory may now be
+        ahead of it, so nothing more can be acknowledged: workers are killed (whatever they
+        would finish could not be recorded), clients see the connection close, and the exit
+        code (75, EX_TEMPFAIL) has systemd start a fresh nerved, which recovers every run
+        from what was committed. One line in the journal says why.
+        """
+        log.critical("storage failure, stopping so that a restart recovers: %s", exc)
+        log.debug("where the storage failure was met", exc_info=exc)
+        self.notifier.stopping(f"storage failure: {exc}")
+        self.exit_code = EX_TEMPFAIL
+        self.stopping = True
+        self._kill_workers_now()
+
+    def _kill_workers_now(self) -> None:
+        """SIGKILL every worker and wait for them (at most KILL_WAIT), telling no one: for an
+        exit where nothing more can be recorded."""
+        self.workers.kill_all()
+        pids = {worker.pid for worker in self.workers}
+        deadline = time.monotonic() + KILL_WAIT
+        while pids and time.monotonic() < deadline:
+            for pid in list(pids):
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                        continue
+                pids.discard(pid)
+            if pids:
+                time.sleep(0.01)
+
     def _close(self) -> None:
         if self.control is not None:
-            self.control.close()
-            with contextlib.suppress(OSError):
-                if self._socket_inode and os.stat(self.options.socket).st_ino == self._socket_inode:
-                    os.unlink(self.options.socket)
+            self.control.close(flush=self.exit_code != EX_TEMPFAIL)
         if self.watcher is not None:
             self.watcher.close()
         with contextlib.suppress(StoreError):
             self.store.close()
         self.loop.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
+        early.ignore()  # the loop restored SIGHUP's default: death, of a clean exit
+        if self.prepared is not None:
+            self.prepared.close(remove=True)
 
-    def _shutdown_after_failed_start(self) -> None:
-        self.workers.kill_all()
-        for worker in list(self.workers):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(worker.pid, 0)
+    def _shutdown_after_failed_start(self, reason: Fatal, bug: Exception | None = None) -> int:
+        """Undo what the start did and tell whoever waits for readiness why; the exit code."""
+        log.critical("%s", reason, exc_info=bug)
+        self._kill_workers_now()
         if hasattr(self, "store"):
             with contextlib.suppress(Exception):
                 self.store.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
+        if self.prepared is not None:
+            self.prepared.close(remove=True)
+        self._started(reason.code, str(reason))
+        return reason.code
 
 
 def _tree_rss(pids: list[int]) -> int:

@@ -15,20 +15,37 @@ ahead of its data.
 Run statuses change only through :class:`~nerved.states.Transition`s, applied as guarded
 ``UPDATE ... WHERE status IN (...)`` statements together with the log entry that records
 them, in the same transaction (RFC-002 §6.2).
+
+**The write lock.** The master holds logs.db's write lock (an open ``BEGIN IMMEDIATE``) from
+one commit to the next, so other processes may read the file (WAL) but not write it while
+nerved runs. Should one take the lock all the same (in the instant between a commit and the
+next ``BEGIN``), :meth:`Store.acquire` says so without waiting, and the master's loop runs
+only what does not write until it has the lock back (nerved.loop, "the gate"): contention
+costs a pause, never a crash or a blocked loop. At start the store waits for the lock.
+
+**Failures.** Every SQLite error becomes a one-line :class:`StoreError` naming the file. At
+each commit the store also checks that ``logs.db`` (and any file it was told to watch, such
+as the state directory's lock) is still the file it opened: a state directory deleted under
+a running daemon must stop it, not have it acknowledge work into an unlinked file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from nerved import wire
 from nerved.states import ACTIVE, RunStatus, Transition
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 1
 AUTOCHECKPOINT_PAGES: Final = 8000  # ~32 MB of WAL before SQLite checkpoints on its own
@@ -80,10 +97,112 @@ _RUN_COLUMNS: Final = (
     "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
     "attempts, retry_of, seq"
 )
+_LISTED_COLUMNS: Final = _RUN_COLUMNS.replace("trigger_payload", "NULL")
 
 
 class StoreError(Exception):
-    """logs.db cannot be opened or is not one this version understands."""
+    """logs.db cannot be opened, read or written: one line, naming the file and why."""
+
+
+class StoreBusy(StoreError):
+    """Another process holds logs.db's write lock (SQLITE_BUSY): try again later."""
+
+
+START_RETRY: Final = 0.1  # seconds between two tries for the write lock at start
+BUSY_TIMEOUT_MS: Final = 10  # SQLite's own wait for a lock: short, never a stall
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
+
+
+def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    kind = StoreBusy if _is_busy(exc) else StoreError
+    return kind(f"{path}: {exc}")
+
+
+class _Cursor:
+    """A cursor whose errors, even half-way through its rows, are StoreErrors."""
+
+    __slots__ = ("_cursor", "_path")
+
+    def __init__(self, cursor: sqlite3.Cursor, path: Path) -> None:
+        self._cursor = cursor
+        self._path = path
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise _store_error(self._path, exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return self._cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise _store_error(self._path, exc) from exc
+
+    def fetchmany(self, size: int) -> list[Any]:
+        try:
+            return self._cursor.fetchmany(size)
+        except sqlite3.Error as exc:
+            raise _store_error(self._path, exc) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._cursor.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                row = next(self._cursor)
+            except StopIteration:
+                return
+            except sqlite3.Error as exc:
+                raise _store_error(self._path, exc) from exc
+            yield row
+
+
+class _Connection:
+    """The one sqlite3 connection, every error of which is a StoreError (busy: StoreBusy)."""
+
+    __slots__ = ("_conn", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+        try:
+            return _Cursor(self._conn.execute(sql, params), self.path)
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from exc
+
+    def executescript(self, script: str) -> None:
+        try:
+            self._conn.executescript(script)
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+
+def _file_id(path: Path | int) -> tuple[int, int]:
+    st = os.fstat(path) if isinstance(path, int) else os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def now_ms() -> int:
@@ -130,7 +249,9 @@ class LogEntry:
     ts: int
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        """``{id, source, type, refId, payload, ts}``; an :class:`Unreadable` payload is sent
+        as ``payload: null`` with ``unreadable``: why (the entry is still listed)."""
+        wire = {
             "id": self.id,
             "source": self.source,
             "type": self.type,
@@ -138,6 +259,10 @@ class LogEntry:
             "payload": self.payload,
             "ts": self.ts,
         }
+        if isinstance(self.payload, Unreadable):
+            wire["payload"] = None
+            wire["unreadable"] = self.payload.reason
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +282,9 @@ class RunRecord:
     """Bytes of its stored trigger payload and step records, what a resume reads and sends;
     counted by :meth:`Store.active_runs` only (0 from the other reads)."""
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self, error_limit: int = wire.MAX_LOG_LINE) -> dict[str, Any]:
+        """The run's fields (no trigger payload); ``error`` is cut to ``error_limit`` bytes
+        with a marker, so that a run's answer stays small whatever a role raised."""
         return {
             "runId": self.run_id,
             "workflow": self.workflow,
@@ -165,7 +292,7 @@ class RunRecord:
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
             "steps": self.steps,
-            "error": self.error,
+            "error": None if self.error is None else wire.text(self.error, error_limit),
             "attempts": self.attempts,
             "retryOf": self.retry_of,
         }
@@ -192,9 +319,13 @@ def _entry_from_row(row: Sequence[Any]) -> LogEntry:
     return LogEntry(row[0], row[1], row[2], row[3], _loads(row[4]), row[5])
 
 
-def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+def _connect(path: Path, synchronous: str = "FULL") -> _Connection:
     """The connect hook: every connection nerve opens gets its pragmas here and nowhere else."""
-    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _store_error(path, exc) from exc
+    conn = _Connection(raw, path)
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode != "wal":
         raise StoreError(f"{path}: cannot switch to WAL mode (got {mode!r})")
@@ -203,8 +334,23 @@ def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     # Checkpoints copy the WAL into the database and fsync it: a stall of milliseconds. The
     # master runs them when it is idle (Store.checkpoint); this is only the backstop.
     conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
-    conn.execute("PRAGMA busy_timeout = 5000")
+    # Never wait long for a lock: the master's loop must not stall (see "The write lock").
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
+def _connect_reader(path: Path) -> _Connection:
+    """A read-only connection (``mode=ro``, ``query_only``) for the queries of clients."""
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    try:
+        raw = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _store_error(path, exc) from exc
+    conn = _Connection(raw, path)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA query_only = ON")
     conn.execute("PRAGMA temp_store = MEMORY")
     return conn
 
@@ -216,7 +362,7 @@ def _cap(limit: int | None) -> int:
     return min(limit, MAX_QUERY_LIMIT)
 
 
-def _first_id_since(conn: sqlite3.Connection, ts: int) -> int:
+def _first_id_since(conn: _Connection, ts: int) -> int:
     """The first entry at or after ``ts``, by bisecting ids (they grow with time).
 
     Entries are appended with the master's clock, so ts is non-decreasing in id unless the
@@ -237,17 +383,21 @@ def _first_id_since(conn: sqlite3.Connection, ts: int) -> int:
 
 
 def _query_logs(
-    conn: sqlite3.Connection,
+    conn: _Connection,
     *,
     source: str | None = None,
     type: str | None = None,
     ref_id: str | None = None,
     since: int | None = None,
     after_id: int | None = None,
+    before_id: int | None = None,
     limit: int | None = 100,
-) -> list[LogEntry]:
-    """With ``after_id`` the oldest entries after it come first (for following); otherwise the
-    newest ``limit`` entries are returned, still oldest first.
+) -> tuple[list[LogEntry], bool]:
+    """One page of entries, oldest first, and whether more matched past it.
+
+    With ``after_id`` or ``since`` the page starts at the oldest match (paging forward, for
+    following); otherwise it ends at the newest, or just before ``before_id`` (paging back).
+    See :func:`_read_page` for where a page ends.
     """
     where: list[str] = []
     args: list[Any] = []
@@ -261,47 +411,260 @@ def _query_logs(
     if after_id is not None:
         where.append("id > ?")
         args.append(after_id)
+    if before_id is not None:
+        where.append("id < ?")
+        args.append(before_id)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     n = _cap(limit)
-    order = "ASC" if after_id is not None or since is not None else "DESC"
-    rows = conn.execute(
-        f"SELECT id, source, type, ref_id, payload, ts FROM logs {clause}"
-        f" ORDER BY id {order} LIMIT ?",
-        (*args, n),
-    ).fetchall()
-    if order == "DESC":
-        rows.reverse()
-    return [_entry_from_row(r) for r in rows]
+    forward = after_id is not None or since is not None
+    with contextlib.closing(
+        conn.execute(
+            f"SELECT id, source, type, ref_id, payload, ts FROM logs {clause}"
+            f" ORDER BY id {'ASC' if forward else 'DESC'} LIMIT ?",
+            (*args, n + 1),
+        )
+    ) as rows:
+        entries, more = _read_page(rows, n)
+    if not forward:
+        entries.reverse()
+    return entries, more
+
+
+def _read_page(rows: Iterable[Sequence[Any]], limit: int) -> tuple[list[LogEntry], bool]:
+    """Up to ``limit`` entries whose payloads fit :data:`wire.RESULT_BUDGET` bytes together,
+    and whether a row was left over (a row past ``limit``, or one that did not fit).
+
+    Rows are read one at a time and no further than needed, and decoded only when taken.
+    The first entry is always taken, so that a client paging on always gets further; a
+    payload larger than the whole budget (larger than anything nerve accepts: an older
+    release may have stored one) comes alone, as :class:`Unreadable`, so that no answer
+    outgrows the budget.
+    """
+    entries: list[LogEntry] = []
+    room = wire.RESULT_BUDGET
+    for row in rows:
+        if len(entries) == limit:
+            return entries, True
+        text = row[4]
+        size = 0 if text is None else len(text.encode())
+        if entries and size > room:
+            return entries, True
+        room -= size
+        if size > wire.RESULT_BUDGET:
+            budget = wire.size_text(wire.RESULT_BUDGET)
+            payload: Any = Unreadable(
+                f"{wire.size_text(size)} stored, more than an answer carries ({budget})",
+                len(text),
+            )
+        else:
+            payload = _loads(text)
+        entries.append(LogEntry(row[0], row[1], row[2], row[3], payload, row[5]))
+    return entries, False
 
 
 CommitCallback = Callable[[], None]
 AbortCallback = Callable[[BaseException], None]
 
 
-class Store:
-    """The master's connection to logs.db: batched writes and the reads the daemon serves."""
+class Reads:
+    """The queries, over one connection: the store's own, or :attr:`Store.committed`."""
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    _conn: _Connection
+    path: Path
+
+    def __init__(self, conn: _Connection, path: Path) -> None:
+        self._conn = conn
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = _connect(path, synchronous)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"{path}: {exc}") from exc
-        try:
-            self._migrate()
-        except sqlite3.Error as exc:
-            self._conn.close()
-            raise StoreError(f"{path}: {exc}") from exc
-        except StoreError:
-            self._conn.close()
-            raise
-        self._in_tx = False
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def query_logs(
+        self,
+        *,
+        source: str | None = None,
+        type: str | None = None,
+        ref_id: str | None = None,
+        since: int | None = None,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        limit: int | None = 100,
+    ) -> list[LogEntry]:
+        """Up to ``limit`` entries (at most :data:`MAX_QUERY_LIMIT`), oldest first: after
+        ``after_id`` or from ``since`` when given (paging forward), else the newest (before
+        ``before_id``: paging back). Never more payload than :data:`wire.RESULT_BUDGET` (at
+        least one entry): fewer than ``limit`` does not mean there are no more.
+        """
+        entries, _ = _query_logs(
+            self._conn,
+            source=source,
+            type=type,
+            ref_id=ref_id,
+            since=since,
+            after_id=after_id,
+            before_id=before_id,
+            limit=limit,
+        )
+        return entries
+
+    def last_log_id(self) -> int:
+        row = self._conn.execute("SELECT MAX(id) FROM logs").fetchone()
+        return int(row[0] or 0)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self._conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return None if row is None else _run_from_row(row)
+
+    def find_runs(self, prefix: str, limit: int = 2) -> list[RunRecord]:
+        """Runs whose id starts with ``prefix`` (an index range scan, not LIKE)."""
+        rows = self._conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE run_id >= ? AND run_id < ?"
+            " ORDER BY run_id LIMIT ?",
+            (prefix, prefix + "\U0010ffff", limit),
+        ).fetchall()
+        return [_run_from_row(r) for r in rows]
+
+    def list_runs(
+        self,
+        *,
+        statuses: Iterable[RunStatus] | None = None,
+        workflow: str | None = None,
+        limit: int | None = 100,
+    ) -> list[RunRecord]:
+        """Newest first, as an operator reads a list; ``trigger_payload`` is not read (None).
+
+        A list never shows payloads: reading up to 10,000 of them (a MiB each) only to drop
+        them would stall the loop.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        if statuses is not None:
+            wanted = sorted(set(statuses))
+            where.append(f"status IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if workflow is not None:
+            where.append("workflow = ?")
+            args.append(workflow)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        n = _cap(limit)
+        rows = self._conn.execute(
+            f"SELECT {_LISTED_COLUMNS} FROM workflow_runs {clause} ORDER BY seq DESC LIMIT ?",
+            (*args, n),
+        ).fetchall()
+        return [_run_from_row(r) for r in rows]
+
+    def run_history(self, run_id: str) -> list[LogEntry]:
+        """Every log entry of one run, oldest first (resuming it needs them all)."""
+        rows = self._conn.execute(
+            "SELECT id, source, type, ref_id, payload, ts FROM logs"
+            " WHERE ref_id = ? AND source = 'workflow' ORDER BY id",
+            (run_id,),
+        ).fetchall()
+        return [_entry_from_row(r) for r in rows]
+
+    def run_history_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
+        """One run's entries after ``after_id``, oldest first, as many as one answer carries
+        (:func:`_read_page`), and whether more follow: ``workflow.inspect`` pages on them."""
+        return _query_logs(
+            self._conn, source="workflow", ref_id=run_id, after_id=after_id, limit=None
+        )
+
+    def count_runs(self) -> dict[tuple[str, RunStatus], int]:
+        rows = self._conn.execute(
+            "SELECT workflow, status, COUNT(*) FROM workflow_runs GROUP BY workflow, status"
+        ).fetchall()
+        return {(r[0], RunStatus(r[1])): int(r[2]) for r in rows}
+
+
+class Store(Reads):
+    """The master's connection to logs.db: batched writes, and the reads the engine makes.
+
+    Its queries see the batch of the current turn. Queries for clients go through
+    :attr:`committed` instead, a second, read-only connection that sees what is durable and
+    nothing else: a client never reads what a crash could take back, and a query that meets
+    a damaged page fails alone, where the same error inside the write transaction would
+    poison the whole batch (SQLite refuses every later statement of it).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
+        """Open (or create) logs.db, migrate it, prove it writable, and take its write lock.
+
+        While another process holds the write lock, waits (``on_wait`` hears why, once).
+        Raises StoreError when the file cannot be opened, read, migrated or written.
+        """
+        self.path = path
+        self._in_tx = False  # we hold the write lock: a BEGIN IMMEDIATE is open
+        self._wrote = False  # and something was written in it since the last commit
         self._on_commit: list[CommitCallback] = []
         self._on_abort: list[AbortCallback] = []
+        self._watched: list[tuple[Path, tuple[int, int]]] = []
+        self.locked_since: float | None = None  # monotonic: another process took the lock
         self.commits = 0
         self.last_commit = 0.0  # time.monotonic() of the last commit
         self._since_checkpoint = 0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{path.parent}: {exc.strerror or exc}") from exc
+        self._conn = self._at_start(lambda: _connect(path, synchronous), on_wait)
+        try:
+            self._watched.append((path, _file_id(path)))
+            self._at_start(self._migrate, on_wait)
+            self._at_start(self._prove_writable, on_wait)
+            self._at_start(self._acquire_or_raise, on_wait)
+            self.committed = Reads(_connect_reader(path), path)
+        except BaseException:
+            self._conn.close()
+            raise
+        if self.locked_since is not None:
+            log.warning("%s: got the write lock", path)
+            self.locked_since = None
+
+    def _at_start(self, step: Callable[[], T], on_wait: Callable[[str], None] | None) -> T:
+        """Run a start-up step, waiting as long as another process holds the write lock."""
+        while True:
+            try:
+                return step()
+            except StoreBusy:
+                if self.locked_since is None:
+                    self.locked_since = time.monotonic()
+                    why = f"waiting for the write lock on {self.path}, held by another process"
+                    log.warning("%s", why)
+                    if on_wait is not None:
+                        on_wait(why)
+                time.sleep(START_RETRY)
+
+    def _prove_writable(self) -> None:
+        """Write, commit and fsync one row: a read-only file or a full disk shows here, before
+        READY, not at the first trigger."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('last_start', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(now_ms()),),
+            )
+            self._conn.execute("COMMIT")
+        except StoreError:
+            with contextlib.suppress(StoreError):
+                self._conn.execute("ROLLBACK")
+            raise
+
+    def watch(self, path: Path, fd: int) -> None:
+        """Check at every commit that ``path`` is still the file open as ``fd``."""
+        self._watched.append((path, _file_id(fd)))
 
     # -- schema -------------------------------------------------------------------------
 
@@ -324,14 +687,55 @@ class Store:
 
     # -- the batch ----------------------------------------------------------------------
 
+    def acquire(self) -> bool:
+        """Hold the write lock; False, at once, while another process holds it.
+
+        The master's loop asks this at the start of every turn (its gate): a turn that got
+        True can write without ever meeting a busy database.
+        """
+        if self._in_tx:
+            return True
+        try:
+            self._acquire_or_raise()
+        except StoreBusy:
+            if self.locked_since is None:
+                self.locked_since = time.monotonic()
+                log.warning(
+                    "%s is locked by another process; nerved waits (only reads are served)",
+                    self.path,
+                )
+            return False
+        if self.locked_since is not None:
+            log.warning(
+                "%s: got the write lock back after %.1fs",
+                self.path, time.monotonic() - self.locked_since,
+            )  # fmt: skip
+            self.locked_since = None
+        return True
+
+    def release(self) -> None:
+        """Let go of the write lock, if nothing is written under it (else: commit first).
+
+        The next write or :meth:`acquire` takes it again.
+        """
+        if self._wrote:
+            raise RuntimeError("release() with an uncommitted batch")
+        if self._in_tx:
+            self._conn.execute("COMMIT")
+            self._in_tx = False
+
+    def _acquire_or_raise(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
+
     def _begin(self) -> None:
-        if not self._in_tx:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
+        if not self._in_tx and not self.acquire():
+            raise StoreBusy(f"{self.path}: locked by another process")
+        self._wrote = True
 
     @property
     def dirty(self) -> bool:
-        return self._in_tx or bool(self._on_commit)
+        return self._wrote or bool(self._on_commit)
 
     def after_commit(
         self, on_commit: CommitCallback, on_abort: AbortCallback | None = None
@@ -346,37 +750,61 @@ class Store:
             self._on_abort.append(on_abort)
 
     def commit(self) -> None:
-        """Make the batch durable, then run its callbacks. On failure, roll back and abort them."""
+        """Make the batch durable, then run its callbacks, and take the write lock again.
+
+        On failure (a full disk, an I/O error, logs.db gone from its path), roll back, abort
+        the callbacks (nothing of the batch is acknowledged) and raise StoreError.
+        """
         callbacks, aborts = self._on_commit, self._on_abort
         self._on_commit, self._on_abort = [], []
-        if self._in_tx:
+        if self._wrote:
             try:
+                self.check_files()
                 self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except StoreError as exc:
                 self._rollback()
                 for abort in aborts:
                     abort(exc)
                 raise StoreError(f"commit failed: {exc}") from exc
-            self._in_tx = False
+            self._in_tx = self._wrote = False
             self.commits += 1
             self._since_checkpoint += 1
             self.last_commit = time.monotonic()
+            self.acquire()  # at once: the instant without the lock is all another writer gets
         for callback in callbacks:
             callback()
 
+    def check_files(self) -> None:
+        """Raise StoreError if logs.db (or a watched file) is no longer the file opened."""
+        for path, identity in self._watched:
+            try:
+                now = _file_id(path)
+            except OSError as exc:
+                now, why = None, exc.strerror or str(exc)
+            else:
+                why = "it is another file now"
+            if now != identity:
+                raise StoreError(
+                    f"{path} is gone from under nerved ({why}): was the state directory"
+                    " deleted? Nothing more is written to the file nerved had open"
+                )
+
     def _rollback(self) -> None:
         if self._in_tx:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(StoreError):
                 self._conn.execute("ROLLBACK")
-            self._in_tx = False
+            self._in_tx = self._wrote = False
 
     def checkpoint(self) -> bool:
         """Copy the WAL into the database if there is anything new; False if there was not.
 
         PASSIVE: never waits for readers (an operator's sqlite3 shell), just does what it can.
+        A checkpoint cannot run inside a transaction, so the (empty) one that holds the
+        write lock ends first; the next turn takes the lock again.
         """
-        if self._in_tx or not self._since_checkpoint:
+        if self._wrote or not self._since_checkpoint:
             return False
+        self.release()
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self._since_checkpoint = 0
         return True
@@ -385,6 +813,7 @@ class Store:
         """Close, dropping a batch nobody committed: nothing of it was acknowledged yet."""
         self._rollback()
         self._on_commit, self._on_abort = [], []
+        self.committed.close()
         self._conn.close()
 
     # -- writes -------------------------------------------------------------------------
@@ -562,75 +991,7 @@ class Store:
             (key, value),
         )
 
-    # -- reads --------------------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def query_logs(
-        self,
-        *,
-        source: str | None = None,
-        type: str | None = None,
-        ref_id: str | None = None,
-        since: int | None = None,
-        after_id: int | None = None,
-        limit: int | None = 100,
-    ) -> list[LogEntry]:
-        return _query_logs(
-            self._conn,
-            source=source,
-            type=type,
-            ref_id=ref_id,
-            since=since,
-            after_id=after_id,
-            limit=limit,
-        )
-
-    def last_log_id(self) -> int:
-        row = self._conn.execute("SELECT MAX(id) FROM logs").fetchone()
-        return int(row[0] or 0)
-
-    def get_run(self, run_id: str) -> RunRecord | None:
-        row = self._conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        return None if row is None else _run_from_row(row)
-
-    def find_runs(self, prefix: str, limit: int = 2) -> list[RunRecord]:
-        """Runs whose id starts with ``prefix`` (an index range scan, not LIKE)."""
-        rows = self._conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE run_id >= ? AND run_id < ?"
-            " ORDER BY run_id LIMIT ?",
-            (prefix, prefix + "\U0010ffff", limit),
-        ).fetchall()
-        return [_run_from_row(r) for r in rows]
-
-    def list_runs(
-        self,
-        *,
-        statuses: Iterable[RunStatus] | None = None,
-        workflow: str | None = None,
-        limit: int | None = 100,
-    ) -> list[RunRecord]:
-        """Newest first, as an operator reads a list."""
-        where: list[str] = []
-        args: list[Any] = []
-        if statuses is not None:
-            wanted = sorted(set(statuses))
-            where.append(f"status IN ({','.join('?' * len(wanted))})")
-            args.extend(wanted)
-        if workflow is not None:
-            where.append("workflow = ?")
-            args.append(workflow)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        n = _cap(limit)
-        rows = self._conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM workflow_runs {clause} ORDER BY seq DESC LIMIT ?",
-            (*args, n),
-        ).fetchall()
-        return [_run_from_row(r) for r in rows]
+    # -- reads of the engine ---------------------------------------------------------
 
     def active_runs(self) -> list[RunRecord]:
         """Every queued or started run, oldest first: the order recovery must keep.
@@ -650,18 +1011,3 @@ class Store:
             tuple(sorted(ACTIVE)),
         ).fetchall()
         return [_run_from_row(r, history=r[11]) for r in rows]
-
-    def run_history(self, run_id: str) -> list[LogEntry]:
-        """Every log entry of one run, oldest first."""
-        rows = self._conn.execute(
-            "SELECT id, source, type, ref_id, payload, ts FROM logs"
-            " WHERE ref_id = ? AND source = 'workflow' ORDER BY id",
-            (run_id,),
-        ).fetchall()
-        return [_entry_from_row(r) for r in rows]
-
-    def count_runs(self) -> dict[tuple[str, RunStatus], int]:
-        rows = self._conn.execute(
-            "SELECT workflow, status, COUNT(*) FROM workflow_runs GROUP BY workflow, status"
-        ).fetchall()
-        return {(r[0], RunStatus(r[1])): int(r[2]) for r in rows}

@@ -38,7 +38,8 @@ MAX_VALUE: Final = 1 * MiB
 """Encoded bytes of one value: a trigger payload, a role's event, a prompt, a sense result."""
 
 MAX_LINE: Final = 1 * MiB
-"""Bytes of one control request line (SPEC §6); a payload always fits in it with its envelope."""
+"""Bytes of one control request line (SPEC §6). A trigger payload must fit in it with its
+envelope (method, id, workflow name), so over the socket it is a little under MAX_VALUE."""
 
 MAX_LOG_LINE: Final = 64 * KiB
 """Bytes of one ``ctx.log`` message; a longer one is kept truncated, with a marker."""

@@ -568,7 +568,7 @@ class WorkflowManager:
             self.store.after_commit(lambda: self._answer(run_id, waiters))
 
     def _answer(self, run_id: str, waiters: list[Pending]) -> None:
-        record = self.store.get_run(run_id)
+        record = self.store.committed.get_run(run_id)
         for pending in waiters:
             if record is None:
                 pending.reject(RpcError(NOT_FOUND, f"run {run_id} vanished"))
@@ -594,7 +594,7 @@ class WorkflowManager:
     # -- waiting ------------------------------------------------------------------------
 
     def wait(self, run_id: str, timeout: float | None) -> Any:
-        record = self.store.get_run(run_id)
+        record = self.store.committed.get_run(run_id)
         if record is None:
             raise RpcError(NOT_FOUND, f"no run {run_id}")
         if record.status.is_final:
@@ -609,7 +609,7 @@ class WorkflowManager:
                 waiting = self.waiters.get(run_id, [])
                 if pending in waiting:
                     waiting.remove(pending)
-                    current = self.store.get_run(run_id)
+                    current = self.store.committed.get_run(run_id)
                     status = current.status if current else "unknown"
                     pending.reject(
                         RpcError(
@@ -620,7 +620,8 @@ class WorkflowManager:
                         )
                     )
 
-            self.loop.call_later(timeout, expire)
+            # Reads only the committed view: due even while another process holds logs.db.
+            self.loop.call_later(timeout, expire, gated=False)
         return pending
 
     # -- stopping and views -------------------------------------------------------------

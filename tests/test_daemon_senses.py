@@ -225,11 +225,13 @@ def test_a_query_that_meets_an_unreadable_entry_costs_that_compute_only(nerved_f
         "senses:\n  reader: {}\n",
         {"reader": "def compute(ctx):\n    return {'n': len(ctx.logs.query(ref_id='x'))}\n"},
     ).start()
-    pid = daemon.worker_pids("sense")["default"]
+    assert daemon.stop() == 0  # nerved holds logs.db's write lock while it runs
     conn = sqlite3.connect(daemon.state / "logs.db", isolation_level=None)
     with contextlib.closing(conn):  # a row damaged on disk, or written by an older release
         conn.execute("INSERT INTO logs (source, type, ref_id, payload, ts)"
                      " VALUES ('sense', 'signal', 'x', '{broken', 0)")  # fmt: skip
+    daemon.start()
+    pid = daemon.worker_pids("sense")["default"]
     daemon.rpc("sense.trigger", sense="reader")
     wait_until(lambda: daemon.sense("reader")["computes"] == 1, timeout=5)
     assert daemon.worker_pids("sense")["default"] == pid

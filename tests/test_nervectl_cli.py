@@ -10,9 +10,11 @@ import os
 import queue
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import pytest
 from support import REPO, Nerved, wait_until, write_package
 
 from nervectl import render, times, workflows
+from nervectl.client import RemoteError
 
 CONFIG = """
     senses:
@@ -421,6 +424,193 @@ def test_workflow_not_found_exits_4(daemon: Nerved) -> None:
     assert_one_line_error(daemon.ctl("workflow", "trigger", "nosuch"), 4)
 
 
+# -- reading back what is big or broken ---------------------------------------------------------
+
+STEPS = 40
+CHUNK = 1_000_000  # bytes of each event's data: 40 of them are past any single answer
+BIG = f"""
+    from nerved import WorkflowDefinition
+
+    def chunker(prompt, ctx):
+        n = prompt["n"]
+        return {{"type": "chunk", "n": n, "data": str(n % 10) * {CHUNK}}}
+
+    def moderate(thread, event):
+        done = len(thread.events) - 1
+        return {{"role": "chunker", "prompt": {{"n": done + 1}}}} if done < {STEPS} else None
+
+    workflow = WorkflowDefinition(roles={{"chunker": chunker}}, moderate=moderate)
+"""
+
+
+@pytest.fixture
+def bulky(nerved_factory: Callable[..., Nerved]) -> Nerved:
+    """Only a workflow whose runs hold 40 MB: no sense adds entries to count around."""
+    return nerved_factory("workflows:\n  big: {}\n", workflows={"big": BIG}).start()
+
+
+class Pinger:
+    """Another client asking ``status`` over and over: the daemon must keep answering it."""
+
+    def __init__(self, daemon: Nerved) -> None:
+        self.daemon = daemon
+        self.slowest = 0.0
+        self.answers = 0
+        self.error: Exception | None = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            with self.daemon.client(timeout=10) as client:
+                while not self.stopped.wait(0.02):
+                    start = time.monotonic()
+                    client.call("status")
+                    self.slowest = max(self.slowest, time.monotonic() - start)
+                    self.answers += 1
+        except Exception as exc:
+            self.error = exc
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(15)
+
+
+def assert_all_chunks(entries: list[dict[str, Any]]) -> None:
+    steps = [e["payload"]["event"] for e in entries if e["type"] == "step_complete"]
+    assert [event["n"] for event in steps] == list(range(1, STEPS + 1))
+    assert all(event["data"] == str(event["n"] % 10) * CHUNK for event in steps)
+
+
+def follow_until(proc: subprocess.Popen[str], count: int) -> list[dict[str, Any]]:
+    """Entries printed by ``--json logs --follow`` until ``count`` of them; then stop it."""
+    lines = Lines(proc)
+    entries = []
+    while len(entries) < count:
+        line = lines.next(timeout=30)
+        assert line is not None, proc.stderr.read() if proc.stderr else ""
+        entries.append(json.loads(line))
+    proc.terminate()
+    proc.wait(10)
+    return entries
+
+
+def test_a_run_of_40_megabytes_reads_back_whole(
+    bulky: Nerved, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    pinger = Pinger(bulky)
+    # Started with the run, it reads part of it as its tail and the rest as it is written.
+    during = spawn(bulky, "--json", "logs", "--follow", "--source", "workflow")
+    run = bulky.ctl_json("workflow", "trigger", "big", "--wait")
+    assert run["status"] == "completed" and run["steps"] == STEPS
+    run_id = run["runId"]
+    entries = STEPS + 2  # started, the steps, completed
+
+    human = bulky.ctl("workflow", "inspect", run_id[:8])
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.count("chunker -> chunk") == STEPS
+
+    inspected = bulky.ctl_json("workflow", "inspect", run_id)
+    assert inspected["runId"] == run_id and inspected["steps"] == STEPS
+    assert "more" not in inspected
+    assert [e["type"] for e in inspected["events"]] == (
+        ["started"] + ["step_complete"] * STEPS + ["completed"]
+    )
+    assert_all_chunks(inspected["events"])
+
+    listed = bulky.ctl("logs")
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.splitlines()) == entries
+    logged = bulky.ctl_json("logs", "--run", run_id)
+    assert [e["id"] for e in logged] == [e["id"] for e in inspected["events"]]
+    assert_all_chunks(logged)
+    newest = bulky.ctl_json("logs", "--limit", "5")
+    assert [e["id"] for e in newest] == [e["id"] for e in logged[-5:]]
+    since = bulky.ctl_json("logs", "--since", "1h", "--limit", "7")
+    assert [e["id"] for e in since] == [e["id"] for e in logged[:7]]
+
+    assert_all_chunks(follow_until(during, entries))
+    after = spawn(bulky, "logs", "--follow")
+    human_lines = Lines(after)
+    followed = [human_lines.next(timeout=30) for _ in range(entries)]
+    assert all(line and run_id in line for line in followed), followed[-1]
+    after.terminate()
+
+    pinger.stop()
+    assert pinger.error is None and pinger.answers > 0
+    assert pinger.slowest < 5, pinger.slowest
+    assert bulky.rpc("status")["pid"] == bulky.pid
+
+
+def test_stored_entries_that_do_not_decode_read_back_as_unreadable(daemon: Nerved) -> None:
+    run_id = daemon.ctl_json("workflow", "trigger", "greet", "--wait")["runId"]
+    assert daemon.stop() == 0
+    with sqlite3.connect(daemon.state / "logs.db") as conn:
+        conn.execute(
+            "UPDATE logs SET payload = '{\"cut' WHERE ref_id = ? AND type = 'step_complete'",
+            (run_id,),
+        )
+        conn.execute("UPDATE workflow_runs SET trigger_payload = '[' WHERE run_id = ?", (run_id,))
+    conn.close()
+    daemon.start()
+
+    inspected = daemon.ctl_json("workflow", "inspect", run_id)
+    step = next(e for e in inspected["events"] if e["type"] == "step_complete")
+    assert step["payload"] is None and step["unreadable"].startswith("not readable as JSON")
+    assert inspected["triggerPayload"] is None
+    assert inspected["triggerPayloadUnreadable"].startswith("not readable as JSON")
+    assert inspected["events"][-1]["type"] == "completed"
+
+    human = daemon.ctl("workflow", "inspect", run_id)
+    assert human.returncode == 0, human.stderr
+    line = next(line for line in human.stdout.splitlines() if "step_complete" in line)
+    assert "[unreadable: not readable as JSON" in line
+
+    logged = daemon.ctl_json("logs", "--run", run_id, "--type", "step_complete")
+    assert [e["unreadable"][:20] for e in logged] == ["not readable as JSON"]
+    listed = daemon.ctl("logs", "--run", run_id)
+    assert listed.returncode == 0, listed.stderr
+    assert "[unreadable: not readable as JSON" in listed.stdout
+    assert "greeting" in listed.stdout  # the run's other entries are still there
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"afterId": 2**63}, "afterId"),
+        ({"beforeId": -1}, "beforeId"),
+        ({"beforeId": 2**64}, "beforeId"),
+        ({"beforeId": "1"}, "beforeId"),
+    ],
+)
+def test_log_paging_params_are_bounded(daemon: Nerved, params: dict[str, Any], name: str) -> None:
+    with pytest.raises(RemoteError) as caught:
+        daemon.rpc("logs.query", **params)
+    assert caught.value.code == -32602 and repr(name) in caught.value.message
+
+
+def test_logs_query_pages_back_with_before_id(daemon: Nerved) -> None:
+    wait_until(lambda: len(signals(daemon, "tick")) >= 4, what="four ticks")
+    query = {"type": "signal", "refId": "tick", "limit": 2}
+    newest = daemon.rpc("logs.query", **query)
+    older = daemon.rpc("logs.query", **query, beforeId=newest[0]["id"])
+    ticks = [e["id"] for e in signals(daemon, "tick") if e["id"] <= newest[-1]["id"]]
+    assert [e["id"] for e in older + newest] == ticks[-4:]
+    assert daemon.rpc("logs.query", beforeId=1) == []
+
+
+def test_inspect_after_id_is_bounded(daemon: Nerved) -> None:
+    run_id = daemon.ctl_json("workflow", "trigger", "greet", "--wait")["runId"]
+    with pytest.raises(RemoteError) as caught:
+        daemon.rpc("workflow.inspect", runId=run_id, afterId=2**63)
+    assert caught.value.code == -32602 and "'afterId'" in caught.value.message
+    first = daemon.rpc("workflow.inspect", runId=run_id)
+    assert first["more"] is False
+    rest = daemon.rpc("workflow.inspect", runId=run_id, afterId=first["events"][0]["id"])
+    assert rest["events"] == first["events"][1:] and rest["more"] is False
+
+
 # -- failures without a daemon --------------------------------------------------------------------
 
 
@@ -471,6 +661,52 @@ def test_bad_payload_is_a_usage_error(tmp_path: Path) -> None:
     assert_one_line_error(
         nervectl("--socket", sock, "workflow", "trigger", "w", "--timeout", "5"), 2
     )
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        ('{"x": NaN}', "NaN is not JSON (at x)"),
+        ("[1, Infinity]", "Infinity is not JSON (at [1])"),
+        ('{"x": -Infinity}', "-Infinity is not JSON (at x)"),
+        ('{"x": [1e400]}', "overflows to infinity) (at x[0])"),
+        ('{"x": "\\ud800"}', "lone UTF-16 surrogate"),
+        ("[" * 101 + "]" * 101, "nested deeper than 100 levels"),
+        ("[" * 100 + "]" * 100, None),
+        ('"' + "x" * 2 * 1024 * 1024 + '"', "2.0 MiB; at most 1.0 MiB"),
+        ('"' + "é" * (512 * 1024) + '"', "1.0 MiB; at most 1.0 MiB"),
+        # Within the value limit, but not within one request line with its envelope.
+        ('"' + "x" * (1024 * 1024 - 16) + '"', "the daemon takes at most 1,048,576 bytes"),
+    ],
+    ids=[
+        "nan",
+        "inf",
+        "-inf",
+        "1e400",
+        "surrogate",
+        "deep",
+        "100-deep",
+        "2MiB",
+        "2-byte-chars",
+        "line",
+    ],
+)
+def test_payloads_json_cannot_carry_are_refused_before_sending(
+    tmp_path: Path, payload: str, problem: str | None
+) -> None:
+    """Exit 2 with the problem named, not 3: the (missing) daemon is never asked."""
+    sock = str(tmp_path / "none.sock")
+    file = tmp_path / "payload.json"
+    file.write_text(payload)
+    runs = [("--payload-file", str(file)), ("--payload-file", "-")]
+    if len(payload) < 100_000:  # argv holds at most 128 KiB in one argument
+        runs.append(("--payload", payload))
+    for args in runs:
+        done = nervectl("--socket", sock, "workflow", "trigger", "w", *args, input=payload)
+        if problem is None:  # the control: accepted, so it is the daemon that is missing
+            assert_one_line_error(done, 3)
+        else:
+            assert problem in assert_one_line_error(done, 2), args
 
 
 @pytest.mark.parametrize(
@@ -590,10 +826,12 @@ def test_log_lines_stay_aligned() -> None:
 
 def test_step_summary() -> None:
     payload = {"role": "scanner", "prompt": {}, "event": {"type": "scan_complete", "n": 3}}
-    summary = workflows.summarise("step_complete", payload)
+    step = {"type": "step_complete", "payload": payload}
+    summary = workflows.summarise(step)
     assert summary == 'scanner -> scan_complete {"type":"scan_complete","n":3}'
-    assert workflows.summarise("started", {"x": 1}) == '{"x":1}'
-    assert workflows.summarise("completed", None) == "-"
-    assert (
-        len(workflows.summarise("step_complete", {**payload, "event": {"type": "t" * 500}})) == 100
-    )
+    assert workflows.summarise({"type": "started", "payload": {"x": 1}}) == '{"x":1}'
+    assert workflows.summarise({"type": "completed", "payload": None}) == "-"
+    long = {**step, "payload": {**payload, "event": {"type": "t" * 500}}}
+    assert len(workflows.summarise(long)) == 100
+    broken = {"type": "step_complete", "payload": None, "unreadable": "not readable as JSON: x"}
+    assert workflows.summarise(broken) == "[unreadable: not readable as JSON: x]"

@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,9 @@ from nerved.store import (
     LogEntry,
     RunRecord,
     Store,
+    StoreBusy,
     StoreError,
+    Unreadable,
     now_ms,
 )
 
@@ -100,16 +103,18 @@ def table_rows(conn: sqlite3.Connection, table: str) -> int:
     return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
-def install_poison(path: Path) -> None:
+def install_poison(store: Store) -> None:
     """Make COMMIT itself fail for real, for any batch that logs an entry of type 'poison'.
 
     In WAL mode the store holds the write lock from its ``BEGIN IMMEDIATE`` onwards, so no
     other connection can make its COMMIT busy. A deferred foreign key can: the violation is
     only checked at COMMIT, which then fails and leaves the transaction open. The trigger and
-    tables are added from another connection, so the store's code path is untouched, and
-    the store's own connection has ``foreign_keys = ON``.
+    tables are added from another connection (while the store lets go of its write lock),
+    so the store's code path is untouched, and the store's own connection has
+    ``foreign_keys = ON``.
     """
-    conn = plain_connect(path)
+    store.release()
+    conn = plain_connect(store.path)
     conn.executescript(
         """
         CREATE TABLE poison_parent (id INTEGER PRIMARY KEY);
@@ -256,8 +261,11 @@ def test_path_under_a_regular_file_is_refused_with_store_error(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("status", list(RunStatus), ids=str)
-def test_schema_accepts_every_status(peer: sqlite3.Connection, status: RunStatus) -> None:
+def test_schema_accepts_every_status(
+    store: Store, peer: sqlite3.Connection, status: RunStatus
+) -> None:
     """The CHECK constraint and RunStatus must agree, or a legal transition would fail."""
+    store.release()
     peer.execute(
         "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at)"
         " VALUES ('x', 'wf', ?, 0, 0)",
@@ -265,7 +273,8 @@ def test_schema_accepts_every_status(peer: sqlite3.Connection, status: RunStatus
     )
 
 
-def test_schema_rejects_an_unknown_status(peer: sqlite3.Connection) -> None:
+def test_schema_rejects_an_unknown_status(store: Store, peer: sqlite3.Connection) -> None:
+    store.release()
     with pytest.raises(sqlite3.IntegrityError):
         peer.execute(
             "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at)"
@@ -288,8 +297,9 @@ def test_writes_are_invisible_to_others_until_commit(
     assert store.get_meta("k") == "v"
     assert store.last_log_id() == 2
     assert store.dirty
-    for table in ("workflow_runs", "logs", "meta"):
+    for table in ("workflow_runs", "logs"):
         assert table_rows(peer, table) == 0
+    assert peer.execute("SELECT value FROM meta WHERE key = 'k'").fetchone() is None
 
     store.commit()
     assert not store.dirty
@@ -359,7 +369,7 @@ def test_failing_commit_rolls_back_aborts_and_raises(
     acknowledgement may run, and whoever waited is told why."""
     store.create_run("kept", "wf", Transition.START, None)
     store.commit()
-    install_poison(store.path)
+    install_poison(store)
 
     committed: list[str] = []
     aborted: list[BaseException] = []
@@ -374,7 +384,7 @@ def test_failing_commit_rolls_back_aborts_and_raises(
 
     assert committed == []
     assert len(aborted) == 2
-    assert all(isinstance(exc, sqlite3.Error) for exc in aborted)
+    assert all(isinstance(exc, StoreError) for exc in aborted)
     assert info.value.__cause__ is aborted[0] is aborted[1]
     assert not store.dirty
     assert store.get_run("r1") is None
@@ -390,19 +400,29 @@ def test_failing_commit_rolls_back_aborts_and_raises(
     assert table_rows(peer, "workflow_runs") == 2
 
 
-def test_a_locked_file_fails_the_write_and_leaves_the_store_usable(
+def test_the_store_holds_the_write_lock_and_never_waits_for_it(
     store: Store, peer: sqlite3.Connection
 ) -> None:
-    """Another writer holding the lock makes ``BEGIN IMMEDIATE`` time out on the first
-    write of a batch (not the COMMIT: in WAL mode the lock is taken up front). Nothing may
-    stay half-open, and once the lock is gone the same write works."""
-    store._conn.execute("PRAGMA busy_timeout = 50")
-    peer.execute("BEGIN EXCLUSIVE")
-    with pytest.raises((sqlite3.OperationalError, StoreError), match="locked"):
+    """Others may read logs.db but not write it while the store has it open. If another
+    writer takes the lock all the same (in the instant the store lets go of it), acquire()
+    says so at once, a write is refused with StoreBusy before anything changes, and once the
+    lock is free again the same write works."""
+    peer.execute("PRAGMA busy_timeout = 10")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        peer.execute("BEGIN IMMEDIATE")
+    assert table_rows(peer, "logs") == 0  # reading is fine
+
+    store.release()
+    peer.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    assert store.acquire() is False
+    with pytest.raises(StoreBusy):
         store.create_run("r1", "wf", Transition.START, None)
+    assert time.monotonic() - started < 0.5
     assert not store.dirty
     peer.execute("ROLLBACK")
 
+    assert store.acquire() is True
     store.create_run("r1", "wf", Transition.START, None)
     store.commit()
     assert table_rows(peer, "workflow_runs") == 1
@@ -414,7 +434,7 @@ def test_a_failed_statement_keeps_the_rest_of_the_batch(store: Store) -> None:
     store.create_run("r1", "wf", Transition.START, None)
     store.commit()
     store.append_log("test", "before", None, None)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreError, match="UNIQUE constraint failed"):
         store.create_run("r1", "wf", Transition.ENQUEUE, None)
     store.commit()
     assert [e.type for e in store.query_logs()] == ["started", "before"]
@@ -776,6 +796,7 @@ def expected_ids(
     ref_id: str | None = None,
     since: int | None = None,
     after_id: int | None = None,
+    before_id: int | None = None,
     limit: int | None = 100,
 ) -> list[int]:
     """The documented semantics over LOG_ROWS (ids are 1-based positions)."""
@@ -787,6 +808,7 @@ def expected_ids(
         and (ref_id is None or ref == ref_id)
         and (since is None or ts >= since)
         and (after_id is None or i > after_id)
+        and (before_id is None or i < before_id)
     ]
     n = MAX_QUERY_LIMIT if limit is None else limit
     return ids[:n] if since is not None or after_id is not None else ids[-n:]
@@ -806,6 +828,11 @@ def expected_ids(
         {"after_id": 4},
         {"after_id": 4, "ref_id": "run-a"},
         {"after_id": 10},
+        {"before_id": 6},
+        {"before_id": 6, "source": "sense"},
+        {"before_id": 1},
+        {"after_id": 2, "before_id": 7},
+        {"since": 1_020, "before_id": 9},
         {"source": "nobody"},
     ],
     ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()) or "all",
@@ -877,6 +904,128 @@ def test_query_logs_limit_is_capped(big: Store, limit: int | None) -> None:
 
 def test_query_logs_negative_limit_is_still_capped(big: Store) -> None:
     assert len(big.query_logs(limit=-1)) <= MAX_QUERY_LIMIT
+
+
+KIB = 1024
+MIB = 1024 * KIB
+BUDGET = 4 * MIB  # wire.RESULT_BUDGET
+
+
+def fill(store: Store, sizes: list[int], ref_id: str = "big") -> list[int]:
+    """One entry per size: a string payload of that many bytes once encoded (its quotes)."""
+    ids = [store.append_log("test", "big", ref_id, "x" * (size - 2)) for size in sizes]
+    store.commit()
+    return ids
+
+
+def test_query_logs_pages_end_at_the_result_budget(store: Store) -> None:
+    """Six entries of 900 KiB: four fit in one answer; paging back and forward gets all."""
+    ids = fill(store, [900 * KIB] * 6)
+    newest = store.query_logs()
+    assert [e.id for e in newest] == ids[2:]
+    assert sum(len(e.payload) + 2 for e in newest) <= BUDGET
+    assert [e.id for e in store.query_logs(before_id=newest[0].id)] == ids[:2]
+    assert store.query_logs(before_id=ids[0]) == []
+
+    assert [e.id for e in store.query_logs(after_id=0)] == ids[:4]
+    assert [e.id for e in store.query_logs(after_id=ids[3])] == ids[4:]
+    assert store.query_logs(after_id=ids[-1]) == []
+    assert [e.id for e in store.query_logs(since=0, limit=2)] == ids[:2]
+
+
+def test_query_logs_always_answers_at_least_one_entry(store: Store) -> None:
+    """Entries that fill the budget alone still come one per page: paging always advances."""
+    ids = fill(store, [MIB, BUDGET, BUDGET, 10])
+    assert [e.id for e in store.query_logs()] == ids[3:]
+    assert [e.id for e in store.query_logs(before_id=ids[3])] == [ids[2]]
+    assert [e.id for e in store.query_logs(before_id=ids[2])] == [ids[1]]
+    assert [e.id for e in store.query_logs(after_id=0)] == [ids[0]]
+
+
+def test_a_payload_larger_than_an_answer_comes_alone_unreadable(store: Store) -> None:
+    """Only an older release could have kept one; it costs its entry, never the answer."""
+    ids = fill(store, [10, BUDGET + 1, 10])
+    assert [e.id for e in store.query_logs()] == ids[2:]
+    [huge] = store.query_logs(before_id=ids[2])
+    assert huge.id == ids[1]
+    assert isinstance(huge.payload, Unreadable)
+    assert huge.to_wire()["payload"] is None
+    assert huge.to_wire()["unreadable"] == "4.0 MiB stored, more than an answer carries (4.0 MiB)"
+    assert [e.id for e in store.query_logs(after_id=0)] == ids[:1]
+
+
+def test_query_logs_many_small_entries_stop_at_the_limit(store: Store) -> None:
+    ids = fill(store, [100] * 50)
+    assert [e.id for e in store.query_logs(limit=20)] == ids[30:]
+    assert [e.id for e in store.query_logs(before_id=ids[30], limit=20)] == ids[10:30]
+
+
+def test_unreadable_payloads_are_entries_with_the_reason(
+    store: Store, peer: sqlite3.Connection
+) -> None:
+    ids = fill(store, [10, 10, 10])
+    store.release()
+    peer.execute("UPDATE logs SET payload = '{\"cut' WHERE id = ?", (ids[1],))
+    entries = store.query_logs()
+    assert [e.id for e in entries] == ids
+    assert isinstance(entries[1].payload, Unreadable)
+    wire = entries[1].to_wire()
+    assert wire["payload"] is None
+    assert wire["unreadable"].startswith("not readable as JSON: ")
+    assert "unreadable" not in entries[0].to_wire()
+    assert entries[2].payload == "x" * 8
+
+
+def test_run_history_page_pages_on_with_more(store: Store) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    for n in range(5):
+        assert store.record_step("r1", step("role", {"n": n}, "x" * (1500 * KIB)))
+    store.append_log("workflow", "log", "other", "not this run's")
+    store.transition_run("r1", Transition.COMPLETE)
+    store.commit()
+    every = store.run_history("r1")
+    assert len(every) == 7  # started, 5 steps, completed
+
+    pages = []
+    after, more = 0, True
+    while more:
+        entries, more = store.run_history_page("r1", after)
+        assert entries
+        pages.append(entries)
+        after = entries[-1].id
+    assert [[e.type for e in page] for page in pages] == [
+        ["started", "step_complete", "step_complete"],
+        ["step_complete", "step_complete"],
+        ["step_complete", "completed"],
+    ]
+    assert [e for page in pages for e in page] == every
+    assert store.run_history_page("r1", after) == ([], False)
+    assert store.run_history_page("nope") == ([], False)
+
+
+def test_list_runs_does_not_read_trigger_payloads(store: Store, peer: sqlite3.Connection) -> None:
+    store.create_run("r1", "wf", Transition.START, {"big": "x" * MIB})
+    store.create_run("r2", "wf", Transition.START, {"n": 2})
+    store.commit()
+    store.release()
+    peer.execute("UPDATE workflow_runs SET trigger_payload = '{' WHERE run_id = 'r2'")
+    assert [(r.run_id, r.trigger_payload) for r in store.list_runs()] == [
+        ("r2", None),
+        ("r1", None),
+    ]
+    r2 = store.get_run("r2")
+    assert r2 is not None and isinstance(r2.trigger_payload, Unreadable)
+
+
+def test_run_wire_form_cuts_a_huge_error(store: Store) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    store.transition_run("r1", Transition.FAIL, error="e" * MIB)
+    store.commit()
+    run = store.get_run("r1")
+    assert run is not None and run.error == "e" * MIB  # kept whole
+    error = run.to_wire()["error"]
+    assert len(error.encode()) <= 64 * KIB and error.endswith("[truncated: 1.0 MiB in all]")
+    assert len(run.to_wire(error_limit=1000)["error"].encode()) <= 1000
 
 
 # -- run reads ---------------------------------------------------------------------------
@@ -1040,7 +1189,8 @@ def test_meta_get_and_set(store: Store, peer: sqlite3.Connection) -> None:
     store.set_meta("other", "x")
     assert store.get_meta("boot") == "2"
     store.commit()
-    assert dict(peer.execute("SELECT key, value FROM meta")) == {"boot": "2", "other": "x"}
+    meta = dict(peer.execute("SELECT key, value FROM meta WHERE key != 'last_start'"))
+    assert meta == {"boot": "2", "other": "x"}
 
 
 # -- derivation: workflow_runs is derived data -------------------------------------------
@@ -1055,7 +1205,7 @@ def test_workflow_runs_is_derivable_from_logs(db_path: Path, seed: int) -> None:
     """
     rng = random.Random(seed)
     store = Store(db_path)
-    install_poison(db_path)
+    install_poison(store)
     reader = plain_connect(db_path)
     seen: Counter[str] = Counter()  # what the sequence exercised, so it cannot go vacuous
 

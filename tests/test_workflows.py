@@ -396,6 +396,8 @@ def test_concurrency_limit_is_used_and_never_exceeded(nerved_factory, tmp_path):
     runs = [trigger(daemon, "g", {"gate": str(gate), "n": i})["runId"] for i in range(10)]
     status = wait_until(lambda: (s := daemon.rpc("status"))["activeWorkflows"] == 3 and s)
     assert status["queuedWorkflows"] == 7
+    # The three roles are running (not merely started) before the gate opens.
+    wait_until(lambda: len(daemon.rpc("logs.query", source="workflow", type="log")) == 3)
     gate.touch()
     peaks = []
     for run_id in runs:

@@ -1,10 +1,11 @@
 """The control socket: JSON-RPC 2.0 over a Unix stream socket, one JSON object per line.
 
-It lives in the master's loop, so it must never block it: every client is non-blocking with
-its own input and output buffers, a line longer than 1 MiB is refused without being kept,
-a client that stops reading is cut off once its output backlog passes a bound, and a client
-that sends half a line and goes quiet costs one buffer, nothing more. Who may connect is
-checked with ``SO_PEERCRED`` on every connection (SPEC §6).
+It lives in the master's loop, so it must never block it, and no client may make it wait
+for another: every client is non-blocking with bounded input and output buffers
+(nerved.control.connection), each turn's work is shared between clients within a time
+budget, the number of connections is capped with room kept for root, and a client that goes
+quiet or stops reading is disconnected after a timeout. Who may connect is checked with
+``SO_PEERCRED`` on every connection (SPEC §6).
 """
 
 from __future__ import annotations
@@ -19,28 +20,31 @@ import pwd
 import socket
 import stat
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from nerved import wire
-from nerved.control.rpc import (
-    INTERNAL_ERROR,
-    INVALID_PARAMS,
-    INVALID_REQUEST,
-    MAX_LINE,
-    PARSE_ERROR,
-    PERMISSION_DENIED,
-    Pending,
-    RpcError,
-)
-from nerved.loop import READ, WRITE, Loop
+from nerved.control.connection import OUTPUT_PAUSE, SMALL_LINE, Connection, Request
+from nerved.control.rpc import SHUTTING_DOWN, RpcError
+from nerved.loop import Loop, Timer
 
 log = logging.getLogger(__name__)
 
-MAX_CONNECTIONS: Final = 256
-MAX_BACKLOG: Final = 32 * 1024 * 1024  # unread output past which a client is dropped
+MiB: Final = 1024 * 1024
+MAX_CONNECTIONS: Final = 256  # default of nerve.yaml's control.maxConnections
+ROOT_RESERVE: Final = 16  # of them, only root may take the last ones
+IDLE_TIMEOUT: Final = 60.0  # seconds; default of nerve.yaml's control.idleTimeout
+SWEEP_EVERY: Final = 1.0  # seconds between two looks for idle and stalled clients
+TURN_BUDGET: Final = 0.02  # seconds of heavy requests per loop turn (at least one runs)
+LIGHT_PER_TURN: Final = 256  # light requests per loop turn, over all clients
+INPUT_BUDGET: Final = 16 * MiB  # waiting requests of all clients before busy ones stop reading
+OUTPUT_BUDGET: Final = 32 * MiB  # unread answers of all clients before heavy requests wait
+ACCEPTS_PER_TURN: Final = 64
+ACCEPT_PAUSE: Final = (0.1, 2.0)  # seconds: first and longest pause of accept() without fds
+REFUSAL_LOG_EVERY: Final = 10.0  # seconds: refused connections are counted, logged this often
 _UCRED: Final = struct.Struct("3i")
 GROUP: Final = "nerve"
 
@@ -157,310 +161,235 @@ def _process_groups(pid: int) -> set[int]:
     return set()
 
 
-class Connection:
-    def __init__(self, server: ControlServer, sock: socket.socket, uid: int, allowed: bool):
-        self.server = server
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.uid = uid
-        self.allowed = allowed
-        self.rbuf = bytearray()
-        self.wbuf = bytearray()
-        self.skipping = False  # inside an oversized line: drop bytes until its newline
-        self.read_closed = False
-        self.pending = 0  # requests whose answer is not written yet
-        self.closed = False
-        self.events = READ  # what the loop watches this client for
-
-    # -- input --------------------------------------------------------------------------
-
-    def on_ready(self, mask: int) -> None:
-        if mask & WRITE:
-            self.flush()
-        if mask & READ and not self.closed and not self.read_closed:
-            self.read()
-        self.maybe_close()
-
-    def read(self) -> None:
-        while True:
-            try:
-                chunk = self.sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self.close()
-                return
-            if not chunk:
-                self.read_closed = True
-                break
-            self._take(chunk)
-            if self.closed or len(chunk) < 65536:
-                break
-        if self.read_closed:
-            if self.rbuf and not self.skipping:
-                self.rbuf.clear()
-                self.reply_error(
-                    None, RpcError(PARSE_ERROR, "incomplete request: end of stream before newline")
-                )
-            self._update_interest()
-
-    def _take(self, chunk: bytes) -> None:
-        start = 0
-        while not self.closed and not self.read_closed:
-            newline = chunk.find(b"\n", start)
-            if newline < 0:
-                if not self.skipping:
-                    self.rbuf += chunk[start:]
-                    if len(self.rbuf) > MAX_LINE:
-                        self.rbuf.clear()
-                        self.skipping = True
-                        self.reply_error(
-                            None,
-                            RpcError(INVALID_REQUEST, f"request line exceeds {MAX_LINE} bytes"),
-                        )
-                return
-            if self.skipping:
-                self.skipping = False
-            else:
-                self.rbuf += chunk[start:newline]
-                line = bytes(self.rbuf)
-                self.rbuf.clear()
-                if len(line) > MAX_LINE:
-                    self.reply_error(
-                        None, RpcError(INVALID_REQUEST, f"request line exceeds {MAX_LINE} bytes")
-                    )
-                else:
-                    self.handle(line)
-            start = newline + 1
-
-    def handle(self, line: bytes) -> None:
-        if not line.strip():
-            return
-        if not self.allowed:
-            self.reply_error(
-                None, RpcError(PERMISSION_DENIED, f"uid {self.uid} may not use this socket")
-            )
-            self.read_closed = True
-            return
-        try:
-            # Two levels for the envelope ({"params": {"payload": ...}}): a payload may nest
-            # as deep as any value nerve keeps, and the request line no deeper.
-            request = wire.loads(line, max_depth=wire.MAX_DEPTH + 2)
-        except wire.Invalid as exc:
-            self.reply_error(None, _invalid(exc))
-            return
-        if not isinstance(request, dict):
-            what = (
-                "batch requests are not supported"
-                if isinstance(request, list)
-                else "a request must be a JSON object"
-            )
-            self.reply_error(None, RpcError(INVALID_REQUEST, what))
-            return
-        request_id = request.get("id")
-        if not (
-            request_id is None
-            or (isinstance(request_id, (str, int)) and not isinstance(request_id, bool))
-        ):
-            self.reply_error(
-                None, RpcError(INVALID_REQUEST, "id must be a string, an integer or null")
-            )
-            return
-        notification = "id" not in request
-        method = request.get("method")
-        params = request.get("params", {})
-        if request.get("jsonrpc") != "2.0":
-            error: RpcError | None = RpcError(INVALID_REQUEST, 'jsonrpc must be "2.0"')
-        elif not isinstance(method, str):
-            error = RpcError(INVALID_REQUEST, "method must be a string")
-        elif params is None:
-            params, error = {}, None
-        elif not isinstance(params, dict):
-            error = RpcError(INVALID_REQUEST, "params must be an object")
-        else:
-            error = None
-        if error is not None:
-            if not notification:
-                self.reply_error(request_id, error)
-            return
-        try:
-            result = self.server.dispatch(str(method), params)
-        except RpcError as exc:
-            if not notification:
-                self.reply_error(request_id, exc)
-            return
-        except Exception as exc:
-            log.exception("control method %s failed", method)
-            if not notification:
-                self.reply_error(request_id, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
-            return
-        if notification:
-            return
-        if isinstance(result, Pending):
-            self.pending += 1
-            result.on_done(lambda value, err: self._deferred(request_id, value, err))
-        else:
-            self.reply(request_id, result)
-
-    def _deferred(self, request_id: Any, result: Any, error: RpcError | None) -> None:
-        self.pending -= 1
-        if self.closed:
-            return
-        if error is not None:
-            self.reply_error(request_id, error)
-        else:
-            self.reply(request_id, result)
-        self.maybe_close()
-
-    # -- output -------------------------------------------------------------------------
-
-    def reply(self, request_id: Any, result: Any) -> None:
-        self._write({"jsonrpc": "2.0", "id": request_id, "result": result})
-
-    def reply_error(self, request_id: Any, error: RpcError) -> None:
-        self._write({"jsonrpc": "2.0", "id": request_id, "error": error.to_wire()})
-
-    def _write(self, message: dict[str, Any]) -> None:
-        if self.closed:
-            return
-        try:
-            data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-        except (TypeError, ValueError, RecursionError) as exc:
-            log.error("cannot encode a control reply: %s", exc)
-            err = RpcError(INTERNAL_ERROR, "internal error: result not encodable")
-            data = json.dumps(
-                {"jsonrpc": "2.0", "id": message.get("id"), "error": err.to_wire()}
-            ).encode()
-        self.wbuf += data + b"\n"
-        if len(self.wbuf) > MAX_BACKLOG:
-            log.warning("control client uid %d stopped reading; disconnecting it", self.uid)
-            self.close()
-            return
-        self.server.loop.flush_at_end(self, self._flush_and_close)
-
-    def _flush_and_close(self) -> None:
-        self.flush()
-        self.maybe_close()
-
-    def flush(self) -> None:
-        while self.wbuf and not self.closed:
-            try:
-                sent = self.sock.send(self.wbuf)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self.close()
-                return
-            del self.wbuf[:sent]
-        self._update_interest()
-
-    def _update_interest(self) -> None:
-        """Watch for reads until end of stream, for writes while output waits; else nothing."""
-        if self.closed:
-            return
-        events = (0 if self.read_closed else READ) | (WRITE if self.wbuf else 0)
-        if events == self.events:
-            return
-        loop = self.server.loop
-        if not events:
-            loop.remove(self.fd)
-        elif not self.events:
-            loop.add_reader(self.fd, self.on_ready)
-            loop.set_events(self.fd, events)
-        else:
-            loop.set_events(self.fd, events)
-        self.events = events
-
-    def maybe_close(self) -> None:
-        if not self.closed and self.read_closed and not self.wbuf and not self.pending:
-            self.close()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.server.forget(self)
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-
-def _invalid(exc: wire.Invalid) -> RpcError:
-    """The JSON-RPC error for a request line :func:`wire.loads` refused.
-
-    Not JSON at all is a parse error; a bad value inside one param names that param
-    (-32602); anything else about the shape of the request is an invalid request.
-    """
-    if exc.reason.startswith(("not JSON", "not UTF-8")):
-        return RpcError(PARSE_ERROR, exc.reason)
-    path = exc.path
-    if len(path) >= 2 and path[0] == "params" and isinstance(path[1], str):
-        name = path[1]
-        at = wire.where(path[2:], name)
-        return RpcError(
-            INVALID_PARAMS, f"param {name!r} holds what JSON cannot carry: {exc.reason} (at {at})"
-        )
-    if exc.reason.startswith("nested deeper"):
-        depth = wire.MAX_DEPTH
-        return RpcError(
-            INVALID_REQUEST,
-            f"request nested deeper than {depth + 2} levels: a value may nest at most {depth}",
-        )
-    return RpcError(INVALID_REQUEST, f"invalid request: {exc}")
-
-
 class ControlServer:
-    def __init__(self, loop: Loop, sock: socket.socket, dispatch: Dispatch) -> None:
+    """Accepts clients and shares each loop turn between their requests.
+
+    Per turn: every client with a request waiting gets one answered per round, round after
+    round; light requests (``status``, a trigger) up to :data:`LIGHT_PER_TURN` in all, heavy
+    ones (``logs.query``, ``workflow.list``, ``workflow.inspect``, or any long line) until
+    :data:`TURN_BUDGET` seconds have gone (at least one, unless answers nobody reads already
+    fill :data:`OUTPUT_BUDGET`). The rest waits for the next turn, which comes at once: no
+    client can hold the loop, so ``status`` is answered within a turn and the watchdog fed.
+
+    Connections: at most ``max_connections``, of which the last :data:`ROOT_RESERVE` only
+    root may take, so that a full table never locks the operator out. A client with nothing
+    in flight for ``idle_timeout`` seconds, or that has not read its answers for as long, is
+    disconnected.
+    """
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        dispatch: Dispatch,
+        heavy: frozenset[str] = frozenset(),
+    ) -> None:
         self.loop = loop
         self.sock = sock
         self.dispatch = dispatch
+        self.heavy = heavy
         self.policy = PeerPolicy()
         self.connections: dict[int, Connection] = {}
+        self.max_connections = MAX_CONNECTIONS
+        self.idle_timeout = IDLE_TIMEOUT
+        self.input_total = 0  # bytes of requests waiting, over every connection
+        self.output_total = 0  # bytes of answers not yet read, over every connection
+        self._ready: dict[Connection, None] = {}  # connections with requests, in turn order
+        self._work_timer: Timer | None = None
+        self._accept_pause = 0.0  # seconds accept() is paused for after running out of fds
+        self._refused = 0  # connections refused since the last line about it
+        self._refused_logged = float("-inf")
         sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._accept)
+        loop.add_reader(sock.fileno(), self._accept, gated=False)
         self.listening = True
+        self._sweep_timer = loop.call_later(SWEEP_EVERY, self._sweep, gated=False)
+
+    def configure(self, *, idle_timeout: float, max_connections: int) -> None:
+        """Apply nerve.yaml's ``control`` settings (at start and at every reload)."""
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+
+    # -- accepting ----------------------------------------------------------------------
 
     def _accept(self, _mask: int) -> None:
-        for _ in range(64):
+        for _ in range(ACCEPTS_PER_TURN):
             try:
                 client, _addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("cannot accept control connections: %s", exc)
-                    return
-                raise
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # that client gave up; the next may not have
+                self._pause_accepting(exc)
+                return
+            if self._accept_pause:
+                log.warning("accepting control connections again")
+                self._accept_pause = 0.0
+            self._admit(client)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of fds (or memory): stop looking at the socket for a while, say so once.
+
+        The pending connection stays in the kernel's backlog, so the listening socket stays
+        readable: without the pause the loop would spin on it (and log each try).
+        """
+        if not self._accept_pause:
+            log.error(
+                "cannot accept control connections: %s; retrying every %gs to %gs",
+                exc.strerror or exc, ACCEPT_PAUSE[0], ACCEPT_PAUSE[1],
+            )  # fmt: skip
+        self._accept_pause = min(ACCEPT_PAUSE[1], max(ACCEPT_PAUSE[0], self._accept_pause * 2))
+        self.loop.remove(self.sock.fileno())
+        self.loop.call_later(self._accept_pause, self._resume_accepting, gated=False)
+
+    def _resume_accepting(self) -> None:
+        if self.listening:
+            self.loop.add_reader(self.sock.fileno(), self._accept, gated=False)
+
+    def _admit(self, client: socket.socket) -> None:
+        try:
             client.setblocking(False)
-            if len(self.connections) >= MAX_CONNECTIONS:
-                log.warning("refusing a control connection: %d are open", MAX_CONNECTIONS)
-                client.close()
-                continue
             peer = peer_of(client)
-            uid = peer.uid
-            allowed = self.policy.allows(peer)
-            if not allowed:
-                log.warning(
-                    "refused control connection from uid %d (not root, uid %d or in group %s)",
-                    uid,
-                    self.policy.own_uid,
-                    GROUP,
+        except OSError:
+            client.close()
+            return
+        limit = self.max_connections - (0 if peer.uid == 0 else ROOT_RESERVE)
+        if len(self.connections) >= limit:
+            self._refuse(client, peer)
+            return
+        allowed = self.policy.allows(peer)
+        if not allowed:
+            log.warning(
+                "refused control connection from uid %d (not root, uid %d or in group %s)",
+                peer.uid, self.policy.own_uid, GROUP,
+            )  # fmt: skip
+        conn = Connection(self, client, peer.uid, allowed)
+        self.connections[conn.fd] = conn
+        self.loop.add_reader(conn.fd, conn.on_ready, gated=False)
+
+    def _refuse(self, client: socket.socket, peer: Peer) -> None:
+        """Tell a client over the limit why, in one line, and close (never block on it)."""
+        open_ = len(self.connections)
+        error = RpcError(
+            SHUTTING_DOWN,
+            f"too many control connections ({open_} open, the last {ROOT_RESERVE} kept for"
+            " root); try again later",
+        )
+        line = json.dumps({"jsonrpc": "2.0", "id": None, "error": error.to_wire()}) + "\n"
+        with contextlib.suppress(OSError):
+            client.send(line.encode())
+        client.close()
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= REFUSAL_LOG_EVERY:
+            log.warning(
+                "refused %d control connections (uid %d last): %d are open, the last %d kept"
+                " for root",
+                self._refused, peer.uid, open_, ROOT_RESERVE,
+            )  # fmt: skip
+            self._refused, self._refused_logged = 0, now
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def may_read(self, conn: Connection) -> bool:
+        """Past :data:`INPUT_BUDGET` waiting in all, only clients with little waiting read."""
+        return self.input_total < INPUT_BUDGET or conn.input_bytes < SMALL_LINE
+
+    def input_changed(self, delta: int) -> None:
+        self.input_total += delta
+
+    def output_changed(self, delta: int) -> None:
+        self.output_total += delta
+
+    def schedule(self, conn: Connection) -> None:
+        self._ready[conn] = None
+        if self._work_timer is None:
+            self._work_timer = self.loop.call_later(0, self._work, gated=False)
+
+    def _work(self) -> None:
+        """Answer waiting requests, round by round, within this turn's budgets."""
+        self._work_timer = None
+        started = time.monotonic()
+        light_left = LIGHT_PER_TURN
+        heavy_ran = False
+        progress = True
+        while progress:
+            progress = False
+            for conn in list(self._ready):
+                request = conn.next_request()
+                if request is None or conn.closed:
+                    self._ready.pop(conn, None)
+                    continue
+                if len(conn.wbuf) >= OUTPUT_PAUSE:
+                    continue  # it runs again once its client reads (Connection.flush)
+                if self._is_heavy(request):
+                    over = heavy_ran and time.monotonic() - started >= TURN_BUDGET
+                    if over or self.output_total >= OUTPUT_BUDGET:
+                        continue
+                    heavy_ran = True
+                elif light_left <= 0:
+                    continue
+                else:
+                    light_left -= 1
+                conn.run_next()
+                progress = True
+                # Round robin across turns too: whoever was served goes to the back.
+                self._ready.pop(conn, None)
+                if conn.requests and not conn.closed:
+                    self._ready[conn] = None
+        for conn in list(self.connections.values()):
+            conn.update_interest()
+            conn.maybe_close()
+        if any(not c.closed and len(c.wbuf) < OUTPUT_PAUSE for c in self._ready):
+            self._work_timer = self.loop.call_later(0, self._work, gated=False)
+
+    def _is_heavy(self, request: Request) -> bool:
+        return not request.decoded or request.method in self.heavy
+
+    # -- time ---------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Disconnect clients idle, or not reading their answers, for ``idle_timeout``."""
+        now = time.monotonic()
+        for conn in list(self.connections.values()):
+            if conn.wbuf:
+                if now - conn.last_drain >= self.idle_timeout:
+                    log.warning(
+                        "control client uid %d has not read its answers for %gs (%s waiting);"
+                        " disconnecting it",
+                        conn.uid, self.idle_timeout, wire.size_text(len(conn.wbuf)),
+                    )  # fmt: skip
+                    conn.close()
+            elif (
+                not conn.requests
+                and not conn.pending
+                and now - conn.last_request >= self.idle_timeout
+            ):
+                log.debug(
+                    "control client uid %d idle for %gs; closing", conn.uid, self.idle_timeout
                 )
-            conn = Connection(self, client, uid, allowed)
-            self.connections[conn.fd] = conn
-            self.loop.add_reader(conn.fd, conn.on_ready)
+                conn.close()
+        self._sweep_timer = self.loop.call_later(SWEEP_EVERY, self._sweep, gated=False)
+
+    # -- the end ------------------------------------------------------------------------
 
     def forget(self, conn: Connection) -> None:
         self.loop.remove(conn.fd)
         self.connections.pop(conn.fd, None)
+        self._ready.pop(conn, None)
 
     def stop_listening(self) -> None:
         if self.listening:
             self.listening = False
             self.loop.remove(self.sock.fileno())
 
-    def close(self) -> None:
+    def close(self, *, flush: bool = True) -> None:
+        """Close every connection, after writing what they are owed unless ``flush`` is
+        False (a failed commit: answers of that turn may describe what was never stored)."""
         self.stop_listening()
+        self._sweep_timer.cancel()
         for conn in list(self.connections.values()):
-            conn.flush()
+            if flush:
+                conn.flush()
             conn.close()
         self.sock.close()

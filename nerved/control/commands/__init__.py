@@ -1,9 +1,10 @@
 """The control methods, one module each (as in circus): its docstring is its help.
 
 Each module defines ``NAME`` (the JSON-RPC method), ``PARAMS`` (the params it accepts),
-``MUTATES`` (refused with -32002 once the daemon is shutting down) and
-``run(daemon, params)``, which returns the result, raises ``RpcError``, or returns a
-``Pending`` that the daemon resolves later.
+``MUTATES`` (refused with -32002 once the daemon is shutting down, or while logs.db cannot
+be written) and ``run(daemon, params)``, which returns the result, raises ``RpcError``, or
+returns a ``Pending`` that the daemon resolves later. A module may set ``HEAVY = True``: its
+requests can cost milliseconds, so the control server shares a per-turn budget between them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Command:
     name: str
     params: frozenset[str]
     mutates: bool
+    heavy: bool
     run: Callable[[Daemon, Params], Any]
     help: str
 
@@ -44,6 +46,7 @@ def _command(module: ModuleType) -> Command:
         name=module.NAME,
         params=frozenset(module.PARAMS),
         mutates=module.MUTATES,
+        heavy=getattr(module, "HEAVY", False),
         run=module.run,
         help=(module.__doc__ or "").strip(),
     )

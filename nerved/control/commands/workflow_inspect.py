@@ -1,7 +1,11 @@
-"""workflow.inspect {runId}: one run and its whole history.
+"""workflow.inspect {runId, afterId?}: one run and its history, a page at a time.
 
-``runId`` may be a unique prefix of 8+ characters. Result: the run plus
-``events: [{id, type, ts, payload}]``, oldest first.
+``runId`` may be a unique prefix of 8+ characters. Result: the run, its ``triggerPayload``,
+``events: [{id, type, ts, payload}]`` oldest first (after ``afterId`` if given), and ``more``.
+The events hold at most 4 MiB of payloads (and always at least one event): while ``more`` is
+true, ask again with ``afterId`` = the last event's id. An event (or a trigger payload)
+whose stored value cannot be read back has ``payload: null`` and ``unreadable``: why (for the
+trigger payload, ``triggerPayloadUnreadable``).
 """
 
 from __future__ import annotations
@@ -10,20 +14,28 @@ from typing import TYPE_CHECKING, Any
 
 from nerved.control.commands._runs import find_run
 from nerved.control.rpc import Params
+from nerved.store import Unreadable
 
 if TYPE_CHECKING:
     from nerved.daemon import Daemon
 
 NAME = "workflow.inspect"
-PARAMS = ("runId",)
+PARAMS = ("runId", "afterId")
 MUTATES = False
+HEAVY = True
 
 
 def run(daemon: Daemon, params: Params) -> Any:
-    record = find_run(daemon.store, params.string("runId", required=True))
-    history = daemon.store.run_history(record.run_id)
-    return {
-        **record.to_wire(),
-        "triggerPayload": record.trigger_payload,
-        "events": [{"id": e.id, "type": e.type, "ts": e.ts, "payload": e.payload} for e in history],
-    }
+    after_id = params.integer("afterId") or 0
+    record = find_run(daemon.store.committed, params.string("runId", required=True))
+    entries, more = daemon.store.committed.run_history_page(record.run_id, after_id)
+    answer = {**record.to_wire(), "triggerPayload": record.trigger_payload}
+    if isinstance(record.trigger_payload, Unreadable):
+        answer["triggerPayload"] = None
+        answer["triggerPayloadUnreadable"] = record.trigger_payload.reason
+    events = []
+    for entry in entries:
+        event = entry.to_wire()
+        del event["source"], event["refId"]
+        events.append(event)
+    return {**answer, "events": events, "more": more}

@@ -1,13 +1,16 @@
 """workflow.list {status?, workflow?, all?, limit?}: runs, newest first.
 
 Active runs (queued, started) only, unless ``all`` is true or ``status`` names the statuses
-wanted (a string or a list). ``limit`` defaults to 100. Result: ``[run]``.
+wanted (a string or a list). ``limit`` defaults to 100 (at most 10000). Result: ``[run]``,
+without trigger payloads; each ``error`` is cut, with a marker, to its share of 4 MiB.
+``workflow.inspect`` has both whole (the error as the payload of the run's last event).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from nerved import wire
 from nerved.control.rpc import Params, bad_params
 from nerved.states import ACTIVE, RunStatus
 
@@ -17,6 +20,7 @@ if TYPE_CHECKING:
 NAME = "workflow.list"
 PARAMS = ("status", "workflow", "all", "limit")
 MUTATES = False
+HEAVY = True
 
 
 def _statuses(raw: Any) -> set[RunStatus]:
@@ -36,9 +40,10 @@ def run(daemon: Daemon, params: Params) -> Any:
         statuses: set[RunStatus] | None = _statuses(raw_status)
     else:
         statuses = None if params.flag("all") else set(ACTIVE)
-    records = daemon.store.list_runs(
+    records = daemon.store.committed.list_runs(
         statuses=statuses,
         workflow=params.string("workflow"),
         limit=params.integer("limit", minimum=1) or 100,
     )
-    return [record.to_wire() for record in records]
+    share = wire.RESULT_BUDGET // max(len(records), 1)
+    return [record.to_wire(error_limit=share) for record in records]

@@ -20,5 +20,5 @@ MUTATES = False
 
 
 def run(daemon: Daemon, params: Params) -> Any:
-    record = find_run(daemon.store, params.string("runId", required=True))
+    record = find_run(daemon.store.committed, params.string("runId", required=True))
     return daemon.workflows.wait(record.run_id, params.number("timeout"))
