@@ -594,7 +594,10 @@ class WorkflowManager:
     # -- waiting ------------------------------------------------------------------------
 
     def wait(self, run_id: str, timeout: float | None) -> Any:
-        record = self.store.committed.get_run(run_id)
+        # The engine's own view, this turn's batch included: a run that ended in it has no
+        # waiters left to answer, so the end must be seen here (the answer still goes out
+        # only after the commit, with every other answer of the turn).
+        record = self.store.get_run(run_id)
         if record is None:
             raise RpcError(NOT_FOUND, f"no run {run_id}")
         if record.status.is_final:

@@ -289,11 +289,18 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_stops_nerved_with_75_and_loses_no_acknowledged_run(nerved_factory, small_disk):
-    daemon = nerved_factory(CONFIG, workflows={"w": ONE_STEP})
+def test_a_full_disk_stops_nerved_with_75_and_loses_no_acknowledged_run(
+    nerved_factory, small_disk, tmp_path
+):
+    """At once: a step still running could not be recorded anyway, so nerved does not wait
+    for it (nor keep clients waiting on a socket nobody serves); a restart resumes it."""
+    config = CONFIG + "  slow: {drainTimeout: 60s}\n"
+    daemon = nerved_factory(config, workflows={"w": ONE_STEP, "slow": GATED})
     daemon.state = small_disk / "state"
     daemon.start()
-    acknowledged: list[str] = []
+    gate = tmp_path / "gate"
+    slow = daemon.rpc("workflow.trigger", workflow="slow", payload={"gate": str(gate)})
+    acknowledged: list[str] = [slow["runId"]]
     payload = {"pad": "x" * 60_000}
     lost = (OSError, ValueError, RemoteError, Unreachable)
     with Client(daemon.socket, timeout=10) as client, contextlib.suppress(*lost):
@@ -313,6 +320,7 @@ def test_a_full_disk_stops_nerved_with_75_and_loses_no_acknowledged_run(nerved_f
     probe.close()
 
     # With room again, a restart recovers every run that was acknowledged.
+    gate.touch()
     shutil.copytree(daemon.state, daemon.base / "state")
     daemon.state = daemon.base / "state"
     daemon.start()
