@@ -560,10 +560,20 @@ class Reads:
         return [_run_from_row(r) for r in rows]
 
     def run_history(self, run_id: str) -> list[LogEntry]:
-        """Every log entry of one run, oldest first (resuming it needs them all)."""
+        """Every log entry of one run, oldest first."""
         rows = self._conn.execute(
             "SELECT id, source, type, ref_id, payload, ts FROM logs"
             " WHERE ref_id = ? AND source = 'workflow' ORDER BY id",
+            (run_id,),
+        ).fetchall()
+        return [_entry_from_row(r) for r in rows]
+
+    def run_steps(self, run_id: str) -> list[LogEntry]:
+        """One run's ``step_complete`` entries, oldest first: what resuming it needs (not its
+        log lines, however many)."""
+        rows = self._conn.execute(
+            "SELECT id, source, type, ref_id, payload, ts FROM logs"
+            " WHERE ref_id = ? AND source = 'workflow' AND type = 'step_complete' ORDER BY id",
             (run_id,),
         ).fetchall()
         return [_entry_from_row(r) for r in rows]

@@ -44,7 +44,7 @@ from nerved.control.rpc import (
 )
 from nerved.loop import Loop, Timer
 from nerved.states import RunStatus, Transition
-from nerved.store import RunRecord, Store, Unreadable
+from nerved.store import RunRecord, Store, StoreError, Unreadable
 from nerved.usercode import CodeSnapshot
 from nerved.workers import Worker, Workers
 
@@ -215,9 +215,7 @@ class WorkflowManager:
                 resumed += 1
         for flow in self.flows.values():
             for run in list(flow.active.values()):
-                self._assign(run)
-                if run.run_id not in self.runs:  # its stored steps could not be resumed
-                    resumed, failed = resumed - 1, failed + 1
+                self._assign(run)  # a run whose steps cannot be read fails then, alone
             self._fill(flow)
         summary = (
             f"recovered {resumed} started and {queued} queued runs, "
@@ -317,18 +315,24 @@ class WorkflowManager:
         """Give a run to its flow's worker (spawned if needed), once the batch commits.
 
         A run that some worker had before is *resumed*: the new worker gets its logged
-        events and replays the moderator over them. A run whose stored history cannot be
-        sent fails here; one that finds no worker (the fork failed) waits for the retry.
+        events and replays the moderator over them. They are read once the batch is
+        durable, from the committed view (nerved.store, :attr:`Store.committed`): every
+        step of the run is there by then, and a page that cannot be read fails this run
+        alone, where inside the write transaction it would fail the whole batch. A run
+        whose history cannot be read or sent fails; one that finds no worker (the fork
+        failed) waits for the retry.
         """
         flow = run.flow
         worker = flow.worker
         if (worker is None or not worker.connected) and flow.respawn is not None:
             return  # the pending respawn assigns every run that waits for a worker
-        try:
-            data = self._start_frame(run)
-        except wire.Invalid as exc:
-            self._end(run, Transition.UNRESUMABLE, _unresumable(exc))
-            return
+        resume = run.sent
+        if not resume:
+            try:
+                start = self._frame(run, None)
+            except wire.Invalid as exc:
+                self._end(run, Transition.UNRESUMABLE, _unresumable(exc))
+                return
         if worker is None or not worker.connected:
             worker = self._spawn(flow)
             if worker is None:
@@ -337,30 +341,44 @@ class WorkflowManager:
         run.sent = True
 
         def send() -> None:
-            if run.worker is worker and self.runs.get(run.run_id) is run:
-                worker.send_frame(data)
+            if run.worker is not worker or self.runs.get(run.run_id) is not run:
+                return
+            if not resume:
+                worker.send_frame(start)
+                return
+            try:
+                data = self._frame(run, self._logged_events(run.run_id))
+            except (wire.Invalid, StoreError) as exc:
+                reason = _unresumable(exc)
+                # A write, so in a turn of its own (the gate holds the lock there).
+                self.loop.call_later(0, lambda: self._end_unresumable(run, worker, reason))
+                return
+            worker.send_frame(data)
 
         self.store.after_commit(send)
 
-    def _start_frame(self, run: ActiveRun) -> bytes:
-        """The run's ``start`` or ``resume``, encoded; raises wire.Invalid saying why its
-        stored history cannot be carried to a worker."""
+    def _end_unresumable(self, run: ActiveRun, worker: Worker, reason: str) -> None:
+        if run.worker is worker and self.runs.get(run.run_id) is run:
+            self._end(run, Transition.UNRESUMABLE, reason)
+
+    def _frame(self, run: ActiveRun, events: list[Any] | None) -> bytes:
+        """The run's ``start`` (``events`` None) or ``resume``, encoded; raises wire.Invalid
+        saying why it cannot be carried to a worker."""
         message: Message = {
-            "t": "resume" if run.sent else "start",
+            "t": "start" if events is None else "resume",
             "run": run.run_id,
             "payload": run.payload,
             "maxSteps": run.flow.config.max_steps,
         }
-        if run.sent:
-            message["events"] = self._logged_events(run.run_id)
+        if events is not None:
+            message["events"] = events
         return frame(message, TO_WORKER)
 
     def _logged_events(self, run_id: str) -> list[Any]:
-        """The events of a run's stored steps; raises wire.Invalid for one that cannot be read."""
+        """The events of a run's durable steps; raises wire.Invalid for one that cannot be
+        read, StoreError for a page that cannot."""
         events: list[Any] = []
-        for entry in self.store.run_history(run_id):
-            if entry.type != "step_complete":
-                continue
+        for entry in self.store.committed.run_steps(run_id):
             step = entry.payload
             if isinstance(step, Unreadable):
                 raise wire.Invalid(f"step {len(events) + 1} cannot be read back: {step.reason}")
@@ -663,7 +681,7 @@ def _backoff(failures: int) -> float:
     return 0.0 if failures <= 1 else min(RESPAWN_MAX, RESPAWN_FIRST * 2.0 ** (failures - 2))
 
 
-def _unresumable(exc: wire.Invalid) -> str:
+def _unresumable(exc: wire.Invalid | StoreError) -> str:
     return f"{Transition.UNRESUMABLE.label}: {exc}"
 
 
