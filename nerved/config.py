@@ -35,6 +35,7 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar, cast
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from nerved.usercode import PackageTooLarge, package_files
 from nerved.wire import KiB, size_text
 
 __all__ = [
@@ -1066,26 +1067,35 @@ def check_packages(root: Path, config: NerveConfig) -> list[str]:
     """Problems with the packages the configuration names, without importing them.
 
     Kept apart from parsing because importing user code runs it, which only workers may do;
-    this lets the daemon and ``nervectl`` refuse a configuration whose code is missing.
+    this lets the daemon and ``nervectl`` refuse a configuration whose code is missing, or
+    too large for the master to fingerprint at every reload (see ``usercode.package_files``).
     """
     filename = config.path.name
     errors: list[str] = []
     wanted = [("senses", sense.name, sense.line) for sense in config.senses.values()]
     wanted += [("workflows", flow.name, flow.line) for flow in config.workflows.values()]
     for section, name, line in wanted:
-        relative = f"{section}/{name}/__init__.py"
-        try:
-            mode = os.stat(root / relative).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            problem = f"no package: {relative} is missing in {root}"
-        except OSError as exc:
-            problem = f"cannot check {root / relative}: {exc.strerror or exc}"
-        else:
-            if stat.S_ISREG(mode):
-                continue
-            problem = f"no package: {root / relative} is not a regular file"
-        errors.append(f"{filename}:{line}: {section}.{name}: {problem}")
+        problem = _package_problem(root, section, name)
+        if problem is not None:
+            errors.append(f"{filename}:{line}: {section}.{name}: {problem}")
     return errors
+
+
+def _package_problem(root: Path, section: str, name: str) -> str | None:
+    relative = f"{section}/{name}/__init__.py"
+    try:
+        mode = os.stat(root / relative).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return f"no package: {relative} is missing in {root}"
+    except OSError as exc:
+        return f"cannot check {root / relative}: {exc.strerror or exc}"
+    if not stat.S_ISREG(mode):
+        return f"no package: {root / relative} is not a regular file"
+    try:
+        package_files(root / section / name)
+    except PackageTooLarge as exc:
+        return str(exc)
+    return None
 
 
 _Lined = TypeVar("_Lined")

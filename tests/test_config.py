@@ -1036,3 +1036,16 @@ def test_check_packages_when_senses_is_a_file(tmp_path: Path) -> None:
     assert check_packages(tmp_path, config) == [
         f"nerve.yaml:2: senses.a: no package: senses/a/__init__.py is missing in {tmp_path}"
     ]
+
+
+def test_check_packages_refuses_a_package_too_large_to_fingerprint(tmp_path: Path) -> None:
+    config = parse_config("senses:\n  small:\nworkflows:\n  big:\n", tmp_path / "nerve.yaml")
+    for package in ("senses/small", "workflows/big"):
+        (tmp_path / package).mkdir(parents=True)
+        (tmp_path / package / "__init__.py").touch()
+    with (tmp_path / "workflows/big/model.bin").open("wb") as file:
+        file.truncate(8 << 30)  # sparse: check_packages must size it, not read it
+    assert check_packages(tmp_path, config) == [
+        "nerve.yaml:4: workflows.big: package too large: more than 256.0 MiB in its files "
+        "(a package may hold at most 10,000 files and 256.0 MiB)"
+    ]

@@ -7,6 +7,7 @@ the running configuration and code.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -115,3 +116,37 @@ def test_hostile_nerve_yaml_seen_by_inotify_is_reported_and_nerved_keeps_serving
         wait_until(lambda: expected in daemon.log(), what=f"{name} to be reported")  # noqa: B023
         assert daemon.rpc("status")["state"] == "running"
     still_computes(daemon)
+
+
+def test_hostile_package_is_refused_by_reload_and_nerved_keeps_serving(nerved_factory, tmp_path):
+    daemon = nerved_factory(CONFIG, {"tick": TICK}, args=("--no-watch",)).start()
+    package = daemon.root / "senses" / "tick"
+    outside = tmp_path / "outside.bin"
+    _sparse(8 << 30)(outside)
+
+    # Nothing that blocks or loops is opened or followed: a FIFO, links to a device, to a huge
+    # file, to themselves, to a directory above.
+    os.mkfifo(package / "pipe")
+    (package / "zero").symlink_to("/dev/zero")
+    (package / "big").symlink_to(outside)
+    (package / "loop").symlink_to("loop")
+    (package / "up").symlink_to("..")
+    assert reload(daemon) == {"changed": ["group default"]}
+
+    (package / "data").mkdir()
+    for i in range(10_001):
+        (package / "data" / str(i)).touch()
+    assert refused_reload(daemon) == [
+        "nerve.yaml:2: senses.tick: package too large: more than 10,000 files "
+        "(a package may hold at most 10,000 files and 256.0 MiB)"
+    ]
+    shutil.rmtree(package / "data")
+
+    _sparse(8 << 30)(package / "model.bin")
+    assert refused_reload(daemon) == [
+        "nerve.yaml:2: senses.tick: package too large: more than 256.0 MiB in its files "
+        "(a package may hold at most 10,000 files and 256.0 MiB)"
+    ]
+    still_computes(daemon)
+    (package / "model.bin").unlink()
+    assert reload(daemon) == {"changed": []}
