@@ -212,6 +212,7 @@ class Daemon:
             log.critical("%s; stopping so that a restart recovers from logs.db", exc)
             self.exit_code = EX_TEMPFAIL
             self.begin_stop("storage failure")
+        self.notifier.flush()
 
     def _status_tick(self) -> None:
         """Keep ``systemctl status`` current: what runs and what waits, when it changes."""

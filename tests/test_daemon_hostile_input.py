@@ -1,7 +1,7 @@
-"""A running nerved against hostile files: it answers, and keeps serving.
+"""A running nerved against hostile files and a stuck systemd: it answers, and keeps serving.
 
 Every reload here is answered within a few seconds, with the reason, and the daemon keeps
-the running configuration and code.
+the running configuration and code; a notify socket nobody reads never blocks it.
 """
 
 from __future__ import annotations
@@ -150,3 +150,29 @@ def test_hostile_package_is_refused_by_reload_and_nerved_keeps_serving(nerved_fa
     still_computes(daemon)
     (package / "model.bin").unlink()
     assert reload(daemon) == {"changed": []}
+
+
+def test_a_stuck_notify_reader_never_stalls_nerved(nerved_factory):
+    daemon = nerved_factory(CONFIG, {"tick": TICK}, args=("--no-watch",))
+    daemon.env["WATCHDOG_USEC"] = "50000"  # a WATCHDOG=1 every 25 ms
+    daemon.start()
+    # From here on nobody reads the notify socket: its queue (10 datagrams) is full within a
+    # quarter of a second, and every reload adds RELOADING=1 and READY=1 on top.
+    for _ in range(20):
+        assert reload(daemon) == {"changed": []}
+    until = time.monotonic() + 3
+    while time.monotonic() < until:
+        started = time.monotonic()
+        assert daemon.rpc("status")["state"] == "running"
+        assert time.monotonic() - started < 0.5
+    (daemon.root / "nerve.yaml").write_text("senses: [\n")
+    refused_reload(daemon)
+
+    # Reading again, every state change arrives, in order, and the watchdog pings resume.
+    failed = daemon.wait_notify("; last reload failed", 5)
+    messages = daemon.notifications
+    last_ready = max(i for i, message in enumerate(messages) if message.startswith("READY=1"))
+    last_reloading = max(i for i, m in enumerate(messages) if m.startswith("RELOADING=1"))
+    assert last_reloading < last_ready < messages.index(failed)
+    daemon.notifications.clear()
+    daemon.wait_notify("WATCHDOG=1", 5)
