@@ -2,9 +2,17 @@
 
 The file is read with ``yaml.compose`` instead of ``yaml.safe_load`` so that every value keeps
 the line it came from: an operator fixing a bad file at 3 a.m. needs ``nerve.yaml:12`` and the
-key, not "invalid configuration". Every problem is collected before raising, so that one
-edit-and-reload cycle can fix them all. The result is frozen because a running daemon swaps
-whole configurations on reload and must never see one half-changed.
+key, not "invalid configuration". Every problem is collected before raising (up to
+:data:`MAX_ERRORS`), so that one edit-and-reload cycle can fix them all. The result is frozen
+because a running daemon swaps whole configurations on reload and must never see one
+half-changed.
+
+The master parses this file in its only thread, at every reload, so no file may cost it more
+than a bounded amount of time and memory, whatever its shape: only a regular file is read,
+and at most :data:`MAX_FILE_SIZE` of it; nesting is bounded while composing
+(:data:`MAX_NESTING`), and so is what aliases expand to (:data:`MAX_VALUES`, against "billion
+laughs" documents); every error message is built from clipped text. Whatever a file holds,
+it ends in a :class:`ConfigError`, never another exception.
 """
 
 from __future__ import annotations
@@ -27,8 +35,12 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar, cast
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from nerved.usercode import PackageTooLarge, package_files
+from nerved.wire import KiB, size_text
+
 __all__ = [
     "ConfigError",
+    "ControlConfig",
     "NerveConfig",
     "Overflow",
     "Reflex",
@@ -63,11 +75,22 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_RUN_MAX_AGE_MS = 30 * DAY_MS
 DEFAULT_RUN_MAX_COUNT = 10_000
 DEFAULT_SIGNAL_MAX_AGE_MS = 7 * DAY_MS
+DEFAULT_CONTROL_IDLE_TIMEOUT_MS = 60 * SECOND_MS
+DEFAULT_MAX_CONNECTIONS = 256
 
 # Ceilings that only reject absurd values: beyond them timers overflow (threading's
 # TIMEOUT_MAX is ~292 years) and SQLite refuses to bind integers wider than 64 bits.
 MAX_DURATION_MS = 36_500 * DAY_MS
 MAX_INTEGER = 1_000_000_000
+MIN_CONNECTIONS, MAX_CONNECTIONS = 32, 4096
+
+# Bounds on what one file may cost the master (see the module docstring). Parsing is pure
+# Python: about 13 s per MiB for the densest YAML on a 2-core VM, so 256 KiB stays a few
+# seconds away from the 30 s watchdog, and is still dozens of times any real nerve.yaml.
+MAX_FILE_SIZE = 256 * KiB
+MAX_NESTING = 32  # levels, aliases and merges included; nerve.yaml itself needs 5
+MAX_VALUES = 100_000  # nodes of the document, counting each alias as what it repeats
+MAX_ERRORS = 100  # reported before validation stops: beyond them, nobody reads on
 
 # Names become directory and file names, so they must be harmless path components.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -150,12 +173,25 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """The control socket's limits. Key ``control:`` at top level, all optional.
+
+    ``idle_timeout_ms``: a connection that sends nothing for this long is closed (1 s to
+    MAX_DURATION_MS). ``max_connections``: connections served at once (32 to 4096).
+    """
+
+    idle_timeout_ms: int = DEFAULT_CONTROL_IDLE_TIMEOUT_MS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+
+@dataclass(frozen=True, slots=True)
 class NerveConfig:
     path: Path
     senses: Mapping[str, SenseConfig]
     reflexes: tuple[Reflex, ...]
     workflows: Mapping[str, WorkflowConfig]
     retention: RetentionConfig
+    control: ControlConfig = ControlConfig()
 
     def groups(self) -> dict[str, tuple[SenseConfig, ...]]:
         """Senses by worker group; file order is kept so workers start predictably."""
@@ -221,16 +257,28 @@ _A_MAPPING = _Shape("a mapping")
 # A scalar whose tag could not be constructed; its error is already recorded.
 _UNREADABLE = _Shape("an unreadable value")
 
+# Integers from here on are refused by every setting, and are not worth printing: Python
+# refuses to convert more than 4,300 digits between int and str at all.
+_HUGE = 10**30
+_HUGE_TEXT = "an integer of more than 30 digits"
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters: a message quotes a key or value, never a megabyte."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 def _show(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and abs(value) >= _HUGE:
+        return _HUGE_TEXT
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
+        return repr(_clip(value))
     if isinstance(value, _Shape):
         return value.description
     if isinstance(value, list | tuple):
@@ -247,7 +295,7 @@ def _show(value: object) -> str:
 def _describe(value: object) -> str:
     if isinstance(value, bool):
         return f"a boolean ({_show(value)})"
-    if isinstance(value, int):
+    if isinstance(value, int) and abs(value) < _HUGE:
         return f"an integer ({_show(value)})"
     if isinstance(value, float):
         return f"a number ({_show(value)})"
@@ -256,8 +304,16 @@ def _describe(value: object) -> str:
     return _show(value)
 
 
+# A hint compares the word with every choice: with thousands of senses declared and as many
+# misspelt, that alone would stall the master for minutes.
+_HINT_CHOICES = 1000
+
+
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    candidates = list(choices)
+    if len(candidates) > _HINT_CHOICES:
+        return ""
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -272,7 +328,7 @@ _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _DECIMAL_RE = re.compile(r"[-+]?[0-9][0-9_]*")
 
-_TOP_KEYS = ("senses", "reflexes", "workflows", "retention")
+_TOP_KEYS = ("senses", "reflexes", "workflows", "retention", "control")
 _SENSE_KEYS = ("group", "throttle", "timeout", "gracePeriod")
 _SENSE_REFLEX_KEYS = ("kind", "sense", "interval", "on")
 _WORKFLOW_REFLEX_KEYS = ("kind", "workflow", "on")
@@ -288,6 +344,7 @@ _WORKFLOW_KEYS = (
 _RETENTION_KEYS = ("runs", "signals")
 _RUNS_KEYS = ("maxAge", "maxCount")
 _SIGNALS_KEYS = ("maxAge",)
+_CONTROL_KEYS = ("idleTimeout", "maxConnections")
 
 
 class _Entry(NamedTuple):
@@ -297,7 +354,9 @@ class _Entry(NamedTuple):
 
 
 def _short_tag(tag: str) -> str:
-    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,") else tag
+    if tag.startswith("tag:yaml.org,"):
+        tag = "!!" + tag.removeprefix("tag:yaml.org,2002:")
+    return _clip(tag)
 
 
 def _line(node: Node) -> int:
@@ -308,12 +367,16 @@ def _is_null(node: Node) -> bool:
     return isinstance(node, ScalarNode) and node.tag == _NULL_TAG
 
 
+class _TooManyErrors(Exception):
+    """Raised by the validator at the error after MAX_ERRORS: the rest would cost, not help."""
+
+
 class _Validator:
     def __init__(self, filename: str) -> None:
         self.filename = filename
-        self.errors: list[tuple[int, str]] = []
+        # Each message once, with its line: a mapping merged in many places repeats its errors.
+        self.errors: dict[str, int] = {}
         self._constructor = yaml.constructor.SafeConstructor()
-        self._merging: set[int] = set()
         # Names declared, valid or not: a bad sense definition should not also produce an
         # "unknown sense" for every reflex that uses it. None: the section itself was unusable.
         self.sense_names: set[str] | None = set()
@@ -324,12 +387,16 @@ class _Validator:
         return f"{where}: {path}: {message}" if path else f"{where}: {message}"
 
     def error(self, line: int | None, path: str, message: str) -> None:
-        self.errors.append((line or 0, self.format(line, path, message)))
+        text = self.format(line, path, message)
+        if text in self.errors:
+            return
+        if len(self.errors) == MAX_ERRORS:
+            raise _TooManyErrors
+        self.errors[text] = line or 0
 
     def sorted_errors(self) -> list[str]:
-        # File order reads best; dict.fromkeys drops repeats from mappings merged more than once.
-        ordered = sorted(self.errors, key=lambda error: error[0])
-        return list(dict.fromkeys(message for _, message in ordered))
+        """File order, which reads best (sorted() is stable: one line keeps the found order)."""
+        return sorted(self.errors, key=self.errors.__getitem__)
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -344,7 +411,10 @@ class _Validator:
             return text
         if node.tag == _INT_TAG and _DECIMAL_RE.fullmatch(text):
             # YAML 1.1 reads `010` as octal 8; a person means ten.
-            return int(text.replace("_", ""))
+            digits = text.lstrip("+-").replace("_", "").lstrip("0")
+            # int() refuses more than 4,300 digits; past 30, the value is never converted.
+            number = _HUGE if len(digits) > 30 else int(digits or "0")
+            return -number if text.startswith("-") else number
         try:
             return self._constructor.construct_object(node)
         except (yaml.YAMLError, ValueError, TypeError, OverflowError):
@@ -390,12 +460,8 @@ class _Validator:
             if not isinstance(source, MappingNode):
                 what = _show(self.value(source, path))
                 self.error(_line(source), path, f"'<<' expects a mapping to merge, got {what}")
-            elif id(source) not in self._merging:  # a mapping merging itself would never end
-                self._merging.add(id(source))
-                try:
-                    merged.extend(self.entries(source, path))
-                finally:
-                    self._merging.discard(id(source))
+            else:  # never a cycle, nor deeper than MAX_NESTING: the composer saw to it
+                merged.extend(self.entries(source, path))
         return merged
 
     def mapping(self, node: Node, line: int, path: str, expected: str) -> list[_Entry] | None:
@@ -441,25 +507,40 @@ class _Validator:
 
     # -- typed values ------------------------------------------------------------------------
 
-    def integer(self, entry: _Entry, path: str, *, nullable: bool = False) -> int | None:
-        """A count that must be at least 1; 0 and negatives are never meaningful here."""
+    def integer(
+        self,
+        entry: _Entry,
+        path: str,
+        *,
+        nullable: bool = False,
+        minimum: int = 1,
+        maximum: int = MAX_INTEGER,
+    ) -> int | None:
+        """A count, by default at least 1: 0 and negatives are never meaningful here."""
         value = self.value(entry.value, path)
         if value is _UNREADABLE or (value is None and nullable):
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             expected = "an integer or null" if nullable else "an integer"
             self.error(entry.line, path, f"expected {expected}, got {_describe(value)}")
-        elif value < 1:
-            self.error(entry.line, path, f"must be at least 1, got {value}")
-        elif value > MAX_INTEGER:
-            self.error(entry.line, path, f"must be at most {MAX_INTEGER}, got {value}")
+        elif value < minimum:
+            self.error(entry.line, path, f"must be at least {minimum}, got {_show(value)}")
+        elif value > maximum:
+            self.error(entry.line, path, f"must be at most {maximum}, got {_show(value)}")
         else:
             return value
         return None
 
     def duration(
-        self, entry: _Entry, path: str, *, positive: bool, nullable: bool = False
+        self,
+        entry: _Entry,
+        path: str,
+        *,
+        positive: bool,
+        nullable: bool = False,
+        at_least: str | None = None,
     ) -> int | None:
+        """Milliseconds; ``at_least`` is a duration as written in the file, such as ``1s``."""
         value = self.value(entry.value, path)
         if value is _UNREADABLE or (value is None and nullable):
             return None
@@ -470,6 +551,9 @@ class _Validator:
             return None
         if positive and ms == 0:
             self.error(entry.line, path, f"must be longer than 0, got {_show(value)}")
+            return None
+        if at_least is not None and ms < parse_duration(at_least):
+            self.error(entry.line, path, f"must be at least {at_least}, got {_show(value)}")
             return None
         return ms
 
@@ -491,7 +575,7 @@ class _Validator:
             return
         hint = _did_you_mean(name, declared)
         if not hint and "," in name:
-            hint = f" (for several, use a list: [{name}])"
+            hint = f" (for several, use a list: [{_clip(name)}])"
         self.error(line, path, f"unknown {what} {_show(name)}{hint}; declare it under {section}:")
 
     def sense_list(self, entry: _Entry, path: str) -> list[str] | None:
@@ -507,15 +591,14 @@ class _Validator:
         else:
             self.mismatch(entry.line, path, "a list of sense names", node)
             return None
-        names: list[str] = []
+        names: dict[str, None] = {}  # ordered, and a repeat would fire the reflex twice
         for index, (item, line) in enumerate(items):
             item_path = f"{path}[{index}]" if isinstance(node, SequenceNode) else path
             name = self.name(item, line, item_path, "a sense")
             if name is not None:
                 self.reference(name, line, item_path, "sense", self.sense_names, "senses")
-                if name not in names:  # a repeat would fire the reflex twice per signal
-                    names.append(name)
-        return names
+                names[name] = None
+        return list(names)
 
     # -- sections ----------------------------------------------------------------------------
 
@@ -535,6 +618,7 @@ class _Validator:
             reflexes=tuple(reflexes),
             workflows=MappingProxyType(workflows),
             retention=retention,
+            control=self.control(top.get("control")),
         )
 
     def senses(self, section: _Entry | None) -> dict[str, SenseConfig]:
@@ -574,17 +658,33 @@ class _Validator:
         return result
 
     def _duration(
-        self, fields: dict[str, _Entry], key: str, path: str, default: int, *, positive: bool
+        self,
+        fields: dict[str, _Entry],
+        key: str,
+        path: str,
+        default: int,
+        *,
+        positive: bool,
+        at_least: str | None = None,
     ) -> int:
         if key not in fields:
             return default
-        ms = self.duration(fields[key], f"{path}.{key}", positive=positive)
+        ms = self.duration(fields[key], f"{path}.{key}", positive=positive, at_least=at_least)
         return default if ms is None else ms
 
-    def _integer(self, fields: dict[str, _Entry], key: str, path: str, default: int) -> int:
+    def _integer(
+        self,
+        fields: dict[str, _Entry],
+        key: str,
+        path: str,
+        default: int,
+        *,
+        minimum: int = 1,
+        maximum: int = MAX_INTEGER,
+    ) -> int:
         if key not in fields:
             return default
-        value = self.integer(fields[key], f"{path}.{key}")
+        value = self.integer(fields[key], f"{path}.{key}", minimum=minimum, maximum=maximum)
         return default if value is None else value
 
     def workflows(self, section: _Entry | None) -> dict[str, WorkflowConfig]:
@@ -775,8 +875,33 @@ class _Validator:
         entries = self.mapping(entry.value, entry.line, path, "a mapping")
         return self.known(entries or [], allowed, path)
 
+    def control(self, section: _Entry | None) -> ControlConfig:
+        if section is None:
+            return ControlConfig()
+        entries = self.mapping(section.value, section.line, "control", "a mapping")
+        fields = self.known(entries or [], _CONTROL_KEYS, "control")
+        return ControlConfig(
+            idle_timeout_ms=self._duration(
+                fields,
+                "idleTimeout",
+                "control",
+                DEFAULT_CONTROL_IDLE_TIMEOUT_MS,
+                positive=False,
+                at_least="1s",
+            ),
+            max_connections=self._integer(
+                fields,
+                "maxConnections",
+                "control",
+                DEFAULT_MAX_CONNECTIONS,
+                minimum=MIN_CONNECTIONS,
+                maximum=MAX_CONNECTIONS,
+            ),
+        )
+
 
 def _join(path: str, key: str) -> str:
+    key = _clip(key, 100)  # whole up to 100 characters: a name has at most 64
     return f"{path}.{key}" if path else key
 
 
@@ -784,13 +909,70 @@ def _join(path: str, key: str) -> str:
 # Entry points
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents too deep or too large, aliases expanded.
+
+    PyYAML's composer recurses once per level of nesting, and an alias is only a reference to
+    a node composed earlier: ten aliases of ten aliases of ... make a billion values for
+    whoever walks the tree, as the validator does when it merges ``<<`` keys; an alias inside
+    its own anchor makes a cycle. So the values of the document, each alias counted as all it
+    repeats, are counted as they are composed, and each node's size and depth, aliases
+    expanded, measured from its children's: the checks are linear in the file, and every
+    refusal is a ComposerError with the line where it happened.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._values = 0
+        self._measured: dict[int, tuple[int, int]] = {}  # id(node): (values, depth) expanded
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            assert node is not None  # an alias to nothing raises instead
+            if id(node) not in self._measured:
+                self._refuse(f"alias *{_clip(str(event.anchor))} is inside its own anchor", event)
+            self._count(self._measured[id(node)][0], event)
+            return node
+        self._depth += 1
+        if self._depth > MAX_NESTING:
+            self._refuse(f"nested more than {MAX_NESTING} levels deep", event)
+        self._count(1, event)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        assert node is not None  # compose_node is only called where a node starts
+        children: list[Node] = []
+        if isinstance(node, SequenceNode):
+            children = node.value
+        elif isinstance(node, MappingNode):
+            children = [child for pair in node.value for child in pair]
+        measured = [self._measured[id(child)] for child in children]
+        depth = 1 + max((depth for _, depth in measured), default=0)
+        if depth > MAX_NESTING:
+            self._refuse(f"nested more than {MAX_NESTING} levels deep through aliases", node)
+        self._measured[id(node)] = (1 + sum(size for size, _ in measured), depth)
+        return node
+
+    def _count(self, values: int, event: yaml.Event) -> None:
+        self._values += values
+        if self._values > MAX_VALUES:
+            problem = f"more than {MAX_VALUES:,} values (an alias counts as all it repeats)"
+            self._refuse(problem, event)
+
+    @staticmethod
+    def _refuse(problem: str, where: yaml.Event | Node) -> None:
+        raise yaml.composer.ComposerError(None, None, problem, cast(yaml.Mark, where.start_mark))
+
+
 def _yaml_error(exc: yaml.YAMLError, text: str) -> tuple[int | None, str]:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         line = int(mark.line) + 1 if mark is not None else None
-        message = exc.problem or exc.context or "cannot parse"
+        message = _clip(exc.problem or exc.context or "cannot parse", 200)
         if exc.problem and exc.context:
-            context = exc.context
+            context = _clip(exc.context, 200)
             if exc.context_mark is not None and int(exc.context_mark.line) + 1 != line:
                 context += f" on line {int(exc.context_mark.line) + 1}"
             # PyYAML splits some sentences in two: "expected a single document" + "but found..."
@@ -811,26 +993,67 @@ def parse_config(text: str, path: Path) -> NerveConfig:
     """Validate the text of a nerve.yaml; errors name ``path.name`` and raise ConfigError."""
     validator = _Validator(path.name)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
         config = validator.config(root, path)
     except yaml.YAMLError as exc:
         line, message = _yaml_error(exc, text)
         raise ConfigError(validator.format(line, "", f"invalid YAML: {message}")) from None
-    except RecursionError:  # composing and merging (<<) recurse once per level of nesting
-        raise ConfigError(validator.format(None, "", "invalid YAML: nested too deeply")) from None
+    except _TooManyErrors:
+        stopped = validator.format(None, "", f"stopped after {MAX_ERRORS} errors")
+        raise ConfigError([*validator.sorted_errors(), stopped]) from None
     if validator.errors:
         raise ConfigError(validator.sorted_errors())
     return config
 
 
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_SIZE, or a ConfigError saying why not.
+
+    Anything else is refused before it is opened (opening a FIFO waits for a writer, forever;
+    opening a device may do something); the open is non-blocking and what it opened is checked
+    again, in case a FIFO was swapped in meanwhile.
+    """
+
+    def refuse(reason: str) -> ConfigError:
+        return ConfigError(f"{path.name}: cannot read {path}: {reason}")
+
+    def check_regular(mode: int) -> None:
+        if not stat.S_ISREG(mode):
+            kind = _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+            raise refuse(f"{kind}, not a regular file")
+
+    try:
+        check_regular(os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    try:
+        check_regular(os.fstat(fd).st_mode)
+        with open(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_FILE_SIZE + 1)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_SIZE:
+        limit = size_text(MAX_FILE_SIZE)
+        raise ConfigError(f"{path.name}: {path} is larger than {limit}, the most it may hold")
+    return data
+
+
 def load_config(root: Path) -> NerveConfig:
     """Read and validate ``root/nerve.yaml``; a file that cannot be read is a ConfigError too."""
     path = root / CONFIG_FILE
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError(f"{path.name}: cannot read {path}: {reason}") from None
+    data = _read_bounded(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -844,26 +1067,35 @@ def check_packages(root: Path, config: NerveConfig) -> list[str]:
     """Problems with the packages the configuration names, without importing them.
 
     Kept apart from parsing because importing user code runs it, which only workers may do;
-    this lets the daemon and ``nervectl`` refuse a configuration whose code is missing.
+    this lets the daemon and ``nervectl`` refuse a configuration whose code is missing, or
+    too large for the master to fingerprint at every reload (see ``usercode.package_files``).
     """
     filename = config.path.name
     errors: list[str] = []
     wanted = [("senses", sense.name, sense.line) for sense in config.senses.values()]
     wanted += [("workflows", flow.name, flow.line) for flow in config.workflows.values()]
     for section, name, line in wanted:
-        relative = f"{section}/{name}/__init__.py"
-        try:
-            mode = os.stat(root / relative).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            problem = f"no package: {relative} is missing in {root}"
-        except OSError as exc:
-            problem = f"cannot check {root / relative}: {exc.strerror or exc}"
-        else:
-            if stat.S_ISREG(mode):
-                continue
-            problem = f"no package: {root / relative} is not a regular file"
-        errors.append(f"{filename}:{line}: {section}.{name}: {problem}")
+        problem = _package_problem(root, section, name)
+        if problem is not None:
+            errors.append(f"{filename}:{line}: {section}.{name}: {problem}")
     return errors
+
+
+def _package_problem(root: Path, section: str, name: str) -> str | None:
+    relative = f"{section}/{name}/__init__.py"
+    try:
+        mode = os.stat(root / relative).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return f"no package: {relative} is missing in {root}"
+    except OSError as exc:
+        return f"cannot check {root / relative}: {exc.strerror or exc}"
+    if not stat.S_ISREG(mode):
+        return f"no package: {root / relative} is not a regular file"
+    try:
+        package_files(root / section / name)
+    except PackageTooLarge as exc:
+        return str(exc)
+    return None
 
 
 _Lined = TypeVar("_Lined")

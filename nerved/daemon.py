@@ -300,8 +300,14 @@ class Daemon:
             raise Fatal(f"cannot read unfinished runs: {exc}", EX_CANTCREAT) from exc
         self.store.commit()
 
-        heavy = frozenset(c.name for c in COMMANDS.values() if c.heavy)
-        self.control = ControlServer(self.loop, prepared.listener, self.dispatch, heavy)
+        self.control = ControlServer(
+            self.loop,
+            prepared.listener,
+            self.dispatch,
+            heavy=frozenset(c.name for c in COMMANDS.values() if c.heavy),
+            idle_timeout=self.config.control.idle_timeout_ms / 1000,
+            max_connections=self.config.control.max_connections,
+        )
 
         self.senses.apply(self.config, self.code)
         self.reflexes.apply(self.config)
@@ -339,7 +345,9 @@ class Daemon:
     # -- the turn -----------------------------------------------------------------------
 
     def _end_of_turn(self) -> None:
-        # A failed commit raises StoreError out of the loop: see _storage_failed.
+        # What systemd has yet to hear goes first, whatever happens to the commit (a failed
+        # commit raises StoreError out of the loop: see _storage_failed).
+        self.notifier.flush()
         self.store.commit()
 
     def _status_tick(self) -> None:
@@ -452,6 +460,12 @@ class Daemon:
         if [unlined(r) for r in config.reflexes] != [unlined(r) for r in self.config.reflexes]:
             changed.append("reflexes")
         self.reflexes.apply(config)
+        if config.control != self.config.control and self.control is not None:
+            self.control.configure(
+                idle_timeout=config.control.idle_timeout_ms / 1000,
+                max_connections=config.control.max_connections,
+            )
+            changed.append("control")
         self.config, self.code = config, code
         if self.watcher is not None:
             self.watcher.refresh()

@@ -3,28 +3,56 @@
 Only ever called after fork: the master never imports user code, so a package that hangs,
 crashes or leaks at import time can only hurt its own worker. Each package gets a private
 module name, so two senses may both have a ``helpers.py`` and relative imports work.
+
+The master does read the packages' files, to tell at a reload which ones changed
+(:func:`fingerprint`), and it does so in its only thread: a package is read within bounds
+(:data:`MAX_PACKAGE_FILES`, :data:`MAX_PACKAGE_BYTES`), without following symlinks and
+without opening anything but regular files, so that no file a package holds can stall it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import re
 import socket
+import stat
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import cast
+from typing import Final, cast
 
 from nerved.api import ComputeFn, WorkflowDefinition
 from nerved.channel import Channel
+from nerved.wire import KiB, MiB, size_text
+
+MAX_PACKAGE_FILES: Final = 10_000
+"""Entries (files, directories, symlinks) of one package the master lists at a reload."""
+
+MAX_PACKAGE_BYTES: Final = 256 * MiB
+"""Bytes of one package's files the master hashes at a reload (about 0.2 s of SHA-256 here)."""
+
+_CHUNK: Final = 256 * KiB
 
 
 class UserCodeError(Exception):
     """A package did not import, or does not export what nerve needs from it."""
+
+
+class PackageTooLarge(UserCodeError):
+    """A package holds more than the master reads at a reload: it is refused, not truncated."""
+
+    def __init__(self, what: str) -> None:
+        limits = f"{MAX_PACKAGE_FILES:,} files and {size_text(MAX_PACKAGE_BYTES)}"
+        super().__init__(f"package too large: {what} (a package may hold at most {limits})")
+
+
+_TOO_MANY_FILES: Final = f"more than {MAX_PACKAGE_FILES:,} files"
+_TOO_MANY_BYTES: Final = f"more than {size_text(MAX_PACKAGE_BYTES)} in its files"
 
 
 def module_name(kind: str, name: str) -> str:
@@ -76,21 +104,99 @@ def describe(exc: BaseException) -> str:
     return text
 
 
+def _skipped(entry: os.DirEntry[str]) -> bool:
+    """Compiled code, editors' droppings and hidden directories (``.git``): never the code."""
+    name = entry.name
+    if entry.is_dir(follow_symlinks=False):
+        return name == "__pycache__" or name.startswith(".")
+    return name.endswith((".pyc", ".swp", "~"))
+
+
+def package_files(directory: Path) -> list[tuple[str, str]]:
+    """What a package is made of, by relative path: ``[(path, kind), ...]``, sorted.
+
+    ``kind`` is ``"file"`` for a regular file, ``"-> target"`` for a symlink (never followed:
+    not out of the package, not round a loop) and ``"unreadable"`` for a directory that cannot
+    be listed; FIFOs, sockets and devices are left out. The package directory itself may be a
+    symlink; a missing one has no files. Raises PackageTooLarge past MAX_PACKAGE_FILES
+    entries, or past MAX_PACKAGE_BYTES in regular files (by their size, nothing is read).
+    """
+    found: list[tuple[str, str]] = []
+    entries = total = 0
+    pending = [""]
+    while pending:
+        prefix = pending.pop()
+        try:
+            with os.scandir(directory / prefix) as listing:
+                for entry in listing:
+                    entries += 1
+                    if entries > MAX_PACKAGE_FILES:
+                        raise PackageTooLarge(_TOO_MANY_FILES)
+                    if _skipped(entry):
+                        continue
+                    relative = prefix + entry.name
+                    if entry.is_symlink():
+                        found.append((relative, "-> " + os.readlink(entry.path)))
+                    elif entry.is_dir(follow_symlinks=False):
+                        pending.append(relative + "/")
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                        if total > MAX_PACKAGE_BYTES:
+                            raise PackageTooLarge(_TOO_MANY_BYTES)
+                        found.append((relative, "file"))
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # gone meanwhile, or no package at all: check_packages says so
+        except OSError:
+            found.append((prefix, "unreadable"))
+    return sorted(found)
+
+
 def fingerprint(directory: Path) -> str:
-    """A digest of a package's files, so a reload can tell whether its code changed."""
+    """A digest of a package's files, so a reload can tell whether its code changed.
+
+    Runs in the master: files are hashed in chunks and at most MAX_PACKAGE_BYTES in all, and
+    only regular files are opened (non-blocking, not through a symlink). A package past the
+    bounds, which check_packages refuses, gets a fingerprint that says so instead of a digest.
+    """
     digest = hashlib.sha256()
-    if directory.is_dir():
-        for path in sorted(directory.rglob("*")):
-            if "__pycache__" in path.parts or not path.is_file():
-                continue
-            if path.suffix in (".pyc", ".swp") or path.name.endswith("~"):
-                continue
-            digest.update(str(path.relative_to(directory)).encode() + b"\0")
-            try:
-                digest.update(path.read_bytes())
-            except OSError:
-                digest.update(b"<unreadable>")
+    budget = MAX_PACKAGE_BYTES
+    try:
+        for relative, kind in package_files(directory):
+            if kind == "file":
+                kind, size = _hash_file(directory / relative, budget)
+                budget -= size
+            digest.update(f"{relative}\0{kind}\n".encode(errors="surrogateescape"))
+    except PackageTooLarge as exc:
+        return f"refused: {exc}"
     return digest.hexdigest()
+
+
+def _hash_file(path: Path, budget: int) -> tuple[str, int]:
+    """``(sha256 hex, bytes read)`` of a regular file; ``("unreadable", 0)`` if it is not one.
+
+    Raises PackageTooLarge when the file holds more than ``budget`` bytes (it grew since it
+    was listed).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return "unreadable", 0
+    digest = hashlib.sha256()
+    read = 0
+    buffer = memoryview(bytearray(_CHUNK))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "unreadable", 0
+        while count := os.readv(fd, [buffer]):
+            read += count
+            if read > budget:
+                raise PackageTooLarge(_TOO_MANY_BYTES)
+            digest.update(buffer[:count])
+    except OSError:
+        return "unreadable", 0
+    finally:
+        os.close(fd)
+    return digest.hexdigest(), read
 
 
 def load_sense(root: Path, name: str) -> ComputeFn:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import deadline
 
 from nerved.config import (
+    MAX_ERRORS,
+    MAX_FILE_SIZE,
     ConfigError,
+    ControlConfig,
     NerveConfig,
     Overflow,
     RetentionConfig,
@@ -150,14 +156,16 @@ def test_empty_file_is_an_empty_config(text: str) -> None:
     assert config.reflexes == ()
     assert dict(config.workflows) == {}
     assert config.retention == RetentionConfig(30 * DAY, 10_000, 7 * DAY)
+    assert config.control == ControlConfig(idle_timeout_ms=60_000, max_connections=256)
 
 
 def test_empty_sections_are_empty() -> None:
-    config = parse("senses:\nreflexes:\nworkflows: {}\nretention:\n")
+    config = parse("senses:\nreflexes:\nworkflows: {}\nretention:\ncontrol:\n")
     assert dict(config.senses) == {}
     assert config.reflexes == ()
     assert dict(config.workflows) == {}
     assert config.retention == RetentionConfig()
+    assert config.control == ControlConfig()
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +237,24 @@ def test_retention(text: str, expected: RetentionConfig) -> None:
     assert parse(text).retention == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("control: {}\n", ControlConfig(60_000, 256)),
+        ("control:\n  idleTimeout: 5m\n  maxConnections: 1000\n", ControlConfig(300_000, 1000)),
+        ("control: {idleTimeout: 1s, maxConnections: 32}\n", ControlConfig(1_000, 32)),
+        (
+            "control: {idleTimeout: 36500d, maxConnections: 4096}\n",
+            ControlConfig(36_500 * DAY, 4096),
+        ),
+        ("control: {idleTimeout: 1500}\n", ControlConfig(1_500, 256)),
+    ],
+    ids=["empty", "all-set", "lowest", "highest", "milliseconds"],
+)
+def test_control(text: str, expected: ControlConfig) -> None:
+    assert parse(text).control == expected
+
+
 def test_sense_reflex_on_accepts_a_single_name_and_drops_repeats() -> None:
     config = parse(
         """\
@@ -289,6 +315,9 @@ def test_yaml_merge_keys_are_honoured() -> None:
 def test_integers_are_decimal_and_base_60_is_refused() -> None:
     config = parse("workflows:\n  w: {maxQueue: 010, concurrency: 1_000}\n")
     assert (config.workflows["w"].max_queue, config.workflows["w"].concurrency) == (10, 1000)
+    # Python refuses int() of more than 4,300 digits: leading zeros are not digits here.
+    config = parse(f"workflows:\n  w: {{maxSteps: {'0' * 5000}7}}\n")
+    assert config.workflows["w"].max_steps == 7
     [error] = errors_of("senses:\n  a: {timeout: 1:30}\n")
     assert error.startswith("nerve.yaml:2: senses.a.timeout: expected a duration")
     assert error.endswith("got '1:30'")
@@ -590,6 +619,78 @@ RULES = [
     ("retention:\n  runs: {maxCount: lots}\n", 2, "retention.runs.maxCount", "integer or null"),
     ("retention:\n  signals: {maxAge: 0}\n", 2, "retention.signals.maxAge", "longer than 0"),
     ("retention:\n  signals: {maxCount: 5}\n", 2, "retention.signals.maxCount", "allowed keys: "),
+    # control
+    ("control: [1]\n", 1, "control", "expected a mapping, got a list"),
+    ("control: 5\n", 1, "control", "expected a mapping, got an integer (5)"),
+    ("control:\n  idle: 5s\n", 2, "control.idle", "allowed keys: idleTimeout, maxConnections"),
+    (
+        "control:\n  maxConnection: 64\n",
+        2,
+        "control.maxConnection",
+        "did you mean 'maxConnections'",
+    ),
+    (
+        "control:\n  idleTimeout: 999ms\n",
+        2,
+        "control.idleTimeout",
+        "must be at least 1s, got '999ms'",
+    ),
+    ("control:\n  idleTimeout: 0\n", 2, "control.idleTimeout", "must be at least 1s, got 0"),
+    ("control:\n  idleTimeout: -1s\n", 2, "control.idleTimeout", "cannot be negative"),
+    ("control:\n  idleTimeout: 36501d\n", 2, "control.idleTimeout", "cannot exceed 36500d"),
+    ("control:\n  idleTimeout:\n", 2, "control.idleTimeout", "expected a duration such as"),
+    ("control:\n  idleTimeout: .nan\n", 2, "control.idleTimeout", "; got nan"),
+    (
+        "control:\n  maxConnections: 31\n",
+        2,
+        "control.maxConnections",
+        "must be at least 32, got 31",
+    ),
+    ("control:\n  maxConnections: 4097\n", 2, "control.maxConnections", "at most 4096, got 4097"),
+    ("control:\n  maxConnections: 64.0\n", 2, "control.maxConnections", "expected an integer"),
+    ("control:\n  maxConnections: lots\n", 2, "control.maxConnections", "got a string ('lots')"),
+    ("control:\n  maxConnections: .inf\n", 2, "control.maxConnections", "got a number (inf)"),
+    # numbers no setting can hold, and that Python will not even print
+    (
+        "workflows:\n  w: {concurrency: 1.0e+400}\n",
+        2,
+        "workflows.w.concurrency",
+        "got a number (inf)",
+    ),
+    ("workflows:\n  w: {maxSteps: .nan}\n", 2, "workflows.w.maxSteps", "got a number (nan)"),
+    ("senses:\n  a: {timeout: 1.0e+400}\n", 2, "senses.a.timeout", "; got inf"),
+    ("senses:\n  a: {timeout: -.inf}\n", 2, "senses.a.timeout", "; got -inf"),
+    ("senses:\n  a: {timeout: 1e400}\n", 2, "senses.a.timeout", "; got '1e400'"),
+    (
+        f"workflows:\n  w: {{concurrency: {'9' * 5000}}}\n",
+        2,
+        "workflows.w.concurrency",
+        "must be at most 1000000000, got an integer of more than 30 digits",
+    ),
+    (
+        f"workflows:\n  w: {{maxQueue: -{'9' * 5000}}}\n",
+        2,
+        "workflows.w.maxQueue",
+        "must be at least 1, got an integer of more than 30 digits",
+    ),
+    (
+        f"senses:\n  a: {{timeout: {'9' * 5000}}}\n",
+        2,
+        "senses.a.timeout",
+        "cannot exceed 36500d (100 years); got an integer of more than 30 digits",
+    ),
+    (
+        f"senses:\n  a: {{throttle: 0x{'f' * 5000}}}\n",
+        2,
+        "senses.a.throttle",
+        "cannot exceed 36500d (100 years); got an integer of more than 30 digits",
+    ),
+    (
+        f"senses: 0b{'1' * 20000}\n",
+        1,
+        "senses",
+        "expected a mapping of sense names, got an integer of more than 30 digits",
+    ),
     # YAML itself
     ("senses:\n  a:\n  a:\n", 3, "senses.a", "duplicate key (first on line 2)"),
     ("senses: {}\nsenses: {}\n", 2, "senses", "duplicate key (first on line 1)"),
@@ -641,10 +742,98 @@ def test_yaml_syntax_error_has_its_line(text: str, line: int, message: str) -> N
     assert message in error
 
 
-def test_absurd_nesting_is_an_error_not_a_crash() -> None:
-    assert errors_of("senses: " + "[" * 5000 + "]" * 5000) == [
-        "nerve.yaml: invalid YAML: nested too deeply"
+def _laughs(levels: int, width: int, merge: bool) -> str:
+    """A "billion laughs" document: each anchor repeats the one before ``width`` times."""
+    lines = ["l0: &l0 {a: lol}" if merge else "l0: &l0 lol"]
+    for level in range(1, levels + 1):
+        refs = ", ".join([f"*l{level - 1}"] * width)
+        lines.append(
+            f"l{level}: &l{level} {{<<: [{refs}]}}" if merge else f"l{level}: &l{level} [{refs}]"
+        )
+    lines.append(f"senses: {{a: *l{levels}}}" if merge else f"reflexes: *l{levels}")
+    return "\n".join(lines) + "\n"
+
+
+def _merge_chain(length: int) -> str:
+    lines = ["m0: &m0 {timeout: 1s}"]
+    lines += [f"m{i}: &m{i} {{<<: *m{i - 1}}}" for i in range(1, length + 1)]
+    return "\n".join(lines) + f"\nsenses:\n  a: *m{length}\n"
+
+
+HOSTILE_SHAPES = [
+    ("senses: " + "[" * 100_000 + "]" * 100_000, 1, "nested more than 32 levels deep"),
+    ("senses: " + "{a: " * 5000 + "1" + "}" * 5000, 1, "nested more than 32 levels deep"),
+    ("".join("  " * i + f"k{i}:\n" for i in range(2000)), 32, "nested more than 32 levels deep"),
+    (_merge_chain(2000), 32, "nested more than 32 levels deep through aliases"),
+    (
+        _laughs(9, 10, merge=False),
+        6,
+        "more than 100,000 values (an alias counts as all it repeats)",
+    ),
+    (
+        _laughs(17, 2, merge=True),
+        15,
+        "more than 100,000 values (an alias counts as all it repeats)",
+    ),
+    ("a: &a [1, *a]\n", 1, "alias *a is inside its own anchor"),
+    ("senses: &s {a: {<<: *s}}\n", 1, "alias *s is inside its own anchor"),
+    (f"senses:\n  a: *{'x' * 100_000}\n", 2, "found undefined alias '" + "x" * 150),
+    (bytes(range(256)).decode("latin-1"), 1, "control character U+0000 is not allowed"),
+    ("senses:\n\ta: 1\n", 2, "found character '\\t' that cannot start any token"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    HOSTILE_SHAPES,
+    ids=[
+        "deep-flow-lists", "deep-flow-mappings", "deep-block-mappings", "long-merge-chain",
+        "billion-laughs", "merge-bomb", "recursive-alias", "recursive-merge",
+        "long-undefined-alias", "binary", "tab",
+    ],
+)  # fmt: skip
+def test_hostile_shape_is_one_error_with_its_line(text: str, line: int, message: str) -> None:
+    [error] = errors_of(text)
+    assert error.startswith(f"nerve.yaml:{line}: invalid YAML: {message}"), error[:300]
+    assert len(error) < 400, "a message quotes at most a clipped part of the file"
+
+
+def test_long_keys_and_values_are_clipped_in_messages() -> None:
+    key, value = "k" * 100_000, "v" * 100_000
+    errors = errors_of(f"senses:\n  ? {key}\n  : {{group: {value}}}\n  b: {{group: '{value},x'}}\n")
+    assert errors == [
+        f"nerve.yaml:2: senses.{'k' * 97}...: '{'k' * 57}...' is not a valid sense name: "
+        "use letters, digits, '_', '.' and '-', starting with a letter or digit, "
+        "at most 64 characters",
+        f"nerve.yaml:3: senses.{'k' * 97}....group: '{'v' * 57}...' is not a valid group name: "
+        "use letters, digits, '_', '.' and '-', starting with a letter or digit, "
+        "at most 64 characters",
+        f"nerve.yaml:4: senses.b.group: '{'v' * 57}...' is not a valid group name: "
+        "use letters, digits, '_', '.' and '-', starting with a letter or digit, "
+        "at most 64 characters",
     ]
+
+
+def test_reports_stop_after_max_errors() -> None:
+    text = "senses:\n" + "".join(f"  s{i}: {{timeout: 0}}\n" for i in range(3 * MAX_ERRORS))
+    errors = errors_of(text)
+    assert len(errors) == MAX_ERRORS + 1
+    assert errors[0] == "nerve.yaml:2: senses.s0.timeout: must be longer than 0, got 0"
+    assert errors[-1] == f"nerve.yaml: stopped after {MAX_ERRORS} errors"
+
+
+def test_no_spelling_hint_among_thousands_of_names() -> None:
+    # Comparing every misspelling with every name would stall the master: past 1,000 names,
+    # an unknown one gets no "did you mean".
+    def error(count: int) -> str:
+        senses = "".join(f"  sense{i}:\n" for i in range(count))
+        [error] = errors_of(
+            f"senses:\n{senses}reflexes:\n  - {{kind: sense, sense: sense1, on: sensex1}}\n"
+        )
+        return error
+
+    assert "(did you mean 'sense1'?)" in error(1000)
+    assert error(1001).endswith(": unknown sense 'sensex1'; declare it under senses:")
 
 
 def test_every_error_is_reported_in_file_order() -> None:
@@ -694,7 +883,8 @@ def test_errors_name_the_file_they_came_from() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config("extra: 1\n", Path("/srv/other.yaml"))
     assert caught.value.errors == (
-        "other.yaml:1: extra: unknown key; allowed keys: senses, reflexes, workflows, retention",
+        "other.yaml:1: extra: unknown key; allowed keys: senses, reflexes, workflows, retention, "
+        "control",
     )
 
 
@@ -728,10 +918,49 @@ def test_load_config_missing_file(tmp_path: Path) -> None:
     )
 
 
-def test_load_config_unreadable_file(tmp_path: Path) -> None:
-    (tmp_path / "nerve.yaml").mkdir()
-    with pytest.raises(ConfigError, match=r"^nerve.yaml: cannot read .*: Is a directory$"):
+def _make_directory(path: Path) -> None:
+    path.mkdir()
+
+
+def _make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _link_to_dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (_make_directory, "a directory"),
+        (_make_fifo, "a FIFO"),
+        (_link_to_dev_zero, "a character device"),
+    ],
+    ids=["directory", "fifo", "dev-zero"],
+)
+def test_load_config_reads_only_a_regular_file(
+    tmp_path: Path, make: Callable[[Path], None], kind: str
+) -> None:
+    make(tmp_path / "nerve.yaml")
+    with deadline(5), pytest.raises(ConfigError) as caught:
         load_config(tmp_path)
+    assert caught.value.errors == (
+        f"nerve.yaml: cannot read {tmp_path / 'nerve.yaml'}: {kind}, not a regular file",
+    )
+
+
+def test_load_config_reads_at_most_max_file_size(tmp_path: Path) -> None:
+    path = tmp_path / "nerve.yaml"
+    path.write_bytes(b"#" * (MAX_FILE_SIZE - 1) + b"\n")
+    assert dict(load_config(tmp_path).senses) == {}
+    with path.open("ab") as file:
+        file.truncate(8 << 30)  # sparse: 8 GiB that cost nothing to write, and must not be read
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert caught.value.errors == (
+        f"nerve.yaml: {path} is larger than 256.0 KiB, the most it may hold",
+    )
 
 
 def test_load_config_not_utf8(tmp_path: Path) -> None:
@@ -806,4 +1035,17 @@ def test_check_packages_when_senses_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "senses").write_text("")
     assert check_packages(tmp_path, config) == [
         f"nerve.yaml:2: senses.a: no package: senses/a/__init__.py is missing in {tmp_path}"
+    ]
+
+
+def test_check_packages_refuses_a_package_too_large_to_fingerprint(tmp_path: Path) -> None:
+    config = parse_config("senses:\n  small:\nworkflows:\n  big:\n", tmp_path / "nerve.yaml")
+    for package in ("senses/small", "workflows/big"):
+        (tmp_path / package).mkdir(parents=True)
+        (tmp_path / package / "__init__.py").touch()
+    with (tmp_path / "workflows/big/model.bin").open("wb") as file:
+        file.truncate(8 << 30)  # sparse: check_packages must size it, not read it
+    assert check_packages(tmp_path, config) == [
+        "nerve.yaml:4: workflows.big: package too large: more than 256.0 MiB in its files "
+        "(a package may hold at most 10,000 files and 256.0 MiB)"
     ]

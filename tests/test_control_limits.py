@@ -12,14 +12,20 @@ import contextlib
 import itertools
 import json
 import resource
+import shutil
 import socket
 import sqlite3
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from sandbox import ensure_nerve_user
 from support import Nerved, wait_until
+
+from nerved.control.server import ROOT_RESERVE
 
 CONFIG = "senses:\n  tick: {}\n"
 TICK = "def compute(ctx):\n    return None\n"
@@ -188,3 +194,61 @@ def test_out_of_file_descriptors_the_accept_loop_backs_off_and_logs_once(nerved_
     resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
     assert daemon.rpc("status")["pid"] == daemon.pid  # waits in the backlog for the pause
     assert "accepting control connections again" in daemon.log()
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # the test's own may live under /root, which nobody can read
+TENANT = """
+import json, socket, sys
+path, count = sys.argv[1], int(sys.argv[2])
+served, refused, held = 0, 0, []
+for _ in range(count):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(path)
+    sock.sendall(b'{"jsonrpc": "2.0", "id": 1, "method": "status"}\\n')
+    answer = json.loads(sock.makefile().readline())
+    if "result" in answer:
+        served += 1
+        held.append(sock)
+    else:
+        assert answer["error"]["code"] == -32002, answer
+        refused += 1
+print(served, refused, flush=True)
+sys.stdin.readline()  # hold them until told
+closed = sum(1 for sock in held if sock.recv(1) == b"")
+print(closed, flush=True)
+"""
+
+
+def test_a_full_connection_table_keeps_room_for_root_and_idle_clients_go(nerved_factory):
+    """Another user fills every connection it may have: it is told so, root still gets in,
+    and once idle for ``control.idleTimeout`` its connections are closed."""
+    ensure_nerve_user()
+    daemon = nerved_factory(
+        "control: {maxConnections: 32, idleTimeout: 2s}\n" + CONFIG, {"tick": TICK}
+    )
+    sockets = Path(tempfile.mkdtemp(prefix="nerve-sock-"))
+    sockets.chmod(0o755)  # the tenant (uid nobody) must reach the socket, mode 0660 group nerve
+    daemon.socket = sockets / "nerved.sock"
+    daemon.start()
+    tenant = subprocess.Popen(
+        [SYSTEM_PYTHON, "-c", TENANT, str(daemon.socket), "40"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        user="nobody", group="nerve",
+    )  # fmt: skip
+    try:
+        assert tenant.stdout is not None and tenant.stdin is not None
+        served, refused = map(int, tenant.stdout.readline().split())
+        assert (served, refused) == (32 - ROOT_RESERVE, 40 - 32 + ROOT_RESERVE)
+        for _ in range(ROOT_RESERVE):  # root gets every place kept for it
+            assert status_latency(daemon) < 1
+        started = time.monotonic()
+        tenant.stdin.write("\n")
+        tenant.stdin.flush()
+        assert int(tenant.stdout.readline()) == served  # each closed by the daemon
+        assert time.monotonic() - started < 2 + 2  # idleTimeout and a sweep
+    finally:
+        tenant.kill()
+        tenant.wait()
+        shutil.rmtree(sockets, ignore_errors=True)
+    assert "refused" in daemon.log() and "kept for root" in daemon.log()

@@ -5,10 +5,9 @@ and reason the foreground gives. Detached daemons are not our children: every on
 again through the lock it holds on ``<state>/nerved.lock`` (which names its pid) and
 stopped at the end of its test.
 
-Some tests hold nerved at a known point of its start through its notify socket: a datagram
-socket whose queue is full makes sd_notify block, so nerved cannot pass its first
-``STATUS=starting`` (after the checks of ``prepare``, before logs.db and the loop's signal
-handlers) until the test drains the queue.
+Some tests hold nerved at a known point of its start by holding logs.db's write lock:
+nerved waits for it after the checks of ``prepare`` and nerved.early's handler, before the
+loop's signal handlers and READY, saying so on its notify socket and in its log.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import contextlib
 import fcntl
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,9 +28,9 @@ import pytest
 from support import REPO, Nerved, make_root, pid_alive, wait_until
 
 from nervectl.client import Client
+from nerved.store import Store
 
 TICK = "def compute(ctx):\n    return {}\n"
-FILLER = b"filler"
 
 
 @pytest.fixture
@@ -133,37 +131,22 @@ def wait_for_sighup_handled(proc: subprocess.Popen[bytes]) -> None:
     assert proc.poll() is None, f"nerved exited with {proc.returncode} before handling SIGHUP"
 
 
-class HeldNotify:
-    """A notify socket whose queue the test keeps full, so that nerved's sd_notify blocks."""
+class HeldStore:
+    """A logs.db whose write lock the test holds, so that nerved waits for it at start:
+    after nerved.early, before the loop and READY (nerved.store waits for the lock)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    filler.sendto(FILLER, str(path))
+    def __init__(self, state: Path) -> None:
+        state.mkdir(parents=True, exist_ok=True)
+        Store(state / "logs.db").close()  # a real logs.db, made and let go
+        self.log = state / "nerved.log"
+        self.conn = sqlite3.connect(state / "logs.db", isolation_level=None, timeout=0)
+        self.conn.execute("BEGIN IMMEDIATE")
 
-    def wait_for(self, needle: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-        """Drain the queue until nerved sends ``needle``; fail if it exits first."""
-        self.sock.settimeout(0.1)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"nerved exited with {proc.returncode}"
-            try:
-                message = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            if needle.encode() in message:
-                return
-        raise AssertionError(f"no {needle!r} within {timeout}s")
-
-    def close(self) -> None:
-        """From now on nerved's notifications are refused (and ignored), never block it."""
-        self.sock.close()
-        self.path.unlink()
+    def release(self) -> None:
+        """Let go (again: a no-op)."""
+        with contextlib.suppress(sqlite3.ProgrammingError):  # closed already
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
 
 
 class Barrage:
@@ -195,19 +178,21 @@ class Barrage:
 
 
 def test_sighup_from_the_first_line_until_ready_never_kills_nerved(root, tmp_path):
-    held = HeldNotify(tmp_path / "notify.sock")
-    daemon = Nerved(root, tmp_path / "n", "--no-watch", env={"NOTIFY_SOCKET": str(held.path)})
+    daemon = Nerved(root, tmp_path / "n", "--no-watch")
+    held = HeldStore(daemon.state)
     try:
         daemon.start(wait=False)
         proc = daemon.proc
         assert proc is not None
         wait_for_sighup_handled(proc)
-        # Held before logs.db and the loop: this SIGHUP can only reach nerved.early's handler.
+        daemon.wait_notify("waiting for the write lock")
+        # Held before the loop: this SIGHUP can only reach nerved.early's handler.
         daemon.signal(signal.SIGHUP)
         barrage = Barrage(lambda: [daemon.pid], lambda: proc.poll() is not None)
-        held.wait_for("READY=1", proc)
+        time.sleep(0.2)  # a barrage while held (there is no event to wait for: it must not die)
+        held.release()
+        daemon.wait_notify("READY=1")
         assert barrage.stop() > 1
-        held.close()
         assert proc.poll() is None
         assert daemon.rpc("status")["pid"] == daemon.pid
         wait_until(lambda: "reload (SIGHUP during start-up)" in daemon.log(), what="the reload")
@@ -215,9 +200,8 @@ def test_sighup_from_the_first_line_until_ready_never_kills_nerved(root, tmp_pat
         wait_until(lambda: "reload (SIGHUP)" in daemon.log(), what="a reload")
         assert daemon.stop() == 0
     finally:
+        held.release()
         daemon.cleanup()
-        with contextlib.suppress(OSError):
-            held.close()
 
 
 def test_a_sighup_the_supervisor_blocked_is_a_reload_once_nerved_handles_it(root, places, tmp_path):
@@ -402,26 +386,26 @@ def test_a_start_that_fails_after_detaching_exits_as_the_foreground_does(
 
 def test_a_daemon_that_dies_while_starting_is_reported(root, places, tmp_path):
     """SIGTERM before READY keeps its default action: death, which the parent reports."""
-    held = HeldNotify(tmp_path / "notify.sock")
     place = places("d")
+    held = HeldStore(place.state)
     pidfile = tmp_path / "nerved.pid"
     err = tmp_path / "stderr"
     with open(err, "wb") as stderr:
         parent = subprocess.Popen(
             [sys.executable, "-m", "nerved", *place.args(root), "--daemon", "--pidfile", str(pidfile)],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
-            env={**os.environ, "NOTIFY_SOCKET": str(held.path)},
         )  # fmt: skip
     try:
-        pid = wait_until(
-            lambda: pidfile.exists() and pidfile.read_text().strip().isdigit() and pidfile,
-            what="the daemon's pid",
-        ).read_text()
-        os.kill(int(pid), signal.SIGTERM)  # it is held at its first sd_notify: not ready
+        wait_until(
+            lambda: held.log.exists() and "waiting for the write lock" in held.log.read_text(),
+            what="the daemon to wait for logs.db",
+        )
+        pid = pidfile.read_text()
+        os.kill(int(pid), signal.SIGTERM)  # it waits for the store: not ready
         assert parent.wait(30) == 70, err.read_text()
         assert f"see {place.state / 'nerved.log'}" in err.read_text()
     finally:
-        held.close()
+        held.release()
         parent.wait(30)
 
 

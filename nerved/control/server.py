@@ -34,9 +34,7 @@ from nerved.loop import Loop, Timer
 log = logging.getLogger(__name__)
 
 MiB: Final = 1024 * 1024
-MAX_CONNECTIONS: Final = 256  # default of nerve.yaml's control.maxConnections
-ROOT_RESERVE: Final = 16  # of them, only root may take the last ones
-IDLE_TIMEOUT: Final = 60.0  # seconds; default of nerve.yaml's control.idleTimeout
+ROOT_RESERVE: Final = 16  # of the connections allowed, only root may take the last ones
 SWEEP_EVERY: Final = 1.0  # seconds between two looks for idle and stalled clients
 TURN_BUDGET: Final = 0.02  # seconds of heavy requests per loop turn (at least one runs)
 LIGHT_PER_TURN: Final = 256  # light requests per loop turn, over all clients
@@ -182,16 +180,21 @@ class ControlServer:
         loop: Loop,
         sock: socket.socket,
         dispatch: Dispatch,
-        heavy: frozenset[str] = frozenset(),
+        *,
+        heavy: frozenset[str],
+        idle_timeout: float,
+        max_connections: int,
     ) -> None:
+        """``heavy``: the methods that share the per-turn budget; ``idle_timeout`` (seconds)
+        and ``max_connections`` come from nerve.yaml's ``control:`` (see :meth:`configure`)."""
         self.loop = loop
         self.sock = sock
         self.dispatch = dispatch
         self.heavy = heavy
         self.policy = PeerPolicy()
         self.connections: dict[int, Connection] = {}
-        self.max_connections = MAX_CONNECTIONS
-        self.idle_timeout = IDLE_TIMEOUT
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
         self.input_total = 0  # bytes of requests waiting, over every connection
         self.output_total = 0  # bytes of answers not yet read, over every connection
         self._ready: dict[Connection, None] = {}  # connections with requests, in turn order
