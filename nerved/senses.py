@@ -228,7 +228,9 @@ class SenseManager:
         ):
             reply["error"] = "query filters: source, type, refId are strings; since, limit integers"
             return reply
-        entries = self.store.query_logs(
+        # The committed view (nerved.store): user code may ask for any page of logs.db, and
+        # a damaged one must fail that query alone, not the master's open batch.
+        entries = self.store.committed.query_logs(
             source=filters["source"],
             type=filters["type"],
             ref_id=filters["refId"],

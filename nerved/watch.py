@@ -21,6 +21,7 @@ from nerved.loop import Loop, Timer
 log = logging.getLogger(__name__)
 
 DEBOUNCE: Final = 0.3
+MAX_WATCHED: Final = 4096  # directories watched with inotify (each a kernel watch)
 _IGNORED_SUFFIXES: Final = (".pyc", ".pyo", ".swp", ".swx", ".tmp", "~")
 
 _F = inotify_simple.flags
@@ -47,6 +48,7 @@ class Watcher:
         self._inotify = inotify_simple.INotify(nonblocking=True)
         self._watches: dict[int, Path] = {}
         self._timer: Timer | None = None
+        self._said_too_many = False
         loop.add_reader(self._inotify.fileno(), self._readable)
         self.refresh()
 
@@ -64,6 +66,10 @@ class Watcher:
             self._watches[wd] = directory
 
     def _directories(self) -> list[Path]:
+        """The root and the directories of the packages, at most :data:`MAX_WATCHED`: each is
+        an inotify watch (a kernel resource), and walking them happens in the master's loop.
+        Past the bound the rest are not watched, which is said once; ``nervectl reload``
+        still sees every change."""
         found = [self.root]
         for top in ("senses", "workflows"):
             base = self.root / top
@@ -72,6 +78,15 @@ class Watcher:
             for dirpath, dirnames, _files in os.walk(base):
                 dirnames[:] = [d for d in dirnames if not _ignored(d) and not d.startswith(".")]
                 found.append(Path(dirpath))
+                if len(found) >= MAX_WATCHED:
+                    if not self._said_too_many:
+                        log.warning(
+                            "more than %d directories under %s: changes below the first %d"
+                            " are not noticed by themselves (nervectl reload sees them)",
+                            MAX_WATCHED, self.root, MAX_WATCHED,
+                        )  # fmt: skip
+                        self._said_too_many = True
+                    return found
         return found
 
     def _readable(self, _mask: int) -> None:

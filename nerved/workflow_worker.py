@@ -35,6 +35,7 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
+import json
 import logging
 import socket
 from collections.abc import Mapping
@@ -58,10 +59,12 @@ class Halted(Exception):
     """The daemon is stopping: this thread ends here without a final status."""
 
 
-def _checked(value: Any, what: str) -> None:
-    """Raise ThreadFailed unless ``value`` is one nerve keeps (:func:`wire.check_value`)."""
+def _checked(value: Any, what: str) -> Any:
+    """``value`` as it is kept: through JSON and back, so that a tuple is a list and a key a
+    string now, as they will be when a resumed run replays it. Raises ThreadFailed unless it
+    is one nerve keeps (:func:`wire.check_value`)."""
     try:
-        wire.check_value(value, what)
+        return json.loads(wire.check_value(value, what))
     except wire.Invalid as exc:
         raise ThreadFailed(str(exc)) from None
 
@@ -74,8 +77,7 @@ def _check_event(role: str, event: Any) -> CommandEvent:
         )
     if not isinstance(event.get("type"), str):
         raise ThreadFailed(f"role {role!r} returned an event without a string 'type'")
-    checked = dict(event)
-    _checked(checked, f"the event role {role!r} returned")
+    checked: CommandEvent = _checked(dict(event), f"the event role {role!r} returned")
     return checked
 
 
@@ -218,8 +220,7 @@ class WorkflowWorker:
         if role_name not in definition.roles:
             known = ", ".join(sorted(definition.roles))
             raise ThreadFailed(f"moderator chose unknown role {role_name!r} (roles: {known})")
-        prompt = decision.get("prompt")
-        _checked(prompt, f"the moderator's prompt for role {role_name!r}")
+        prompt = _checked(decision.get("prompt"), f"the moderator's prompt for role {role_name!r}")
         return role_name, prompt
 
     async def _execute(

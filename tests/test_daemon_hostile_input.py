@@ -16,6 +16,7 @@ import pytest
 from support import Nerved, wait_until
 
 from nervectl.client import RemoteError
+from nerved.watch import MAX_WATCHED
 
 TICK = "def compute(ctx):\n    return {'ok': True}\n"
 CONFIG = "senses:\n  tick: {}\n"
@@ -176,3 +177,16 @@ def test_a_stuck_notify_reader_never_stalls_nerved(nerved_factory):
     assert last_reloading < last_ready < messages.index(failed)
     daemon.notifications.clear()
     daemon.wait_notify("WATCHDOG=1", 5)
+
+
+def test_a_package_of_thousands_of_directories_is_watched_within_a_bound(nerved_factory):
+    """Each watched directory is a kernel inotify watch, added from the master's loop: past
+    MAX_WATCHED the rest are not watched (said once), and nervectl reload still works."""
+    daemon = nerved_factory(CONFIG, {"tick": TICK})
+    package = daemon.root / "senses" / "tick"
+    for n in range(MAX_WATCHED + 100):
+        (package / f"d{n // 100}" / f"e{n % 100}").mkdir(parents=True, exist_ok=True)
+    daemon.start()
+    assert daemon.log().count(f"more than {MAX_WATCHED} directories") == 1
+    assert reload(daemon) == {"changed": []}
+    still_computes(daemon)

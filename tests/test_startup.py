@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -288,6 +289,43 @@ def test_a_socket_in_use_is_refused_before_detaching(root, places, nerved_factor
     assert "another nerved is listening" in done.stderr
     assert place.holder() is None
     assert first.rpc("status")["pid"] == first.pid
+
+
+def test_a_file_that_is_not_a_socket_at_the_socket_path_is_73(root, places):
+    place = places("d")
+    place.socket.parent.mkdir(parents=True, exist_ok=True)
+    place.socket.write_text("not a socket")
+    done = detach(root, place)
+    assert done.returncode == 73, done.stderr
+    assert "exists and is not a socket" in done.stderr
+    assert place.socket.read_text() == "not a socket"  # left alone
+
+
+def test_a_listener_too_busy_to_answer_is_still_a_listener(root, places):
+    """A socket whose backlog is full still has someone behind it: refused (75) at once,
+    never unlinked as stale, and the probe never hangs the start."""
+    place = places("d")
+    place.socket.parent.mkdir(parents=True, exist_ok=True)
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    busy.bind(str(place.socket))
+    busy.listen(0)
+    queued = []
+    with contextlib.suppress(BlockingIOError, TimeoutError):
+        for _ in range(64):  # fill the backlog: the next connect gets EAGAIN
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            queued.append(client)
+            client.connect(str(place.socket))
+    try:
+        started = time.monotonic()
+        done = detach(root, place)
+        assert done.returncode == 75, done.stderr
+        assert time.monotonic() - started < 10
+        assert place.socket.exists()
+    finally:
+        for client in queued:
+            client.close()
+        busy.close()
 
 
 # -- pid files --------------------------------------------------------------------------------

@@ -703,3 +703,26 @@ def test_no_trigger_is_taken_once_stopping(nerved_factory, tmp_path):
     gate.touch()  # the running step finishes; it was the last one, so the thread completes
     assert daemon.wait(15) == 0
     assert {r["runId"]: r["status"] for r in _rows(daemon)} == {run_id: "completed"}
+
+
+def test_the_moderator_sees_events_and_roles_see_prompts_as_they_are_kept(nerved_factory):
+    """Through JSON and back, the first time as on every replay: a tuple is a list and an
+    integer key a string, so that a resumed run's moderator decides exactly as the first."""
+    kept = """
+        from nerved import WorkflowDefinition
+
+        def pair(prompt, ctx):
+            assert prompt == {"seen": [1, 2], "keys": ["1"]}, prompt
+            return {"type": "paired", "pair": (1, 2), "by": {1: "a"}}
+
+        def moderate(thread, event):
+            if event["type"] == "thread_start":
+                return {"role": "pair", "prompt": {"seen": (1, 2), "keys": ("1",)}}
+            assert event == {"type": "paired", "pair": [1, 2], "by": {"1": "a"}}, event
+            return None
+
+        workflow = WorkflowDefinition(roles={"pair": pair}, moderate=moderate)
+    """
+    daemon = start(nerved_factory, "  kept: {}\n", {"kept": kept})
+    run = wait_run(daemon, trigger(daemon, "kept")["runId"])
+    assert run["status"] == "completed", run["error"]

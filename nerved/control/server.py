@@ -41,6 +41,7 @@ LIGHT_PER_TURN: Final = 256  # light requests per loop turn, over all clients
 INPUT_BUDGET: Final = 16 * MiB  # waiting requests of all clients before busy ones stop reading
 OUTPUT_BUDGET: Final = 32 * MiB  # unread answers of all clients before heavy requests wait
 ACCEPTS_PER_TURN: Final = 64
+PROBE_TIMEOUT: Final = 1.0  # seconds to see whether a socket file left at our path is live
 ACCEPT_PAUSE: Final = (0.1, 2.0)  # seconds: first and longest pause of accept() without fds
 REFUSAL_LOG_EVERY: Final = 10.0  # seconds: refused connections are counted, logged this often
 _UCRED: Final = struct.Struct("3i")
@@ -62,12 +63,15 @@ def bind(path: Path) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise SocketInUse(f"{path} exists and is not a socket")
+            raise FileExistsError(errno.EEXIST, "exists and is not a socket", str(path))
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(PROBE_TIMEOUT)
         try:
             probe.connect(str(path))
-        except OSError:
+        except (ConnectionRefusedError, FileNotFoundError):
             path.unlink()  # nobody listens: left behind by a daemon that was killed
+        except OSError as exc:  # a listener too busy to take us (EAGAIN) still listens
+            raise SocketInUse(f"something listens on {path} ({exc.strerror or exc})") from exc
         else:
             raise SocketInUse(f"another nerved is listening on {path}")
         finally:
