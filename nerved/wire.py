@@ -151,7 +151,7 @@ def loads(data: bytes | bytearray | memoryview | str, *, max_depth: int = MAX_DE
     except ValueError as exc:  # an integer of more than 4300 digits
         raise Invalid(f"not a usable JSON value: {exc}") from None
     if text.count("[") + text.count("{") > max_depth and depth_exceeds(value, max_depth):
-        raise Invalid(f"nested deeper than {max_depth} levels")
+        _raise_first_problem(value, max_depth)  # says where (its walk stops at max_depth)
     if "\\u" in text and _SURROGATE_ESCAPE.search(text):
         _raise_first_problem(value, max_depth)
     return value

@@ -143,3 +143,74 @@ def test_many_clients_at_once(daemon: Nerved) -> None:
 
 def test_socket_mode_is_0660(daemon: Nerved) -> None:
     assert daemon.socket.stat().st_mode & 0o777 == 0o660
+
+
+def deep(levels: int, inner: bytes = b"1") -> bytes:
+    return b"[" * levels + inner + b"]" * levels
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "names"),
+    [
+        # Any shape under the line cap gets an answer: nesting is refused where it enters.
+        (deep(990), -32600, "nested deeper than 102"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "status", "params": {"x": ' + deep(980) + b"}}",
+         -32602, "param 'x' nests deeper than 100 levels"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "workflow.trigger", "params": {"workflow": "w", "payload": ' + deep(101) + b"}}",
+         -32602, "param 'payload' nests deeper than 100 levels"),
+        # Values JSON cannot carry, named by param and path.
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "workflow.trigger", "params": {"workflow": "w", "payload": {"x": NaN}}}',
+         -32602, "param 'payload' holds what JSON cannot carry: NaN is not JSON (at payload.x)"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "workflow.trigger", "params": {"workflow": "w", "payload": [Infinity]}}',
+         -32602, "Infinity is not JSON (at payload[0])"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "workflow.trigger", "params": {"workflow": "w", "payload": 1e400}}',
+         -32602, "param 'payload' holds what JSON cannot carry: a number too large"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "workflow.trigger", "params": {"workflow": "w", "payload": "\\ud800"}}',
+         -32602, "lone UTF-16 surrogate"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "logs.query", "params": {"refId": "\\udc00x"}}',
+         -32602, "param 'refId'"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "logs.query", "params": {"afterId": 9223372036854775808}}',
+         -32602, "param 'afterId' must be at most 9223372036854775807"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "logs.query", "params": {"since": 1e400}}',
+         -32602, "param 'since' must be an integer"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "workflow.wait", "params": {"runId": "abcdefgh", "timeout": 1e300}}',
+         -32602, "param 'timeout' must be at most"),
+        (b'{"jsonrpc": "2.0", "id": NaN, "method": "status"}', -32600, "NaN is not JSON (at id)"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "status"}\xff', -32700, "not UTF-8"),
+    ],
+    ids=["deep-line", "deep-param", "deep-payload", "nan", "infinity", "1e400", "surrogate",
+         "surrogate-param", "int64", "float-for-int", "huge-timeout", "nan-id", "not-utf8"],
+)  # fmt: skip
+def test_every_shape_and_value_gets_its_answer_and_changes_nothing(
+    nerved_factory, line: bytes, code: int, names: str
+) -> None:
+    daemon = nerved_factory(
+        "workflows:\n  w: {concurrency: 1, overflow: queue, maxQueue: 2}\n",
+        workflows={"w": HOLD},
+    ).start()
+    with raw(daemon) as sock:
+        buf = bytearray()
+        # A full queue: a trigger that evicted before validating would drop its oldest run.
+        runs = [ask(sock, TRIGGER % i, buf)["result"]["runId"] for i in range(3)]
+        answer = ask(sock, line, buf)
+        assert error_code(answer) == code, answer
+        assert names in answer["error"]["message"]
+        listed = {r["runId"]: r["status"] for r in daemon.rpc("workflow.list", all=True)}
+        assert listed == {runs[0]: "started", runs[1]: "queued", runs[2]: "queued"}
+        assert ask(sock, b'{"jsonrpc": "2.0", "id": 7, "method": "status"}', buf)["id"] == 7
+    assert "Traceback" not in daemon.log()
+
+
+HOLD = """
+    import time
+    from nerved import WorkflowDefinition
+
+    def hold(prompt, ctx):
+        time.sleep(3600)
+
+    def moderate(thread, event):
+        return {"role": "hold", "prompt": {}} if event["type"] == "thread_start" else None
+
+    workflow = WorkflowDefinition(roles={"hold": hold}, moderate=moderate)
+"""
+TRIGGER = b'{"jsonrpc": "2.0", "id": 100, "method": "workflow.trigger", "params": {"workflow": "w", "payload": %d}}'

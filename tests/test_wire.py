@@ -23,7 +23,7 @@ def nest(depth: int) -> object:
         (b'{"x": "\\ud800"}', "lone UTF-16 surrogate", ("x",)),
         (b'{"x": ["\\udfff"]}', "lone UTF-16 surrogate", ("x", 0)),
         (b"[" * 990 + b"]" * 990, "nested deeper than 100 levels", ()),
-        (b"[" * 101 + b"]" * 101, "nested deeper than 100 levels", ()),
+        (b"[" * 101 + b"]" * 101, "nested deeper than 100 levels", (0,) * 100),
         (b"\xff", "not UTF-8", ()),
         (b'"\xed\xa0\x80"', "not UTF-8", ()),  # a surrogate encoded as UTF-8 bytes
         (b'{"a": 1} x', "not JSON", ()),

@@ -95,6 +95,9 @@ def _invalid(exc: wire.Invalid) -> RpcError:
     if len(path) >= 2 and path[0] == "params" and isinstance(path[1], str):
         name = path[1]
         at = wire.where(path[2:], name)
+        if exc.reason.startswith("nested deeper"):
+            why = f"nests deeper than {wire.MAX_DEPTH} levels"
+            return RpcError(INVALID_PARAMS, f"param {name!r} {why} (at {at})")
         return RpcError(
             INVALID_PARAMS, f"param {name!r} holds what JSON cannot carry: {exc.reason} (at {at})"
         )

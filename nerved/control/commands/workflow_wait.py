@@ -20,5 +20,6 @@ MUTATES = False
 
 
 def run(daemon: Daemon, params: Params) -> Any:
+    timeout = params.number("timeout")  # every param is checked before the run is looked up
     record = find_run(daemon.store.committed, params.string("runId", required=True))
-    return daemon.workflows.wait(record.run_id, params.number("timeout"))
+    return daemon.workflows.wait(record.run_id, timeout)
