@@ -13,6 +13,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -327,3 +328,29 @@ def test_a_full_disk_stops_nerved_with_75_and_loses_no_acknowledged_run(
     for run_id in acknowledged:
         run = daemon.rpc("workflow.wait", runId=run_id, timeout=20)
         assert run["status"] == "completed", run
+
+
+# -- stopping -----------------------------------------------------------------------------
+
+
+def test_while_stopping_new_clients_are_answered_at_once(nerved_factory, tmp_path):
+    """A stop that waits for a running step still serves its socket: what would change
+    something gets -32002 at once, status says it stops; nobody hangs on a backlog."""
+    gate = tmp_path / "gate"
+    daemon = nerved_factory(
+        "workflows:\n  slow: {drainTimeout: 30s}\n", workflows={"slow": GATED}
+    ).start()
+    run = daemon.rpc("workflow.trigger", workflow="slow", payload={"gate": str(gate)})
+    wait_until(lambda: daemon.rpc("status")["activeWorkflows"] == 1)
+    daemon.signal(signal.SIGTERM)
+    daemon.wait_notify("STOPPING=1")
+    started = time.monotonic()
+    with Client(daemon.socket, timeout=5) as client:
+        assert client.call("status")["state"] == "stopping"
+        with pytest.raises(RemoteError) as refused:
+            client.call("workflow.trigger", {"workflow": "slow"})
+        assert refused.value.code == -32002
+        assert client.call("workflow.inspect", {"runId": run["runId"]})["status"] == "started"
+    assert time.monotonic() - started < 2
+    gate.touch()
+    assert daemon.wait(20) == 0
