@@ -28,6 +28,7 @@ from nerved import wire
 
 _HEADER: Final = struct.Struct(">I")
 _RECV_SIZE: Final = 256 * 1024
+_RECVS_PER_CALL: Final = 16  # at most 4 MiB read in one receive()
 
 ENVELOPE_DEPTH: Final = 3
 """Levels a message adds around the deepest value it carries (a query reply's
@@ -158,7 +159,7 @@ class Channel:
         by earlier calls) and ProtocolError on a frame longer than ``receive_limit``.
         """
         eof = False
-        while True:
+        for _ in range(_RECVS_PER_CALL):  # bounded: a peer that keeps writing waits a turn
             try:
                 chunk = self.sock.recv(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
