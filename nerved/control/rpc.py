@@ -93,7 +93,8 @@ class Params:
     ) -> Any:
         value = self._get(name, (int, float), "a number", required)
         if value is not None:
-            if not math.isfinite(value):
+            # An int is compared as it is: math.isfinite would overflow on a 400-digit one.
+            if isinstance(value, float) and not math.isfinite(value):
                 raise bad_params(f"param {name!r} must be a finite number")
             self._within(name, value, minimum, maximum)
         return value

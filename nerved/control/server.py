@@ -163,6 +163,32 @@ def _process_groups(pid: int) -> set[int]:
     return set()
 
 
+class _Budget:
+    """One turn's allowance: :data:`LIGHT_PER_TURN` light requests, and heavy ones until
+    :data:`TURN_BUDGET` seconds have gone (at least one, unless unread answers are over
+    :data:`OUTPUT_BUDGET`)."""
+
+    __slots__ = ("heavy_ran", "light_left", "started")
+
+    def __init__(self, started: float, light: int) -> None:
+        self.started = started
+        self.light_left = light
+        self.heavy_ran = False
+
+    def take(self, heavy: bool, output_full: bool) -> bool:
+        if not heavy:
+            if self.light_left <= 0:
+                return False
+            self.light_left -= 1
+            return True
+        if output_full:
+            return False
+        if self.heavy_ran and time.monotonic() - self.started >= TURN_BUDGET:
+            return False
+        self.heavy_ran = True
+        return True
+
+
 class ControlServer:
     """Accepts clients and shares each loop turn between their requests.
 
@@ -314,36 +340,34 @@ class ControlServer:
             self._work_timer = self.loop.call_later(0, self._work, gated=False)
 
     def _work(self) -> None:
-        """Answer waiting requests, round by round, within this turn's budgets."""
+        """Answer waiting requests, round by round, within this turn's budgets.
+
+        Each round takes at most one request per client (its oldest: a client's answers keep
+        their order), light ones first, so that a ``status`` never waits behind somebody
+        else's query in the same turn.
+        """
         self._work_timer = None
         started = time.monotonic()
-        light_left = LIGHT_PER_TURN
-        heavy_ran = False
+        budget = _Budget(started, LIGHT_PER_TURN)
         progress = True
         while progress:
             progress = False
-            for conn in list(self._ready):
-                request = conn.next_request()
-                if request is None or conn.closed:
-                    self._ready.pop(conn, None)
-                    continue
-                if len(conn.wbuf) >= OUTPUT_PAUSE:
-                    continue  # it runs again once its client reads (Connection.flush)
-                if self._is_heavy(request):
-                    over = heavy_ran and time.monotonic() - started >= TURN_BUDGET
-                    if over or self.output_total >= OUTPUT_BUDGET:
+            for heavy_pass in (False, True):
+                for conn in list(self._ready):
+                    request = conn.next_request()
+                    if request is None or conn.closed:
+                        self._ready.pop(conn, None)
                         continue
-                    heavy_ran = True
-                elif light_left <= 0:
-                    continue
-                else:
-                    light_left -= 1
-                conn.run_next()
-                progress = True
-                # Round robin across turns too: whoever was served goes to the back.
-                self._ready.pop(conn, None)
-                if conn.requests and not conn.closed:
-                    self._ready[conn] = None
+                    if len(conn.wbuf) >= OUTPUT_PAUSE or self._is_heavy(request) != heavy_pass:
+                        continue  # a paused client runs again once it reads (Connection.flush)
+                    if not budget.take(heavy_pass, self.output_total >= OUTPUT_BUDGET):
+                        continue
+                    conn.run_next()
+                    progress = True
+                    # Round robin across turns too: whoever was served goes to the back.
+                    self._ready.pop(conn, None)
+                    if conn.requests and not conn.closed:
+                        self._ready[conn] = None
         for conn in list(self.connections.values()):
             conn.update_interest()
             conn.maybe_close()
