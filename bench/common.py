@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,16 +33,20 @@ def summary_ms(values_s: list[float]) -> dict[str, float]:
     return {"n": len(ms), "p50": pct(ms, 50), "p99": pct(ms, 99), "max": max(ms)}
 
 
+def rss(pid: int) -> int:
+    """Resident bytes of one process (VmRSS, from /proc)."""
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def tree_rss(pid: int) -> int:
     """Resident bytes of a process and all its descendants (from /proc)."""
     total = 0
     todo = [pid]
-    page = os.sysconf("SC_PAGE_SIZE")
     while todo:
         current = todo.pop()
         with contextlib.suppress(OSError):
-            with open(f"/proc/{current}/statm") as f:
-                total += int(f.read().split()[1]) * page
+            total += rss(current)
             for task in os.listdir(f"/proc/{current}/task"):
                 children = f"/proc/{current}/task/{task}/children"
                 with contextlib.suppress(OSError), open(children) as f:
@@ -96,14 +101,25 @@ def scratch_root(base: Path, config: str, packages: dict[str, str]) -> Path:
 
 
 class Daemon:
-    """nerved on a scratch root; ready when it says READY=1 on our notify socket."""
+    """nerved on a scratch root; ready when it says READY=1 on our notify socket.
 
-    def __init__(self, config: str, packages: dict[str, str]):
+    With ``watchdog_usec``, nerved feeds a watchdog (``WATCHDOG_USEC``) and the notify socket
+    is read for as long as it runs, as systemd reads it (unread, its queue fills and nerved's
+    pings wait in nerved, so their gaps would be the reader's): every message is kept in
+    :attr:`notifications` with its time. Without, the socket is closed after READY=1.
+    """
+
+    def __init__(self, config: str, packages: dict[str, str], *, watchdog_usec: int = 0):
         self.dir = Path(tempfile.mkdtemp(prefix="nerve-bench-"))
         self.root = scratch_root(self.dir, config, packages)
+        self.state = self.dir / "state"
         self.socket = self.dir / "nerved.sock"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ)
+        self.watchdog_usec = watchdog_usec
+        self.notifications: list[tuple[float, str]] = []  # (time.monotonic(), message)
+        self._reading = threading.Event()
+        self._reader: threading.Thread | None = None
 
     def __enter__(self) -> Daemon:
         notify_path = self.dir / "notify.sock"
@@ -111,21 +127,39 @@ class Daemon:
         notify.bind(str(notify_path))
         notify.settimeout(30)
         env = {**self.env, "NOTIFY_SOCKET": str(notify_path)}
+        if self.watchdog_usec:
+            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nerved", "--root", str(self.root), "--state-dir",
-             str(self.dir / "state"), "--socket", str(self.socket), "--log-level", "warning",
+             str(self.state), "--socket", str(self.socket), "--log-level", "warning",
              "--no-watch"],
             env=env, cwd=REPO, stderr=open(self.dir / "nerved.log", "wb"),
         )  # fmt: skip
         while b"READY=1" not in notify.recv(4096):
             pass
-        notify.close()
+        if self.watchdog_usec:
+            self._reading.set()
+            self._reader = threading.Thread(target=self._read_notify, args=(notify,), daemon=True)
+            self._reader.start()
+        else:
+            notify.close()
         return self
+
+    def _read_notify(self, notify: socket.socket) -> None:
+        notify.settimeout(0.1)
+        with notify:
+            while self._reading.is_set():
+                with contextlib.suppress(TimeoutError):
+                    message = notify.recv(4096).decode()
+                    self.notifications.append((time.monotonic(), message))
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
+        if self._reader is not None:
+            self._reading.clear()
+            self._reader.join()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     @property
