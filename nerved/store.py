@@ -446,7 +446,7 @@ def _read_page(rows: Iterable[Sequence[Any]], limit: int) -> tuple[list[LogEntry
         if len(entries) == limit:
             return entries, True
         text = row[4]
-        size = 0 if text is None else len(text.encode())
+        size = 0 if text is None else len(text) if text.isascii() else len(text.encode())
         if entries and size > room:
             return entries, True
         room -= size

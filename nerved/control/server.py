@@ -229,6 +229,7 @@ class ControlServer:
         self.output_total = 0  # bytes of answers not yet read, over every connection
         self._ready: dict[Connection, None] = {}  # connections with requests, in turn order
         self._work_timer: Timer | None = None
+        self._heavy_waited = False  # the last turn answered light requests only
         self._accept_pause = 0.0  # seconds accept() is paused for after running out of fds
         self._refused = 0  # connections refused since the last line about it
         self._refused_logged = float("-inf")
@@ -343,36 +344,48 @@ class ControlServer:
         """Answer waiting requests, round by round, within this turn's budgets.
 
         Each round takes at most one request per client (its oldest: a client's answers keep
-        their order), light ones first, so that a ``status`` never waits behind somebody
-        else's query in the same turn.
+        their order). Light requests go first, and a turn that answered some leaves heavy ones
+        to the next turn, which comes at once (but never two turns running): answers go out at
+        the end of a turn, so a ``status`` is not held back by somebody else's query.
         """
         self._work_timer = None
-        started = time.monotonic()
-        budget = _Budget(started, LIGHT_PER_TURN)
-        progress = True
-        while progress:
-            progress = False
-            for heavy_pass in (False, True):
-                for conn in list(self._ready):
-                    request = conn.next_request()
-                    if request is None or conn.closed:
-                        self._ready.pop(conn, None)
-                        continue
-                    if len(conn.wbuf) >= OUTPUT_PAUSE or self._is_heavy(request) != heavy_pass:
-                        continue  # a paused client runs again once it reads (Connection.flush)
-                    if not budget.take(heavy_pass, self.output_total >= OUTPUT_BUDGET):
-                        continue
-                    conn.run_next()
-                    progress = True
-                    # Round robin across turns too: whoever was served goes to the back.
-                    self._ready.pop(conn, None)
-                    if conn.requests and not conn.closed:
-                        self._ready[conn] = None
+        budget = _Budget(time.monotonic(), LIGHT_PER_TURN)
+        light = self._rounds(budget, heavy=False)
+        if light and not self._heavy_waited:
+            self._heavy_waited = True
+        else:
+            self._rounds(budget, heavy=True)
+            self._heavy_waited = False
         for conn in list(self.connections.values()):
             conn.update_interest()
             conn.maybe_close()
         if any(not c.closed and len(c.wbuf) < OUTPUT_PAUSE for c in self._ready):
             self._work_timer = self.loop.call_later(0, self._work, gated=False)
+
+    def _rounds(self, budget: _Budget, *, heavy: bool) -> int:
+        """Rounds over the clients whose oldest request is ``heavy`` (or light) while the
+        budget lasts; returns how many requests were answered."""
+        answered = 0
+        progress = True
+        while progress:
+            progress = False
+            for conn in list(self._ready):
+                request = conn.next_request()
+                if request is None or conn.closed:
+                    self._ready.pop(conn, None)
+                    continue
+                if len(conn.wbuf) >= OUTPUT_PAUSE or self._is_heavy(request) != heavy:
+                    continue  # a paused client runs again once it reads (Connection.flush)
+                if not budget.take(heavy, self.output_total >= OUTPUT_BUDGET):
+                    continue
+                conn.run_next()
+                answered += 1
+                progress = True
+                # Round robin across turns too: whoever was served goes to the back.
+                self._ready.pop(conn, None)
+                if conn.requests and not conn.closed:
+                    self._ready[conn] = None
+        return answered
 
     def _is_heavy(self, request: Request) -> bool:
         return not request.decoded or request.method in self.heavy
