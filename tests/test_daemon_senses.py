@@ -77,6 +77,9 @@ def test_throttle_coalesces_a_burst_into_at_most_two_computes(nerved_factory):
         """,
         {"slow": COUNTER},
     ).start()
+    # READY comes before the sense worker has imported its senses: a burst before that
+    # would be one pending trigger, one compute, and no trailing one.
+    wait_until(lambda: "sense group default ready" in daemon.log(), what="the sense group")
     with daemon.client() as client:
         for _ in range(100):
             assert client.call("sense.trigger", {"sense": "slow"}) == {"accepted": True}
