@@ -76,6 +76,7 @@ class Loop:
         self._end_of_turn: list[Callable[[], None]] = []
         self._flushes: dict[int, Callable[[], None]] = {}
         self._stopping = False
+        self.turn = 0  # counts turns: what is budgeted per turn starts afresh when it changes
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
@@ -197,9 +198,12 @@ class Loop:
         """One turn: wait, handle what is ready, then the end-of-turn callbacks (the commit).
 
         Before ending the turn, the loop looks again, without waiting, for input that
-        arrived while it was busy, up to ``WIDEN`` times: everything handled in a turn shares
-        one commit, so under load each fsync carries more work and latency does not grow.
+        arrived while it was busy, up to ``WIDEN`` times, running due timers after each look
+        (the control server answers its queued requests in one): everything handled in a
+        turn shares one commit, so under load each fsync carries more work and latency does
+        not grow.
         """
+        self.turn += 1
         self.gate_open = self._gate()
         if self.gate_open and self._held_signals:
             held, self._held_signals = self._held_signals, {}
@@ -209,12 +213,13 @@ class Loop:
         ready = selector.select(self._next_timeout(max_wait))
         for _ in range(WIDEN):
             self._dispatch(selector, ready)
+            self._run_due_timers()  # the control server's queued requests among them
             ready = selector.select(0)
             if not ready:
                 break
         else:
             self._dispatch(selector, ready)
-        self._run_due_timers()
+            self._run_due_timers()
         for callback in self._end_of_turn:
             callback()
         while self._flushes:

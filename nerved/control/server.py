@@ -168,12 +168,17 @@ class _Budget:
     :data:`TURN_BUDGET` seconds have gone (at least one, unless unread answers are over
     :data:`OUTPUT_BUDGET`)."""
 
-    __slots__ = ("heavy_ran", "light_left", "started")
+    __slots__ = ("heavy_ran", "heavy_waited_last_turn", "heavy_waits", "light_left",
+                 "light_ran", "started", "turn")  # fmt: skip
 
-    def __init__(self, started: float, light: int) -> None:
-        self.started = started
-        self.light_left = light
+    def __init__(self, turn: int, *, heavy_waited: bool) -> None:
+        self.turn = turn
+        self.started = time.monotonic()
+        self.light_left = LIGHT_PER_TURN
+        self.light_ran = False
         self.heavy_ran = False
+        self.heavy_waits = False  # this turn leaves heavy requests to the next
+        self.heavy_waited_last_turn = heavy_waited
 
     def take(self, heavy: bool, output_full: bool) -> bool:
         if not heavy:
@@ -229,7 +234,7 @@ class ControlServer:
         self.output_total = 0  # bytes of answers not yet read, over every connection
         self._ready: dict[Connection, None] = {}  # connections with requests, in turn order
         self._work_timer: Timer | None = None
-        self._heavy_waited = False  # the last turn answered light requests only
+        self._budget = _Budget(-1, heavy_waited=False)
         self._accept_pause = 0.0  # seconds accept() is paused for after running out of fds
         self._refused = 0  # connections refused since the last line about it
         self._refused_logged = float("-inf")
@@ -346,21 +351,28 @@ class ControlServer:
         Each round takes at most one request per client (its oldest: a client's answers keep
         their order). Light requests go first, and a turn that answered some leaves heavy ones
         to the next turn, which comes at once (but never two turns running): answers go out at
-        the end of a turn, so a ``status`` is not held back by somebody else's query.
+        the end of a turn, so a ``status`` is not held back by somebody else's query. This
+        may run several times in one turn (the loop runs due timers after each look for
+        input); the budgets are the turn's.
         """
         self._work_timer = None
-        budget = _Budget(time.monotonic(), LIGHT_PER_TURN)
-        light = self._rounds(budget, heavy=False)
-        if light and not self._heavy_waited:
-            self._heavy_waited = True
+        budget = self._budget_of_turn()
+        if self._rounds(budget, heavy=False):
+            budget.light_ran = True
+        if budget.light_ran and not budget.heavy_waited_last_turn:
+            budget.heavy_waits = True
         else:
             self._rounds(budget, heavy=True)
-            self._heavy_waited = False
         for conn in list(self.connections.values()):
             conn.update_interest()
             conn.maybe_close()
         if any(not c.closed and len(c.wbuf) < OUTPUT_PAUSE for c in self._ready):
             self._work_timer = self.loop.call_later(0, self._work, gated=False)
+
+    def _budget_of_turn(self) -> _Budget:
+        if self._budget.turn != self.loop.turn:
+            self._budget = _Budget(self.loop.turn, heavy_waited=self._budget.heavy_waits)
+        return self._budget
 
     def _rounds(self, budget: _Budget, *, heavy: bool) -> int:
         """Rounds over the clients whose oldest request is ``heavy`` (or light) while the
