@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Final
 
 from nerved import wire
 from nerved.channel import (
@@ -37,6 +38,10 @@ from nerved.loop import READ, WRITE, Loop
 from nerved.process import describe_exit, reap, spawn
 
 log = logging.getLogger(__name__)
+
+# What reading a worker's message can raise when its fields are not what the protocol says.
+# Not StoreError (a storage failure stops the daemon) and not any other bug of nerve's own.
+_MALFORMED: Final = (LookupError, TypeError, ValueError, AttributeError, ArithmeticError)
 
 MessageHandler = Callable[["Worker", Message], None]
 GoneHandler = Callable[["Worker", str], None]
@@ -140,9 +145,10 @@ class Worker:
                 break
             try:
                 self.on_message(self, message)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            except _MALFORMED as exc:
                 # A worker runs user code, which can reach the channel: a malformed message
-                # ends that worker (its runs resume elsewhere), never the daemon.
+                # (a field of the wrong type, a number that overflows: {"n": 1e400} decodes to
+                # infinity) ends that worker (its runs resume elsewhere), never the daemon.
                 log.error(
                     "%r sent a malformed %r message (%s); killing it", self, message.get("t"), exc
                 )

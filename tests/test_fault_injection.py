@@ -372,6 +372,8 @@ SABOTEUR = """
             frame = json.dumps({"t": "step", "run": ctx.run_id, "n": "not a number"}).encode()
             if prompt["kind"] == "garbage":
                 frame = b"{not json"
+            elif prompt["kind"] == "overflow":  # decodes to infinity: int() of it overflows
+                frame = b'{"t": "step", "run": "%s", "n": 1e400}' % ctx.run_id.encode()
             for fd in range(3, 64):
                 try:
                     if stat.S_ISSOCK(os.fstat(fd).st_mode):
@@ -391,7 +393,7 @@ SABOTEUR = """
 """
 
 
-@pytest.mark.parametrize("kind", ["malformed", "garbage"])
+@pytest.mark.parametrize("kind", ["malformed", "garbage", "overflow"])
 def test_a_worker_that_sends_nonsense_is_ended_and_its_run_resumed(nerved_factory, tmp_path, kind):
     daemon = nerved_factory("workflows:\n  s: {}\n", workflows={"s": SABOTEUR}).start()
     payload = {"flag": str(tmp_path / "flag"), "kind": kind}
