@@ -26,7 +26,7 @@ from nerved import sense_worker, wire
 from nerved.channel import TO_WORKER, Message, frame
 from nerved.config import NerveConfig, SenseConfig, unlined
 from nerved.loop import Loop, Timer
-from nerved.store import Store, now_ms
+from nerved.store import Store, StoreError, now_ms
 from nerved.usercode import CodeSnapshot
 from nerved.workers import Worker, Workers
 
@@ -230,13 +230,18 @@ class SenseManager:
             return reply
         # The committed view (nerved.store): user code may ask for any page of logs.db, and
         # a damaged one must fail that query alone, not the master's open batch.
-        entries = self.store.committed.query_logs(
-            source=filters["source"],
-            type=filters["type"],
-            ref_id=filters["refId"],
-            since=filters["since"],
-            limit=filters["limit"],
-        )
+        try:
+            entries = self.store.committed.query_logs(
+                source=filters["source"],
+                type=filters["type"],
+                ref_id=filters["refId"],
+                since=filters["since"],
+                limit=filters["limit"],
+            )
+        except StoreError as exc:
+            log.error("a query of sense group %s: %s", message.get("sense", "?"), exc)
+            reply["error"] = f"cannot read logs.db: {exc}"
+            return reply
         reply["entries"] = [entry.to_wire() for entry in entries]
         return reply
 

@@ -799,6 +799,15 @@ class Store(Reads):
                     " deleted? Nothing more is written to the file nerved had open"
                 )
 
+    def abandon(self, exc: BaseException) -> None:
+        """Roll the batch back and abort its callbacks: for work done in a batch of its own
+        (:meth:`commit` first) whose failure must not stop the daemon (retention)."""
+        aborts = self._on_abort
+        self._on_commit, self._on_abort = [], []
+        self._rollback()
+        for abort in aborts:
+            abort(exc)
+
     def _rollback(self) -> None:
         if self._in_tx:
             with contextlib.suppress(StoreError):

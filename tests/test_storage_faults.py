@@ -221,18 +221,16 @@ def test_a_damaged_logs_db_exits_73_with_one_line(nerved_factory):
     assert_one_line_reason(daemon, "malformed")
 
 
-def test_a_damaged_page_hit_by_a_read_fails_that_read_only(nerved_factory):
-    """A page that start-up does not read, damaged: the daemon starts, a query that reaches
-    the page is answered with the error (one line in the journal), and everything else
-    (status, triggers: new pages) goes on."""
-    daemon = fresh(nerved_factory)
+def damage_a_page_of_logs(daemon: Nerved, ts: int = 0) -> None:
+    """4,000 sense entries (at ``ts``), then random bytes over a leaf page in their middle:
+    one that start-up does not read."""
     conn = sqlite3.connect(db(daemon), isolation_level=None)
     conn.execute("BEGIN")
     for n in range(4000):
         conn.execute(
             "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES ('sense', 'signal',"
-            " 's', ?, 0)",
-            (json.dumps({"n": n, "pad": "x" * 400}),),
+            " 's', ?, ?)",
+            (json.dumps({"n": n, "pad": "x" * 400}), ts),
         )
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -248,6 +246,14 @@ def test_a_damaged_page_hit_by_a_read_fails_that_read_only(nerved_factory):
     with open(db(daemon), "r+b") as f:
         f.seek((victim - 1) * page_size)
         f.write(os.urandom(page_size))
+
+
+def test_a_damaged_page_hit_by_a_read_fails_that_read_only(nerved_factory):
+    """A page that start-up does not read, damaged: the daemon starts, a query that reaches
+    the page is answered with the error (one line in the journal), and everything else
+    (status, triggers: new pages) goes on."""
+    daemon = fresh(nerved_factory)
+    damage_a_page_of_logs(daemon)
     daemon.start()
     with pytest.raises(RemoteError) as failed:
         daemon.rpc("logs.query", source="sense", since=0, limit=10000)
@@ -256,6 +262,30 @@ def test_a_damaged_page_hit_by_a_read_fails_that_read_only(nerved_factory):
     run = daemon.rpc("workflow.trigger", workflow="w")
     assert daemon.rpc("workflow.wait", runId=run["runId"], timeout=10)["status"] == "completed"
     assert_one_line_reason(daemon, "logs.query", "malformed")
+
+
+QUERYING = """
+    def compute(ctx):
+        return {"seen": len(ctx.logs.query(source="sense", since=0, limit=10000))}
+"""
+
+
+def test_a_damaged_page_met_by_retention_or_a_sense_costs_that_alone(nerved_factory):
+    """Retention scans every sense entry (they are recent: none is pruned), and a sense asks
+    for them all: both meet the damaged page. Each fails alone, said in one line; the daemon
+    keeps running (before, it stopped with 75 at every start)."""
+    daemon = nerved_factory(CONFIG + "senses:\n  q: {}\n", {"q": QUERYING}, {"w": ONE_STEP})
+    daemon.start()
+    assert daemon.stop() == 0
+    damage_a_page_of_logs(daemon, ts=int(time.time() * 1000))
+    daemon.start()
+    daemon.rpc("sense.trigger", sense="q")
+    wait_until(lambda: "retention: cannot prune" in daemon.log(), what="the retention pass")
+    wait_until(lambda: "malformed" in (daemon.sense("q")["lastError"] or ""), what="the query")
+    assert daemon.rpc("status")["state"] == "running"
+    run = daemon.rpc("workflow.trigger", workflow="w")
+    assert daemon.rpc("workflow.wait", runId=run["runId"], timeout=10)["status"] == "completed"
+    assert_one_line_reason(daemon, "retention: cannot prune", "malformed")
 
 
 # -- a state directory that goes away -----------------------------------------------------
