@@ -252,3 +252,61 @@ def test_a_full_connection_table_keeps_room_for_root_and_idle_clients_go(nerved_
         tenant.wait()
         shutil.rmtree(sockets, ignore_errors=True)
     assert "refused" in daemon.log() and "kept for root" in daemon.log()
+
+
+HOLD = """
+    import os, time
+    from nerved import WorkflowDefinition
+
+    def hold(prompt, ctx):
+        while not os.path.exists(prompt["gate"]):
+            time.sleep(0.01)
+        return {"type": "done"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "hold", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"hold": hold}, moderate=moderate)
+"""
+
+
+def test_requests_answered_later_are_bounded_per_client(nerved_factory, tmp_path):
+    """One client pipelines 100,000 ``workflow.wait`` on a run that does not end: only
+    MAX_PENDING of them are held open (the rest wait in the kernel), so the master does not
+    grow; when the run ends every one is answered, and ``status`` answered throughout."""
+    gate = tmp_path / "gate"
+    daemon = nerved_factory("workflows:\n  w: {}\n", workflows={"w": HOLD}).start()
+    run_id = daemon.rpc("workflow.trigger", workflow="w", payload={"gate": str(gate)})["runId"]
+    baseline = rss(daemon.pid)
+    waiter = connect(daemon)
+    waiter.setblocking(False)
+    wait = b'{"jsonrpc": "2.0", "id": 1, "method": "workflow.wait", "params": {"runId": "%s"}}\n'
+    lines = wait % run_id.encode() * 100_000
+    sent = 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and sent < len(lines):
+        with contextlib.suppress(BlockingIOError):
+            sent += waiter.send(lines[sent : sent + 65536])
+        assert status_latency(daemon) < 1.0
+    assert sent < len(lines), "the daemon read every request although it answered none"
+    grown = rss(daemon.pid) - baseline
+    assert grown < 30 * 1024 * 1024, f"the master grew by {grown / 2**20:.0f} MiB"
+    gate.touch()
+    waiter.setblocking(True)
+    waiter.settimeout(30)
+    answers: list[bytes] = []
+    buf = b""
+    while len(answers) < 100_000:
+        if sent < len(lines):
+            waiter.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sent += waiter.send(lines[sent : sent + 65536])
+            waiter.settimeout(30)
+        chunk = waiter.recv(1 << 20)
+        assert chunk, "the daemon closed the waiting client"
+        *complete, buf = (buf + chunk).split(b"\n")
+        answers += complete
+    assert {json.loads(a)["result"]["status"] for a in answers} == {"completed"}
+    waiter.close()

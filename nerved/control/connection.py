@@ -5,8 +5,9 @@ lines, queues them, and asks the server (nerved.control.server) to schedule them
 shares every loop turn fairly between clients. What it does decide is how much it holds:
 it stops reading (the kernel then makes the client wait) while it has requests queued up to
 :data:`QUEUED_LINES` or :data:`INPUT_PAUSE` bytes, and while the client has not read
-:data:`OUTPUT_PAUSE` bytes of answers. A client that pipelines forever without reading
-therefore costs a bounded buffer, not the master's memory.
+:data:`OUTPUT_PAUSE` bytes of answers; and its requests wait while :data:`MAX_PENDING` of
+its earlier ones are still to be answered (``workflow.wait``, ``reload``). A client that
+pipelines forever without reading therefore costs a bounded buffer, not the master's memory.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ KiB: Final = 1024
 RECV_SIZE: Final = 64 * KiB
 RECVS_PER_TURN: Final = 4  # at most this many reads of RECV_SIZE per readiness
 QUEUED_LINES: Final = 32  # complete requests a connection may have waiting
+MAX_PENDING: Final = 64  # requests answered later (a wait, a reload) a connection may have open
 INPUT_PAUSE: Final = MAX_LINE + RECV_SIZE  # bytes of waiting input (a whole line always fits)
 OUTPUT_PAUSE: Final = 256 * KiB  # unread answers past which a client's requests wait
 SMALL_LINE: Final = 4 * KiB  # a longer request is heavy whatever its method (decoding costs)
@@ -206,6 +208,16 @@ class Connection:
     def _too_long(self) -> None:
         self.reply_error(None, RpcError(INVALID_REQUEST, f"request line exceeds {MAX_LINE} bytes"))
 
+    @property
+    def runnable(self) -> bool:
+        """Whether its oldest request may run now (not held back by what it has open)."""
+        return (
+            not self.closed
+            and bool(self.requests)
+            and len(self.wbuf) < OUTPUT_PAUSE
+            and self.pending < MAX_PENDING
+        )
+
     def next_request(self) -> Request | None:
         """The oldest waiting request, decoded (the server looks before it decides)."""
         if not self.requests:
@@ -278,6 +290,8 @@ class Connection:
         self.pending -= 1
         if self.closed:
             return
+        if self.pending == MAX_PENDING - 1 and self.requests:
+            self.server.schedule(self)  # its next request waited for this one
         if error is not None:
             self.reply_error(request_id, error)
         else:

@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from nerved import wire
-from nerved.control.connection import OUTPUT_PAUSE, SMALL_LINE, Connection, Request
+from nerved.control.connection import (
+    MAX_PENDING,
+    OUTPUT_PAUSE,
+    SMALL_LINE,
+    Connection,
+    Request,
+)
 from nerved.control.rpc import SHUTTING_DOWN, RpcError
 from nerved.loop import Loop, Timer
 
@@ -366,7 +372,7 @@ class ControlServer:
         for conn in list(self.connections.values()):
             conn.update_interest()
             conn.maybe_close()
-        if any(not c.closed and len(c.wbuf) < OUTPUT_PAUSE for c in self._ready):
+        if any(c.runnable for c in self._ready):
             self._work_timer = self.loop.call_later(0, self._work, gated=False)
 
     def _budget_of_turn(self) -> _Budget:
@@ -386,8 +392,10 @@ class ControlServer:
                 if request is None or conn.closed:
                     self._ready.pop(conn, None)
                     continue
-                if len(conn.wbuf) >= OUTPUT_PAUSE or self._is_heavy(request) != heavy:
-                    continue  # a paused client runs again once it reads (Connection.flush)
+                if self._is_heavy(request) != heavy:
+                    continue
+                if len(conn.wbuf) >= OUTPUT_PAUSE or conn.pending >= MAX_PENDING:
+                    continue  # it runs again once its client reads, or an answer comes
                 if not budget.take(heavy, self.output_total >= OUTPUT_BUDGET):
                     continue
                 conn.run_next()
