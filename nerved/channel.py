@@ -19,8 +19,10 @@ answering while its user code runs.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,9 +32,9 @@ _HEADER: Final = struct.Struct(">I")
 _RECV_SIZE: Final = 256 * 1024
 _RECVS_PER_CALL: Final = 16  # at most 4 MiB read in one receive()
 
-ENVELOPE_DEPTH: Final = 3
-"""Levels a message adds around the deepest value it carries (a query reply's
-``entries[i].payload``; a resume's ``events[i]`` is two levels down)."""
+ENVELOPE_DEPTH: Final = 5
+"""Levels a message adds around the deepest value it carries: a query reply's
+``entries[i].payload.event`` (an event inside a stored step), 5 levels down."""
 
 TO_MASTER: Final = 4 * wire.MiB
 """Bytes of one frame from a worker: a step carries a prompt and an event of at most
@@ -63,13 +65,18 @@ class ProtocolError(Exception):
     """The other end announced a frame longer than this side accepts: the stream is lost."""
 
 
-def frame(message: Message, limit: int) -> bytes:
+def frame(message: Message, limit: int, raw: Mapping[str, str | None] | None = None) -> bytes:
     """``message`` as one frame for a receiver that accepts ``limit`` bytes.
 
+    ``raw`` adds members whose values are JSON text already checked by wire's rules (a
+    stored payload): spliced in as they are, not decoded and encoded again (None is null).
     Raises :class:`wire.Invalid` (nothing is written) for a message that breaks wire's rules
     or is longer than ``limit``: the receiver would refuse it.
     """
     data = wire.encode(message, max_depth=wire.MAX_DEPTH + ENVELOPE_DEPTH)
+    if raw:
+        members = ",".join(f"{json.dumps(k)}:{'null' if v is None else v}" for k, v in raw.items())
+        data = b"%s,%s}" % (data[:-1], members.encode())
     if len(data) > limit:
         raise wire.Invalid(
             f"a message of {wire.size_text(len(data))} is larger than a frame may be"
@@ -94,6 +101,11 @@ class Channel:
         self._rbuf = bytearray()
         self._wbuf = bytearray()
         self.closed = False
+
+    @property
+    def unsent(self) -> int:
+        """Bytes queued that the other end has not taken yet."""
+        return len(self._wbuf)
 
     def fileno(self) -> int:
         return self.sock.fileno()

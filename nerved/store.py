@@ -568,15 +568,18 @@ class Reads:
         ).fetchall()
         return [_entry_from_row(r) for r in rows]
 
-    def run_steps(self, run_id: str) -> list[LogEntry]:
-        """One run's ``step_complete`` entries, oldest first: what resuming it needs (not its
+    def run_steps_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
+        """One run's ``step_complete`` entries after ``after_id``, oldest first, a page of
+        them (:func:`_read_page`), and whether more follow: what resuming it reads (not its
         log lines, however many)."""
-        rows = self._conn.execute(
-            "SELECT id, source, type, ref_id, payload, ts FROM logs"
-            " WHERE ref_id = ? AND source = 'workflow' AND type = 'step_complete' ORDER BY id",
-            (run_id,),
-        ).fetchall()
-        return [_entry_from_row(r) for r in rows]
+        return _query_logs(
+            self._conn,
+            source="workflow",
+            type="step_complete",
+            ref_id=run_id,
+            after_id=after_id,
+            limit=None,
+        )
 
     def run_history_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
         """One run's entries after ``after_id``, oldest first, as many as one answer carries

@@ -98,6 +98,11 @@ class Worker:
             return False
         return self.send_frame(data)
 
+    @property
+    def unsent(self) -> int:
+        """Bytes queued for the worker that it has not read yet."""
+        return self.channel.unsent
+
     def send_frame(self, data: bytes) -> bool:
         """Queue a frame made by :func:`nerved.channel.frame` for :data:`TO_WORKER`."""
         if self.channel.closed:

@@ -8,7 +8,9 @@ resumed after a crash replays exactly what its moderator saw.
 
 Protocol (master -> worker):
     {"t": "start",  "run": ID, "payload": P, "maxSteps": N}
-    {"t": "resume", "run": ID, "payload": P, "events": [E1, E2, ...], "maxSteps": N}
+    {"t": "history", "run": ID, "events": [E1, E2, ...]}   the next events of a run to be
+                                              resumed, in order, in frames of a few MiB
+    {"t": "resume", "run": ID, "payload": P, "maxSteps": N}   after its history: run it on
     {"t": "ack", "run": ID, "n": K}           step K of the run is durable
     {"t": "end", "run": ID}                   the master ended the run (its history is full):
                                               drop its thread where it is, without a word
@@ -91,6 +93,7 @@ class WorkflowWorker:
         self.executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="role")
         self.port = Port(sock, self.loop, self.on_message)
         self.threads: dict[str, asyncio.Task[None]] = {}
+        self.histories: dict[str, list[CommandEvent]] = {}  # of runs whose resume is coming
         self.acks: dict[tuple[str, int], asyncio.Future[None]] = {}
         self.stopping = False
         self.halting = False
@@ -109,13 +112,15 @@ class WorkflowWorker:
 
     def on_message(self, message: Message) -> None:
         kind = message.get("t")
-        if kind in ("start", "resume"):
+        if kind == "history":
+            self.histories.setdefault(str(message["run"]), []).extend(message["events"])
+        elif kind in ("start", "resume"):
             run_id = str(message["run"])
+            history = self.histories.pop(run_id, [])
             if run_id in self.threads:
                 log.error("run %s is already running here; ignoring a second %s", run_id, kind)
                 return
-            events = [{"type": "thread_start", "payload": message.get("payload")}]
-            events += list(message.get("events") or [])
+            events = [{"type": "thread_start", "payload": message.get("payload")}, *history]
             task = self.loop.create_task(self.run_thread(run_id, events, int(message["maxSteps"])))
             self.threads[run_id] = task
             task.add_done_callback(functools.partial(self._thread_done, run_id))

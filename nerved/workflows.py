@@ -13,9 +13,10 @@ and started afresh; a thread whose worker died ``maxAttempts`` times under it is
 When no worker can be forked (a pids limit, no memory), the runs stay ``started`` or
 ``queued`` and the fork is retried with backoff.
 
-A resume sends a run's whole history (trigger payload and steps) in one frame, so each run's
-history is held to :data:`wire.MAX_HISTORY`: a step that would take it past that fails the
-run instead of being recorded. A run whose stored history cannot be resumed (unreadable,
+A resume sends a run's whole history (trigger payload and steps) to its new worker, page by
+page across loop turns, and the worker holds all of it, so each run's history is held to
+:data:`wire.MAX_HISTORY`: a step that would take it past that fails the run instead of being
+recorded. A run whose stored history cannot be resumed (unreadable,
 nested too deeply, too large: a row from an older release, or damaged on disk) fails alone,
 with the reason (``Transition.UNRESUMABLE``), at recovery or at the resume that finds it.
 """
@@ -29,7 +30,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from nerved import wire, workflow_worker
 from nerved.channel import TO_WORKER, Message, frame
@@ -50,6 +51,8 @@ from nerved.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
 
+RESUME_PER_TURN: Final = wire.RESULT_BUDGET  # bytes of resumed history read per loop turn
+RESUME_WAIT: Final = 0.01  # seconds before looking again at a worker still reading a page
 RESPAWN_FIRST = 0.1
 RESPAWN_MAX = 5.0
 
@@ -60,7 +63,7 @@ class ActiveRun:
 
     run_id: str
     flow: Flow
-    payload: Any
+    payload_json: str | None  # as stored: held as text, sent as text (a frame splices it)
     history: int  # bytes of its stored trigger payload and steps, at most wire.MAX_HISTORY
     steps: int = 0
     worker: Worker | None = None
@@ -69,11 +72,21 @@ class ActiveRun:
 
 @dataclass(frozen=True, slots=True)
 class QueuedRun:
-    """A run waiting for a slot, with its payload and the payload's stored encoding."""
+    """A run waiting for a slot, with its payload as stored (text: a decoded 1 MiB payload
+    can be a hundred times that in Python objects, and a queue holds up to maxQueue)."""
 
     run_id: str
-    payload: Any
     payload_json: str | None
+
+
+@dataclass(eq=False)
+class _Resume:
+    """A run on its way to a new worker: the steps sent so far (up to log id ``after``)."""
+
+    run: ActiveRun
+    worker: Worker
+    after: int = 0
+    steps: int = 0
 
 
 @dataclass(eq=False)
@@ -108,6 +121,10 @@ class WorkflowManager:
         self.root = root
         self.flows: dict[str, Flow] = {}
         self.runs: dict[str, ActiveRun] = {}
+        self._resumes: deque[_Resume] = deque()  # oldest first: see _resume_some
+        self._resume_timer: Timer | None = None
+        self._resume_turn = -1
+        self._resume_left = 0
         self.waiters: dict[str, list[Pending]] = {}
         self.stopping = False
 
@@ -196,19 +213,14 @@ class WorkflowManager:
                 failed += 1
                 continue
             if record.status is RunStatus.QUEUED:
-                flow.queue.append(QueuedRun(record.run_id, record.trigger_payload, payload_json))
+                flow.queue.append(QueuedRun(record.run_id, payload_json))
                 queued += 1
             elif flow.config.overflow is Overflow.DROP:
                 self._restart_afresh(record, payload_json, "nerved stopped while it ran")
                 restarted += 1
             else:
                 run = ActiveRun(
-                    record.run_id,
-                    flow,
-                    record.trigger_payload,
-                    record.history,
-                    record.steps,
-                    sent=True,
+                    record.run_id, flow, payload_json, record.history, record.steps, sent=True
                 )
                 flow.active[run.run_id] = run
                 self.runs[run.run_id] = run
@@ -261,7 +273,7 @@ class WorkflowManager:
                 run_id, workflow, Transition.START, payload,
                 payload_json=payload_json, retry_of=retry_of,
             )  # fmt: skip
-            self._activate(flow, run_id, payload, payload_json)
+            self._activate(flow, run_id, payload_json)
         elif flow.config.overflow is Overflow.DROP:
             limit = flow.config.concurrency
             record = self.store.create_run(
@@ -283,15 +295,15 @@ class WorkflowManager:
                 run_id, workflow, Transition.ENQUEUE, payload,
                 payload_json=payload_json, retry_of=retry_of,
             )  # fmt: skip
-            flow.queue.append(QueuedRun(run_id, payload, payload_json))
+            flow.queue.append(QueuedRun(run_id, payload_json))
             _log_transition(run_id, workflow, Transition.ENQUEUE, None)
         if record.status is RunStatus.STARTED:
             _log_transition(run_id, workflow, Transition.START, None)
         return record
 
-    def _activate(self, flow: Flow, run_id: str, payload: Any, payload_json: str | None) -> None:
+    def _activate(self, flow: Flow, run_id: str, payload_json: str | None) -> None:
         history = 0 if payload_json is None else len(payload_json.encode())
-        run = ActiveRun(run_id, flow, payload, history)
+        run = ActiveRun(run_id, flow, payload_json, history)
         flow.active[run_id] = run
         self.runs[run_id] = run
         if flow.idle is not None:
@@ -307,7 +319,7 @@ class WorkflowManager:
                 queued.run_id, Transition.DISPATCH, payload_json=queued.payload_json
             ):
                 _log_transition(queued.run_id, flow.name, Transition.DISPATCH, None)
-                self._activate(flow, queued.run_id, queued.payload, queued.payload_json)
+                self._activate(flow, queued.run_id, queued.payload_json)
 
     # -- workers ------------------------------------------------------------------------
 
@@ -318,7 +330,10 @@ class WorkflowManager:
         events and replays the moderator over them. They are read once the batch is
         durable, from the committed view (nerved.store, :attr:`Store.committed`): every
         step of the run is there by then, and a page that cannot be read fails this run
-        alone, where inside the write transaction it would fail the whole batch. A run
+        alone, where inside the write transaction it would fail the whole batch. They go in
+        frames of at most :data:`wire.RESULT_BUDGET`, at most :data:`RESUME_PER_TURN` bytes
+        a turn over all resumes (:meth:`_resume_some`): a worker lost under 48 runs of
+        60 MiB each must not hold the loop for the time it takes to read them all. A run
         whose history cannot be read or sent fails; one that finds no worker (the fork
         failed) waits for the retry.
         """
@@ -326,66 +341,93 @@ class WorkflowManager:
         worker = flow.worker
         if (worker is None or not worker.connected) and flow.respawn is not None:
             return  # the pending respawn assigns every run that waits for a worker
-        resume = run.sent
-        if not resume:
-            try:
-                start = self._frame(run, None)
-            except wire.Invalid as exc:
-                self._end(run, Transition.UNRESUMABLE, _unresumable(exc))
-                return
         if worker is None or not worker.connected:
             worker = self._spawn(flow)
             if worker is None:
                 return
         run.worker = worker
+        if run.sent:
+            resume = _Resume(run, worker)
+            self.store.after_commit(lambda: self._queue_resume(resume))
+            return
         run.sent = True
+        try:
+            start = self._frame("start", run)
+        except wire.Invalid as exc:
+            self._end(run, Transition.UNRESUMABLE, _unresumable(exc))
+            return
 
         def send() -> None:
-            if run.worker is not worker or self.runs.get(run.run_id) is not run:
-                return
-            if not resume:
+            if run.worker is worker and self.runs.get(run.run_id) is run:
                 worker.send_frame(start)
-                return
-            try:
-                data = self._frame(run, self._logged_events(run.run_id))
-            except (wire.Invalid, StoreError) as exc:
-                reason = _unresumable(exc)
-                # A write, so in a turn of its own (the gate holds the lock there).
-                self.loop.call_later(0, lambda: self._end_unresumable(run, worker, reason))
-                return
-            worker.send_frame(data)
 
         self.store.after_commit(send)
 
-    def _end_unresumable(self, run: ActiveRun, worker: Worker, reason: str) -> None:
-        if run.worker is worker and self.runs.get(run.run_id) is run:
-            self._end(run, Transition.UNRESUMABLE, reason)
+    def _frame(self, kind: str, run: ActiveRun) -> bytes:
+        """The run's ``start`` or ``resume``, its payload spliced in as stored."""
+        message: Message = {"t": kind, "run": run.run_id, "maxSteps": run.flow.config.max_steps}
+        return frame(message, TO_WORKER, {"payload": run.payload_json})
 
-    def _frame(self, run: ActiveRun, events: list[Any] | None) -> bytes:
-        """The run's ``start`` (``events`` None) or ``resume``, encoded; raises wire.Invalid
-        saying why it cannot be carried to a worker."""
-        message: Message = {
-            "t": "start" if events is None else "resume",
-            "run": run.run_id,
-            "payload": run.payload,
-            "maxSteps": run.flow.config.max_steps,
-        }
-        if events is not None:
-            message["events"] = events
-        return frame(message, TO_WORKER)
+    def _queue_resume(self, resume: _Resume) -> None:
+        self._resumes.append(resume)
+        if self._resume_timer is None:
+            self._resume_timer = self.loop.call_later(0, self._resume_some)
 
-    def _logged_events(self, run_id: str) -> list[Any]:
-        """The events of a run's durable steps; raises wire.Invalid for one that cannot be
-        read, StoreError for a page that cannot."""
+    def _resume_some(self) -> None:
+        """Send resumed runs their histories, page by page, within this turn's budget.
+
+        A run whose steps cannot be read (a damaged page, a row that does not decode) fails
+        here, alone. A page waits while the worker has not read what it was sent (so that
+        the master holds at most about a page per worker), and for the next turn once
+        :data:`RESUME_PER_TURN` bytes were read in this one.
+        """
+        self._resume_timer = None
+        if self._resume_turn != self.loop.turn:
+            self._resume_turn, self._resume_left = self.loop.turn, RESUME_PER_TURN
+        while self._resumes and self._resume_left > 0:
+            resume = self._resumes[0]
+            run, worker = resume.run, resume.worker
+            if run.worker is not worker or self.runs.get(run.run_id) is not run:
+                self._resumes.popleft()  # ended, or given to another worker meanwhile
+                continue
+            if worker.unsent > wire.RESULT_BUDGET:
+                self._resume_timer = self.loop.call_later(RESUME_WAIT, self._resume_some)
+                return
+            try:
+                done = self._resume_page(resume)
+            except (wire.Invalid, StoreError) as exc:
+                self._resumes.popleft()
+                self._end(run, Transition.UNRESUMABLE, _unresumable(exc))
+                continue
+            if done:
+                self._resumes.popleft()
+        if self._resumes:
+            self._resume_timer = self.loop.call_later(0, self._resume_some)
+
+    def _resume_page(self, resume: _Resume) -> bool:
+        """Send the next page of a run's steps (or, at the end, its ``resume``); True once
+        the whole history went. Raises wire.Invalid or StoreError for one that cannot."""
+        run, worker = resume.run, resume.worker
+        entries, more = self.store.committed.run_steps_page(run.run_id, resume.after)
         events: list[Any] = []
-        for entry in self.store.committed.run_steps(run_id):
+        for entry in entries:
             step = entry.payload
             if isinstance(step, Unreadable):
-                raise wire.Invalid(f"step {len(events) + 1} cannot be read back: {step.reason}")
+                number = resume.steps + len(events) + 1
+                raise wire.Invalid(f"step {number} cannot be read back: {step.reason}")
             if not isinstance(step, dict) or "event" not in step:
-                raise wire.Invalid(f"step {len(events) + 1} is not a {{role, prompt, event}}")
+                number = resume.steps + len(events) + 1
+                raise wire.Invalid(f"step {number} is not a {{role, prompt, event}}")
             events.append(step["event"])
-        return events
+        if events:
+            data = frame({"t": "history", "run": run.run_id, "events": events}, TO_WORKER)
+            worker.send_frame(data)
+            self._resume_left -= len(data)
+            resume.after, resume.steps = entries[-1].id, resume.steps + len(events)
+        if more:
+            return False
+        worker.send_frame(self._frame("resume", run))
+        return True
 
     def _spawn(self, flow: Flow) -> Worker | None:
         """Fork the flow's worker; None when the fork failed and a retry is scheduled."""

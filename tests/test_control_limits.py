@@ -310,3 +310,26 @@ def test_requests_answered_later_are_bounded_per_client(nerved_factory, tmp_path
         answers += complete
     assert {json.loads(a)["result"]["status"] for a in answers} == {"completed"}
     waiter.close()
+
+
+def test_queued_payloads_cost_the_master_their_size_not_their_objects(nerved_factory, tmp_path):
+    """20 runs queued behind a busy one, each with a 1 MB payload of 240,000 empty objects:
+    the master keeps them as their stored text (20 MB), not as Python objects (a hundred
+    times that); restarted, the same."""
+    gate = tmp_path / "gate"
+    daemon = nerved_factory(
+        "workflows:\n  w: {concurrency: 1, overflow: queue, drainTimeout: 100ms}\n",
+        workflows={"w": HOLD},
+    ).start()
+    daemon.rpc("workflow.trigger", workflow="w", payload={"gate": str(gate)})
+    baseline = rss(daemon.pid)
+    objects = {"gate": str(gate), "many": [{}] * 240_000}
+    with daemon.client() as client:
+        for _ in range(20):
+            client.call("workflow.trigger", {"workflow": "w", "payload": objects})
+    grown = rss(daemon.pid) - baseline
+    assert grown < 100 * 1024 * 1024, f"the master grew by {grown / 2**20:.0f} MiB"
+    assert daemon.stop() == 0
+    daemon.start()
+    assert daemon.rpc("status")["queuedWorkflows"] == 20
+    assert rss(daemon.pid) - baseline < 100 * 1024 * 1024

@@ -532,3 +532,57 @@ def test_check_says_why_when_it_cannot_fork(nerved_factory, pids_cgroup):
     assert done.returncode == 71, done.stderr
     assert "cannot fork a process to import the packages in" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+BIG_STEPS = """
+    import asyncio, os
+    from nerved import WorkflowDefinition
+
+    async def big(prompt, ctx):
+        return {"type": "big", "pad": "x" * 1_000_000}
+
+    async def park(prompt, ctx):
+        ctx.log("parked")
+        while not os.path.exists(prompt["gate"]):
+            await asyncio.sleep(0.01)
+        return {"type": "parked"}
+
+    def moderate(thread, event):
+        job = thread.events[0]["payload"]
+        if event["type"] == "parked":
+            return None
+        if sum(1 for e in thread.events if e["type"] == "big") < job["steps"]:
+            return {"role": "big", "prompt": None}
+        return {"role": "park", "prompt": {"gate": job["gate"]}}
+
+    workflow = WorkflowDefinition(roles={"big": big, "park": park}, moderate=moderate)
+"""
+
+
+def test_resuming_big_histories_never_holds_the_loop(nerved_factory, tmp_path):
+    """A worker lost under 8 runs of 25 MB of history each: they are read and sent to the
+    new worker page by page across loop turns, so status keeps answering meanwhile (before,
+    the master read all 200 MB in one turn), and every run ends."""
+    gate = tmp_path / "gate"
+    daemon = nerved_factory(
+        "workflows:\n  b: {concurrency: 8}\n", workflows={"b": BIG_STEPS}
+    ).start()
+    runs = trigger_all(daemon, "b", [{"gate": str(gate), "steps": 25} for _ in range(8)])
+
+    def parked() -> int:
+        return len(daemon.rpc("logs.query", source="workflow", type="log", limit=100))
+
+    wait_until(lambda: parked() == 8, timeout=60, what="every run to park")
+    os.kill(daemon.worker_pids("workflow")["b"], signal.SIGKILL)
+    slowest = 0.0
+    deadline = time.monotonic() + 60
+    while parked() < 16 and time.monotonic() < deadline:
+        started = time.monotonic()
+        assert daemon.rpc("status")["pid"] == daemon.pid
+        slowest = max(slowest, time.monotonic() - started)
+    assert parked() == 16, "the runs did not all resume"
+    assert slowest < 1.0, f"status took {slowest:.2f}s while the runs resumed"
+    gate.touch()
+    for run_id in runs:
+        run = daemon.rpc("workflow.wait", runId=run_id, timeout=30)
+        assert run["status"] == "completed" and run["steps"] == 26, run

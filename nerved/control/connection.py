@@ -122,7 +122,8 @@ class Connection:
         self.rbuf = bytearray()  # the start of a request line whose newline has not come
         self.requests: deque[Request] = deque()
         self.queued_bytes = 0  # of self.requests
-        self.wbuf = bytearray()
+        self.outbox = bytearray()  # answers of this turn: sent only after its commit
+        self.wbuf = bytearray()  # answers that may go: the socket takes them when it can
         self.skipping = False  # inside an oversized line: drop bytes until its newline
         self.read_closed = False
         self.pending = 0  # requests whose answer is not written yet (a wait, a reload)
@@ -140,7 +141,7 @@ class Connection:
 
     def wants_input(self) -> bool:
         """Read more only while what waits is small: the kernel holds the rest."""
-        if self.closed or self.read_closed or len(self.wbuf) >= OUTPUT_PAUSE:
+        if self.closed or self.read_closed or self.unread >= OUTPUT_PAUSE:
             return False
         if len(self.requests) >= QUEUED_LINES or self.input_bytes >= INPUT_PAUSE:
             return False
@@ -214,7 +215,7 @@ class Connection:
         return (
             not self.closed
             and bool(self.requests)
-            and len(self.wbuf) < OUTPUT_PAUSE
+            and self.unread < OUTPUT_PAUSE
             and self.pending < MAX_PENDING
         )
 
@@ -325,20 +326,33 @@ class Connection:
             data = json.dumps(
                 {"jsonrpc": "2.0", "id": message.get("id"), "error": err.to_wire()}
             ).encode()
-        if not self.wbuf:
+        if not self.unread:
             self.last_drain = time.monotonic()  # the stall clock starts with the first byte
-        self.wbuf += data + b"\n"
+        self.outbox += data + b"\n"
         self.server.output_changed(len(data) + 1)
         self.last_request = time.monotonic()
         self.server.loop.flush_at_end(self, self._flush_and_close)
 
+    @property
+    def unread(self) -> int:
+        """Bytes of answers the client has not taken yet (this turn's included)."""
+        return len(self.outbox) + len(self.wbuf)
+
     def _flush_and_close(self) -> None:
-        self.flush()
+        """At the end of a turn, after its commit: this turn's answers may go now."""
+        self.release()
         self.update_interest()
         self.maybe_close()
 
+    def release(self) -> None:
+        """Make the answers written so far sendable, and send what the socket takes."""
+        self.wbuf += self.outbox
+        self.outbox.clear()
+        self.flush()
+
     def flush(self) -> None:
-        had = len(self.wbuf)
+        """Send what may go (never this turn's answers: see :meth:`release`)."""
+        had = self.unread
         while self.wbuf and not self.closed:
             try:
                 sent = self.sock.send(self.wbuf)
@@ -350,7 +364,7 @@ class Connection:
             del self.wbuf[:sent]
             self.server.output_changed(-sent)
             self.last_drain = time.monotonic()
-        if had >= OUTPUT_PAUSE > len(self.wbuf) and self.requests:
+        if had >= OUTPUT_PAUSE > self.unread and self.requests:
             self.server.schedule(self)  # its requests waited for this
 
     def update_interest(self) -> None:
@@ -374,7 +388,7 @@ class Connection:
         if (
             not self.closed
             and self.read_closed
-            and not self.wbuf
+            and not self.unread
             and not self.pending
             and not self.requests
         ):
@@ -386,9 +400,10 @@ class Connection:
         self.closed = True
         self.server.forget(self)
         self.server.input_changed(-self.input_bytes)
-        self.server.output_changed(-len(self.wbuf))
+        self.server.output_changed(-self.unread)
         self.requests.clear()
         self.rbuf.clear()
+        self.outbox.clear()
         self.wbuf.clear()
         with contextlib.suppress(OSError):
             self.sock.close()

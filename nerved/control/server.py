@@ -394,7 +394,7 @@ class ControlServer:
                     continue
                 if self._is_heavy(request) != heavy:
                     continue
-                if len(conn.wbuf) >= OUTPUT_PAUSE or conn.pending >= MAX_PENDING:
+                if conn.unread >= OUTPUT_PAUSE or conn.pending >= MAX_PENDING:
                     continue  # it runs again once its client reads, or an answer comes
                 if not budget.take(heavy, self.output_total >= OUTPUT_BUDGET):
                     continue
@@ -416,12 +416,12 @@ class ControlServer:
         """Disconnect clients idle, or not reading their answers, for ``idle_timeout``."""
         now = time.monotonic()
         for conn in list(self.connections.values()):
-            if conn.wbuf:
+            if conn.unread:
                 if now - conn.last_drain >= self.idle_timeout:
                     log.warning(
                         "control client uid %d has not read its answers for %gs (%s waiting);"
                         " disconnecting it",
-                        conn.uid, self.idle_timeout, wire.size_text(len(conn.wbuf)),
+                        conn.uid, self.idle_timeout, wire.size_text(conn.unread),
                     )  # fmt: skip
                     conn.close()
             elif (
@@ -454,6 +454,6 @@ class ControlServer:
         self._sweep_timer.cancel()
         for conn in list(self.connections.values()):
             if flush:
-                conn.flush()
+                conn.release()
             conn.close()
         self.sock.close()
