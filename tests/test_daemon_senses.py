@@ -249,3 +249,39 @@ def test_a_query_nerve_cannot_send_is_an_error_for_that_compute_at_once(nerved_f
     daemon.rpc("sense.trigger", sense="asker")
     state = wait_until(lambda: daemon.sense("asker")["errors"] and daemon.sense("asker"), 5)
     assert "Invalid: a string holds a lone UTF-16 surrogate" in state["lastError"]
+
+
+DEEP_EVENT = """
+    from nerved import WorkflowDefinition
+
+    def deep(prompt, ctx):
+        value = 1
+        for _ in range(99):  # the event itself is one more level: 100 in all, the most allowed
+            value = [value]
+        return {"type": "deep", "value": value}
+
+    def moderate(thread, event):
+        return {"role": "deep", "prompt": None} if event["type"] == "thread_start" else None
+
+    workflow = WorkflowDefinition(roles={"deep": deep}, moderate=moderate)
+"""
+READS_STEPS = """
+    def compute(ctx):
+        steps = ctx.logs.query(source="workflow", type="step_complete")
+        return {"steps": len(steps), "depth": steps[0].payload["event"]["type"]}
+"""
+
+
+def test_a_sense_reads_back_the_deepest_event_nerve_accepts(nerved_factory):
+    """What nerve accepted can be read back from a sense too: a step holding an event 100
+    levels deep sits a few levels further down in the query's answer frame."""
+    daemon = nerved_factory(
+        "senses:\n  reader: {}\nworkflows:\n  d: {}\n",
+        {"reader": READS_STEPS},
+        {"d": DEEP_EVENT},
+    ).start()
+    run = daemon.rpc("workflow.trigger", workflow="d")
+    assert daemon.rpc("workflow.wait", runId=run["runId"], timeout=10)["status"] == "completed"
+    daemon.rpc("sense.trigger", sense="reader")
+    wait_until(lambda: signals(daemon, "reader"), what="the sense's signal")
+    assert signals(daemon, "reader")[-1]["payload"] == {"steps": 1, "depth": "deep"}
