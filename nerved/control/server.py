@@ -49,6 +49,7 @@ OUTPUT_BUDGET: Final = 32 * MiB  # unread answers of all clients before heavy re
 ACCEPTS_PER_TURN: Final = 64
 PROBE_TIMEOUT: Final = 1.0  # seconds to see whether a socket file left at our path is live
 ACCEPT_PAUSE: Final = (0.1, 2.0)  # seconds: first and longest pause of accept() without fds
+ACCEPT_CALM: Final = 10.0  # seconds without a failed accept() that end an episode
 REFUSAL_LOG_EVERY: Final = 10.0  # seconds: refused connections are counted, logged this often
 _UCRED: Final = struct.Struct("3i")
 GROUP: Final = "nerve"
@@ -131,31 +132,48 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(pid, uid, gid)
 
 
+class PeerUnknown(Exception):
+    """Who the peer is cannot be told now (the master is out of file descriptors)."""
+
+
 class PeerPolicy:
     """Root, the daemon's own user, and members of the ``nerve`` group may connect.
 
     Membership is looked up at each connection (no cache: ``usermod -aG nerve`` takes
     effect without a restart): the peer's group, the supplementary groups of the peer
-    process (``sg nerve``), or the group database.
+    process (``sg nerve``), or the group database. Out of file descriptors those lookups
+    fail as if the answer were "no": that is :class:`PeerUnknown`, not a refusal.
     """
 
     def __init__(self) -> None:
         self.own_uid = os.getuid()
 
     def allows(self, peer: Peer) -> bool:
+        """Raises PeerUnknown when the lookups cannot be made now."""
         if peer.uid in (0, self.own_uid):
             return True
         try:
             gid = grp.getgrnam(GROUP).gr_gid
         except KeyError:
+            _check_fds()
             return False
         if peer.gid == gid or gid in _process_groups(peer.pid):
             return True
         try:
             user = pwd.getpwuid(peer.uid)
         except KeyError:
+            _check_fds()
             return False
         return gid == user.pw_gid or gid in os.getgrouplist(user.pw_name, user.pw_gid)
+
+
+def _check_fds() -> None:
+    """A name service lookup said "not found": make sure it was not for want of an fd."""
+    try:
+        os.close(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise PeerUnknown(exc.strerror or str(exc)) from exc
 
 
 def _process_groups(pid: int) -> set[int]:
@@ -164,7 +182,10 @@ def _process_groups(pid: int) -> set[int]:
             for line in f:
                 if line.startswith("Groups:"):
                     return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise PeerUnknown(exc.strerror or str(exc)) from exc
+    except ValueError:
         pass
     return set()
 
@@ -242,6 +263,7 @@ class ControlServer:
         self._work_timer: Timer | None = None
         self._budget = _Budget(-1, heavy_waited=False)
         self._accept_pause = 0.0  # seconds accept() is paused for after running out of fds
+        self._accept_failed = float("-inf")  # monotonic time of the last failed accept()
         self._refused = 0  # connections refused since the last line about it
         self._refused_logged = float("-inf")
         sock.setblocking(False)
@@ -267,7 +289,7 @@ class ControlServer:
                     continue  # that client gave up; the next may not have
                 self._pause_accepting(exc)
                 return
-            if self._accept_pause:
+            if self._accept_pause and time.monotonic() - self._accept_failed > ACCEPT_CALM:
                 log.warning("accepting control connections again")
                 self._accept_pause = 0.0
             self._admit(client)
@@ -278,11 +300,12 @@ class ControlServer:
         The pending connection stays in the kernel's backlog, so the listening socket stays
         readable: without the pause the loop would spin on it (and log each try).
         """
-        if not self._accept_pause:
+        if not self._accept_pause:  # a new episode: one line (it ends after ACCEPT_CALM)
             log.error(
                 "cannot accept control connections: %s; retrying every %gs to %gs",
                 exc.strerror or exc, ACCEPT_PAUSE[0], ACCEPT_PAUSE[1],
             )  # fmt: skip
+        self._accept_failed = time.monotonic()
         self._accept_pause = min(ACCEPT_PAUSE[1], max(ACCEPT_PAUSE[0], self._accept_pause * 2))
         self.loop.remove(self.sock.fileno())
         self.loop.call_later(self._accept_pause, self._resume_accepting, gated=False)
@@ -300,9 +323,18 @@ class ControlServer:
             return
         limit = self.max_connections - (0 if peer.uid == 0 else ROOT_RESERVE)
         if len(self.connections) >= limit:
-            self._refuse(client, peer)
+            open_ = len(self.connections)
+            self._refuse(
+                client, peer,
+                f"too many control connections ({open_} open, the last {ROOT_RESERVE} kept"
+                " for root)",
+            )  # fmt: skip
             return
-        allowed = self.policy.allows(peer)
+        try:
+            allowed = self.policy.allows(peer)
+        except PeerUnknown as exc:
+            self._refuse(client, peer, f"cannot tell who you are right now ({exc})")
+            return
         if not allowed:
             log.warning(
                 "refused control connection from uid %d (not root, uid %d or in group %s)",
@@ -312,14 +344,10 @@ class ControlServer:
         self.connections[conn.fd] = conn
         self.loop.add_reader(conn.fd, conn.on_ready, gated=False)
 
-    def _refuse(self, client: socket.socket, peer: Peer) -> None:
-        """Tell a client over the limit why, in one line, and close (never block on it)."""
-        open_ = len(self.connections)
-        error = RpcError(
-            SHUTTING_DOWN,
-            f"too many control connections ({open_} open, the last {ROOT_RESERVE} kept for"
-            " root); try again later",
-        )
+    def _refuse(self, client: socket.socket, peer: Peer, why: str) -> None:
+        """Tell a client why it cannot be served now, in one line (-32002), and close (never
+        blocking on it). Refusals are counted and logged at most every REFUSAL_LOG_EVERY."""
+        error = RpcError(SHUTTING_DOWN, f"{why}; try again later")
         line = json.dumps({"jsonrpc": "2.0", "id": None, "error": error.to_wire()}) + "\n"
         with contextlib.suppress(OSError):
             client.send(line.encode())
@@ -328,10 +356,8 @@ class ControlServer:
         now = time.monotonic()
         if now - self._refused_logged >= REFUSAL_LOG_EVERY:
             log.warning(
-                "refused %d control connections (uid %d last): %d are open, the last %d kept"
-                " for root",
-                self._refused, peer.uid, open_, ROOT_RESERVE,
-            )  # fmt: skip
+                "refused %d control connections (uid %d last): %s", self._refused, peer.uid, why
+            )
             self._refused, self._refused_logged = 0, now
 
     # -- scheduling ---------------------------------------------------------------------
