@@ -66,6 +66,7 @@ class Invalid(ValueError):
     def __init__(self, reason: str, path: Path = ()) -> None:
         self.reason = reason
         self.path = path
+        self.document: Any = None  # the decoded text, when it was JSON (the rest may be read)
         super().__init__(f"{reason} (at {where(path)})" if path else reason)
 
     def under(self, depth: int) -> Invalid:
@@ -235,6 +236,7 @@ def _raise_first_problem(value: Any, max_depth: int = MAX_DEPTH) -> None:
     """Find the first part of ``value`` JSON cannot carry and raise :class:`Invalid` for it."""
     problem = _first_problem(value, (), max_depth)
     if problem is not None:
+        problem.document = value
         raise problem
 
 

@@ -214,3 +214,19 @@ HOLD = """
     workflow = WorkflowDefinition(roles={"hold": hold}, moderate=moderate)
 """
 TRIGGER = b'{"jsonrpc": "2.0", "id": 100, "method": "workflow.trigger", "params": {"workflow": "w", "payload": %d}}'
+
+
+def test_a_refused_value_is_answered_to_its_id_and_a_notification_not_at_all(daemon: Nerved):
+    with raw(daemon) as sock:
+        buf = bytearray()
+        # A notification (no id) whose params hold NaN: no answer. Then a request with one.
+        sock.sendall(b'{"jsonrpc": "2.0", "method": "status", "params": {"x": NaN}}\n')
+        answer = ask(
+            sock,
+            b'{"jsonrpc": "2.0", "id": 5, "method": "status", "params": {"x": "\\udc00"}}',
+            buf,
+        )
+        assert answer["id"] == 5 and error_code(answer) == -32602
+        answer = ask(sock, b'{"jsonrpc": "2.0", "id": "\\ud800", "params": {"x": NaN}}', buf)
+        assert answer["id"] is None and error_code(answer) in (-32600, -32602)
+        assert ask(sock, b'{"jsonrpc": "2.0", "id": 6, "method": "status"}', buf)["id"] == 6

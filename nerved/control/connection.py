@@ -57,6 +57,8 @@ class Request:
     message: dict[str, Any] | None = None
     error: RpcError | None = None
     decoded: bool = False
+    id: Any = None  # of a request refused as a whole, when it could still be read
+    notification: bool = False  # a refused request that had no id: it gets no answer
 
     def decode(self) -> None:
         if self.decoded:
@@ -68,6 +70,13 @@ class Request:
             message = wire.loads(self.raw, max_depth=wire.MAX_DEPTH + 2)
         except wire.Invalid as exc:
             self.error = _invalid(exc)
+            # JSON all the same (a value inside was refused): answer to its id, and not at
+            # all to a notification, as for any other request.
+            document = exc.document
+            if isinstance(document, dict):
+                self.notification = "id" not in document
+                if _valid_id(document.get("id")):
+                    self.id = document.get("id")
             return
         if not isinstance(message, dict):
             what = (
@@ -83,6 +92,20 @@ class Request:
     def method(self) -> str | None:
         method = self.message.get("method") if self.message is not None else None
         return method if isinstance(method, str) else None
+
+
+def _valid_id(value: Any) -> bool:
+    """JSON-RPC 2.0: an id is a string, a number (integers only here) or null; and one
+    that can be written back (not a string holding a lone surrogate)."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return False
+    try:
+        wire.dumps(value)
+    except wire.Invalid:
+        return False
+    return True
 
 
 def _invalid(exc: wire.Invalid) -> RpcError:
@@ -244,14 +267,13 @@ class Connection:
             self._stop_reading()
             return
         if request.error is not None or request.message is None:
-            self.reply_error(None, request.error or RpcError(INVALID_REQUEST, "empty request"))
+            if not request.notification:
+                refusal = request.error or RpcError(INVALID_REQUEST, "empty request")
+                self.reply_error(request.id, refusal)
             return
         message = request.message
         request_id = message.get("id")
-        if not (
-            request_id is None
-            or (isinstance(request_id, (str, int)) and not isinstance(request_id, bool))
-        ):
+        if not _valid_id(request_id):
             self.reply_error(
                 None, RpcError(INVALID_REQUEST, "id must be a string, an integer or null")
             )
