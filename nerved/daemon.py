@@ -280,6 +280,8 @@ class Daemon:
             (signal.SIGINT, False),
             (signal.SIGHUP, True),
             (signal.SIGCHLD, True),
+            (signal.SIGUSR1, False),
+            (signal.SIGUSR2, False),
         ):
             name = signal.Signals(signum).name.lower()
             handler = getattr(self, f"handle_{name[3:]}")
@@ -392,6 +394,16 @@ class Daemon:
     def handle_hup(self, signum: int) -> None:
         if not self.stopping:
             self.request_reload("SIGHUP")
+
+    def handle_usr1(self, signum: int) -> None:
+        self._ignored(signum)
+
+    def handle_usr2(self, signum: int) -> None:
+        self._ignored(signum)
+
+    def _ignored(self, signum: int) -> None:
+        """A signal nerved gives no meaning to: its default action would end the daemon."""
+        log.warning("%s ignored: nerved gives it no meaning", signal.Signals(signum).name)
 
     def handle_chld(self, signum: int) -> None:
         self.workers.reap()

@@ -201,3 +201,11 @@ def test_broken_edit_keeps_the_running_configuration(nerved_factory):
             raise AssertionError("reload of a broken file succeeded")
     daemon.rpc("sense.trigger", sense="tick")
     wait_until(lambda: daemon.sense("tick")["computes"] == 1)
+
+
+def test_signals_without_a_meaning_are_ignored_not_fatal(nerved_factory):
+    daemon = nerved_factory("senses:\n  tick: {}\n", {"tick": TICK}).start()
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        daemon.signal(signum)
+        wait_until(lambda s=signum: f"{signal.Signals(s).name} ignored" in daemon.log())
+    assert daemon.rpc("status")["pid"] == daemon.pid
