@@ -42,7 +42,7 @@ import logging
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from nerved import wire
 from nerved.api import CommandEvent, ThreadState, WorkflowContext, WorkflowDefinition
@@ -51,6 +51,8 @@ from nerved.port import Port, explain, serve
 from nerved.usercode import UserCodeError, load_workflow
 
 log = logging.getLogger(__name__)
+
+ROLE_THREADS: Final = 1024  # sync roles that may run at once in one worker
 
 
 class ThreadFailed(Exception):
@@ -90,7 +92,12 @@ class WorkflowWorker:
         self.definition: WorkflowDefinition | None = None
         self.load_error: str | None = None
         self.loop = asyncio.new_event_loop()
-        self.executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="role")
+        # A thread per sync role in flight, up to ROLE_THREADS: the default (cpus + 4) would
+        # hold a workflow's concurrency below its setting when its roles block. Threads are
+        # made as needed and reused, so the bound costs nothing until used.
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=ROLE_THREADS, thread_name_prefix="role"
+        )
         self.port = Port(sock, self.loop, self.on_message)
         self.threads: dict[str, asyncio.Task[None]] = {}
         self.histories: dict[str, list[CommandEvent]] = {}  # of runs whose resume is coming

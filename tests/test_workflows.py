@@ -726,3 +726,31 @@ def test_the_moderator_sees_events_and_roles_see_prompts_as_they_are_kept(nerved
     daemon = start(nerved_factory, "  kept: {}\n", {"kept": kept})
     run = wait_run(daemon, trigger(daemon, "kept")["runId"])
     assert run["status"] == "completed", run["error"]
+
+
+def test_sync_roles_run_as_many_at_once_as_the_concurrency_allows(nerved_factory, tmp_path):
+    """Ten runs whose sync role blocks until all ten are in it: with threads capped at the
+    default pool size (cpus + 4: 6 here) they would wait forever."""
+    barrier = """
+        import os, time
+        from nerved import WorkflowDefinition
+
+        def meet(prompt, ctx):
+            open(os.path.join(prompt["dir"], ctx.run_id), "w").close()
+            while len(os.listdir(prompt["dir"])) < 10:
+                time.sleep(0.01)
+            return {"type": "met"}
+
+        def moderate(thread, event):
+            if event["type"] == "thread_start":
+                return {"role": "meet", "prompt": event["payload"]}
+            return None
+
+        workflow = WorkflowDefinition(roles={"meet": meet}, moderate=moderate)
+    """
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    daemon = start(nerved_factory, "  m: {concurrency: 10}\n", {"m": barrier})
+    runs = [trigger(daemon, "m", {"dir": str(meeting)})["runId"] for _ in range(10)]
+    for run_id in runs:
+        assert wait_run(daemon, run_id, timeout=15)["status"] == "completed"
