@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from nerved import wire
-from nerved.channel import TO_MASTER, Channel, Garbled, ProtocolError, frame
+from nerved.channel import ENVELOPE_DEPTH, TO_MASTER, Channel, Garbled, ProtocolError, frame
 from nerved.port import Port
 
 
@@ -50,7 +50,8 @@ def test_a_frame_that_does_not_decode_is_consumed_and_the_next_ones_are_read(pai
     first, nan, deep, array, binary, last = receive_all(channel, len(bodies))
     assert first == {"t": "first"} and last == {"t": "last"}
     assert nan == Garbled("NaN is not JSON (at event.x)")
-    assert isinstance(deep, Garbled) and deep.reason.startswith("nested deeper than 103 levels")
+    depth = wire.MAX_DEPTH + ENVELOPE_DEPTH
+    assert isinstance(deep, Garbled) and deep.reason.startswith(f"nested deeper than {depth}")
     assert array == Garbled("a frame must hold a JSON object")
     assert isinstance(binary, Garbled) and binary.reason.startswith("not UTF-8")
 
