@@ -20,7 +20,7 @@ from nervectl.context import Context
 from nervectl.exits import FAILED, INTERRUPTED, NOT_FOUND, OK, UNREACHABLE, USAGE, CliError
 from nervectl.remote import RemoteError, Unreachable
 from nervectl.times import SINCE_HELP, parse_since
-from nerved import _version
+from nerved import _version, wire
 from nerved.paths import resolve_socket
 
 Handler = Callable[[Context], int]
@@ -51,14 +51,39 @@ def _payload(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(text: str) -> int:
+def _count(maximum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to ``maximum``.
+
+    Every integer option is bounded here by what the daemon takes, so that a number it would
+    refuse (-32602, exit 1 after a round trip) is a usage error (exit 2) before sending.
+    """
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # not a number, or more than the 4,300 digits int() reads
+            value = 0
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from 1 to {maximum:,}, got {text!r}"
+            )
+        return value
+
+    return count
+
+
+def _text(text: str) -> str:
+    """An argparse type for a name, a run id or a filter, as the daemon's string params take
+    them: not empty, and UTF-8 (argv that is not arrives as lone surrogates, which JSON on
+    the wire cannot carry)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+        text.encode()
+    except UnicodeEncodeError:
+        shown = text.encode(errors="surrogateescape")
+        raise argparse.ArgumentTypeError(f"not UTF-8 text: {shown!r}") from None
+    return text
 
 
 def _seconds(text: str) -> float:
@@ -122,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     trigger = command(
         senses, "trigger", commands.sense_trigger, "compute a sense now (subject to its throttle)"
     )
-    trigger.add_argument("name", metavar="NAME", help="the sense to compute")
+    trigger.add_argument("name", metavar="NAME", type=_text, help="the sense to compute")
 
     logs_parser = command(
         sub,
@@ -130,12 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         logs.logs,
         "show entries of the daemon's log store (signals, sense logs and errors, run histories)",
     )
-    logs_parser.add_argument("--source", metavar="S", help="only this source: sense or workflow")
     logs_parser.add_argument(
-        "--type", metavar="T", help="only this type (signal, log, error, started, ...)"
+        "--source", metavar="S", type=_text, help="only this source: sense or workflow"
     )
     logs_parser.add_argument(
-        "--run", metavar="RUN_ID", help="only entries about this run id (or sense name)"
+        "--type", metavar="T", type=_text, help="only this type (signal, log, error, started, ...)"
+    )
+    logs_parser.add_argument(
+        "--run", metavar="RUN_ID", type=_text, help="only entries about this run id (or sense name)"
     )
     logs_parser.add_argument(
         "--since", metavar="TIME", type=_since, help=f"from TIME: {SINCE_HELP}"
@@ -143,10 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs_parser.add_argument(
         "--limit",
         metavar="N",
-        type=_positive_int,
+        type=_count(wire.MAX_INTEGER),
         default=logs.DEFAULT_LIMIT,
         help=f"at most N entries (default {logs.DEFAULT_LIMIT}; the newest, or the oldest "
-        "since --since)",
+        f"since --since); more than {wire.MAX_QUERY_LIMIT:,} are read that many at a time",
     )
     logs_parser.add_argument(
         "--follow",
@@ -174,18 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
         choices=workflows.STATUSES,
         help=f"only runs in this status ({', '.join(workflows.STATUSES)}); may be repeated",
     )
-    listing.add_argument("--workflow", metavar="NAME", help="only runs of this workflow")
     listing.add_argument(
-        "--limit", metavar="N", type=_positive_int, help="at most N runs, newest first"
+        "--workflow", metavar="NAME", type=_text, help="only runs of this workflow"
+    )
+    listing.add_argument(
+        "--limit",
+        metavar="N",
+        type=_count(wire.MAX_QUERY_LIMIT),
+        help=f"at most N runs, newest first (default 100; at most {wire.MAX_QUERY_LIMIT:,}, "
+        "the most the daemon lists at once)",
     )
     inspect = command(
         runs, "inspect", workflows.workflow_inspect, "show one run and its event history"
     )
     inspect.add_argument(
-        "run_id", metavar="RUN_ID", help="a run id, or a unique prefix of 8+ chars"
+        "run_id", metavar="RUN_ID", type=_text, help="a run id, or a unique prefix of 8+ chars"
     )
     start = command(runs, "trigger", workflows.workflow_trigger, "start a run of a workflow")
-    start.add_argument("name", metavar="NAME", help="the workflow")
+    start.add_argument("name", metavar="NAME", type=_text, help="the workflow")
     payload = start.add_mutually_exclusive_group()
     payload.add_argument(
         "--payload",

@@ -15,6 +15,7 @@ from typing import Any, Final
 from nervectl import render
 from nervectl.context import Context
 from nervectl.exits import OK
+from nerved import wire
 
 POLL_INTERVAL: Final = 0.5  # seconds between two polls while following
 PAGE: Final = 1000  # entries asked for at a time while following
@@ -59,7 +60,9 @@ def _tail(ctx: Context, filters: dict[str, Any], limit: int) -> list[dict[str, A
     cursor: dict[str, int] = {}
     wanted = limit
     while wanted > 0:
-        page: list[dict[str, Any]] = ctx.call("logs.query", {**filters, **cursor, "limit": wanted})
+        page: list[dict[str, Any]] = ctx.call(
+            "logs.query", {**filters, **cursor, "limit": min(wanted, wire.MAX_QUERY_LIMIT)}
+        )
         if not page:
             break
         pages.append(page)

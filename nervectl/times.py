@@ -11,6 +11,8 @@ import re
 import time
 from typing import Final
 
+from nerved.wire import MAX_INTEGER
+
 _UNIT_MS: Final = {
     "ms": 1,
     "s": 1_000,
@@ -23,11 +25,13 @@ _PART = r"(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d|w)"
 _DURATION_RE: Final = re.compile(rf"(?:{_PART}\s*)+")
 _PART_RE: Final = re.compile(_PART)
 # Ten or more digits: a bare small number is far likelier a typo for "10m" than a time in 1970.
-_EPOCH_MS_RE: Final = re.compile(r"\d{10,}")
+_EPOCH_MS_RE: Final = re.compile(r"[0-9]{10,}")
 
 SINCE_HELP: Final = (
     "an ISO date or time (2024-05-01, 2024-05-01T12:00, 12:30 for today, local time unless "
-    "it has an offset), a duration ago (30s, 10m, 2h, 1d, 1h30m), or epoch milliseconds"
+    "it has an offset), a duration ago (30s, 10m, 2h, 1d, 1h30m), or epoch milliseconds (10 "
+    "or more digits: a shorter bare number is refused, as a duration missing its unit); a "
+    "time before 1970 means from the first entry"
 )
 
 
@@ -36,28 +40,53 @@ def now_ms() -> int:
 
 
 def parse_duration_ms(text: str) -> int | None:
-    """``1h30m`` -> 5400000; None when ``text`` is not a duration."""
+    """``1h30m`` -> 5400000; None when ``text`` is not a duration.
+
+    At most MAX_INTEGER: ``9999...9w`` is a float too large to round (even infinite).
+    """
     text = text.strip()
     if not _DURATION_RE.fullmatch(text):
         return None
-    return round(sum(float(n) * _UNIT_MS[unit] for n, unit in _PART_RE.findall(text)))
+    total = sum(float(n) * _UNIT_MS[unit] for n, unit in _PART_RE.findall(text))
+    return MAX_INTEGER if total >= MAX_INTEGER else round(total)
 
 
 def parse_since(text: str, now: int | None = None) -> int:
-    """Epoch milliseconds for ``--since``; ValueError with the accepted forms otherwise."""
+    """Epoch milliseconds for ``--since``, from 0 to MAX_INTEGER as the daemon takes them;
+    ValueError with the accepted forms otherwise.
+
+    A time before 1970 (a date, or a duration longer ago) is sent as 0: there is no entry
+    before it, so the answer is the same and the daemon, which refuses a negative ``since``,
+    is not asked for one. Epoch milliseconds past MAX_INTEGER are refused, as it would.
+    """
     now = now_ms() if now is None else now
     text = text.strip()
     if _EPOCH_MS_RE.fullmatch(text):
+        # Compared as text first: int() refuses numbers of more than 4,300 digits.
+        if len(text.lstrip("0")) > len(str(MAX_INTEGER)) or int(text) > MAX_INTEGER:
+            raise ValueError(f"epoch milliseconds must be at most {MAX_INTEGER}, got {text}")
         return int(text)
     ago = parse_duration_ms(text)
     if ago is not None:
-        return now - ago
+        return max(now - ago, 0)
     moment = _parse_iso(text, now)
     if moment is None:
         raise ValueError(f"cannot read {text!r} as a time; use {SINCE_HELP}")
     if moment.tzinfo is None:
-        moment = moment.astimezone()  # naive means local, as the operator reads their clock
-    return int(moment.timestamp() * 1000)
+        moment = _local(moment)
+    return max(int(moment.timestamp() * 1000), 0)
+
+
+def _local(moment: datetime.datetime) -> datetime.datetime:
+    """A naive time as local time, as the operator reads their clock.
+
+    On the first and last days datetime holds (years 1 and 9999) the local offset may take
+    it out of range: it is taken as UTC there, hours that change nothing (before 1970 is 0).
+    """
+    try:
+        return moment.astimezone()
+    except (OverflowError, ValueError):
+        return moment.replace(tzinfo=datetime.UTC)
 
 
 def _parse_iso(text: str, now: int) -> datetime.datetime | None:

@@ -1,22 +1,29 @@
 """``nerved``: the daemon's command line (SPEC §7).
 
-Only light modules are imported before :func:`main`, whose first statement puts SIGHUP on
-hold (``nerved.early``); the daemon, the store and the configuration are imported after it,
-so that a reload request sent while nerved starts never kills it.
+Nothing but ``nerved.early`` is imported before :func:`main`, whose first statement puts
+SIGHUP on hold: until then a SIGHUP kills nerved, so the command line's own modules
+(argparse, logging), the daemon, the store and the configuration are imported after it, in
+the functions that use them. ``tests/test_startup.py`` checks what importing this module
+brings.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
-from nerved import _version, early, logs
-from nerved.paths import resolve_root, resolve_socket, resolve_state_dir
+from nerved import early
+
+TYPE_CHECKING = False  # typing's would import typing before SIGHUP is held
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from nerved import _version, logs
+
     parser = argparse.ArgumentParser(
         prog="nerved",
         description="nerve daemon: senses, reflexes and durable workflow threads.",
@@ -43,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nerved import logs
+    from nerved.paths import resolve_root, resolve_socket, resolve_state_dir
+
     root = resolve_root(args.root)
     if args.command == "check":
         from nerved import check

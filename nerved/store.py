@@ -49,7 +49,7 @@ T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 1
 AUTOCHECKPOINT_PAGES: Final = 8000  # ~32 MB of WAL before SQLite checkpoints on its own
-MAX_QUERY_LIMIT: Final = 10_000
+MAX_QUERY_LIMIT: Final = wire.MAX_QUERY_LIMIT
 
 _MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.

@@ -5,9 +5,10 @@ crashes or leaks at import time can only hurt its own worker. Each package gets 
 module name, so two senses may both have a ``helpers.py`` and relative imports work.
 
 The master does read the packages' files, to tell at a reload which ones changed
-(:func:`fingerprint`), and it does so in its only thread: a package is read within bounds
-(:data:`MAX_PACKAGE_FILES`, :data:`MAX_PACKAGE_BYTES`), without following symlinks and
-without opening anything but regular files, so that no file a package holds can stall it.
+(:func:`fingerprints`), and it does so in its only thread: a package is listed within bounds
+(:data:`MAX_PACKAGE_FILES`, :data:`MAX_PACKAGE_BYTES`), and a snapshot of all packages reads
+at most :data:`CONTENT_BUDGET` bytes of content, without following symlinks and without
+opening anything but regular files, so that no file a package holds can stall it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import socket
 import stat
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -34,7 +35,18 @@ MAX_PACKAGE_FILES: Final = 10_000
 """Entries (files, directories, symlinks) of one package the master lists at a reload."""
 
 MAX_PACKAGE_BYTES: Final = 256 * MiB
-"""Bytes of one package's files the master hashes at a reload (about 0.2 s of SHA-256 here)."""
+"""Bytes in one package's regular files (by their sizes: a package is listed, not read)."""
+
+SMALL_FILE: Final = 1 * MiB
+"""A regular file up to this size is fingerprinted by its content, while the budget lasts."""
+
+CONTENT_BUDGET: Final = 64 * MiB
+"""Bytes of content one snapshot of all packages reads at most (about 0.2 s of SHA-256 here).
+
+Reading every package whole took the master's only thread 0.7 s per 250 MiB package, at
+start and at every reload: forty such packages held `status` for 8 s and the start for 28 s,
+near systemd's 30 s watchdog.
+"""
 
 _CHUNK: Final = 256 * KiB
 
@@ -112,6 +124,18 @@ def _skipped(entry: os.DirEntry[str]) -> bool:
     return name.endswith((".pyc", ".swp", "~"))
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One entry of a package as listed: what :func:`package_files` says of it, and for a
+    regular file the metadata it is fingerprinted by when its content is not read."""
+
+    path: str
+    kind: str
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0
+
+
 def package_files(directory: Path) -> list[tuple[str, str]]:
     """What a package is made of, by relative path: ``[(path, kind), ...]``, sorted.
 
@@ -121,7 +145,13 @@ def package_files(directory: Path) -> list[tuple[str, str]]:
     symlink; a missing one has no files. Raises PackageTooLarge past MAX_PACKAGE_FILES
     entries, or past MAX_PACKAGE_BYTES in regular files (by their size, nothing is read).
     """
-    found: list[tuple[str, str]] = []
+    return [(entry.path, entry.kind) for entry in _list(directory)]
+
+
+def _list(directory: Path) -> list[_Entry]:
+    """:func:`package_files` with each regular file's size, mtime and mode (from the
+    listing's own ``lstat``: nothing is opened)."""
+    found: list[_Entry] = []
     entries = total = 0
     pending = [""]
     while pending:
@@ -136,67 +166,117 @@ def package_files(directory: Path) -> list[tuple[str, str]]:
                         continue
                     relative = prefix + entry.name
                     if entry.is_symlink():
-                        found.append((relative, "-> " + os.readlink(entry.path)))
+                        found.append(_Entry(relative, "-> " + os.readlink(entry.path)))
                     elif entry.is_dir(follow_symlinks=False):
                         pending.append(relative + "/")
                     elif entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
+                        info = entry.stat(follow_symlinks=False)
+                        total += info.st_size
                         if total > MAX_PACKAGE_BYTES:
                             raise PackageTooLarge(_TOO_MANY_BYTES)
-                        found.append((relative, "file"))
+                        found.append(
+                            _Entry(relative, "file", info.st_size, info.st_mtime_ns, info.st_mode)
+                        )
         except (FileNotFoundError, NotADirectoryError):
             continue  # gone meanwhile, or no package at all: check_packages says so
         except OSError:
-            found.append((prefix, "unreadable"))
-    return sorted(found)
+            found.append(_Entry(prefix, "unreadable"))
+    return sorted(found, key=lambda entry: entry.path)
 
 
 def fingerprint(directory: Path) -> str:
-    """A digest of a package's files, so a reload can tell whether its code changed.
+    """The fingerprint of one package, as :func:`fingerprints` gives it."""
+    return fingerprints([directory])[0]
 
-    Runs in the master: files are hashed in chunks and at most MAX_PACKAGE_BYTES in all, and
-    only regular files are opened (non-blocking, not through a symlink). A package past the
-    bounds, which check_packages refuses, gets a fingerprint that says so instead of a digest.
+
+def fingerprints(directories: Sequence[Path], budget: int = CONTENT_BUDGET) -> list[str]:
+    """A digest of each package's files, so that a reload can tell whether its code changed.
+
+    Runs in the master's only thread, at start and at every reload, so its work is bounded
+    whatever the packages hold: every package is listed (MAX_PACKAGE_FILES entries at most),
+    and at most ``budget`` bytes of content are read over all of them. Each regular file
+    counts by its relative path and either
+
+    - its content (SHA-256), if it holds at most SMALL_FILE bytes and the budget lasts; files
+      are taken ``.py`` first, then by package path and relative path, so that the choice is
+      the same at every snapshot of the same files; or
+    - its size, mtime (ns) and mode: a large data file, or any file once the budget is spent.
+
+    So a small source file is always seen to change, even when an edit keeps its size and
+    mtime (``rsync -a`` and ``touch -r`` put mtimes back), and touching it changes nothing.
+    A file fingerprinted by metadata (past 1 MiB, or past the budget: more than 64 MiB of
+    small files in all) can be rewritten unnoticed only if its size and mtime (ns) are kept,
+    for as long as they are: the next change of either is seen. A file that moves from one
+    kind to the other (the small files grew past the budget, or shrank back) changes its
+    package's fingerprint: a change seen where there was none (its worker restarts), never
+    one missed.
+
+    A package past the bounds, which check_packages refuses, gets a fingerprint that says so
+    instead of a digest. Only regular files are opened (non-blocking, not through a symlink).
     """
+    listings: list[list[_Entry] | str] = []
+    for directory in directories:
+        try:
+            listings.append(_list(directory))
+        except PackageTooLarge as exc:
+            listings.append(f"refused: {exc}")
+    small = sorted(
+        (not entry.path.endswith(".py"), str(directory), entry.path, entry.size)
+        for directory, listing in zip(directories, listings, strict=True)
+        if not isinstance(listing, str)
+        for entry in listing
+        if entry.kind == "file" and entry.size <= SMALL_FILE
+    )
+    read: set[tuple[str, str]] = set()
+    for _, directory_name, path, size in small:
+        if size <= budget:
+            budget -= size
+            read.add((directory_name, path))
+    return [
+        listing if isinstance(listing, str) else _digest(directory, listing, read)
+        for directory, listing in zip(directories, listings, strict=True)
+    ]
+
+
+def _digest(directory: Path, listing: list[_Entry], read: set[tuple[str, str]]) -> str:
+    """One package's fingerprint: its files' contents where ``read`` names them, else their
+    metadata (see :func:`fingerprints`)."""
     digest = hashlib.sha256()
-    budget = MAX_PACKAGE_BYTES
-    try:
-        for relative, kind in package_files(directory):
-            if kind == "file":
-                kind, size = _hash_file(directory / relative, budget)
-                budget -= size
-            digest.update(f"{relative}\0{kind}\n".encode(errors="surrogateescape"))
-    except PackageTooLarge as exc:
-        return f"refused: {exc}"
+    for entry in listing:
+        kind = entry.kind
+        if kind == "file":
+            if (str(directory), entry.path) in read:
+                kind = "content " + _hash_file(directory / entry.path, entry.size)
+            else:
+                kind = f"stat {entry.size} {entry.mtime_ns} {entry.mode:o}"
+        digest.update(f"{entry.path}\0{kind}\n".encode(errors="surrogateescape"))
     return digest.hexdigest()
 
 
-def _hash_file(path: Path, budget: int) -> tuple[str, int]:
-    """``(sha256 hex, bytes read)`` of a regular file; ``("unreadable", 0)`` if it is not one.
+def _hash_file(path: Path, size: int) -> str:
+    """The SHA-256 (hex) of a regular file listed with ``size`` bytes, or ``"unreadable"``.
 
-    Raises PackageTooLarge when the file holds more than ``budget`` bytes (it grew since it
-    was listed).
+    Reads at most ``size + 1`` bytes: a file that grew since it was listed hashes differently
+    from the file it was (a change, which the next reload sees whole) and costs no more.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return "unreadable", 0
+        return "unreadable"
     digest = hashlib.sha256()
-    read = 0
-    buffer = memoryview(bytearray(_CHUNK))
+    left = size + 1
+    buffer = memoryview(bytearray(min(_CHUNK, left)))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return "unreadable", 0
-        while count := os.readv(fd, [buffer]):
-            read += count
-            if read > budget:
-                raise PackageTooLarge(_TOO_MANY_BYTES)
+            return "unreadable"
+        while left and (count := os.readv(fd, [buffer[: min(len(buffer), left)]])):
+            left -= count
             digest.update(buffer[:count])
     except OSError:
-        return "unreadable", 0
+        return "unreadable"
     finally:
         os.close(fd)
-    return digest.hexdigest(), read
+    return digest.hexdigest()
 
 
 def load_sense(root: Path, name: str) -> ComputeFn:
@@ -261,9 +341,14 @@ class CodeSnapshot:
 
     @classmethod
     def take(cls, root: Path, senses: Iterable[str], workflows: Iterable[str]) -> CodeSnapshot:
+        """Fingerprint every package at once: they share one budget of content to read."""
+        senses, workflows = list(senses), list(workflows)
+        directories = [root / "senses" / name for name in senses]
+        directories += [root / "workflows" / name for name in workflows]
+        digests = fingerprints(directories)
         return cls(
-            {name: fingerprint(root / "senses" / name) for name in senses},
-            {name: fingerprint(root / "workflows" / name) for name in workflows},
+            dict(zip(senses, digests[: len(senses)], strict=True)),
+            dict(zip(workflows, digests[len(senses) :], strict=True)),
         )
 
     def of_senses(self, names: Iterable[str]) -> str:

@@ -49,6 +49,14 @@ MAX_HISTORY: Final = 64 * MiB
 event}``). A resumed run's history is read and sent to its worker in one piece, so this bounds
 what a resume costs the master. Temporal's history limit is 50 MB, for the same reason."""
 
+MAX_INTEGER: Final = 2**63 - 1
+"""The largest integer a control param may hold: SQLite's INTEGER (a wider one cannot even be
+compared). Here, not in the daemon's modules, so that nervectl refuses what the daemon would."""
+
+MAX_QUERY_LIMIT: Final = 10_000
+"""Entries (``logs.query``) or runs (``workflow.list``) in one answer at most: a larger
+``limit`` is taken as this one."""
+
 RESULT_BUDGET: Final = 4 * MiB
 """Payload bytes in one answer (``logs.query``, ``workflow.inspect``): past it the answer ends
 early, always after at least one entry, and the client asks for the next page."""

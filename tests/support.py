@@ -88,6 +88,8 @@ class Nerved:
     """One nerved process on a root, with its state, socket and notify socket in ``base``."""
 
     def __init__(self, root: Path, base: Path, *extra: str, env: dict[str, str] | None = None):
+        self.command = [sys.executable, "-m", "nerved"]
+        """How nerved is started: ``python -m nerved``, or the ``nerved`` console script."""
         self.root = root
         self.base = base
         self.state = base / "state"
@@ -113,7 +115,7 @@ class Nerved:
         env.pop("NERVE_SOCKET", None)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nerved", "--root", str(self.root),
+            [*self.command, "--root", str(self.root),
              "--state-dir", str(self.state), "--socket", str(self.socket),
              "--log-level", "debug", *self.extra],
             stdout=log, stderr=log, env=env, cwd=REPO, start_new_session=True,

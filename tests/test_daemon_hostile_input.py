@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -190,3 +191,54 @@ def test_a_package_of_thousands_of_directories_is_watched_within_a_bound(nerved_
     assert daemon.log().count(f"more than {MAX_WATCHED} directories") == 1
     assert reload(daemon) == {"changed": []}
     still_computes(daemon)
+
+
+def test_many_packages_of_large_files_start_and_reload_without_stalling(nerved_factory):
+    """The master fingerprints every package at start and at each reload, in its only thread.
+
+    Forty packages of 250 MiB each (within the bound of a package; sparse, so nothing is on
+    disk) took about 28 s to hash at start and stalled `status` for as long at each reload,
+    near systemd's 30 s watchdog. A snapshot reads a bounded amount of content, whatever the
+    packages hold: start and reload answer in a moment and `status` answers all along.
+    """
+    names = [f"s{i:02}" for i in range(40)]
+    config = "senses:\n" + "".join(f"  {name}: {{}}\n" for name in names)
+    daemon = nerved_factory(config, dict.fromkeys(names, TICK), args=("--no-watch",))
+    for name in names:
+        _sparse(250 * 1024 * 1024)(daemon.root / "senses" / name / "model.bin")
+    started = time.monotonic()
+    daemon.start(timeout=ANSWER_WITHIN)
+    assert time.monotonic() - started < ANSWER_WITHIN / 2
+
+    answers: list[dict[str, object]] = []
+    reloading = threading.Thread(target=lambda: answers.append(reload(daemon)))
+    with daemon.client(ANSWER_WITHIN) as watcher:
+        reloading.start()
+        slowest = 0.0
+        while reloading.is_alive() or not slowest:
+            asked = time.monotonic()
+            assert watcher.call("status")["state"] == "running"
+            slowest = max(slowest, time.monotonic() - asked)
+        reloading.join()
+    assert answers == [{"changed": []}]
+    assert slowest < 1.0, f"status waited {slowest:.2f}s during a reload"
+
+
+def test_an_edit_that_keeps_size_and_mtime_of_a_source_file_is_noticed(nerved_factory):
+    """Files are fingerprinted by metadata past a budget, but small ones by their content:
+    a one-byte edit whose mtime is put back (as `rsync -a` and `touch -r` do) is a change."""
+    daemon = nerved_factory(
+        CONFIG, {"tick": "def compute(ctx):\n    return {'v': 1}\n"}, args=("--no-watch",)
+    ).start()
+    source = daemon.root / "senses" / "tick" / "__init__.py"
+    before = source.stat()
+    source.write_text(source.read_text().replace("'v': 1", "'v': 2"))
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = source.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert reload(daemon) == {"changed": ["group default"]}
+    daemon.rpc("sense.trigger", sense="tick")
+    entries = wait_until(
+        lambda: daemon.rpc("logs.query", source="sense", type="signal", refId="tick")
+    )
+    assert entries[-1]["payload"] == {"v": 2}

@@ -724,6 +724,70 @@ def test_usage_errors_exit_2_on_one_line(args: tuple[str, ...]) -> None:
     assert_one_line_error(nervectl(*args), 2)
 
 
+MAX_INTEGER = 2**63 - 1  # the daemon's bound on every integer param (nerved.wire)
+HUGE = "99999999999999999999"  # past it
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("logs", "--since", HUGE), "--since"),
+        (("logs", "--since", "0"), "--since"),  # a bare number needs 10+ digits, as the help says
+        (("logs", "--since", "1" * 5000), "--since"),
+        (("logs", "--limit", HUGE), "--limit"),
+        (("logs", "--limit", "9" * 5000), "--limit"),
+        (("workflow", "list", "--limit", HUGE), "--limit"),
+        (("workflow", "list", "--limit", "10001"), "--limit"),  # past what the daemon lists
+        (("workflow", "inspect", ""), "RUN_ID"),
+        (("sense", "trigger", ""), "NAME"),
+        (("workflow", "trigger", ""), "NAME"),
+        (("logs", "--run", ""), "--run"),
+        (("logs", "--source", ""), "--source"),
+        (("logs", "--type", ""), "--type"),
+        (("workflow", "list", "--workflow", ""), "--workflow"),
+        (("sense", "trigger", os.fsdecode(b"caf\xe9")), "NAME"),  # argv that is not UTF-8
+        (("workflow", "inspect", os.fsdecode(b"\xff" * 8)), "RUN_ID"),
+    ],
+    ids=lambda value: " ".join(value)[:40] if isinstance(value, tuple) else value,
+)
+def test_what_the_daemon_would_refuse_is_a_usage_error_before_sending(
+    tmp_path: Path, args: tuple[str, ...], named: str
+) -> None:
+    """Exit 2 naming the option, not 3: the (missing) daemon is never asked."""
+    error = assert_one_line_error(nervectl("--socket", str(tmp_path / "none.sock"), *args), 2)
+    assert f"argument {named}: " in error
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("logs", "--since", "0000000000"),
+        ("logs", "--since", str(MAX_INTEGER)),
+        ("logs", "--since", "1969-12-31"),  # before the epoch: from the first entry
+        ("logs", "--since", "0001-01-01"),
+        ("logs", "--since", "0001-01-01T00:00+14:00"),
+        ("logs", "--since", "9999-12-31T23:59:59"),
+        ("logs", "--since", "9" * 400 + "w"),  # longer ago than a double holds
+        ("logs", "--limit", str(MAX_INTEGER)),  # read 10,000 at a time
+        ("workflow", "list", "--limit", "10000"),
+    ],
+)
+def test_the_bounds_of_each_option_are_what_the_daemon_takes(
+    daemon: Nerved, args: tuple[str, ...]
+) -> None:
+    done = daemon.ctl(*args)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_help_of_since_says_what_it_takes() -> None:
+    help_text = " ".join(nervectl("logs", "--help").stdout.split())
+    assert "epoch milliseconds (10 or more digits" in help_text
+    assert "a time before 1970 means from the first entry" in help_text
+    assert times.parse_since("0000000000", now=NOW) == 0
+    with pytest.raises(ValueError, match="10 or more digits"):
+        times.parse_since("0", now=NOW)
+
+
 def test_version_and_help() -> None:
     from nerved import _version
 

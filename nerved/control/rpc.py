@@ -18,7 +18,7 @@ SHUTTING_DOWN: Final = -32002
 PERMISSION_DENIED: Final = -32003
 
 MAX_LINE: Final = wire.MAX_LINE
-MAX_INTEGER: Final = 2**63 - 1  # SQLite's INTEGER: a wider one cannot even be compared
+MAX_INTEGER: Final = wire.MAX_INTEGER  # SQLite's INTEGER: a wider one cannot be compared
 MAX_NUMBER: Final = 1e9  # seconds (31 years): past it, a number is a mistake, not a wish
 
 T = TypeVar("T")
