@@ -200,6 +200,13 @@ class _Connection:
             self._conn.close()
 
 
+def _gone(path: Path, why: str) -> StoreError:
+    return StoreError(
+        f"{path} is gone from under nerved ({why}): was the state directory deleted?"
+        " Nothing more is written to the file nerved had open"
+    )
+
+
 def _file_id(path: Path | int) -> tuple[int, int]:
     st = os.fstat(path) if isinstance(path, int) else os.stat(path)
     return st.st_dev, st.st_ino
@@ -622,7 +629,7 @@ class Store(Reads):
         self._wrote = False  # and something was written in it since the last commit
         self._on_commit: list[CommitCallback] = []
         self._on_abort: list[AbortCallback] = []
-        self._watched: list[tuple[Path, tuple[int, int]]] = []
+        self._watched: list[tuple[Path, int, tuple[int, int]]] = []  # path, open fd, inode
         self.locked_since: float | None = None  # monotonic: another process took the lock
         self.commits = 0
         self.last_commit = 0.0  # time.monotonic() of the last commit
@@ -632,14 +639,22 @@ class Store(Reads):
         except OSError as exc:
             raise StoreError(f"{path.parent}: {exc.strerror or exc}") from exc
         self._conn = self._at_start(lambda: _connect(path, synchronous), on_wait)
+        # Our own descriptor of logs.db, to see it unlinked at each commit (fstat, no path
+        # lookup). It is closed only after SQLite's connections: closing any descriptor of
+        # a file drops every POSIX lock the process holds on it, SQLite's included.
+        self._db_fd = -1
         try:
-            self._watched.append((path, _file_id(path)))
+            self._db_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self._watched.append((path, self._db_fd, _file_id(self._db_fd)))
             self._at_start(self._migrate, on_wait)
             self._at_start(self._prove_writable, on_wait)
             self._at_start(self._acquire_or_raise, on_wait)
             self.committed = Reads(_connect_reader(path), path)
+        except OSError as exc:
+            self._close_files()
+            raise StoreError(f"{path}: {exc.strerror or exc}") from exc
         except BaseException:
-            self._conn.close()
+            self._close_files()
             raise
         if self.locked_since is not None:
             log.warning("%s: got the write lock", path)
@@ -676,8 +691,8 @@ class Store(Reads):
             raise
 
     def watch(self, path: Path, fd: int) -> None:
-        """Check at every commit that ``path`` is still the file open as ``fd``."""
-        self._watched.append((path, _file_id(fd)))
+        """Check that ``path`` is still the file open as ``fd`` (see :meth:`check_files`)."""
+        self._watched.append((path, fd, _file_id(fd)))
 
     # -- schema -------------------------------------------------------------------------
 
@@ -772,7 +787,7 @@ class Store(Reads):
         self._on_commit, self._on_abort = [], []
         if self._wrote:
             try:
-                self.check_files()
+                self._check_linked()
                 self._conn.execute("COMMIT")
             except StoreError as exc:
                 self._rollback()
@@ -788,8 +803,9 @@ class Store(Reads):
             callback()
 
     def check_files(self) -> None:
-        """Raise StoreError if logs.db (or a watched file) is no longer the file opened."""
-        for path, identity in self._watched:
+        """Raise StoreError if logs.db (or a watched file) is no longer the file opened at
+        its path: the daemon calls this every second."""
+        for path, _fd, identity in self._watched:
             try:
                 now = _file_id(path)
             except OSError as exc:
@@ -797,10 +813,14 @@ class Store(Reads):
             else:
                 why = "it is another file now"
             if now != identity:
-                raise StoreError(
-                    f"{path} is gone from under nerved ({why}): was the state directory"
-                    " deleted? Nothing more is written to the file nerved had open"
-                )
+                raise _gone(path, why)
+
+    def _check_linked(self) -> None:
+        """At every commit, cheaply (fstat): raise StoreError if a watched file was unlinked
+        (deleted, or replaced by a rename), so that nothing is acknowledged into it."""
+        for path, fd, _identity in self._watched:
+            if os.fstat(fd).st_nlink == 0:
+                raise _gone(path, "deleted")
 
     def abandon(self, exc: BaseException) -> None:
         """Roll the batch back and abort its callbacks: for work done in a batch of its own
@@ -835,8 +855,16 @@ class Store(Reads):
         """Close, dropping a batch nobody committed: nothing of it was acknowledged yet."""
         self._rollback()
         self._on_commit, self._on_abort = [], []
-        self.committed.close()
+        self._close_files()
+
+    def _close_files(self) -> None:
+        """SQLite's connections first, then our descriptor of logs.db (see __init__)."""
+        if hasattr(self, "committed"):
+            self.committed.close()
         self._conn.close()
+        if self._db_fd >= 0:
+            os.close(self._db_fd)
+            self._db_fd = -1
 
     # -- writes -------------------------------------------------------------------------
 
