@@ -153,12 +153,6 @@ class _Cursor:
         except sqlite3.Error as exc:
             raise _store_error(self._path, exc) from exc
 
-    def fetchmany(self, size: int) -> list[Any]:
-        try:
-            return self._cursor.fetchmany(size)
-        except sqlite3.Error as exc:
-            raise _store_error(self._path, exc) from exc
-
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._cursor.close()
@@ -565,15 +559,6 @@ class Reads:
             (*args, n),
         ).fetchall()
         return [_run_from_row(r) for r in rows]
-
-    def run_history(self, run_id: str) -> list[LogEntry]:
-        """Every log entry of one run, oldest first."""
-        rows = self._conn.execute(
-            "SELECT id, source, type, ref_id, payload, ts FROM logs"
-            " WHERE ref_id = ? AND source = 'workflow' ORDER BY id",
-            (run_id,),
-        ).fetchall()
-        return [_entry_from_row(r) for r in rows]
 
     def run_steps_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
         """One run's ``step_complete`` entries after ``after_id``, oldest first, a page of

@@ -26,6 +26,25 @@ REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+GATED = """
+    import os, time
+    from nerved import WorkflowDefinition
+
+    def work(prompt, ctx):
+        while not os.path.exists(prompt["gate"]):
+            time.sleep(0.01)
+        return {"type": "done"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "work", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
+"""
+"""A workflow of one step that returns once the file named by its payload's ``gate`` exists."""
+
+
 def make_root(
     base: Path,
     config: str,

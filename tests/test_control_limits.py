@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sandbox import ensure_nerve_user
-from support import Nerved, wait_until
+from support import GATED, Nerved, wait_until
 
 from nerved.control.server import ROOT_RESERVE
 
@@ -254,30 +254,12 @@ def test_a_full_connection_table_keeps_room_for_root_and_idle_clients_go(nerved_
     assert "refused" in daemon.log() and "kept for root" in daemon.log()
 
 
-HOLD = """
-    import os, time
-    from nerved import WorkflowDefinition
-
-    def hold(prompt, ctx):
-        while not os.path.exists(prompt["gate"]):
-            time.sleep(0.01)
-        return {"type": "done"}
-
-    def moderate(thread, event):
-        if event["type"] == "thread_start":
-            return {"role": "hold", "prompt": event["payload"]}
-        return None
-
-    workflow = WorkflowDefinition(roles={"hold": hold}, moderate=moderate)
-"""
-
-
 def test_requests_answered_later_are_bounded_per_client(nerved_factory, tmp_path):
     """One client pipelines 100,000 ``workflow.wait`` on a run that does not end: only
     MAX_PENDING of them are held open (the rest wait in the kernel), so the master does not
     grow; when the run ends every one is answered, and ``status`` answered throughout."""
     gate = tmp_path / "gate"
-    daemon = nerved_factory("workflows:\n  w: {}\n", workflows={"w": HOLD}).start()
+    daemon = nerved_factory("workflows:\n  w: {}\n", workflows={"w": GATED}).start()
     run_id = daemon.rpc("workflow.trigger", workflow="w", payload={"gate": str(gate)})["runId"]
     baseline = rss(daemon.pid)
     waiter = connect(daemon)
@@ -319,7 +301,7 @@ def test_queued_payloads_cost_the_master_their_size_not_their_objects(nerved_fac
     gate = tmp_path / "gate"
     daemon = nerved_factory(
         "workflows:\n  w: {concurrency: 1, overflow: queue, drainTimeout: 100ms}\n",
-        workflows={"w": HOLD},
+        workflows={"w": GATED},
     ).start()
     daemon.rpc("workflow.trigger", workflow="w", payload={"gate": str(gate)})
     baseline = rss(daemon.pid)

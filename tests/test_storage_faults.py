@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from support import Nerved, wait_until
+from support import GATED, Nerved, wait_until
 
 from nervectl.client import Client, RemoteError, Unreachable
 
@@ -38,22 +38,6 @@ ONE_STEP = """
 
     def moderate(thread, event):
         return {"role": "work", "prompt": {}} if event["type"] == "thread_start" else None
-
-    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
-"""
-GATED = """
-    import os, time
-    from nerved import WorkflowDefinition
-
-    def work(prompt, ctx):
-        while not os.path.exists(prompt["gate"]):
-            time.sleep(0.01)
-        return {"type": "done"}
-
-    def moderate(thread, event):
-        if event["type"] == "thread_start":
-            return {"role": "work", "prompt": event["payload"]}
-        return None
 
     workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
 """

@@ -99,6 +99,16 @@ def make_run(store: Store, run_id: str, status: RunStatus, *, workflow: str = "w
     return run_id
 
 
+def history(store: Store, run_id: str) -> list[LogEntry]:
+    """Every entry of one run, oldest first, page after page."""
+    entries: list[LogEntry] = []
+    more = True
+    while more:
+        page, more = store.run_history_page(run_id, entries[-1].id if entries else 0)
+        entries += page
+    return entries
+
+
 def table_rows(conn: sqlite3.Connection, table: str) -> int:
     return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
@@ -195,7 +205,7 @@ def test_reopening_is_idempotent_and_keeps_data(db_path: Path) -> None:
         assert run is not None and run.status is RunStatus.STARTED
         assert run.trigger_payload == {"n": 1}
         assert again.get_meta("k") == "v"
-        assert [e.type for e in again.run_history("r1")] == ["started"]
+        assert [e.type for e in history(again, "r1")] == ["started"]
         again.close()
 
 
@@ -494,7 +504,7 @@ def test_create_run_logs_the_trigger_payload(
     assert record.retry_of == "r0"
     assert record.workflow == "wf"
 
-    [entry] = store.run_history("r1")
+    [entry] = history(store, "r1")
     assert (entry.source, entry.type, entry.ref_id) == ("workflow", status.value, "r1")
     assert entry.payload == payload
     assert entry.ts == 1_000
@@ -515,7 +525,7 @@ def test_create_run_reject_logs_the_reason_and_keeps_the_payload(store: Store) -
     assert run.status is RunStatus.DROPPED
     assert run.trigger_payload == {"a": 1}
     assert run.error == "every slot busy (overflow: drop)"
-    [entry] = store.run_history("r1")
+    [entry] = history(store, "r1")
     assert entry.type == "dropped"
     assert entry.payload == "every slot busy (overflow: drop)"
     assert store.active_runs() == []
@@ -526,7 +536,7 @@ def test_create_run_without_payload(store: Store) -> None:
     store.commit()
     run = store.get_run("r1")
     assert run is not None and run.trigger_payload is None
-    assert store.run_history("r1")[0].payload is None
+    assert history(store, "r1")[0].payload is None
 
 
 def test_create_run_seq_follows_creation_order(store: Store) -> None:
@@ -552,7 +562,7 @@ def test_transition_run_refuses_creating_transitions(store: Store, transition: T
     with pytest.raises(ValueError):
         store.transition_run("r1", transition)
     assert not store.dirty
-    assert len(store.run_history("r1")) == 1
+    assert len(history(store, "r1")) == 1
 
 
 @pytest.mark.parametrize("payload", [float("nan"), object()], ids=["nan", "object"])
@@ -580,7 +590,7 @@ def test_every_legal_transition_works(
 ) -> None:
     make_run(store, "r1", source)
     store.commit()
-    before = store.run_history("r1")
+    before = history(store, "r1")
     before_run = store.get_run("r1")
     assert before_run is not None
 
@@ -592,9 +602,9 @@ def test_every_legal_transition_works(
     assert run.status is transition.target
     assert run.updated_at == 5_000
     assert run.created_at == before_run.created_at
-    history = store.run_history("r1")
-    assert history[:-1] == before
-    assert (history[-1].type, history[-1].ts) == (transition.target.value, 5_000)
+    after = history(store, "r1")
+    assert after[:-1] == before
+    assert (after[-1].type, after[-1].ts) == (transition.target.value, 5_000)
 
 
 @pytest.mark.parametrize(("transition", "source"), ILLEGAL, ids=pair_id)
@@ -627,9 +637,9 @@ def test_illegal_transition_is_refused_and_writes_nothing(
 def test_named_lost_races(store: Store, status: RunStatus, transition: Transition) -> None:
     make_run(store, "r1", status)
     store.commit()
-    n = len(store.run_history("r1"))
+    n = len(history(store, "r1"))
     assert not store.transition_run("r1", transition)
-    assert len(store.run_history("r1")) == n
+    assert len(history(store, "r1")) == n
 
 
 def test_transition_of_unknown_run_is_refused(store: Store) -> None:
@@ -645,7 +655,7 @@ def test_error_is_stored_and_logged(store: Store) -> None:
     store.commit()
     run = store.get_run("r1")
     assert run is not None and run.error == "role 'a' raised KeyError"
-    assert store.run_history("r1")[-1].payload == "role 'a' raised KeyError"
+    assert history(store, "r1")[-1].payload == "role 'a' raised KeyError"
 
 
 def test_payload_is_logged_in_preference_to_error(store: Store) -> None:
@@ -654,7 +664,7 @@ def test_payload_is_logged_in_preference_to_error(store: Store) -> None:
     store.commit()
     run = store.get_run("r1")
     assert run is not None and run.error == "killed"
-    assert store.run_history("r1")[-1].payload == {"exit": -9}
+    assert history(store, "r1")[-1].payload == {"exit": -9}
 
 
 def test_dispatch_logs_the_trigger_payload_given(store: Store) -> None:
@@ -662,7 +672,7 @@ def test_dispatch_logs_the_trigger_payload_given(store: Store) -> None:
     store.create_run("r1", "wf", Transition.ENQUEUE, {"a": 1})
     assert store.transition_run("r1", Transition.DISPATCH, payload_json='{"a":1}')
     store.commit()
-    assert [(e.type, e.payload) for e in store.run_history("r1")] == [
+    assert [(e.type, e.payload) for e in history(store, "r1")] == [
         ("queued", {"a": 1}),
         ("started", {"a": 1}),
     ]
@@ -674,7 +684,7 @@ def test_transition_without_error_keeps_none(store: Store) -> None:
     store.commit()
     run = store.get_run("r1")
     assert run is not None and run.error is None
-    assert store.run_history("r1")[-1].payload is None
+    assert history(store, "r1")[-1].payload is None
 
 
 def test_updated_at_defaults_to_now(store: Store) -> None:
@@ -685,7 +695,7 @@ def test_updated_at_defaults_to_now(store: Store) -> None:
     assert run is not None
     assert run.created_at == 1_000
     assert before <= run.updated_at <= now_ms()
-    assert store.run_history("r1")[-1].ts == run.updated_at
+    assert history(store, "r1")[-1].ts == run.updated_at
 
 
 def test_unencodable_transition_error_writes_nothing(store: Store) -> None:
@@ -696,7 +706,7 @@ def test_unencodable_transition_error_writes_nothing(store: Store) -> None:
     store.commit()
     run = store.get_run("r1")
     assert run is not None and run.status is RunStatus.STARTED
-    assert [e.type for e in store.run_history("r1")] == ["started"]
+    assert [e.type for e in history(store, "r1")] == ["started"]
 
 
 # -- record_step and count_attempt -------------------------------------------------------
@@ -712,7 +722,7 @@ def test_record_step_appends_and_counts(store: Store) -> None:
     assert run is not None
     assert run.steps == 2
     assert run.updated_at == 8_000
-    steps = [e for e in store.run_history("r1") if e.type == "step_complete"]
+    steps = [e for e in history(store, "r1") if e.type == "step_complete"]
     assert [(e.payload, e.ts, e.source, e.ref_id) for e in steps] == [
         (
             {"role": "planner", "prompt": {"q": "why"}, "event": {"answer": 42}},
@@ -748,7 +758,7 @@ def test_count_attempt_increments_while_started(store: Store) -> None:
     store.commit()
     run = store.get_run("r1")
     assert run is not None and run.attempts == 3
-    assert [e.type for e in store.run_history("r1")] == ["started"]
+    assert [e.type for e in history(store, "r1")] == ["started"]
 
 
 @pytest.mark.parametrize("status", sorted(set(RunStatus) - {RunStatus.STARTED}), ids=str)
@@ -983,7 +993,7 @@ def test_run_history_page_pages_on_with_more(store: Store) -> None:
     store.append_log("workflow", "log", "other", "not this run's")
     store.transition_run("r1", Transition.COMPLETE)
     store.commit()
-    every = store.run_history("r1")
+    every = history(store, "r1")
     assert len(every) == 7  # started, 5 steps, completed
 
     pages = []
@@ -1158,16 +1168,16 @@ def test_run_history_is_only_this_runs_workflow_entries(store: Store) -> None:
     store.transition_run("r1", Transition.COMPLETE)
     store.commit()
 
-    history = store.run_history("r1")
-    assert [(e.type, e.payload) for e in history] == [
+    entries = history(store, "r1")
+    assert [(e.type, e.payload) for e in entries] == [
         ("started", {"run": "r1"}),
         ("log", "line 1"),
         ("step_complete", {"role": "role", "prompt": None, "event": "ev"}),
         ("completed", None),
     ]
-    assert [e.id for e in history] == sorted(e.id for e in history)
-    assert {(e.source, e.ref_id) for e in history} == {("workflow", "r1")}
-    assert store.run_history("nope") == []
+    assert [e.id for e in entries] == sorted(e.id for e in entries)
+    assert {(e.source, e.ref_id) for e in entries} == {("workflow", "r1")}
+    assert history(store, "nope") == []
 
 
 def test_count_runs(many: Store) -> None:
