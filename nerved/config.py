@@ -36,7 +36,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from nerved.usercode import PackageTooLarge, package_files
-from nerved.wire import KiB, size_text
+from nerved.wire import KiB, MiB, size_text
 
 __all__ = [
     "ConfigError",
@@ -53,6 +53,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_duration",
+    "parse_size",
 ]
 
 CONFIG_FILE = "nerve.yaml"
@@ -83,6 +84,10 @@ DEFAULT_MAX_CONNECTIONS = 256
 MAX_DURATION_MS = 36_500 * DAY_MS
 MAX_INTEGER = 1_000_000_000
 MIN_CONNECTIONS, MAX_CONNECTIONS = 32, 4096
+# memoryMax: below a mebibyte is a unit mistaken (100 meant as 100M), never a limit a Python
+# worker could live under (about 20M alone); 1024T is far past any host.
+MIN_MEMORY_MAX = MiB
+MAX_SIZE = 1 << 50
 
 # Bounds on what one file may cost the master (see the module docstring). Parsing is pure
 # Python: about 13 s per MiB for the densest YAML on a 2-core VM, so 256 KiB stays a few
@@ -126,6 +131,7 @@ class SenseConfig:
     timeout_ms: int
     grace_period_ms: int
     line: int
+    memory_max: int | None = None  # bytes; its group's worker gets the largest of its senses'
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +163,7 @@ class WorkflowConfig:
     max_steps: int
     max_attempts: int
     line: int
+    memory_max: int | None = None  # bytes, for the worker and everything it starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +208,15 @@ class NerveConfig:
         return {group: tuple(senses) for group, senses in grouped.items()}
 
 
+def group_memory_max(senses: Iterable[SenseConfig]) -> int | None:
+    """A sense group's memoryMax: the largest its senses set (None: none sets one).
+
+    A group is one worker, so it gets one limit; the largest, because a sense that asks for
+    more must be able to compute beside the others.
+    """
+    return max((s.memory_max for s in senses if s.memory_max is not None), default=None)
+
+
 # --------------------------------------------------------------------------------------------
 # Durations
 
@@ -236,6 +252,44 @@ def parse_duration(value: object) -> int:
         raise ValueError(f"a duration cannot be negative; got {_show(value)}")
     if amount > MAX_DURATION_MS:
         raise ValueError(f"a duration cannot exceed 36500d (100 years); got {_show(value)}")
+    return int(amount.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes
+
+_SIZE_RE = re.compile(r"(-?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([KMGT]?)")
+_SIZE_UNIT = {"": 1, "K": KiB, "M": MiB, "G": 1024 * MiB, "T": 1024 * 1024 * MiB}
+_SIZE_HINT = "expected a size such as 256M or 1G (K, M, G, T: powers of 1024), or a number of bytes"
+
+
+def parse_size(value: object) -> int:
+    """Bytes from a YAML size value: ``256M``, ``1.5G``, ``1048576``.
+
+    The suffixes are powers of 1024, as in systemd's ``MemoryMax=``. Raises ValueError with a
+    message meant for the operator, as :func:`parse_duration` does.
+    """
+    amount: Decimal
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{_SIZE_HINT}; got {_show(value)}")
+    if isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{_SIZE_HINT}; got {_show(value)}")
+        amount = Decimal(value)
+    else:
+        match = _SIZE_RE.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"{_SIZE_HINT}; got {_show(value)}")
+        sign, number, unit = match.groups()
+        amount = Decimal(number) * _SIZE_UNIT[unit]
+        if sign:
+            amount = -amount
+    if amount < 0:
+        raise ValueError(f"a size cannot be negative; got {_show(value)}")
+    if amount > MAX_SIZE:
+        raise ValueError(f"a size cannot exceed 1024T; got {_show(value)}")
     return int(amount.to_integral_value(rounding=ROUND_HALF_UP))
 
 
@@ -329,7 +383,7 @@ _FLOAT_TAG = "tag:yaml.org,2002:float"
 _DECIMAL_RE = re.compile(r"[-+]?[0-9][0-9_]*")
 
 _TOP_KEYS = ("senses", "reflexes", "workflows", "retention", "control")
-_SENSE_KEYS = ("group", "throttle", "timeout", "gracePeriod")
+_SENSE_KEYS = ("group", "throttle", "timeout", "gracePeriod", "memoryMax")
 _SENSE_REFLEX_KEYS = ("kind", "sense", "interval", "on")
 _WORKFLOW_REFLEX_KEYS = ("kind", "workflow", "on")
 _WORKFLOW_KEYS = (
@@ -340,6 +394,7 @@ _WORKFLOW_KEYS = (
     "drainTimeout",
     "maxSteps",
     "maxAttempts",
+    "memoryMax",
 )
 _RETENTION_KEYS = ("runs", "signals")
 _RUNS_KEYS = ("maxAge", "maxCount")
@@ -557,6 +612,25 @@ class _Validator:
             return None
         return ms
 
+    def memory_max(self, fields: dict[str, _Entry], path: str) -> int | None:
+        """``memoryMax``: a size of at least :data:`MIN_MEMORY_MAX`; absent or null: none."""
+        entry = fields.get("memoryMax")
+        if entry is None:
+            return None
+        path = f"{path}.memoryMax"
+        value = self.value(entry.value, path)
+        if value is _UNREADABLE or value is None:
+            return None
+        try:
+            size = parse_size(value)
+        except ValueError as exc:
+            self.error(entry.line, path, f"{exc}; or null")
+            return None
+        if size < MIN_MEMORY_MAX:
+            self.error(entry.line, path, f"must be at least 1M, got {_show(value)}")
+            return None
+        return size
+
     def name(self, node: Node, line: int, path: str, what: str) -> str | None:
         """A name given as a value, read from the raw text just as names given as keys are."""
         if isinstance(node, ScalarNode) and not _is_null(node):
@@ -654,6 +728,7 @@ class _Validator:
                 timeout_ms=timeout,
                 grace_period_ms=grace,
                 line=entry.line,
+                memory_max=self.memory_max(fields, path),
             )
         return result
 
@@ -737,6 +812,7 @@ class _Validator:
                 max_steps=self._integer(fields, "maxSteps", path, DEFAULT_MAX_STEPS),
                 max_attempts=self._integer(fields, "maxAttempts", path, DEFAULT_MAX_ATTEMPTS),
                 line=entry.line,
+                memory_max=self.memory_max(fields, path),
             )
         return result
 

@@ -287,6 +287,7 @@ class Daemon:
             handler = getattr(self, f"handle_{name[3:]}")
             self.loop.add_signal_handler(signum, handler, gated=gated)
 
+        self.workers.contain()  # before the first worker: it may move the master to a cgroup
         self.senses = SenseManager(self.loop, self.workers, self.store, self.root, self._on_signal)
         self.workflows = WorkflowManager(self.loop, self.workers, self.store, self.root)
         self.reflexes = Reflexes(self.loop, self.senses.trigger, self._start_workflow)
@@ -448,6 +449,7 @@ class Daemon:
             "activeWorkflows": active,
             "queuedWorkflows": queued,
             "workers": [{"kind": w.kind, "name": w.name, "pid": w.pid} for w in workers],
+            "containment": self.workers.containment.mode,
             "rss": _tree_rss([os.getpid(), *(w.pid for w in workers)]),
             "commits": self.store.commits,
         }
@@ -583,6 +585,7 @@ class Daemon:
             self.control.close(flush=self.exit_code != EX_TEMPFAIL)
         if self.watcher is not None:
             self.watcher.close()
+        self.workers.close()
         with contextlib.suppress(StoreError):
             self.store.close()
         self.loop.close()

@@ -24,7 +24,7 @@ from typing import Any
 
 from nerved import sense_worker, wire
 from nerved.channel import TO_WORKER, Message, frame
-from nerved.config import NerveConfig, SenseConfig, unlined
+from nerved.config import NerveConfig, SenseConfig, group_memory_max, unlined
 from nerved.loop import Loop, Timer
 from nerved.store import Store, StoreError, now_ms
 from nerved.usercode import CodeSnapshot
@@ -129,6 +129,8 @@ class SenseManager:
                 group = Group(name, members, code.of_senses(members))
                 self.groups[name] = group
                 self._spawn(group)
+            elif (worker := self.groups[name].worker) is not None:
+                worker.set_memory_max(self._memory_max_of(self.groups[name]))
         return changed
 
     # -- workers ------------------------------------------------------------------------
@@ -148,7 +150,10 @@ class SenseManager:
 
         group.ready = False
         try:
-            group.worker = self.workers.spawn("sense", name, child_main, on_message, on_gone)
+            group.worker = self.workers.spawn(
+                "sense", name, child_main, on_message, on_gone,
+                memory_max=self._memory_max_of(group),
+            )  # fmt: skip
         except OSError as exc:
             group.failures += 1
             delay = _backoff(group.failures)
@@ -163,6 +168,10 @@ class SenseManager:
         if group.cannot_fork:
             log.info("sense group %s: forked its worker again", group.name)
             group.cannot_fork = False
+
+    def _memory_max_of(self, group: Group) -> int | None:
+        """The group's memoryMax: the largest among its senses (see config.group_memory_max)."""
+        return group_memory_max(self.senses[s].config for s in group.senses if s in self.senses)
 
     def _grace_of(self, group: Group) -> float:
         """The longest grace period among the group's senses, in seconds."""

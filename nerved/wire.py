@@ -299,9 +299,11 @@ def text(value: object, limit: int = MAX_LOG_LINE) -> str:
 
 
 def size_text(size: int) -> str:
-    """``512 B``, ``1.5 KiB``, ``2.0 MiB``: sizes in messages an operator reads."""
+    """``512 B``, ``1.5 KiB``, ``2.0 MiB``, ``3.1 GiB``: sizes in messages an operator reads."""
     if size < KiB:
         return f"{size} B"
     if size < MiB:
         return f"{size / KiB:.1f} KiB"
-    return f"{size / MiB:.1f} MiB"
+    if size < 1024 * MiB:
+        return f"{size / MiB:.1f} MiB"
+    return f"{size / (1024 * MiB):.1f} GiB"

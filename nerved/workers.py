@@ -5,6 +5,10 @@ A worker is gone when the master has *reaped* it: end of stream on its channel c
 process no longer runs user code, so only then are its duties handed to a successor.
 That ordering is what keeps a step from ever running twice in parallel.
 
+Each worker is a unit with everything it starts (:mod:`nerved.containment`): killing a worker
+kills its unit, and when a worker ends, however it ends, what is left of its unit is killed
+before it is reaped.
+
 The master does not trust what a worker sends: a frame longer than
 :data:`~nerved.channel.TO_MASTER`, one that does not decode by :mod:`nerved.wire`'s rules, or a
 message its owner cannot use ends that worker (its runs resume in a successor), never the
@@ -13,9 +17,7 @@ daemon. Nor does anything the master sends raise: see :meth:`Worker.send`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import select
 import signal
 import socket
@@ -34,8 +36,9 @@ from nerved.channel import (
     ProtocolError,
     frame,
 )
+from nerved.containment import Containment, Unit
 from nerved.loop import READ, WRITE, Loop
-from nerved.process import describe_exit, reap, spawn
+from nerved.process import describe_exit, reap
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class Worker:
         registry: Workers,
         kind: str,
         name: str,
-        pid: int,
+        unit: Unit,
         sock: socket.socket,
         on_message: MessageHandler,
         on_gone: GoneHandler,
@@ -62,7 +65,8 @@ class Worker:
         self._loop = registry.loop
         self.kind = kind
         self.name = name
-        self.pid = pid
+        self.unit = unit
+        self.pid = unit.pid
         self.channel = Channel(sock, receive_limit=TO_MASTER, send_limit=TO_WORKER)
         self.on_message = on_message
         self.on_gone = on_gone
@@ -170,9 +174,13 @@ class Worker:
         self.kill()  # a no-op once reaped
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
+        """Signal the worker's whole unit; a no-op once reaped (the reaper killed it then)."""
         if not self.reaped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
+            self.unit.kill(signum)
+
+    def set_memory_max(self, limit: int | None) -> None:
+        """memoryMax changed by a reload: the live worker's unit is held to it from now on."""
+        self._registry.containment.set_memory_max(self.unit, limit)
 
     def _reaped(self, status: int) -> None:
         self.reaped = True
@@ -187,7 +195,7 @@ class Worker:
             if not self.channel.closed:
                 self._loop.remove(self._fd)
                 self.channel.close()
-        self.on_gone(self, describe_exit(status))
+        self.on_gone(self, self.unit.exceeded or describe_exit(status))
 
 
 class Workers:
@@ -196,6 +204,11 @@ class Workers:
     def __init__(self, loop: Loop) -> None:
         self.loop = loop
         self._by_pid: dict[int, Worker] = {}
+        self.containment = Containment(loop)
+
+    def contain(self) -> str:
+        """Set containment up (before the first spawn); the line it logged."""
+        return self.containment.start()
 
     def spawn(
         self,
@@ -204,17 +217,23 @@ class Workers:
         child_main: Callable[[socket.socket], int],
         on_message: MessageHandler,
         on_gone: GoneHandler,
+        *,
+        memory_max: int | None = None,
     ) -> Worker:
-        """Fork a worker; raises OSError when no child can be made (see process.spawn)."""
-        pid, sock = spawn(f"nerve:{kind[:1]}:{name}", child_main)
-        worker = Worker(self, kind, name, pid, sock, on_message, on_gone)
-        self._by_pid[pid] = worker
+        """Fork a worker in a unit of its own, held to ``memory_max`` bytes (None: no limit);
+        raises OSError when no child can be made (see process.spawn)."""
+        unit, sock = self.containment.spawn(
+            kind, name, f"nerve:{kind[:1]}:{name}", child_main, memory_max
+        )
+        worker = Worker(self, kind, name, unit, sock, on_message, on_gone)
+        self._by_pid[unit.pid] = worker
         log.debug("forked %r", worker)
         return worker
 
     def reap(self) -> None:
-        """On SIGCHLD: collect every ended child and tell its owner."""
-        for pid, status in reap():
+        """On SIGCHLD: collect every ended child and tell its owner; what is left of each
+        ended worker's unit is killed before the worker is reaped."""
+        for pid, status in reap(before=self.containment.ended):
             worker = self._by_pid.pop(pid, None)
             if worker is None:
                 log.debug("reaped pid %d (%s), not a worker", pid, describe_exit(status))
@@ -230,3 +249,7 @@ class Workers:
     def kill_all(self, signum: int = signal.SIGKILL) -> None:
         for worker in list(self._by_pid.values()):
             worker.kill(signum)
+
+    def close(self) -> None:
+        """At exit: see Containment.close."""
+        self.containment.close()

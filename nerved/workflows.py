@@ -145,6 +145,8 @@ class WorkflowManager:
             if unlined(flow.config) != unlined(wf_config):
                 flow.config = wf_config
                 changed.append(f"workflow {name} settings")
+                if flow.worker is not None:
+                    flow.worker.set_memory_max(wf_config.memory_max)
                 self._fill(flow)
             if flow.code != digest:
                 flow.code = digest
@@ -444,7 +446,10 @@ class WorkflowManager:
             self._on_gone(flow, worker, why)
 
         try:
-            worker = self.workers.spawn("workflow", name, child_main, on_message, on_gone)
+            worker = self.workers.spawn(
+                "workflow", name, child_main, on_message, on_gone,
+                memory_max=flow.config.memory_max,
+            )  # fmt: skip
         except OSError as exc:
             flow.failures += 1
             delay = _backoff(flow.failures)

@@ -9,11 +9,14 @@ The service must be able to run nerve as the ``nerve`` user, under the unit's sa
 the development venv (a Python under /root) is out of its reach, and so is a checkout under
 /tmp (``PrivateTmp=yes``). So :func:`service_venv` keeps a venv from Debian's
 /usr/bin/python3 under /var/lib/nerve-test and installs the checkout into it (not
-editable) once per test session; the sandboxes' roots live there too.
+editable) once per test session; the sandboxes' roots live there too. Each checkout (a git
+worktree) has a venv of its own there, so that test sessions of two checkouts at once do
+not install over each other's code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -27,7 +30,7 @@ from support import REPO, wait_until
 TOOLS = REPO / "tests" / "tools"
 SANDBOX = TOOLS / "systemd-sandbox"
 SCRATCH = Path("/var/lib/nerve-test")
-SERVICE_VENV = SCRATCH / "venv"
+SERVICE_VENV = SCRATCH / f"venv-{hashlib.sha256(str(REPO).encode()).hexdigest()[:8]}"
 _installed = False
 
 
@@ -83,7 +86,7 @@ class Sandbox:
     # -- set-up -------------------------------------------------------------------------
 
     def prepare(self, config: str, workflows: dict[str, str] | None = None,
-                watchdog: str = "30s") -> Sandbox:  # fmt: skip
+                watchdog: str = "30s", senses: dict[str, str] | None = None) -> Sandbox:  # fmt: skip
         """Units (ours, plus a drop-in pointing at the test root and venv) and a root."""
         shutil.rmtree(self.dir, ignore_errors=True)
         self.units.mkdir(parents=True)
@@ -106,10 +109,11 @@ class Sandbox:
         )
         self.root.mkdir(parents=True)
         (self.root / "nerve.yaml").write_text(textwrap.dedent(config))
-        for name, code in (workflows or {}).items():
-            package = self.root / "workflows" / name
-            package.mkdir(parents=True)
-            (package / "__init__.py").write_text(textwrap.dedent(code))
+        for kind, packages in (("senses", senses or {}), ("workflows", workflows or {})):
+            for name, code in packages.items():
+                package = self.root / kind / name
+                package.mkdir(parents=True)
+                (package / "__init__.py").write_text(textwrap.dedent(code))
         for path in [self.dir, *self.dir.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -45,6 +45,82 @@ GATED = """
 """A workflow of one step that returns once the file named by its payload's ``gate`` exists."""
 
 
+FORKER = """
+    import os, time
+    from nerved import WorkflowDefinition
+
+    def sleep_forever(pidfile):
+        with open(pidfile + ".tmp", "w") as file:
+            file.write(str(os.getpid()))
+        os.rename(pidfile + ".tmp", pidfile)
+        while True:
+            time.sleep(60)
+
+    def spawn(prompt, ctx):
+        if os.fork() == 0:
+            try:
+                sleep_forever(prompt["dir"] + "/child")
+            finally:
+                os._exit(0)
+        middle = os.fork()
+        if middle == 0:
+            try:
+                if prompt.get("setsid"):
+                    os.setsid()
+                if os.fork() == 0:
+                    sleep_forever(prompt["dir"] + "/daemon")
+            finally:
+                os._exit(0)
+        os.waitpid(middle, 0)
+        while prompt.get("gate") and not os.path.exists(prompt["gate"]):
+            time.sleep(0.01)
+        return {"type": "spawned"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "spawn", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"spawn": spawn}, moderate=moderate)
+"""
+"""A role that starts processes meant to outlive it, their pids in files of the payload's
+``dir``: ``child`` sleeps forever; ``daemon``, forked by a child that exits at once, is an
+orphan (with ``setsid``, one that also left the worker's process group). Then it returns, or
+waits for the payload's ``gate`` to exist."""
+
+LEAKER = """
+    import os, time
+    from nerved import WorkflowDefinition
+
+    hoard = []
+
+    def leak_forever():
+        while True:
+            hoard.append(b"\\x01" * (20 << 20))
+            time.sleep(0.05)
+
+    def leak(prompt, ctx):
+        if prompt and prompt.get("in_child"):
+            if os.fork() == 0:
+                try:
+                    leak_forever()
+                finally:
+                    os._exit(0)
+            while True:
+                time.sleep(1)
+        leak_forever()
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "leak", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"leak": leak}, moderate=moderate)
+"""
+"""A role that takes 20 MiB every 50 ms and never returns: in the worker, or with payload
+``{"in_child": true}`` in a child it forks (what counts is the unit's memory)."""
+
+
 def make_root(
     base: Path,
     config: str,

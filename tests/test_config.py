@@ -25,9 +25,11 @@ from nerved.config import (
     WorkflowConfig,
     WorkflowReflex,
     check_packages,
+    group_memory_max,
     load_config,
     parse_config,
     parse_duration,
+    parse_size,
 )
 
 PATH = Path("/etc/nerve/nerve.yaml")
@@ -424,9 +426,106 @@ def test_parse_duration_rejects_absurdly_long(value: object) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# memoryMax (SPEC §3, v2): sizes
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, 0),
+        (1048576, MiB),
+        ("4096", 4096),
+        ("512K", 512 << 10),
+        ("256M", 256 * MiB),
+        ("1G", 1 << 30),
+        ("1.5G", 3 << 29),
+        (".5M", MiB // 2),
+        ("2T", 2 << 40),
+        (" 10 M ", 10 * MiB),
+        (1.5e6, 1_500_000),
+        ("1024T", 1 << 50),
+    ],
+)
+def test_parse_size(value: object, expected: int) -> None:
+    assert parse_size(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("lots", "'lots'"), ("1GB", "'1GB'"), ("256m", "'256m'"), ("1MiB", "'1MiB'"), ("5P", "'5P'"), ("", "''"),
+     ("1e9", "'1e9'"), (True, "true"), (None, "null"), ([], "a list"), (float("nan"), "nan")],
+)  # fmt: skip
+def test_parse_size_rejects(value: object, shown: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_size(value)
+    assert str(caught.value) == (
+        "expected a size such as 256M or 1G (K, M, G, T: powers of 1024), or a number of bytes; "
+        f"got {shown}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(-1, "a size cannot be negative; got -1"), ("-5M", "a size cannot be negative; got '-5M'"),
+     ("1025T", "a size cannot exceed 1024T; got '1025T'"),
+     (10**30, "a size cannot exceed 1024T; got an integer of more than 30 digits")],
+)  # fmt: skip
+def test_parse_size_rejects_out_of_range(value: object, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_size(value)
+    assert str(caught.value) == message
+
+
+def test_memory_max_of_workflows_senses_and_sense_groups() -> None:
+    config = parse(
+        """\
+        senses:
+          a: {group: g, memoryMax: 256M}
+          b: {group: g, memoryMax: 1G}
+          c: {group: g}
+          d: {memoryMax: null}
+        workflows:
+          w: {memoryMax: 1.5G}
+          v: {}
+        """
+    )
+    assert [s.memory_max for s in config.senses.values()] == [256 * MiB, 1 << 30, None, None]
+    assert config.workflows["w"].memory_max == 3 << 29
+    assert config.workflows["v"].memory_max is None
+    groups = config.groups()
+    assert group_memory_max(groups["g"]) == 1 << 30  # the largest of its senses'
+    assert group_memory_max(groups["default"]) is None
+
+
+# --------------------------------------------------------------------------------------------
 # One rule, one error: (file, line, key path, part of the message)
 
 RULES = [
+    # memoryMax
+    (
+        "workflows:\n  w:\n    memoryMax: 100\n",
+        3,
+        "workflows.w.memoryMax",
+        "must be at least 1M, got 100",
+    ),
+    (
+        "workflows:\n  w:\n\n    memoryMax: 1GB\n",
+        4,
+        "workflows.w.memoryMax",
+        "expected a size such as 256M or 1G (K, M, G, T: powers of 1024), or a number of bytes;"
+        " got '1GB'; or null",
+    ),
+    (
+        "senses:\n  s: {memoryMax: -5M}\n",
+        2,
+        "senses.s.memoryMax",
+        "a size cannot be negative; got '-5M'",
+    ),
+    ("senses:\n  s: {memoryMax: [1G]}\n", 2, "senses.s.memoryMax", "got a list; or null"),
+    ("senses:\n  s: {memoryMax: 0}\n", 2, "senses.s.memoryMax", "must be at least 1M, got 0"),
+    ("workflows:\n  w: {memory: 1G}\n", 2, "workflows.w.memory", "did you mean 'memoryMax'?"),
     # top level
     ("- a\n", 1, "", "expected a mapping at the top level, got a list"),
     ("sensors: {}\n", 1, "sensors", "unknown key (did you mean 'senses'?); allowed keys: "),
@@ -858,7 +957,7 @@ def test_every_error_is_reported_in_file_order() -> None:
         "nerve.yaml:4: workflows.w.overflow: expected drop or queue, got 'sometimes'",
         "nerve.yaml:7: senses.a.throttle: a duration cannot be negative; got -1",
         "nerve.yaml:8: senses.a.colour: unknown key; "
-        "allowed keys: group, throttle, timeout, gracePeriod",
+        "allowed keys: group, throttle, timeout, gracePeriod, memoryMax",
         "nerve.yaml:11: reflexes[0].sense: unknown sense 'nope'; declare it under senses:",
         "nerve.yaml:14: retention.runs.maxCount: must be at least 1, got 0",
     ]

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sandbox import Sandbox, ensure_nerve_user, service_venv, unavailable
-from support import REPO, wait_until
+from support import FORKER, LEAKER, REPO, wait_until
 
 pytestmark = pytest.mark.systemd
 
@@ -143,6 +145,98 @@ def test_journal_has_warnings_at_their_priority(sandbox: Sandbox) -> None:
         e for e in infos if run["runId"] in str(e.get("MESSAGE")) and "started" in e["MESSAGE"]
     ]
     assert started and started[0]["PRIORITY"] == "6"
+
+
+SERVICE_CGROUP = "/system.slice/nerved.service"
+
+
+def cgroup_of(sandbox: Sandbox, pid: int) -> str:
+    """A process's cgroup v2 path as the service sees it (``exec`` is not in the sandbox's
+    cgroup namespace, so what it reads starts with the sandbox's own cgroup)."""
+    lines = sandbox.run("cat", f"/proc/{pid}/cgroup").stdout.splitlines()
+    path = next(line[3:] for line in lines if line.startswith("0::"))
+    return path[path.find("/system.slice/") :]
+
+
+def running(sandbox: Sandbox, pid: int) -> bool:
+    """Whether a process of the sandbox is alive (a zombie is not)."""
+    done = sandbox.run("cat", f"/proc/{pid}/stat", check=False)
+    return done.returncode == 0 and done.stdout.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_each_worker_is_a_cgroup_that_ends_with_all_it_started(sandbox: Sandbox) -> None:
+    quiet = "def compute(ctx):\n    return None\n"
+    sandbox.prepare(
+        "workflows:\n  f: {}\nsenses:\n  s: {group: probes}\n", {"f": FORKER}, senses={"s": quiet}
+    ).start()
+    sandbox.systemctl("start", "nerved.service")
+    assert cgroup_of(sandbox, sandbox.main_pid()) == f"{SERVICE_CGROUP}/master"
+    status = sandbox.nervectl_json("status")
+    assert status["containment"] == "cgroup"
+    [sense] = [w["pid"] for w in status["workers"] if w["kind"] == "sense"]
+    assert cgroup_of(sandbox, sense) == f"{SERVICE_CGROUP}/sense-probes-{sense}"
+    started = f"containment: a cgroup per worker under {SERVICE_CGROUP};"
+    assert any(str(e.get("MESSAGE")).startswith(started) for e in sandbox.journal())
+
+    def run_forker(name: str) -> tuple[int, int, int]:
+        """A run of f whose role starts a child and a daemon that left its process group."""
+        directory = sandbox.state_dir / name
+        directory.mkdir()
+        os.chown(directory, pwd.getpwnam("nerve").pw_uid, -1)
+        payload = json.dumps({"dir": str(directory), "setsid": True})
+        run = sandbox.nervectl_json("workflow", "trigger", "f", "--payload", payload, "--wait")
+        assert run["status"] == "completed", run
+        workers = sandbox.nervectl_json("status")["workers"]
+        [worker] = [w["pid"] for w in workers if w["kind"] == "workflow"]
+        child, daemon = (int((directory / n).read_text()) for n in ("child", "daemon"))
+        return worker, child, daemon
+
+    unit = run_forker("first")
+    cgroup = f"{SERVICE_CGROUP}/workflow-f-{unit[0]}"
+    assert [cgroup_of(sandbox, pid) for pid in unit] == [cgroup] * 3
+
+    # A drain (changed code): the old worker leaves, and its cgroup with all in it.
+    (sandbox.root / "workflows" / "f" / "__init__.py").write_text(
+        textwrap.dedent(FORKER) + "# changed\n"
+    )
+    sandbox.systemctl("reload", "nerved.service")
+    wait_until(
+        lambda: not any(running(sandbox, pid) for pid in unit),
+        what="the drained worker's cgroup to be killed",
+    )
+    wait_until(
+        lambda: sandbox.run("test", "-e", f"/sys/fs/cgroup{cgroup}", check=False).returncode,
+        what="the drained worker's cgroup to be removed",
+    )
+
+    # A stop: nerved ends each unit itself before it exits (systemd would, after it).
+    unit = run_forker("second")
+    assert all(running(sandbox, pid) for pid in unit)
+    sandbox.systemctl("stop", "nerved.service")
+    assert not any(running(sandbox, pid) for pid in unit)
+    killed_by_systemd = [
+        e["MESSAGE"] for e in sandbox.journal() if "Killing process" in str(e.get("MESSAGE"))
+    ]
+    assert killed_by_systemd == []
+
+
+def test_memory_max_holds_a_workers_cgroup(sandbox: Sandbox) -> None:
+    sandbox.prepare("workflows:\n  hog: {memoryMax: 100M, maxAttempts: 1}\n", {"hog": LEAKER})
+    sandbox.start()
+    sandbox.systemctl("start", "nerved.service")
+    done = sandbox.nervectl(
+        "--json", "workflow", "trigger", "hog", "--payload", '{"in_child": true}', "--wait",
+        check=False,
+    )  # fmt: skip
+    run = json.loads(done.stdout)
+    assert run["status"] == "crashed"
+    assert "(last: memoryMax 100.0 MiB exceeded" in run["error"], run
+    errors = [str(e.get("MESSAGE")) for e in sandbox.journal("-p", "err")]
+    assert any(
+        "workflow hog worker pid" in m and "memoryMax 100.0 MiB exceeded" in m for m in errors
+    )
+    assert sandbox.state() == "active"
+    assert sandbox.nervectl_json("status")["state"] == "running"
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
