@@ -34,6 +34,8 @@ def status(ctx: Context) -> int:
         ("queued workflows", result.get("queuedWorkflows", "-")),
         ("rss", render.mib(result.get("rss"))),
     ]
+    if "containment" in result:  # a process group, or a cgroup, per worker
+        pairs.append(("containment", result["containment"]))
     pairs += [(label, result[key]) for key, label in _PLACES if result.get(key)]
     ctx.print(render.fields(pairs))
     ctx.print()

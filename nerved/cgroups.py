@@ -125,7 +125,7 @@ def _read(path: Path) -> str:
 
 def _write(path: Path, text: str) -> None:
     """One write(2) of ``text``: a cgroup file takes each write as one command."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)  # as a shell's ">" does
     try:
         os.write(fd, text.encode())
     finally:

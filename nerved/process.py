@@ -7,18 +7,19 @@ connection carried across fork() corrupts locking; a stray write to the wakeup f
 wake the master with a fake signal). So the child:
 
 - makes itself the leader of a process group of its own (``setpgid(0, 0)``), first of all,
-  and the master does the same for it right after ``fork`` (whichever runs first, the group
-  exists before either goes on): the worker and everything it starts is one unit that
+  and the master does the same for it right after ``fork``, so that the group exists before
+  either goes on: the worker and everything it starts is one unit that
   :mod:`nerved.containment` signals as one;
-- resets every signal to its default and unblocks all of them, ignoring SIGINT so that a
-  ^C on the terminal reaches the master alone, which then stops the workers in order;
+- resets every signal to its default and unblocks all of them, ignoring SIGINT (a ^C is
+  the master's, which then stops the workers in order) and SIGTTOU, so that writing to the
+  terminal never stops a worker (its group is not the terminal's foreground group);
 - asks the kernel for SIGKILL when the master dies (``PR_SET_PDEATHSIG``), and checks the
   master did not die before it asked;
 - when the master asked for it (``contain``: a worker put in a cgroup of its own), waits
   until the master says it is in place, so that nothing but this module's code ever runs
   outside it; the master kills a child it could not put there;
-- reads /dev/null as its standard input: its process group is not the terminal's
-  foreground group, where a read would stop it (SIGTTIN);
+- reads /dev/null as its standard input: a read from the terminal would stop it (SIGTTIN),
+  for the same reason;
 - closes every inherited fd but stdio and its own channel, at the fd level, without
   touching the Python objects (whose finalizers must never run in the child: it leaves
   with ``os._exit``);
@@ -86,6 +87,8 @@ def _become_child(keep_fd: int, master_pid: int, title: str, gate_fd: int | None
             signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # Python's own default: EPIPE, not death
+    # Not the terminal's foreground group: a write to it under `stty tostop` would stop us.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != master_pid:

@@ -129,6 +129,7 @@ def test_status_human(daemon: Nerved) -> None:
     assert f"pid:               {daemon.pid}" in out
     for label in ("version:", "uptime:", "senses:", "groups:", "active workflows:", "rss:"):
         assert label in out
+    assert "containment:       process group" in out
     assert "MiB" in out
     assert "KIND" in out and "PID" in out
     for pid in daemon.worker_pids("sense").values():
