@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -144,7 +145,9 @@ def pids_in(directory: Path, *names: str) -> list[int]:
 # -- ended as one ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("end", ["stop", "idle", "drain", "crash", "killed at stop"])
+@pytest.mark.parametrize(
+    "end", ["stop", "idle", "drain", "crash", "killed at stop", "storage failure"]
+)
 def test_what_a_role_starts_ends_with_its_worker(started, tmp_path: Path, end: str) -> None:
     busy = end == "killed at stop"
     daemon = started(
@@ -172,14 +175,17 @@ def test_what_a_role_starts_ends_with_its_worker(started, tmp_path: Path, end: s
     elif end == "drain":
         write_package(daemon.root, "workflows", "f", FORKER + "    # changed\n")
         daemon.rpc("reload")  # answered once the change is applied (by it, or by inotify)
-    else:
+    elif end == "crash":
         os.kill(worker, signal.SIGKILL)
+    else:
+        shutil.rmtree(daemon.state)  # nerved stops at once, killing its workers (exit 75)
+        assert daemon.wait(10) == 75
 
     wait_until(
         lambda: not (pid_alive(child) or pid_alive(orphan) or pid_alive(worker)),
         what="the worker's whole unit to be gone",
     )
-    if end in ("stop", "killed at stop"):
+    if end in ("stop", "killed at stop", "storage failure"):
         assert session(daemon.pid) == {}
         assert "did not stop in time; killing it" in daemon.log() or not busy
     else:
