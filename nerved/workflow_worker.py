@@ -41,14 +41,13 @@ import json
 import logging
 import socket
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Final
 
 from nerved import wire
 from nerved.api import CommandEvent, ThreadState, WorkflowContext, WorkflowDefinition
 from nerved.channel import Message
 from nerved.port import Port, explain, serve
-from nerved.usercode import UserCodeError, load_workflow
+from nerved.usercode import Package, UserCodeError, load_workflow
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +85,9 @@ def _check_event(role: str, event: Any) -> CommandEvent:
 
 
 class WorkflowWorker:
-    def __init__(self, sock: socket.socket, root: Path, workflow: str) -> None:
-        self.root = root
-        self.workflow = workflow
+    def __init__(self, sock: socket.socket, package: Package) -> None:
+        self.package = package
+        self.workflow = package.name
         self.definition: WorkflowDefinition | None = None
         self.load_error: str | None = None
         self.loop = asyncio.new_event_loop()
@@ -108,7 +107,7 @@ class WorkflowWorker:
 
     def load(self) -> None:
         try:
-            self.definition = load_workflow(self.root, self.workflow)
+            self.definition = load_workflow(self.package)
         except UserCodeError as exc:
             self.load_error = wire.text(str(exc))
             self.port.post({"t": "load_error", "error": self.load_error})
@@ -251,5 +250,5 @@ class WorkflowWorker:
         return _check_event(role_name, result)
 
 
-def run(sock: socket.socket, root: Path, workflow: str) -> int:
-    return serve(f"workflow:{workflow}", WorkflowWorker(sock, root, workflow))
+def run(sock: socket.socket, package: Package) -> int:
+    return serve(f"workflow:{package.name}", WorkflowWorker(sock, package))
