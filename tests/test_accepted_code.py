@@ -239,7 +239,9 @@ def test_errors_point_at_the_users_line(nerved_factory, tmp_path):
         "workflow = WorkflowDefinition(roles={}, moderate=None)\n"
     )
     config = "workflows:\n  syntax: {}\n  definition: {}\n"
-    root = make_root(tmp_path, config, workflows={"syntax": "x = (\n", "definition": bad_definition})
+    root = make_root(
+        tmp_path, config, workflows={"syntax": "x = (\n", "definition": bad_definition}
+    )
     done = subprocess.run(
         [sys.executable, "-m", "nerved", "--root", str(root), "check"],
         capture_output=True, text=True, cwd=REPO, timeout=60,
@@ -248,7 +250,10 @@ def test_errors_point_at_the_users_line(nerved_factory, tmp_path):
     lines = done.stderr.splitlines()
     syntax = root / "workflows" / "syntax" / "__init__.py"
     definition = root / "workflows" / "definition" / "__init__.py"
-    assert f"workflows/syntax failed to import: SyntaxError: '(' was never closed (at {syntax}:1)" in lines
+    assert (
+        f"workflows/syntax failed to import: SyntaxError: '(' was never closed (at {syntax}:1)"
+        in lines
+    )
     assert any(
         line.startswith("workflows/definition failed to import: TypeError:")
         and line.endswith(f"(at {definition}:3)")
@@ -259,7 +264,10 @@ def test_errors_point_at_the_users_line(nerved_factory, tmp_path):
 
 @pytest.mark.parametrize(
     ("code", "why"),
-    [(HANGS, "took longer than 1s"), ("import os\nos._exit(0)\n", "ended the import check (exit code 0)")],
+    [
+        (HANGS, "took longer than 1s"),
+        ("import os\nos._exit(0)\n", "ended the import check (exit code 0)"),
+    ],
 )
 def test_check_names_the_package_that_hung_or_ended_it(tmp_path, code, why):
     config = "senses:\n  fine: {}\n  bad: {}\n"
