@@ -46,6 +46,7 @@ from nerved.control.rpc import (
 from nerved.loop import Loop, Timer
 from nerved.states import RunStatus, Transition
 from nerved.store import RunRecord, Store, StoreError, Unreadable
+from nerved.timebox import KILLED, MODERATOR_KILL
 from nerved.usercode import CodeSnapshot
 from nerved.workers import Worker, Workers
 
@@ -553,6 +554,8 @@ class WorkflowManager:
         if not orphans:
             log.debug("workflow %s worker pid %d exited (%s)", flow.name, worker.pid, why)
             return
+        if why == KILLED:  # the hard bound on a moderator call (nerved.timebox)
+            why = f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted: {why}"
         if self.stopping:
             return  # halted threads stay started; the next start resumes them
         log.warning(
