@@ -25,6 +25,10 @@ Worker -> master:
     {"t": "completed", "run": ID}
     {"t": "failed", "run": ID, "error": "..."}
 
+Each moderator call is bounded (nerved.timebox): it runs on this loop, so one that does not
+return would hold every thread of the worker. Past the soft bound its run fails alone; past
+the hard bound, where it could not be interrupted, the worker dies and the crash rules apply.
+
 What user code hands over is checked here, where it enters: a prompt and an event must be
 values :func:`nerved.wire.check_value` accepts (or the run fails, saying which part is wrong),
 and free text (``ctx.log`` lines, exception messages) is made safe with :func:`wire.text`,
@@ -47,6 +51,7 @@ from nerved import wire
 from nerved.api import CommandEvent, ThreadState, WorkflowContext, WorkflowDefinition
 from nerved.channel import Message
 from nerved.port import Port, explain, serve
+from nerved.timebox import Overrun, Timebox, overrun_message
 from nerved.usercode import Package, UserCodeError, load_workflow
 
 log = logging.getLogger(__name__)
@@ -104,6 +109,7 @@ class WorkflowWorker:
         self.stopping = False
         self.halting = False
         self.done = asyncio.Event()
+        self.timebox = Timebox()  # every moderator call is bounded: see nerved.timebox
 
     def load(self) -> None:
         try:
@@ -217,7 +223,9 @@ class WorkflowWorker:
     ) -> tuple[str | None, Any]:
         state = ThreadState(run_id, self.workflow, tuple(events))
         try:
-            decision = definition.moderate(state, events[-1])
+            decision = self.timebox.call(definition.moderate, state, events[-1])
+        except Overrun as exc:
+            raise ThreadFailed(overrun_message(exc)) from None
         except Exception as exc:
             raise ThreadFailed(f"moderator raised {explain(exc)}") from exc
         if decision is None:

@@ -45,6 +45,7 @@ from nerved.control.rpc import (
 from nerved.loop import Loop, Timer
 from nerved.states import RunStatus, Transition
 from nerved.store import RunRecord, Store, StoreError, Unreadable
+from nerved.timebox import KILLED, MODERATOR_KILL
 from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.workers import Worker, Workers
 
@@ -230,7 +231,8 @@ class WorkflowManager:
                 resumed += 1
         for flow in self.flows.values():
             for run in list(flow.active.values()):
-                self._assign(run)  # a run whose steps cannot be read fails then, alone
+                if run.worker is None:  # a run restarted afresh above was assigned already
+                    self._assign(run)  # a run whose steps cannot be read fails then, alone
             self._fill(flow)
         summary = (
             f"recovered {resumed} started and {queued} queued runs, "
@@ -339,7 +341,17 @@ class WorkflowManager:
         60 MiB each must not hold the loop for the time it takes to read them all. A run
         whose history cannot be read or sent fails; one that finds no worker (the fork
         failed) waits for the retry.
+
+        A run is given to one worker at a time, once: a run some worker holds (it was sent
+        its ``start``, or its resume is under way) is left alone here, whoever asks, until
+        that worker is gone (:meth:`_on_gone` lets go of it first). A worker told twice of
+        one run would refuse the second (``already running here``), and a second resume
+        would send it the history again.
         """
+        if run.worker is not None:
+            log.debug("run %s is held by %r already; not assigning it again", run.run_id,
+                      run.worker)  # fmt: skip
+            return
         flow = run.flow
         worker = flow.worker
         if (worker is None or not worker.connected) and flow.respawn is not None:
@@ -580,6 +592,8 @@ class WorkflowManager:
         if not orphans:
             log.debug("workflow %s worker pid %d exited (%s)", flow.name, worker.pid, why)
             return
+        if why == KILLED:  # the hard bound on a moderator call (nerved.timebox)
+            why = f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted: {why}"
         if self.stopping:
             return  # halted threads stay started; the next start resumes them
         log.warning(
