@@ -6,7 +6,7 @@ protocol's own fields, SPEC §6) and a table otherwise.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from nervectl import render
 from nervectl.context import Context
@@ -86,8 +86,15 @@ def sense_trigger(ctx: Context) -> int:
     return OK
 
 
+RELOAD_TIMEOUT: Final = 130.0
+"""Seconds ``reload`` waits for its answer. nerved answers within two reloads' time (one in
+progress, then the one that serves this request), each with an import check of at most
+``nerved --import-timeout`` (20 s by default, 60 s at most), so the answer always comes
+before this client gives up."""
+
+
 def reload(ctx: Context) -> int:
-    result: dict[str, Any] = ctx.call("reload")
+    result: dict[str, Any] = ctx.call("reload", timeout=RELOAD_TIMEOUT)
     if ctx.json:
         ctx.print_json(result)
         return OK

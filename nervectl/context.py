@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from nervectl.remote import Remote
+from nervectl.remote import DEFAULT_TIMEOUT, Remote
 from nervectl.render import dumps
 
 
@@ -30,8 +30,10 @@ class Context:
             self._remote = Remote(self.socket)
         return self._remote
 
-    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        return self.remote.call(method, params)
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> Any:
+        return self.remote.call(method, params, timeout)
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out)

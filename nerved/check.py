@@ -8,54 +8,67 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Final
 
 from nerved.channel import Channel, ChannelClosed, Garbled, ProtocolError
 from nerved.config import ConfigError, check_packages, load_config
 from nerved.process import describe_exit, spawn
-from nerved.usercode import probe_child
+from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package, probe_child
 
 EX_OK: Final = 0
 EX_OSERR: Final = 71  # sysexits: "an operating system error ... e.g., cannot fork"
 EX_CONFIG: Final = 78
-PROBE_TIMEOUT: Final = 60.0
 
 
-def probe_in_fork(root: Path, senses: list[str], workflows: list[str]) -> list[str]:
-    """Import the packages in a child; its answer, or why there was none.
+def probe_in_fork(packages: list[Package], timeout: float = IMPORT_TIMEOUT) -> list[str]:
+    """Import the packages in a child within ``timeout`` seconds in all, as a reload's import
+    check does; its answer, or why there was none (naming the package the child was
+    importing when it hung or died).
 
     Raises OSError when the child cannot be forked.
     """
-    pid, sock = spawn("nerve:check", probe_child(root, senses, workflows, PROBE_TIMEOUT))
+    pid, sock = spawn("nerve:check", probe_child(packages, timeout))
     channel = Channel(sock)
+    deadline = time.monotonic() + timeout
+    importing = "the packages"
     try:
-        message = channel.receive_blocking(PROBE_TIMEOUT)[0]
+        while True:
+            for message in channel.receive_blocking(max(0.001, deadline - time.monotonic())):
+                if isinstance(message, Garbled):
+                    return [f"the import check's answer could not be read ({message.reason})"]
+                if message.get("t") == "importing":
+                    importing = str(message.get("package"))
+                elif message.get("t") == "probed":
+                    return [str(e) for e in message["errors"]]
     except TimeoutError:
         os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        return [f"importing the packages took longer than {PROBE_TIMEOUT:g}s"]
+        return [f"importing {importing} took longer than {timeout:g}s"]
     except (ChannelClosed, ProtocolError):
         _, status = os.waitpid(pid, 0)
-        return [f"the import check died ({describe_exit(status)})"]
+        pid = 0
+        return [f"importing {importing} ended the import check ({describe_exit(status)})"]
     finally:
         channel.close()
-    os.waitpid(pid, 0)
-    if isinstance(message, Garbled):
-        return [f"the import check's answer could not be read ({message.reason})"]
-    return [str(e) for e in message["errors"]]
+        if pid:
+            os.waitpid(pid, 0)
 
 
-def run(root: Path) -> int:
+def run(root: Path, import_timeout: float | None = None) -> int:
     try:
         config = load_config(root)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EX_CONFIG
     try:
-        errors = check_packages(root, config) or probe_in_fork(
-            root.resolve(), list(config.senses), list(config.workflows)
-        )
+        errors = check_packages(root, config)
+        if not errors:
+            code = CodeSnapshot.take(root.resolve(), config.senses, config.workflows)
+            errors = code.refusals() or probe_in_fork(
+                [*code.senses.values(), *code.workflows.values()],
+                import_timeout or IMPORT_TIMEOUT,
+            )
     except OSError as exc:
         print(f"cannot fork a process to import the packages in: {exc}", file=sys.stderr)
         return EX_OSERR

@@ -36,9 +36,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
     parser.add_argument("--daemon", action="store_true", help="detach (for hosts without systemd)")
     parser.add_argument("--pidfile", help="with --daemon: the pid file to write and lock")
+    parser.add_argument(
+        "--import-timeout",
+        type=_import_timeout,
+        default=None,
+        metavar="SECONDS",
+        help="how long importing a package may take, in a worker or in the import check of a"
+        " reload or of `check`, before it is reported as hung (default 20, at most 60)",
+    )
     parser.add_argument("command", nargs="?", choices=["run", "check"], default="run",
                         help="run the daemon (default) or check the root and exit")  # fmt: skip
     return parser
+
+
+def _import_timeout(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(seconds) and 0 < seconds <= 60):
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 60 seconds: {text}")
+    return seconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         from nerved import check
 
         logs.setup("warning")
-        return check.run(root)
+        return check.run(root, args.import_timeout)
     if args.pidfile and not args.daemon:
         _parser().error("--pidfile needs --daemon")
     logs.setup(args.log_level)
@@ -72,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         socket=resolve_socket(args.socket),
         watch=not args.no_watch,
         pidfile=Path(args.pidfile) if args.pidfile else None,
+        **({"import_timeout": args.import_timeout} if args.import_timeout else {}),
     )
     if args.daemon:
         from nerved import detach  # python-daemon is only imported when used

@@ -49,7 +49,7 @@ from nerved.reloader import Reloader
 from nerved.retention import Retention
 from nerved.senses import SenseManager
 from nerved.store import Store, StoreError
-from nerved.usercode import CodeSnapshot
+from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot
 from nerved.watch import Watcher
 from nerved.workers import Workers
 from nerved.workflows import WorkflowManager
@@ -84,6 +84,7 @@ class Options:
     socket: Path
     watch: bool = True
     pidfile: Path | None = None
+    import_timeout: float = IMPORT_TIMEOUT  # seconds: see nerved.usercode.IMPORT_TIMEOUT
 
 
 Started = Callable[[int, str], None]  # (0, summary) once ready, or (exit code, why not)
@@ -288,14 +289,18 @@ class Daemon:
             self.loop.add_signal_handler(signum, handler, gated=gated)
 
         self.workers.contain()  # before the first worker: it may move the master to a cgroup
-        self.senses = SenseManager(self.loop, self.workers, self.store, self.root, self._on_signal)
-        self.workflows = WorkflowManager(self.loop, self.workers, self.store, self.root)
+        timeout = self.options.import_timeout
+        self.senses = SenseManager(self.loop, self.workers, self.store, self._on_signal, timeout)
+        self.workflows = WorkflowManager(self.loop, self.workers, self.store, timeout)
         self.reflexes = Reflexes(self.loop, self.senses.trigger, self._start_workflow)
 
         # Recovery comes before the socket is served: nothing is admitted until the queues
         # and active sets are rebuilt from logs.db, in their original order.
         self.notifier.status("recovering unfinished runs")
         self.code = CodeSnapshot.take(self.root, self.config.senses, self.config.workflows)
+        refused = self.code.refusals()
+        if refused:
+            raise Fatal("\n".join(refused), EX_CONFIG)
         self.workflows.apply(self.config, self.code)
         try:
             self.recovery = self.workflows.recover()
@@ -315,7 +320,13 @@ class Daemon:
         self.senses.apply(self.config, self.code)
         self.reflexes.apply(self.config)
         self.reloader = Reloader(
-            self.loop, self.workers, self.root, lambda: self.code, self.apply, self._reload_failed
+            self.loop,
+            self.workers,
+            self.root,
+            lambda: self.code,
+            self.apply,
+            self._reload_failed,
+            timeout,
         )
         self.retention = Retention(self.loop, self.store, lambda: self.config.retention)
         if self.options.watch:

@@ -5,8 +5,16 @@ then every package whose files changed is imported in a probe child, as its work
 import it. Only if all of that succeeds are the new configuration and code applied (by
 diff, in the managers); otherwise the error is reported and everything running stays as it
 is. The probe is an ordinary child of the master's loop, so a package whose import hangs
-costs a timeout, never a stalled daemon. Requests that arrive during a reload are served by
-one more reload after it, so that none of them is answered with a stale state.
+costs a timeout, never a stalled daemon.
+
+What the probe imports is the snapshot the master read (:class:`CodeSnapshot`), not the
+files: the code accepted is byte for byte the code that passed, and every worker forked
+after imports that same snapshot.
+
+Requests that arrive during a reload are served by one more reload after it, so that none
+of them is answered with a stale state. The probe has ``--import-timeout`` (20 s by default,
+60 s at most) in all, so a request is answered within two import checks' time: before
+``nervectl reload`` gives up (130 s).
 """
 
 from __future__ import annotations
@@ -14,18 +22,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
 
 from nerved.channel import Message
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config
 from nerved.control.rpc import INTERNAL_ERROR, SHUTTING_DOWN, Pending, RpcError
 from nerved.loop import Loop, Timer
-from nerved.usercode import CodeSnapshot, probe_child
+from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package, probe_child
 from nerved.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
-
-PROBE_TIMEOUT: Final = 30.0
 
 Apply = Callable[[NerveConfig, CodeSnapshot, str], list[str]]
 
@@ -39,10 +44,12 @@ class Reloader:
         current_code: Callable[[], CodeSnapshot],
         apply: Apply,
         on_failure: Callable[[str], None],
+        import_timeout: float = IMPORT_TIMEOUT,
     ) -> None:
         self.loop = loop
         self.workers = workers
         self.root = root
+        self.import_timeout = import_timeout  # seconds the whole import check may take
         self.current_code = current_code
         self.apply = apply
         self.on_failure = on_failure
@@ -79,23 +86,33 @@ class Reloader:
             self._finish(None, list(exc.errors))
             return
         code = CodeSnapshot.take(self.root, config.senses, config.workflows)
-        senses, workflows = code.changed_since(self.current_code())
-        if not senses and not workflows:
+        refused = code.refusals()
+        if refused:
+            self._finish(None, refused)
+            return
+        changed = code.changed_since(self.current_code())
+        if not changed:
             self._finish(self.apply(config, code, source), None)
             return
         self._candidate = (config, code)
-        self._spawn_probe(senses, workflows)
+        self._spawn_probe(changed)
 
-    def _spawn_probe(self, senses: list[str], workflows: list[str]) -> None:
-        child_main = probe_child(self.root, senses, workflows, PROBE_TIMEOUT)
+    def _spawn_probe(self, packages: list[Package]) -> None:
+        child_main = probe_child(packages, self.import_timeout)
+        importing = "the changed packages"  # which one the probe is in, once it says
 
         def on_message(worker: Worker, message: Message) -> None:
-            if worker is self._probe and message.get("t") == "probed":
+            nonlocal importing
+            if worker is not self._probe:
+                return
+            if message.get("t") == "importing":
+                importing = str(message.get("package"))
+            elif message.get("t") == "probed":
                 self._probed([str(e) for e in message.get("errors") or []])
 
         def on_gone(worker: Worker, why: str) -> None:
             if worker is self._probe:
-                self._probed([f"importing the changed packages failed: the probe died ({why})"])
+                self._probed([f"importing {importing} ended the import check ({why})"])
 
         try:
             self._probe = self.workers.spawn("probe", "reload", child_main, on_message, on_gone)
@@ -108,11 +125,9 @@ class Reloader:
         def expire() -> None:
             if self._probe is probe_worker:
                 probe_worker.kill()
-                self._probed(
-                    [f"importing the changed packages took longer than {PROBE_TIMEOUT:g}s"]
-                )
+                self._probed([f"importing {importing} took longer than {self.import_timeout:g}s"])
 
-        self._timer = self.loop.call_later(PROBE_TIMEOUT, expire)
+        self._timer = self.loop.call_later(self.import_timeout, expire)
 
     def _probed(self, errors: list[str]) -> None:
         self._probe = None

@@ -34,7 +34,6 @@ import functools
 import inspect
 import logging
 import socket
-from pathlib import Path
 from typing import Any
 
 from nerved import wire
@@ -42,7 +41,7 @@ from nerved.api import ComputeFn, SenseContext
 from nerved.channel import Message
 from nerved.port import Port, explain, serve
 from nerved.store import LogEntry
-from nerved.usercode import UserCodeError, load_sense
+from nerved.usercode import Package, UserCodeError, load_sense
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +72,9 @@ class RemoteLogs:
 
 
 class SenseGroupWorker:
-    def __init__(self, sock: socket.socket, root: Path, group: str, senses: list[str]):
-        self.root = root
+    def __init__(self, sock: socket.socket, group: str, packages: list[Package]):
         self.group = group
-        self.sense_names = senses
+        self.packages = packages
         self.computes: dict[str, ComputeFn] = {}
         self.load_errors: dict[str, str] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
@@ -88,10 +86,11 @@ class SenseGroupWorker:
         self.done = asyncio.Event()
 
     def load(self) -> None:
-        for name in self.sense_names:
+        for package in self.packages:
+            name = package.name
             error: str | None = None
             try:
-                self.computes[name] = load_sense(self.root, name)
+                self.computes[name] = load_sense(package)
             except UserCodeError as exc:
                 error = wire.text(str(exc))
                 self.load_errors[name] = error
@@ -162,5 +161,5 @@ class SenseGroupWorker:
         self.port.post({"t": "result", "id": compute_id, "payload": result})
 
 
-def run(sock: socket.socket, root: Path, group: str, senses: list[str]) -> int:
-    return serve(f"sense:{group}", SenseGroupWorker(sock, root, group, senses))
+def run(sock: socket.socket, group: str, packages: list[Package]) -> int:
+    return serve(f"sense:{group}", SenseGroupWorker(sock, group, packages))

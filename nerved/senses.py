@@ -19,7 +19,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from nerved import sense_worker, wire
@@ -27,7 +26,7 @@ from nerved.channel import TO_WORKER, Message, frame
 from nerved.config import NerveConfig, SenseConfig, group_memory_max, unlined
 from nerved.loop import Loop, Timer
 from nerved.store import Store, StoreError, now_ms
-from nerved.usercode import CodeSnapshot
+from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
@@ -75,8 +74,11 @@ class Group:
     name: str
     senses: tuple[str, ...]
     code: str  # fingerprint of the member packages, to tell a reload what changed
+    packages: tuple[Package, ...]  # their accepted code, which every worker imports
     worker: Worker | None = None
     ready: bool = False
+    loaded: int = 0  # members the current worker has imported (in order)
+    loading: Timer | None = None  # bounds the current worker's imports
     inflight: dict[int, str] = field(default_factory=dict)  # compute id -> sense
     abandoned: set[int] = field(default_factory=set)
     grace: Timer | None = None
@@ -88,12 +90,17 @@ class Group:
 
 class SenseManager:
     def __init__(
-        self, loop: Loop, workers: Workers, store: Store, root: Path, on_signal: SignalHandler
+        self,
+        loop: Loop,
+        workers: Workers,
+        store: Store,
+        on_signal: SignalHandler,
+        import_timeout: float = IMPORT_TIMEOUT,
     ) -> None:
         self.loop = loop
         self.workers = workers
         self.store = store
-        self.root = root
+        self.import_timeout = import_timeout  # seconds a member's import may take
         self.on_signal = on_signal
         self.senses: dict[str, SenseState] = {}
         self.groups: dict[str, Group] = {}
@@ -126,7 +133,8 @@ class SenseManager:
                 state.config = sense_config
         for name, members in wanted.items():
             if name not in self.groups:
-                group = Group(name, members, code.of_senses(members))
+                packages = tuple(code.senses[member] for member in members)
+                group = Group(name, members, code.of_senses(members), packages)
                 self.groups[name] = group
                 self._spawn(group)
             elif (worker := self.groups[name].worker) is not None:
@@ -137,10 +145,10 @@ class SenseManager:
 
     def _spawn(self, group: Group) -> None:
         group.respawn = None
-        root, name, members = self.root, group.name, list(group.senses)
+        name, packages = group.name, list(group.packages)
 
         def child_main(sock: socket.socket) -> int:
-            return sense_worker.run(sock, root, name, members)
+            return sense_worker.run(sock, name, packages)
 
         def on_message(worker: Worker, message: Message) -> None:
             self._on_message(group, worker, message)
@@ -168,6 +176,30 @@ class SenseManager:
         if group.cannot_fork:
             log.info("sense group %s: forked its worker again", group.name)
             group.cannot_fork = False
+        group.loaded = 0
+        self._bound_import(group, group.worker)
+
+    def _bound_import(self, group: Group, worker: Worker) -> None:
+        """Give the worker ``import_timeout`` for its next member's import, then kill it.
+
+        A package whose import never returns would otherwise hold the group's worker
+        forever, busy and silent: now it is reported as the sense's error, and the worker is
+        replaced with backoff, as when it dies.
+        """
+        if group.loading is not None:
+            group.loading.cancel()
+
+        def expire() -> None:
+            group.loading = None
+            if group.worker is not worker or group.ready:
+                return
+            sense = group.senses[min(group.loaded, len(group.senses) - 1)]
+            why = f"importing senses/{sense} took longer than {self.import_timeout:g}s"
+            log.error("sense %s: %s; killing its group's worker", sense, why)
+            self._record_error(sense, why, journal=False)
+            worker.kill()
+
+        group.loading = self.loop.call_later(self.import_timeout, expire)
 
     def _memory_max_of(self, group: Group) -> int | None:
         """The group's memoryMax: the largest among its senses (see config.group_memory_max)."""
@@ -201,11 +233,16 @@ class SenseManager:
             self._forget(group, int(message["id"]))
         elif kind == "loaded":
             sense, error = str(message.get("sense")), message.get("error")
+            group.loaded += 1
+            self._bound_import(group, worker)
             if error:
                 log.error("sense %s: %s", sense, error)
                 self._record_error(sense, str(error), journal=False)
         elif kind == "ready":
             group.ready = True
+            if group.loading is not None:
+                group.loading.cancel()
+                group.loading = None
             log.info("sense group %s ready (pid %d)", group.name, worker.pid)
             for name in group.senses:
                 state = self.senses.get(name)
@@ -259,6 +296,9 @@ class SenseManager:
             return
         group.worker = None
         group.ready = False
+        if group.loading is not None:
+            group.loading.cancel()
+            group.loading = None
         if group.grace is not None:
             group.grace.cancel()
             group.grace = None

@@ -1,30 +1,45 @@
-"""Importing user packages (``senses/<name>``, ``workflows/<name>``) inside a worker.
+"""User packages (``senses/<name>``, ``workflows/<name>``): what the master reads of them, and
+how a worker imports them.
 
-Only ever called after fork: the master never imports user code, so a package that hangs,
-crashes or leaks at import time can only hurt its own worker. Each package gets a private
-module name, so two senses may both have a ``helpers.py`` and relative imports work.
+Only code that passed the import check ever runs. The master reads each package's Python
+source once per snapshot (:meth:`CodeSnapshot.take`, at start and at every reload) and keeps
+it: the reload probe imports exactly those bytes, and once the probe accepts them every worker
+forked later imports those same bytes from the snapshot it inherits, never from disk. An
+edit on disk therefore changes nothing until a reload checks and accepts it; a broken edit is
+reported and the running configuration, the code of workers yet to be forked included, stays.
+(Data files, and compiled extension modules, are read from disk when used: only Python
+source is held.)
 
-The master does read the packages' files, to tell at a reload which ones changed
-(:func:`fingerprints`), and it does so in its only thread: a package is listed within bounds
-(:data:`MAX_PACKAGE_FILES`, :data:`MAX_PACKAGE_BYTES`), and a snapshot of all packages reads
-at most :data:`CONTENT_BUDGET` bytes of content, without following symlinks and without
-opening anything but regular files, so that no file a package holds can stall it.
+The master never imports user code, so a package that hangs, crashes or leaks at import time
+can only hurt its own worker. Each package gets a private module name, distinct for distinct
+packages (:func:`module_name`), so two senses may both have a ``helpers.py`` and relative
+imports work.
+
+The master reads the files in its only thread, so the work is bounded whatever a package
+holds: a package is listed within bounds (:data:`MAX_PACKAGE_FILES`,
+:data:`MAX_PACKAGE_BYTES`), and a snapshot of all packages reads at most
+:data:`CONTENT_BUDGET` bytes of content, without following symlinks out of a package (a
+``.py`` symlink to a regular file is read through) and without opening anything but regular
+files, so that no file a package holds can stall it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
+import linecache
 import os
-import re
 import socket
 import stat
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Final, cast
 
 from nerved.api import ComputeFn, WorkflowDefinition
@@ -38,14 +53,16 @@ MAX_PACKAGE_BYTES: Final = 256 * MiB
 """Bytes in one package's regular files (by their sizes: a package is listed, not read)."""
 
 SMALL_FILE: Final = 1 * MiB
-"""A regular file up to this size is fingerprinted by its content, while the budget lasts."""
+"""A regular file up to this size is fingerprinted by its content, while the budget lasts.
+Python source is always read whole, whatever its size (it is what workers import)."""
 
 CONTENT_BUDGET: Final = 64 * MiB
 """Bytes of content one snapshot of all packages reads at most (about 0.2 s of SHA-256 here).
 
 Reading every package whole took the master's only thread 0.7 s per 250 MiB package, at
 start and at every reload: forty such packages held `status` for 8 s and the start for 28 s,
-near systemd's 30 s watchdog.
+near systemd's 30 s watchdog. Python source is read first; packages whose source does not
+fit in the budget are refused.
 """
 
 _CHUNK: Final = 256 * KiB
@@ -68,7 +85,19 @@ _TOO_MANY_BYTES: Final = f"more than {size_text(MAX_PACKAGE_BYTES)} in its files
 
 
 def module_name(kind: str, name: str) -> str:
-    return f"nerve_user.{kind}.{re.sub(r'[^0-9A-Za-z_]', '_', name)}"
+    """The private module name of a package: ``nerve_user.<kind>.<escaped name>``.
+
+    Distinct packages get distinct names: ASCII letters and digits stay, ``_`` becomes ``__``
+    and any other character ``_xx`` (its code point in hex), so ``disk-usage`` is
+    ``disk_2dusage`` and ``disk_usage`` is ``disk__usage``. Mapping both to one name made two
+    senses of one group share their submodules (``from . import settings`` returned the
+    other package's).
+    """
+    escaped = "".join(
+        ch if ch.isascii() and ch.isalnum() else "__" if ch == "_" else f"_{ord(ch):02x}"
+        for ch in name
+    )
+    return f"nerve_user.{kind}.{escaped}"
 
 
 def _ensure_parents(qualified: str) -> None:
@@ -81,37 +110,21 @@ def _ensure_parents(qualified: str) -> None:
             sys.modules[parent] = module
 
 
-def import_package(root: Path, kind: str, name: str) -> ModuleType:
-    """Import ``root/kind/name/__init__.py``; any failure becomes one readable UserCodeError."""
-    directory = root / kind / name
-    init = directory / "__init__.py"
-    if not init.is_file():
-        raise UserCodeError(f"{init} does not exist")
-    qualified = module_name(kind, name)
-    _ensure_parents(qualified)
-    spec = importlib.util.spec_from_file_location(
-        qualified, init, submodule_search_locations=[str(directory)]
-    )
-    if spec is None or spec.loader is None:
-        raise UserCodeError(f"cannot load {init}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[qualified] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException as exc:
-        sys.modules.pop(qualified, None)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise UserCodeError(f"{kind}/{name} failed to import: {describe(exc)}") from exc
-    return module
-
-
 def describe(exc: BaseException) -> str:
-    """``ValueError: bad thing (at senses/x/__init__.py:12)``: one line an operator can act on."""
+    """``ValueError: bad thing (at senses/x/__init__.py:12)``: one line an operator can act on.
+
+    The place is the innermost frame of user code: not nerve's own, and not code without a
+    file (``<frozen importlib._bootstrap>``, the ``<string>`` of a generated ``__init__``).
+    A SyntaxError is placed where the compiler found it, which no frame shows.
+    """
+    if isinstance(exc, SyntaxError) and exc.filename:
+        text = f"{type(exc).__name__}: {exc.msg}" if exc.msg else type(exc).__name__
+        return f"{text} (at {exc.filename}:{exc.lineno})"
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     frames = traceback.extract_tb(exc.__traceback__)
     for frame in reversed(frames):
-        if "/nerved/" not in frame.filename.replace("\\", "/"):
+        filename = frame.filename.replace("\\", "/")
+        if "/nerved/" not in filename and not filename.startswith("<"):
             return f"{text} (at {frame.filename}:{frame.lineno})"
     return text
 
@@ -127,30 +140,42 @@ def _skipped(entry: os.DirEntry[str]) -> bool:
 @dataclass(frozen=True, slots=True)
 class _Entry:
     """One entry of a package as listed: what :func:`package_files` says of it, and for a
-    regular file the metadata it is fingerprinted by when its content is not read."""
+    regular file the metadata it is fingerprinted by when its content is not read. ``link``
+    is the target of a ``.py`` symlink that leads to a regular file: such a module is read
+    (and imported) through its link, as stow and configuration management lay packages out."""
 
     path: str
     kind: str
     size: int = 0
     mtime_ns: int = 0
     mode: int = 0
+    link: str = ""
+
+    @property
+    def source(self) -> bool:
+        """A Python source file: read whole into every snapshot, and imported from it."""
+        return self.kind == "file" and self.path.endswith(".py")
 
 
 def package_files(directory: Path) -> list[tuple[str, str]]:
     """What a package is made of, by relative path: ``[(path, kind), ...]``, sorted.
 
-    ``kind`` is ``"file"`` for a regular file, ``"-> target"`` for a symlink (never followed:
-    not out of the package, not round a loop) and ``"unreadable"`` for a directory that cannot
-    be listed; FIFOs, sockets and devices are left out. The package directory itself may be a
+    ``kind`` is ``"file"`` for a regular file (``"file -> target"`` for a ``.py`` symlink to
+    one, which is read through), ``"-> target"`` for any other symlink (never followed: not
+    out of the package, not round a loop) and ``"unreadable"`` for a directory that cannot be
+    listed; FIFOs, sockets and devices are left out. The package directory itself may be a
     symlink; a missing one has no files. Raises PackageTooLarge past MAX_PACKAGE_FILES
     entries, or past MAX_PACKAGE_BYTES in regular files (by their size, nothing is read).
     """
-    return [(entry.path, entry.kind) for entry in _list(directory)]
+    return [
+        (entry.path, f"{entry.kind} -> {entry.link}" if entry.link else entry.kind)
+        for entry in _list(directory)
+    ]
 
 
 def _list(directory: Path) -> list[_Entry]:
     """:func:`package_files` with each regular file's size, mtime and mode (from the
-    listing's own ``lstat``: nothing is opened)."""
+    listing's own ``lstat``, or ``stat`` through a ``.py`` symlink: nothing is opened)."""
     found: list[_Entry] = []
     entries = total = 0
     pending = [""]
@@ -165,23 +190,59 @@ def _list(directory: Path) -> list[_Entry]:
                     if _skipped(entry):
                         continue
                     relative = prefix + entry.name
+                    info: os.stat_result | None = None
+                    link = ""
                     if entry.is_symlink():
-                        found.append(_Entry(relative, "-> " + os.readlink(entry.path)))
+                        link = os.readlink(entry.path)
+                        if entry.name.endswith(".py"):
+                            with contextlib.suppress(OSError):
+                                info = entry.stat(follow_symlinks=True)
+                        if info is None or not stat.S_ISREG(info.st_mode):
+                            found.append(_Entry(relative, "-> " + link))
+                            continue
                     elif entry.is_dir(follow_symlinks=False):
                         pending.append(relative + "/")
+                        continue
                     elif entry.is_file(follow_symlinks=False):
                         info = entry.stat(follow_symlinks=False)
-                        total += info.st_size
-                        if total > MAX_PACKAGE_BYTES:
-                            raise PackageTooLarge(_TOO_MANY_BYTES)
-                        found.append(
-                            _Entry(relative, "file", info.st_size, info.st_mtime_ns, info.st_mode)
-                        )
+                    else:
+                        continue
+                    total += info.st_size
+                    if total > MAX_PACKAGE_BYTES:
+                        raise PackageTooLarge(_TOO_MANY_BYTES)
+                    found.append(
+                        _Entry(relative, "file", info.st_size, info.st_mtime_ns, info.st_mode, link)
+                    )
         except (FileNotFoundError, NotADirectoryError):
             continue  # gone meanwhile, or no package at all: check_packages says so
         except OSError:
             found.append(_Entry(prefix, "unreadable"))
     return sorted(found, key=lambda entry: entry.path)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Package:
+    """One package as a snapshot saw it: its fingerprint, and the Python source it imports.
+
+    ``sources`` maps each ``.py`` file's relative path to its bytes, exactly as read and
+    hashed into ``digest``; ``unreadable`` names the ones that could not be (with why), and
+    ``files`` every regular file listed (an extension module is loaded from disk only if it
+    was listed). ``refused`` is why the package cannot be used at all (too large), if so.
+    """
+
+    kind: str
+    name: str
+    directory: Path
+    digest: str
+    sources: Mapping[str, bytes] = field(default_factory=dict)
+    unreadable: Mapping[str, str] = field(default_factory=dict)
+    files: frozenset[str] = frozenset()
+    refused: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``senses/disk-usage``: how messages name it."""
+        return f"{self.kind}/{self.name}"
 
 
 def fingerprint(directory: Path) -> str:
@@ -192,140 +253,320 @@ def fingerprint(directory: Path) -> str:
 def fingerprints(directories: Sequence[Path], budget: int = CONTENT_BUDGET) -> list[str]:
     """A digest of each package's files, so that a reload can tell whether its code changed.
 
+    The digests of :func:`read_packages` (which see).
+    """
+    places = [("", directory.name, directory) for directory in directories]
+    return [package.digest for package in read_packages(places, budget)]
+
+
+def read_packages(
+    places: Sequence[tuple[str, str, Path]], budget: int = CONTENT_BUDGET
+) -> list[Package]:
+    """Snapshot each package ``(kind, name, directory)``: its Python source and a digest.
+
     Runs in the master's only thread, at start and at every reload, so its work is bounded
     whatever the packages hold: every package is listed (MAX_PACKAGE_FILES entries at most),
-    and at most ``budget`` bytes of content are read over all of them. Each regular file
-    counts by its relative path and either
+    and at most ``budget`` bytes of content are read over all of them.
 
-    - its content (SHA-256), if it holds at most SMALL_FILE bytes and the budget lasts; files
-      are taken ``.py`` first, then by package path and relative path, so that the choice is
-      the same at every snapshot of the same files; or
-    - its size, mtime (ns) and mode: a large data file, or any file once the budget is spent.
+    - Every ``.py`` file is read whole, packages in order: it is what workers import. A
+      package whose source does not fit in what is left of the budget is refused.
+    - Any other regular file counts by its content (SHA-256) if it holds at most SMALL_FILE
+      bytes and the budget lasts (taken by package path and relative path, so that the
+      choice is the same at every snapshot of the same files), else by its size, mtime (ns)
+      and mode: a large data file, or any file once the budget is spent.
 
-    So a small source file is always seen to change, even when an edit keeps its size and
-    mtime (``rsync -a`` and ``touch -r`` put mtimes back), and touching it changes nothing.
-    A file fingerprinted by metadata (past 1 MiB, or past the budget: more than 64 MiB of
-    small files in all) can be rewritten unnoticed only if its size and mtime (ns) are kept,
-    for as long as they are: the next change of either is seen. A file that moves from one
-    kind to the other (the small files grew past the budget, or shrank back) changes its
-    package's fingerprint: a change seen where there was none (its worker restarts), never
-    one missed.
+    So a source file is always seen to change, even when an edit keeps its size and mtime
+    (``rsync -a`` and ``touch -r`` put mtimes back), and touching it changes nothing. A data
+    file fingerprinted by metadata can be rewritten unnoticed only if its size and mtime (ns)
+    are kept, for as long as they are: the next change of either is seen. A file that moves
+    from one kind to the other (the small files grew past the budget, or shrank back)
+    changes its package's fingerprint: a change seen where there was none (its worker
+    restarts), never one missed.
 
-    A package past the bounds, which check_packages refuses, gets a fingerprint that says so
-    instead of a digest. Only regular files are opened (non-blocking, not through a symlink).
+    A package past the bounds gets a digest that says so (``refused: ...``). Only regular
+    files are opened (non-blocking, and not through a symlink but a ``.py`` one's).
     """
     listings: list[list[_Entry] | str] = []
-    for directory in directories:
+    for _, _, directory in places:
         try:
             listings.append(_list(directory))
         except PackageTooLarge as exc:
             listings.append(f"refused: {exc}")
+    for index, listing in enumerate(listings):
+        if isinstance(listing, str):
+            continue
+        size = sum(entry.size for entry in listing if entry.source)
+        if size > budget:
+            listings[index] = f"refused: {_source_too_large(size)}"
+        else:
+            budget -= size
     small = sorted(
-        (not entry.path.endswith(".py"), str(directory), entry.path, entry.size)
-        for directory, listing in zip(directories, listings, strict=True)
+        (str(directory), entry.path, entry.size)
+        for (_, _, directory), listing in zip(places, listings, strict=True)
         if not isinstance(listing, str)
         for entry in listing
-        if entry.kind == "file" and entry.size <= SMALL_FILE
+        if entry.kind == "file" and not entry.source and entry.size <= SMALL_FILE
     )
     read: set[tuple[str, str]] = set()
-    for _, directory_name, path, size in small:
+    for directory_name, path, size in small:
         if size <= budget:
             budget -= size
             read.add((directory_name, path))
     return [
-        listing if isinstance(listing, str) else _digest(directory, listing, read)
-        for directory, listing in zip(directories, listings, strict=True)
+        Package(kind, name, directory, listing, refused=listing.removeprefix("refused: "))
+        if isinstance(listing, str)
+        else _read_package(kind, name, directory, listing, read)
+        for (kind, name, directory), listing in zip(places, listings, strict=True)
     ]
 
 
-def _digest(directory: Path, listing: list[_Entry], read: set[tuple[str, str]]) -> str:
-    """One package's fingerprint: its files' contents where ``read`` names them, else their
-    metadata (see :func:`fingerprints`)."""
+def _source_too_large(size: int) -> str:
+    return (
+        f"package too large: {size_text(size)} of Python source, past what nerve reads"
+        f" of all packages at a reload ({size_text(CONTENT_BUDGET)})"
+    )
+
+
+def _read_package(
+    kind: str, name: str, directory: Path, listing: list[_Entry], read: set[tuple[str, str]]
+) -> Package:
+    """One package's snapshot: its sources read, its other files by content where ``read``
+    names them, else by metadata (see :func:`read_packages`)."""
     digest = hashlib.sha256()
+    sources: dict[str, bytes] = {}
+    unreadable: dict[str, str] = {}
     for entry in listing:
-        kind = entry.kind
-        if kind == "file":
-            if (str(directory), entry.path) in read:
-                kind = "content " + _hash_file(directory / entry.path, entry.size)
+        kind_text = entry.kind
+        if entry.source or (entry.kind == "file" and (str(directory), entry.path) in read):
+            content = _read_file(directory / entry.path, entry.size, follow=bool(entry.link))
+            if isinstance(content, bytes):
+                kind_text = "content " + hashlib.sha256(content).hexdigest()
+                if entry.source:
+                    sources[entry.path] = content
             else:
-                kind = f"stat {entry.size} {entry.mtime_ns} {entry.mode:o}"
-        digest.update(f"{entry.path}\0{kind}\n".encode(errors="surrogateescape"))
-    return digest.hexdigest()
+                kind_text = "unreadable"
+                unreadable[entry.path] = content
+        elif entry.kind == "file":
+            kind_text = f"stat {entry.size} {entry.mtime_ns} {entry.mode:o}"
+        if entry.link:
+            kind_text += " -> " + entry.link
+        digest.update(f"{entry.path}\0{kind_text}\n".encode(errors="surrogateescape"))
+    files = frozenset(entry.path for entry in listing if entry.kind == "file")
+    return Package(kind, name, directory, digest.hexdigest(), sources, unreadable, files)
 
 
-def _hash_file(path: Path, size: int) -> str:
-    """The SHA-256 (hex) of a regular file listed with ``size`` bytes, or ``"unreadable"``.
+def _read_file(path: Path, size: int, *, follow: bool = False) -> bytes | str:
+    """The content of a regular file listed with ``size`` bytes, or why it cannot be read.
 
-    Reads at most ``size + 1`` bytes: a file that grew since it was listed hashes differently
-    from the file it was (a change, which the next reload sees whole) and costs no more.
+    Reads at most ``size + 1`` bytes: a file that grew since it was listed is being written,
+    and is refused for now (the write's own event brings the next reload, which reads it
+    whole); a file that shrank is taken as it is, which its digest says.
     """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return "unreadable"
-    digest = hashlib.sha256()
+        fd = os.open(path, flags)
+    except OSError as exc:
+        return f"cannot open it: {exc.strerror or exc}"
+    chunks: list[bytes] = []
     left = size + 1
-    buffer = memoryview(bytearray(min(_CHUNK, left)))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return "unreadable"
-        while left and (count := os.readv(fd, [buffer[: min(len(buffer), left)]])):
-            left -= count
-            digest.update(buffer[:count])
-    except OSError:
-        return "unreadable"
+            return "it is no longer a regular file"
+        while left and (chunk := os.read(fd, min(_CHUNK, left))):
+            left -= len(chunk)
+            chunks.append(chunk)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
     finally:
         os.close(fd)
-    return digest.hexdigest()
+    if not left:
+        return "it changed while nerve read it"
+    return b"".join(chunks)
 
 
-def load_sense(root: Path, name: str) -> ComputeFn:
-    module = import_package(root, "senses", name)
+# -- importing, in a worker ---------------------------------------------------------------
+
+
+class _SnapshotImporter(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
+    """Finds and loads the modules of snapshotted packages from their held source.
+
+    One per process, first on ``sys.meta_path``. Every module name under a package's
+    private name is answered here, so nothing under it is ever looked up on disk by the
+    default finders: a module in the snapshot is compiled from the bytes the snapshot holds
+    (with its real path as ``__file__``, so tracebacks and data files next to it work); an
+    extension module that was listed is loaded from disk; anything else is not part of the
+    accepted code and cannot be imported.
+    """
+
+    def __init__(self) -> None:
+        self.packages: dict[str, Package] = {}
+
+    @classmethod
+    def installed(cls) -> _SnapshotImporter:
+        for finder in sys.meta_path:
+            if isinstance(finder, cls):
+                return finder
+        importer = cls()
+        sys.meta_path.insert(0, importer)
+        return importer
+
+    def _owner(self, fullname: str) -> tuple[Package, str] | None:
+        """The package a module name belongs to, and the module's path inside it."""
+        for prefix, package in self.packages.items():
+            if fullname == prefix:
+                return package, ""
+            if fullname.startswith(prefix + "."):
+                return package, fullname[len(prefix) + 1 :].replace(".", "/")
+        return None
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        owner = self._owner(fullname)
+        if owner is None:
+            return None
+        package, relative = owner
+        base = relative + "/" if relative else ""
+        for candidate, is_package in ((base + "__init__.py", True), (relative + ".py", False)):
+            if candidate in package.sources:
+                spec = importlib.machinery.ModuleSpec(
+                    fullname, self, origin=str(package.directory / candidate), is_package=is_package
+                )
+                spec.has_location = True
+                if is_package:
+                    spec.submodule_search_locations = [str(package.directory / relative)]
+                return spec
+            if candidate in package.unreadable:
+                raise ImportError(
+                    f"{package.label}/{candidate} could not be read:"
+                    f" {package.unreadable[candidate]}",
+                    name=fullname,
+                )
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            if relative and relative + suffix in package.files:
+                return importlib.util.spec_from_file_location(
+                    fullname, package.directory / (relative + suffix)
+                )
+        if relative and any(name.startswith(base) for name in package.files):
+            spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
+            spec.submodule_search_locations = [str(package.directory / relative)]
+            return spec  # a directory without __init__.py: a namespace package
+        # ImportError, not ModuleNotFoundError: ``from . import x`` turns the latter into
+        # "cannot import name 'x'", which would lose the reason.
+        raise ImportError(
+            f"No module named {fullname.rsplit('.', 1)[-1]!r} in {package.label}:"
+            f" {package.label}/{relative or '__init__'}.py is not in the code nerve accepted"
+            " (a file added since is imported once a reload accepts it)",
+            name=fullname,
+        )
+
+    def _source_of(self, fullname: str) -> tuple[Package, str, bytes]:
+        owner = self._owner(fullname)
+        if owner is not None:
+            package, relative = owner
+            base = relative + "/" if relative else ""
+            for candidate in (base + "__init__.py", relative + ".py"):
+                if candidate in package.sources:
+                    return package, candidate, package.sources[candidate]
+        raise ImportError(f"no source held for {fullname}", name=fullname)
+
+    def is_package(self, fullname: str) -> bool:
+        return self._source_of(fullname)[1].endswith("__init__.py")
+
+    def get_source(self, fullname: str) -> str:
+        return importlib.util.decode_source(self._source_of(fullname)[2])
+
+    def get_code(self, fullname: str) -> CodeType:
+        package, relative, source = self._source_of(fullname)
+        filename = str(package.directory / relative)
+        # Tracebacks show the lines that run, not the file as it is on disk now.
+        text = importlib.util.decode_source(source)
+        linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+        return compile(source, filename, "exec", dont_inherit=True)
+
+    def exec_module(self, module: ModuleType) -> None:
+        exec(self.get_code(module.__name__), module.__dict__)
+
+
+def import_package(package: Package) -> ModuleType:
+    """Import a package from its snapshot; any failure becomes one readable UserCodeError."""
+    if package.refused is not None:
+        raise UserCodeError(f"{package.label}: {package.refused}")
+    if "__init__.py" not in package.sources:
+        why = package.unreadable.get("__init__.py", "it does not exist")
+        raise UserCodeError(f"{package.label}/__init__.py cannot be imported: {why}")
+    qualified = module_name(package.kind, package.name)
+    _SnapshotImporter.installed().packages[qualified] = package
+    _ensure_parents(qualified)
+    try:
+        return importlib.import_module(qualified)
+    except BaseException as exc:
+        for name in [n for n in sys.modules if n == qualified or n.startswith(qualified + ".")]:
+            del sys.modules[name]
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise UserCodeError(f"{package.label} failed to import: {describe(exc)}") from exc
+
+
+def load_sense(package: Package) -> ComputeFn:
+    module = import_package(package)
     compute = getattr(module, "compute", None)
     if not callable(compute):
-        raise UserCodeError(f"senses/{name} defines no compute(ctx) function")
+        raise UserCodeError(f"{package.label} defines no compute(ctx) function")
     return cast(ComputeFn, compute)
 
 
-def load_workflow(root: Path, name: str) -> WorkflowDefinition:
-    module = import_package(root, "workflows", name)
+def load_workflow(package: Package) -> WorkflowDefinition:
+    module = import_package(package)
     definition = getattr(module, "workflow", None)
     if not isinstance(definition, WorkflowDefinition):
         raise UserCodeError(
-            f"workflows/{name} must define `workflow = WorkflowDefinition(roles=..., moderate=...)`"
+            f"{package.label} must define `workflow = WorkflowDefinition(roles=..., moderate=...)`"
         )
     return definition
 
 
-def probe(root: Path, senses: Iterable[str], workflows: Iterable[str]) -> list[str]:
-    """Import each package as its worker would; one message per package that fails."""
-    errors: list[str] = []
-    for name in senses:
-        try:
-            load_sense(root, name)
-        except UserCodeError as exc:
-            errors.append(str(exc))
-    for name in workflows:
-        try:
-            load_workflow(root, name)
-        except UserCodeError as exc:
-            errors.append(str(exc))
-    return errors
+def load(package: Package) -> object:
+    """Import a package and check it exports what its kind needs (as its worker would)."""
+    if package.kind == "senses":
+        return load_sense(package)
+    return load_workflow(package)
 
 
-def probe_child(
-    root: Path, senses: Iterable[str], workflows: Iterable[str], timeout: float
-) -> Callable[[socket.socket], int]:
-    """The main of a throwaway child that probes packages and answers ``{"t": "probed"}``.
+# -- the import check ----------------------------------------------------------------------
 
-    ``nerved check`` and the reloader both fork one, so that user code never runs in the
-    process that asked.
+IMPORT_TIMEOUT: Final = 20.0
+"""Seconds a package's import may take in a worker, and the import check of a reload in all,
+before it is killed and reported as hung (``nerved --import-timeout``, at most 60 s).
+``nervectl reload`` waits 130 s: more than two checks, so that a reload queued behind
+another one is still answered before the client gives up."""
+
+
+def probe_child(packages: Sequence[Package], timeout: float) -> Callable[[socket.socket], int]:
+    """The main of a throwaway child that imports ``packages`` as their workers would.
+
+    It says ``{"t": "importing", "package": "senses/x"}`` before each import, so that the
+    parent can name the package if the child hangs or dies there, and ends with
+    ``{"t": "probed", "errors": [...]}``, one message per package that failed. ``nerved
+    check`` and the reloader both fork one, so that user code never runs in the process
+    that asked.
     """
-    senses, workflows = list(senses), list(workflows)
+    packages = list(packages)
 
     def child_main(sock: socket.socket) -> int:
         channel = Channel(sock)
-        channel.send({"t": "probed", "errors": probe(root, senses, workflows)})
+        errors: list[str] = []
+        for package in packages:
+            channel.send({"t": "importing", "package": package.label})
+            channel.flush_blocking(timeout)
+            try:
+                load(package)
+            except UserCodeError as exc:
+                errors.append(str(exc))
+        channel.send({"t": "probed", "errors": errors})
         channel.flush_blocking(timeout)
         return 0
 
@@ -334,30 +575,40 @@ def probe_child(
 
 @dataclass(frozen=True, slots=True)
 class CodeSnapshot:
-    """The fingerprints of every configured package at one moment, taken once per reload."""
+    """Every configured package at one moment, read once per reload: fingerprints and source."""
 
-    senses: Mapping[str, str]
-    workflows: Mapping[str, str]
+    senses: Mapping[str, Package]
+    workflows: Mapping[str, Package]
 
     @classmethod
     def take(cls, root: Path, senses: Iterable[str], workflows: Iterable[str]) -> CodeSnapshot:
-        """Fingerprint every package at once: they share one budget of content to read."""
-        senses, workflows = list(senses), list(workflows)
-        directories = [root / "senses" / name for name in senses]
-        directories += [root / "workflows" / name for name in workflows]
-        digests = fingerprints(directories)
+        """Read every package at once: they share one budget of content to read."""
+        places = [("senses", name, root / "senses" / name) for name in senses]
+        places += [("workflows", name, root / "workflows" / name) for name in workflows]
+        packages = read_packages(places)
         return cls(
-            dict(zip(senses, digests[: len(senses)], strict=True)),
-            dict(zip(workflows, digests[len(senses) :], strict=True)),
+            {p.name: p for p in packages if p.kind == "senses"},
+            {p.name: p for p in packages if p.kind == "workflows"},
         )
+
+    def refusals(self) -> list[str]:
+        """Why packages cannot be used (too large), one line each."""
+        return [
+            f"{package.label}: {package.refused}"
+            for package in [*self.senses.values(), *self.workflows.values()]
+            if package.refused is not None
+        ]
 
     def of_senses(self, names: Iterable[str]) -> str:
         """One digest for a group: its members and their code."""
-        return "|".join(f"{name}:{self.senses[name]}" for name in names)
+        return "|".join(f"{name}:{self.senses[name].digest}" for name in names)
 
-    def changed_since(self, old: CodeSnapshot) -> tuple[list[str], list[str]]:
-        """Packages that are new or differ from ``old``: (senses, workflows)."""
-        return (
-            [n for n, d in self.senses.items() if old.senses.get(n) != d],
-            [n for n, d in self.workflows.items() if old.workflows.get(n) != d],
-        )
+    def changed_since(self, old: CodeSnapshot) -> list[Package]:
+        """Packages that are new or differ from ``old``: senses first, then workflows."""
+        changed = []
+        for mine, theirs in ((self.senses, old.senses), (self.workflows, old.workflows)):
+            for name, package in mine.items():
+                before = theirs.get(name)
+                if before is None or before.digest != package.digest:
+                    changed.append(package)
+        return changed

@@ -25,6 +25,10 @@ Worker -> master:
     {"t": "completed", "run": ID}
     {"t": "failed", "run": ID, "error": "..."}
 
+Each moderator call is bounded (nerved.timebox): it runs on this loop, so one that does not
+return would hold every thread of the worker. Past the soft bound its run fails alone; past
+the hard bound, where it could not be interrupted, the worker dies and the crash rules apply.
+
 What user code hands over is checked here, where it enters: a prompt and an event must be
 values :func:`nerved.wire.check_value` accepts (or the run fails, saying which part is wrong),
 and free text (``ctx.log`` lines, exception messages) is made safe with :func:`wire.text`,
@@ -41,14 +45,14 @@ import json
 import logging
 import socket
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Final
 
 from nerved import wire
 from nerved.api import CommandEvent, ThreadState, WorkflowContext, WorkflowDefinition
 from nerved.channel import Message
 from nerved.port import Port, explain, serve
-from nerved.usercode import UserCodeError, load_workflow
+from nerved.timebox import Overrun, Timebox, overrun_message
+from nerved.usercode import Package, UserCodeError, load_workflow
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +90,9 @@ def _check_event(role: str, event: Any) -> CommandEvent:
 
 
 class WorkflowWorker:
-    def __init__(self, sock: socket.socket, root: Path, workflow: str) -> None:
-        self.root = root
-        self.workflow = workflow
+    def __init__(self, sock: socket.socket, package: Package) -> None:
+        self.package = package
+        self.workflow = package.name
         self.definition: WorkflowDefinition | None = None
         self.load_error: str | None = None
         self.loop = asyncio.new_event_loop()
@@ -105,10 +109,11 @@ class WorkflowWorker:
         self.stopping = False
         self.halting = False
         self.done = asyncio.Event()
+        self.timebox = Timebox()  # every moderator call is bounded: see nerved.timebox
 
     def load(self) -> None:
         try:
-            self.definition = load_workflow(self.root, self.workflow)
+            self.definition = load_workflow(self.package)
         except UserCodeError as exc:
             self.load_error = wire.text(str(exc))
             self.port.post({"t": "load_error", "error": self.load_error})
@@ -218,7 +223,9 @@ class WorkflowWorker:
     ) -> tuple[str | None, Any]:
         state = ThreadState(run_id, self.workflow, tuple(events))
         try:
-            decision = definition.moderate(state, events[-1])
+            decision = self.timebox.call(definition.moderate, state, events[-1])
+        except Overrun as exc:
+            raise ThreadFailed(overrun_message(exc)) from None
         except Exception as exc:
             raise ThreadFailed(f"moderator raised {explain(exc)}") from exc
         if decision is None:
@@ -251,5 +258,5 @@ class WorkflowWorker:
         return _check_event(role_name, result)
 
 
-def run(sock: socket.socket, root: Path, workflow: str) -> int:
-    return serve(f"workflow:{workflow}", WorkflowWorker(sock, root, workflow))
+def run(sock: socket.socket, package: Package) -> int:
+    return serve(f"workflow:{package.name}", WorkflowWorker(sock, package))

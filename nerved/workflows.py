@@ -29,7 +29,6 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 from nerved import wire, workflow_worker
@@ -46,7 +45,8 @@ from nerved.control.rpc import (
 from nerved.loop import Loop, Timer
 from nerved.states import RunStatus, Transition
 from nerved.store import RunRecord, Store, StoreError, Unreadable
-from nerved.usercode import CodeSnapshot
+from nerved.timebox import KILLED, MODERATOR_KILL
+from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,12 @@ class Flow:
     """One workflow's runtime: its settings, queue, active runs and workers."""
 
     config: WorkflowConfig
-    code: str
+    package: Package  # its accepted code, which every worker imports
     queue: deque[QueuedRun] = field(default_factory=deque)
     active: dict[str, ActiveRun] = field(default_factory=dict)
     worker: Worker | None = None
+    loading: Timer | None = None  # bounds the current worker's import
+    hung: tuple[Worker, str] | None = None  # a worker killed because its import hung, and why
     idle: Timer | None = None
     respawn: Timer | None = None
     failures: int = 0
@@ -114,11 +116,13 @@ class Flow:
 
 
 class WorkflowManager:
-    def __init__(self, loop: Loop, workers: Workers, store: Store, root: Path) -> None:
+    def __init__(
+        self, loop: Loop, workers: Workers, store: Store, import_timeout: float = IMPORT_TIMEOUT
+    ) -> None:
         self.loop = loop
         self.workers = workers
         self.store = store
-        self.root = root
+        self.import_timeout = import_timeout  # seconds a worker's import may take
         self.flows: dict[str, Flow] = {}
         self.runs: dict[str, ActiveRun] = {}
         self._resumes: deque[_Resume] = deque()  # oldest first: see _resume_some
@@ -136,9 +140,9 @@ class WorkflowManager:
             self._remove(self.flows.pop(name))
             changed.append(f"workflow {name} removed")
         for name, wf_config in config.workflows.items():
-            digest = code.workflows[name]
+            package = code.workflows[name]
             if name not in self.flows:
-                self.flows[name] = Flow(wf_config, digest)
+                self.flows[name] = Flow(wf_config, package)
                 changed.append(f"workflow {name} added")
                 continue
             flow = self.flows[name]
@@ -148,8 +152,8 @@ class WorkflowManager:
                 if flow.worker is not None:
                     flow.worker.set_memory_max(wf_config.memory_max)
                 self._fill(flow)
-            if flow.code != digest:
-                flow.code = digest
+            if flow.package.digest != package.digest:
+                flow.package = package
                 self._drain_worker(flow)
                 changed.append(f"workflow {name} code")
         return changed
@@ -229,7 +233,8 @@ class WorkflowManager:
                 resumed += 1
         for flow in self.flows.values():
             for run in list(flow.active.values()):
-                self._assign(run)  # a run whose steps cannot be read fails then, alone
+                if run.worker is None:  # a run restarted afresh above was assigned already
+                    self._assign(run)  # a run whose steps cannot be read fails then, alone
             self._fill(flow)
         summary = (
             f"recovered {resumed} started and {queued} queued runs, "
@@ -338,7 +343,17 @@ class WorkflowManager:
         60 MiB each must not hold the loop for the time it takes to read them all. A run
         whose history cannot be read or sent fails; one that finds no worker (the fork
         failed) waits for the retry.
+
+        A run is given to one worker at a time, once: a run some worker holds (it was sent
+        its ``start``, or its resume is under way) is left alone here, whoever asks, until
+        that worker is gone (:meth:`_on_gone` lets go of it first). A worker told twice of
+        one run would refuse the second (``already running here``), and a second resume
+        would send it the history again.
         """
+        if run.worker is not None:
+            log.debug("run %s is held by %r already; not assigning it again", run.run_id,
+                      run.worker)  # fmt: skip
+            return
         flow = run.flow
         worker = flow.worker
         if (worker is None or not worker.connected) and flow.respawn is not None:
@@ -434,10 +449,10 @@ class WorkflowManager:
     def _spawn(self, flow: Flow) -> Worker | None:
         """Fork the flow's worker; None when the fork failed and a retry is scheduled."""
         flow.respawn = None
-        root, name = self.root, flow.name
+        name, package = flow.name, flow.package
 
         def child_main(sock: socket.socket) -> int:
-            return workflow_worker.run(sock, root, name)
+            return workflow_worker.run(sock, package)
 
         def on_message(worker: Worker, message: Message) -> None:
             self._on_message(flow, worker, message)
@@ -465,7 +480,31 @@ class WorkflowManager:
             log.info("workflow %s: forked a worker again (pid %d)", flow.name, worker.pid)
             flow.cannot_fork = False
         flow.worker = worker
+        self._bound_import(flow, worker)
         return worker
+
+    def _bound_import(self, flow: Flow, worker: Worker) -> None:
+        """Give the worker ``import_timeout`` to import the package, then kill it.
+
+        A package whose import never returns would otherwise hold its runs ``started``
+        forever, silently: now the runs the worker holds fail with the reason, as when the
+        import raises, and the next run tries a fresh worker.
+        """
+
+        def expire() -> None:
+            flow.loading = None
+            if worker.alive:
+                why = f"importing workflows/{flow.name} took longer than {self.import_timeout:g}s"
+                log.error("workflow %s: %s; killing its worker", flow.name, why)
+                flow.hung = (worker, why)
+                worker.kill()
+
+        flow.loading = self.loop.call_later(self.import_timeout, expire)
+
+    def _loaded(self, flow: Flow, worker: Worker) -> None:
+        if flow.loading is not None and flow.worker is worker:
+            flow.loading.cancel()
+            flow.loading = None
 
     def _respawn_later(self, flow: Flow, delay: float) -> None:
         """Assign every run of the flow that waits for a worker, ``delay`` seconds from now."""
@@ -482,9 +521,11 @@ class WorkflowManager:
         kind = message.get("t")
         if kind == "ready":
             log.debug("workflow %s worker pid %d ready", flow.name, worker.pid)
+            self._loaded(flow, worker)
             return
         if kind == "load_error":
             log.error("workflow %s: %s", flow.name, message.get("error"))
+            self._loaded(flow, worker)
             return
         run = self.runs.get(str(message.get("run")))
         if run is None or run.worker is not worker:
@@ -544,9 +585,20 @@ class WorkflowManager:
         orphans = [r for r in flow.active.values() if r.worker is worker]
         if flow.worker is worker:
             flow.worker = None
+            if flow.loading is not None:
+                flow.loading.cancel()
+                flow.loading = None
+        if flow.hung is not None and flow.hung[0] is worker:
+            why, flow.hung = flow.hung[1], None
+            if not self.stopping:
+                for run in orphans:  # as a failed import fails them: a new one would hang too
+                    self._end(run, Transition.FAIL, why)
+                return
         if not orphans:
             log.debug("workflow %s worker pid %d exited (%s)", flow.name, worker.pid, why)
             return
+        if why == KILLED:  # the hard bound on a moderator call (nerved.timebox)
+            why = f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted: {why}"
         if self.stopping:
             return  # halted threads stay started; the next start resumes them
         log.warning(

@@ -154,6 +154,71 @@ def test_edit_is_picked_up_by_inotify(nerved_factory):
     daemon.wait_notify("RELOADING=1")
 
 
+def watched_inodes(pid: int) -> set[int]:
+    """The inodes nerved's inotify instance watches, as the kernel lists them."""
+    inodes: set[int] = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                lines = info.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("inotify "):
+                fields = dict(f.split(":", 1) for f in line.split()[1:])
+                inodes.add(int(fields["ino"], 16))
+    return inodes
+
+
+def test_edits_behind_symlinked_packages_and_nerve_yaml_are_noticed(nerved_factory, tmp_path):
+    """stow, nix and configuration management link a root's files from elsewhere: an edit
+    there reloads by itself, and a link pointed elsewhere moves the watch with it."""
+    versioned = "def compute(ctx):\n    return {{'v': {}}}\n"
+    elsewhere, other = tmp_path / "elsewhere", tmp_path / "other"
+    for place, version in ((elsewhere, 1), (other, 3)):
+        (place / "x").mkdir(parents=True)
+        (place / "x" / "__init__.py").write_text(versioned.format(version))
+    (elsewhere / "nerve.yaml").write_text("senses:\n  x: {}\n")
+    daemon = nerved_factory("senses: {}\n")
+    (daemon.root / "nerve.yaml").unlink()
+    (daemon.root / "nerve.yaml").symlink_to(elsewhere / "nerve.yaml")
+    (daemon.root / "senses").mkdir()
+    (daemon.root / "senses" / "x").symlink_to(elsewhere / "x")
+    daemon.start()
+
+    def reloads() -> int:
+        return daemon.log().count("reloaded (inotify)")
+
+    def computes(version: int) -> bool:
+        daemon.rpc("sense.trigger", sense="x")
+        signals = daemon.rpc("logs.query", source="sense", type="signal", refId="x", limit=1000)
+        return bool(signals) and signals[-1]["payload"] == {"v": version}
+
+    wait_until(lambda: computes(1), what="version 1")
+    (elsewhere / "x" / "__init__.py").write_text(versioned.format(2))
+    wait_until(lambda: reloads() == 1, what="a reload of the package behind the link")
+    wait_until(lambda: computes(2), what="version 2")
+    (elsewhere / "nerve.yaml").write_text("senses:\n  x: {throttle: 1ms}\n")
+    wait_until(lambda: "reloaded (inotify): sense x" in daemon.log(), what="nerve.yaml's edit")
+
+    link = daemon.root / "senses" / "x.new"
+    link.symlink_to(other / "x")
+    link.replace(daemon.root / "senses" / "x")  # as `ln -sfn` would, in one step
+    wait_until(lambda: reloads() == 3, what="a reload for the link pointed elsewhere")
+    wait_until(lambda: computes(3), what="version 3")
+    inodes = wait_until(
+        lambda: (w := watched_inodes(daemon.pid)) and (other / "x").stat().st_ino in w and w,
+        what="the new target watched",
+    )
+    assert (elsewhere / "x").stat().st_ino not in inodes, "the old target is watched still"
+    assert elsewhere.stat().st_ino in inodes  # nerve.yaml's directory, for that name
+    (other / "x" / "__init__.py").write_text(versioned.format(4))
+    wait_until(lambda: reloads() == 4, what="a reload of the new target")
+    wait_until(lambda: computes(4), what="version 4")
+
+
 def test_sighup_and_rpc_reload(nerved_factory):
     daemon = nerved_factory("senses:\n  tick: {}\n", {"tick": TICK}, args=("--no-watch",)).start()
     (daemon.root / "nerve.yaml").write_text("senses:\n  tick: {throttle: 5s}\n")

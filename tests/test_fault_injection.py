@@ -362,6 +362,37 @@ def test_overflow_drop_run_whose_worker_dies_is_crashed_and_started_afresh(
     }
 
 
+def test_a_restart_sends_each_run_to_a_worker_once(nerved_factory, tmp_path):
+    """After a kill -9, an ``overflow: drop`` run is crashed and restarted afresh once, a
+    ``queue`` run resumed once: no worker is told of a run it already holds (it would say
+    "already running here", an ERROR), and both complete."""
+    gate = tmp_path / "gate"
+    daemon = nerved_factory(
+        "workflows:\n  d: {concurrency: 1, overflow: drop}\n  q: {concurrency: 1}\n",
+        workflows={"d": PARKED, "q": PARKED},
+    ).start()
+    runs = {w: daemon.rpc("workflow.trigger", workflow=w, payload={"gate": str(gate)})["runId"]
+            for w in ("d", "q")}  # fmt: skip
+    wait_until(
+        lambda: all(daemon.rpc("workflow.inspect", runId=r)["steps"] == 1 for r in runs.values()),
+        what="both runs parked after their first step",
+    )
+    daemon.kill()
+    daemon.start()
+    crashed = daemon.rpc("workflow.inspect", runId=runs["d"])
+    assert (crashed["status"], crashed["error"]) == ("crashed", "nerved stopped while it ran")
+    again = [r for r in daemon.rpc("workflow.list", all=True) if r["retryOf"] == runs["d"]]
+    assert len(again) == 1
+    gate.touch()
+    for run_id in (again[0]["runId"], runs["q"]):
+        assert daemon.rpc("workflow.wait", runId=run_id, timeout=20)["status"] == "completed"
+    assert daemon.rpc("workflow.inspect", runId=runs["q"])["steps"] == 2
+    log = daemon.log()
+    assert "already running" not in log
+    assert " ERROR " not in log, log
+    assert_runs_match_logs(daemon.state / "logs.db")
+
+
 SABOTEUR = """
     import json, os, socket, stat, struct
     from nerved import WorkflowDefinition

@@ -55,23 +55,35 @@ def test_fingerprint_follows_the_code_and_nothing_else(package: Path) -> None:
     assert fingerprint(package) != before
 
 
-def test_symlinks_are_recorded_never_followed(package: Path, tmp_path: Path) -> None:
+def test_symlinks_are_recorded_never_followed_but_a_source_one_is_read(
+    package: Path, tmp_path: Path
+) -> None:
     outside = tmp_path / "outside.py"
     outside.write_text("Y = 1\n")
-    (package / "shared.py").symlink_to(outside)
+    (package / "shared.py").symlink_to(outside)  # stow and config management lay files so
+    (package / "data.json").symlink_to(tmp_path / "data.json")
     (package / "loop").symlink_to("loop")
+    (package / "loop.py").symlink_to("loop.py")
     (package / "up").symlink_to("..")  # a directory loop: walked into, it would never end
     (package / "zero").symlink_to("/dev/zero")
+    (package / "zero.py").symlink_to("/dev/zero")  # not a regular file: never opened
     assert package_files(package) == [
         ("__init__.py", "file"),
+        ("data.json", f"-> {tmp_path / 'data.json'}"),
         ("lib/helpers.py", "file"),
         ("loop", "-> loop"),
-        ("shared.py", f"-> {outside}"),
+        ("loop.py", "-> loop.py"),
+        ("shared.py", f"file -> {outside}"),
         ("up", "-> .."),
         ("zero", "-> /dev/zero"),
+        ("zero.py", "-> /dev/zero"),
     ]
     before = fingerprint(package)
-    outside.write_text("Y = 2\n")  # outside the package: not nerve's to watch
+    (tmp_path / "data.json").write_text("{}")  # behind a link that is not source: not followed
+    assert fingerprint(package) == before
+    outside.write_text("Y = 2\n")  # a module read through its link: a change of the code
+    assert fingerprint(package) != before
+    outside.write_text("Y = 1\n")
     assert fingerprint(package) == before
     (package / "shared.py").unlink()
     (package / "shared.py").symlink_to(tmp_path / "elsewhere.py")
@@ -168,15 +180,15 @@ def test_a_snapshot_reads_a_bounded_amount_whatever_the_packages_hold(
             (directory / f"data{j}.json").write_bytes(b"0" * SMALL_FILE)
         packages.append(directory)
     read = 0
-    readv = os.readv
+    os_read = os.read
 
-    def counting(fd: int, buffers: list[memoryview]) -> int:
+    def counting(fd: int, size: int) -> bytes:
         nonlocal read
-        count = readv(fd, buffers)
-        read += count
-        return count
+        data = os_read(fd, size)
+        read += len(data)
+        return data
 
-    monkeypatch.setattr(os, "readv", counting)
+    monkeypatch.setattr(os, "read", counting)
     budget = 5 * SMALL_FILE
     first = fingerprints(packages, budget)
     assert not any(digest.startswith("refused") for digest in first)

@@ -34,6 +34,7 @@ import pytest
 from support import Nerved, assert_runs_match_logs, pid_alive, wait_until
 
 from nerved import wire
+from nerved.timebox import MODERATOR_KILL, MODERATOR_TIMEOUT
 
 # A workflow of three steps whose events carry what each role saw.
 THREE_STEPS = """
@@ -227,6 +228,92 @@ def test_every_failure_path_fails_the_thread_with_its_reason(nerved_factory, kin
     assert run["status"] == "failed"
     assert message in run["error"]
     assert daemon.rpc("status")["workers"], "the worker survives a failed thread"
+    assert_runs_match_logs(db(daemon))
+
+
+# A moderator that does not return, in the ways one can fail to.
+RUNAWAY = """
+    import asyncio, itertools, os
+    from nerved import WorkflowDefinition
+
+    async def wait(prompt, ctx):
+        while not os.path.exists(prompt["gate"]):
+            await asyncio.sleep(0.01)
+        return {"type": "done"}
+
+    def spin():
+        while True:
+            pass
+
+    def moderate(thread, event):
+        payload = thread.events[0]["payload"]
+        if event["type"] != "thread_start":
+            return None
+        if payload["kind"] == "loop":
+            spin()
+        if payload["kind"] == "swallow":  # catches the first interruption, and loops on
+            try:
+                spin()
+            except BaseException:
+                pass
+            spin()
+        if payload["kind"] == "late":  # catches it and decides all the same, too late
+            try:
+                spin()
+            except BaseException:
+                return {"role": "wait", "prompt": payload}
+        if payload["kind"] == "convert":  # makes it an exception of its own
+            try:
+                spin()
+            except BaseException:
+                raise ValueError("interrupted")
+        if payload["kind"] == "stuck":  # in C code that holds the GIL and checks no signal
+            any(itertools.repeat(False))
+        return {"role": "wait", "prompt": payload}
+
+    workflow = WorkflowDefinition(roles={"wait": wait}, moderate=moderate)
+"""
+
+
+@pytest.mark.parametrize("kind", ["loop", "swallow", "late", "convert"])
+def test_a_moderator_that_does_not_return_fails_its_run_alone(nerved_factory, tmp_path, kind):
+    """The moderator runs on the worker's loop: one that loops would freeze every thread of
+    its workflow. Past MODERATOR_TIMEOUT it is interrupted, whatever it catches, and its run
+    fails with the reason; the worker serves on and its other thread completes."""
+    gate = tmp_path / "gate"
+    daemon = start(nerved_factory, "  r: {concurrency: 4}\n", {"r": RUNAWAY})
+    other = trigger(daemon, "r", {"kind": "ok", "gate": str(gate)})["runId"]
+    pid = wait_until(lambda: daemon.worker_pids("workflow").get("r"))
+    run = wait_run(daemon, trigger(daemon, "r", {"kind": kind, "gate": str(gate)})["runId"])
+    assert run["status"] == "failed"
+    assert run["error"].startswith(f"moderator did not return within {MODERATOR_TIMEOUT:g}s")
+    assert "a moderator must be pure and quick" in run["error"]
+    if kind in ("loop", "convert"):
+        assert "(it was at " in run["error"] and "/workflows/r/__init__.py:" in run["error"]
+    assert run["updatedAt"] - run["createdAt"] < MODERATOR_KILL * 1000
+    assert daemon.worker_pids("workflow")["r"] == pid, "the worker was not killed"
+    gate.touch()
+    assert wait_run(daemon, other)["status"] == "completed"
+    assert daemon.rpc("workflow.inspect", runId=other)["attempts"] == 0
+
+
+def test_a_moderator_stuck_in_c_code_ends_its_worker_and_its_run_crashes(nerved_factory, tmp_path):
+    """A signal handler cannot interrupt a C loop that holds the GIL: past MODERATOR_KILL
+    the worker ends (every thread's traceback in the log), the crash rules apply, the run
+    ends crashed after maxAttempts and the workflow and the daemon serve on."""
+    gate = tmp_path / "gate"
+    daemon = start(nerved_factory, "  r: {maxAttempts: 2}\n", {"r": RUNAWAY})
+    run = wait_run(daemon, trigger(daemon, "r", {"kind": "stuck"})["runId"], timeout=30)
+    assert run["status"] == "crashed" and run["attempts"] == 2
+    assert run["error"] == (
+        f"its worker died 2 times under it (last: a moderator ran past {MODERATOR_KILL:g}s"
+        " and could not be interrupted: killed by SIGVTALRM)"
+    )
+    log = daemon.log()
+    assert log.count("in moderate\n") >= 2 and "/workflows/r/__init__.py" in log  # faulthandler
+    gate.touch()
+    ok = wait_run(daemon, trigger(daemon, "r", {"kind": "ok", "gate": str(gate)})["runId"])
+    assert ok["status"] == "completed"
     assert_runs_match_logs(db(daemon))
 
 

@@ -1,0 +1,280 @@
+"""Only code that passed the import check runs, whenever its worker is forked (issue 9).
+
+A worker imports its package from the snapshot the master read and the import check (the
+reload's probe) accepted, never from the files as they are when it forks: a rejected edit
+never reaches a worker, not one forked after an idle exit, a crash or a respawn. Imports
+and the import check are bounded, and what they report names the package and the line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from support import REPO, Nerved, make_root, wait_until
+
+from nervectl.client import RemoteError
+
+# A workflow of one step whose result says which version of the code ran.
+VERSIONED = """
+    from nerved import WorkflowDefinition
+    from . import version
+
+    def work(prompt, ctx):
+        return {"type": "done", "version": version.VERSION}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "work", "prompt": None}
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
+"""
+SENSE = """
+    from . import version
+
+    def compute(ctx):
+        return {"version": version.VERSION}
+"""
+CONFIG = """
+senses:
+  probe: {}
+workflows:
+  w: {idleTimeout: 1s}
+"""
+
+
+def _root_with_versions(nerved_factory, *args: str) -> Nerved:
+    daemon = nerved_factory(CONFIG, {"probe": SENSE}, {"w": VERSIONED}, args=args)
+    for kind, name in (("senses", "probe"), ("workflows", "w")):
+        (daemon.root / kind / name / "version.py").write_text("VERSION = 1\n")
+    return daemon
+
+
+def _run_version(daemon: Nerved) -> object:
+    run_id = daemon.rpc("workflow.trigger", workflow="w")["runId"]
+    with daemon.client(30) as client:
+        run = client.call("workflow.wait", {"runId": run_id, "timeout": 20})
+    assert run["status"] == "completed", run
+    events = daemon.rpc("workflow.inspect", runId=run_id)["events"]
+    step = next(e for e in events if e["type"] == "step_complete")
+    return step["payload"]["event"]["version"]
+
+
+def _sense_version(daemon: Nerved) -> object:
+    before = daemon.sense("probe")["computes"]
+    daemon.rpc("sense.trigger", sense="probe")
+    wait_until(lambda: daemon.sense("probe")["computes"] > before, what="a compute")
+    signals = daemon.rpc("logs.query", source="sense", type="signal", refId="probe", limit=1)
+    return signals[0]["payload"]["version"]
+
+
+def _no_workflow_worker(daemon: Nerved) -> None:
+    wait_until(lambda: "w" not in daemon.worker_pids("workflow"), what="the idle worker to exit")
+
+
+def _refused(daemon: Nerved) -> list[str]:
+    with daemon.client(60) as client, pytest.raises(RemoteError) as caught:
+        client.call("reload")
+    errors: list[str] = caught.value.data["errors"]
+    return errors
+
+
+@pytest.mark.parametrize("how", ["rejected", "never checked"])
+def test_an_edit_not_accepted_never_reaches_a_worker_forked_later(nerved_factory, how):
+    """A broken edit rejected by reload, or any edit not yet reloaded: the workflow's next
+    worker (after an idle exit), a worker forked after a crash and a respawned sense worker
+    all run the accepted code; a reload that accepts the edit brings it."""
+    daemon = _root_with_versions(nerved_factory, "--no-watch").start()
+    assert _run_version(daemon) == 1
+    assert _sense_version(daemon) == 1
+    _no_workflow_worker(daemon)
+
+    for kind, name in (("senses", "probe"), ("workflows", "w")):
+        package = daemon.root / kind / name
+        if how == "rejected":
+            (package / "version.py").write_text("VERSION = 2\n")
+            (package / "__init__.py").write_text("def broken(:\n")
+        else:
+            (package / "version.py").write_text("VERSION = 2\n")
+    if how == "rejected":
+        errors = _refused(daemon)
+        assert any("workflows/w failed to import: SyntaxError" in e for e in errors), errors
+
+    assert _run_version(daemon) == 1  # a new worker: the idle one exited
+    assert _sense_version(daemon) == 1
+    os.kill(daemon.worker_pids("workflow")["w"], signal.SIGKILL)  # respawned after a crash
+    os.kill(daemon.worker_pids("sense")["default"], signal.SIGKILL)
+    assert _run_version(daemon) == 1
+    wait_until(lambda: "default" in daemon.worker_pids("sense"), what="the sense respawn")
+    assert _sense_version(daemon) == 1
+    assert "def broken(:" not in daemon.log()
+
+    if how == "rejected":
+        for kind, name, code in (("senses", "probe", SENSE), ("workflows", "w", VERSIONED)):
+            (daemon.root / kind / name / "__init__.py").write_text(
+                __import__("textwrap").dedent(code)
+            )
+    assert daemon.rpc("reload")["changed"] == ["group default", "workflow w code"]
+    assert _run_version(daemon) == 2
+    assert _sense_version(daemon) == 2
+
+
+def test_a_module_added_since_the_check_is_not_imported(nerved_factory):
+    """A module the running code imports lazily, added after the code was accepted, is not
+    part of that code: the import fails and says why, until a reload accepts it."""
+    lazy = VERSIONED.replace(
+        'return {"type": "done", "version": version.VERSION}',
+        'from . import extra\n        return {"type": "done", "version": extra.VERSION}',
+    )
+    daemon = nerved_factory(CONFIG, {"probe": SENSE}, {"w": lazy}, args=("--no-watch",))
+    (daemon.root / "senses" / "probe" / "version.py").write_text("VERSION = 1\n")
+    (daemon.root / "workflows" / "w" / "version.py").write_text("VERSION = 1\n")
+    daemon.start()
+    (daemon.root / "workflows" / "w" / "extra.py").write_text("VERSION = 3\n")
+    run_id = daemon.rpc("workflow.trigger", workflow="w")["runId"]
+    with daemon.client(30) as client:
+        run = client.call("workflow.wait", {"runId": run_id, "timeout": 20})
+    assert run["status"] == "failed"
+    assert "workflows/w/extra.py is not in the code nerve accepted" in run["error"]
+    assert daemon.rpc("reload")["changed"] == ["workflow w code"]
+    assert _run_version(daemon) == 3
+
+
+HANGS = "while True:\n    pass\n"
+
+
+def test_an_import_that_never_returns_is_bounded_everywhere(nerved_factory):
+    """In a workflow's worker (its runs fail with the reason), in a sense group's worker
+    (the sense's error; the group's other sense still computes once the hung one is fixed)
+    and in a reload's import check (refused, naming the package, answered in time)."""
+    config = "senses:\n  ok: {}\n  stuck: {}\nworkflows:\n  w: {}\n"
+    daemon = nerved_factory(
+        config,
+        {"ok": "def compute(ctx):\n    return 1\n", "stuck": HANGS},
+        {"w": HANGS},
+        args=("--no-watch", "--import-timeout", "1"),
+    ).start()
+    run_id = daemon.rpc("workflow.trigger", workflow="w")["runId"]
+    with daemon.client(30) as client:
+        run = client.call("workflow.wait", {"runId": run_id, "timeout": 20})
+    assert run["status"] == "failed"
+    assert run["error"] == "importing workflows/w took longer than 1s"
+    wait_until(
+        lambda: daemon.sense("stuck")["lastError"] == "importing senses/stuck took longer than 1s",
+        what="the sense's import to be reported",
+    )
+    assert daemon.rpc("status")["state"] == "running"
+
+    (daemon.root / "workflows" / "w" / "__init__.py").write_text("import os\n" + HANGS)
+    started = time.monotonic()
+    assert _refused(daemon) == ["importing workflows/w took longer than 1s"]
+    assert time.monotonic() - started < 5
+
+    (daemon.root / "workflows" / "w" / "__init__.py").write_text("import os\nos._exit(3)\n")
+    assert _refused(daemon) == ["importing workflows/w ended the import check (exit code 3)"]
+
+
+def test_nervectl_reload_waits_longer_than_two_import_checks(nerved_factory):
+    """A reload queued behind one whose import check hangs is still answered, by nervectl,
+    with the reason (the client's wait is more than two checks)."""
+    daemon = nerved_factory(
+        "workflows:\n  w: {}\n",
+        workflows={"w": VERSIONED},
+        args=("--no-watch", "--import-timeout", "3"),
+    )
+    (daemon.root / "workflows" / "w" / "version.py").write_text("VERSION = 1\n")
+    daemon.start()
+    (daemon.root / "workflows" / "w" / "version.py").write_text(HANGS)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "nervectl", "--socket", str(daemon.socket), "reload"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_until(lambda: "nerve:p:reload" in _titles(), what="the first import check")
+    second = daemon.ctl("reload")
+    assert second.returncode == 1, second.stderr
+    assert "importing workflows/w took longer than 3s" in second.stderr
+    _, err = first.communicate(timeout=30)
+    assert first.returncode == 1 and "took longer than 3s" in err
+
+
+def _titles() -> list[str]:
+    titles = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as file:
+                    titles.append(file.read().strip())
+            except OSError:
+                pass
+    return titles
+
+
+def test_packages_whose_names_differ_only_in_punctuation_stay_apart(nerved_factory):
+    """``disk-usage`` and ``disk_usage`` in one group had one module name, so one's
+    ``from . import settings`` returned the other's module."""
+    sense = "from . import settings\n\ndef compute(ctx):\n    return settings.NAME\n"
+    config = "senses:\n  disk-usage: {}\n  disk_usage: {}\n  disk.usage: {}\n"
+    daemon = nerved_factory(config, {n: sense for n in ("disk-usage", "disk_usage", "disk.usage")})
+    for name in ("disk-usage", "disk_usage", "disk.usage"):
+        (daemon.root / "senses" / name / "settings.py").write_text(f"NAME = {name!r}\n")
+    daemon.start()
+    for name in ("disk-usage", "disk_usage", "disk.usage"):
+        daemon.rpc("sense.trigger", sense=name)
+        wait_until(lambda n=name: daemon.sense(n)["computes"] == 1, what=f"{name} to compute")
+        signal_ = daemon.rpc("logs.query", source="sense", type="signal", refId=name)[0]
+        assert signal_["payload"] == name
+
+
+def test_errors_point_at_the_users_line(nerved_factory, tmp_path):
+    """A SyntaxError at the line the compiler found it; a bad WorkflowDefinition at the line
+    of the package that made it, not in generated or frozen code."""
+    bad_definition = (
+        "from nerved import WorkflowDefinition\n"
+        "\n"
+        "workflow = WorkflowDefinition(roles={}, moderate=None)\n"
+    )
+    config = "workflows:\n  syntax: {}\n  definition: {}\n"
+    root = make_root(
+        tmp_path, config, workflows={"syntax": "x = (\n", "definition": bad_definition}
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "nerved", "--root", str(root), "check"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 78
+    lines = done.stderr.splitlines()
+    syntax = root / "workflows" / "syntax" / "__init__.py"
+    definition = root / "workflows" / "definition" / "__init__.py"
+    assert (
+        f"workflows/syntax failed to import: SyntaxError: '(' was never closed (at {syntax}:1)"
+        in lines
+    )
+    assert any(
+        line.startswith("workflows/definition failed to import: TypeError:")
+        and line.endswith(f"(at {definition}:3)")
+        for line in lines
+    ), lines
+    assert "<frozen" not in done.stderr and "<string>" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("code", "why"),
+    [
+        (HANGS, "took longer than 1s"),
+        ("import os\nos._exit(0)\n", "ended the import check (exit code 0)"),
+    ],
+)
+def test_check_names_the_package_that_hung_or_ended_it(tmp_path, code, why):
+    config = "senses:\n  fine: {}\n  bad: {}\n"
+    root = make_root(tmp_path, config, {"fine": "def compute(ctx):\n    return 1\n", "bad": code})
+    done = subprocess.run(
+        [sys.executable, "-m", "nerved", "--root", str(root), "--import-timeout", "1", "check"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 78
+    assert done.stderr.strip() == f"importing senses/bad {why}"
