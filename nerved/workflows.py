@@ -170,7 +170,12 @@ class WorkflowManager:
         self._drain_worker(flow)
 
     def _drain_worker(self, flow: Flow) -> None:
-        """Send no new threads to the current worker; let it finish its own, up to drainTimeout."""
+        """Send no new threads to the current worker; let it finish its own, up to drainTimeout.
+
+        Also how an idle worker is stopped: whatever user code does on the way out (a
+        logging handler that blocks at shutdown, a thread that never ends), it is gone
+        within drainTimeout.
+        """
         worker = flow.worker
         if worker is None:
             return
@@ -182,7 +187,8 @@ class WorkflowManager:
         def expire() -> None:
             if worker.alive:
                 log.warning(
-                    "workflow %s: worker pid %d still busy after drainTimeout %gs; killing it",
+                    "workflow %s: worker pid %d has not exited %gs (drainTimeout) after it"
+                    " was told to stop; killing it",
                     flow.name, worker.pid, drain,
                 )  # fmt: skip
                 worker.kill()
@@ -701,10 +707,7 @@ class WorkflowManager:
             if not flow.active and flow.worker is not None:
                 log.debug("workflow %s idle for %gs: stopping its worker", flow.name,
                           flow.config.idle_timeout_ms / 1000)  # fmt: skip
-                worker = flow.worker
-                flow.worker = None
-                if not worker.send({"t": "stop"}):
-                    worker.kill()
+                self._drain_worker(flow)  # bounded like a drain: its exit may not return
 
         flow.idle = self.loop.call_later(flow.config.idle_timeout_ms / 1000, idle)
 

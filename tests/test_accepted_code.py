@@ -12,10 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
-from support import REPO, Nerved, make_root, wait_until
+from support import REPO, Nerved, make_root, pid_alive, wait_until
 
 from nervectl.client import RemoteError
 
@@ -116,9 +117,7 @@ def test_an_edit_not_accepted_never_reaches_a_worker_forked_later(nerved_factory
 
     if how == "rejected":
         for kind, name, code in (("senses", "probe", SENSE), ("workflows", "w", VERSIONED)):
-            (daemon.root / kind / name / "__init__.py").write_text(
-                __import__("textwrap").dedent(code)
-            )
+            (daemon.root / kind / name / "__init__.py").write_text(textwrap.dedent(code))
     assert daemon.rpc("reload")["changed"] == ["group default", "workflow w code"]
     assert _run_version(daemon) == 2
     assert _sense_version(daemon) == 2
@@ -278,3 +277,26 @@ def test_check_names_the_package_that_hung_or_ended_it(tmp_path, code, why):
     )  # fmt: skip
     assert done.returncode == 78
     assert done.stderr.strip() == f"importing senses/bad {why}"
+
+
+def test_a_worker_whose_exit_never_returns_is_killed_after_its_idle_stop(nerved_factory):
+    """User code that blocks on the way out (here a logging handler whose flush never
+    returns, which logging.shutdown calls) cannot keep an idle worker alive."""
+    code = textwrap.dedent(VERSIONED) + (
+        "\nimport logging, time\n\n"
+        "class Stuck(logging.Handler):\n"
+        "    def emit(self, record):\n"
+        "        pass\n\n"
+        "    def flush(self):\n"
+        "        time.sleep(3600)\n\n"
+        "logging.getLogger().addHandler(Stuck())\n"
+    )
+    daemon = nerved_factory(
+        "workflows:\n  w: {idleTimeout: 1s, drainTimeout: 1s}\n", workflows={"w": code}
+    )
+    (daemon.root / "workflows" / "w" / "version.py").write_text("VERSION = 1\n")
+    daemon.start()
+    assert _run_version(daemon) == 1
+    pid = daemon.worker_pids("workflow")["w"]
+    wait_until(lambda: not pid_alive(pid), timeout=10, what="the stuck worker to be killed")
+    assert "has not exited 1s (drainTimeout) after it was told to stop" in daemon.log()

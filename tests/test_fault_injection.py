@@ -264,7 +264,12 @@ def test_drain_timeout_kills_the_old_worker_and_its_threads_resume(nerved_factor
     run_id = daemon.rpc("workflow.trigger", workflow="v", payload={"gate": str(gate)})["runId"]
     old_pid = wait_until(lambda: daemon.worker_pids("workflow").get("v"))
     write_package(daemon.root, "workflows", "v", VERSIONED.format(version=2))
-    wait_until(lambda: "still busy after drainTimeout 0.3s; killing it" in daemon.log())
+    wait_until(
+        lambda: (
+            "has not exited 0.3s (drainTimeout) after it was told to stop; killing it"
+            in daemon.log()
+        )
+    )
     wait_until(lambda: not pid_alive(old_pid))
     gate.touch()
     run = daemon.rpc("workflow.wait", runId=run_id, timeout=10)
