@@ -6,7 +6,9 @@ import it, but in a throwaway fork: user code never runs in the process that che
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -43,16 +45,28 @@ def probe_in_fork(packages: list[Package], timeout: float = IMPORT_TIMEOUT) -> l
                 elif message.get("t") == "probed":
                     return [str(e) for e in message["errors"]]
     except TimeoutError:
-        os.kill(pid, 9)
         return [f"importing {importing} took longer than {timeout:g}s"]
     except (ChannelClosed, ProtocolError):
-        _, status = os.waitpid(pid, 0)
-        pid = 0
+        _, status = _end(pid, wait_first=True)
         return [f"importing {importing} ended the import check ({describe_exit(status)})"]
     finally:
         channel.close()
-        if pid:
-            os.waitpid(pid, 0)
+        _end(pid)
+
+
+def _end(pid: int, *, wait_first: bool = False) -> tuple[int, int]:
+    """End the check's child and all it started (its process group, nerved.process), and
+    reap it: ``waitpid``'s answer, or ``(0, 0)`` if it was reaped already. The group is
+    signalled only while its leader is unreaped, so the id cannot belong to anyone else."""
+    if wait_first:
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    try:
+        return os.waitpid(pid, 0)
+    except ChildProcessError:
+        return 0, 0
 
 
 def run(root: Path, import_timeout: float | None = None) -> int:
