@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
     parser.add_argument("--daemon", action="store_true", help="detach (for hosts without systemd)")
     parser.add_argument("--pidfile", help="with --daemon: the pid file to write and lock")
+    parser.add_argument(
+        "--no-strict-modes",
+        dest="strict_modes",
+        action="store_false",
+        help="warn about, instead of refusing, a root, package or state directory that users"
+        " other than root and nerved's own could write (as sshd's StrictModes no)",
+    )
     parser.add_argument("command", nargs="?", choices=["run", "check"], default="run",
                         help="run the daemon (default) or check the root and exit")  # fmt: skip
     return parser
@@ -57,9 +64,10 @@ def _run(args: argparse.Namespace) -> int:
 
     root = resolve_root(args.root)
     if args.command == "check":
-        from nerved import check
+        from nerved import check, modes
 
         logs.setup("warning")
+        modes.configure(strict=args.strict_modes)
         return check.run(root)
     if args.pidfile and not args.daemon:
         _parser().error("--pidfile needs --daemon")
@@ -72,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         socket=resolve_socket(args.socket),
         watch=not args.no_watch,
         pidfile=Path(args.pidfile) if args.pidfile else None,
+        strict_modes=args.strict_modes,
     )
     if args.daemon:
         from nerved import detach  # python-daemon is only imported when used
