@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
         help="how long importing a package may take, in a worker or in the import check of a"
         " reload or of `check`, before it is reported as hung (default 20, at most 60)",
     )
+    parser.add_argument(
+        "--no-strict-modes",
+        dest="strict_modes",
+        action="store_false",
+        help="warn about, instead of refusing, a root, package or state directory that users"
+        " other than root and nerved's own could write (as sshd's StrictModes no)",
+    )
     parser.add_argument("command", nargs="?", choices=["run", "check"], default="run",
                         help="run the daemon (default) or check the root and exit")  # fmt: skip
     return parser
@@ -78,9 +85,10 @@ def _run(args: argparse.Namespace) -> int:
 
     root = resolve_root(args.root)
     if args.command == "check":
-        from nerved import check
+        from nerved import check, modes
 
         logs.setup("warning")
+        modes.configure(strict=args.strict_modes)
         return check.run(root, args.import_timeout)
     if args.pidfile and not args.daemon:
         _parser().error("--pidfile needs --daemon")
@@ -93,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         socket=resolve_socket(args.socket),
         watch=not args.no_watch,
         pidfile=Path(args.pidfile) if args.pidfile else None,
+        strict_modes=args.strict_modes,
         **({"import_timeout": args.import_timeout} if args.import_timeout else {}),
     )
     if args.daemon:

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar, cast
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from nerved import modes
 from nerved.usercode import PackageTooLarge, package_files
 from nerved.wire import KiB, MiB, size_text
 
@@ -1145,6 +1146,11 @@ def check_packages(root: Path, config: NerveConfig) -> list[str]:
     Kept apart from parsing because importing user code runs it, which only workers may do;
     this lets the daemon and ``nervectl`` refuse a configuration whose code is missing, or
     too large for the master to fingerprint at every reload (see ``usercode.package_files``).
+
+    Then strict modes (nerved.modes): the root, nerve.yaml and every named package must be
+    writable by nobody but root and the daemon's user. Every caller (the start, each reload,
+    ``nerved check``) comes through here before it imports anything, so this is where it is
+    checked; under ``--no-strict-modes`` the violations are logged as warnings instead.
     """
     filename = config.path.name
     errors: list[str] = []
@@ -1154,7 +1160,8 @@ def check_packages(root: Path, config: NerveConfig) -> list[str]:
         problem = _package_problem(root, section, name)
         if problem is not None:
             errors.append(f"{filename}:{line}: {section}.{name}: {problem}")
-    return errors
+    packages = [root / section / name for section, name, _line in wanted]
+    return errors + modes.enforce(modes.root_violations(root, root / CONFIG_FILE, packages))
 
 
 def _package_problem(root: Path, section: str, name: str) -> str | None:

@@ -6,8 +6,9 @@ SIGCHLD; a graceful stop has a deadline that ends in SIGKILL. Unlike gunicorn th
 thread anywhere in the master: the control socket is served by the same loop.
 
 Start-up order matters for the guarantees. First :func:`prepare` makes every check that can
-refuse a start: the configuration (a bad one exits 78, EX_CONFIG, which the unit file tells
-systemd not to restart on), the pid file, the state directory's lock, the control socket.
+refuse a start: the configuration and the strict modes of the root (a bad one exits 78,
+EX_CONFIG, which the unit file tells systemd not to restart on; nerved.modes), the pid file,
+the strict modes of the state directory and its lock, the control socket.
 ``nerved --daemon`` runs it before detaching, so that a refusal reaches the terminal with
 the same exit code as in the foreground. Then, in the process that will serve, logs.db is
 opened (never before a fork), unfinished work recovered, and only then are connections
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from nerved import _version, early
+from nerved import _version, early, modes
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config, unlined
 from nerved.control.commands import COMMANDS
 from nerved.control.rpc import (
@@ -85,6 +86,7 @@ class Options:
     watch: bool = True
     pidfile: Path | None = None
     import_timeout: float = IMPORT_TIMEOUT  # seconds: see nerved.usercode.IMPORT_TIMEOUT
+    strict_modes: bool = True  # False: --no-strict-modes (nerved.modes)
 
 
 Started = Callable[[int, str], None]  # (0, summary) once ready, or (exit code, why not)
@@ -132,12 +134,19 @@ class Prepared:
 def prepare(options: Options) -> Prepared:
     """Make every check that can refuse a start, and hold what they claim.
 
-    In this order: the configuration (EX_CONFIG), the pid file (EX_TEMPFAIL if a running
-    nerved holds it, EX_CANTCREAT if it cannot be created), the state directory's lock (the
-    same), the control socket (EX_TEMPFAIL if another nerved listens there, EX_CANTCREAT if
-    it cannot be created). Nothing here forks, opens logs.db or runs user code, so that
-    ``nerved --daemon`` can do it before detaching. Raises :class:`Fatal`.
+    In this order: the configuration with the strict modes of the root (EX_CONFIG), the pid
+    file (EX_TEMPFAIL if a running nerved holds it, EX_CANTCREAT if it cannot be created,
+    EX_CONFIG if its directory fails strict modes), the state directory's strict modes
+    (EX_CONFIG) and its lock (as the pid file's), the control socket (EX_TEMPFAIL if another
+    nerved listens there, EX_CANTCREAT if it cannot be created). Nothing here forks, opens
+    logs.db or runs user code, so that ``nerved --daemon`` can do it before detaching.
+    Raises :class:`Fatal`.
+
+    It sets the strict-modes policy of the process first (``options.strict_modes``): the
+    reloads of the daemon it prepares follow it too.
     """
+    modes.configure(strict=options.strict_modes)
+    _check_links_to_root(options.root)
     config = _load_config(options.root.resolve())
     with contextlib.ExitStack() as undo:
         pidfile = None
@@ -149,6 +158,16 @@ def prepare(options: Options) -> Prepared:
         listener, socket_inode = _listen(options.socket)
         undo.pop_all()
     return Prepared(config, lock_fd, pidfile, listener, options.socket, socket_inode)
+
+
+def _check_links_to_root(root: Path) -> None:
+    """Strict modes of the symbolic links on the way to the root as given (``/etc/nerve ->
+    /srv/conf``): the daemon resolves it once, here, and checks the rest on the resolved
+    path with the configuration, at start and at every reload."""
+    checker = modes.Checker()
+    checker.path(root)
+    links = [v for v in checker.violations if os.path.islink(v.path)]
+    _refuse_unsafe(links, f"unsafe root {root}")
 
 
 def _load_config(root: Path) -> NerveConfig:
@@ -163,18 +182,68 @@ def _load_config(root: Path) -> NerveConfig:
 
 
 def _acquire_pidfile(path: Path) -> PidFile:
+    """The pid file, once the strict modes of its path passed (before, and again after its
+    directories were made, if they were missing)."""
+    made = not os.path.lexists(path.parent)
+    _check_pidfile_path(path)
     try:
-        return PidFile.acquire(path)
+        pidfile = PidFile.acquire(path)
     except PidFileHeld as exc:
         raise Fatal(str(exc), EX_TEMPFAIL) from exc
     except OSError as exc:
         raise Fatal(f"cannot create pid file {path}: {exc.strerror or exc}", EX_CANTCREAT) from exc
+    if made:
+        try:
+            _check_pidfile_path(path)
+        except Fatal:
+            pidfile.close(remove=True)
+            raise
+    return pidfile
+
+
+def _check_pidfile_path(path: Path) -> None:
+    """The path to the pid file and the file, if there (as the directory where it would be
+    made, a sticky ``/tmp`` is fine: nerved.pidfile refuses a file of others)."""
+    checker = modes.Checker()
+    checker.path(path, create=True)
+    _refuse_unsafe(checker.violations, f"unsafe pid file {path}")
+
+
+STATE_FILES: Final = (
+    "nerved.lock",
+    "nerved.log",
+    "logs.db",
+    *(f"logs.db{suffix}" for suffix in modes.DB_COMPANIONS),
+)
+"""What nerved writes in its state directory (the socket may be there too: it is checked
+when bound, nerved.control.server)."""
+
+
+def _refuse_unsafe(violations: list[modes.Violation], what: str) -> None:
+    """Strict modes: raise Fatal (EX_CONFIG) for the violations, or let them be warned of."""
+    refusals = modes.enforce(violations)
+    if refusals:
+        raise Fatal(f"{what}:\n" + "\n".join(refusals), EX_CONFIG)
 
 
 def _lock_state_dir(state: Path) -> int:
+    """Check the state directory, make it if missing, and take its lock (``nerved.lock``).
+
+    Strict modes come before anything is opened in it: the directory and what leads to it
+    (before and after making it), and the owners of the files nerved will write there. Then
+    nerved.lock is opened without following a link (nerved.modes.open_state_file), created
+    0600: whoever could put a link there would have nerved truncate any file of the host.
+    """
     try:
-        state.mkdir(parents=True, exist_ok=True, mode=0o750)
-        fd = os.open(state / "nerved.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        if not os.path.lexists(state):
+            if modes.strict():  # where it will be made (warnings come once, below)
+                _refuse_unsafe(modes.dir_violations(state), f"unsafe state directory {state}")
+            state.mkdir(parents=True, mode=0o750)
+        checker = modes.Checker()
+        checker.path(state)
+        found = checker.violations + modes.file_owner_violations(state / n for n in STATE_FILES)
+        _refuse_unsafe(found, f"unsafe state directory {state}")
+        fd = modes.open_state_file(state / "nerved.lock", os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         raise Fatal(f"cannot use state directory {state}: {exc}", EX_CANTCREAT) from exc
     try:

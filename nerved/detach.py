@@ -31,7 +31,7 @@ from typing import Final, TextIO
 
 import daemon
 
-from nerved import logs
+from nerved import logs, modes
 from nerved.daemon import (
     EX_CANTCREAT,
     EX_OK,
@@ -78,8 +78,9 @@ def run(options: Options, log_level: str) -> int:
         log.critical("%s", exc)
         return exc.code
     log_path = options.state_dir / "nerved.log"
-    try:
-        log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - handed to the daemon context
+    try:  # never through a link, created 0600 (nerved.modes): the state directory is checked
+        fd = modes.open_state_file(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        log_file = open(fd, "a", buffering=1)  # noqa: SIM115 - handed to the daemon context
     except OSError as exc:
         prepared.close(remove=True)
         log.critical("cannot open %s: %s", log_path, exc.strerror or exc)

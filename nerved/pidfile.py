@@ -7,7 +7,10 @@ whose lock is held belongs to a running nerved, and another start is refused. Th
 drops the lock when the holder dies, even of ``kill -9``.
 
 The file is opened without following a symbolic link (the daemon may run as root and
-truncates what it opens) and must be a regular file.
+truncates what it opens), must be a regular file with no other hard link (another name of
+it could be any file of the host), and must belong to root or the daemon's user (strict
+modes: nerved.modes.vet_state_fd). It is created 0644: a pid is no secret, and tools that
+read pid files may run as anyone.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import contextlib
 import errno
 import fcntl
 import os
-import stat
 from pathlib import Path
 from typing import Final
 
+from nerved import modes
+
 _ATTEMPTS: Final = 5  # the file was replaced between our open and our lock this many times
+PIDFILE_MODE: Final = 0o644
 
 
 class PidFileHeld(Exception):
@@ -42,17 +47,9 @@ class PidFile:
         ``OSError`` if it cannot be created, opened or locked, or is not a regular file.
         """
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         for _ in range(_ATTEMPTS):
+            fd = modes.open_state_file(path, os.O_RDWR | os.O_CREAT, PIDFILE_MODE)
             try:
-                fd = os.open(path, flags, 0o644)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise OSError(exc.errno, "it is a symbolic link", str(path)) from None
-                raise
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError(errno.EINVAL, "not a regular file", str(path))
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:

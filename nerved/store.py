@@ -27,6 +27,12 @@ costs a pause, never a crash or a blocked loop. At start the store waits for the
 each commit the store also checks that ``logs.db`` (and any file it was told to watch, such
 as the state directory's lock) is still the file it opened: a state directory deleted under
 a running daemon must stop it, not have it acknowledge work into an unlinked file.
+
+**Its files.** logs.db and its ``-wal``/``-shm``/``-journal`` are opened first by nerve
+itself (never through a symbolic link, never a file with a second hard link, created 0600,
+group and other permissions taken off: nerved.modes.prepare_db), and the file SQLite then
+opens by path is compared with that descriptor: a link in the state directory cannot aim
+nerved's writes at another file of the host.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from nerved import wire
+from nerved import modes, wire
 from nerved.states import ACTIVE, RunStatus, Transition
 
 log = logging.getLogger(__name__)
@@ -623,14 +629,28 @@ class Store(Reads):
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"{path.parent}: {exc.strerror or exc}") from exc
-        self._conn = self._at_start(lambda: _connect(path, synchronous), on_wait)
-        # Our own descriptor of logs.db, to see it unlinked at each commit (fstat, no path
-        # lookup). It is closed only after SQLite's connections: closing any descriptor of
-        # a file drops every POSIX lock the process holds on it, SQLite's included.
-        self._db_fd = -1
+        # Our own descriptor of logs.db, opened first (never through a link, created 0600:
+        # nerved.modes.prepare_db), then compared with the file SQLite opened by its path,
+        # and kept to see it unlinked at each commit (fstat, no path lookup). It is closed
+        # only after SQLite's connections: closing any descriptor of a file drops every
+        # POSIX lock the process holds on it, SQLite's included.
         try:
-            self._db_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            self._watched.append((path, self._db_fd, _file_id(self._db_fd)))
+            self._db_fd = modes.prepare_db(path)
+        except modes.UnsafeStateFile as exc:
+            raise StoreError(str(exc)) from exc  # names the file: logs.db or a companion
+        except OSError as exc:
+            raise StoreError(f"{exc.filename or path}: {exc.strerror or exc}") from exc
+        try:
+            self._conn = self._at_start(lambda: _connect(path, synchronous), on_wait)
+        except BaseException:
+            os.close(self._db_fd)
+            raise
+        try:
+            identity = _file_id(self._db_fd)
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) != identity:
+                raise StoreError(f"{path} was replaced while nerved opened it")
+            self._watched.append((path, self._db_fd, identity))
             self._at_start(self._migrate, on_wait)
             self._at_start(self._prove_writable, on_wait)
             self._at_start(self._acquire_or_raise, on_wait)

@@ -89,11 +89,33 @@ def bind(path: Path) -> socket.socket:
         sock.bind(str(path))
     finally:
         os.umask(old_umask)
-    os.chmod(path, 0o660)
-    with contextlib.suppress(KeyError, PermissionError):
-        os.chown(path, -1, grp.getgrnam(GROUP).gr_gid)
+    try:
+        _set_mode(path)
+    except BaseException:
+        sock.close()  # the file stays: it may not be ours now (a next start replaces a stale one)
+        raise
     sock.listen(128)
     return sock
+
+
+def _set_mode(path: Path) -> None:
+    """Mode 0660, group ``nerve`` for the socket just bound, never through a symbolic link.
+
+    Whoever could swap a link in for the socket would otherwise have root give the group
+    any file of the host (see nerved.modes). The file is opened ``O_PATH | O_NOFOLLOW``,
+    proved a socket, and changed through its descriptor's ``/proc/self/fd`` entry (Linux
+    has no ``fchmod`` for an ``O_PATH`` descriptor before 6.6).
+    """
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(errno.EEXIST, "was replaced by something that is not a socket", str(path))
+        inode = f"/proc/self/fd/{fd}"
+        os.chmod(inode, 0o660)
+        with contextlib.suppress(KeyError, PermissionError):
+            os.chown(inode, -1, grp.getgrnam(GROUP).gr_gid)
+    finally:
+        os.close(fd)
 
 
 SD_LISTEN_FDS_START: Final = 3
