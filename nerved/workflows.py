@@ -98,8 +98,6 @@ class Flow:
     queue: deque[QueuedRun] = field(default_factory=deque)
     active: dict[str, ActiveRun] = field(default_factory=dict)
     worker: Worker | None = None
-    loading: Timer | None = None  # bounds the current worker's import
-    hung: tuple[Worker, str] | None = None  # a worker killed because its import hung, and why
     idle: Timer | None = None
     respawn: Timer | None = None
     failures: int = 0
@@ -129,6 +127,8 @@ class WorkflowManager:
         self._resume_timer: Timer | None = None
         self._resume_turn = -1
         self._resume_left = 0
+        self._importing: dict[Worker, Timer] = {}  # workers not ready yet: their import bound
+        self._hung: dict[Worker, str] = {}  # workers killed because their import hung: why
         self.waiters: dict[str, list[Pending]] = {}
         self.stopping = False
 
@@ -494,23 +494,25 @@ class WorkflowManager:
 
         A package whose import never returns would otherwise hold its runs ``started``
         forever, silently: now the runs the worker holds fail with the reason, as when the
-        import raises, and the next run tries a fresh worker.
+        import raises, and the next run tries a fresh worker. The bound belongs to the
+        worker, not to its flow: a worker drained by a reload before it was ready still
+        has its own, and says ``ready`` to its own.
         """
 
         def expire() -> None:
-            flow.loading = None
+            self._importing.pop(worker, None)
             if worker.alive:
                 why = f"importing workflows/{flow.name} took longer than {self.import_timeout:g}s"
                 log.error("workflow %s: %s; killing its worker", flow.name, why)
-                flow.hung = (worker, why)
+                self._hung[worker] = why
                 worker.kill()
 
-        flow.loading = self.loop.call_later(self.import_timeout, expire)
+        self._importing[worker] = self.loop.call_later(self.import_timeout, expire)
 
-    def _loaded(self, flow: Flow, worker: Worker) -> None:
-        if flow.loading is not None and flow.worker is worker:
-            flow.loading.cancel()
-            flow.loading = None
+    def _loaded(self, worker: Worker) -> None:
+        timer = self._importing.pop(worker, None)
+        if timer is not None:
+            timer.cancel()
 
     def _respawn_later(self, flow: Flow, delay: float) -> None:
         """Assign every run of the flow that waits for a worker, ``delay`` seconds from now."""
@@ -527,11 +529,11 @@ class WorkflowManager:
         kind = message.get("t")
         if kind == "ready":
             log.debug("workflow %s worker pid %d ready", flow.name, worker.pid)
-            self._loaded(flow, worker)
+            self._loaded(worker)
             return
         if kind == "load_error":
             log.error("workflow %s: %s", flow.name, message.get("error"))
-            self._loaded(flow, worker)
+            self._loaded(worker)
             return
         run = self.runs.get(str(message.get("run")))
         if run is None or run.worker is not worker:
@@ -589,13 +591,12 @@ class WorkflowManager:
 
     def _on_gone(self, flow: Flow, worker: Worker, why: str) -> None:
         orphans = [r for r in flow.active.values() if r.worker is worker]
+        self._loaded(worker)
         if flow.worker is worker:
             flow.worker = None
-            if flow.loading is not None:
-                flow.loading.cancel()
-                flow.loading = None
-        if flow.hung is not None and flow.hung[0] is worker:
-            why, flow.hung = flow.hung[1], None
+        hung = self._hung.pop(worker, None)
+        if hung is not None:
+            why = hung
             if not self.stopping:
                 for run in orphans:  # as a failed import fails them: a new one would hang too
                     self._end(run, Transition.FAIL, why)

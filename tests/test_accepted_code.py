@@ -300,3 +300,37 @@ def test_a_worker_whose_exit_never_returns_is_killed_after_its_idle_stop(nerved_
     pid = daemon.worker_pids("workflow")["w"]
     wait_until(lambda: not pid_alive(pid), timeout=10, what="the stuck worker to be killed")
     assert "has not exited 1s (drainTimeout) after it was told to stop" in daemon.log()
+
+
+def test_a_worker_drained_before_it_was_ready_keeps_its_own_import_bound(nerved_factory):
+    """The import bound belongs to each worker: a reload that drains a worker still
+    importing must neither kill it later as hung (its run completes) nor leave its
+    successor unbounded."""
+    slow = (
+        textwrap.dedent(VERSIONED)
+        .replace(
+            "from . import version\n",
+            "import time\nfrom . import version\ntime.sleep(version.SLEEP)\n",
+        )
+        .replace(
+            'return {"type": "done"', 'time.sleep(version.SLEEP)\n    return {"type": "done"'
+        )
+    )
+    daemon = nerved_factory(
+        "workflows:\n  w: {concurrency: 5}\n",
+        workflows={"w": slow},
+        args=("--no-watch", "--import-timeout", "4"),
+    )
+    version = daemon.root / "workflows" / "w" / "version.py"
+    version.write_text("VERSION = 1\nSLEEP = 2.5\n")
+    daemon.start()
+    first = daemon.rpc("workflow.trigger", workflow="w")["runId"]
+    wait_until(lambda: "w" in daemon.worker_pids("workflow"), what="the first worker")
+    version.write_text("VERSION = 2\nSLEEP = 0.5\n")
+    assert daemon.rpc("reload")["changed"] == ["workflow w code"]
+    second = daemon.rpc("workflow.trigger", workflow="w")["runId"]
+    with daemon.client(30) as client:
+        for run_id in (first, second):
+            run = client.call("workflow.wait", {"runId": run_id, "timeout": 20})
+            assert run["status"] == "completed", run
+    assert "took longer than" not in daemon.log()
