@@ -21,6 +21,14 @@ armed before it and disarmed as it returns:
   lets the signal's default action end the worker, needing neither the GIL nor the loop. The
   master sees its worker die and applies the crash rules: the run resumes in a new worker,
   counts an attempt, and ends ``crashed`` after ``maxAttempts``.
+- **The last resort**, :data:`LAST_RESORT` later: a third timer sends SIGKILL, for a
+  moderator that blocked both signals itself while it spins. (Both are unblocked in the
+  worker's main thread at each call, so a library that blocked them at import, as the
+  sigwait-thread pattern does, takes no bound away.)
+
+The box holds the checks of the decision too (nerved.workflow_worker): what a moderator
+returns is user code as well (a mapping whose ``get`` loops, a prompt sharing one list a
+million times, seconds to encode).
 
 Why these bounds: a moderator decides from the history it is given; the one of the
 benchmark takes a few microseconds, and one that replays a thousand steps a millisecond or
@@ -59,6 +67,10 @@ MODERATOR_TIMEOUT: Final = 1.0
 
 MODERATOR_KILL: Final = 3.0
 """Seconds after which a moderator call that could not be interrupted ends its worker."""
+
+LAST_RESORT: Final = 2.0
+"""Seconds after the hard bound when a third timer sends SIGKILL, which nothing can block or
+catch: for a moderator that blocked the hard bound's signal itself while it spins."""
 
 REFIRE: Final = 0.1
 """Seconds between two :class:`Overrun` raised in a moderator that swallows them."""
@@ -156,6 +168,7 @@ class Timebox:
         self._inside = False  # a call is under way: only then does SIGALRM raise
         self._fired = False
         self._kill: _KillTimer | None = None
+        self._last: _KillTimer | None = None
 
     def _install(self) -> None:
         """Take the signals, at the first call: after the user package was imported, so
@@ -165,6 +178,7 @@ class Timebox:
         try:
             faulthandler.register(KILL_SIGNAL, file=sys.stderr, all_threads=True, chain=True)
             self._kill = _KillTimer(KILL_SIGNAL, self.hard)
+            self._last = _KillTimer(signal.SIGKILL, self.hard + LAST_RESORT)
         except (OSError, AttributeError, ValueError, RuntimeError) as exc:
             # Without it a moderator stuck in C code holds this worker until it is killed
             # by hand; every other moderator is still bounded. Said once, in the log.
@@ -181,13 +195,18 @@ class Timebox:
         are disarmed when this returns."""
         if not self._installed:
             self._install()
-        kill = self._kill
+        kill, last = self._kill, self._last
         self._fired = False
         self._inside = True
         try:
+            # A library may have blocked them (the sigwait-thread pattern): with no other
+            # thread to take them, the bounds would never fire.
+            _sigmask(_SIG_UNBLOCK, _SIGNALS)
             _setitimer(_ITIMER_REAL, self.soft, REFIRE)
             if kill is not None:
                 kill.arm()
+            if last is not None:
+                last.arm()
             result = function(*args)
         except Overrun:
             raise
@@ -199,6 +218,8 @@ class Timebox:
             # First of all: from here the handler raises nothing, so the disarming below
             # cannot be cut short (Python runs a handler only between bytecodes).
             self._inside = False
+            if last is not None:
+                last.disarm()
             if kill is not None:
                 kill.disarm()
             _setitimer(_ITIMER_REAL, 0)
@@ -209,3 +230,6 @@ class Timebox:
 
 _setitimer: Final = signal.setitimer
 _ITIMER_REAL: Final = signal.ITIMER_REAL
+_sigmask: Final = signal.pthread_sigmask
+_SIG_UNBLOCK: Final = signal.SIG_UNBLOCK
+_SIGNALS: Final = frozenset({signal.SIGALRM, KILL_SIGNAL})

@@ -43,6 +43,7 @@ import functools
 import inspect
 import json
 import logging
+import reprlib
 import socket
 from collections.abc import Mapping
 from typing import Any, Final
@@ -221,24 +222,39 @@ class WorkflowWorker:
     def _moderate(
         self, definition: WorkflowDefinition, run_id: str, events: list[CommandEvent]
     ) -> tuple[str | None, Any]:
+        """The moderator's decision, checked: (role, prompt), or (None, None) to end.
+
+        The whole of it runs in the time box, the checks included: what the moderator
+        returned is user code too (a Mapping whose ``get`` loops, a prompt that shares one
+        list a million times and takes seconds to encode), and runs on this loop.
+        """
         state = ThreadState(run_id, self.workflow, tuple(events))
         try:
-            decision = self.timebox.call(definition.moderate, state, events[-1])
+            return self.timebox.call(self._decide, definition, state, events[-1])
         except Overrun as exc:
             raise ThreadFailed(overrun_message(exc)) from None
+        except ThreadFailed:
+            raise
         except Exception as exc:
             raise ThreadFailed(f"moderator raised {explain(exc)}") from exc
+
+    def _decide(
+        self, definition: WorkflowDefinition, state: ThreadState, event: CommandEvent
+    ) -> tuple[str | None, Any]:
+        decision = definition.moderate(state, event)
         if decision is None:
             return None, None
         if not isinstance(decision, Mapping) or not isinstance(decision.get("role"), str):
             raise ThreadFailed(
-                f"moderator returned {decision!r:.200}; expected None or"
+                f"moderator returned {reprlib.repr(decision)}; expected None or"
                 " {'role': <name>, 'prompt': <JSON>}"
             )
         role_name = decision["role"]
         if role_name not in definition.roles:
             known = ", ".join(sorted(definition.roles))
-            raise ThreadFailed(f"moderator chose unknown role {role_name!r} (roles: {known})")
+            raise ThreadFailed(
+                f"moderator chose unknown role {reprlib.repr(role_name)} (roles: {known})"
+            )
         prompt = _checked(decision.get("prompt"), f"the moderator's prompt for role {role_name!r}")
         return role_name, prompt
 

@@ -312,9 +312,7 @@ def test_a_worker_drained_before_it_was_ready_keeps_its_own_import_bound(nerved_
             "from . import version\n",
             "import time\nfrom . import version\ntime.sleep(version.SLEEP)\n",
         )
-        .replace(
-            'return {"type": "done"', 'time.sleep(version.SLEEP)\n    return {"type": "done"'
-        )
+        .replace('return {"type": "done"', 'time.sleep(version.SLEEP)\n    return {"type": "done"')
     )
     daemon = nerved_factory(
         "workflows:\n  w: {concurrency: 5}\n",

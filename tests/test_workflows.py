@@ -233,8 +233,25 @@ def test_every_failure_path_fails_the_thread_with_its_reason(nerved_factory, kin
 
 # A moderator that does not return, in the ways one can fail to.
 RUNAWAY = """
-    import asyncio, itertools, os
+    import asyncio, collections.abc, itertools, os, signal
     from nerved import WorkflowDefinition
+
+    # As a library using the sigwait-thread pattern would, at import: the bounds' signals
+    # are blocked in the main thread, before any role thread exists to take them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGVTALRM})
+
+    class Endless(collections.abc.Mapping):  # a decision whose reading never returns
+        def __getitem__(self, key):
+            spin()
+
+        def __iter__(self):
+            return iter(())
+
+        def __len__(self):
+            return 1
+
+        def get(self, key, default=None):
+            spin()
 
     async def wait(prompt, ctx):
         while not os.path.exists(prompt["gate"]):
@@ -267,15 +284,23 @@ RUNAWAY = """
                 spin()
             except BaseException:
                 raise ValueError("interrupted")
+        if payload["kind"] == "mapping":
+            return Endless()
+        if payload["kind"] == "huge":  # one list shared a million times: seconds to encode
+            row = [0] * 1000
+            return {"role": "wait", "prompt": [[row] * 1000] * 80}
         if payload["kind"] == "stuck":  # in C code that holds the GIL and checks no signal
             any(itertools.repeat(False))
+        if payload["kind"] == "blocks":  # blocks the bounds' signals itself, then spins
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGVTALRM})
+            spin()
         return {"role": "wait", "prompt": payload}
 
     workflow = WorkflowDefinition(roles={"wait": wait}, moderate=moderate)
 """
 
 
-@pytest.mark.parametrize("kind", ["loop", "swallow", "late", "convert"])
+@pytest.mark.parametrize("kind", ["loop", "swallow", "late", "convert", "mapping"])
 def test_a_moderator_that_does_not_return_fails_its_run_alone(nerved_factory, tmp_path, kind):
     """The moderator runs on the worker's loop: one that loops would freeze every thread of
     its workflow. Past MODERATOR_TIMEOUT it is interrupted, whatever it catches, and its run
@@ -297,20 +322,36 @@ def test_a_moderator_that_does_not_return_fails_its_run_alone(nerved_factory, tm
     assert daemon.rpc("workflow.inspect", runId=other)["attempts"] == 0
 
 
-def test_a_moderator_stuck_in_c_code_ends_its_worker_and_its_run_crashes(nerved_factory, tmp_path):
-    """A signal handler cannot interrupt a C loop that holds the GIL: past MODERATOR_KILL
-    the worker ends (every thread's traceback in the log), the crash rules apply, the run
-    ends crashed after maxAttempts and the workflow and the daemon serve on."""
+@pytest.mark.parametrize(
+    ("kind", "death"),
+    [
+        (
+            "stuck",
+            f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted: killed by SIGVTALRM",
+        ),
+        (
+            "huge",
+            f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted: killed by SIGVTALRM",
+        ),
+        ("blocks", "killed by SIGKILL"),
+    ],
+)
+def test_a_moderator_stuck_in_c_code_ends_its_worker_and_its_run_crashes(
+    nerved_factory, tmp_path, kind, death
+):
+    """A signal handler cannot interrupt a C loop that holds the GIL (nor the encoding of a
+    prompt the moderator returned, which the bound covers too): past MODERATOR_KILL the
+    worker ends (every thread's traceback in the log), the crash rules apply, the run ends
+    crashed after maxAttempts and the workflow and the daemon serve on. A moderator that
+    blocks the bound's signals itself is killed by the last resort, SIGKILL."""
     gate = tmp_path / "gate"
     daemon = start(nerved_factory, "  r: {maxAttempts: 2}\n", {"r": RUNAWAY})
-    run = wait_run(daemon, trigger(daemon, "r", {"kind": "stuck"})["runId"], timeout=30)
+    run = wait_run(daemon, trigger(daemon, "r", {"kind": kind})["runId"], timeout=30)
     assert run["status"] == "crashed" and run["attempts"] == 2
-    assert run["error"] == (
-        f"its worker died 2 times under it (last: a moderator ran past {MODERATOR_KILL:g}s"
-        " and could not be interrupted: killed by SIGVTALRM)"
-    )
-    log = daemon.log()
-    assert log.count("in moderate\n") >= 2 and "/workflows/r/__init__.py" in log  # faulthandler
+    assert run["error"] == f"its worker died 2 times under it (last: {death})"
+    if kind == "stuck":
+        log = daemon.log()
+        assert log.count("in moderate\n") >= 2 and "/workflows/r/__init__.py" in log
     gate.touch()
     ok = wait_run(daemon, trigger(daemon, "r", {"kind": "ok", "gate": str(gate)})["runId"])
     assert ok["status"] == "completed"
