@@ -24,17 +24,34 @@ EX_OSERR: Final = 71  # sysexits: "an operating system error ... e.g., cannot fo
 EX_CONFIG: Final = 78
 
 
-def probe_in_fork(packages: list[Package], timeout: float = IMPORT_TIMEOUT) -> list[str]:
-    """Import the packages in a child within ``timeout`` seconds in all, as a reload's import
-    check does; its answer, or why there was none (naming the package the child was
-    importing when it hung or died).
+def probe_in_fork(units: list[tuple[Package, ...]], timeout: float = IMPORT_TIMEOUT) -> list[str]:
+    """Import each unit (what one worker imports) in a child of its own, all at once, within
+    ``timeout`` seconds, as a reload's import check does; their answers, or why there was
+    none (naming the package a child was importing when it hung or died), in unit order.
 
-    Raises OSError when the child cannot be forked.
+    Raises OSError when a child cannot be forked (the others are ended first).
     """
-    pid, sock = spawn("nerve:check", probe_child(packages, timeout))
-    channel = Channel(sock)
+    children: list[tuple[int, Channel]] = []
+    try:
+        for unit in units:
+            pid, sock = spawn("nerve:check", probe_child(unit, timeout))
+            children.append((pid, Channel(sock)))
+    except OSError:
+        for pid, channel in children:
+            channel.close()
+            _end(pid)
+        raise
     deadline = time.monotonic() + timeout
-    importing = "the packages"
+    errors: list[str] = []
+    for (pid, channel), unit in zip(children, units, strict=True):
+        errors += _answer(pid, channel, unit[0].label, deadline, timeout)
+    return errors
+
+
+def _answer(
+    pid: int, channel: Channel, importing: str, deadline: float, timeout: float
+) -> list[str]:
+    """One child's answer by ``deadline``, and the child ended."""
     try:
         while True:
             for message in channel.receive_blocking(max(0.001, deadline - time.monotonic())):
@@ -48,10 +65,12 @@ def probe_in_fork(packages: list[Package], timeout: float = IMPORT_TIMEOUT) -> l
         return [f"importing {importing} took longer than {timeout:g}s"]
     except (ChannelClosed, ProtocolError):
         _, status = _end(pid, wait_first=True)
+        pid = 0  # reaped: its id is free, and must never be signalled again
         return [f"importing {importing} ended the import check ({describe_exit(status)})"]
     finally:
         channel.close()
-        _end(pid)
+        if pid:
+            _end(pid)
 
 
 def _end(pid: int, *, wait_first: bool = False) -> tuple[int, int]:
@@ -78,10 +97,11 @@ def run(root: Path, import_timeout: float | None = None) -> int:
     try:
         errors = check_packages(root, config)
         if not errors:
-            code = CodeSnapshot.take(root.resolve(), config.senses, config.workflows)
+            code = CodeSnapshot.take(
+                root.resolve(), config.senses, config.workflows, config.group_members()
+            )
             errors = code.refusals() or probe_in_fork(
-                [*code.senses.values(), *code.workflows.values()],
-                import_timeout or IMPORT_TIMEOUT,
+                list(code.units().values()), import_timeout or IMPORT_TIMEOUT
             )
     except OSError as exc:
         print(f"cannot fork a process to import the packages in: {exc}", file=sys.stderr)

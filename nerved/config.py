@@ -208,6 +208,10 @@ class NerveConfig:
             grouped.setdefault(sense.group, []).append(sense)
         return {group: tuple(senses) for group, senses in grouped.items()}
 
+    def group_members(self) -> dict[str, tuple[str, ...]]:
+        """:meth:`groups` by name: each group's senses, in file order."""
+        return {group: tuple(s.name for s in senses) for group, senses in self.groups().items()}
+
 
 def group_memory_max(senses: Iterable[SenseConfig]) -> int | None:
     """A sense group's memoryMax: the largest its senses set (None: none sets one).

@@ -366,7 +366,10 @@ class Daemon:
         # Recovery comes before the socket is served: nothing is admitted until the queues
         # and active sets are rebuilt from logs.db, in their original order.
         self.notifier.status("recovering unfinished runs")
-        self.code = CodeSnapshot.take(self.root, self.config.senses, self.config.workflows)
+        config = self.config
+        self.code = CodeSnapshot.take(
+            self.root, config.senses, config.workflows, config.group_members()
+        )
         refused = self.code.refusals()
         if refused:
             raise Fatal("\n".join(refused), EX_CONFIG)

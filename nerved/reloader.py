@@ -57,7 +57,7 @@ class Reloader:
         self._source = ""
         self._next: list[Pending] = []
         self._next_sources: list[str] = []
-        self._probe: Worker | None = None
+        self._probes: dict[Worker, str] = {}  # the running import checks
         self._timer: Timer | None = None
         self._candidate: tuple[NerveConfig, CodeSnapshot] | None = None
         self.stopped = False
@@ -85,7 +85,7 @@ class Reloader:
         except ConfigError as exc:
             self._finish(None, list(exc.errors))
             return
-        code = CodeSnapshot.take(self.root, config.senses, config.workflows)
+        code = CodeSnapshot.take(self.root, config.senses, config.workflows, config.group_members())
         refused = code.refusals()
         if refused:
             self._finish(None, refused)
@@ -97,40 +97,68 @@ class Reloader:
         self._candidate = (config, code)
         self._spawn_probe(changed)
 
-    def _spawn_probe(self, packages: list[Package]) -> None:
-        child_main = probe_child(packages, self.import_timeout)
-        importing = "the changed packages"  # which one the probe is in, once it says
+    def _spawn_probe(self, units: list[tuple[Package, ...]]) -> None:
+        """One import check per changed unit (a workflow, a sense group: what one worker
+        imports), all at once, each in a process of its own: each has ``import_timeout``,
+        like the worker it stands for, and the reload is answered within that time."""
+        probes: dict[Worker, str] = {}  # each running probe, and the package it is in
+        order: dict[Worker, int] = {}  # its unit's place: errors are told in unit order
+        results: dict[int, list[str]] = {}
+
+        def errors() -> list[str]:
+            return [error for index in sorted(results) for error in results[index]]
+
+        def done(worker: Worker, more: list[str]) -> None:
+            if probes.pop(worker, None) is None:
+                return
+            results[order[worker]] = more
+            worker.kill()  # it answered: nothing it does on its way out may linger
+            if not probes and self._probes is probes:
+                self._probed(errors())
 
         def on_message(worker: Worker, message: Message) -> None:
-            nonlocal importing
-            if worker is not self._probe:
+            if worker not in probes:
                 return
             if message.get("t") == "importing":
-                importing = str(message.get("package"))
+                probes[worker] = str(message.get("package"))
             elif message.get("t") == "probed":
-                self._probed([str(e) for e in message.get("errors") or []])
+                done(worker, [str(e) for e in message.get("errors") or []])
 
         def on_gone(worker: Worker, why: str) -> None:
-            if worker is self._probe:
-                self._probed([f"importing {importing} ended the import check ({why})"])
+            if worker in probes:
+                done(worker, [f"importing {probes[worker]} ended the import check ({why})"])
 
-        try:
-            self._probe = self.workers.spawn("probe", "reload", child_main, on_message, on_gone)
-        except OSError as exc:
-            self._candidate = None
-            self._finish(None, [f"cannot fork a process to import the changed packages: {exc}"])
-            return
-        probe_worker = self._probe
+        for index, unit in enumerate(units):
+            child_main = probe_child(unit, self.import_timeout)
+            try:
+                worker = self.workers.spawn("probe", "reload", child_main, on_message, on_gone)
+            except OSError as exc:
+                for started in probes:
+                    started.kill()
+                probes.clear()
+                self._candidate = None
+                self._finish(None, [f"cannot fork a process to import the changed packages: {exc}"])
+                return
+            probes[worker] = unit[0].label
+            order[worker] = index
 
         def expire() -> None:
-            if self._probe is probe_worker:
-                probe_worker.kill()
-                self._probed([f"importing {importing} took longer than {self.import_timeout:g}s"])
+            self._timer = None
+            if self._probes is not probes:
+                return
+            for worker, where in probes.items():
+                results[order[worker]] = [
+                    f"importing {where} took longer than {self.import_timeout:g}s"
+                ]
+                worker.kill()
+            probes.clear()
+            self._probed(errors())
 
+        self._probes = probes
         self._timer = self.loop.call_later(self.import_timeout, expire)
 
     def _probed(self, errors: list[str]) -> None:
-        self._probe = None
+        self._probes = {}
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -168,8 +196,8 @@ class Reloader:
     def stop(self) -> None:
         """No more reloads: kill a running probe and refuse whoever waits."""
         self.stopped = True
-        if self._probe is not None:
-            self._probe.kill()
+        for probe in self._probes:
+            probe.kill()
         for pending in (self._running or []) + self._next:
             pending.reject(RpcError(SHUTTING_DOWN, "nerved is shutting down"))
         self._running, self._next = None, []

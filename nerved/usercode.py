@@ -42,6 +42,7 @@ from pathlib import Path
 from types import CodeType, ModuleType
 from typing import Final, cast
 
+from nerved import wire
 from nerved.api import ComputeFn, WorkflowDefinition
 from nerved.channel import Channel
 from nerved.wire import KiB, MiB, size_text
@@ -565,7 +566,7 @@ def probe_child(packages: Sequence[Package], timeout: float) -> Callable[[socket
             try:
                 load(package)
             except UserCodeError as exc:
-                errors.append(str(exc))
+                errors.append(wire.text(str(exc)))  # a message of megabytes is cut, not lost
         channel.send({"t": "probed", "errors": errors})
         channel.flush_blocking(timeout)
         return 0
@@ -575,20 +576,35 @@ def probe_child(packages: Sequence[Package], timeout: float) -> Callable[[socket
 
 @dataclass(frozen=True, slots=True)
 class CodeSnapshot:
-    """Every configured package at one moment, read once per reload: fingerprints and source."""
+    """Every configured package at one moment, read once per reload: fingerprints and source,
+    and which worker imports which (``groups``: sense group -> its senses, in order)."""
 
     senses: Mapping[str, Package]
     workflows: Mapping[str, Package]
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def take(cls, root: Path, senses: Iterable[str], workflows: Iterable[str]) -> CodeSnapshot:
-        """Read every package at once: they share one budget of content to read."""
+    def take(
+        cls,
+        root: Path,
+        senses: Iterable[str],
+        workflows: Iterable[str],
+        groups: Mapping[str, Iterable[str]] | None = None,
+    ) -> CodeSnapshot:
+        """Read every package at once: they share one budget of content to read.
+
+        ``groups`` maps each sense group to its senses in order (default: one per sense).
+        """
+        senses, workflows = list(senses), list(workflows)
         places = [("senses", name, root / "senses" / name) for name in senses]
         places += [("workflows", name, root / "workflows" / name) for name in workflows]
         packages = read_packages(places)
+        if groups is None:
+            groups = {name: (name,) for name in senses}
         return cls(
             {p.name: p for p in packages if p.kind == "senses"},
             {p.name: p for p in packages if p.kind == "workflows"},
+            {group: tuple(members) for group, members in groups.items()},
         )
 
     def refusals(self) -> list[str]:
@@ -603,12 +619,25 @@ class CodeSnapshot:
         """One digest for a group: its members and their code."""
         return "|".join(f"{name}:{self.senses[name].digest}" for name in names)
 
-    def changed_since(self, old: CodeSnapshot) -> list[Package]:
-        """Packages that are new or differ from ``old``: senses first, then workflows."""
-        changed = []
-        for mine, theirs in ((self.senses, old.senses), (self.workflows, old.workflows)):
-            for name, package in mine.items():
-                before = theirs.get(name)
-                if before is None or before.digest != package.digest:
-                    changed.append(package)
-        return changed
+    def units(self) -> dict[str, tuple[Package, ...]]:
+        """What each worker imports, by worker: ``{"sense group g": (a, b), "workflow w":
+        (w,)}``. The import check imports each unit in a process of its own, as its worker
+        would, so that no package's import-time side effects (a ``sys.path`` entry, a
+        monkeypatch) help or hinder another's."""
+        units = {
+            f"sense group {group}": tuple(self.senses[name] for name in members)
+            for group, members in self.groups.items()
+        }
+        units.update({f"workflow {name}": (package,) for name, package in self.workflows.items()})
+        return units
+
+    def changed_since(self, old: CodeSnapshot) -> list[tuple[Package, ...]]:
+        """The units (see :meth:`units`) that are new or import other code than in ``old``:
+        a member's code changed, or the group's members did."""
+        theirs = old.units()
+        return [
+            unit
+            for label, unit in self.units().items()
+            if [(p.name, p.digest) for p in theirs.get(label, ())]
+            != [(p.name, p.digest) for p in unit]
+        ]

@@ -332,3 +332,81 @@ def test_a_worker_drained_before_it_was_ready_keeps_its_own_import_bound(nerved_
             run = client.call("workflow.wait", {"runId": run_id, "timeout": 20})
             assert run["status"] == "completed", run
     assert "took longer than" not in daemon.log()
+
+
+def test_each_worker_s_code_is_checked_in_a_process_of_its_own(nerved_factory, tmp_path):
+    """The import check imports what each worker imports (a workflow; a sense group, all
+    its members), each in a process of its own, with the whole timeout: one package's
+    import-time side effects neither hide another's failure nor cause one."""
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "mylib.py").write_text("X = 1\n")
+    adds_path = (
+        f"import sys\nsys.path.insert(0, {str(libs)!r})\n\ndef compute(ctx):\n    return 1\n"
+    )
+    uses = "import mylib\n\ndef compute(ctx):\n    return mylib.X\n"
+    config = "senses:\n  a: {group: g}\n  b: {group: g}\n  c: {group: h}\nworkflows:\n  w: {}\n"
+    slow = "import time\ntime.sleep(0.7)\n\ndef compute(ctx):\n    return 1\n"
+    daemon = nerved_factory(
+        config,
+        {"a": adds_path, "b": uses, "c": slow},
+        {"w": VERSIONED},
+        args=("--no-watch", "--import-timeout", "1"),
+    )
+    (daemon.root / "workflows" / "w" / "version.py").write_text("VERSION = 1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "nerved", "--root", str(daemon.root), "check"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr  # b's worker imports a first: mylib is found
+    daemon.start()
+
+    # Only b changes: its group is checked whole (a first), as its worker will import it.
+    (daemon.root / "senses" / "b" / "__init__.py").write_text(uses.replace("X", "X + 1"))
+    # c and w each take most of the timeout: each gets all of it.
+    (daemon.root / "senses" / "c" / "__init__.py").write_text(slow.replace("0.7", "0.71"))
+    (daemon.root / "workflows" / "w" / "__init__.py").write_text(
+        "import time\ntime.sleep(0.7)\n" + textwrap.dedent(VERSIONED)
+    )
+    assert sorted(daemon.rpc("reload")["changed"]) == ["group g", "group h", "workflow w code"]
+
+    # A workflow that needs mylib has no sense to put it on its path: refused, not accepted
+    # because a sense's import in the same check happened to.
+    (daemon.root / "workflows" / "w" / "__init__.py").write_text(
+        "import mylib\n" + textwrap.dedent(VERSIONED)
+    )
+    (daemon.root / "senses" / "a" / "__init__.py").write_text(adds_path + "\n# again\n")
+    errors = _refused(daemon)
+    assert len(errors) == 1 and errors[0].startswith(
+        "workflows/w failed to import: ModuleNotFoundError: No module named 'mylib'"
+    ), errors
+
+
+def test_an_import_check_ends_once_it_has_answered(nerved_factory, tmp_path):
+    """What a rejected package does on its way out (a logging handler that never returns at
+    shutdown, writing on) must not linger: the check's process ends with its answer."""
+    beat = tmp_path / "beat"
+    daemon = _root_with_versions(nerved_factory, "--no-watch").start()
+    lingering = (
+        "import logging, time\n\n"
+        "class Handler(logging.Handler):\n"
+        "    def emit(self, record):\n"
+        "        pass\n\n"
+        "    def flush(self):\n"
+        "        while True:\n"
+        f"            open({str(beat)!r}, 'a').write('x')\n"
+        "            time.sleep(0.05)\n\n"
+        "logging.getLogger().addHandler(Handler())\n"
+        "raise RuntimeError('this edit is rejected')\n"
+    )
+    (daemon.root / "workflows" / "w" / "__init__.py").write_text(lingering)
+    assert _refused(daemon)[0].startswith("workflows/w failed to import: RuntimeError")
+    wait_until(lambda: "nerve:p:reload" not in _titles(), what="the import check to end")
+    size = beat.stat().st_size if beat.exists() else 0
+    time.sleep(0.3)  # a writer that lingered would have written since
+    assert (beat.stat().st_size if beat.exists() else 0) == size
+    done = subprocess.run(
+        [sys.executable, "-m", "nerved", "--root", str(daemon.root), "check"],
+        capture_output=True, text=True, cwd=REPO, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 78 and "this edit is rejected" in done.stderr
