@@ -60,6 +60,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Final, TypeVar
 
+from nerved.usercode import user_frame
+
 log = logging.getLogger(__name__)
 
 MODERATOR_TIMEOUT: Final = 1.0
@@ -97,14 +99,11 @@ class Overrun(BaseException):
 
 def overrun_message(exc: Overrun) -> str:
     """What the run's ``error`` says: the bound, where the moderator was, and the rule."""
-    where = ""
     frames = traceback.extract_tb(exc.__traceback__)
     if exc.__cause__ is not None:  # raised again, as another exception, by the moderator
         frames += traceback.extract_tb(exc.__cause__.__traceback__)
-    for frame in reversed(frames):
-        if "/nerved/" not in frame.filename.replace("\\", "/"):
-            where = f" (it was at {frame.filename}:{frame.lineno})"
-            break
+    frame = user_frame(frames)
+    where = "" if frame is None else f" (it was at {frame.filename}:{frame.lineno})"
     return (
         f"moderator did not return within {MODERATOR_TIMEOUT:g}s{where}; a moderator must be"
         " pure and quick: it decides from the events it is given, without I/O, waiting or"

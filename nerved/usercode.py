@@ -36,11 +36,11 @@ import socket
 import stat
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import CodeType, ModuleType
-from typing import Final, cast
+from types import CodeType, ModuleType, SimpleNamespace
+from typing import Any, Final, cast
 
 from nerved import wire
 from nerved.api import ComputeFn, WorkflowDefinition
@@ -111,23 +111,38 @@ def _ensure_parents(qualified: str) -> None:
             sys.modules[parent] = module
 
 
+_NERVE: Final = str(Path(__file__).resolve().parent) + os.sep
+"""nerve's own code: never the place an operator is pointed at."""
+
+
+def user_frame(frames: Sequence[traceback.FrameSummary]) -> traceback.FrameSummary | None:
+    """The frame an operator should look at: the innermost in a user package this process
+    imported, else the innermost that is neither nerve's own code nor code without a file
+    (``<frozen importlib._bootstrap>``, the ``<string>`` of a generated ``__init__``)."""
+    packages = tuple(str(package.directory) + os.sep for package in _IMPORTED.values())
+    if packages:
+        for frame in reversed(frames):
+            if frame.filename.startswith(packages):
+                return frame
+    for frame in reversed(frames):
+        if not frame.filename.startswith((_NERVE, "<")):
+            return frame
+    return None
+
+
 def describe(exc: BaseException) -> str:
     """``ValueError: bad thing (at senses/x/__init__.py:12)``: one line an operator can act on.
 
-    The place is the innermost frame of user code: not nerve's own, and not code without a
-    file (``<frozen importlib._bootstrap>``, the ``<string>`` of a generated ``__init__``).
-    A SyntaxError is placed where the compiler found it, which no frame shows.
+    The place is :func:`user_frame`'s: a ``json.loads`` that fails in a compute is placed
+    at the compute's line, not in the json module. A SyntaxError is placed where the
+    compiler found it, which no frame shows.
     """
     if isinstance(exc, SyntaxError) and exc.filename:
         text = f"{type(exc).__name__}: {exc.msg}" if exc.msg else type(exc).__name__
         return f"{text} (at {exc.filename}:{exc.lineno})"
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    frames = traceback.extract_tb(exc.__traceback__)
-    for frame in reversed(frames):
-        filename = frame.filename.replace("\\", "/")
-        if "/nerved/" not in filename and not filename.startswith("<"):
-            return f"{text} (at {frame.filename}:{frame.lineno})"
-    return text
+    frame = user_frame(traceback.extract_tb(exc.__traceback__))
+    return text if frame is None else f"{text} (at {frame.filename}:{frame.lineno})"
 
 
 def _skipped(entry: os.DirEntry[str]) -> bool:
@@ -388,37 +403,20 @@ def _read_file(path: Path, size: int, *, follow: bool = False) -> bytes | str:
 # -- importing, in a worker ---------------------------------------------------------------
 
 
-class _SnapshotImporter(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
-    """Finds and loads the modules of snapshotted packages from their held source.
+_IMPORTED: dict[str, Package] = {}
+"""The packages this process imports from their snapshots, by private module name."""
 
-    One per process, first on ``sys.meta_path``. Every module name under a package's
-    private name is answered here, so nothing under it is ever looked up on disk by the
-    default finders: a module in the snapshot is compiled from the bytes the snapshot holds
-    (with its real path as ``__file__``, so tracebacks and data files next to it work); an
-    extension module that was listed is loaded from disk; anything else is not part of the
-    accepted code and cannot be imported.
+
+class _SnapshotLoader(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
+    """Finds each snapshotted package by its private name, and loads its modules from the
+    source the snapshot holds. One per process, first on ``sys.meta_path``.
+
+    A module is compiled from the held bytes with its real path as ``__file__``, so that
+    tracebacks, data files next to it, ``pkgutil.get_data`` and ``importlib.resources`` work
+    (data comes from disk: only source is held). Submodules are found by the path hook
+    (:class:`_SnapshotFinder`), which stands in for the file system's finder on every
+    directory of a snapshotted package.
     """
-
-    def __init__(self) -> None:
-        self.packages: dict[str, Package] = {}
-
-    @classmethod
-    def installed(cls) -> _SnapshotImporter:
-        for finder in sys.meta_path:
-            if isinstance(finder, cls):
-                return finder
-        importer = cls()
-        sys.meta_path.insert(0, importer)
-        return importer
-
-    def _owner(self, fullname: str) -> tuple[Package, str] | None:
-        """The package a module name belongs to, and the module's path inside it."""
-        for prefix, package in self.packages.items():
-            if fullname == prefix:
-                return package, ""
-            if fullname.startswith(prefix + "."):
-                return package, fullname[len(prefix) + 1 :].replace(".", "/")
-        return None
 
     def find_spec(
         self,
@@ -426,52 +424,19 @@ class _SnapshotImporter(importlib.abc.MetaPathFinder, importlib.abc.InspectLoade
         path: Sequence[str] | None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        owner = self._owner(fullname)
-        if owner is None:
+        package = _IMPORTED.get(fullname)
+        if package is None:
             return None
-        package, relative = owner
-        base = relative + "/" if relative else ""
-        for candidate, is_package in ((base + "__init__.py", True), (relative + ".py", False)):
-            if candidate in package.sources:
-                spec = importlib.machinery.ModuleSpec(
-                    fullname, self, origin=str(package.directory / candidate), is_package=is_package
-                )
-                spec.has_location = True
-                if is_package:
-                    spec.submodule_search_locations = [str(package.directory / relative)]
-                return spec
-            if candidate in package.unreadable:
-                raise ImportError(
-                    f"{package.label}/{candidate} could not be read:"
-                    f" {package.unreadable[candidate]}",
-                    name=fullname,
-                )
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            if relative and relative + suffix in package.files:
-                return importlib.util.spec_from_file_location(
-                    fullname, package.directory / (relative + suffix)
-                )
-        if relative and any(name.startswith(base) for name in package.files):
-            spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
-            spec.submodule_search_locations = [str(package.directory / relative)]
-            return spec  # a directory without __init__.py: a namespace package
-        # ImportError, not ModuleNotFoundError: ``from . import x`` turns the latter into
-        # "cannot import name 'x'", which would lose the reason.
-        raise ImportError(
-            f"No module named {fullname.rsplit('.', 1)[-1]!r} in {package.label}:"
-            f" {package.label}/{relative or '__init__'}.py is not in the code nerve accepted"
-            " (a file added since is imported once a reload accepts it)",
-            name=fullname,
-        )
+        return _spec(fullname, self, package, "")
 
     def _source_of(self, fullname: str) -> tuple[Package, str, bytes]:
-        owner = self._owner(fullname)
-        if owner is not None:
-            package, relative = owner
-            base = relative + "/" if relative else ""
-            for candidate in (base + "__init__.py", relative + ".py"):
-                if candidate in package.sources:
-                    return package, candidate, package.sources[candidate]
+        for prefix, package in _IMPORTED.items():
+            if fullname == prefix or fullname.startswith(prefix + "."):
+                relative = fullname[len(prefix) + 1 :].replace(".", "/")
+                base = relative + "/" if relative else ""
+                for candidate in (base + "__init__.py", relative + ".py"):
+                    if candidate in package.sources:
+                        return package, candidate, package.sources[candidate]
         raise ImportError(f"no source held for {fullname}", name=fullname)
 
     def is_package(self, fullname: str) -> bool:
@@ -479,6 +444,10 @@ class _SnapshotImporter(importlib.abc.MetaPathFinder, importlib.abc.InspectLoade
 
     def get_source(self, fullname: str) -> str:
         return importlib.util.decode_source(self._source_of(fullname)[2])
+
+    def get_filename(self, fullname: str) -> str:
+        package, relative, _ = self._source_of(fullname)
+        return str(package.directory / relative)
 
     def get_code(self, fullname: str) -> CodeType:
         package, relative, source = self._source_of(fullname)
@@ -491,6 +460,142 @@ class _SnapshotImporter(importlib.abc.MetaPathFinder, importlib.abc.InspectLoade
     def exec_module(self, module: ModuleType) -> None:
         exec(self.get_code(module.__name__), module.__dict__)
 
+    def get_data(self, path: str) -> bytes:
+        """``pkgutil.get_data``: a module's source as held, anything else from disk."""
+        for package in _IMPORTED.values():
+            relative = os.path.relpath(path, package.directory)
+            if relative in package.sources:
+                return package.sources[relative]
+        with open(path, "rb") as file:
+            return file.read()
+
+    def get_resource_reader(self, fullname: str) -> importlib.abc.ResourceReader | None:
+        """``importlib.resources.files()`` of a package: its directory on disk."""
+        if not self.is_package(fullname):
+            return None
+        from importlib.readers import FileReader
+
+        return FileReader(cast(Any, SimpleNamespace(path=self.get_filename(fullname))))
+
+
+_LOADER: Final = _SnapshotLoader()
+
+
+class _SnapshotFinder:
+    """The path-entry finder of one directory of a snapshotted package (``relative``: where
+    in the package, ``""`` or ``"lib/"``).
+
+    It answers every name looked up there, so that nothing in a package's directories is
+    ever found on disk by the file system's finder: a module the snapshot holds, an
+    extension module that was listed, a directory of the package (a namespace portion);
+    a module that exists on disk but not in the snapshot (added since) is refused with the
+    reason; one that exists nowhere is not found, as usual (``ModuleNotFoundError``, and
+    ``importlib.util.find_spec`` gives None).
+    """
+
+    def __init__(self, package: Package, relative: str) -> None:
+        self.package = package
+        self.relative = relative
+
+    def find_spec(
+        self, fullname: str, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        relative = self.relative + fullname.rpartition(".")[2]
+        spec = _spec(fullname, _LOADER, self.package, relative)
+        if spec is not None:
+            return spec
+        directory = self.package.directory
+        on_disk = [relative + "/"] if os.path.isdir(directory / relative) else []
+        on_disk += [
+            relative + suffix
+            for suffix in (".py", *importlib.machinery.EXTENSION_SUFFIXES)
+            if os.path.lexists(directory / (relative + suffix))
+        ]
+        if on_disk:
+            raise ImportError(
+                f"{self.package.label}/{on_disk[0]} is not in the code nerve accepted: it"
+                " appeared or changed since (a reload imports it once it passes the check),"
+                " or is reached through a symlinked directory, which nerve does not follow",
+                name=fullname,
+            )
+        return None
+
+    def invalidate_caches(self) -> None:
+        pass
+
+    def iter_modules(self, prefix: str = "") -> Iterator[tuple[str, bool]]:
+        """``pkgutil.iter_modules``: the modules of this directory the snapshot holds."""
+        seen: set[str] = set()
+        for path in sorted({*self.package.sources, *self.package.files}):
+            if not path.startswith(self.relative):
+                continue
+            head, _, rest = path[len(self.relative) :].partition("/")
+            if rest == "__init__.py":
+                name, is_package = head, True
+            elif not rest and head.endswith(".py") and head != "__init__.py":
+                name, is_package = head[:-3], False
+            else:
+                continue
+            if name not in seen and name.isidentifier():
+                seen.add(name)
+                yield prefix + name, is_package
+
+
+def _spec(
+    fullname: str, loader: _SnapshotLoader, package: Package, relative: str
+) -> importlib.machinery.ModuleSpec | None:
+    """The spec of ``relative`` (a module path in ``package``, ``""`` for the package)."""
+    base = relative + "/" if relative else ""
+    for candidate, is_package in ((base + "__init__.py", True), (relative + ".py", False)):
+        if candidate in package.sources:
+            spec = importlib.machinery.ModuleSpec(
+                fullname, loader, origin=str(package.directory / candidate), is_package=is_package
+            )
+            spec.has_location = True
+            if is_package:
+                spec.submodule_search_locations = [str(package.directory / relative)]
+            return spec
+        if candidate in package.unreadable:
+            raise ImportError(
+                f"{package.label}/{candidate} could not be read: {package.unreadable[candidate]}",
+                name=fullname,
+            )
+    if not relative:
+        return None
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if relative + suffix in package.files:
+            return importlib.util.spec_from_file_location(
+                fullname, package.directory / (relative + suffix)
+            )
+    if any(path.startswith(base) for path in (*package.files, *package.sources)):
+        spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
+        spec.submodule_search_locations = [str(package.directory / relative)]
+        return spec  # a directory without __init__.py: a namespace portion
+    return None
+
+
+def _path_hook(entry: str) -> _SnapshotFinder:
+    """On ``sys.path_hooks``: claims every directory of a snapshotted package."""
+    for package in _IMPORTED.values():
+        relative = os.path.relpath(entry, package.directory)
+        if relative == ".":
+            return _SnapshotFinder(package, "")
+        if not relative.startswith(".."):
+            return _SnapshotFinder(package, relative.replace(os.sep, "/") + "/")
+    raise ImportError("not a directory of a snapshotted package")
+
+
+def _install(qualified: str, package: Package) -> None:
+    if _LOADER not in sys.meta_path:
+        sys.meta_path.insert(0, _LOADER)
+        sys.path_hooks.insert(0, _path_hook)
+    _IMPORTED[qualified] = package
+    directory = str(package.directory)
+    for entry in [
+        e for e in sys.path_importer_cache if e == directory or e.startswith(directory + os.sep)
+    ]:
+        del sys.path_importer_cache[entry]  # a file system finder made before: not any more
+
 
 def import_package(package: Package) -> ModuleType:
     """Import a package from its snapshot; any failure becomes one readable UserCodeError."""
@@ -500,7 +605,7 @@ def import_package(package: Package) -> ModuleType:
         why = package.unreadable.get("__init__.py", "it does not exist")
         raise UserCodeError(f"{package.label}/__init__.py cannot be imported: {why}")
     qualified = module_name(package.kind, package.name)
-    _SnapshotImporter.installed().packages[qualified] = package
+    _install(qualified, package)
     _ensure_parents(qualified)
     try:
         return importlib.import_module(qualified)

@@ -410,3 +410,70 @@ def test_an_import_check_ends_once_it_has_answered(nerved_factory, tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=30,
     )  # fmt: skip
     assert done.returncode == 78 and "this edit is rejected" in done.stderr
+
+
+STANDARD_APIS = """
+    import importlib.resources, importlib.util, pkgutil
+    from nerved import WorkflowDefinition
+    from . import sub
+    from .ns import mod
+
+    try:
+        from .local_settings import SETTING
+    except ModuleNotFoundError:
+        SETTING = "default"
+
+    def work(prompt, ctx):
+        return {
+            "type": "done",
+            "get_data": pkgutil.get_data(__name__, "data.txt").decode(),
+            "resources": importlib.resources.files(__name__).joinpath("data.txt").read_text(),
+            "setting": SETTING,
+            "find_spec": importlib.util.find_spec(__name__ + ".missing") is None,
+            "modules": sorted(name for _, name, _ in pkgutil.iter_modules(__path__)),
+            "sub": sub.VALUE,
+            "ns": mod.VALUE,
+            "source": pkgutil.get_data(__name__, "sub/deeper.py").decode(),
+        }
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "work", "prompt": None}
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
+"""
+
+
+def test_packages_keep_the_standard_import_apis(nerved_factory):
+    """Imported from the snapshot, a package still has what Python gives a package on disk:
+    pkgutil.get_data and importlib.resources (data from disk, a module's source as held),
+    ModuleNotFoundError and find_spec() is None for what does not exist, iter_modules,
+    subpackages and namespace packages."""
+    daemon = nerved_factory("workflows:\n  w: {}\n", workflows={"w": STANDARD_APIS})
+    package = daemon.root / "workflows" / "w"
+    (package / "data.txt").write_text("data")
+    (package / "sub").mkdir()
+    (package / "sub" / "__init__.py").write_text("from . import deeper\nVALUE = deeper.V\n")
+    (package / "sub" / "deeper.py").write_text("V = 'deep'\n")
+    (package / "ns").mkdir()
+    (package / "ns" / "mod.py").write_text("VALUE = 'namespace'\n")
+    daemon.start()
+    (package / "sub" / "deeper.py").write_text("V = 'edited, not accepted'\n")
+    run_id = daemon.rpc("workflow.trigger", workflow="w")["runId"]
+    with daemon.client(30) as client:
+        run = client.call("workflow.wait", {"runId": run_id, "timeout": 20})
+    assert run["status"] == "completed", run
+    events = daemon.rpc("workflow.inspect", runId=run_id)["events"]
+    event = next(e for e in events if e["type"] == "step_complete")["payload"]["event"]
+    assert event == {
+        "type": "done",
+        "get_data": "data",
+        "resources": "data",
+        "setting": "default",
+        "find_spec": True,
+        "modules": ["sub"],  # as on disk: a directory without __init__.py is not listed
+        "sub": "deep",
+        "ns": "namespace",
+        "source": "V = 'deep'\n",
+    }
