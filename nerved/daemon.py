@@ -394,7 +394,7 @@ class Daemon:
         self.reloader = Reloader(
             self.loop,
             self.workers,
-            self.root,
+            self.options.root,
             lambda: self.code,
             self.apply,
             self._reload_failed,
@@ -402,7 +402,7 @@ class Daemon:
         )
         self.retention = Retention(self.loop, self.store, lambda: self.config.retention)
         if self.options.watch:
-            self.watcher = Watcher(self.loop, self.root, self._files_changed)
+            self.watcher = Watcher(self.loop, self.options.root, self._files_changed)
         self.store.commit()
         if self.notifier.watchdog_interval:
             self._watchdog()
@@ -564,6 +564,10 @@ class Daemon:
             )
             changed.append("control")
         self.config, self.code = config, code
+        root = config.path.parent
+        if root != self.root:
+            changed.append(f"root {root}")
+            self.root = root
         if self.watcher is not None:
             self.watcher.refresh()
         self.notifier.ready(self._summary())

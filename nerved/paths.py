@@ -11,10 +11,12 @@ def _as_root() -> bool:
 
 
 def resolve_root(option: str | None = None) -> Path:
+    """The root as given, made absolute but with its symlinks kept: nerved resolves it
+    again at each reload, so that a root that is a link may be pointed elsewhere."""
     if option:
-        return Path(option)
+        return Path(os.path.abspath(option))
     if env := os.environ.get("NERVE_ROOT"):
-        return Path(env)
+        return Path(os.path.abspath(env))
     if _as_root():
         return Path("/etc/nerve")
     return Path.home() / ".config" / "nerve"

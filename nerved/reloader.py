@@ -48,7 +48,7 @@ class Reloader:
     ) -> None:
         self.loop = loop
         self.workers = workers
-        self.root = root
+        self.root = root  # as given: resolved at each reload
         self.import_timeout = import_timeout  # seconds the whole import check may take
         self.current_code = current_code
         self.apply = apply
@@ -78,14 +78,17 @@ class Reloader:
         self._running = waiters
         self._source = source
         try:
-            config = load_config(self.root)
-            missing = check_packages(self.root, config)
+            # Resolved at each reload: a root that is a symlink (/etc/nerve ->
+            # /etc/static/nerve, as NixOS lays it out) may point elsewhere now.
+            root = self.root.resolve()
+            config = load_config(root)
+            missing = check_packages(root, config)
             if missing:
                 raise ConfigError(tuple(missing))
         except ConfigError as exc:
             self._finish(None, list(exc.errors))
             return
-        code = CodeSnapshot.take(self.root, config.senses, config.workflows, config.group_members())
+        code = CodeSnapshot.take(root, config.senses, config.workflows, config.group_members())
         refused = code.refusals()
         if refused:
             self._finish(None, refused)

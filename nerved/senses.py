@@ -296,9 +296,14 @@ class SenseManager:
             return
         group.worker = None
         group.ready = False
-        if group.loading is not None:
+        if group.loading is not None:  # it died importing (a hung import is said already)
             group.loading.cancel()
             group.loading = None
+            sense = group.senses[min(group.loaded, len(group.senses) - 1)]
+            if not (group.retired or self.stopping):
+                self._record_error(
+                    sense, f"importing senses/{sense} ended its group's worker ({why})"
+                )
         if group.grace is not None:
             group.grace.cancel()
             group.grace = None

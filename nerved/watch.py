@@ -132,10 +132,14 @@ class Watcher:
             wanted[directory] = names
             return True
 
-        add(self.root, ROOT_NAMES)
-        self._follow(self.root / "nerve.yaml", add)
+        # The root as given, link by link: pointing a symlinked root elsewhere is a change.
+        root = self._follow(self.root, add)
+        if root is None:
+            return wanted
+        add(root, ROOT_NAMES)
+        self._follow(root / "nerve.yaml", add)
         for top in ("senses", "workflows"):
-            base = self._follow(self.root / top, add)
+            base = self._follow(root / top, add)
             if base is None or not self._tree(base, add):
                 continue
             try:

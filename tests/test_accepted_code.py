@@ -477,3 +477,65 @@ def test_packages_keep_the_standard_import_apis(nerved_factory):
         "ns": "namespace",
         "source": "V = 'deep'\n",
     }
+
+
+def test_an_error_is_placed_in_the_package_not_in_the_library_it_called(nerved_factory):
+    """The innermost frame of the package: not json's decoder that raised, and found even
+    when the root lies under a directory named like nerve's own package."""
+    sense = "import json\n\ndef compute(ctx):\n    return json.loads('{bad')\n"
+    daemon = nerved_factory("senses:\n  s: {}\n", {"s": sense}, name="nerved").start()
+    daemon.rpc("sense.trigger", sense="s")
+    error = wait_until(lambda: daemon.sense("s")["lastError"], what="the compute's error")
+    init = daemon.root / "senses" / "s" / "__init__.py"
+    assert "/nerved/" in str(init)
+    assert error.startswith("JSONDecodeError: ") and error.endswith(f"(at {init}:4)"), error
+
+
+def test_a_root_that_is_a_symlink_may_be_pointed_elsewhere(tmp_path):
+    """As NixOS lays it out (/etc/nerve -> /etc/static/nerve -> /nix/store/...): a new
+    target is seen by itself (the link's directory is watched) and by reload."""
+    sense = "def compute(ctx):\n    return {VERSION!r}\n"
+    for version in ("v1", "v2"):
+        make_root(
+            tmp_path / version,
+            "senses:\n  s: {}\n",
+            {"s": sense.replace("{VERSION!r}", repr(version))},
+        )
+    link = tmp_path / "root"
+    link.symlink_to(tmp_path / "v1" / "root")
+    daemon = Nerved(link, tmp_path / "n").start()
+    try:
+        daemon.rpc("sense.trigger", sense="s")
+        wait_until(lambda: daemon.sense("s")["computes"] == 1, what="a compute")
+        link.unlink()
+        link.symlink_to(tmp_path / "v2" / "root")
+        wait_until(
+            lambda: daemon.rpc("status")["root"] == str(tmp_path / "v2" / "root"),
+            what="the new target to be loaded by itself",
+        )
+        daemon.rpc("sense.trigger", sense="s")
+        wait_until(
+            lambda: (
+                daemon.rpc("logs.query", source="sense", type="signal", refId="s", limit=1)[0][
+                    "payload"
+                ]
+                == "v2"
+            ),
+            what="the new code",
+        )
+    finally:
+        daemon.cleanup()
+
+
+def test_a_sense_whose_import_ends_its_worker_gets_the_error(nerved_factory):
+    config = "senses:\n  a: {}\n  b: {}\n"
+    daemon = nerved_factory(
+        config, {"a": "import os\nos._exit(3)\n", "b": "def compute(ctx):\n    return 1\n"}
+    ).start()
+    wait_until(
+        lambda: (
+            daemon.sense("a")["lastError"]
+            == "importing senses/a ended its group's worker (exit code 3)"
+        ),
+        what="the error of the sense whose import ended the worker",
+    )
