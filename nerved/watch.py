@@ -172,16 +172,21 @@ class Watcher:
             path = parent / target  # an absolute target replaces the parent
         return None
 
-    @staticmethod
-    def _tree(top: Path, add: Callable[[Path, Names], bool]) -> bool:
-        """Watch ``top`` and every directory below it for every name, links not followed,
-        hidden directories and ``__pycache__`` left out; False once the bound is reached."""
+    @classmethod
+    def _tree(cls, top: Path, add: Callable[[Path, Names], bool]) -> bool:
+        """Watch ``top`` and every directory below it for every name, hidden directories
+        and ``__pycache__`` left out; False once the bound is reached. Links are not
+        followed, but for a ``.py`` link, which nerve reads through (nerved.usercode): its
+        target is watched too, as stow and configuration management lay files out."""
         if not top.is_dir():
             return True
-        for dirpath, dirnames, _files in os.walk(top):
+        for dirpath, dirnames, files in os.walk(top):
             dirnames[:] = [d for d in dirnames if not _hidden(d)]
             if not add(Path(dirpath), None):
                 return False
+            for name in files:
+                if name.endswith(".py") and os.path.islink(os.path.join(dirpath, name)):
+                    cls._follow(Path(dirpath) / name, add)
         return True
 
     def _readable(self, _mask: int) -> None:

@@ -539,3 +539,28 @@ def test_a_sense_whose_import_ends_its_worker_gets_the_error(nerved_factory):
         ),
         what="the error of the sense whose import ended the worker",
     )
+
+
+def test_an_edit_behind_a_symlinked_module_reloads_by_itself(nerved_factory, tmp_path):
+    """A ``.py`` symlink is read through (its content is the package's code), so an edit
+    of its target is a change of the code, noticed by inotify like any other."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "helpers.py").write_text("VALUE = 1\n")
+    sense = "from . import helpers\n\ndef compute(ctx):\n    return helpers.VALUE\n"
+    daemon = nerved_factory("senses:\n  s: {}\n", {"s": sense})
+    (daemon.root / "senses" / "s" / "helpers.py").symlink_to(elsewhere / "helpers.py")
+    daemon.start()
+    (elsewhere / "helpers.py").write_text("VALUE = 2\n")
+    wait_until(lambda: "reloaded (inotify): group default" in daemon.log(), what="a reload")
+    daemon.rpc("sense.trigger", sense="s")
+    wait_until(
+        lambda: (
+            [
+                e["payload"]
+                for e in daemon.rpc("logs.query", source="sense", type="signal", refId="s", limit=1)
+            ]
+            == [2]
+        ),
+        what="the new value",
+    )
