@@ -29,9 +29,10 @@ test-deps:
 		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; }; \
 	fi
 
-# Run nerved in the foreground on the bundled example root; state and socket stay in .state/.
+# Run nerved in the foreground on the bundled example root; state and socket stay in .state/
+# (made 0700 whatever the umask: nerved refuses a state directory others could write).
 run: $(BIN)/.installed
-	mkdir -p $(STATE)
+	mkdir -m 0700 -p $(STATE)
 	$(BIN)/nerved --root examples --state-dir $(STATE) --socket $(STATE)/nerved.sock
 
 lint: $(BIN)/.installed

@@ -5,6 +5,9 @@ nothing that exists is ever overwritten (a package or a nerve.yaml is refused, n
 and every file appears whole, in one step, so that a running nerved's file watcher never
 loads half a package or half a nerve.yaml. nerve.yaml is edited as text, not re-dumped,
 so that the operator's comments and layout stay as they were.
+
+What it makes, nerved's strict modes accept whatever the umask: directories 0755 (even their
+parents: not ``mkdir -p``'s umask-given modes), files 0644.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Final
 
 from nervectl.context import Context
 from nervectl.exits import FAILED, OK, USAGE, CliError
+from nerved.modes import make_dirs
 from nerved.paths import resolve_root
 
 CONFIG: Final = "nerve.yaml"
@@ -82,7 +86,7 @@ def init_root(root: Path) -> Scaffolded:
     done = Scaffolded(root)
     try:
         for directory in (package.parent, root / "workflows"):
-            directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(directory)
         _create(package, _render("sense.py.tmpl", FIRST_SENSE), done)
         _create(config, template(CONFIG), done)
     except OSError as exc:
@@ -118,7 +122,7 @@ def _init_package(
         # Worked out before anything is written: a nerve.yaml this cannot edit leaves no trace.
         text = config.read_text(encoding="utf-8")
         edited = declare(text, section, name, body, where=str(config))
-        package.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(package.parent)
         # The package first: a watching nerved that sees the new entry finds its code there.
         _create(package, _render(template_name, name), done)
         if edited is None:

@@ -11,9 +11,13 @@ The layout inside the delegated cgroup ``<own>`` (``/system.slice/nerved.service
     <own>/master                     the master, moved there at start (cgroup v2 allows
                                      processes only in leaves once controllers are enabled)
     <own>/workflow-<name>-<pid>      one per worker, named so that systemd-cgtop reads well
-    <own>/sense-<group>-<pid>
-    <own>/probe-reload-<pid>
+    <own>/sense-<group>-<pid>        (``.<n>`` added in the rare case the name is still
+    <own>/probe-reload-<pid>         taken: a name is never reused, nerved.containment)
     <own>/.control                   systemd's own, for ExecReload=: never touched
+
+Anything else below ``<own>`` (and anything below ``master``) was not made by nerved: left
+by an earlier one, or made by user code, which runs as nerved's user and so owns these
+directories as much as nerved does. nerved.containment kills and removes it.
 
 Every function here is one or a few system calls on small files: bounded, never blocking on
 anything but the kernel. Errors are ``OSError``; callers decide what they mean.
@@ -24,16 +28,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 MASTER: Final = "master"
+SYSTEMD_CONTROL: Final = ".control"  # systemd's, for the unit's control processes
 DELEGATE_XATTRS: Final = ("trusted.delegate", "user.delegate")
-# The names of worker cgroups (see the layout above): what a start may sweep as left over.
-WORKER_NAME: Final = re.compile(r"(?:workflow|sense|probe)-[A-Za-z0-9_.-]+-[0-9]+")
+MAX_SUBTREE: Final = 1_000  # cgroups walked below one cgroup at most (one removal, one count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +63,13 @@ class Delegated:
             _write(self.path / "cgroup.subtree_control", f"+{controller}")
         return controller in _read(self.path / "cgroup.subtree_control").split()
 
-    def leftovers(self) -> list[Path]:
-        """Worker cgroups of an earlier nerved in this cgroup (it died without removing them)."""
-        return sorted(
-            entry for entry in self.path.iterdir()
-            if entry.is_dir() and WORKER_NAME.fullmatch(entry.name)
-        )  # fmt: skip
+    def children(self) -> list[Path]:
+        """The cgroups below ours, but the master's and systemd's own (:data:`MASTER`,
+        :data:`SYSTEMD_CONTROL`): the workers', and whatever else is there."""
+        return [
+            path for path in children(self.path)
+            if path.name not in (MASTER, SYSTEMD_CONTROL)
+        ]  # fmt: skip
 
 
 def find_delegated() -> Delegated | str:
@@ -133,11 +137,35 @@ def _write(path: Path, text: str) -> None:
 
 
 def create(path: Path) -> None:
-    """Make a cgroup; one left by an earlier worker of the same pid is emptied and reused."""
+    """Make a new cgroup; FileExistsError if the name is taken (it is never reused: a cgroup
+    still there may hold what is left of another unit, nerved.containment)."""
+    os.mkdir(path)
+
+
+def children(path: Path) -> list[Path]:
+    """The cgroups right below ``path`` (its subdirectories), in name order; none if it is
+    gone."""
     try:
-        os.mkdir(path)
-    except FileExistsError:
-        kill(path)
+        with os.scandir(path) as entries:
+            return sorted(
+                Path(entry.path) for entry in entries if entry.is_dir(follow_symlinks=False)
+            )
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def subtree(path: Path) -> list[Path]:
+    """``path`` and the cgroups below it, the deepest first (the order they can be removed
+    in): a worker's cgroup has none unless user code made some. At most
+    :data:`MAX_SUBTREE` of them."""
+    found = [path]
+    pending = [path]
+    while pending and len(found) < MAX_SUBTREE:
+        below = children(pending.pop())
+        below = below[: MAX_SUBTREE - len(found)]
+        found += below
+        pending += below
+    return found[::-1]
 
 
 def move(path: Path, pid: int) -> None:
@@ -145,12 +173,39 @@ def move(path: Path, pid: int) -> None:
     _write(path / "cgroup.procs", str(pid))
 
 
-def procs(path: Path) -> list[int]:
-    """The processes in a cgroup (not in its children: worker cgroups have none)."""
+def procs(path: Path, *, below: bool = True) -> list[int]:
+    """The processes in a cgroup and, with ``below``, in the cgroups below it (user code
+    may have made some)."""
+    found: list[int] = []
+    for where in subtree(path) if below else [path]:
+        try:
+            found += [int(line) for line in _read(where / "cgroup.procs").split()]
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def kill_if_in(path: Path, pid: int) -> bool:
+    """SIGKILL process ``pid`` if it is in the cgroup at ``path`` (not below it); whether it
+    was.
+
+    Through a pidfd (Linux 5.3), so that a pid reused meanwhile is never signalled: the
+    pidfd names the process that had ``pid`` when it was opened, and if that process is
+    still alive when signalled, it still had ``pid`` when the cgroup was read after.
+    """
     try:
-        return [int(line) for line in _read(path / "cgroup.procs").split()]
-    except FileNotFoundError:
-        return []
+        fd = os.pidfd_open(pid)
+    except OSError:  # gone (ESRCH), or no pidfd in this kernel: nothing signalled
+        return False
+    try:
+        if pid not in procs(path, below=False):
+            return False
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def kill(path: Path) -> None:
@@ -182,16 +237,18 @@ def kill(path: Path) -> None:
 
 
 def remove(path: Path) -> bool:
-    """Remove an empty cgroup; False while processes (dying ones included) are still in it."""
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        return True
-    except OSError as exc:
-        if exc.errno == errno.EBUSY:
-            return False
-        raise
-    return True
+    """Remove an emptied cgroup, and the cgroups user code made below it (the deepest
+    first); False while processes (dying ones included) are still in one of them."""
+    for where in subtree(path):
+        try:
+            os.rmdir(where)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                return False
+            raise
+    return not os.path.lexists(path)
 
 
 def set_memory_max(path: Path, limit: int | None) -> None:

@@ -1,10 +1,11 @@
 """Containment: a worker and everything it starts is one unit, ended as one, held to memoryMax.
 
 **The unit.** Every worker leads a process group of its own (:func:`nerved.process.spawn`);
-what it forks stays in that group unless it leaves on purpose (``setsid``). Under systemd with
-``Delegate=yes`` (:mod:`nerved.cgroups`), each worker also gets a cgroup of its own, entered
-before any user code runs, which nothing it starts can leave. :meth:`Containment.start`
-finds out which applies, once, and says so in the log.
+what it forks stays in that group unless it leaves on purpose (``setsid``, ``setpgid``: a
+group of its own, or another of the session). Under systemd with ``Delegate=yes``
+(:mod:`nerved.cgroups`), each worker also gets a cgroup of its own, entered before any user
+code runs, which sessions and process groups do not change. :meth:`Containment.start` finds
+out which applies, once, and says so in the log.
 
 **Ending a unit.** Whenever a worker ends, however it ends (it exited after ``stop`` or
 ``idleTimeout``; it crashed; the master killed it on a timeout, a drain, a protocol error,
@@ -18,11 +19,19 @@ that returned into its code, a daemonised child still in the group), and SIGKILL
 ends them. A cgroup is killed with ``cgroup.kill`` (forks in flight included) and removed
 once empty.
 
-**What is not covered.** Without systemd, a process that left its worker's group
-(``setsid``) is out of reach (the cgroup catches it), and a ``kill -9`` of the master ends
-the workers (``PR_SET_PDEATHSIG``) but not what they started: no process is left to kill
-those. A worker is never made a child subreaper to catch them: it would take the exit
-statuses of user code's grandchildren, which ``subprocess`` and ``os.wait`` must see.
+**What is not covered.** Without systemd, a process that left its worker's group is out of
+reach (the cgroup catches it), and a ``kill -9`` of the master ends the workers
+(``PR_SET_PDEATHSIG``) but not what they started: no process is left to kill those. A
+worker is never made a child subreaper to catch them: it would take the exit statuses of
+user code's grandchildren, which ``subprocess`` and ``os.wait`` must see.
+
+Containment bounds careless code, not code that means harm: user code runs as nerved's user,
+which owns the delegated cgroup files, so it can move a process into the master's cgroup or
+into one it makes, or raise its own ``memory.max``; nothing unprivileged can stop that. What
+it can be seen doing is undone cheaply: at start every cgroup below ours but the master's is
+swept, and each time a worker ends, cgroups nerved did not make and processes in the master's
+cgroup but the master are killed (:meth:`Containment._sweep_strays`). A cgroup's name is
+never reused (:meth:`Containment._new_cgroup`).
 
 **memoryMax.** Where the delegated cgroups have the ``memory`` controller, the kernel holds
 each unit to ``memory.max`` (``memory.oom.group=1``: its OOM killer ends the unit as a whole)
@@ -35,6 +44,7 @@ which the crash rules then apply to.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -54,6 +64,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_EVERY: Final = 0.1  # seconds between two tries to remove the cgroups of ended units
 SWEEP_WARN: Final = 10.0  # a cgroup not empty after this long is worth a warning
+MAX_NAME_TRIES: Final = 100  # names tried for a worker's cgroup (all taken: not contained)
 
 
 @dataclass(eq=False)
@@ -147,12 +158,41 @@ class Containment:
             os.mkdir(master)
         cgroups.move(master, os.getpid())
         self.kernel_memory = "memory" in delegated.controllers() and delegated.enable("memory")
-        for leftover in delegated.leftovers():
-            log.warning("killing and removing cgroup %s, left by an earlier nerved", leftover)
-            with contextlib.suppress(OSError):
-                cgroups.kill(leftover)
-            self._bury(leftover)
+        self._sweep_strays(delegated, at_start=True)
         self.delegated = delegated
+
+    def _sweep_strays(self, delegated: cgroups.Delegated, *, at_start: bool = False) -> None:
+        """Kill and remove every cgroup below ours that is not a live unit's, the master's
+        or systemd's, and any process in the master's cgroup but the master.
+
+        At start that is what an earlier nerved left. After, it is what user code did: it
+        runs as nerved's user, so it may make cgroups there and move processes into them, or
+        into the master's (nothing unprivileged can stop it, README "Containment"); what
+        moved into another unit's cgroup ends with that unit. Looked for each time a worker
+        ends (:meth:`ended`): a listing of two directories and one read of
+        ``master/cgroup.procs``, so that such a process lives at most until the next end.
+        """
+        master = delegated.child(cgroups.MASTER)
+        known = {unit.cgroup for unit in self.units.values()} | set(self._graveyard)
+        strays = [path for path in delegated.children() if path not in known]
+        strays += cgroups.children(master)  # nothing of nerved's is ever below the master
+        for path in strays:
+            why = "left by an earlier nerved" if at_start else "not made by nerved (user code?)"
+            log.warning("killing and removing cgroup %s, %s", path, why)
+            with contextlib.suppress(OSError):
+                cgroups.kill(path)
+            self._bury(path)
+        me = os.getpid()
+        try:
+            found = [pid for pid in cgroups.procs(master, below=False) if pid != me]
+        except OSError:
+            return
+        for pid in found:
+            if cgroups.kill_if_in(master, pid):
+                why = "left by an earlier nerved" if at_start else "user code moved it there"
+                log.warning(
+                    "killed process %d found in the master's cgroup %s: %s", pid, master, why
+                )
 
     # -- units ---------------------------------------------------------------------------
 
@@ -168,11 +208,11 @@ class Containment:
         cgroup), with nothing left behind."""
         delegated = self.delegated
         kernel_memory = self.kernel_memory
+        made: list[Path] = []
 
         def contain(pid: int) -> None:
             assert delegated is not None
-            path = delegated.child(f"{kind}-{name}-{pid}")
-            cgroups.create(path)
+            path = self._new_cgroup(delegated, f"{kind}-{name}-{pid}")
             try:
                 if kernel_memory:
                     cgroups.set_memory_max(path, memory_max)
@@ -181,13 +221,34 @@ class Containment:
                 with contextlib.suppress(OSError):
                     cgroups.remove(path)
                 raise
+            made.append(path)
 
         pid, sock = spawn(title, child_main, contain=None if delegated is None else contain)
-        cgroup = None if delegated is None else delegated.child(f"{kind}-{name}-{pid}")
+        cgroup = made[0] if made else None
         unit = Unit(kind, name, pid, cgroup, memory_max, kernel_memory and cgroup is not None)
         self.units[pid] = unit
         self.watch.update()
         return unit, sock
+
+    def _new_cgroup(self, delegated: cgroups.Delegated, name: str) -> Path:
+        """Make a new cgroup, never one that is still there or still to be removed.
+
+        ``<kind>-<name>-<pid>``, or if that is taken, ``.2``, ``.3``... after it: a pid is
+        reused in time, and a unit's cgroup may outlive its worker (in the graveyard, while
+        its killed processes are not gone yet: a process stuck in the kernel stays). Reusing
+        it would put the new worker where the sweeper kills every 0.1 s, with whatever is
+        left of the old unit.
+        """
+        for n in range(1, MAX_NAME_TRIES + 1):
+            path = delegated.child(name if n == 1 else f"{name}.{n}")
+            if path in self._graveyard:
+                continue
+            try:
+                cgroups.create(path)
+            except FileExistsError:
+                continue
+            return path
+        raise FileExistsError(errno.EEXIST, "no free cgroup name", str(delegated.child(name)))
 
     def set_memory_max(self, unit: Unit, limit: int | None) -> None:
         """A reload changed the unit's limit: it applies from now on."""
@@ -220,6 +281,8 @@ class Containment:
                     unit.exceeded = exceeded(unit.memory_max, peak)
                     log.error("%s: %s", unit, unit.exceeded)
             self._bury(unit.cgroup)
+            if self.delegated is not None:
+                self._sweep_strays(self.delegated)
 
     # -- memoryMax by sampling -----------------------------------------------------------
 

@@ -70,6 +70,20 @@ STATUS_EVERY: Final = 2.0  # seconds between STATUS= updates (sent only when the
 CHECK_FILES_EVERY: Final = 1.0  # seconds between two checks that logs.db is still there
 
 
+WATCH_SOURCE: Final = "inotify"  # the source of reloads nobody asked for: a file changed
+UNTRUSTED_SINCE_REFUSAL: Final = (
+    "not reloaded on a file change: strict modes were violated since the last accepted"
+    " reload: check the packages' content, then run `nervectl reload` (or send nerved SIGHUP)"
+)
+
+
+def _explicit(source: str) -> bool:
+    """Whether someone asked for a reload from ``source`` (SIGHUP, ``nervectl reload``),
+    not only the watch: sources of requests served together are joined with ", "
+    (nerved.reloader)."""
+    return any(part != WATCH_SOURCE for part in source.split(", "))
+
+
 class Fatal(Exception):
     """A reason not to start (or to stop at once), with the exit code that says which."""
 
@@ -202,12 +216,36 @@ def _acquire_pidfile(path: Path) -> PidFile:
 
 
 def _check_pidfile_path(path: Path) -> None:
-    """The path to the pid file and the file, if there (as the directory where it would be
-    made, a sticky ``/tmp`` is fine: nerved.pidfile refuses a file of others)."""
+    _refuse_unsafe(pidfile_violations(path), f"unsafe pid file {path}")
+
+
+def pidfile_violations(path: Path) -> list[modes.Violation]:
+    """The path to the pid file (as the directory where it would be made, a sticky ``/tmp``
+    is fine) and the file's owner, if it is there. The file is a state file: never followed
+    (a link there is to be removed), its mode tightened when opened (nerved.pidfile)."""
+    checker = modes.Checker()
+    checker.path(path, create=True, state=True)
+    return checker.violations
+
+
+def state_dir_violations(state: Path) -> list[modes.Violation]:
+    """The state directory, what leads to it, and the owners of the files nerved writes
+    there (at start, once it exists, and at every reload)."""
+    checker = modes.Checker()
+    checker.path(state)
+    return checker.violations + modes.file_owner_violations(state / n for n in STATE_FILES)
+
+
+def socket_violations(path: Path) -> list[modes.Violation]:
+    """The directories that lead to the control socket we bind (as the directory where it
+    is made, a sticky ``/tmp`` is fine): whoever could write there could put a socket of
+    theirs in its place for nervectl to talk to. The socket itself is no file of code."""
     checker = modes.Checker()
     checker.path(path, create=True)
-    _refuse_unsafe(checker.violations, f"unsafe pid file {path}")
+    return checker.violations
 
+
+STATE_DIR_MODE: Final = 0o750
 
 STATE_FILES: Final = (
     "nerved.lock",
@@ -238,11 +276,8 @@ def _lock_state_dir(state: Path) -> int:
         if not os.path.lexists(state):
             if modes.strict():  # where it will be made (warnings come once, below)
                 _refuse_unsafe(modes.dir_violations(state), f"unsafe state directory {state}")
-            state.mkdir(parents=True, mode=0o750)
-        checker = modes.Checker()
-        checker.path(state)
-        found = checker.violations + modes.file_owner_violations(state / n for n in STATE_FILES)
-        _refuse_unsafe(found, f"unsafe state directory {state}")
+            modes.make_dirs(state, STATE_DIR_MODE)  # and its parents 0755, whatever the umask
+        _refuse_unsafe(state_dir_violations(state), f"unsafe state directory {state}")
         fd = modes.open_state_file(state / "nerved.lock", os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         raise Fatal(f"cannot use state directory {state}: {exc}", EX_CANTCREAT) from exc
@@ -255,13 +290,19 @@ def _lock_state_dir(state: Path) -> int:
 
 
 def _listen(path: Path) -> tuple[socket.socket, int | None]:
-    """The socket systemd passed (socket activation), or one bound at ``path``, and its inode."""
+    """The socket systemd passed (socket activation), or one bound at ``path``, and its inode.
+
+    One we bind is where strict modes pass (before, and again after its directories were
+    made, if they were missing: 0755, whatever the umask).
+    """
     try:
         activated = inherited_socket()  # first: the variables are for us alone
     except OSError as exc:
         raise Fatal(f"bad socket activation: {exc}", EX_CONFIG) from exc
     if activated is not None:
         return activated, None
+    made = not os.path.lexists(path.parent)
+    _refuse_unsafe(socket_violations(path), f"unsafe socket {path}")
     try:
         sock = bind(path)
     except SocketInUse as exc:
@@ -269,7 +310,17 @@ def _listen(path: Path) -> tuple[socket.socket, int | None]:
     except OSError as exc:
         code = EX_TEMPFAIL if exc.errno == errno.EADDRINUSE else EX_CANTCREAT
         raise Fatal(f"cannot listen on {path}: {exc}", code) from exc
-    return sock, os.stat(path).st_ino
+    inode = os.stat(path).st_ino
+    if made:
+        try:
+            _refuse_unsafe(socket_violations(path), f"unsafe socket {path}")
+        except Fatal:
+            sock.close()
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            raise
+    return sock, inode
 
 
 class Daemon:
@@ -399,7 +450,9 @@ class Daemon:
             self.apply,
             self._reload_failed,
             timeout,
+            checks=self._reload_checks,
         )
+        self._refusals_accepted = modes.refusals()
         self.retention = Retention(self.loop, self.store, lambda: self.config.retention)
         if self.options.watch:
             self.watcher = Watcher(self.loop, self.options.root, self._files_changed)
@@ -550,8 +603,33 @@ class Daemon:
         """SIGHUP, inotify and ``nervectl reload`` all come here; see nerved.reloader."""
         return self.reloader.request(source)
 
+    def _reload_checks(self, source: str) -> list[str]:
+        """Why a reload from ``source`` is refused, beyond the root's own checks (the
+        Reloader asks once those passed, before it reads any code).
+
+        The strict modes of the state directory, the pid file and the socket we bound, as at
+        start: a reload is where an operator hears of a ``chmod`` made since. Then, once
+        strict modes refused something since the last reload an operator asked for, the
+        files may hold what others wrote while they could: a reload from a file change is
+        refused until someone looked and ran ``nervectl reload`` (or SIGHUP). Otherwise the
+        very ``chmod go-w`` the refusal suggested would load what was written meanwhile.
+        """
+        found = state_dir_violations(self.options.state_dir)
+        if self.options.pidfile is not None:
+            found += pidfile_violations(self.options.pidfile)
+        if self.prepared is not None and self.prepared.socket_inode is not None:
+            found += socket_violations(self.prepared.socket_path)
+        refused = modes.enforce(found)
+        if refused:
+            return refused
+        if modes.refusals() != self._refusals_accepted and not _explicit(source):
+            return [UNTRUSTED_SINCE_REFUSAL]
+        return []
+
     def apply(self, config: NerveConfig, code: CodeSnapshot, source: str) -> list[str]:
         """Make a validated configuration and code current, by diff."""
+        if _explicit(source):  # asked for: whatever strict modes refused before was looked at
+            self._refusals_accepted = modes.refusals()
         self.notifier.reloading()
         changed = self.senses.apply(config, code) + self.workflows.apply(config, code)
         if [unlined(r) for r in config.reflexes] != [unlined(r) for r in self.config.reflexes]:
@@ -579,7 +657,7 @@ class Daemon:
 
     def _files_changed(self) -> None:
         if not self.stopping:
-            self.request_reload("inotify")
+            self.request_reload(WATCH_SOURCE)
 
     def _reload_failed(self, errors: str) -> None:
         self.notifier.status(f"{self._summary()}; last reload failed")

@@ -15,10 +15,11 @@ those it shares with the master it was forked from. Its precision, against the k
 
 - a unit can go past its limit by what it allocates within one sampling interval (0.5 s,
   plus the time a pass takes) before it is killed;
-- the page cache a unit's file I/O fills, and kernel memory (socket buffers, page tables),
-  are not counted; ``memory.max`` counts them;
-- without a cgroup, a process that left the worker's process group (``setsid``) is neither
-  counted nor killed.
+- the page cache a unit's file I/O fills, kernel memory (socket buffers, page tables), and
+  shared memory no process of the unit maps (a ``memfd_create`` kept as a descriptor, files
+  in ``/dev/shm``, which outlive the unit too) are not counted; ``memory.max`` counts them;
+- without a cgroup, a process that left the worker's process group (``setsid``, ``setpgid``)
+  is neither counted nor killed.
 
 Each pass is bounded work per loop turn: it reads ``/proc`` (one ``stat`` per process, to
 find a process group's members, only when some unit has no cgroup) and one ``smaps_rollup``

@@ -30,13 +30,22 @@ nerved.store, nerved.detach):
 - the root, ``nerve.yaml``, ``senses/``, ``workflows/`` and every configured package with
   everything inside it (:func:`root_violations`), at start, at every reload and by
   ``nerved check``, before any user code is imported;
-- the state directory with what leads to it, and the pid file's path, at start, before
-  anything is opened there (:func:`dir_violations`, :meth:`Checker.path`), and the owners
-  of the state files already there (:func:`file_owner_violations`).
+- the state directory with what leads to it, the owners of the state files already there
+  (:func:`file_owner_violations`), the pid file's path and the control socket's, at start,
+  before anything is opened there (:func:`dir_violations`, :meth:`Checker.path`), and again
+  at every reload (nerved.daemon).
 
 A violation refuses the start (exit 78, like a bad nerve.yaml) or the reload. An operator who
 chose otherwise starts ``nerved --no-strict-modes`` (sshd's ``StrictModes no``): every
-violation is then a WARNING line, at start and at each reload (:func:`enforce`).
+violation is then a WARNING line, at start and at each reload (:func:`enforce`). The
+refusals are counted (:func:`refusals`): after one, the daemon refuses reloads from file
+changes until an explicit one (what others could write meanwhile must be looked at first).
+
+*User private groups* (Debian's and Ubuntu's ``umask 002``): after Debian's sshd, a path
+writable by its group is accepted when that group is its owner's own, the group of the
+same name that is the owner's primary group and has no other member
+(:func:`private_group`); never root's group (gid 0), which containers give to processes of
+arbitrary uids.
 
 State files (:func:`open_state_file`, :func:`prepare_db`) are another matter, checked
 whatever the policy: nerved never follows a symbolic link in its state, never opens anything
@@ -48,6 +57,7 @@ other permissions off existing ones (nerved owns them): its state is its user's 
 from __future__ import annotations
 
 import errno
+import grp
 import logging
 import os
 import pwd
@@ -72,6 +82,7 @@ STATE_FILE_MODE: Final = 0o600
 _WRITABLE: Final = stat.S_IWGRP | stat.S_IWOTH
 
 _strict = True
+_refusals = 0  # strict-modes refusals made in this process (see refusals())
 
 HINT: Final = (
     "strict modes: nerved runs code and keeps state only where nobody but root and its own"
@@ -109,14 +120,40 @@ class Violation:
 def enforce(violations: Iterable[Violation]) -> list[str]:
     """The refusals: every violation's message; or, with ``--no-strict-modes``, none (each is
     logged as a WARNING instead, so that it is said at start and at every reload)."""
+    global _refusals
     messages = [str(violation) for violation in violations]
     if not messages:
         return messages
     if _strict:
+        _refusals += 1
         return [*messages, HINT]
     for message in messages:
         log.warning("%s (ignored: --no-strict-modes)", message)
     return []
+
+
+def refusals() -> int:
+    """How many times :func:`enforce` refused something in this process (never under
+    ``--no-strict-modes``): the daemon compares it across reloads, nerved.daemon."""
+    return _refusals
+
+
+def private_group(uid: int, gid: int) -> bool:
+    """Whether ``gid`` is the private group of user ``uid`` (user private groups, as
+    Debian's sshd accepts them): the group has the user's name, is the user's primary group,
+    and lists no other member. Never root's group (gid 0): containers (OpenShift's arbitrary
+    uids) run processes of users unknown to /etc/passwd with it. Other users whose primary
+    group it is are not looked for: that would take enumerating every user."""
+    if gid == 0:
+        return False
+    try:
+        user = pwd.getpwuid(uid)
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return (
+        user.pw_gid == gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
+    )
 
 
 def _name(uid: int) -> str:
@@ -137,6 +174,7 @@ def _mode(st: os.stat_result) -> str:
 
 
 def _writers(mode: int) -> str:
+    """Who may write, from the write bits that count (``Checker._writable``)."""
     if mode & _WRITABLE == _WRITABLE:
         return "its group and others"
     return "its group" if mode & stat.S_IWGRP else "others"
@@ -154,6 +192,7 @@ class Checker:
         self.violations: list[Violation] = []
         self._said: set[tuple[str, str]] = set()
         self._stats: dict[str, os.stat_result] = {}
+        self._private: dict[tuple[int, int], bool] = {}  # private_group(), once per pair
 
     # -- one entry ----------------------------------------------------------------------
 
@@ -173,6 +212,19 @@ class Checker:
             return "root"
         return f"root or {_user(self.euid)}, the daemon's user"
 
+    def _writable(self, st: os.stat_result) -> int:
+        """The group and other write bits that count: the group's not when it is the owner's
+        private group (:func:`private_group`)."""
+        bits = st.st_mode & _WRITABLE
+        if bits & stat.S_IWGRP:
+            key = (st.st_uid, st.st_gid)
+            private = self._private.get(key)
+            if private is None:
+                private = self._private[key] = private_group(*key)
+            if private:
+                bits &= ~stat.S_IWGRP
+        return bits
+
     def entry(self, path: str, st: os.stat_result, *, ancestor: bool = False) -> None:
         """Check one entry as found (``lstat``): its owner and, unless a link, its mode.
 
@@ -183,34 +235,45 @@ class Checker:
         if not (link or stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             return  # a device, FIFO or socket holds no code (/dev/null is 0666, rightly)
         if st.st_uid not in (0, self.euid):
-            chown = "chown -h" if link else "chown"
             owner = "root" if self.euid == 0 else _name(self.euid)
+            # What another user owns holds what they chose: look before taking it over.
+            if link:
+                look = "check where it points"
+            elif stat.S_ISDIR(st.st_mode):
+                look = "check what it holds"
+            else:
+                look = "check its content"
             self._say(
                 path,
                 f"is owned by {_user(st.st_uid)}, not by {self._owners()}",
-                f"{chown} {owner} {path}",
+                f"{look}, then {'chown -h' if link else 'chown'} {owner} {path}",
             )
-        if link or not st.st_mode & _WRITABLE:
+        if link:
+            return
+        writable = self._writable(st)
+        if not writable:
             return
         if ancestor and st.st_mode & stat.S_ISVTX and stat.S_ISDIR(st.st_mode):
             if st.st_uid == 0:
                 return
             self._say(
                 path,
-                f"is writable by {_writers(st.st_mode)} (mode {_mode(st)}) and sticky, but"
+                f"is writable by {_writers(writable)} (mode {_mode(st)}) and sticky, but"
                 f" a sticky directory is trusted only when root owns it",
                 f"chmod go-w {path}",
             )
             return
         self._say(
             path,
-            f"is writable by {_writers(st.st_mode)} (mode {_mode(st)})",
+            f"is writable by {_writers(writable)} (mode {_mode(st)})",
             f"chmod go-w {path}",
         )
 
     # -- a path, as the kernel walks it -------------------------------------------------
 
-    def path(self, path: str | Path, *, create: bool = False) -> tuple[str, os.stat_result] | None:
+    def path(
+        self, path: str | Path, *, create: bool = False, state: bool = False
+    ) -> tuple[str, os.stat_result] | None:
         """Check ``path`` and every entry walked through to reach it; where it leads.
 
         Components are resolved one by one as the kernel does (``..`` after a link goes up
@@ -219,6 +282,11 @@ class Checker:
         walked). Then the last directory reached is checked as the place where the missing
         name would be made: with ``create`` (nerved makes it, and checks again after) as an
         ancestor, else strictly (a name anyone may create in ``/tmp`` is not ours).
+
+        ``state``: ``path`` is a file nerved writes, opened without following a link (the
+        pid file; nerved.modes.open_state_file): its last component is not followed, and
+        only its owner is checked (its mode is tightened when it is opened, as the state
+        files' are).
         """
         text = os.fspath(path)
         if not text.startswith("/"):  # not os.path.abspath: it folds `..` before any link
@@ -238,6 +306,10 @@ class Checker:
                     continue
                 candidate = os.path.join(current, name)
                 st = self._lstat(candidate)
+                if state and not pending:  # a state file: never followed
+                    trail.append(candidate)
+                    current = candidate
+                    break
                 if stat.S_ISLNK(st.st_mode):
                     links += 1
                     if links > MAX_LINKS:
@@ -264,6 +336,11 @@ class Checker:
             if stat.S_ISDIR(last.st_mode):
                 self.entry(current, last, ancestor=create)
             return None
+        if state:
+            if last.st_uid not in (0, self.euid):
+                violation = _file_of_others(Path(current), last)
+                self._say(violation.path, violation.problem, violation.fix)
+            return current, last
         self.entry(current, last)
         return current, last
 
@@ -345,6 +422,37 @@ def dir_violations(directory: Path) -> list[Violation]:
     checker = Checker()
     checker.path(directory, create=True)
     return checker.violations
+
+
+DIR_MODE: Final = 0o755  # what nerved (and nervectl init) make, above what needs less
+
+
+def make_dirs(path: Path, mode: int = DIR_MODE, parents_mode: int = DIR_MODE) -> list[Path]:
+    """Make directory ``path`` (``mode``) and its missing parents (``parents_mode``), each
+    with exactly that mode whatever the umask (``mkdir -p`` would give the parents the
+    umask's: 0777 under ``umask 0``, 0775 under 002). What exists is left as it is, and one
+    made meanwhile by another process is taken as found (the callers check strict modes
+    after). Returns the directories made, outermost first; raises ``OSError``.
+
+    The umask is set around each ``mkdir(2)``: process-wide, which is fine in nerved's
+    master and in nervectl (no threads).
+    """
+    missing: list[Path] = []
+    for where in (path, *path.parents):
+        if os.path.lexists(where):
+            break
+        missing.append(where)
+    made: list[Path] = []
+    for where in reversed(missing):
+        old = os.umask(0)
+        try:
+            os.mkdir(where, mode if where == path else parents_mode)
+        except FileExistsError:
+            continue
+        finally:
+            os.umask(old)
+        made.append(where)
+    return made
 
 
 def file_owner_violations(paths: Iterable[Path]) -> list[Violation]:

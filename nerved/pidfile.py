@@ -10,7 +10,8 @@ The file is opened without following a symbolic link (the daemon may run as root
 truncates what it opens), must be a regular file with no other hard link (another name of
 it could be any file of the host), and must belong to root or the daemon's user (strict
 modes: nerved.modes.vet_state_fd). It is created 0644: a pid is no secret, and tools that
-read pid files may run as anyone.
+read pid files may run as anyone; permissions beyond that found on one nerved owns are taken
+off (a WARNING, as for the state files), not refused.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class PidFile:
         Raises :class:`PidFileHeld` if another process holds it, naming the pid it wrote;
         ``OSError`` if it cannot be created, opened or locked, or is not a regular file.
         """
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        modes.make_dirs(path.parent)  # 0755, whatever the umask (nerved.daemon checks them)
         for _ in range(_ATTEMPTS):
             fd = modes.open_state_file(path, os.O_RDWR | os.O_CREAT, PIDFILE_MODE)
             try:

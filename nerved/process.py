@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -67,11 +66,21 @@ _SYSTEMD_VARIABLES: Final = (
 _libc: ctypes.CDLL | None = None
 
 
-def _prctl(option: int, arg: int | bytes) -> None:
+def _load_libc() -> ctypes.CDLL:
+    """The C library's functions, from the symbols already loaded (``dlopen(NULL)``).
+
+    Not ``ctypes.util.find_library``: it runs ``ldconfig -p`` in a subprocess, which in a
+    child that is not yet in its cgroup would be a process outside its unit. Loaded by the
+    master before it forks (:func:`spawn`), so that the child has it already.
+    """
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _prctl(option: int, arg: int | bytes) -> None:
+    if _load_libc().prctl(option, arg, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
 
@@ -129,6 +138,7 @@ def spawn(
     ENOMEM; ``socketpair``, ``pipe``: EMFILE, ENFILE), with nothing left open: the caller
     decides whether to retry.
     """
+    _load_libc()
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     gate_r = gate_w = None
     try:

@@ -45,7 +45,10 @@ class Reloader:
         apply: Apply,
         on_failure: Callable[[str], None],
         import_timeout: float = IMPORT_TIMEOUT,
+        checks: Callable[[str], list[str]] = lambda source: [],
     ) -> None:
+        """``checks(source)``: the daemon's own reasons to refuse a reload from ``source``,
+        asked once the configuration and packages passed, before any code is read."""
         self.loop = loop
         self.workers = workers
         self.root = root  # as given: resolved at each reload
@@ -53,6 +56,7 @@ class Reloader:
         self.current_code = current_code
         self.apply = apply
         self.on_failure = on_failure
+        self.checks = checks
         self._running: list[Pending] | None = None
         self._source = ""
         self._next: list[Pending] = []
@@ -87,6 +91,10 @@ class Reloader:
                 raise ConfigError(tuple(missing))
         except ConfigError as exc:
             self._finish(None, list(exc.errors))
+            return
+        refused = self.checks(source)
+        if refused:
+            self._finish(None, refused)
             return
         code = CodeSnapshot.take(root, config.senses, config.workflows, config.group_members())
         refused = code.refusals()

@@ -8,12 +8,16 @@ cgroup v2 has no memory controller, so the kernel's OOM path and the pre-5.14 ki
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from nerved import cgroups
+from nerved import cgroups, process
+from nerved import containment as containment_module
 from nerved.containment import Containment, Unit, exceeded
 
 MiB = 1 << 20
@@ -114,3 +118,140 @@ def test_a_start_without_delegation_uses_process_groups(
         " no cgroups: cgroup / is not delegated"
     )
     assert caplog.messages == [line]
+
+
+# -- what user code may do below nerved's cgroup (issue 9) ------------------------------------
+
+
+def fake_delegated(path: Path) -> cgroups.Delegated:
+    """A delegated cgroup of regular files: no controller, the master's leaf, systemd's."""
+    fake_cgroup(path, {"cgroup.controllers": "", "cgroup.subtree_control": "", "cgroup.procs": ""})
+    fake_cgroup(path / cgroups.MASTER, {"cgroup.procs": ""})
+    (path / cgroups.SYSTEMD_CONTROL).mkdir()
+    return cgroups.Delegated(path, "/nerved.service")
+
+
+def test_a_start_sweeps_every_cgroup_but_the_masters_and_systemds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not only those named like a worker's: user code may have made any (and below them,
+    and below the master's), and moved processes there."""
+    delegated = fake_delegated(tmp_path / "svc")
+    monkeypatch.setattr(cgroups, "find_delegated", lambda: delegated)
+    held = sleeper()
+    try:
+        for name in ("workflow-w-12", "anything", "x/nested/deeper", "master/below"):
+            (delegated.path / name).mkdir(parents=True)  # empty: removable as a real cgroup is
+        holding = fake_cgroup(delegated.path / "holding", {"cgroup.procs": f"{held.pid}\n"})
+        with caplog.at_level(logging.WARNING, "nerved.containment"):
+            Containment(loop=None).start()  # type: ignore[arg-type]
+        assert held.wait(5) == -9  # killed (without cgroup.kill: one by one, from cgroup.procs)
+        # (holding stays: a fake cgroup, whose files rmdir cannot remove)
+        left = sorted(p.name for p in delegated.path.iterdir() if p.is_dir())
+        assert left == [".control", "holding", "master"]
+        assert [p.name for p in (delegated.path / "master").iterdir()] == ["cgroup.procs"]
+        assert (delegated.path / "master/cgroup.procs").read_text() == str(os.getpid())
+        for name in ("anything", "holding", "workflow-w-12", "x", "master/below"):
+            assert f"cgroup {delegated.path / name}, left by an earlier nerved" in caplog.text
+        assert holding.exists()
+    finally:
+        held.kill()
+        held.wait()
+
+
+def test_a_process_moved_into_the_masters_cgroup_is_killed_when_a_worker_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """User code runs as nerved's user: it may move a process into the master's cgroup, or
+    make one of its own. Each end of a worker looks for both (and the master stays)."""
+    delegated = fake_delegated(tmp_path / "svc")
+    containment = Containment(loop=None)  # type: ignore[arg-type]
+    containment.delegated = delegated
+    worker, moved = sleeper(), sleeper()
+    try:
+        group = fake_cgroup(delegated.path / f"workflow-w-{worker.pid}", {"cgroup.kill": ""})
+        unit = Unit("workflow", "w", worker.pid, group, None, kernel_memory=False)
+        containment.units[worker.pid] = unit
+        (delegated.path / "master/cgroup.procs").write_text(f"{os.getpid()}\n{moved.pid}\n")
+        (delegated.path / "made").mkdir()
+        with caplog.at_level(logging.WARNING, "nerved.containment"):
+            containment.ended(worker.pid)
+        assert moved.wait(5) == -9
+        assert f"killed process {moved.pid} found in the master's cgroup" in caplog.text
+        assert "user code moved it there" in caplog.text
+        assert not (delegated.path / "made").exists()
+        assert f"{delegated.path / 'made'}, not made by nerved" in caplog.text
+        assert (delegated.path / "master").exists() and (delegated.path / ".control").exists()
+    finally:
+        for process in (worker, moved):
+            process.kill()
+            process.wait()
+
+
+def test_a_cgroup_name_still_taken_is_never_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pid comes back in time; the cgroup of an ended unit of that pid may still be there
+    (in the graveyard: a killed process stuck in the kernel). Reusing it would have the
+    sweeper kill the new worker every 0.1 s: the new one gets a name of its own."""
+    delegated = fake_delegated(tmp_path / "svc")
+    containment = Containment(loop=None)  # type: ignore[arg-type]
+    containment.delegated = delegated
+    worker = sleeper()
+    moved: list[tuple[Path, int]] = []
+    monkeypatch.setattr(cgroups, "move", lambda path, pid: moved.append((path, pid)))
+
+    def fake_spawn(title: str, child_main: object, contain: Callable[[int], None]) -> object:
+        contain(worker.pid)
+        return worker.pid, socket.socket()
+
+    monkeypatch.setattr(containment_module, "spawn", fake_spawn)
+    try:
+        name = f"workflow-w-{worker.pid}"
+        stuck = fake_cgroup(delegated.path / name, {"cgroup.kill": "", "cgroup.procs": "1\n"})
+        containment._graveyard[stuck] = 0.0
+        containment._graveyard[delegated.path / f"{name}.2"] = 0.0  # gone, but not yet seen so
+        unit, sock = containment.spawn("workflow", "w", "t", lambda s: 0, None)
+        sock.close()
+        assert unit.cgroup == delegated.path / f"{name}.3"
+        assert moved == [(unit.cgroup, worker.pid)]
+        assert (stuck / "cgroup.kill").read_text() == ""  # not emptied to be reused either
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_cgroups_user_code_made_below_a_units_are_counted_and_removed(tmp_path: Path) -> None:
+    group = tmp_path / "workflow-w-1"
+    (group / "a" / "b").mkdir(parents=True)
+    (group / "c").mkdir()
+    (group / "cgroup.procs").write_text("1\n")
+    (group / "a" / "b" / "cgroup.procs").write_text("2\n3\n")
+    assert sorted(cgroups.procs(group)) == [1, 2, 3]
+    assert cgroups.procs(group, below=False) == [1]
+    for procs in (group / "cgroup.procs", group / "a" / "b" / "cgroup.procs"):
+        procs.unlink()  # emptied: a real cgroup has files, but rmdir does not mind them
+    assert cgroups.remove(group) is True
+    assert not group.exists()
+
+
+def test_a_child_runs_nothing_before_it_is_in_its_cgroup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding the C library by name (ctypes.util.find_library) runs ``ldconfig -p`` in a
+    subprocess: in a child not yet moved, a process outside its unit (in the master's
+    cgroup). The master has it loaded before it forks, without it."""
+    import ctypes.util
+
+    marker = tmp_path / "ran"
+
+    def find_library(name: str) -> str | None:
+        marker.touch()
+        return None
+
+    monkeypatch.setattr(process, "_libc", None)
+    monkeypatch.setattr(ctypes.util, "find_library", find_library)
+    pid, sock = process.spawn("nerve:test", lambda sock: 0, contain=lambda pid: None)
+    sock.close()
+    assert os.waitpid(pid, 0)[1] == 0
+    assert not marker.exists()

@@ -15,10 +15,13 @@ from nervectl import scaffold
 from nervectl.exits import CliError
 
 
-def nervectl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def nervectl(
+    *args: str, env: dict[str, str] | None = None, umask: int = -1
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nervectl", *args],
         capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, **(env or {})},
+        umask=umask,
     )  # fmt: skip
 
 
@@ -88,6 +91,20 @@ def test_init_defaults_to_the_root_nerved_uses(tmp_path: Path) -> None:
     check(target)
     ok(nervectl("init", "sense", "extra", env={"NERVE_ROOT": str(target)}))
     assert "extra" in config_of(target)["senses"]
+
+
+def test_init_makes_directories_nerved_accepts_whatever_the_umask(tmp_path: Path) -> None:
+    """Issue 9 (8): under ``umask 002`` (user private groups) ``mkdir -p`` makes directories
+    writable by their group, which strict modes refuse (root's group is never taken as one
+    private to it): init makes them 0755, the root and its parents included."""
+    root = tmp_path / "a" / "b" / "root"
+    ok(nervectl("init", str(root), umask=0o002))
+    ok(nervectl("init", "sense", "extra", "--root", str(root), umask=0o002))
+    for directory in (tmp_path / "a", tmp_path / "a" / "b", root, root / "senses",
+                      root / "senses" / "heartbeat", root / "senses" / "extra",
+                      root / "workflows"):  # fmt: skip
+        assert directory.stat().st_mode & 0o777 == 0o755, directory
+    check(root)
 
 
 def test_init_json(tmp_path: Path) -> None:

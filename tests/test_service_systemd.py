@@ -220,6 +220,85 @@ def test_each_worker_is_a_cgroup_that_ends_with_all_it_started(sandbox: Sandbox)
     assert killed_by_systemd == []
 
 
+# A role whose two children leave its cgroup (and process group), as code running as nerved's
+# user can: one into a cgroup it makes beside the workers', one into the master's. Their pids go to the payload's
+# ``dir``.
+ESCAPER = """
+    import os, time
+    from nerved import WorkflowDefinition
+    from nerved.cgroups import _cgroup2_mount
+
+    def leave(into, pidfile, make=False):
+        if os.fork():
+            return
+        try:
+            os.setsid()  # out of the worker's process group too: only its cgroup held it
+            if make:
+                os.mkdir(into)
+            with open(into + "/cgroup.procs", "w") as procs:
+                procs.write(str(os.getpid()))
+            with open(pidfile + ".tmp", "w") as file:
+                file.write(str(os.getpid()))
+            os.rename(pidfile + ".tmp", pidfile)
+            while True:
+                time.sleep(60)
+        finally:
+            os._exit(0)
+
+    def escape(prompt, ctx):
+        with open("/proc/self/cgroup") as file:
+            mine = next(line[3:].strip() for line in file if line.startswith("0::"))
+        service = _cgroup2_mount() + os.path.dirname(mine)
+        leave(service + "/elsewhere", prompt["dir"] + "/made", make=True)
+        leave(service + "/master", prompt["dir"] + "/master")
+        while not all(os.path.exists(prompt["dir"] + "/" + n) for n in ("made", "master")):
+            time.sleep(0.01)
+        return {"type": "left"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "escape", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"escape": escape}, moderate=moderate)
+"""
+
+
+def test_processes_that_left_their_workers_cgroup_die_at_its_end(sandbox: Sandbox) -> None:
+    """Issue 9 (1): nothing unprivileged stops code running as nerved's user from moving a
+    process out of its worker's cgroup (it owns the delegated files); the end of the worker
+    finds it in a cgroup nerved did not make, or in the master's, and kills it."""
+    sandbox.prepare("workflows:\n  e: {idleTimeout: 300ms}\n", {"e": ESCAPER}).start()
+    sandbox.systemctl("start", "nerved.service")
+    directory = sandbox.state_dir / "pids"
+    directory.mkdir()
+    os.chown(directory, pwd.getpwnam("nerve").pw_uid, -1)
+    payload = json.dumps({"dir": str(directory)})
+    run = sandbox.nervectl_json("workflow", "trigger", "e", "--payload", payload, "--wait")
+    assert run["status"] == "completed", run
+    made, master = (int((directory / n).read_text()) for n in ("made", "master"))
+    assert cgroup_of(sandbox, master) == f"{SERVICE_CGROUP}/master"
+    assert cgroup_of(sandbox, made) == f"{SERVICE_CGROUP}/elsewhere"
+    wait_until(
+        lambda: not (running(sandbox, made) or running(sandbox, master)),
+        what="the processes that left to be killed when the idle worker ended",
+    )
+    wait_until(
+        lambda: (
+            sandbox.run(
+                "test", "-e", f"/sys/fs/cgroup{SERVICE_CGROUP}/elsewhere", check=False
+            ).returncode
+        ),
+        what="the cgroup user code made to be removed",
+    )
+    messages = [str(e.get("MESSAGE")) for e in sandbox.journal("-p", "warning")]
+    assert any(f"{SERVICE_CGROUP}/elsewhere, not made by nerved" in m for m in messages)
+    assert any(f"killed process {master} found in the master's cgroup" in m for m in messages), (
+        messages
+    )
+    assert sandbox.nervectl_json("status")["pid"] == sandbox.main_pid()  # the master stays
+
+
 def test_memory_max_holds_a_workers_cgroup(sandbox: Sandbox) -> None:
     sandbox.prepare("workflows:\n  hog: {memoryMax: 100M, maxAttempts: 1}\n", {"hog": LEAKER})
     sandbox.start()

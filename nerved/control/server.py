@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from nerved import wire
+from nerved import modes, wire
 from nerved.control.connection import (
     MAX_PENDING,
     OUTPUT_PAUSE,
@@ -67,7 +67,7 @@ def bind(path: Path) -> socket.socket:
     A path where something still answers is left alone: two daemons on one socket would
     each think the other's clients were theirs.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    modes.make_dirs(path.parent)  # 0755, whatever the umask (nerved.daemon checks them)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise FileExistsError(errno.EEXIST, "exists and is not a socket", str(path))
