@@ -226,7 +226,14 @@ def group_memory_max(senses: Iterable[SenseConfig]) -> int | None:
 # Durations
 
 _DURATION_RE = re.compile(r"(-?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h|d)?")
-_UNIT_MS = {None: 1, "ms": 1, "s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS}
+_UNIT_MS: dict[str | None, int] = {
+    None: 1,
+    "ms": 1,
+    "s": SECOND_MS,
+    "m": MINUTE_MS,
+    "h": HOUR_MS,
+    "d": DAY_MS,
+}
 _DURATION_HINT = "expected a duration such as 500ms, 10s, 5m or 1h, or a number of milliseconds"
 
 
@@ -236,27 +243,42 @@ def parse_duration(value: object) -> int:
     Raises ValueError with a message meant for the operator, because the caller puts it in
     front of them verbatim with only the file, line and key prepended.
     """
+    return _amount(value, _DURATION_RE, _UNIT_MS, _DURATION_HINT, "a duration", MAX_DURATION_MS,
+                   "36500d (100 years)")  # fmt: skip
+
+
+def _amount(
+    value: object,
+    pattern: re.Pattern[str],
+    units: Mapping[str | None, int],
+    hint: str,
+    what: str,
+    maximum: int,
+    maximum_text: str,
+) -> int:
+    """An integer amount from a YAML number or a string ``<number><unit>``, rounded half up:
+    what :func:`parse_duration` and :func:`parse_size` share."""
     amount: Decimal
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{_DURATION_HINT}; got {_show(value)}")
+        raise ValueError(f"{hint}; got {_show(value)}")
     if isinstance(value, int):
         amount = Decimal(value)
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{_DURATION_HINT}; got {_show(value)}")
+            raise ValueError(f"{hint}; got {_show(value)}")
         amount = Decimal(value)
     else:
-        match = _DURATION_RE.fullmatch(value.strip())
+        match = pattern.fullmatch(value.strip())
         if match is None:
-            raise ValueError(f"{_DURATION_HINT}; got {_show(value)}")
+            raise ValueError(f"{hint}; got {_show(value)}")
         sign, number, unit = match.groups()
-        amount = Decimal(number) * _UNIT_MS[unit]
+        amount = Decimal(number) * units[unit]
         if sign:
             amount = -amount
     if amount < 0:
-        raise ValueError(f"a duration cannot be negative; got {_show(value)}")
-    if amount > MAX_DURATION_MS:
-        raise ValueError(f"a duration cannot exceed 36500d (100 years); got {_show(value)}")
+        raise ValueError(f"{what} cannot be negative; got {_show(value)}")
+    if amount > maximum:
+        raise ValueError(f"{what} cannot exceed {maximum_text}; got {_show(value)}")
     return int(amount.to_integral_value(rounding=ROUND_HALF_UP))
 
 
@@ -264,7 +286,13 @@ def parse_duration(value: object) -> int:
 # Sizes
 
 _SIZE_RE = re.compile(r"(-?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([KMGT]?)")
-_SIZE_UNIT = {"": 1, "K": KiB, "M": MiB, "G": 1024 * MiB, "T": 1024 * 1024 * MiB}
+_SIZE_UNIT: dict[str | None, int] = {
+    "": 1,
+    "K": KiB,
+    "M": MiB,
+    "G": 1024 * MiB,
+    "T": 1024 * 1024 * MiB,
+}
 _SIZE_HINT = "expected a size such as 256M or 1G (K, M, G, T: powers of 1024), or a number of bytes"
 
 
@@ -274,28 +302,7 @@ def parse_size(value: object) -> int:
     The suffixes are powers of 1024, as in systemd's ``MemoryMax=``. Raises ValueError with a
     message meant for the operator, as :func:`parse_duration` does.
     """
-    amount: Decimal
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{_SIZE_HINT}; got {_show(value)}")
-    if isinstance(value, int):
-        amount = Decimal(value)
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{_SIZE_HINT}; got {_show(value)}")
-        amount = Decimal(value)
-    else:
-        match = _SIZE_RE.fullmatch(value.strip())
-        if match is None:
-            raise ValueError(f"{_SIZE_HINT}; got {_show(value)}")
-        sign, number, unit = match.groups()
-        amount = Decimal(number) * _SIZE_UNIT[unit]
-        if sign:
-            amount = -amount
-    if amount < 0:
-        raise ValueError(f"a size cannot be negative; got {_show(value)}")
-    if amount > MAX_SIZE:
-        raise ValueError(f"a size cannot exceed 1024T; got {_show(value)}")
-    return int(amount.to_integral_value(rounding=ROUND_HALF_UP))
+    return _amount(value, _SIZE_RE, _SIZE_UNIT, _SIZE_HINT, "a size", MAX_SIZE, "1024T")
 
 
 # --------------------------------------------------------------------------------------------
