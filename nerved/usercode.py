@@ -407,65 +407,45 @@ _IMPORTED: dict[str, Package] = {}
 """The packages this process imports from their snapshots, by private module name."""
 
 
-class _SnapshotLoader(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
-    """Finds each snapshotted package by its private name, and loads its modules from the
-    source the snapshot holds. One per process, first on ``sys.meta_path``.
+class _SourceLoader(importlib.abc.InspectLoader):
+    """Loads one module of a snapshotted package from the source the snapshot holds, under
+    whatever name it is imported (its private name, or a plain one when user code puts the
+    package's directory on ``sys.path``).
 
-    A module is compiled from the held bytes with its real path as ``__file__``, so that
+    It is compiled from the held bytes with its real path as ``__file__``, so that
     tracebacks, data files next to it, ``pkgutil.get_data`` and ``importlib.resources`` work
-    (data comes from disk: only source is held). Submodules are found by the path hook
-    (:class:`_SnapshotFinder`), which stands in for the file system's finder on every
-    directory of a snapshotted package.
+    (data comes from disk: only source is held).
     """
 
-    def find_spec(
-        self,
-        fullname: str,
-        path: Sequence[str] | None,
-        target: ModuleType | None = None,
-    ) -> importlib.machinery.ModuleSpec | None:
-        package = _IMPORTED.get(fullname)
-        if package is None:
-            return None
-        return _spec(fullname, self, package, "")
-
-    def _source_of(self, fullname: str) -> tuple[Package, str, bytes]:
-        for prefix, package in _IMPORTED.items():
-            if fullname == prefix or fullname.startswith(prefix + "."):
-                relative = fullname[len(prefix) + 1 :].replace(".", "/")
-                base = relative + "/" if relative else ""
-                for candidate in (base + "__init__.py", relative + ".py"):
-                    if candidate in package.sources:
-                        return package, candidate, package.sources[candidate]
-        raise ImportError(f"no source held for {fullname}", name=fullname)
+    def __init__(self, package: Package, relative: str) -> None:
+        self.package = package
+        self.relative = relative  # "__init__.py", "lib/helpers.py"
+        self.path = str(package.directory / relative)
 
     def is_package(self, fullname: str) -> bool:
-        return self._source_of(fullname)[1].endswith("__init__.py")
+        return self.relative.rpartition("/")[2] == "__init__.py"
 
     def get_source(self, fullname: str) -> str:
-        return importlib.util.decode_source(self._source_of(fullname)[2])
+        return importlib.util.decode_source(self.package.sources[self.relative])
 
     def get_filename(self, fullname: str) -> str:
-        package, relative, _ = self._source_of(fullname)
-        return str(package.directory / relative)
+        return self.path
 
     def get_code(self, fullname: str) -> CodeType:
-        package, relative, source = self._source_of(fullname)
-        filename = str(package.directory / relative)
+        source = self.package.sources[self.relative]
         # Tracebacks show the lines that run, not the file as it is on disk now.
         text = importlib.util.decode_source(source)
-        linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
-        return compile(source, filename, "exec", dont_inherit=True)
+        linecache.cache[self.path] = (len(text), None, text.splitlines(True), self.path)
+        return compile(source, self.path, "exec", dont_inherit=True)
 
     def exec_module(self, module: ModuleType) -> None:
         exec(self.get_code(module.__name__), module.__dict__)
 
     def get_data(self, path: str) -> bytes:
         """``pkgutil.get_data``: a module's source as held, anything else from disk."""
-        for package in _IMPORTED.values():
-            relative = os.path.relpath(path, package.directory)
-            if relative in package.sources:
-                return package.sources[relative]
+        relative = os.path.relpath(path, self.package.directory)
+        if relative in self.package.sources:
+            return self.package.sources[relative]
         with open(path, "rb") as file:
             return file.read()
 
@@ -475,10 +455,25 @@ class _SnapshotLoader(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader)
             return None
         from importlib.readers import FileReader
 
-        return FileReader(cast(Any, SimpleNamespace(path=self.get_filename(fullname))))
+        return FileReader(cast(Any, SimpleNamespace(path=self.path)))
 
 
-_LOADER: Final = _SnapshotLoader()
+class _PackageFinder(importlib.abc.MetaPathFinder):
+    """Finds each snapshotted package by its private name; first on ``sys.meta_path``. Its
+    modules are found by the path hook (:class:`_SnapshotFinder`), which stands in for the
+    file system's finder on every directory of a snapshotted package."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        package = _IMPORTED.get(fullname)
+        return None if package is None else _spec(fullname, package, "")
+
+
+_FINDER: Final = _PackageFinder()
 
 
 class _SnapshotFinder:
@@ -501,7 +496,7 @@ class _SnapshotFinder:
         self, fullname: str, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
         relative = self.relative + fullname.rpartition(".")[2]
-        spec = _spec(fullname, _LOADER, self.package, relative)
+        spec = _spec(fullname, self.package, relative)
         if spec is not None:
             return spec
         directory = self.package.directory
@@ -541,15 +536,14 @@ class _SnapshotFinder:
                 yield prefix + name, is_package
 
 
-def _spec(
-    fullname: str, loader: _SnapshotLoader, package: Package, relative: str
-) -> importlib.machinery.ModuleSpec | None:
+def _spec(fullname: str, package: Package, relative: str) -> importlib.machinery.ModuleSpec | None:
     """The spec of ``relative`` (a module path in ``package``, ``""`` for the package)."""
     base = relative + "/" if relative else ""
     for candidate, is_package in ((base + "__init__.py", True), (relative + ".py", False)):
         if candidate in package.sources:
+            loader = _SourceLoader(package, candidate)
             spec = importlib.machinery.ModuleSpec(
-                fullname, loader, origin=str(package.directory / candidate), is_package=is_package
+                fullname, loader, origin=loader.path, is_package=is_package
             )
             spec.has_location = True
             if is_package:
@@ -575,19 +569,27 @@ def _spec(
 
 
 def _path_hook(entry: str) -> _SnapshotFinder:
-    """On ``sys.path_hooks``: claims every directory of a snapshotted package."""
+    """On ``sys.path_hooks``: claims every directory of a snapshotted package, by the path
+    it was configured at or by its real path (a symlinked package, reached through
+    ``os.path.realpath(__file__)``), so that no name is ever found in it on disk."""
+    real = os.path.realpath(entry)
     for package in _IMPORTED.values():
-        relative = os.path.relpath(entry, package.directory)
-        if relative == ".":
-            return _SnapshotFinder(package, "")
-        if not relative.startswith(".."):
-            return _SnapshotFinder(package, relative.replace(os.sep, "/") + "/")
+        for base, path in ((str(package.directory), entry), (_real(package), real)):
+            relative = os.path.relpath(path, base)
+            if relative == ".":
+                return _SnapshotFinder(package, "")
+            if relative != ".." and not relative.startswith(".." + os.sep):
+                return _SnapshotFinder(package, relative.replace(os.sep, "/") + "/")
     raise ImportError("not a directory of a snapshotted package")
 
 
+def _real(package: Package) -> str:
+    return os.path.realpath(package.directory)
+
+
 def _install(qualified: str, package: Package) -> None:
-    if _LOADER not in sys.meta_path:
-        sys.meta_path.insert(0, _LOADER)
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
         sys.path_hooks.insert(0, _path_hook)
     _IMPORTED[qualified] = package
     directory = str(package.directory)

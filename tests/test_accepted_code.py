@@ -564,3 +564,60 @@ def test_an_edit_behind_a_symlinked_module_reloads_by_itself(nerved_factory, tmp
         ),
         what="the new value",
     )
+
+
+SYS_PATH = """
+    import os, sys
+    from nerved import WorkflowDefinition
+
+    def work(prompt, ctx):
+        here = os.path.dirname(__file__)
+        directory = os.path.realpath(here) if prompt == "real" else here
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+        sys.modules.pop("helper", None)
+        import helper
+        return {"type": "done", "who": helper.WHO}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "work", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
+"""
+
+
+@pytest.mark.parametrize("how", ["as given", "real"])
+def test_a_package_directory_put_on_sys_path_serves_the_accepted_code(
+    nerved_factory, tmp_path, how
+):
+    """``sys.path.insert(0, os.path.dirname(__file__))`` is a common idiom; with a package
+    that is a symlink, ``os.path.realpath`` leads past the link: either way, the modules
+    found there are the accepted ones, never the files on disk."""
+    daemon = nerved_factory("workflows:\n  other: {}\n", workflows={"other": SYS_PATH})
+    target = tmp_path / "elsewhere" / "linked"
+    target.mkdir(parents=True)
+    (target / "__init__.py").write_text(textwrap.dedent(SYS_PATH))
+    (target / "helper.py").write_text("WHO = 'accepted'\n")
+    (daemon.root / "workflows" / "linked").symlink_to(target)
+    (daemon.root / "nerve.yaml").write_text("workflows:\n  linked: {idleTimeout: 1s}\n")
+    daemon.extra.append("--no-watch")
+    daemon.start()
+    prompt = "real" if how == "real" else "given"
+
+    def who() -> object:
+        run_id = daemon.rpc("workflow.trigger", workflow="linked", payload=prompt)["runId"]
+        with daemon.client(30) as client:
+            run = client.call("workflow.wait", {"runId": run_id, "timeout": 20})
+        assert run["status"] == "completed", run
+        events = daemon.rpc("workflow.inspect", runId=run_id)["events"]
+        return next(e for e in events if e["type"] == "step_complete")["payload"]["event"]["who"]
+
+    assert who() == "accepted"
+    (target / "helper.py").write_text("WHO = 'not accepted'\n")
+    with (target / "__init__.py").open("a") as file:
+        file.write("raise RuntimeError('a broken edit')\n")
+    assert "a broken edit" in _refused(daemon)[0]
+    wait_until(lambda: "linked" not in daemon.worker_pids("workflow"), what="the idle exit")
+    assert who() == "accepted"
