@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
 import time
@@ -64,7 +65,9 @@ def _answer(
     except TimeoutError:
         return [f"importing {importing} took longer than {timeout:g}s"]
     except (ChannelClosed, ProtocolError):
-        _, status = _end(pid, wait_first=True)
+        if not _exits_by(pid, deadline):  # it closed its channel, and goes on
+            return [f"importing {importing} took longer than {timeout:g}s"]
+        _, status = _end(pid)
         pid = 0  # reaped: its id is free, and must never be signalled again
         return [f"importing {importing} ended the import check ({describe_exit(status)})"]
     finally:
@@ -73,19 +76,22 @@ def _answer(
             _end(pid)
 
 
-def _end(pid: int, *, wait_first: bool = False) -> tuple[int, int]:
+def _exits_by(pid: int, deadline: float) -> bool:
+    """Whether the child ``pid`` has exited by ``deadline`` (it is not reaped here)."""
+    fd = os.pidfd_open(pid)
+    try:
+        return bool(select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0])
+    finally:
+        os.close(fd)
+
+
+def _end(pid: int) -> tuple[int, int]:
     """End the check's child and all it started (its process group, nerved.process), and
-    reap it: ``waitpid``'s answer, or ``(0, 0)`` if it was reaped already. The group is
-    signalled only while its leader is unreaped, so the id cannot belong to anyone else."""
-    if wait_first:
-        with contextlib.suppress(ChildProcessError):
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    reap it: ``waitpid``'s answer. The group is signalled only while its leader is unreaped
+    (alive, or exited and not yet waited for), so the id cannot belong to anyone else."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    try:
-        return os.waitpid(pid, 0)
-    except ChildProcessError:
-        return 0, 0
+    return os.waitpid(pid, 0)
 
 
 def run(root: Path, import_timeout: float | None = None) -> int:

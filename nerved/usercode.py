@@ -653,6 +653,10 @@ before it is killed and reported as hung (``nerved --import-timeout``, at most 6
 another one is still answered before the client gives up."""
 
 
+EXIT_NO_ANSWER: Final = 74
+"""How an import check's child ends when the package's code took its channel away."""
+
+
 def probe_child(packages: Sequence[Package], timeout: float) -> Callable[[socket.socket], int]:
     """The main of a throwaway child that imports ``packages`` as their workers would.
 
@@ -667,15 +671,19 @@ def probe_child(packages: Sequence[Package], timeout: float) -> Callable[[socket
     def child_main(sock: socket.socket) -> int:
         channel = Channel(sock)
         errors: list[str] = []
-        for package in packages:
-            channel.send({"t": "importing", "package": package.label})
+        try:
+            for package in packages:
+                channel.send({"t": "importing", "package": package.label})
+                channel.flush_blocking(timeout)
+                try:
+                    load(package)
+                except UserCodeError as exc:
+                    errors.append(wire.text(str(exc)))  # megabytes of message are cut, not lost
+            channel.send({"t": "probed", "errors": errors})
             channel.flush_blocking(timeout)
-            try:
-                load(package)
-            except UserCodeError as exc:
-                errors.append(wire.text(str(exc)))  # a message of megabytes is cut, not lost
-        channel.send({"t": "probed", "errors": errors})
-        channel.flush_blocking(timeout)
+        except OSError as exc:  # the package's code closed or broke the channel
+            print(f"the import check cannot answer: {exc}", file=sys.stderr)
+            return EXIT_NO_ANSWER
         return 0
 
     return child_main

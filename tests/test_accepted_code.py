@@ -266,17 +266,19 @@ def test_errors_point_at_the_users_line(nerved_factory, tmp_path):
     [
         (HANGS, "took longer than 1s"),
         ("import os\nos._exit(0)\n", "ended the import check (exit code 0)"),
+        # It takes its channel away and goes on: still bounded, and said so.
+        ("import os, time\nos.closerange(3, 4096)\ntime.sleep(30)\n", "took longer than 1s"),
     ],
 )
 def test_check_names_the_package_that_hung_or_ended_it(tmp_path, code, why):
-    config = "senses:\n  fine: {}\n  bad: {}\n"
-    root = make_root(tmp_path, config, {"fine": "def compute(ctx):\n    return 1\n", "bad": code})
+    config = "senses:\n  fine: {}\nworkflows:\n  bad: {}\n"
+    root = make_root(tmp_path, config, {"fine": "def compute(ctx):\n    return 1\n"}, {"bad": code})
     done = subprocess.run(
         [sys.executable, "-m", "nerved", "--root", str(root), "--import-timeout", "1", "check"],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True, text=True, cwd=REPO, timeout=15,
     )  # fmt: skip
     assert done.returncode == 78
-    assert done.stderr.strip() == f"importing senses/bad {why}"
+    assert done.stderr.strip() == f"importing workflows/bad {why}"
 
 
 def test_a_worker_whose_exit_never_returns_is_killed_after_its_idle_stop(nerved_factory):
