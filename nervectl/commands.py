@@ -88,8 +88,8 @@ def sense_trigger(ctx: Context) -> int:
 
 RELOAD_TIMEOUT: Final = 130.0
 """Seconds ``reload`` waits for its answer. nerved answers within two reloads' time (one in
-progress, then the one that serves this request), each with an import check of at most
-``nerved --import-timeout`` (20 s by default, 60 s at most), so the answer always comes
+progress, then the one that serves this request), each with an import check of at most twice
+``nerved --import-timeout`` (20 s by default, 30 s at most), so the answer always comes
 before this client gives up."""
 
 

@@ -26,26 +26,30 @@ EX_CONFIG: Final = 78
 
 
 def probe_in_fork(units: list[tuple[Package, ...]], timeout: float = IMPORT_TIMEOUT) -> list[str]:
-    """Import each unit (what one worker imports) in a child of its own, all at once, within
-    ``timeout`` seconds, as a reload's import check does; their answers, or why there was
-    none (naming the package a child was importing when it hung or died), in unit order.
+    """Import each unit (what one worker imports) in a child of its own, one per CPU at a
+    time, each within ``timeout`` seconds, as a reload's import check does
+    (nerved.importcheck); their answers, or why there was none (naming the package a child
+    was importing when it hung or died), in unit order.
 
     Raises OSError when a child cannot be forked (the others are ended first).
     """
-    children: list[tuple[int, Channel]] = []
-    try:
-        for unit in units:
-            pid, sock = spawn("nerve:check", probe_child(unit, timeout))
-            children.append((pid, Channel(sock)))
-    except OSError:
-        for pid, channel in children:
-            channel.close()
-            _end(pid)
-        raise
-    deadline = time.monotonic() + timeout
+    parallel = os.cpu_count() or 1
     errors: list[str] = []
-    for (pid, channel), unit in zip(children, units, strict=True):
-        errors += _answer(pid, channel, unit[0].label, deadline, timeout)
+    for first in range(0, len(units), parallel):
+        batch = units[first : first + parallel]
+        children: list[tuple[int, Channel]] = []
+        try:
+            for unit in batch:
+                pid, sock = spawn("nerve:check", probe_child(unit, timeout))
+                children.append((pid, Channel(sock)))
+        except OSError:
+            for pid, channel in children:
+                channel.close()
+                _end(pid)
+            raise
+        deadline = time.monotonic() + timeout
+        for (pid, channel), unit in zip(children, batch, strict=True):
+            errors += _answer(pid, channel, unit[0].label, deadline, timeout)
     return errors
 
 

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="how long importing a package may take, in a worker or in the import check of a"
-        " reload or of `check`, before it is reported as hung (default 20, at most 60)",
+        " reload or of `check`, before it is reported as hung (default 20, at most 30)",
     )
     parser.add_argument(
         "--no-strict-modes",
@@ -64,8 +64,8 @@ def _import_timeout(text: str) -> float:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (math.isfinite(seconds) and 0 < seconds <= 60):
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 60 seconds: {text}")
+    if not (math.isfinite(seconds) and 0 < seconds <= 30):
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 30 seconds: {text}")
     return seconds
 
 

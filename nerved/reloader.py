@@ -7,28 +7,29 @@ diff, in the managers); otherwise the error is reported and everything running s
 is. The probe is an ordinary child of the master's loop, so a package whose import hangs
 costs a timeout, never a stalled daemon.
 
-What the probe imports is the snapshot the master read (:class:`CodeSnapshot`), not the
+What the probes import is the snapshot the master read (:class:`CodeSnapshot`), not the
 files: the code accepted is byte for byte the code that passed, and every worker forked
-after imports that same snapshot.
+after imports that same snapshot. The check itself is nerved.importcheck's.
 
 Requests that arrive during a reload are served by one more reload after it, so that none
-of them is answered with a stale state. The probe has ``--import-timeout`` (20 s by default,
-60 s at most) in all, so a request is answered within two import checks' time: before
-``nervectl reload`` gives up (130 s).
+of them is answered with a stale state. An import check takes at most twice
+``--import-timeout`` (20 s by default, 30 s at most), so a request is answered within two
+checks' time, two minutes at most: before ``nervectl reload`` gives up (130 s).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-from nerved.channel import Message
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config
 from nerved.control.rpc import INTERNAL_ERROR, SHUTTING_DOWN, Pending, RpcError
-from nerved.loop import Loop, Timer
-from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package, probe_child
-from nerved.workers import Worker, Workers
+from nerved.importcheck import ImportCheck
+from nerved.loop import Loop
+from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package
+from nerved.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,7 @@ class Reloader:
         self._source = ""
         self._next: list[Pending] = []
         self._next_sources: list[str] = []
-        self._probes: dict[Worker, str] = {}  # the running import checks
-        self._timer: Timer | None = None
+        self._check: ImportCheck | None = None  # the running import check
         self._candidate: tuple[NerveConfig, CodeSnapshot] | None = None
         self.stopped = False
 
@@ -109,70 +109,19 @@ class Reloader:
         self._spawn_probe(changed)
 
     def _spawn_probe(self, units: list[tuple[Package, ...]]) -> None:
-        """One import check per changed unit (a workflow, a sense group: what one worker
-        imports), all at once, each in a process of its own: each has ``import_timeout``,
-        like the worker it stands for, and the reload is answered within that time."""
-        probes: dict[Worker, str] = {}  # each running probe, and the package it is in
-        order: dict[Worker, int] = {}  # its unit's place: errors are told in unit order
-        results: dict[int, list[str]] = {}
-
-        def errors() -> list[str]:
-            return [error for index in sorted(results) for error in results[index]]
-
-        def done(worker: Worker, more: list[str]) -> None:
-            if probes.pop(worker, None) is None:
-                return
-            results[order[worker]] = more
-            worker.kill()  # it answered: nothing it does on its way out may linger
-            if not probes and self._probes is probes:
-                self._probed(errors())
-
-        def on_message(worker: Worker, message: Message) -> None:
-            if worker not in probes:
-                return
-            if message.get("t") == "importing":
-                probes[worker] = str(message.get("package"))
-            elif message.get("t") == "probed":
-                done(worker, [str(e) for e in message.get("errors") or []])
-
-        def on_gone(worker: Worker, why: str) -> None:
-            if worker in probes:
-                done(worker, [f"importing {probes[worker]} ended the import check ({why})"])
-
-        for index, unit in enumerate(units):
-            child_main = probe_child(unit, self.import_timeout)
-            try:
-                worker = self.workers.spawn("probe", "reload", child_main, on_message, on_gone)
-            except OSError as exc:
-                for started in probes:
-                    started.kill()
-                probes.clear()
-                self._candidate = None
-                self._finish(None, [f"cannot fork a process to import the changed packages: {exc}"])
-                return
-            probes[worker] = unit[0].label
-            order[worker] = index
-
-        def expire() -> None:
-            self._timer = None
-            if self._probes is not probes:
-                return
-            for worker, where in probes.items():
-                results[order[worker]] = [
-                    f"importing {where} took longer than {self.import_timeout:g}s"
-                ]
-                worker.kill()
-            probes.clear()
-            self._probed(errors())
-
-        self._probes = probes
-        self._timer = self.loop.call_later(self.import_timeout, expire)
+        """The import check of the changed units (nerved.importcheck), answered to
+        :meth:`_probed` within twice the import timeout."""
+        self._check = ImportCheck(
+            self.loop,
+            self.workers,
+            units,
+            self.import_timeout,
+            os.cpu_count() or 1,
+            self._probed,
+        )
 
     def _probed(self, errors: list[str]) -> None:
-        self._probes = {}
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._check = None
         candidate, self._candidate = self._candidate, None
         if candidate is None or self.stopped:
             return
@@ -207,8 +156,8 @@ class Reloader:
     def stop(self) -> None:
         """No more reloads: kill a running probe and refuse whoever waits."""
         self.stopped = True
-        for probe in self._probes:
-            probe.kill()
+        if self._check is not None:
+            self._check.cancel()
         for pending in (self._running or []) + self._next:
             pending.reject(RpcError(SHUTTING_DOWN, "nerved is shutting down"))
         self._running, self._next = None, []

@@ -647,10 +647,10 @@ def load(package: Package) -> object:
 # -- the import check ----------------------------------------------------------------------
 
 IMPORT_TIMEOUT: Final = 20.0
-"""Seconds a package's import may take in a worker, and the import check of a reload in all,
-before it is killed and reported as hung (``nerved --import-timeout``, at most 60 s).
-``nervectl reload`` waits 130 s: more than two checks, so that a reload queued behind
-another one is still answered before the client gives up."""
+"""Seconds a package's import may take in a worker, and each unit of a reload's import check,
+before it is killed and reported as hung (``nerved --import-timeout``, at most 30 s). A
+reload's check takes at most twice that (nerved.importcheck), so ``nervectl reload``, which
+waits 130 s, hears the answer even when its reload was queued behind another one."""
 
 
 EXIT_NO_ANSWER: Final = 74

@@ -623,3 +623,34 @@ def test_a_package_directory_put_on_sys_path_serves_the_accepted_code(
     assert "a broken edit" in _refused(daemon)[0]
     wait_until(lambda: "linked" not in daemon.worker_pids("workflow"), what="the idle exit")
     assert who() == "accepted"
+
+
+BURNS = """
+    import time
+    from nerved import WorkflowDefinition
+
+    start = time.process_time()
+    while time.process_time() - start < 0.7:  # an import that needs 0.7 s of CPU
+        pass
+
+    def moderate(thread, event):
+        return None
+
+    workflow = WorkflowDefinition(roles={"r": lambda p, c: {"type": "x"}}, moderate=moderate)
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) > 8, reason="needs a host the checks can crowd")
+def test_the_import_check_gives_each_unit_a_cpu(nerved_factory):
+    """Three units per CPU, each needing 0.7 s of CPU to import, with 1.5 s each: all at
+    once, none would have its time; one per CPU at a time, each has it, and the reload is
+    accepted within twice the timeout."""
+    names = [f"w{i}" for i in range(3 * (os.cpu_count() or 1))]
+    daemon = nerved_factory(
+        "workflows:\n" + "".join(f"  {n}: {{}}\n" for n in names),
+        workflows={n: "def x(): pass\n" + textwrap.dedent(BURNS) for n in names},
+        args=("--no-watch", "--import-timeout", "1.5"),
+    ).start()
+    for name in names:
+        (daemon.root / "workflows" / name / "__init__.py").write_text(textwrap.dedent(BURNS))
+    assert sorted(daemon.rpc("reload")["changed"]) == sorted(f"workflow {n} code" for n in names)
