@@ -42,7 +42,7 @@ from nerved.control.rpc import (
     RpcError,
 )
 from nerved.control.server import ControlServer, SocketInUse, bind, inherited_socket
-from nerved.loop import Loop
+from nerved.loop import Loop, Timer
 from nerved.notify import Notifier
 from nerved.pidfile import PidFile, PidFileHeld
 from nerved.reflexes import Reflexes
@@ -50,7 +50,7 @@ from nerved.reloader import Reloader
 from nerved.retention import Retention
 from nerved.senses import SenseManager
 from nerved.store import Store, StoreError
-from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot
+from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.watch import Watcher
 from nerved.workers import Workers
 from nerved.workflows import WorkflowManager
@@ -71,6 +71,8 @@ CHECK_FILES_EVERY: Final = 1.0  # seconds between two checks that logs.db is sti
 
 
 WATCH_SOURCE: Final = "inotify"  # the source of reloads nobody asked for: a file changed
+STORM_WINDOW: Final = 2.0  # s: automatic reloads changing code this close together are a storm
+AUTO_BACKOFF_MAX: Final = 60.0  # s: the longest an automatic reload is held back in a storm
 UNTRUSTED_SINCE_REFUSAL: Final = (
     "not reloaded on a file change: strict modes were violated since the last accepted"
     " reload: check the packages' content, then run `nervectl reload` (or send nerved SIGHUP)"
@@ -350,6 +352,11 @@ class Daemon:
         self.reflexes: Reflexes
         self.control: ControlServer | None = None
         self.watcher: Watcher | None = None
+        # Pacing of automatic reloads (see _pace_automatic_reloads), in monotonic seconds.
+        self._last_auto_code = -STORM_WINDOW
+        self._auto_backoff = 0.0
+        self._auto_hold = 0.0
+        self._auto_timer: Timer | None = None
 
     # -- start --------------------------------------------------------------------------
 
@@ -631,6 +638,7 @@ class Daemon:
         if _explicit(source):  # asked for: whatever strict modes refused before was looked at
             self._refusals_accepted = modes.refusals()
         self.notifier.reloading()
+        before = self.code
         changed = self.senses.apply(config, code) + self.workflows.apply(config, code)
         if [unlined(r) for r in config.reflexes] != [unlined(r) for r in self.config.reflexes]:
             changed.append("reflexes")
@@ -653,11 +661,54 @@ class Daemon:
             log.info("reloaded (%s): %s", source, ", ".join(changed))
         else:
             log.debug("reload (%s): nothing changed", source)
+        self._pace_automatic_reloads(source, changed, code.changed_since(before))
         return changed
 
+    def _pace_automatic_reloads(
+        self, source: str, changed: list[str], units: list[tuple[Package, ...]]
+    ) -> None:
+        """Back off automatic reloads while code keeps changing as soon as it is reloaded.
+
+        A package that writes into its own directory when it is imported (a cache, a
+        timestamp) changes itself in every import check and every new worker: each reload
+        would bring the next, forever. When automatic reloads change code again within
+        STORM_WINDOW of the last one (or of the end of its wait), the next waits, 1 s doubling
+        to AUTO_BACKOFF_MAX, said once a storm; an explicit reload, or an automatic one that
+        changes no code, ends it.
+        """
+        now = time.monotonic()
+        if _explicit(source) or not units:
+            self._auto_backoff = self._auto_hold = 0.0
+            return
+        if now - max(self._last_auto_code, self._auto_hold) < STORM_WINDOW:
+            first = self._auto_backoff == 0
+            self._auto_backoff = min(AUTO_BACKOFF_MAX, max(1.0, 2 * self._auto_backoff))
+            self._auto_hold = now + self._auto_backoff
+            if first:
+                log.warning(
+                    "packages keep changing as soon as they are reloaded (%s): automatic"
+                    " reloads now wait up to %gs (a package that writes into its own"
+                    " directory does this: keep such files elsewhere)",
+                    ", ".join(unit[0].label for unit in units), AUTO_BACKOFF_MAX,
+                )  # fmt: skip
+        else:
+            self._auto_backoff = 0.0
+        self._last_auto_code = now
+
     def _files_changed(self) -> None:
-        if not self.stopping:
-            self.request_reload(WATCH_SOURCE)
+        if self.stopping:
+            return
+        wait = self._auto_hold - time.monotonic()
+        if wait > 0:
+            if self._auto_timer is None:
+
+                def later() -> None:
+                    self._auto_timer = None
+                    self._files_changed()
+
+                self._auto_timer = self.loop.call_later(wait, later)
+            return
+        self.request_reload(WATCH_SOURCE)
 
     def _reload_failed(self, errors: str) -> None:
         self.notifier.status(f"{self._summary()}; last reload failed")

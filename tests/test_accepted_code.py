@@ -654,3 +654,25 @@ def test_the_import_check_gives_each_unit_a_cpu(nerved_factory):
     for name in names:
         (daemon.root / "workflows" / name / "__init__.py").write_text(textwrap.dedent(BURNS))
     assert sorted(daemon.rpc("reload")["changed"]) == sorted(f"workflow {n} code" for n in names)
+
+
+def test_a_package_that_writes_into_itself_does_not_reload_forever(nerved_factory):
+    """Each import check and each new worker writes the file, each write is a change of
+    the package, each change a reload: automatic reloads back off, and say why, once."""
+    sense = (
+        "import os, time\n"
+        "with open(os.path.join(os.path.dirname(__file__), 'stamp.txt'), 'w') as f:\n"
+        "    f.write(str(time.time()))\n\n"
+        "def compute(ctx):\n    return 1\n"
+    )
+    daemon = nerved_factory("senses:\n  s: {}\n", {"s": sense}).start()
+    (daemon.root / "senses" / "s" / "data.txt").write_text("a change")
+    wait_until(
+        lambda: "packages keep changing as soon as they are reloaded (senses/s)" in daemon.log(),
+        what="the storm to be noticed",
+    )
+    before = daemon.log().count("reloaded (inotify)")
+    time.sleep(4)  # a rate is measured over time: unpaced, this was a dozen reloads
+    assert daemon.log().count("reloaded (inotify)") - before <= 3
+    assert daemon.log().count("packages keep changing") == 1
+    assert daemon.rpc("reload")["changed"] in ([], ["group default"])  # explicit: at once
