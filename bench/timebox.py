@@ -1,4 +1,4 @@
-"""What bounding a moderator call costs (nerved.timebox), per call, beside the alternatives.
+"""What bounding a moderator call costs (nerved.worker.timebox), per call, beside the alternatives.
 
 The moderator is on the hot path: four calls a run of workload W, about 8,000 a second at
 the benchmark's throughput. Timed in this process, over the benchmark's own moderator:
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nerved.api import ThreadState
-from nerved.timebox import MODERATOR_KILL, MODERATOR_TIMEOUT, REFIRE, Timebox
+from nerved.worker.timebox import MODERATOR_KILL, MODERATOR_TIMEOUT, REFIRE, Timebox
 
 
 def moderate(thread: ThreadState, event: Any) -> Any:

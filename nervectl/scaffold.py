@@ -24,7 +24,7 @@ from typing import Final
 
 from nervectl.context import Context
 from nervectl.exits import FAILED, OK, USAGE, CliError
-from nerved.modes import make_dirs
+from nerved.master.modes import make_dirs
 from nerved.paths import resolve_root
 
 CONFIG: Final = "nerve.yaml"

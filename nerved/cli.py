@@ -85,7 +85,8 @@ def _run(args: argparse.Namespace) -> int:
 
     root = resolve_root(args.root)
     if args.command == "check":
-        from nerved import check, modes
+        from nerved.code import check
+        from nerved.master import modes
 
         logs.setup("warning")
         modes.configure(strict=args.strict_modes)
@@ -93,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.pidfile and not args.daemon:
         _parser().error("--pidfile needs --daemon")
     logs.setup(args.log_level)
-    from nerved.daemon import Daemon, Options
+    from nerved.master.daemon import Daemon, Options
 
     options = Options(
         root=root,
@@ -105,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         **({"import_timeout": args.import_timeout} if args.import_timeout else {}),
     )
     if args.daemon:
-        from nerved import detach  # python-daemon is only imported when used
+        from nerved.master import detach  # python-daemon is only imported when used
 
         return detach.run(options, args.log_level)
     return Daemon(options).run()

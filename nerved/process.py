@@ -51,7 +51,7 @@ PR_SET_NAME: Final = 15
 EXIT_OK: Final = 0
 EXIT_CRASH: Final = 70  # EX_SOFTWARE: an unexpected exception in nerve's own worker code
 EXIT_ORPHANED: Final = 71  # the master was gone before the child could attach to it
-EXIT_UNREADABLE: Final = 72  # a frame from the master could not be read (nerved.port)
+EXIT_UNREADABLE: Final = 72  # a frame from the master could not be read (nerved.worker.port)
 EXIT_UNCONTAINED: Final = 73  # the master could not contain the child (it is killed anyway)
 
 _SYSTEMD_VARIABLES: Final = (

@@ -1,4 +1,4 @@
-"""nerved.cgroups and the kernel's side of memoryMax, against cgroup files faked in a directory.
+"""nerved.containment.cgroups and the kernel's side of memoryMax, against cgroup files faked in a directory.
 
 Real delegated cgroups are exercised under systemd (test_service_systemd.py); this machine's
 cgroup v2 has no memory controller, so the kernel's OOM path and the pre-5.14 kill (no
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from nerved import cgroups, process
 from nerved import containment as containment_module
-from nerved.containment import Containment, Unit, exceeded
+from nerved import process
+from nerved.containment import Containment, Unit, cgroups, exceeded
 
 MiB = 1 << 20
 

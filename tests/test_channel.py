@@ -12,7 +12,7 @@ import pytest
 
 from nerved import wire
 from nerved.channel import ENVELOPE_DEPTH, TO_MASTER, Channel, Garbled, ProtocolError, frame
-from nerved.port import Port
+from nerved.worker.port import Port
 
 
 @pytest.fixture

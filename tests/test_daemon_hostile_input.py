@@ -17,7 +17,7 @@ import pytest
 from support import Nerved, wait_until
 
 from nervectl.client import RemoteError
-from nerved.watch import MAX_WATCHED
+from nerved.master.watch import MAX_WATCHED
 
 TICK = "def compute(ctx):\n    return {'ok': True}\n"
 CONFIG = "senses:\n  tick: {}\n"

@@ -1,4 +1,4 @@
-"""nerved.memwatch in-process: no timer without a limit, bounded slices, what a pass measures.
+"""nerved.containment.memwatch in-process: no timer without a limit, bounded slices, what a pass measures.
 
 The daemon-level behaviour (a unit past memoryMax is killed, its runs follow the crash rules)
 is in test_containment.py; here the sampler runs against this very process's group, with a
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from nerved import memwatch
-from nerved.containment import Unit
-from nerved.loop import Timer
+from nerved.containment import Unit, memwatch
+from nerved.master.loop import Timer
 
 
 class RecordingLoop:

@@ -1,4 +1,4 @@
-"""Tests for nerved.notify against a real datagram socket that stops reading, as a stuck
+"""Tests for nerved.master.notify against a real datagram socket that stops reading, as a stuck
 systemd (or any slow holder of NOTIFY_SOCKET) would."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support import deadline
 
-from nerved.notify import Notifier
+from nerved.master.notify import Notifier
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_a_reader_that_is_gone_costs_a_warning_not_an_exception(
 ) -> None:
     notifier = Notifier()
     receiver.close()
-    with caplog.at_level(logging.WARNING, logger="nerved.notify"):
+    with caplog.at_level(logging.WARNING, logger="nerved.master.notify"):
         notifier.status("nobody listens")
         notifier.flush()
     assert "sd_notify failed, message dropped (" in caplog.text
@@ -94,7 +94,7 @@ def test_a_notify_socket_that_cannot_be_reached_is_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "missing.sock"))
-    with caplog.at_level(logging.WARNING, logger="nerved.notify"):
+    with caplog.at_level(logging.WARNING, logger="nerved.master.notify"):
         notifier = Notifier()
     assert f"cannot notify systemd at {tmp_path / 'missing.sock'}" in caplog.text
     notifier.ready("fine")  # a no-op, as without NOTIFY_SOCKET

@@ -226,7 +226,7 @@ def test_each_worker_is_a_cgroup_that_ends_with_all_it_started(sandbox: Sandbox)
 ESCAPER = """
     import os, time
     from nerved import WorkflowDefinition
-    from nerved.cgroups import _cgroup2_mount
+    from nerved.containment.cgroups import _cgroup2_mount
 
     def leave(into, pidfile, make=False):
         if os.fork():

@@ -12,7 +12,7 @@ from support import REPO
 
 SCRIPT = """
     import ctypes, signal
-    from nerved.timebox import Overrun, Timebox, _Itimerspec
+    from nerved.worker.timebox import Overrun, Timebox, _Itimerspec
 
     box = Timebox(soft=0.2, hard=30)
 

@@ -1,4 +1,4 @@
-"""Tests for nerved.usercode's view of package files: what the master reads, and how much."""
+"""Tests for nerved.code.packages's view of package files: what the master reads, and how much."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nerved.usercode import (
+from nerved.code.packages import (
     MAX_PACKAGE_BYTES,
     MAX_PACKAGE_FILES,
     SMALL_FILE,

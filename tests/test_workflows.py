@@ -34,7 +34,7 @@ import pytest
 from support import Nerved, assert_runs_match_logs, pid_alive, wait_until
 
 from nerved import wire
-from nerved.timebox import MODERATOR_KILL, MODERATOR_TIMEOUT
+from nerved.worker.timebox import MODERATOR_KILL, MODERATOR_TIMEOUT
 
 # A workflow of three steps whose events carry what each role saw.
 THREE_STEPS = """

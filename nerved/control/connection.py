@@ -32,7 +32,7 @@ from nerved.control.rpc import (
     Pending,
     RpcError,
 )
-from nerved.loop import READ, WRITE
+from nerved.master.loop import READ, WRITE
 
 if TYPE_CHECKING:
     from nerved.control.server import ControlServer

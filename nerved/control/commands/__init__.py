@@ -28,7 +28,7 @@ from nerved.control.commands import (
 from nerved.control.rpc import Params
 
 if TYPE_CHECKING:
-    from nerved.daemon import Daemon
+    from nerved.master.daemon import Daemon
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from nerved.control.rpc import Params
 from nerved.store import MAX_QUERY_LIMIT
 
 if TYPE_CHECKING:
-    from nerved.daemon import Daemon
+    from nerved.master.daemon import Daemon
 
 NAME = "logs.query"
 PARAMS = ("source", "type", "refId", "since", "afterId", "beforeId", "limit")

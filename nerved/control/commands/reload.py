@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from nerved.control.rpc import Params
 
 if TYPE_CHECKING:
-    from nerved.daemon import Daemon
+    from nerved.master.daemon import Daemon
 
 NAME = "reload"
 PARAMS: tuple[str, ...] = ()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from nerved.control.rpc import Params
 
 if TYPE_CHECKING:
-    from nerved.daemon import Daemon
+    from nerved.master.daemon import Daemon
 
 NAME = "sense.list"
 PARAMS: tuple[str, ...] = ()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from nerved.control.rpc import NOT_FOUND, Params, RpcError
 
 if TYPE_CHECKING:
-    from nerved.daemon import Daemon
+    from nerved.master.daemon import Daemon
 
 NAME = "sense.trigger"
 PARAMS = ("sense",)

@@ -17,7 +17,7 @@ from nerved.control.rpc import Params
 from nerved.store import Unreadable
 
 if TYPE_CHECKING:
-    from nerved.daemon import Daemon
+    from nerved.master.daemon import Daemon
 
 NAME = "workflow.inspect"
 PARAMS = ("runId", "afterId")

@@ -15,7 +15,7 @@ from nerved.control.rpc import Params, bad_params
 from nerved.states import ACTIVE, RunStatus
 
 if TYPE_CHECKING:
-    from nerved.daemon import Daemon
+    from nerved.master.daemon import Daemon
 
 NAME = "workflow.list"
 PARAMS = ("status", "workflow", "all", "limit")

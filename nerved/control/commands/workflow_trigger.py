@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from nerved.control.rpc import INTERNAL_ERROR, Params, Pending, RpcError
 
 if TYPE_CHECKING:
-    from nerved.daemon import Daemon
+    from nerved.master.daemon import Daemon
 
 NAME = "workflow.trigger"
 PARAMS = ("workflow", "payload")

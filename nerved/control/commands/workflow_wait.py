@@ -12,7 +12,7 @@ from nerved.control.commands._runs import find_run
 from nerved.control.rpc import Params
 
 if TYPE_CHECKING:
-    from nerved.daemon import Daemon
+    from nerved.master.daemon import Daemon
 
 NAME = "workflow.wait"
 PARAMS = ("runId", "timeout")

@@ -26,7 +26,7 @@ armed before it and disarmed as it returns:
   worker's main thread at each call, so a library that blocked them at import, as the
   sigwait-thread pattern does, takes no bound away.)
 
-The box holds the checks of the decision too (nerved.workflow_worker): what a moderator
+The box holds the checks of the decision too (nerved.worker.workflow): what a moderator
 returns is user code as well (a mapping whose ``get`` loops, a prompt sharing one list a
 million times, seconds to encode).
 
@@ -60,7 +60,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Final, TypeVar
 
-from nerved.usercode import user_frame
+from nerved.code.packages import user_frame
 
 log = logging.getLogger(__name__)
 

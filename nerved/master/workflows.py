@@ -31,8 +31,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from nerved import wire, workflow_worker
+from nerved import wire
 from nerved.channel import TO_WORKER, Message, frame
+from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import NerveConfig, Overflow, WorkflowConfig, unlined
 from nerved.control.rpc import (
     INTERNAL_ERROR,
@@ -42,12 +43,12 @@ from nerved.control.rpc import (
     Pending,
     RpcError,
 )
-from nerved.loop import Loop, Timer
+from nerved.master.loop import Loop, Timer
+from nerved.master.workers import Worker, Workers
 from nerved.states import RunStatus, Transition
 from nerved.store import RunRecord, Store, StoreError, Unreadable
-from nerved.timebox import KILLED, MODERATOR_KILL
-from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package
-from nerved.workers import Worker, Workers
+from nerved.worker import workflow as workflow_worker
+from nerved.worker.timebox import KILLED, MODERATOR_KILL
 
 log = logging.getLogger(__name__)
 
@@ -604,7 +605,7 @@ class WorkflowManager:
         if not orphans:
             log.debug("workflow %s worker pid %d exited (%s)", flow.name, worker.pid, why)
             return
-        if why == KILLED:  # the hard bound on a moderator call (nerved.timebox)
+        if why == KILLED:  # the hard bound on a moderator call (nerved.worker.timebox)
             why = f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted: {why}"
         if self.stopping:
             return  # halted threads stay started; the next start resumes them

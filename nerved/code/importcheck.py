@@ -7,7 +7,7 @@ hinder another's. At most ``parallel`` probes run at once (one per CPU by defaul
 every unit at once on a small host would make good code miss its timeout for want of CPU.
 Each probe has ``timeout`` seconds from its own start, like the worker it stands for, and
 the whole check twice that: so a reload is answered within twice ``timeout`` whatever the
-packages do (nerved.reloader relies on it). A probe is ended as soon as it has answered:
+packages do (nerved.master.reloader relies on it). A probe is ended as soon as it has answered:
 nothing a package does on its way out lingers.
 """
 
@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nerved.channel import Message
-from nerved.loop import Loop, Timer
-from nerved.usercode import Package, probe_child
-from nerved.workers import Worker, Workers
+from nerved.code.packages import Package, probe_child
+from nerved.master.loop import Loop, Timer
+from nerved.master.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nerved import sense_worker, wire
+from nerved import wire
 from nerved.channel import TO_WORKER, Message, frame
+from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import NerveConfig, SenseConfig, group_memory_max, unlined
-from nerved.loop import Loop, Timer
+from nerved.master.loop import Loop, Timer
+from nerved.master.workers import Worker, Workers
 from nerved.store import Store, StoreError, now_ms
-from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package
-from nerved.workers import Worker, Workers
+from nerved.worker import sense as sense_worker
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ Worker -> master:
     {"t": "completed", "run": ID}
     {"t": "failed", "run": ID, "error": "..."}
 
-Each moderator call is bounded (nerved.timebox): it runs on this loop, so one that does not
+Each moderator call is bounded (nerved.worker.timebox): it runs on this loop, so one that does not
 return would hold every thread of the worker. Past the soft bound its run fails alone; past
 the hard bound, where it could not be interrupted, the worker dies and the crash rules apply.
 
@@ -51,9 +51,9 @@ from typing import Any, Final
 from nerved import wire
 from nerved.api import CommandEvent, ThreadState, WorkflowContext, WorkflowDefinition
 from nerved.channel import Message
-from nerved.port import Port, explain, serve
-from nerved.timebox import Overrun, Timebox, overrun_message
-from nerved.usercode import Package, UserCodeError, load_workflow
+from nerved.code.packages import Package, UserCodeError, load_workflow
+from nerved.worker.port import Port, explain, serve
+from nerved.worker.timebox import Overrun, Timebox, overrun_message
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class WorkflowWorker:
         self.stopping = False
         self.halting = False
         self.done = asyncio.Event()
-        self.timebox = Timebox()  # every moderator call is bounded: see nerved.timebox
+        self.timebox = Timebox()  # every moderator call is bounded: see nerved.worker.timebox
 
     def load(self) -> None:
         try:

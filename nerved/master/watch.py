@@ -13,7 +13,7 @@ alone: it may be ``/etc``, whose other entries are none of nerve's business), an
 a package's whole tree or ``nerve.yaml``'s directory for that one name. Links are resolved
 again at every reload, so a link pointed elsewhere moves its watches with it (the old ones
 are removed). Symlinks *inside* a package are not followed, as a reload does not read
-through them either (nerved.usercode), and a link among the directories *above* a target
+through them either (nerved.code.packages), and a link among the directories *above* a target
 is resolved but not watched: retargeting it is noticed at the next reload.
 """
 
@@ -28,7 +28,7 @@ from typing import Final
 
 import inotify_simple
 
-from nerved.loop import Loop, Timer
+from nerved.master.loop import Loop, Timer
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class Watcher:
     def _tree(cls, top: Path, add: Callable[[Path, Names], bool]) -> bool:
         """Watch ``top`` and every directory below it for every name, hidden directories
         and ``__pycache__`` left out; False once the bound is reached. Links are not
-        followed, but for a ``.py`` link, which nerve reads through (nerved.usercode): its
+        followed, but for a ``.py`` link, which nerve reads through (nerved.code.packages): its
         target is watched too, as stow and configuration management lay files out."""
         if not top.is_dir():
             return True

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Final
 
 from nerved.channel import Channel, ChannelClosed, Garbled, ProtocolError
+from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package, probe_child
 from nerved.config import ConfigError, check_packages, load_config
 from nerved.process import describe_exit, spawn
-from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package, probe_child
 
 EX_OK: Final = 0
 EX_OSERR: Final = 71  # sysexits: "an operating system error ... e.g., cannot fork"
@@ -28,7 +28,7 @@ EX_CONFIG: Final = 78
 def probe_in_fork(units: list[tuple[Package, ...]], timeout: float = IMPORT_TIMEOUT) -> list[str]:
     """Import each unit (what one worker imports) in a child of its own, one per CPU at a
     time, each within ``timeout`` seconds, as a reload's import check does
-    (nerved.importcheck); their answers, or why there was none (naming the package a child
+    (nerved.code.importcheck); their answers, or why there was none (naming the package a child
     was importing when it hung or died), in unit order.
 
     Raises OSError when a child cannot be forked (the others are ended first).

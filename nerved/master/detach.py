@@ -3,7 +3,7 @@
 ``nerved --daemon`` exits 0 only once a daemon serves, and otherwise with the exit code and
 the reason the foreground would have given:
 
-- the parent first makes every check that can refuse a start (:func:`nerved.daemon.prepare`:
+- the parent first makes every check that can refuse a start (:func:`nerved.master.daemon.prepare`:
   the configuration, the pid file, the state directory's lock, the control socket), so a
   refusal is an exit code and a line on the terminal;
 - it then forks a child that python-daemon detaches (double fork, new session, umask 027,
@@ -31,8 +31,9 @@ from typing import Final, TextIO
 
 import daemon
 
-from nerved import logs, modes
-from nerved.daemon import (
+from nerved import logs
+from nerved.master import modes
+from nerved.master.daemon import (
     EX_CANTCREAT,
     EX_OK,
     EX_SOFTWARE,
@@ -78,7 +79,7 @@ def run(options: Options, log_level: str) -> int:
         log.critical("%s", exc)
         return exc.code
     log_path = options.state_dir / "nerved.log"
-    try:  # never through a link, created 0600 (nerved.modes): the state directory is checked
+    try:  # never through a link, created 0600 (nerved.master.modes): the state directory is checked
         fd = modes.open_state_file(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         log_file = open(fd, "a", buffering=1)  # noqa: SIM115 - handed to the daemon context
     except OSError as exc:

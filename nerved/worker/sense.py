@@ -18,7 +18,7 @@ Master -> worker, answering a query:
 A result must be a value :func:`nerved.wire.check_value` accepts, or the compute ends in an
 error that says which part is wrong; log lines and exception messages are free text, made
 safe with :func:`wire.text` and never refused. A frame from the master that cannot be read
-ends the worker (see :mod:`nerved.port`).
+ends the worker (see :mod:`nerved.worker.port`).
 
 The master owns the timeouts. An async compute that is cancelled answers ``cancelled``; a
 sync compute cannot be interrupted, so the worker stays silent and the master kills it once
@@ -39,9 +39,9 @@ from typing import Any
 from nerved import wire
 from nerved.api import ComputeFn, SenseContext
 from nerved.channel import Message
-from nerved.port import Port, explain, serve
+from nerved.code.packages import Package, UserCodeError, load_sense
 from nerved.store import LogEntry
-from nerved.usercode import Package, UserCodeError, load_sense
+from nerved.worker.port import Port, explain, serve
 
 log = logging.getLogger(__name__)
 

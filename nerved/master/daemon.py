@@ -7,7 +7,7 @@ thread anywhere in the master: the control socket is served by the same loop.
 
 Start-up order matters for the guarantees. First :func:`prepare` makes every check that can
 refuse a start: the configuration and the strict modes of the root (a bad one exits 78,
-EX_CONFIG, which the unit file tells systemd not to restart on; nerved.modes), the pid file,
+EX_CONFIG, which the unit file tells systemd not to restart on; nerved.master.modes), the pid file,
 the strict modes of the state directory and its lock, the control socket.
 ``nerved --daemon`` runs it before detaching, so that a refusal reaches the terminal with
 the same exit code as in the foreground. Then, in the process that will serve, logs.db is
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from nerved import _version, early, modes
+from nerved import _version, early
+from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config, unlined
 from nerved.control.commands import COMMANDS
 from nerved.control.rpc import (
@@ -42,18 +43,18 @@ from nerved.control.rpc import (
     RpcError,
 )
 from nerved.control.server import ControlServer, SocketInUse, bind, inherited_socket
-from nerved.loop import Loop, Timer
-from nerved.notify import Notifier
-from nerved.pidfile import PidFile, PidFileHeld
-from nerved.reflexes import Reflexes
-from nerved.reloader import Reloader
-from nerved.retention import Retention
-from nerved.senses import SenseManager
+from nerved.master import modes
+from nerved.master.loop import Loop, Timer
+from nerved.master.notify import Notifier
+from nerved.master.pidfile import PidFile, PidFileHeld
+from nerved.master.reflexes import Reflexes
+from nerved.master.reloader import Reloader
+from nerved.master.retention import Retention
+from nerved.master.senses import SenseManager
+from nerved.master.watch import Watcher
+from nerved.master.workers import Workers
+from nerved.master.workflows import WorkflowManager
 from nerved.store import Store, StoreError
-from nerved.usercode import IMPORT_TIMEOUT, CodeSnapshot, Package
-from nerved.watch import Watcher
-from nerved.workers import Workers
-from nerved.workflows import WorkflowManager
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ UNTRUSTED_SINCE_REFUSAL: Final = (
 def _explicit(source: str) -> bool:
     """Whether someone asked for a reload from ``source`` (SIGHUP, ``nervectl reload``),
     not only the watch: sources of requests served together are joined with ", "
-    (nerved.reloader)."""
+    (nerved.master.reloader)."""
     return any(part != WATCH_SOURCE for part in source.split(", "))
 
 
@@ -101,8 +102,8 @@ class Options:
     socket: Path
     watch: bool = True
     pidfile: Path | None = None
-    import_timeout: float = IMPORT_TIMEOUT  # seconds: see nerved.usercode.IMPORT_TIMEOUT
-    strict_modes: bool = True  # False: --no-strict-modes (nerved.modes)
+    import_timeout: float = IMPORT_TIMEOUT  # seconds: see nerved.code.packages.IMPORT_TIMEOUT
+    strict_modes: bool = True  # False: --no-strict-modes (nerved.master.modes)
 
 
 Started = Callable[[int, str], None]  # (0, summary) once ready, or (exit code, why not)
@@ -224,7 +225,7 @@ def _check_pidfile_path(path: Path) -> None:
 def pidfile_violations(path: Path) -> list[modes.Violation]:
     """The path to the pid file (as the directory where it would be made, a sticky ``/tmp``
     is fine) and the file's owner, if it is there. The file is a state file: never followed
-    (a link there is to be removed), its mode tightened when opened (nerved.pidfile)."""
+    (a link there is to be removed), its mode tightened when opened (nerved.master.pidfile)."""
     checker = modes.Checker()
     checker.path(path, create=True, state=True)
     return checker.violations
@@ -271,7 +272,7 @@ def _lock_state_dir(state: Path) -> int:
 
     Strict modes come before anything is opened in it: the directory and what leads to it
     (before and after making it), and the owners of the files nerved will write there. Then
-    nerved.lock is opened without following a link (nerved.modes.open_state_file), created
+    nerved.lock is opened without following a link (nerved.master.modes.open_state_file), created
     0600: whoever could put a link there would have nerved truncate any file of the host.
     """
     try:
@@ -401,7 +402,7 @@ class Daemon:
         # The wakeup fd first: from here on a signal reaches the loop, even one that comes
         # while the handlers below replace nerved.early's. Stopping writes nothing, so it goes
         # on while another process holds logs.db's lock; reaping (which ends runs) and
-        # reloading wait for the lock (nerved.loop, the gate).
+        # reloading wait for the lock (nerved.master.loop, the gate).
         self.loop.install_signal_wakeup()
         for signum, gated in (
             (signal.SIGTERM, False),
@@ -607,7 +608,7 @@ class Daemon:
     # -- reload -------------------------------------------------------------------------
 
     def request_reload(self, source: str) -> Pending:
-        """SIGHUP, inotify and ``nervectl reload`` all come here; see nerved.reloader."""
+        """SIGHUP, inotify and ``nervectl reload`` all come here; see nerved.master.reloader."""
         return self.reloader.request(source)
 
     def _reload_checks(self, source: str) -> list[str]:

@@ -24,8 +24,8 @@ user (its effective uid) could have put there what it finds:
   code Python could import (``/dev/null`` is rightly 0666), and state files are refused
   unless regular (below).
 
-What is checked, and when (callers in nerved.config, nerved.daemon, nerved.pidfile,
-nerved.store, nerved.detach):
+What is checked, and when (callers in nerved.config, nerved.master.daemon, nerved.master.pidfile,
+nerved.store, nerved.master.detach):
 
 - the root, ``nerve.yaml``, ``senses/``, ``workflows/`` and every configured package with
   everything inside it (:func:`root_violations`), at start, at every reload and by
@@ -33,7 +33,7 @@ nerved.store, nerved.detach):
 - the state directory with what leads to it, the owners of the state files already there
   (:func:`file_owner_violations`), the pid file's path and the control socket's, at start,
   before anything is opened there (:func:`dir_violations`, :meth:`Checker.path`), and again
-  at every reload (nerved.daemon).
+  at every reload (nerved.master.daemon).
 
 A violation refuses the start (exit 78, like a bad nerve.yaml) or the reload. An operator who
 chose otherwise starts ``nerved --no-strict-modes`` (sshd's ``StrictModes no``): every
@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 
 MAX_ENTRIES: Final = 20_000
 """Entries checked in one package, through its symbolic links too: the 10,000 a package may
-hold (nerved.usercode) and as many again for ``__pycache__``, which the listing for reloads
+hold (nerved.code.packages) and as many again for ``__pycache__``, which the listing for reloads
 skips but Python loads code from (a planted ``.pyc`` whose header matches the source's size
 and mtime is run instead of it)."""
 
@@ -134,7 +134,7 @@ def enforce(violations: Iterable[Violation]) -> list[str]:
 
 def refusals() -> int:
     """How many times :func:`enforce` refused something in this process (never under
-    ``--no-strict-modes``): the daemon compares it across reloads, nerved.daemon."""
+    ``--no-strict-modes``): the daemon compares it across reloads, nerved.master.daemon."""
     return _refusals
 
 
@@ -284,7 +284,7 @@ class Checker:
         ancestor, else strictly (a name anyone may create in ``/tmp`` is not ours).
 
         ``state``: ``path`` is a file nerved writes, opened without following a link (the
-        pid file; nerved.modes.open_state_file): its last component is not followed, and
+        pid file; nerved.master.modes.open_state_file): its last component is not followed, and
         only its owner is checked (its mode is tightened when it is opened, as the state
         files' are).
         """
@@ -570,7 +570,7 @@ def prepare_db(path: Path) -> int:
     companion that exists, without following a link. Returns the descriptor of logs.db: the
     caller compares it with what SQLite opened (``st_dev``, ``st_ino``). Between these checks
     and SQLite's own opens nobody but root and nerved can swap a name, because the state
-    directory passed strict modes (nerved.daemon, before anything was opened in it); under
+    directory passed strict modes (nerved.master.daemon, before anything was opened in it); under
     ``--no-strict-modes`` the operator accepted that window. Raises as
     :func:`open_state_file`.
     """

@@ -3,9 +3,9 @@
 **The unit.** Every worker leads a process group of its own (:func:`nerved.process.spawn`);
 what it forks stays in that group unless it leaves on purpose (``setsid``, ``setpgid``: a
 group of its own, or another of the session). Under systemd with ``Delegate=yes``
-(:mod:`nerved.cgroups`), each worker also gets a cgroup of its own, entered before any user
-code runs, which sessions and process groups do not change. :meth:`Containment.start` finds
-out which applies, once, and says so in the log.
+(:mod:`nerved.containment.cgroups`), each worker also gets a cgroup of its own, entered
+before any user code runs, which sessions and process groups do not change.
+:meth:`Containment.start` finds out which applies, once, and says so in the log.
 
 **Ending a unit.** Whenever a worker ends, however it ends (it exited after ``stop`` or
 ``idleTimeout``; it crashed; the master killed it on a timeout, a drain, a protocol error,
@@ -36,9 +36,9 @@ never reused (:meth:`Containment._new_cgroup`).
 **memoryMax.** Where the delegated cgroups have the ``memory`` controller, the kernel holds
 each unit to ``memory.max`` (``memory.oom.group=1``: its OOM killer ends the unit as a whole)
 and ``memory.events`` tells, once the worker is reaped, that it did. Elsewhere
-:class:`nerved.memwatch.MemoryWatch` samples the units and kills one past its limit. Both
-say so in the same words (:func:`exceeded`), in the log and as the reason the worker ended,
-which the crash rules then apply to.
+:class:`nerved.containment.memwatch.MemoryWatch` samples the units and kills one past its
+limit. Both say so in the same words (:func:`exceeded`), in the log and as the reason the
+worker ended, which the crash rules then apply to.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from nerved import cgroups, memwatch
-from nerved.loop import Loop, Timer
+from nerved.containment import cgroups, memwatch
+from nerved.master.loop import Loop, Timer
 from nerved.process import spawn
 from nerved.wire import size_text
 
