@@ -31,8 +31,10 @@ from nerved.control.rpc import (
     PERMISSION_DENIED,
     Pending,
     RpcError,
+    as_rpc,
 )
 from nerved.master.loop import READ, WRITE
+from nerved.outcome import Refused
 
 if TYPE_CHECKING:
     from nerved.control.server import ControlServer
@@ -297,9 +299,9 @@ class Connection:
             return
         try:
             result = self.server.dispatch(str(method), params)
-        except RpcError as exc:
+        except (RpcError, Refused) as exc:
             if not notification:
-                self.reply_error(request_id, exc)
+                self.reply_error(request_id, as_rpc(exc))
             return
         if notification:
             return
@@ -309,14 +311,14 @@ class Connection:
         else:
             self.reply(request_id, result)
 
-    def _deferred(self, request_id: Any, result: Any, error: RpcError | None) -> None:
+    def _deferred(self, request_id: Any, result: Any, error: Exception | None) -> None:
         self.pending -= 1
         if self.closed:
             return
         if self.pending == MAX_PENDING - 1 and self.requests:
             self.server.schedule(self)  # its next request waited for this one
         if error is not None:
-            self.reply_error(request_id, error)
+            self.reply_error(request_id, as_rpc(error))
         else:
             self.reply(request_id, result)
         self.maybe_close()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final, TypeVar
 
 from nerved import wire
+from nerved.outcome import BadInput, NotFound, Pending, Refused, ShuttingDown
+
+__all__ = ["Pending", "RpcError", "as_rpc"]  # Pending: nerved.outcome's, here for the commands
 
 PARSE_ERROR: Final = -32700
 INVALID_REQUEST: Final = -32600
@@ -141,32 +144,18 @@ class Params:
         return name in self._raw
 
 
-class Pending:
-    """A result that is not known yet (``workflow.wait``, a trigger awaiting its commit)."""
-
-    def __init__(self) -> None:
-        self._callbacks: list[Callable[[Any, RpcError | None], None]] = []
-        self.done = False
-        self._outcome: tuple[Any, RpcError | None] = (None, None)
-
-    def on_done(self, callback: Callable[[Any, RpcError | None], None]) -> None:
-        """Call ``callback(result, error)`` when known: at once if it is known already."""
-        if self.done:
-            callback(*self._outcome)
-        else:
-            self._callbacks.append(callback)
-
-    def resolve(self, result: Any) -> None:
-        self._finish(result, None)
-
-    def reject(self, error: RpcError) -> None:
-        self._finish(None, error)
-
-    def _finish(self, result: Any, error: RpcError | None) -> None:
-        if self.done:
-            return
-        self.done = True
-        self._outcome = (result, error)
-        for callback in self._callbacks:
-            callback(result, error)
-        self._callbacks.clear()
+def as_rpc(error: Exception) -> RpcError:
+    """The JSON-RPC error for what the engine said (nerved.outcome), or for an RpcError
+    itself: the one place where the engine's refusals get their codes."""
+    if isinstance(error, RpcError):
+        return error
+    if isinstance(error, Refused):
+        code = INTERNAL_ERROR
+        if isinstance(error, NotFound):
+            code = NOT_FOUND
+        elif isinstance(error, ShuttingDown):
+            code = SHUTTING_DOWN
+        elif isinstance(error, BadInput):
+            code = INVALID_PARAMS
+        return RpcError(code, error.message, error.data)
+    return RpcError(INTERNAL_ERROR, f"internal error: {error}")

@@ -33,15 +33,7 @@ from typing import Any, Final
 from nerved import _version, early
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config, unlined
-from nerved.control.commands import COMMANDS
-from nerved.control.rpc import (
-    INTERNAL_ERROR,
-    METHOD_NOT_FOUND,
-    SHUTTING_DOWN,
-    Params,
-    Pending,
-    RpcError,
-)
+from nerved.control.dispatch import HEAVY, Dispatcher
 from nerved.control.server import ControlServer, SocketInUse, bind, inherited_socket
 from nerved.master import modes
 from nerved.master.loop import Loop, Timer
@@ -54,6 +46,7 @@ from nerved.master.senses import SenseManager
 from nerved.master.watch import Watcher
 from nerved.master.workers import Workers
 from nerved.master.workflows import WorkflowManager
+from nerved.outcome import Pending, Refused
 from nerved.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -442,8 +435,8 @@ class Daemon:
         self.control = ControlServer(
             self.loop,
             prepared.listener,
-            self.dispatch,
-            heavy=frozenset(c.name for c in COMMANDS.values() if c.heavy),
+            Dispatcher(self),
+            heavy=HEAVY,
             idle_timeout=self.config.control.idle_timeout_ms / 1000,
             max_connections=self.config.control.max_connections,
         )
@@ -557,25 +550,16 @@ class Daemon:
 
     # -- control ------------------------------------------------------------------------
 
-    def dispatch(self, method: str, raw_params: dict[str, Any]) -> Any:
-        command = COMMANDS.get(method)
-        if command is None:
-            raise RpcError(METHOD_NOT_FOUND, f"no method {method!r}")
-        if command.mutates and self.stopping:
-            raise RpcError(SHUTTING_DOWN, "nerved is shutting down")
-        if command.mutates and not self.loop.gate_open:
-            raise RpcError(
-                SHUTTING_DOWN,
+    def refuses_writes(self) -> str | None:
+        """Why no control command may change anything now, if so (nerved.control.engine)."""
+        if self.stopping:
+            return "nerved is shutting down"
+        if not self.loop.gate_open:
+            return (
                 f"{self.store.path} is locked by another process; nothing was changed,"
-                " try again once it lets go",
+                " try again once it lets go"
             )
-        try:
-            return command.run(self, Params(raw_params, command.params))
-        except StoreError as exc:
-            if command.mutates:
-                raise  # a write failed: the daemon stops (see _storage_failed)
-            log.error("%s: %s", method, exc)
-            raise RpcError(INTERNAL_ERROR, f"cannot read the store: {exc}") from None
+        return None
 
     def status(self) -> dict[str, Any]:
         workers = list(self.workers)
@@ -723,7 +707,7 @@ class Daemon:
         """A workflow reflex fired: the signal's payload becomes the trigger payload."""
         try:
             self.workflows.trigger(workflow, payload)
-        except RpcError as exc:
+        except Refused as exc:
             log.warning("reflex could not start workflow %s: %s", workflow, exc.message)
 
     # -- stop ---------------------------------------------------------------------------

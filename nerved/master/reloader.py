@@ -27,9 +27,9 @@ from pathlib import Path
 from nerved.code.importcheck import ImportCheck
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config
-from nerved.control.rpc import INTERNAL_ERROR, SHUTTING_DOWN, Pending, RpcError
 from nerved.master.loop import Loop
 from nerved.master.workers import Workers
+from nerved.outcome import Failed, Pending, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Reloader:
         """Reload soon; the Pending answers ``{changed: [...]}`` or the reason it failed."""
         pending = Pending()
         if self.stopped:
-            pending.reject(RpcError(SHUTTING_DOWN, "nerved is shutting down"))
+            pending.reject(ShuttingDown("nerved is shutting down"))
         elif self._running is None:
             self._start(source, [pending])
         else:
@@ -138,11 +138,7 @@ class Reloader:
             text = "\n".join(errors)
             log.error("configuration not reloaded (%s):\n%s", self._source, text)
             self.on_failure(text)
-            error = RpcError(
-                INTERNAL_ERROR,
-                f"configuration not reloaded: {'; '.join(errors)}",
-                {"errors": errors},
-            )
+            error = Failed(f"configuration not reloaded: {'; '.join(errors)}", {"errors": errors})
             for pending in waiters:
                 pending.reject(error)
         else:
@@ -159,5 +155,5 @@ class Reloader:
         if self._check is not None:
             self._check.cancel()
         for pending in (self._running or []) + self._next:
-            pending.reject(RpcError(SHUTTING_DOWN, "nerved is shutting down"))
+            pending.reject(ShuttingDown("nerved is shutting down"))
         self._running, self._next = None, []

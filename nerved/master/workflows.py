@@ -35,16 +35,9 @@ from nerved import wire
 from nerved.channel import TO_WORKER, Message, frame
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import NerveConfig, Overflow, WorkflowConfig, unlined
-from nerved.control.rpc import (
-    INTERNAL_ERROR,
-    INVALID_PARAMS,
-    NOT_FOUND,
-    SHUTTING_DOWN,
-    Pending,
-    RpcError,
-)
 from nerved.master.loop import Loop, Timer
 from nerved.master.workers import Worker, Workers
+from nerved.outcome import BadInput, Failed, NotFound, Pending, Refused, ShuttingDown
 from nerved.states import RunStatus, Transition
 from nerved.store import RunRecord, Store, StoreError, Unreadable
 from nerved.worker import workflow as workflow_worker
@@ -273,14 +266,14 @@ class WorkflowManager:
         """
         flow = self.flows.get(workflow)
         if flow is None or flow.removed:
-            raise RpcError(NOT_FOUND, f"no workflow named {workflow!r}")
+            raise NotFound(f"no workflow named {workflow!r}")
         if self.stopping:
-            raise RpcError(SHUTTING_DOWN, "nerved is shutting down")
+            raise ShuttingDown("nerved is shutting down")
         if payload_json is None and payload is not None:
             try:
                 payload_json = wire.check_value(payload, "the payload")
             except wire.Invalid as exc:
-                raise RpcError(INVALID_PARAMS, str(exc)) from None
+                raise BadInput(str(exc)) from None
         run_id = uuid.uuid4().hex
         if flow.has_room and not flow.queue:
             record = self.store.create_run(
@@ -661,7 +654,7 @@ class WorkflowManager:
             new = self.trigger(
                 record.workflow, record.trigger_payload, payload_json, retry_of=record.run_id
             )
-        except RpcError as exc:
+        except Refused as exc:
             log.warning("run %s could not be restarted: %s", record.run_id, exc.message)
             return
         log.info("run %s (%s) restarted afresh as run %s", record.run_id, why, new.run_id)
@@ -696,7 +689,7 @@ class WorkflowManager:
         record = self.store.committed.get_run(run_id)
         for pending in waiters:
             if record is None:
-                pending.reject(RpcError(NOT_FOUND, f"run {run_id} vanished"))
+                pending.reject(NotFound(f"run {run_id} vanished"))
             else:
                 pending.resolve(record.to_wire())
 
@@ -721,11 +714,11 @@ class WorkflowManager:
         # only after the commit, with every other answer of the turn).
         record = self.store.get_run(run_id)
         if record is None:
-            raise RpcError(NOT_FOUND, f"no run {run_id}")
+            raise NotFound(f"no run {run_id}")
         if record.status.is_final:
             return record.to_wire()
         if self.stopping:
-            raise RpcError(SHUTTING_DOWN, "nerved is shutting down")
+            raise ShuttingDown("nerved is shutting down")
         pending = Pending()
         self.waiters.setdefault(run_id, []).append(pending)
         if timeout is not None:
@@ -737,8 +730,7 @@ class WorkflowManager:
                     current = self.store.committed.get_run(run_id)
                     status = current.status if current else "unknown"
                     pending.reject(
-                        RpcError(
-                            INTERNAL_ERROR,
+                        Failed(
                             f"timed out after {timeout:g}s waiting for run {run_id} "
                             f"(still {status})",
                             {"timeout": True, "status": str(status)},
@@ -766,9 +758,7 @@ class WorkflowManager:
                 worker.kill()
         for run_id, waiters in list(self.waiters.items()):
             for pending in waiters:
-                pending.reject(
-                    RpcError(SHUTTING_DOWN, f"nerved is shutting down; run {run_id} will resume")
-                )
+                pending.reject(ShuttingDown(f"nerved is shutting down; run {run_id} will resume"))
         self.waiters.clear()
         return longest
 

@@ -2,9 +2,11 @@
 
 Each module defines ``NAME`` (the JSON-RPC method), ``PARAMS`` (the params it accepts),
 ``MUTATES`` (refused with -32002 once the daemon is shutting down, or while logs.db cannot
-be written) and ``run(daemon, params)``, which returns the result, raises ``RpcError``, or
-returns a ``Pending`` that the daemon resolves later. A module may set ``HEAVY = True``: its
-requests can cost milliseconds, so the control server shares a per-turn budget between them.
+be written) and ``run(engine, params)``, which returns the result, raises ``RpcError`` or
+one of nerved.outcome's refusals, or returns a ``Pending`` that the engine resolves later.
+``engine`` is nerved.control.engine's narrow interface, not the daemon. A module may set
+``HEAVY = True``: its requests can cost milliseconds, so the control server shares a per-turn
+budget between them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from nerved.control.commands import (
 from nerved.control.rpc import Params
 
 if TYPE_CHECKING:
-    from nerved.master.daemon import Daemon
+    from nerved.control.engine import Engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,7 @@ class Command:
     params: frozenset[str]
     mutates: bool
     heavy: bool
-    run: Callable[[Daemon, Params], Any]
+    run: Callable[[Engine, Params], Any]
     help: str
 
 

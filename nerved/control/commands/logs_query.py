@@ -20,7 +20,7 @@ from nerved.control.rpc import Params
 from nerved.store import MAX_QUERY_LIMIT
 
 if TYPE_CHECKING:
-    from nerved.master.daemon import Daemon
+    from nerved.control.engine import Engine
 
 NAME = "logs.query"
 PARAMS = ("source", "type", "refId", "since", "afterId", "beforeId", "limit")
@@ -28,9 +28,9 @@ MUTATES = False
 HEAVY = True
 
 
-def run(daemon: Daemon, params: Params) -> Any:
+def run(engine: Engine, params: Params) -> Any:
     limit = params.integer("limit", minimum=1)
-    entries = daemon.store.committed.query_logs(
+    entries = engine.store.committed.query_logs(
         source=params.string("source"),
         type=params.string("type"),
         ref_id=params.string("refId"),

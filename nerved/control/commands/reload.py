@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from nerved.control.rpc import Params
 
 if TYPE_CHECKING:
-    from nerved.master.daemon import Daemon
+    from nerved.control.engine import Engine
 
 NAME = "reload"
 PARAMS: tuple[str, ...] = ()
 MUTATES = True
 
 
-def run(daemon: Daemon, params: Params) -> Any:
-    return daemon.request_reload("nervectl reload")
+def run(engine: Engine, params: Params) -> Any:
+    return engine.request_reload("nervectl reload")

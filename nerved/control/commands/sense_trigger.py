@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 from nerved.control.rpc import NOT_FOUND, Params, RpcError
 
 if TYPE_CHECKING:
-    from nerved.master.daemon import Daemon
+    from nerved.control.engine import Engine
 
 NAME = "sense.trigger"
 PARAMS = ("sense",)
 MUTATES = True
 
 
-def run(daemon: Daemon, params: Params) -> Any:
+def run(engine: Engine, params: Params) -> Any:
     sense = params.string("sense", required=True)
-    if not daemon.senses.trigger(sense):
+    if not engine.senses.trigger(sense):
         raise RpcError(NOT_FOUND, f"no sense named {sense!r}")
     return {"accepted": True}

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 from nerved.control.rpc import Params
 
 if TYPE_CHECKING:
-    from nerved.master.daemon import Daemon
+    from nerved.control.engine import Engine
 
 NAME = "status"
 PARAMS: tuple[str, ...] = ()
 MUTATES = False
 
 
-def run(daemon: Daemon, params: Params) -> Any:
-    return daemon.status()
+def run(engine: Engine, params: Params) -> Any:
+    return engine.status()

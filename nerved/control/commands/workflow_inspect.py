@@ -17,7 +17,7 @@ from nerved.control.rpc import Params
 from nerved.store import Unreadable
 
 if TYPE_CHECKING:
-    from nerved.master.daemon import Daemon
+    from nerved.control.engine import Engine
 
 NAME = "workflow.inspect"
 PARAMS = ("runId", "afterId")
@@ -25,10 +25,10 @@ MUTATES = False
 HEAVY = True
 
 
-def run(daemon: Daemon, params: Params) -> Any:
+def run(engine: Engine, params: Params) -> Any:
     after_id = params.integer("afterId") or 0
-    record = find_run(daemon.store.committed, params.string("runId", required=True))
-    entries, more = daemon.store.committed.run_history_page(record.run_id, after_id)
+    record = find_run(engine.store.committed, params.string("runId", required=True))
+    entries, more = engine.store.committed.run_history_page(record.run_id, after_id)
     answer = {**record.to_wire(), "triggerPayload": record.trigger_payload}
     if isinstance(record.trigger_payload, Unreadable):
         answer["triggerPayload"] = None

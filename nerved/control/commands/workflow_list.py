@@ -15,7 +15,7 @@ from nerved.control.rpc import Params, bad_params
 from nerved.states import ACTIVE, RunStatus
 
 if TYPE_CHECKING:
-    from nerved.master.daemon import Daemon
+    from nerved.control.engine import Engine
 
 NAME = "workflow.list"
 PARAMS = ("status", "workflow", "all", "limit")
@@ -34,13 +34,13 @@ def _statuses(raw: Any) -> set[RunStatus]:
         raise bad_params(f"param 'status' must be among: {allowed}") from None
 
 
-def run(daemon: Daemon, params: Params) -> Any:
+def run(engine: Engine, params: Params) -> Any:
     raw_status = params.raw("status")
     if raw_status is not None:
         statuses: set[RunStatus] | None = _statuses(raw_status)
     else:
         statuses = None if params.flag("all") else set(ACTIVE)
-    records = daemon.store.committed.list_runs(
+    records = engine.store.committed.list_runs(
         statuses=statuses,
         workflow=params.string("workflow"),
         limit=params.integer("limit", minimum=1) or 100,

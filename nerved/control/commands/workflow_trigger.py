@@ -11,19 +11,19 @@ from typing import TYPE_CHECKING, Any
 from nerved.control.rpc import INTERNAL_ERROR, Params, Pending, RpcError
 
 if TYPE_CHECKING:
-    from nerved.master.daemon import Daemon
+    from nerved.control.engine import Engine
 
 NAME = "workflow.trigger"
 PARAMS = ("workflow", "payload")
 MUTATES = True
 
 
-def run(daemon: Daemon, params: Params) -> Any:
+def run(engine: Engine, params: Params) -> Any:
     workflow = params.string("workflow", required=True)
     payload, encoded = params.json("payload")  # checked before anything changes
-    record = daemon.workflows.trigger(workflow, payload, encoded)
+    record = engine.workflows.trigger(workflow, payload, encoded)
     answer = Pending()
-    daemon.store.after_commit(
+    engine.store.after_commit(
         lambda: answer.resolve({"runId": record.run_id, "status": str(record.status)}),
         lambda exc: answer.reject(RpcError(INTERNAL_ERROR, f"the run was not stored: {exc}")),
     )

@@ -12,14 +12,14 @@ from nerved.control.commands._runs import find_run
 from nerved.control.rpc import Params
 
 if TYPE_CHECKING:
-    from nerved.master.daemon import Daemon
+    from nerved.control.engine import Engine
 
 NAME = "workflow.wait"
 PARAMS = ("runId", "timeout")
 MUTATES = False
 
 
-def run(daemon: Daemon, params: Params) -> Any:
+def run(engine: Engine, params: Params) -> Any:
     timeout = params.number("timeout")  # every param is checked before the run is looked up
-    record = find_run(daemon.store.committed, params.string("runId", required=True))
-    return daemon.workflows.wait(record.run_id, timeout)
+    record = find_run(engine.store.committed, params.string("runId", required=True))
+    return engine.workflows.wait(record.run_id, timeout)

@@ -1,0 +1,72 @@
+"""What the control commands may use of the daemon: a narrow interface, not the daemon.
+
+Each command (nerved.control.commands) is written against :class:`Engine`; the daemon is one
+(structurally: nerved.master.daemon.Daemon satisfies it, which mypy checks where the
+dispatcher is made). So a command cannot reach into the loop, the workers or the
+configuration, and nothing in nerved.control imports the daemon (which imports it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from nerved.outcome import Pending
+from nerved.store import Reads, RunRecord
+
+
+class SenseControl(Protocol):
+    def list(self) -> list[dict[str, Any]]:
+        """Every sense, as ``sense.list`` shows it."""
+
+    def trigger(self, name: str) -> bool:
+        """Ask for a compute of ``name`` soon; False if there is no such sense."""
+
+
+class WorkflowControl(Protocol):
+    def trigger(
+        self,
+        workflow: str,
+        payload: Any,
+        payload_json: str | None = None,
+        *,
+        retry_of: str | None = None,
+    ) -> RunRecord:
+        """Admit a run (nerved.master.workflows); raises nerved.outcome's refusals."""
+
+    def wait(self, run_id: str, timeout: float | None) -> Any:
+        """The run once final, or a Pending that answers then."""
+
+
+class StoreControl(Protocol):
+    @property
+    def committed(self) -> Reads:
+        """What is committed: every read a command makes."""
+
+    def after_commit(
+        self,
+        on_commit: Callable[[], None],
+        on_abort: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Run ``on_commit`` once this turn's writes are durable (``on_abort`` if they are
+        not)."""
+
+
+class Engine(Protocol):
+    @property
+    def senses(self) -> SenseControl: ...
+
+    @property
+    def workflows(self) -> WorkflowControl: ...
+
+    @property
+    def store(self) -> StoreControl: ...
+
+    def status(self) -> dict[str, Any]:
+        """What ``status`` answers."""
+
+    def request_reload(self, source: str) -> Pending:
+        """Reload; the Pending answers ``{changed: [...]}`` or is rejected with the reason."""
+
+    def refuses_writes(self) -> str | None:
+        """Why nothing may be changed now (stopping; logs.db held by another process), if so."""
