@@ -24,7 +24,6 @@ from typing import Final
 
 from nervectl.context import Context
 from nervectl.exits import FAILED, OK, USAGE, CliError
-from nerved.master.modes import make_dirs
 from nerved.paths import resolve_root
 
 CONFIG: Final = "nerve.yaml"
@@ -86,7 +85,7 @@ def init_root(root: Path) -> Scaffolded:
     done = Scaffolded(root)
     try:
         for directory in (package.parent, root / "workflows"):
-            make_dirs(directory)
+            _make_dirs(directory)
         _create(package, _render("sense.py.tmpl", FIRST_SENSE), done)
         _create(config, template(CONFIG), done)
     except OSError as exc:
@@ -122,7 +121,7 @@ def _init_package(
         # Worked out before anything is written: a nerve.yaml this cannot edit leaves no trace.
         text = config.read_text(encoding="utf-8")
         edited = declare(text, section, name, body, where=str(config))
-        make_dirs(package.parent)
+        _make_dirs(package.parent)
         # The package first: a watching nerved that sees the new entry finds its code there.
         _create(package, _render(template_name, name), done)
         if edited is None:
@@ -300,3 +299,11 @@ def init(ctx: Context) -> int:
         ctx.print(note)
     ctx.print(hint)
     return OK
+
+
+def _make_dirs(path: Path) -> None:
+    """nerved's own (exact modes whatever the umask), imported when a scaffold is written:
+    not for every nervectl command."""
+    from nerved.master.modes import make_dirs
+
+    make_dirs(path)
