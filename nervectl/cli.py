@@ -19,7 +19,7 @@ from nervectl.client import RequestTooLarge
 from nervectl.context import Context
 from nervectl.exits import FAILED, INTERRUPTED, NOT_FOUND, OK, UNREACHABLE, USAGE, CliError
 from nervectl.remote import RemoteError, Unreachable
-from nervectl.times import SINCE_HELP, parse_since
+from nervectl.times import SINCE_HELP, parse_duration_ms, parse_since
 from nerved import _version, wire
 from nerved.paths import resolve_socket
 
@@ -87,10 +87,17 @@ def _text(text: str) -> str:
 
 
 def _seconds(text: str) -> float:
+    """An argparse type: seconds, as a number (``90``, ``0.5``) or as a duration with units
+    (``1m30s``, ``2h``: nerve.yaml's grammar, as ``--since`` takes it)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        ms = parse_duration_ms(text)
+        if ms is None:
+            raise argparse.ArgumentTypeError(
+                f"expected a number of seconds or a duration such as 1m30s, got {text!r}"
+            ) from None
+        value = ms / 1000
     if not 0 < value < 10**9:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
@@ -239,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         metavar="SECONDS",
         type=_seconds,
-        help="with --wait: give up waiting after this long (default: wait as long as it takes)",
+        help="with --wait: give up waiting after this long, in seconds or as a duration such as "
+        "1m30s (default: wait as long as it takes)",
     )
 
     init = command(

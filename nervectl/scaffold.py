@@ -24,13 +24,10 @@ from typing import Final
 
 from nervectl.context import Context
 from nervectl.exits import FAILED, OK, USAGE, CliError
+from nerved.config.grammar import NAME_RE, NAME_RULE
 from nerved.paths import resolve_root
 
 CONFIG: Final = "nerve.yaml"
-NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-NAME_RULE: Final = (
-    "use letters, digits, '_', '.' and '-', starting with a letter or digit, at most 64 characters"
-)
 FIRST_SENSE: Final = "heartbeat"
 
 _SENSE_BODY: Final = (

@@ -11,19 +11,9 @@ import re
 import time
 from typing import Final
 
+from nerved.config.grammar import duration_ms
 from nerved.wire import MAX_INTEGER
 
-_UNIT_MS: Final = {
-    "ms": 1,
-    "s": 1_000,
-    "m": 60_000,
-    "h": 3_600_000,
-    "d": 86_400_000,
-    "w": 7 * 86_400_000,
-}
-_PART = r"(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d|w)"
-_DURATION_RE: Final = re.compile(rf"(?:{_PART}\s*)+")
-_PART_RE: Final = re.compile(_PART)
 # Ten or more digits: a bare small number is far likelier a typo for "10m" than a time in 1970.
 _EPOCH_MS_RE: Final = re.compile(r"[0-9]{10,}")
 
@@ -40,15 +30,12 @@ def now_ms() -> int:
 
 
 def parse_duration_ms(text: str) -> int | None:
-    """``1h30m`` -> 5400000; None when ``text`` is not a duration.
+    """``1h30m`` -> 5400000; None when ``text`` is not a duration with units.
 
-    At most MAX_INTEGER: ``9999...9w`` is a float too large to round (even infinite).
+    nerve.yaml's grammar (``nerved.config.grammar``), units required. At most MAX_INTEGER:
+    ``9999...9w`` is taken as that.
     """
-    text = text.strip()
-    if not _DURATION_RE.fullmatch(text):
-        return None
-    total = sum(float(n) * _UNIT_MS[unit] for n, unit in _PART_RE.findall(text))
-    return MAX_INTEGER if total >= MAX_INTEGER else round(total)
+    return duration_ms(text, at_most=MAX_INTEGER)
 
 
 def parse_since(text: str, now: int | None = None) -> int:

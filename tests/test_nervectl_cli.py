@@ -391,9 +391,10 @@ def test_workflow_run_that_fails_exits_1(daemon: Nerved) -> None:
     assert run["status"] == "failed" and "on purpose" in run["error"]
 
 
-def test_workflow_wait_timeout_exits_1(daemon: Nerved) -> None:
+@pytest.mark.parametrize("timeout", ["0.5", "500ms"])
+def test_workflow_wait_timeout_exits_1(daemon: Nerved, timeout: str) -> None:
     error = assert_one_line_error(
-        daemon.ctl("workflow", "trigger", "slow", "--wait", "--timeout", "0.5"), 1
+        daemon.ctl("workflow", "trigger", "slow", "--wait", "--timeout", timeout), 1
     )
     assert "goes on" in error
 
@@ -769,6 +770,7 @@ def test_what_the_daemon_would_refuse_is_a_usage_error_before_sending(
         ("logs", "--since", "0001-01-01T00:00+14:00"),
         ("logs", "--since", "9999-12-31T23:59:59"),
         ("logs", "--since", "9" * 400 + "w"),  # longer ago than a double holds
+        ("logs", "--since", "1h30m"),  # nerve.yaml's duration grammar, compound
         ("logs", "--limit", str(MAX_INTEGER)),  # read 10,000 at a time
         ("workflow", "list", "--limit", "10000"),
     ],
@@ -820,6 +822,10 @@ NOW = 1_700_000_000_000
         ("2h", NOW - 7_200_000),
         ("1d", NOW - 86_400_000),
         ("1h30m", NOW - 5_400_000),
+        ("1h 30m", NOW - 5_400_000),
+        ("1.5h", NOW - 5_400_000),
+        ("1d12h", NOW - 129_600_000),
+        ("2w", NOW - 14 * 86_400_000),
         ("500ms", NOW - 500),
         ("1699999999000", 1_699_999_999_000),
         ("2023-11-14T22:13:20Z", 1_700_000_000_000),
@@ -846,6 +852,45 @@ def test_parse_since_local_forms() -> None:
 def test_parse_since_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="cannot read"):
         times.parse_since(text, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "seconds"),
+    [("90", 90.0), ("0.5", 0.5), ("1m30s", 90.0), ("1h 30m", 5400.0), ("250ms", 0.25)],
+)
+def test_timeout_takes_seconds_or_a_duration(timeout: str, seconds: float) -> None:
+    from nervectl import cli
+
+    args = ["workflow", "trigger", "w", "--wait", "--timeout", timeout]
+    assert cli.build_parser().parse_args(args).timeout == seconds
+
+
+def test_since_takes_a_compound_duration() -> None:
+    from nervectl import cli
+
+    before = times.now_ms()
+    since = cli.build_parser().parse_args(["logs", "--since", "1h30m"]).since
+    assert before - 5_400_000 <= since <= times.now_ms() - 5_400_000
+
+
+@pytest.mark.parametrize(
+    ("timeout", "problem"),
+    [
+        ("1h30", "expected a number of seconds or a duration such as 1m30s, got '1h30'"),
+        ("soon", "expected a number of seconds or a duration such as 1m30s, got 'soon'"),
+        ("0s", "must be a positive number of seconds, got '0s'"),
+        ("9" * 400 + "w", "must be a positive number of seconds"),
+    ],
+)
+def test_timeout_refuses_what_is_no_duration(
+    timeout: str, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nervectl import cli
+
+    with pytest.raises(SystemExit) as caught:
+        cli.build_parser().parse_args(["workflow", "trigger", "w", "--wait", "--timeout", timeout])
+    assert caught.value.code == 2
+    assert problem in capsys.readouterr().err
 
 
 def test_time_formats() -> None:

@@ -1,0 +1,134 @@
+"""Loading and validation of ``<root>/nerve.yaml`` (SPEC section 3).
+
+The file is read with ``yaml.compose`` instead of ``yaml.safe_load`` so that every value keeps
+the line it came from: an operator fixing a bad file at 3 a.m. needs ``nerve.yaml:12`` and the
+key, not "invalid configuration". Every problem is collected before raising (up to
+:data:`MAX_ERRORS`), so that one edit-and-reload cycle can fix them all. The result is frozen
+because a running daemon swaps whole configurations on reload and must never see one
+half-changed.
+
+The master parses this file in its only thread, at every reload, so no file may cost it more
+than a bounded amount of time and memory, whatever its shape: only a regular file is read,
+and at most :data:`MAX_FILE_SIZE` of it; nesting is bounded while composing
+(:data:`MAX_NESTING`), and so is what aliases expand to (:data:`MAX_VALUES`, against "billion
+laughs" documents); every error message is built from clipped text. Whatever a file holds,
+it ends in a :class:`ConfigError`, never another exception.
+
+One module per job, each importing only those before it:
+
+- ``messages``: how a value is shown in a message (``got 'ten'``, ``got a list``);
+- ``grammar``: durations, sizes and names, nerve.yaml's and ``nervectl``'s alike (no PyYAML);
+- ``model``: the frozen dataclasses (:class:`NerveConfig`, :class:`SenseConfig`, ...), their
+  defaults, :class:`ConfigError`;
+- ``walker``: PyYAML's nodes walked with every error kept, with its line and key path;
+- ``schema``: which keys each section takes, and the :class:`NerveConfig` they make;
+- ``load``: the bounded read and the bounded composer: :func:`load_config`,
+  :func:`parse_config`;
+- ``packages``: :func:`check_packages`, the packages the configuration names.
+
+The public names below are imported on first use (PEP 562's module ``__getattr__``), as
+``nerved``'s are: ``nervectl`` imports ``nerved.config.grammar``, which imports this package
+first, and must not pay for PyYAML and the daemon's modules on every command.
+"""
+
+# typing.TYPE_CHECKING would import typing; type checkers take any name TYPE_CHECKING as true,
+# and these imports are what mypy and editors see.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nerved.config.grammar import (
+        NAME_RE,
+        NAME_RULE,
+        duration_ms,
+        parse_duration,
+        parse_size,
+    )
+    from nerved.config.load import MAX_FILE_SIZE, MAX_NESTING, MAX_VALUES, load_config, parse_config
+    from nerved.config.model import (
+        CONFIG_FILE,
+        ConfigError,
+        ControlConfig,
+        NerveConfig,
+        Overflow,
+        Reflex,
+        RetentionConfig,
+        SenseConfig,
+        SenseReflex,
+        WorkflowConfig,
+        WorkflowReflex,
+        group_memory_max,
+        unlined,
+    )
+    from nerved.config.packages import check_packages
+    from nerved.config.walker import MAX_ERRORS
+
+_MODULE_OF = {
+    "NAME_RE": "grammar",
+    "NAME_RULE": "grammar",
+    "duration_ms": "grammar",
+    "parse_duration": "grammar",
+    "parse_size": "grammar",
+    "MAX_FILE_SIZE": "load",
+    "MAX_NESTING": "load",
+    "MAX_VALUES": "load",
+    "load_config": "load",
+    "parse_config": "load",
+    "CONFIG_FILE": "model",
+    "ConfigError": "model",
+    "ControlConfig": "model",
+    "NerveConfig": "model",
+    "Overflow": "model",
+    "Reflex": "model",
+    "RetentionConfig": "model",
+    "SenseConfig": "model",
+    "SenseReflex": "model",
+    "WorkflowConfig": "model",
+    "WorkflowReflex": "model",
+    "group_memory_max": "model",
+    "unlined": "model",
+    "check_packages": "packages",
+    "MAX_ERRORS": "walker",
+}
+
+__all__ = [
+    "CONFIG_FILE",
+    "MAX_ERRORS",
+    "MAX_FILE_SIZE",
+    "MAX_NESTING",
+    "MAX_VALUES",
+    "NAME_RE",
+    "NAME_RULE",
+    "ConfigError",
+    "ControlConfig",
+    "NerveConfig",
+    "Overflow",
+    "Reflex",
+    "RetentionConfig",
+    "SenseConfig",
+    "SenseReflex",
+    "WorkflowConfig",
+    "WorkflowReflex",
+    "check_packages",
+    "duration_ms",
+    "group_memory_max",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+    "unlined",
+]
+
+if not TYPE_CHECKING:  # hidden from type checkers, which would then take any name as valid
+
+    def __getattr__(name: str) -> object:
+        """Import a public name on first use, then keep it (later lookups never come here)."""
+        module = _MODULE_OF.get(name)
+        if module is None:
+            raise AttributeError(f"module 'nerved.config' has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(f"nerved.config.{module}"), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})
