@@ -54,7 +54,7 @@ from nerved.master.senses import SenseManager
 from nerved.master.watch import Watcher
 from nerved.master.workers import Workers
 from nerved.master.workflows import WorkflowManager
-from nerved.store import Store, StoreError
+from nerved.store import Storage, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ class Daemon:
         self.exit_code = EX_OK
         self._stop_timer: Any = None
         self.config: NerveConfig
-        self.store: Store
+        self.store: Storage
         self.senses: SenseManager
         self.workflows: WorkflowManager
         self.reflexes: Reflexes
