@@ -8,15 +8,19 @@ contract suite of any backend as well as the SQLite backend's own tests; but for
 
 from __future__ import annotations
 
+import random
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from nerved import wire
 from nerved.states import RunStatus, Transition
-from nerved.store import LogEntry, Reader, Storage, Store
+from nerved.store import LogEntry, Reader, Storage, Store, StoreError
 
 CREATING = [t for t in Transition if t.creates]
 MOVING = [t for t in Transition if not t.creates]
@@ -65,6 +69,87 @@ def fill(store: Storage, sizes: list[int], ref_id: str = "big") -> list[int]:
     ids = [store.append_log("test", "big", ref_id, "x" * (size - 2)) for size in sizes]
     store.commit()
     return ids
+
+
+Model = dict[str, tuple[RunStatus, int, int]]
+"""What should be in a store: (status, steps, attempts) per run."""
+
+
+def random_operations(
+    store: Storage, poison: Callable[[Storage], None], seed: int, check: Callable[[Model], None]
+) -> Model:
+    """400 random operations on ``store``, legal and not, with batches committed and batches
+    whose COMMIT fails (``poison``), each checked against a model of what should happen;
+    ``check`` is called with the model as committed after every commit and every failed one.
+    Returns the model once all is committed. The sequence is asserted to have exercised
+    every kind of operation, so that it cannot go vacuous.
+    """
+    rng = random.Random(seed)
+    poison(store)
+    seen: Counter[str] = Counter()
+
+    # The model: (status, steps, attempts) per run, and its state at the last commit.
+    model: Model = {}
+    committed: Model = {}
+    created = 0
+    for _ in range(400):
+        run_ids = [*model, "unknown"]
+        op = rng.random()
+        if op < 0.2 or not model:
+            run_id = f"run-{created}"
+            created += 1
+            transition = rng.choice(CREATING)
+            reason = "full" if transition is Transition.REJECT else None
+            store.create_run(run_id, rng.choice("ab"), transition, {"i": created}, reason=reason)
+            model[run_id] = (transition.target, 0, 0)
+        elif op < 0.5:
+            run_id = rng.choice(run_ids)
+            transition = rng.choice(MOVING)
+            status, steps, attempts = model.get(run_id, (None, 0, 0))
+            legal = status in transition.sources
+            error = rng.choice([None, "why"])
+            assert store.transition_run(run_id, transition, error=error) is legal
+            seen["moved" if legal else "refused"] += 1
+            if legal:
+                model[run_id] = (transition.target, steps, attempts)
+        elif op < 0.7:
+            run_id = rng.choice(run_ids)
+            status, steps, attempts = model.get(run_id, (None, 0, 0))
+            legal = status is RunStatus.STARTED
+            record = step(rng.choice("xyz"), None, {"n": steps})
+            assert store.record_step(run_id, record) is legal
+            seen["step" if legal else "step refused"] += 1
+            if legal:
+                model[run_id] = (RunStatus.STARTED, steps + 1, attempts)
+        elif op < 0.75:
+            run_id = rng.choice(run_ids)
+            status, steps, attempts = model.get(run_id, (None, 0, 0))
+            expected = attempts + 1 if status is RunStatus.STARTED else 0
+            assert store.count_attempt(run_id) == expected
+            if expected:
+                model[run_id] = (RunStatus.STARTED, steps, expected)
+        elif op < 0.85:
+            # Entries that must not move a run: ctx.log lines, other sources on the same id.
+            if rng.random() < 0.5:
+                store.append_log("workflow", "log", rng.choice(list(model)), "a ctx.log line")
+            else:
+                store.append_log("sense", "completed", rng.choice(run_ids), "same ref_id")
+        elif op < 0.97:
+            store.commit()
+            committed = dict(model)
+            seen["commit"] += 1
+            check(committed)
+        else:
+            store.append_log("test", "poison", None, None)
+            with pytest.raises(StoreError):
+                store.commit()
+            model = dict(committed)  # rolled-back run ids are not reused: created goes on
+            seen["rollback"] += 1
+            check(committed)
+    store.commit()
+    assert min(seen[k] for k in ("moved", "refused", "step", "commit", "rollback")) > 0, seen
+    assert len(model) > 10
+    return model
 
 
 def install_poison(store: Storage) -> None:

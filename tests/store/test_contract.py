@@ -28,9 +28,11 @@ from store_support import (
     MIB,
     MOVING,
     Backend,
+    Model,
     fill,
     history,
     make_run,
+    random_operations,
     step,
 )
 
@@ -39,6 +41,7 @@ from nerved.states import ACTIVE, RunStatus, Transition
 from nerved.store import (
     MAX_QUERY_LIMIT,
     LogEntry,
+    Reader,
     RunRecord,
     Storage,
     StoreError,
@@ -1054,4 +1057,42 @@ def test_a_reopened_store_recovers_active_runs_as_they_were_committed(backend: B
     assert again.run_steps_page("s1", entries[1].id) == (entries[2:], False)
     assert again.last_log_id() == last
     assert again.append_log("test", "after", None, None) > last
+    again.close()
+
+
+# -- any sequence ------------------------------------------------------------------------
+
+
+def runs_as_read(view: Reader) -> Model:
+    return {r.run_id: (r.status, r.steps, r.attempts) for r in view.list_runs(limit=None)}
+
+
+def told_by_history(view: Reader, run_id: str) -> tuple[RunStatus | None, int]:
+    """A run's status and steps as its entries tell them: the type of its last entry that
+    is a status (``log`` lines and steps do not move it), and its ``step_complete`` count."""
+    statuses = {s.value for s in RunStatus}
+    entries = history(view, run_id)
+    moves = [RunStatus(e.type) for e in entries if e.type in statuses]
+    return (moves[-1] if moves else None), sum(e.type == "step_complete" for e in entries)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_any_sequence_of_operations_keeps_to_a_model(backend: Backend, seed: int) -> None:
+    """After any sequence of operations, legal and not, in batches committed and batches
+    whose commit fails: the committed view shows exactly the runs of the model as committed,
+    after every commit; and a store opened again finds every run as the model has it, its
+    history telling the same status and steps (RFC-002 section 6.2: the runs are derived
+    data of the log)."""
+    store = backend.open()
+
+    def check(committed: Model) -> None:
+        assert runs_as_read(store.committed) == committed
+
+    model = random_operations(store, backend.poison, seed, check)
+    store.close()
+    again = backend.open()
+    assert runs_as_read(again) == model
+    assert {run_id: told_by_history(again, run_id) for run_id in model} == {
+        run_id: (status, steps) for run_id, (status, steps, _) in model.items()
+    }
     again.close()
