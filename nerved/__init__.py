@@ -30,7 +30,7 @@ if TYPE_CHECKING:
         WorkflowContext,
         WorkflowDefinition,
     )
-    from nerved.store import LogEntry
+    from nerved.store.records import LogEntry
 
 __all__ = [
     "CommandEvent",
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 _MODULE_OF = {name: "nerved.api" for name in __all__ if name not in ("LogEntry", "__version__")}
-_MODULE_OF["LogEntry"] = "nerved.store"
+_MODULE_OF["LogEntry"] = "nerved.store.records"
 
 if not TYPE_CHECKING:  # hidden from type checkers, which would then take any name as valid
 

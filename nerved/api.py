@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
-from nerved.store import LogEntry
+from nerved.store.records import LogEntry
 
 JsonValue = Any
 """A value ``json.dumps`` accepts: dict, list, str, int, float, bool or None."""

@@ -1,7 +1,7 @@
 """Workflow threads through a real nerved: admission, queues, steps, failures, reflexes.
 
 The scenarios of the original TypeScript tests, against the real engine (log-store-workflow's
-are in test_store.py):
+are in store/test_contract.py):
 
 workflow-manager                                   here
   forks a worker, sends start under the limit      test_three_step_thread_completes...

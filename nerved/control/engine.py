@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from nerved.outcome import Pending
-from nerved.store import Reads, RunRecord
+from nerved.store import Reader, RunRecord
 
 
 class SenseControl(Protocol):
@@ -40,7 +40,7 @@ class WorkflowControl(Protocol):
 
 class StoreControl(Protocol):
     @property
-    def committed(self) -> Reads:
+    def committed(self) -> Reader:
         """What is committed: every read a command makes."""
 
     def after_commit(

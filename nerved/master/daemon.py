@@ -47,7 +47,7 @@ from nerved.master.watch import Watcher
 from nerved.master.workers import Workers
 from nerved.master.workflows import WorkflowManager
 from nerved.outcome import Pending, Refused
-from nerved.store import Store, StoreError
+from nerved.store import Storage, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ class Daemon:
         self.exit_code = EX_OK
         self._stop_timer: Any = None
         self.config: NerveConfig
-        self.store: Store
+        self.store: Storage
         self.senses: SenseManager
         self.workflows: WorkflowManager
         self.reflexes: Reflexes

@@ -13,7 +13,7 @@ from typing import Final
 
 from nerved.config import RetentionConfig
 from nerved.master.loop import Loop, Timer
-from nerved.store import Store, StoreError, now_ms
+from nerved.store import Storage, StoreError, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ FIRST_PASS: Final = 1.0  # after start, once recovery and readiness are out of t
 
 
 class Retention:
-    def __init__(self, loop: Loop, store: Store, settings: Callable[[], RetentionConfig]):
+    def __init__(self, loop: Loop, store: Storage, settings: Callable[[], RetentionConfig]):
         self.loop = loop
         self.store = store
         self.settings = settings

@@ -27,7 +27,7 @@ from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import NerveConfig, SenseConfig, group_memory_max, unlined
 from nerved.master.loop import Loop, Timer
 from nerved.master.workers import Worker, Workers
-from nerved.store import Store, StoreError, now_ms
+from nerved.store import Storage, StoreError, now_ms
 from nerved.worker import sense as sense_worker
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class SenseManager:
         self,
         loop: Loop,
         workers: Workers,
-        store: Store,
+        store: Storage,
         on_signal: SignalHandler,
         import_timeout: float = IMPORT_TIMEOUT,
     ) -> None:

@@ -39,7 +39,7 @@ from nerved.master.loop import Loop, Timer
 from nerved.master.workers import Worker, Workers
 from nerved.outcome import BadInput, Failed, NotFound, Pending, Refused, ShuttingDown
 from nerved.states import RunStatus, Transition
-from nerved.store import RunRecord, Store, StoreError, Unreadable
+from nerved.store import RunRecord, Storage, StoreError, Unreadable
 from nerved.worker import workflow as workflow_worker
 from nerved.worker.timebox import KILLED, MODERATOR_KILL
 
@@ -109,7 +109,7 @@ class Flow:
 
 class WorkflowManager:
     def __init__(
-        self, loop: Loop, workers: Workers, store: Store, import_timeout: float = IMPORT_TIMEOUT
+        self, loop: Loop, workers: Workers, store: Storage, import_timeout: float = IMPORT_TIMEOUT
     ) -> None:
         self.loop = loop
         self.workers = workers
@@ -335,7 +335,7 @@ class WorkflowManager:
 
         A run that some worker had before is *resumed*: the new worker gets its logged
         events and replays the moderator over them. They are read once the batch is
-        durable, from the committed view (nerved.store, :attr:`Store.committed`): every
+        durable, from the committed view (nerved.store, :attr:`Storage.committed`): every
         step of the run is there by then, and a page that cannot be read fails this run
         alone, where inside the write transaction it would fail the whole batch. They go in
         frames of at most :data:`wire.RESULT_BUDGET`, at most :data:`RESUME_PER_TURN` bytes

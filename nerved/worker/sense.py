@@ -40,7 +40,7 @@ from nerved import wire
 from nerved.api import ComputeFn, SenseContext
 from nerved.channel import Message
 from nerved.code.packages import Package, UserCodeError, load_sense
-from nerved.store import LogEntry
+from nerved.store.records import LogEntry
 from nerved.worker.port import Port, explain, serve
 
 log = logging.getLogger(__name__)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from nerved.control.rpc import NOT_FOUND, RpcError, bad_params
-from nerved.store import Reads, RunRecord
+from nerved.store import Reader, RunRecord
 
 MIN_PREFIX = 8
 
 
-def find_run(store: Reads, ref: str) -> RunRecord:
+def find_run(store: Reader, ref: str) -> RunRecord:
     record = store.get_run(ref)
     if record is not None:
         return record

@@ -1,0 +1,137 @@
+"""The sqlite3 connections: the connect hook, and wrappers whose every error is a StoreError.
+
+The only place (with :mod:`nerved.store.sqlite`'s use of it) where sqlite3 is imported:
+an error of SQLite becomes a one-line :class:`~nerved.store.errors.StoreError` naming the
+file (:class:`~nerved.store.errors.StoreBusy` when another process holds the lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from nerved.store.errors import StoreBusy, StoreError
+
+AUTOCHECKPOINT_PAGES: Final = 8000  # ~32 MB of WAL before SQLite checkpoints on its own
+BUSY_TIMEOUT_MS: Final = 10  # SQLite's own wait for a lock: short, never a stall
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
+
+
+def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    kind = StoreBusy if is_busy(exc) else StoreError
+    return kind(f"{path}: {exc}")
+
+
+class Cursor:
+    """A cursor whose errors, even half-way through its rows, are StoreErrors."""
+
+    __slots__ = ("_cursor", "_path")
+
+    def __init__(self, cursor: sqlite3.Cursor, path: Path) -> None:
+        self._cursor = cursor
+        self._path = path
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise store_error(self._path, exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return self._cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise store_error(self._path, exc) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._cursor.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                row = next(self._cursor)
+            except StopIteration:
+                return
+            except sqlite3.Error as exc:
+                raise store_error(self._path, exc) from exc
+            yield row
+
+
+class Connection:
+    """The one sqlite3 connection, every error of which is a StoreError (busy: StoreBusy)."""
+
+    __slots__ = ("_conn", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        try:
+            return Cursor(self._conn.execute(sql, params), self.path)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
+
+    def executescript(self, script: str) -> None:
+        try:
+            self._conn.executescript(script)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+
+def connect(path: Path, synchronous: str = "FULL") -> Connection:
+    """The connect hook: every connection nerve opens gets its pragmas here and nowhere else."""
+    try:
+        raw = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise store_error(path, exc) from exc
+    conn = Connection(raw, path)
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        raise StoreError(f"{path}: cannot switch to WAL mode (got {mode!r})")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    # Checkpoints copy the WAL into the database and fsync it: a stall of milliseconds. The
+    # master runs them when it is idle (Store.checkpoint); this is only the backstop.
+    conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+    # Never wait long for a lock: the master's loop must not stall (see "The write lock").
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
+def connect_reader(path: Path) -> Connection:
+    """A read-only connection (``mode=ro``, ``query_only``) for the queries of clients."""
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    try:
+        raw = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise store_error(path, exc) from exc
+    conn = Connection(raw, path)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA query_only = ON")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn

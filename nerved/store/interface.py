@@ -1,0 +1,225 @@
+"""What the master needs from a store: the interface any backend implements.
+
+Everything durable in nerve goes through a store, so that another backend can replace
+SQLite by implementing this narrow interface (:class:`Storage`; the SQLite one is
+:class:`nerved.store.sqlite.Store`, and ``tests/store/test_contract.py`` is what any backend
+must pass). Only the master opens it: workers are forked from it, and no backend's state
+may cross a fork (workers that read the logs ask the master over their channel).
+
+Writes are *batched*: each write joins the batch of the current turn of the master loop,
+and the loop calls :meth:`Storage.commit` once at the end of the turn. Whoever needs to act
+only once a write is durable (acknowledging a trigger, telling a worker to go on)
+registers that action with :meth:`Storage.after_commit`. That gives group commit for free:
+many workers' events share one sync to disk, and no acknowledgement ever runs ahead of
+its data.
+
+Run statuses change only through :class:`~nerved.states.Transition`s, applied as guarded
+updates (only while the run is in one of the transition's sources) together with the log
+entry that records them, in the same batch (RFC-002 §6.2).
+
+A leaf: it imports no backend, so the engine can be typed against it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from nerved.states import RunStatus, Transition
+from nerved.store.records import LogEntry, RunRecord
+
+CommitCallback = Callable[[], None]
+AbortCallback = Callable[[BaseException], None]
+
+
+class Reader(Protocol):
+    """The queries: of the engine (they see its open batch) or of clients (they see only
+    what is committed: :attr:`Storage.committed`)."""
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def query_logs(
+        self,
+        *,
+        source: str | None = None,
+        type: str | None = None,
+        ref_id: str | None = None,
+        since: int | None = None,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        limit: int | None = 100,
+    ) -> list[LogEntry]:
+        """Up to ``limit`` entries (at most MAX_QUERY_LIMIT), oldest first: after
+        ``after_id`` or from ``since`` when given (paging forward), else the newest (before
+        ``before_id``: paging back); never more payload than ``wire.RESULT_BUDGET`` (at
+        least one entry). A payload that does not decode is an :class:`Unreadable`."""
+        ...
+
+    def last_log_id(self) -> int: ...
+
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    def find_runs(self, prefix: str, limit: int = 2) -> list[RunRecord]:
+        """Runs whose id starts with ``prefix`` (literally: no wildcards), by id."""
+        ...
+
+    def list_runs(
+        self,
+        *,
+        statuses: Iterable[RunStatus] | None = None,
+        workflow: str | None = None,
+        limit: int | None = 100,
+    ) -> list[RunRecord]:
+        """Newest first; ``trigger_payload`` is not read (None)."""
+        ...
+
+    def run_steps_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
+        """One run's ``step_complete`` entries after ``after_id``, a page of them, and
+        whether more follow: what resuming it reads."""
+        ...
+
+    def run_history_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
+        """One run's entries (``source = 'workflow'``) after ``after_id``, a page of them,
+        and whether more follow."""
+        ...
+
+    def count_runs(self) -> dict[tuple[str, RunStatus], int]: ...
+
+
+class Storage(Reader, Protocol):
+    """The master's store: batched writes, the batch's lock and files, and the engine's reads.
+
+    Its own queries see the batch of the current turn; :attr:`committed` sees only what
+    is durable.
+    """
+
+    @property
+    def path(self) -> Path:
+        """Where it keeps its data: named in messages to the operator."""
+        ...
+
+    @property
+    def committed(self) -> Reader:
+        """The queries of clients: what is durable and nothing else."""
+        ...
+
+    @property
+    def commits(self) -> int: ...
+
+    @property
+    def last_commit(self) -> float:
+        """``time.monotonic()`` of the last commit."""
+        ...
+
+    @property
+    def locked_since(self) -> float | None:
+        """Since when (monotonic) another process holds the write lock, or None."""
+        ...
+
+    @property
+    def dirty(self) -> bool:
+        """Something was written, or a callback registered, since the last commit."""
+        ...
+
+    # -- the batch ----------------------------------------------------------------------
+
+    def acquire(self) -> bool:
+        """Hold the write lock; False, at once, while another process holds it."""
+        ...
+
+    def release(self) -> None:
+        """Let go of the write lock (RuntimeError with an uncommitted batch)."""
+        ...
+
+    def after_commit(
+        self, on_commit: CommitCallback, on_abort: AbortCallback | None = None
+    ) -> None:
+        """Run ``on_commit`` once everything written so far is durable (at the next commit,
+        even if nothing is written); ``on_abort`` if that commit fails instead."""
+        ...
+
+    def commit(self) -> None:
+        """Make the batch durable, then run its callbacks in order; on failure roll back,
+        abort the callbacks and raise StoreError."""
+        ...
+
+    def abandon(self, exc: BaseException) -> None:
+        """Roll the batch back and abort its callbacks."""
+        ...
+
+    def checkpoint(self) -> bool:
+        """Idle-time housekeeping; False if there was nothing to do."""
+        ...
+
+    def check_files(self) -> None:
+        """Raise StoreError if its files (or a watched one) are gone from under it."""
+        ...
+
+    def watch(self, path: Path, fd: int) -> None:
+        """Also check that ``path`` is still the file open as ``fd``."""
+        ...
+
+    def close(self) -> None:
+        """Close, dropping a batch nobody committed."""
+        ...
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def append_log(
+        self, source: str, type: str, ref_id: str | None, payload: Any, ts: int | None = None
+    ) -> int:
+        """Append an entry; its id, which grows with every entry."""
+        ...
+
+    def create_run(
+        self,
+        run_id: str,
+        workflow: str,
+        transition: Transition,
+        trigger_payload: Any,
+        *,
+        payload_json: str | None = None,
+        reason: str | None = None,
+        retry_of: str | None = None,
+        ts: int | None = None,
+    ) -> RunRecord:
+        """Insert a new run in a creating transition's status, with its log entry."""
+        ...
+
+    def transition_run(
+        self,
+        run_id: str,
+        transition: Transition,
+        *,
+        payload_json: str | None = None,
+        error: str | None = None,
+        ts: int | None = None,
+    ) -> bool:
+        """Apply a labelled transition, with its log entry, if the run is in one of its
+        sources; False, writing nothing, if it is not."""
+        ...
+
+    def record_step(self, run_id: str, record_json: str, ts: int | None = None) -> bool:
+        """Append a step and count it, only while the run is started."""
+        ...
+
+    def count_attempt(self, run_id: str) -> int:
+        """Count one more worker lost under a started run; the new count (0 if not started)."""
+        ...
+
+    def prune_runs(self, *, older_than: int | None, keep: int | None, limit: int) -> int:
+        """Delete up to ``limit`` final runs, with their entries, oldest first."""
+        ...
+
+    def prune_sense_logs(self, *, older_than: int, limit: int) -> int:
+        """Delete up to ``limit`` sense entries older than ``older_than``."""
+        ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    # -- reads of the engine --------------------------------------------------------------
+
+    def active_runs(self) -> list[RunRecord]:
+        """Every queued or started run, oldest first, each with its ``history`` size."""
+        ...

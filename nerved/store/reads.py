@@ -1,0 +1,267 @@
+"""The queries of logs.db, over one connection: the store's own, or its committed view."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from nerved import wire
+from nerved.states import RunStatus
+from nerved.store.connection import Connection
+from nerved.store.records import MAX_QUERY_LIMIT, LogEntry, RunRecord, Unreadable, loads
+
+RUN_COLUMNS: Final = (
+    "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
+    "attempts, retry_of, seq"
+)
+_LISTED_COLUMNS: Final = RUN_COLUMNS.replace("trigger_payload", "NULL")
+
+
+def run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        workflow=row[1],
+        status=RunStatus(row[2]),
+        created_at=row[3],
+        updated_at=row[4],
+        trigger_payload=loads(row[5]),
+        steps=row[6],
+        error=row[7],
+        attempts=row[8],
+        retry_of=row[9],
+        seq=row[10],
+        history=history,
+    )
+
+
+def entry_from_row(row: Sequence[Any]) -> LogEntry:
+    return LogEntry(row[0], row[1], row[2], row[3], loads(row[4]), row[5])
+
+
+def _cap(limit: int | None) -> int:
+    """At most MAX_QUERY_LIMIT rows; SQLite would read a negative LIMIT as no limit at all."""
+    if limit is None or limit < 0:
+        return MAX_QUERY_LIMIT
+    return min(limit, MAX_QUERY_LIMIT)
+
+
+def _first_id_since(conn: Connection, ts: int) -> int:
+    """The first entry at or after ``ts``, by bisecting ids (they grow with time).
+
+    Entries are appended with the master's clock, so ts is non-decreasing in id unless the
+    wall clock was stepped back; then the boundary is approximate, never an error.
+    """
+    lo, hi = conn.execute("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM logs").fetchone()
+    hi += 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(
+            "SELECT id, ts FROM logs WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
+        ).fetchone()
+        if row is None or row[1] >= ts:
+            hi = mid
+        else:
+            lo = row[0] + 1
+    return int(lo)
+
+
+def query_page(
+    conn: Connection,
+    *,
+    source: str | None = None,
+    type: str | None = None,
+    ref_id: str | None = None,
+    since: int | None = None,
+    after_id: int | None = None,
+    before_id: int | None = None,
+    limit: int | None = 100,
+) -> tuple[list[LogEntry], bool]:
+    """One page of entries, oldest first, and whether more matched past it.
+
+    With ``after_id`` or ``since`` the page starts at the oldest match (paging forward, for
+    following); otherwise it ends at the newest, or just before ``before_id`` (paging back).
+    See :func:`_read_page` for where a page ends.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (("source", source), ("type", type), ("ref_id", ref_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("id >= ?")
+        args.append(_first_id_since(conn, since))
+    if after_id is not None:
+        where.append("id > ?")
+        args.append(after_id)
+    if before_id is not None:
+        where.append("id < ?")
+        args.append(before_id)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    n = _cap(limit)
+    forward = after_id is not None or since is not None
+    with contextlib.closing(
+        conn.execute(
+            f"SELECT id, source, type, ref_id, payload, ts FROM logs {clause}"
+            f" ORDER BY id {'ASC' if forward else 'DESC'} LIMIT ?",
+            (*args, n + 1),
+        )
+    ) as rows:
+        entries, more = _read_page(rows, n)
+    if not forward:
+        entries.reverse()
+    return entries, more
+
+
+def _read_page(rows: Iterable[Sequence[Any]], limit: int) -> tuple[list[LogEntry], bool]:
+    """Up to ``limit`` entries whose payloads fit :data:`wire.RESULT_BUDGET` bytes together,
+    and whether a row was left over (a row past ``limit``, or one that did not fit).
+
+    Rows are read one at a time and no further than needed, and decoded only when taken.
+    The first entry is always taken, so that a client paging on always gets further; a
+    payload larger than the whole budget (larger than anything nerve accepts: an older
+    release may have stored one) comes alone, as :class:`Unreadable`, so that no answer
+    outgrows the budget.
+    """
+    entries: list[LogEntry] = []
+    room = wire.RESULT_BUDGET
+    for row in rows:
+        if len(entries) == limit:
+            return entries, True
+        text = row[4]
+        size = 0 if text is None else len(text) if text.isascii() else len(text.encode())
+        if entries and size > room:
+            return entries, True
+        room -= size
+        if size > wire.RESULT_BUDGET:
+            budget = wire.size_text(wire.RESULT_BUDGET)
+            payload: Any = Unreadable(
+                f"{wire.size_text(size)} stored, more than an answer carries ({budget})",
+                len(text),
+            )
+        else:
+            payload = loads(text)
+        entries.append(LogEntry(row[0], row[1], row[2], row[3], payload, row[5]))
+    return entries, False
+
+
+class Reads:
+    """The queries, over one connection: the store's own, or :attr:`Store.committed`."""
+
+    _conn: Connection
+    path: Path
+
+    def __init__(self, conn: Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def query_logs(
+        self,
+        *,
+        source: str | None = None,
+        type: str | None = None,
+        ref_id: str | None = None,
+        since: int | None = None,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        limit: int | None = 100,
+    ) -> list[LogEntry]:
+        """Up to ``limit`` entries (at most :data:`MAX_QUERY_LIMIT`), oldest first: after
+        ``after_id`` or from ``since`` when given (paging forward), else the newest (before
+        ``before_id``: paging back). Never more payload than :data:`wire.RESULT_BUDGET` (at
+        least one entry): fewer than ``limit`` does not mean there are no more.
+        """
+        entries, _ = query_page(
+            self._conn,
+            source=source,
+            type=type,
+            ref_id=ref_id,
+            since=since,
+            after_id=after_id,
+            before_id=before_id,
+            limit=limit,
+        )
+        return entries
+
+    def last_log_id(self) -> int:
+        row = self._conn.execute("SELECT MAX(id) FROM logs").fetchone()
+        return int(row[0] or 0)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self._conn.execute(
+            f"SELECT {RUN_COLUMNS} FROM workflow_runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return None if row is None else run_from_row(row)
+
+    def find_runs(self, prefix: str, limit: int = 2) -> list[RunRecord]:
+        """Runs whose id starts with ``prefix`` (an index range scan, not LIKE)."""
+        rows = self._conn.execute(
+            f"SELECT {RUN_COLUMNS} FROM workflow_runs WHERE run_id >= ? AND run_id < ?"
+            " ORDER BY run_id LIMIT ?",
+            (prefix, prefix + "\U0010ffff", limit),
+        ).fetchall()
+        return [run_from_row(r) for r in rows]
+
+    def list_runs(
+        self,
+        *,
+        statuses: Iterable[RunStatus] | None = None,
+        workflow: str | None = None,
+        limit: int | None = 100,
+    ) -> list[RunRecord]:
+        """Newest first, as an operator reads a list; ``trigger_payload`` is not read (None).
+
+        A list never shows payloads: reading up to 10,000 of them (a MiB each) only to drop
+        them would stall the loop.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        if statuses is not None:
+            wanted = sorted(set(statuses))
+            where.append(f"status IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if workflow is not None:
+            where.append("workflow = ?")
+            args.append(workflow)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        n = _cap(limit)
+        rows = self._conn.execute(
+            f"SELECT {_LISTED_COLUMNS} FROM workflow_runs {clause} ORDER BY seq DESC LIMIT ?",
+            (*args, n),
+        ).fetchall()
+        return [run_from_row(r) for r in rows]
+
+    def run_steps_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
+        """One run's ``step_complete`` entries after ``after_id``, oldest first, a page of
+        them (:func:`_read_page`), and whether more follow: what resuming it reads (not its
+        log lines, however many)."""
+        return query_page(
+            self._conn,
+            source="workflow",
+            type="step_complete",
+            ref_id=run_id,
+            after_id=after_id,
+            limit=None,
+        )
+
+    def run_history_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
+        """One run's entries after ``after_id``, oldest first, as many as one answer carries
+        (:func:`_read_page`), and whether more follow: ``workflow.inspect`` pages on them."""
+        return query_page(
+            self._conn, source="workflow", ref_id=run_id, after_id=after_id, limit=None
+        )
+
+    def count_runs(self) -> dict[tuple[str, RunStatus], int]:
+        rows = self._conn.execute(
+            "SELECT workflow, status, COUNT(*) FROM workflow_runs GROUP BY workflow, status"
+        ).fetchall()
+        return {(r[0], RunStatus(r[1])): int(r[2]) for r in rows}

@@ -1,0 +1,110 @@
+"""What the store hands out: log entries, runs, and a payload that does not decode.
+
+A leaf (no sqlite3, no backend): the user API (``ctx.logs.query`` returns
+:class:`LogEntry`), the workers and the control commands import it without the store's
+backend, and every backend returns these same records.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+from nerved import wire
+from nerved.states import RunStatus
+
+MAX_QUERY_LIMIT: Final = wire.MAX_QUERY_LIMIT
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def dumps(value: Any) -> str:
+    """The one JSON encoding used for stored payloads (:func:`nerved.wire.dumps`).
+
+    Raises :class:`nerved.wire.Invalid` (a ``ValueError``) for what JSON cannot carry,
+    before anything is written.
+    """
+    return wire.dumps(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A stored payload that does not decode: written by an older release, or damaged on disk.
+
+    It stands in for the value, so that one bad row costs the entry or the run it belongs
+    to, never the query or the daemon that reads it.
+    """
+
+    reason: str
+    size: int  # characters of the stored text
+
+
+def loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return wire.loads_stored(text)
+    except wire.Invalid as exc:
+        return Unreadable(exc.reason, len(text))
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    id: int
+    source: str
+    type: str
+    ref_id: str | None
+    payload: Any
+    ts: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """``{id, source, type, refId, payload, ts}``; an :class:`Unreadable` payload is sent
+        as ``payload: null`` with ``unreadable``: why (the entry is still listed)."""
+        wire = {
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "refId": self.ref_id,
+            "payload": self.payload,
+            "ts": self.ts,
+        }
+        if isinstance(self.payload, Unreadable):
+            wire["payload"] = None
+            wire["unreadable"] = self.payload.reason
+        return wire
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    workflow: str
+    status: RunStatus
+    created_at: int
+    updated_at: int
+    trigger_payload: Any
+    steps: int
+    error: str | None
+    attempts: int
+    retry_of: str | None
+    seq: int
+    history: int = 0
+    """Bytes of its stored trigger payload and step records, what a resume reads and sends;
+    counted by :meth:`Store.active_runs` only (0 from the other reads)."""
+
+    def to_wire(self, error_limit: int = wire.MAX_LOG_LINE) -> dict[str, Any]:
+        """The run's fields (no trigger payload); ``error`` is cut to ``error_limit`` bytes
+        with a marker, so that a run's answer stays small whatever a role raised."""
+        return {
+            "runId": self.run_id,
+            "workflow": self.workflow,
+            "status": str(self.status),
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+            "steps": self.steps,
+            "error": None if self.error is None else wire.text(self.error, error_limit),
+            "attempts": self.attempts,
+            "retryOf": self.retry_of,
+        }

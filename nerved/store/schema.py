@@ -1,0 +1,74 @@
+"""logs.db's schema: its numbered migrations, applied in order at open.
+
+``PRAGMA user_version`` is the number of the last migration applied; a file of a newer
+release than this one is refused, never half-understood and overwritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from nerved.store.connection import Connection
+from nerved.store.errors import StoreError
+
+SCHEMA_VERSION: Final = 1
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.
+    # Every index costs pages in each commit's fsync, so there are only the ones the hot
+    # paths need: a run's history (ref_id), filters by source/type, the active runs.
+    # Time (``since``) is found through ids, which grow with time; the rest of
+    # workflow_runs is scanned newest first, which retention keeps short.
+    """
+    CREATE TABLE logs (
+        id      INTEGER PRIMARY KEY,
+        source  TEXT    NOT NULL,
+        type    TEXT    NOT NULL,
+        ref_id  TEXT,
+        payload TEXT,
+        ts      INTEGER NOT NULL
+    );
+    CREATE INDEX logs_ref_id      ON logs (ref_id, id);
+    CREATE INDEX logs_source_type ON logs (source, type, id);
+
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE workflow_runs (
+        seq             INTEGER PRIMARY KEY,
+        run_id          TEXT    NOT NULL UNIQUE,
+        workflow        TEXT    NOT NULL,
+        status          TEXT    NOT NULL CHECK (status IN
+                          ('queued', 'started', 'completed', 'failed', 'crashed', 'dropped')),
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        trigger_payload TEXT,
+        steps           INTEGER NOT NULL DEFAULT 0,
+        error           TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        retry_of        TEXT
+    );
+    CREATE INDEX workflow_runs_active ON workflow_runs (seq)
+        WHERE status IN ('queued', 'started');
+    """,
+)
+
+
+def migrate(conn: Connection, path: Path) -> None:
+    """Bring the file at ``path`` up to :data:`SCHEMA_VERSION`, one migration per transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has schema version {version}; this nerved knows up to "
+            f"{SCHEMA_VERSION} (was it written by a newer release?)"
+        )
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        script = MIGRATIONS[number - 1]
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+
+def user_version(conn: Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])

@@ -1,0 +1,210 @@
+"""What the store's tests share: runs brought into a status by legal transitions only,
+step records as the engine encodes them, a run's whole history, payloads of given sizes.
+
+Everything here goes through the interface (nerved.store.Storage), so that it serves the
+contract suite of any backend as well as the SQLite backend's own tests; but for
+:func:`install_poison`, the SQLite backend's way to make a commit fail.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nerved import wire
+from nerved.states import RunStatus, Transition
+from nerved.store import LogEntry, Reader, Storage, Store, StoreError
+
+CREATING = [t for t in Transition if t.creates]
+MOVING = [t for t in Transition if not t.creates]
+
+KIB = 1024
+MIB = 1024 * KIB
+BUDGET = 4 * MIB  # wire.RESULT_BUDGET
+
+# How to bring a fresh run into each status with legal transitions only.
+PATH_TO: dict[RunStatus, tuple[Transition, ...]] = {
+    RunStatus.QUEUED: (Transition.ENQUEUE,),
+    RunStatus.STARTED: (Transition.START,),
+    RunStatus.COMPLETED: (Transition.START, Transition.COMPLETE),
+    RunStatus.FAILED: (Transition.START, Transition.FAIL),
+    RunStatus.CRASHED: (Transition.START, Transition.CRASH),
+    RunStatus.DROPPED: (Transition.ENQUEUE, Transition.EVICT),
+}
+
+
+def step(role: str, prompt: Any, event: Any) -> str:
+    """A step record as the engine hands it to record_step: encoded once, by the caller."""
+    return wire.dumps({"role": role, "prompt": prompt, "event": event})
+
+
+def make_run(store: Storage, run_id: str, status: RunStatus, *, workflow: str = "wf") -> str:
+    """Bring a new run into ``status`` through legal transitions (not committed)."""
+    first, *rest = PATH_TO[status]
+    store.create_run(run_id, workflow, first, {"run": run_id})
+    for transition in rest:
+        assert store.transition_run(run_id, transition)
+    return run_id
+
+
+def history(store: Reader, run_id: str) -> list[LogEntry]:
+    """Every entry of one run, oldest first, page after page."""
+    entries: list[LogEntry] = []
+    more = True
+    while more:
+        page, more = store.run_history_page(run_id, entries[-1].id if entries else 0)
+        entries += page
+    return entries
+
+
+def fill(store: Storage, sizes: list[int], ref_id: str = "big") -> list[int]:
+    """One entry per size: a string payload of that many bytes once encoded (its quotes)."""
+    ids = [store.append_log("test", "big", ref_id, "x" * (size - 2)) for size in sizes]
+    store.commit()
+    return ids
+
+
+Model = dict[str, tuple[RunStatus, int, int]]
+"""What should be in a store: (status, steps, attempts) per run."""
+
+
+def random_operations(
+    store: Storage, poison: Callable[[Storage], None], seed: int, check: Callable[[Model], None]
+) -> Model:
+    """400 random operations on ``store``, legal and not, with batches committed and batches
+    whose COMMIT fails (``poison``), each checked against a model of what should happen;
+    ``check`` is called with the model as committed after every commit and every failed one.
+    Returns the model once all is committed. The sequence is asserted to have exercised
+    every kind of operation, so that it cannot go vacuous.
+    """
+    rng = random.Random(seed)
+    poison(store)
+    seen: Counter[str] = Counter()
+
+    # The model: (status, steps, attempts) per run, and its state at the last commit.
+    model: Model = {}
+    committed: Model = {}
+    created = 0
+    for _ in range(400):
+        run_ids = [*model, "unknown"]
+        op = rng.random()
+        if op < 0.2 or not model:
+            run_id = f"run-{created}"
+            created += 1
+            transition = rng.choice(CREATING)
+            reason = "full" if transition is Transition.REJECT else None
+            store.create_run(run_id, rng.choice("ab"), transition, {"i": created}, reason=reason)
+            model[run_id] = (transition.target, 0, 0)
+        elif op < 0.5:
+            run_id = rng.choice(run_ids)
+            transition = rng.choice(MOVING)
+            status, steps, attempts = model.get(run_id, (None, 0, 0))
+            legal = status in transition.sources
+            error = rng.choice([None, "why"])
+            assert store.transition_run(run_id, transition, error=error) is legal
+            seen["moved" if legal else "refused"] += 1
+            if legal:
+                model[run_id] = (transition.target, steps, attempts)
+        elif op < 0.7:
+            run_id = rng.choice(run_ids)
+            status, steps, attempts = model.get(run_id, (None, 0, 0))
+            legal = status is RunStatus.STARTED
+            record = step(rng.choice("xyz"), None, {"n": steps})
+            assert store.record_step(run_id, record) is legal
+            seen["step" if legal else "step refused"] += 1
+            if legal:
+                model[run_id] = (RunStatus.STARTED, steps + 1, attempts)
+        elif op < 0.75:
+            run_id = rng.choice(run_ids)
+            status, steps, attempts = model.get(run_id, (None, 0, 0))
+            expected = attempts + 1 if status is RunStatus.STARTED else 0
+            assert store.count_attempt(run_id) == expected
+            if expected:
+                model[run_id] = (RunStatus.STARTED, steps, expected)
+        elif op < 0.85:
+            # Entries that must not move a run: ctx.log lines, other sources on the same id.
+            if rng.random() < 0.5:
+                store.append_log("workflow", "log", rng.choice(list(model)), "a ctx.log line")
+            else:
+                store.append_log("sense", "completed", rng.choice(run_ids), "same ref_id")
+        elif op < 0.97:
+            store.commit()
+            committed = dict(model)
+            seen["commit"] += 1
+            check(committed)
+        else:
+            store.append_log("test", "poison", None, None)
+            with pytest.raises(StoreError):
+                store.commit()
+            model = dict(committed)  # rolled-back run ids are not reused: created goes on
+            seen["rollback"] += 1
+            check(committed)
+    store.commit()
+    assert min(seen[k] for k in ("moved", "refused", "step", "commit", "rollback")) > 0, seen
+    assert len(model) > 10
+    return model
+
+
+def install_poison(store: Storage) -> None:
+    """Make COMMIT itself fail for real, for any batch that logs an entry of type 'poison'.
+
+    In WAL mode the store holds the write lock from its ``BEGIN IMMEDIATE`` onwards, so no
+    other connection can make its COMMIT busy. A deferred foreign key can: the violation is
+    only checked at COMMIT, which then fails and leaves the transaction open. The trigger and
+    tables are added from another connection (while the store lets go of its write lock),
+    so the store's code path is untouched, and the store's own connection has
+    ``foreign_keys = ON``.
+    """
+    store.release()
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    conn.executescript(
+        """
+        CREATE TABLE poison_parent (id INTEGER PRIMARY KEY);
+        CREATE TABLE poison_child (
+            parent INTEGER REFERENCES poison_parent (id) DEFERRABLE INITIALLY DEFERRED
+        );
+        CREATE TRIGGER poison AFTER INSERT ON logs WHEN NEW.type = 'poison'
+        BEGIN
+            INSERT INTO poison_child (parent) VALUES (-1);
+        END;
+        """
+    )
+    conn.close()
+
+
+# -- the backends ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    open: Callable[[], Storage]
+    """Open the store under test: a new one the first time, then the same one again."""
+    poison: Callable[[Storage], None]
+    """Make COMMIT itself fail, for real, for any batch that logs an entry of type
+    'poison' (the store may let go of its write lock to arrange it)."""
+    child: str
+    """Python source that opens the same store in another process as ``store``; the
+    place is ``sys.argv[1]``."""
+    place: str
+
+
+def sqlite_backend(tmp_path: Path) -> Backend:
+    path = tmp_path / "state" / "logs.db"  # its parent does not exist yet: the store makes it
+    return Backend(
+        name="sqlite",
+        open=lambda: Store(path),
+        poison=install_poison,
+        child="from nerved.store import Store\nstore = Store(Path(sys.argv[1]))",
+        place=str(path),
+    )
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": sqlite_backend}

@@ -1,0 +1,315 @@
+"""The SQLite backend's own tests (nerved.store.sqlite): real SQLite files under tmp_path,
+no mocks. What every backend must do is the contract (test_contract.py), which runs
+against this one too; here is what only SQLite has.
+
+logs.db is nerve's source of truth (SPEC section 5): every run transition and every role's
+output is a ``logs`` entry, and the materialised ``workflow_runs`` row changes in the same
+transaction (RFC-002 section 6.2). These tests pin the file's settings and schema, the
+write lock held from one commit to the next, rows damaged on disk, and that
+``workflow_runs`` can always be rebuilt from ``logs``.
+
+Where the store's connection must be inspected (per-connection pragmas, a shorter busy
+timeout), the tests use ``store._conn``; everything else goes through the public API or a
+separate plain ``sqlite3`` connection, as another process would see the file.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from store_support import (
+    MIB,
+    Model,
+    fill,
+    install_poison,
+    make_run,
+    random_operations,
+    step,
+)
+
+from nerved.states import RunStatus, Transition
+from nerved.store import (
+    SCHEMA_VERSION,
+    Store,
+    StoreBusy,
+    StoreError,
+    Unreadable,
+)
+
+# -- helpers and fixtures ----------------------------------------------------------------
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A path whose parent does not exist yet: the store must create it."""
+    return tmp_path / "state" / "logs.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    s = Store(db_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def peer(store: Store) -> Iterator[sqlite3.Connection]:
+    """A plain connection to the same file: what any other reader of logs.db would see."""
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    yield conn
+    conn.close()
+
+
+def plain_connect(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def table_rows(conn: sqlite3.Connection, table: str) -> int:
+    return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def derive_runs_from_logs(conn: sqlite3.Connection) -> dict[str, tuple[RunStatus | None, int]]:
+    """Rebuild every run's (status, steps) from the ``logs`` table alone.
+
+    RFC-002 section 6.2 makes ``workflow_runs`` derived data, rebuildable from ``logs`` if
+    lost. This is that rebuild, written independently of the store: a run's status is the
+    type of its last entry whose type is a ``RunStatus`` value (``log`` lines and
+    ``step_complete`` entries do not move it), and its steps are the number of its
+    ``step_complete`` entries. Only ``source = 'workflow'`` entries count, since other
+    sources may use the same string as a ref_id. A run with no transition entry at all gets
+    status None, which never matches a materialised row.
+    """
+    statuses = {s.value for s in RunStatus}
+    derived: dict[str, tuple[RunStatus | None, int]] = {}
+    rows = conn.execute(
+        "SELECT ref_id, type FROM logs WHERE source = 'workflow' AND ref_id IS NOT NULL ORDER BY id"
+    )
+    for ref_id, type_ in rows:
+        status, steps = derived.get(ref_id, (None, 0))
+        if type_ in statuses:
+            status = RunStatus(type_)
+        elif type_ == "step_complete":
+            steps += 1
+        derived[ref_id] = (status, steps)
+    return derived
+
+
+def materialised_runs(conn: sqlite3.Connection) -> dict[str, tuple[RunStatus | None, int]]:
+    rows = conn.execute("SELECT run_id, status, steps FROM workflow_runs")
+    return {run_id: (RunStatus(status), steps) for run_id, status, steps in rows}
+
+
+# -- the file ----------------------------------------------------------------------------
+
+
+def test_fresh_file_gets_schema_version_and_wal(store: Store, peer: sqlite3.Connection) -> None:
+    """WAL lets the control socket read while a batch is open; the version guards upgrades."""
+    assert store.path.exists()
+    assert store.schema_version == SCHEMA_VERSION
+    assert peer.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert peer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in peer.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"logs", "meta", "workflow_runs"} <= tables
+
+
+def test_store_connection_is_synchronous_full(store: Store) -> None:
+    """synchronous is per connection, so only the store's own can show it: FULL (2) makes
+    every commit durable before its after_commit acknowledgements run (SPEC section 5)."""
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reopening_keeps_the_schema_version(db_path: Path) -> None:
+    Store(db_path).close()
+    for _ in range(2):
+        again = Store(db_path)
+        assert again.schema_version == SCHEMA_VERSION
+        again.close()
+
+
+def test_newer_schema_version_is_refused(db_path: Path) -> None:
+    """A file written by a newer release must not be half-understood and overwritten."""
+    db_path.parent.mkdir(parents=True)
+    conn = plain_connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+
+    with pytest.raises(StoreError) as info:
+        Store(db_path)
+    numbers = re.findall(r"\d+", str(info.value).replace(str(db_path), ""))
+    assert str(SCHEMA_VERSION + 1) in numbers
+    assert str(SCHEMA_VERSION) in numbers
+
+    conn = plain_connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    assert conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+    conn.close()
+
+
+def test_garbage_file_is_refused(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(b"this is not an SQLite database\n" * 200)
+    with pytest.raises(StoreError, match="not a database"):
+        Store(db_path)
+
+
+def test_directory_as_path_is_refused(db_path: Path) -> None:
+    db_path.mkdir(parents=True)
+    with pytest.raises(StoreError):
+        Store(db_path)
+
+
+def test_foreign_database_with_clashing_tables_is_refused(db_path: Path) -> None:
+    """An SQLite file at user_version 0 that already has a ``logs`` table is not ours."""
+    db_path.parent.mkdir(parents=True)
+    conn = plain_connect(db_path)
+    conn.execute("CREATE TABLE logs (x)")
+    conn.close()
+    with pytest.raises(StoreError):
+        Store(db_path)
+
+
+def test_path_under_a_regular_file_is_refused_with_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError):
+        Store(tmp_path / "file" / "logs.db")
+
+
+@pytest.mark.parametrize("status", list(RunStatus), ids=str)
+def test_schema_accepts_every_status(
+    store: Store, peer: sqlite3.Connection, status: RunStatus
+) -> None:
+    """The CHECK constraint and RunStatus must agree, or a legal transition would fail."""
+    store.release()
+    peer.execute(
+        "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at)"
+        " VALUES ('x', 'wf', ?, 0, 0)",
+        (status.value,),
+    )
+
+
+def test_schema_rejects_an_unknown_status(store: Store, peer: sqlite3.Connection) -> None:
+    store.release()
+    with pytest.raises(sqlite3.IntegrityError):
+        peer.execute(
+            "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at)"
+            " VALUES ('x', 'wf', 'paused', 0, 0)"
+        )
+
+
+# -- the write lock ----------------------------------------------------------------------
+
+
+def test_the_store_holds_the_write_lock_and_never_waits_for_it(
+    store: Store, peer: sqlite3.Connection
+) -> None:
+    """Others may read logs.db but not write it while the store has it open. If another
+    writer takes the lock all the same (in the instant the store lets go of it), acquire()
+    says so at once, a write is refused with StoreBusy before anything changes, and once the
+    lock is free again the same write works."""
+    peer.execute("PRAGMA busy_timeout = 10")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        peer.execute("BEGIN IMMEDIATE")
+    assert table_rows(peer, "logs") == 0  # reading is fine
+
+    store.release()
+    peer.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    assert store.acquire() is False
+    with pytest.raises(StoreBusy):
+        store.create_run("r1", "wf", Transition.START, None)
+    assert time.monotonic() - started < 0.5
+    assert not store.dirty
+    peer.execute("ROLLBACK")
+
+    assert store.acquire() is True
+    store.create_run("r1", "wf", Transition.START, None)
+    store.commit()
+    assert table_rows(peer, "workflow_runs") == 1
+    assert table_rows(peer, "logs") == 1
+
+
+# -- damaged rows ----------------------------------------------------------------------
+
+
+def test_unreadable_payloads_are_entries_with_the_reason(
+    store: Store, peer: sqlite3.Connection
+) -> None:
+    ids = fill(store, [10, 10, 10])
+    store.release()
+    peer.execute("UPDATE logs SET payload = '{\"cut' WHERE id = ?", (ids[1],))
+    entries = store.query_logs()
+    assert [e.id for e in entries] == ids
+    assert isinstance(entries[1].payload, Unreadable)
+    wire = entries[1].to_wire()
+    assert wire["payload"] is None
+    assert wire["unreadable"].startswith("not readable as JSON: ")
+    assert "unreadable" not in entries[0].to_wire()
+    assert entries[2].payload == "x" * 8
+
+
+def test_list_runs_does_not_read_trigger_payloads(store: Store, peer: sqlite3.Connection) -> None:
+    store.create_run("r1", "wf", Transition.START, {"big": "x" * MIB})
+    store.create_run("r2", "wf", Transition.START, {"n": 2})
+    store.commit()
+    store.release()
+    peer.execute("UPDATE workflow_runs SET trigger_payload = '{' WHERE run_id = 'r2'")
+    assert [(r.run_id, r.trigger_payload) for r in store.list_runs()] == [
+        ("r2", None),
+        ("r1", None),
+    ]
+    r2 = store.get_run("r2")
+    assert r2 is not None and isinstance(r2.trigger_payload, Unreadable)
+
+
+# -- derivation: workflow_runs is derived data -------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_workflow_runs_is_derivable_from_logs(db_path: Path, seed: int) -> None:
+    """After any sequence of operations, including batches whose COMMIT fails, rebuilding
+    each run's status and steps from ``logs`` alone gives exactly ``workflow_runs``
+    (RFC-002 section 6.2), and both match a model of what should have happened
+    (store_support.random_operations). The derivation is checked after every commit, from
+    another connection, not only at the end.
+    """
+    store = Store(db_path)
+    reader = plain_connect(db_path)
+
+    def check(committed: Model) -> None:
+        assert derive_runs_from_logs(reader) == materialised_runs(reader)
+
+    model = random_operations(store, install_poison, seed, check)
+    store.close()
+    reader.close()
+
+    conn = plain_connect(db_path)
+    derived = derive_runs_from_logs(conn)
+    materialised = materialised_runs(conn)
+    attempts = dict(conn.execute("SELECT run_id, attempts FROM workflow_runs"))
+    conn.close()
+    assert derived == materialised
+    assert materialised == {run_id: (s, n) for run_id, (s, n, _) in model.items()}
+    assert attempts == {run_id: a for run_id, (_, _, a) in model.items()}
+
+
+def test_derivation_helper_sees_a_divergence(db_path: Path) -> None:
+    """The property above is only worth something if the helper can fail: a row changed
+    behind the logs' back must show up as a difference."""
+    store = Store(db_path)
+    make_run(store, "r1", RunStatus.STARTED)
+    store.record_step("r1", step("role", None, None))
+    store.commit()
+    store.close()
+    conn = plain_connect(db_path)
+    assert derive_runs_from_logs(conn) == materialised_runs(conn)
+    conn.execute("UPDATE workflow_runs SET status = 'completed'")
+    assert derive_runs_from_logs(conn) != materialised_runs(conn)
+    conn.execute("UPDATE workflow_runs SET status = 'started', steps = 2")
+    assert derive_runs_from_logs(conn) != materialised_runs(conn)
+    conn.close()
