@@ -301,6 +301,6 @@ def init(ctx: Context) -> int:
 def _make_dirs(path: Path) -> None:
     """nerved's own (exact modes whatever the umask), imported when a scaffold is written:
     not for every nervectl command."""
-    from nerved.master.modes import make_dirs
+    from nerved.modes import make_dirs
 
     make_dirs(path)

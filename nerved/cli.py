@@ -85,8 +85,8 @@ def _run(args: argparse.Namespace) -> int:
 
     root = resolve_root(args.root)
     if args.command == "check":
+        from nerved import modes
         from nerved.code import check
-        from nerved.master import modes
 
         logs.setup("warning")
         modes.configure(strict=args.strict_modes)

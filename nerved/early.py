@@ -1,6 +1,6 @@
 """Signals that arrive before the master's loop is up: a reload request never kills nerved.
 
-SIGHUP's default action is death, and the loop installs its handlers (``nerved.master.loop``) only
+SIGHUP's default action is death, and the loop installs its handlers (``nerved.loop``) only
 part-way through the start: importing the daemon, reading nerve.yaml, locking the state and
 opening logs.db all come first, and a ``kill -HUP`` (or ``systemctl reload``) in that time
 used to kill nerved (exit 129). The entry points (``nerved/__main__.py`` and

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nerved.containment import Unit, memwatch
-from nerved.master.loop import Timer
+from nerved.loop import Timer
 
 
 class RecordingLoop:

@@ -1,4 +1,4 @@
-"""Strict modes (nerved.master.modes): what others could write is refused, state files are nerved's.
+"""Strict modes (nerved.modes): what others could write is refused, state files are nerved's.
 
 Through a real nerved: a root, package or state directory writable by other users, or owned
 by one, refuses the start (78) or the reload (the running code stays); ``--no-strict-modes``
@@ -26,8 +26,8 @@ from sandbox import ensure_nerve_user, service_venv
 from support import REPO, Nerved, make_root, wait_until, write_package
 
 from nervectl.client import RemoteError
-from nerved.master import modes
-from nerved.master.modes import Checker
+from nerved import modes
+from nerved.modes import Checker
 
 CONFIG = "senses:\n  tick: {}\n"
 TICK = "def compute(ctx):\n    return {'version': 1}\n"

@@ -28,7 +28,7 @@ EX_CONFIG: Final = 78
 def probe_in_fork(units: list[tuple[Package, ...]], timeout: float = IMPORT_TIMEOUT) -> list[str]:
     """Import each unit (what one worker imports) in a child of its own, one per CPU at a
     time, each within ``timeout`` seconds, as a reload's import check does
-    (nerved.code.importcheck); their answers, or why there was none (naming the package a child
+    (nerved.master.importcheck); their answers, or why there was none (naming the package a child
     was importing when it hung or died), in unit order.
 
     Raises OSError when a child cannot be forked (the others are ended first).

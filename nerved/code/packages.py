@@ -649,7 +649,7 @@ def load(package: Package) -> object:
 IMPORT_TIMEOUT: Final = 20.0
 """Seconds a package's import may take in a worker, and each unit of a reload's import check,
 before it is killed and reported as hung (``nerved --import-timeout``, at most 30 s). A
-reload's check takes at most twice that (nerved.code.importcheck), so ``nervectl reload``, which
+reload's check takes at most twice that (nerved.master.importcheck), so ``nervectl reload``, which
 waits 130 s, hears the answer even when its reload was queued behind another one."""
 
 

@@ -6,9 +6,9 @@ import os
 import stat
 from pathlib import Path
 
+from nerved import modes
 from nerved.code.packages import PackageTooLarge, package_files
 from nerved.config.model import CONFIG_FILE, NerveConfig
-from nerved.master import modes
 
 
 def check_packages(root: Path, config: NerveConfig) -> list[str]:
@@ -18,7 +18,7 @@ def check_packages(root: Path, config: NerveConfig) -> list[str]:
     this lets the daemon and ``nervectl`` refuse a configuration whose code is missing, or
     too large for the master to fingerprint at every reload (see ``usercode.package_files``).
 
-    Then strict modes (nerved.master.modes): the root, nerve.yaml and every named package must be
+    Then strict modes (nerved.modes): the root, nerve.yaml and every named package must be
     writable by nobody but root and the daemon's user. Every caller (the start, each reload,
     ``nerved check``) comes through here before it imports anything, so this is where it is
     checked; under ``--no-strict-modes`` the violations are logged as warnings instead.

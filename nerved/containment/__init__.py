@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Final
 
 from nerved.containment import cgroups, memwatch
-from nerved.master.loop import Loop, Timer
+from nerved.loop import Loop, Timer
 from nerved.process import spawn
 from nerved.wire import size_text
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from nerved.containment import cgroups
-from nerved.master.loop import Loop, Timer
+from nerved.loop import Loop, Timer
 
 if TYPE_CHECKING:
     from nerved.containment import Unit

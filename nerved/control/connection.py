@@ -33,7 +33,7 @@ from nerved.control.rpc import (
     RpcError,
     as_rpc,
 )
-from nerved.master.loop import READ, WRITE
+from nerved.loop import READ, WRITE
 from nerved.outcome import Refused
 
 if TYPE_CHECKING:

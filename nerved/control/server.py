@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from nerved import wire
+from nerved import modes, wire
 from nerved.control.connection import (
     MAX_PENDING,
     OUTPUT_PAUSE,
@@ -35,8 +35,7 @@ from nerved.control.connection import (
     Request,
 )
 from nerved.control.rpc import SHUTTING_DOWN, RpcError
-from nerved.master import modes
-from nerved.master.loop import Loop, Timer
+from nerved.loop import Loop, Timer
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ def _set_mode(path: Path) -> None:
     """Mode 0660, group ``nerve`` for the socket just bound, never through a symbolic link.
 
     Whoever could swap a link in for the socket would otherwise have root give the group
-    any file of the host (see nerved.master.modes). The file is opened ``O_PATH | O_NOFOLLOW``,
+    any file of the host (see nerved.modes). The file is opened ``O_PATH | O_NOFOLLOW``,
     proved a socket, and changed through its descriptor's ``/proc/self/fd`` entry (Linux
     has no ``fchmod`` for an ``O_PATH`` descriptor before 6.6).
     """

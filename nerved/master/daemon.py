@@ -7,7 +7,7 @@ thread anywhere in the master: the control socket is served by the same loop.
 
 Start-up order matters for the guarantees. First :func:`prepare` makes every check that can
 refuse a start: the configuration and the strict modes of the root (a bad one exits 78,
-EX_CONFIG, which the unit file tells systemd not to restart on; nerved.master.modes), the pid file,
+EX_CONFIG, which the unit file tells systemd not to restart on; nerved.modes), the pid file,
 the strict modes of the state directory and its lock, the control socket.
 ``nerved --daemon`` runs it before detaching, so that a refusal reaches the terminal with
 the same exit code as in the foreground. Then, in the process that will serve, logs.db is
@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from nerved import _version, early
+from nerved import _version, early, modes
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config, unlined
 from nerved.control.dispatch import HEAVY, Dispatcher
 from nerved.control.server import ControlServer, SocketInUse, bind, inherited_socket
-from nerved.master import modes
-from nerved.master.loop import Loop, Timer
+from nerved.loop import Loop, Timer
 from nerved.master.notify import Notifier
 from nerved.master.pidfile import PidFile, PidFileHeld
 from nerved.master.reflexes import Reflexes
@@ -96,7 +95,7 @@ class Options:
     watch: bool = True
     pidfile: Path | None = None
     import_timeout: float = IMPORT_TIMEOUT  # seconds: see nerved.code.packages.IMPORT_TIMEOUT
-    strict_modes: bool = True  # False: --no-strict-modes (nerved.master.modes)
+    strict_modes: bool = True  # False: --no-strict-modes (nerved.modes)
 
 
 Started = Callable[[int, str], None]  # (0, summary) once ready, or (exit code, why not)
@@ -265,7 +264,7 @@ def _lock_state_dir(state: Path) -> int:
 
     Strict modes come before anything is opened in it: the directory and what leads to it
     (before and after making it), and the owners of the files nerved will write there. Then
-    nerved.lock is opened without following a link (nerved.master.modes.open_state_file), created
+    nerved.lock is opened without following a link (nerved.modes.open_state_file), created
     0600: whoever could put a link there would have nerved truncate any file of the host.
     """
     try:
@@ -395,7 +394,7 @@ class Daemon:
         # The wakeup fd first: from here on a signal reaches the loop, even one that comes
         # while the handlers below replace nerved.early's. Stopping writes nothing, so it goes
         # on while another process holds logs.db's lock; reaping (which ends runs) and
-        # reloading wait for the lock (nerved.master.loop, the gate).
+        # reloading wait for the lock (nerved.loop, the gate).
         self.loop.install_signal_wakeup()
         for signum, gated in (
             (signal.SIGTERM, False),

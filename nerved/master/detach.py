@@ -31,8 +31,7 @@ from typing import Final, TextIO
 
 import daemon
 
-from nerved import logs
-from nerved.master import modes
+from nerved import logs, modes
 from nerved.master.daemon import (
     EX_CANTCREAT,
     EX_OK,
@@ -79,7 +78,7 @@ def run(options: Options, log_level: str) -> int:
         log.critical("%s", exc)
         return exc.code
     log_path = options.state_dir / "nerved.log"
-    try:  # never through a link, created 0600 (nerved.master.modes): the state directory is checked
+    try:  # never through a link, created 0600 (nerved.modes): the state directory is checked
         fd = modes.open_state_file(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         log_file = open(fd, "a", buffering=1)  # noqa: SIM115 - handed to the daemon context
     except OSError as exc:

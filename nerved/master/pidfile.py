@@ -9,7 +9,7 @@ drops the lock when the holder dies, even of ``kill -9``.
 The file is opened without following a symbolic link (the daemon may run as root and
 truncates what it opens), must be a regular file with no other hard link (another name of
 it could be any file of the host), and must belong to root or the daemon's user (strict
-modes: nerved.master.modes.vet_state_fd). It is created 0644: a pid is no secret, and tools that
+modes: nerved.modes.vet_state_fd). It is created 0644: a pid is no secret, and tools that
 read pid files may run as anyone; permissions beyond that found on one nerved owns are taken
 off (a WARNING, as for the state files), not refused.
 """
@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Final
 
-from nerved.master import modes
+from nerved import modes
 
 _ATTEMPTS: Final = 5  # the file was replaced between our open and our lock this many times
 PIDFILE_MODE: Final = 0o644

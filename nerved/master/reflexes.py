@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nerved.config import NerveConfig, SenseReflex, WorkflowReflex
-from nerved.master.loop import Loop, Timer
+from nerved.loop import Loop, Timer
 
 log = logging.getLogger(__name__)
 

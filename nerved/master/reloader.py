@@ -9,7 +9,7 @@ costs a timeout, never a stalled daemon.
 
 What the probes import is the snapshot the master read (:class:`CodeSnapshot`), not the
 files: the code accepted is byte for byte the code that passed, and every worker forked
-after imports that same snapshot. The check itself is nerved.code.importcheck's.
+after imports that same snapshot. The check itself is nerved.master.importcheck's.
 
 Requests that arrive during a reload are served by one more reload after it, so that none
 of them is answered with a stale state. An import check takes at most twice
@@ -24,10 +24,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from nerved.code.importcheck import ImportCheck
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import ConfigError, NerveConfig, check_packages, load_config
-from nerved.master.loop import Loop
+from nerved.loop import Loop
+from nerved.master.importcheck import ImportCheck
 from nerved.master.workers import Workers
 from nerved.outcome import Failed, Pending, ShuttingDown
 
@@ -109,7 +109,7 @@ class Reloader:
         self._spawn_probe(changed)
 
     def _spawn_probe(self, units: list[tuple[Package, ...]]) -> None:
-        """The import check of the changed units (nerved.code.importcheck), answered to
+        """The import check of the changed units (nerved.master.importcheck), answered to
         :meth:`_probed` within twice the import timeout."""
         self._check = ImportCheck(
             self.loop,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Final
 
 from nerved.config import RetentionConfig
-from nerved.master.loop import Loop, Timer
+from nerved.loop import Loop, Timer
 from nerved.store import Storage, StoreError, now_ms
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from nerved import wire
 from nerved.channel import TO_WORKER, Message, frame
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import NerveConfig, SenseConfig, group_memory_max, unlined
-from nerved.master.loop import Loop, Timer
+from nerved.loop import Loop, Timer
 from nerved.master.workers import Worker, Workers
 from nerved.store import Storage, StoreError, now_ms
 from nerved.worker import sense as sense_worker

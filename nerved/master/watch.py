@@ -28,7 +28,7 @@ from typing import Final
 
 import inotify_simple
 
-from nerved.master.loop import Loop, Timer
+from nerved.loop import Loop, Timer
 
 log = logging.getLogger(__name__)
 

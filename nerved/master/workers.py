@@ -37,7 +37,7 @@ from nerved.channel import (
     frame,
 )
 from nerved.containment import Containment, Unit
-from nerved.master.loop import READ, WRITE, Loop
+from nerved.loop import READ, WRITE, Loop
 from nerved.process import describe_exit, reap
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from nerved import wire
 from nerved.channel import TO_WORKER, Message, frame
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import NerveConfig, Overflow, WorkflowConfig, unlined
-from nerved.master.loop import Loop, Timer
+from nerved.loop import Loop, Timer
 from nerved.master.workers import Worker, Workers
 from nerved.outcome import BadInput, Failed, NotFound, Pending, Refused, ShuttingDown
 from nerved.states import RunStatus, Transition

@@ -9,7 +9,7 @@ opens the file, holds the write lock and keeps the batch of the current turn.
 one commit to the next, so other processes may read the file (WAL) but not write it while
 nerved runs. Should one take the lock all the same (in the instant between a commit and the
 next ``BEGIN``), :meth:`Store.acquire` says so without waiting, and the master's loop runs
-only what does not write until it has the lock back (nerved.master.loop, "the gate"): contention
+only what does not write until it has the lock back (nerved.loop, "the gate"): contention
 costs a pause, never a crash or a blocked loop. At start the store waits for the lock.
 
 **Failures.** Every SQLite error becomes a one-line :class:`StoreError` naming the file. At
@@ -19,7 +19,7 @@ a running daemon must stop it, not have it acknowledge work into an unlinked fil
 
 **Its files.** logs.db and its ``-wal``/``-shm``/``-journal`` are opened first by nerve
 itself (never through a symbolic link, never a file with a second hard link, created 0600,
-group and other permissions taken off: nerved.master.modes.prepare_db), and the file SQLite then
+group and other permissions taken off: nerved.modes.prepare_db), and the file SQLite then
 opens by path is compared with that descriptor: a link in the state directory cannot aim
 nerved's writes at another file of the host.
 """
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from nerved.master import modes
+from nerved import modes
 from nerved.store.connection import connect, connect_reader
 from nerved.store.errors import StoreBusy, StoreError
 from nerved.store.interface import AbortCallback, CommitCallback
@@ -101,7 +101,7 @@ class Store(Writes, Reads):
         except OSError as exc:
             raise StoreError(f"{path.parent}: {exc.strerror or exc}") from exc
         # Our own descriptor of logs.db, opened first (never through a link, created 0600:
-        # nerved.master.modes.prepare_db), then compared with the file SQLite opened by its path,
+        # nerved.modes.prepare_db), then compared with the file SQLite opened by its path,
         # and kept to see it unlinked at each commit (fstat, no path lookup). It is closed
         # only after SQLite's connections: closing any descriptor of a file drops every
         # POSIX lock the process holds on it, SQLite's included.

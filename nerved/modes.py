@@ -284,7 +284,7 @@ class Checker:
         ancestor, else strictly (a name anyone may create in ``/tmp`` is not ours).
 
         ``state``: ``path`` is a file nerved writes, opened without following a link (the
-        pid file; nerved.master.modes.open_state_file): its last component is not followed, and
+        pid file; nerved.modes.open_state_file): its last component is not followed, and
         only its owner is checked (its mode is tightened when it is opened, as the state
         files' are).
         """

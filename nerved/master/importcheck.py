@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from nerved.channel import Message
 from nerved.code.packages import Package, probe_child
-from nerved.master.loop import Loop, Timer
+from nerved.loop import Loop, Timer
 from nerved.master.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
