@@ -62,31 +62,31 @@ if TYPE_CHECKING:
     from nerved.config.walker import MAX_ERRORS
 
 _MODULE_OF = {
-    "NAME_RE": "grammar",
-    "NAME_RULE": "grammar",
-    "duration_ms": "grammar",
-    "parse_duration": "grammar",
-    "parse_size": "grammar",
-    "MAX_FILE_SIZE": "load",
-    "MAX_NESTING": "load",
-    "MAX_VALUES": "load",
-    "load_config": "load",
-    "parse_config": "load",
-    "CONFIG_FILE": "model",
-    "ConfigError": "model",
-    "ControlConfig": "model",
-    "NerveConfig": "model",
-    "Overflow": "model",
-    "Reflex": "model",
-    "RetentionConfig": "model",
-    "SenseConfig": "model",
-    "SenseReflex": "model",
-    "WorkflowConfig": "model",
-    "WorkflowReflex": "model",
-    "group_memory_max": "model",
-    "unlined": "model",
-    "check_packages": "packages",
-    "MAX_ERRORS": "walker",
+    "NAME_RE": "nerved.config.grammar",
+    "NAME_RULE": "nerved.config.grammar",
+    "duration_ms": "nerved.config.grammar",
+    "parse_duration": "nerved.config.grammar",
+    "parse_size": "nerved.config.grammar",
+    "MAX_FILE_SIZE": "nerved.config.load",
+    "MAX_NESTING": "nerved.config.load",
+    "MAX_VALUES": "nerved.config.load",
+    "load_config": "nerved.config.load",
+    "parse_config": "nerved.config.load",
+    "CONFIG_FILE": "nerved.config.model",
+    "ConfigError": "nerved.config.model",
+    "ControlConfig": "nerved.config.model",
+    "NerveConfig": "nerved.config.model",
+    "Overflow": "nerved.config.model",
+    "Reflex": "nerved.config.model",
+    "RetentionConfig": "nerved.config.model",
+    "SenseConfig": "nerved.config.model",
+    "SenseReflex": "nerved.config.model",
+    "WorkflowConfig": "nerved.config.model",
+    "WorkflowReflex": "nerved.config.model",
+    "group_memory_max": "nerved.config.model",
+    "unlined": "nerved.config.model",
+    "check_packages": "nerved.config.packages",
+    "MAX_ERRORS": "nerved.config.walker",
 }
 
 __all__ = [
@@ -118,17 +118,6 @@ __all__ = [
 ]
 
 if not TYPE_CHECKING:  # hidden from type checkers, which would then take any name as valid
+    from nerved._lazy import exports
 
-    def __getattr__(name: str) -> object:
-        """Import a public name on first use, then keep it (later lookups never come here)."""
-        module = _MODULE_OF.get(name)
-        if module is None:
-            raise AttributeError(f"module 'nerved.config' has no attribute {name!r}")
-        import importlib
-
-        value = getattr(importlib.import_module(f"nerved.config.{module}"), name)
-        globals()[name] = value
-        return value
-
-    def __dir__() -> list[str]:
-        return sorted({*globals(), *__all__})
+    __getattr__, __dir__ = exports(globals(), _MODULE_OF, __all__)

@@ -63,17 +63,6 @@ _BACKEND = {
 }
 
 if not TYPE_CHECKING:  # hidden from type checkers, which would then take any name as valid
+    from nerved._lazy import exports
 
-    def __getattr__(name: str) -> object:
-        """Import a name of the SQLite backend on first use, then keep it."""
-        module = _BACKEND.get(name)
-        if module is None:
-            raise AttributeError(f"module 'nerved.store' has no attribute {name!r}")
-        import importlib
-
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
-
-    def __dir__() -> list[str]:
-        return sorted({*globals(), *__all__})
+    __getattr__, __dir__ = exports(globals(), _BACKEND, __all__)

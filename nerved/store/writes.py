@@ -9,6 +9,7 @@ turn (:meth:`nerved.store.sqlite.Store.commit`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from nerved.states import ACTIVE, Transition
@@ -22,9 +23,7 @@ class Writes:
     which opens the batch (``_begin``: takes the write lock, or raises StoreBusy)."""
 
     _conn: Connection
-
-    def _begin(self) -> None:
-        raise NotImplementedError
+    _begin: Callable[[], None]  # the Store's: opens the batch before a write
 
     # -- writes -------------------------------------------------------------------------
 
