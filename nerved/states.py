@@ -84,3 +84,73 @@ class Transition(enum.Enum):
     @property
     def creates(self) -> bool:
         return not self.sources
+
+
+class WorkerState(enum.StrEnum):
+    """Where a supervised unit (a sense group, a workflow) stands with its worker.
+
+    The states of :class:`nerved.master.supervisor.Supervisor`, after supervisor's process
+    states: a unit has at most one *current* worker, the one new work goes to; a worker told
+    to stop is ``draining`` (a state of that process, not of its unit) until it is reaped.
+    """
+
+    IDLE = "idle"  # no worker, and none needed now (a workflow with nothing to run)
+    SPAWNING = "spawning"  # forked, importing its code; not ready yet
+    READY = "ready"  # imported its code: work goes to it
+    DRAINING = "draining"  # told to stop: finishing what it holds, killed at its deadline
+    BACKOFF = "backoff"  # its worker died, or could not be forked: a successor after a delay
+    FATAL = "fatal"  # its workers kept dying before doing any work: none until its code changes
+    GONE = "gone"  # removed by a reload, or nerved is stopping: never forked again
+
+
+_ANY_LIVE: frozenset[WorkerState] = frozenset(WorkerState) - {
+    WorkerState.GONE,
+    WorkerState.DRAINING,
+}
+
+
+class WorkerMove(enum.Enum):
+    """Every labelled move of a supervised unit: (label, from-states, to-state)."""
+
+    SPAWN = (
+        "a worker was needed, and forked",
+        frozenset({WorkerState.IDLE}),
+        WorkerState.SPAWNING,
+    )
+    FORK_FAILED = (
+        "no process could be forked (a pids limit, no memory)",
+        frozenset({WorkerState.IDLE}),
+        WorkerState.BACKOFF,
+    )
+    READY = ("it imported its code", frozenset({WorkerState.SPAWNING}), WorkerState.READY)
+    DIED = (
+        "it died: a successor after the backoff",
+        frozenset({WorkerState.SPAWNING, WorkerState.READY}),
+        WorkerState.BACKOFF,
+    )
+    GIVE_UP = (
+        "its workers died too many times in a row before doing any work",
+        frozenset({WorkerState.SPAWNING, WorkerState.READY}),
+        WorkerState.FATAL,
+    )
+    BACKOFF_OVER = (
+        "its backoff is over: a worker may be forked again",
+        frozenset({WorkerState.BACKOFF}),
+        WorkerState.IDLE,
+    )
+    DRAIN = (
+        "its worker was told to stop (idle, or its code changed): it drains",
+        frozenset({WorkerState.SPAWNING, WorkerState.READY}),
+        WorkerState.IDLE,
+    )
+    CODE_CHANGED = (
+        "a reload changed its code: it may be tried again",
+        frozenset({WorkerState.FATAL}),
+        WorkerState.IDLE,
+    )
+    RETIRE = ("removed by a reload, or nerved stops", _ANY_LIVE, WorkerState.GONE)
+
+    def __init__(self, label: str, sources: frozenset[WorkerState], target: WorkerState) -> None:
+        self.label = label
+        self.sources = sources
+        self.target = target

@@ -311,7 +311,7 @@ class Nerved:
         return {
             w["name"]: w["pid"]
             for w in self.rpc("status")["workers"]
-            if kind is None or w["kind"] == kind
+            if w["pid"] is not None and (kind is None or w["kind"] == kind)
         }
 
 

@@ -544,7 +544,7 @@ def test_nothing_is_lost_while_no_process_can_be_forked(nerved_factory, pids_cgr
     wait_until(lambda: "sense group default: cannot fork its worker" in daemon.log())
     time.sleep(0.5)  # a few more tries, each without a line of its own
     log = daemon.log()
-    assert log.count("workflow w: cannot fork a worker") == 1
+    assert log.count("workflow w: cannot fork its worker") == 1
     assert log.count("sense group default: cannot fork its worker") == 1
     assert daemon.rpc("workflow.inspect", runId=answer["runId"])["status"] == "started"
 

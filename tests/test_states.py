@@ -109,3 +109,20 @@ def test_a_queued_run_can_start() -> None:
     assert [t for t in MOVING if RunStatus.QUEUED in t.sources and t.target.is_active] == [
         Transition.DISPATCH
     ]
+
+
+def test_every_worker_state_is_reached_and_left_by_a_labelled_move():
+    from nerved.states import WorkerMove, WorkerState
+
+    targets = {move.target for move in WorkerMove}
+    sources = {state for move in WorkerMove for state in move.sources}
+    # DRAINING is a state of a process told to stop, never of its unit.
+    assert targets == set(WorkerState) - {WorkerState.DRAINING}
+    assert sources == set(WorkerState) - {WorkerState.GONE, WorkerState.DRAINING}
+    assert all(move.label and move.sources for move in WorkerMove)
+    # Only a change of code ends FATAL; only RETIRE reaches GONE, from any live state.
+    assert [m for m in WorkerMove if WorkerState.FATAL in m.sources] == [
+        WorkerMove.CODE_CHANGED,
+        WorkerMove.RETIRE,
+    ]
+    assert [m for m in WorkerMove if m.target is WorkerState.GONE] == [WorkerMove.RETIRE]

@@ -37,6 +37,10 @@ class WorkflowControl(Protocol):
     def wait(self, run_id: str, timeout: float | None) -> Any:
         """The run once final, or a Pending that answers then."""
 
+    def worker_state(self, workflow: str) -> str | None:
+        """The state of the workflow's worker (nerved.states.WorkerState); None: no such
+        workflow."""
+
 
 class StoreControl(Protocol):
     @property

@@ -43,7 +43,7 @@ from nerved.master.reloader import Reloader
 from nerved.master.retention import Retention
 from nerved.master.senses import SenseManager
 from nerved.master.watch import Watcher
-from nerved.master.workers import Workers
+from nerved.master.workers import Worker, Workers
 from nerved.master.workflows import WorkflowManager
 from nerved.outcome import Pending, Refused
 from nerved.store import Storage, Store, StoreError
@@ -575,11 +575,28 @@ class Daemon:
             "workflows": len(self.config.workflows),
             "activeWorkflows": active,
             "queuedWorkflows": queued,
-            "workers": [{"kind": w.kind, "name": w.name, "pid": w.pid} for w in workers],
+            "workers": self._workers_view(workers),
             "containment": self.workers.containment.mode,
             "rss": _tree_rss([os.getpid(), *(w.pid for w in workers)]),
             "commits": self.store.commits,
         }
+
+    def _workers_view(self, workers: list[Worker]) -> list[dict[str, Any]]:
+        """Each sense group and workflow with the state of its worker (nerved.states.
+        WorkerState; ``pid`` None when it has none now), and every other live process
+        (one draining for a unit a reload removed, an import check's)."""
+        entries = [
+            entry
+            for supervisor in self.senses.supervisors() + self.workflows.supervisors()
+            for entry in supervisor.to_wire()
+        ]
+        shown = {entry["pid"] for entry in entries}
+        entries += [
+            {"kind": w.kind, "name": w.name, "pid": w.pid, "state": str(w.state),
+             "restarts": 0, "reason": None}
+            for w in workers if w.pid not in shown
+        ]  # fmt: skip
+        return entries
 
     def _state(self) -> str:
         if self.stopping:

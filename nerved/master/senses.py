@@ -26,7 +26,9 @@ from nerved.channel import TO_WORKER, Message, frame
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import NerveConfig, SenseConfig, group_memory_max, unlined
 from nerved.loop import Loop, Timer
+from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
+from nerved.states import WorkerState
 from nerved.store import Storage, StoreError, now_ms
 from nerved.worker import sense as sense_worker
 
@@ -76,17 +78,22 @@ class Group:
     senses: tuple[str, ...]
     code: str  # fingerprint of the member packages, to tell a reload what changed
     packages: tuple[Package, ...]  # their accepted code, which every worker imports
-    worker: Worker | None = None
-    ready: bool = False
+    supervisor: Supervisor = field(init=False)
     loaded: int = 0  # members the current worker has imported (in order)
-    loading: Timer | None = None  # bounds the current worker's imports
     inflight: dict[int, str] = field(default_factory=dict)  # compute id -> sense
     abandoned: set[int] = field(default_factory=set)
     grace: Timer | None = None
-    failures: int = 0
-    respawn: Timer | None = None
-    cannot_fork: bool = False  # the last fork failed: its recovery is worth a log line
-    retired: bool = False  # removed or replaced by a reload: never respawned
+
+    @property
+    def worker(self) -> Worker | None:
+        """The worker computes go to, once it is ready."""
+        worker = self.supervisor.current
+        return worker if self.supervisor.state is WorkerState.READY else None
+
+    @property
+    def importing(self) -> str:
+        """The member the current worker imports now."""
+        return self.senses[min(self.loaded, len(self.senses) - 1)]
 
 
 class SenseManager:
@@ -111,7 +118,12 @@ class SenseManager:
     # -- configuration ------------------------------------------------------------------
 
     def apply(self, config: NerveConfig, code: CodeSnapshot) -> list[str]:
-        """Start, keep, replace or stop groups to match ``config``; returns what changed."""
+        """Start, keep, replace or stop groups to match ``config``; returns what changed.
+
+        A group whose members or code changed is a new unit: the old one is retired (its
+        worker finishes its computes) and a new one forked, so a fatal group (see
+        nerved.master.supervisor) is tried again once its code changes.
+        """
         changed: list[str] = []
         wanted = {name: tuple(s.name for s in members) for name, members in config.groups().items()}
         for name, group in list(self.groups.items()):
@@ -133,19 +145,20 @@ class SenseManager:
                     changed.append(f"sense {name}")
                 state.config = sense_config
         for name, members in wanted.items():
-            if name not in self.groups:
-                packages = tuple(code.senses[member] for member in members)
-                group = Group(name, members, code.of_senses(members), packages)
-                self.groups[name] = group
-                self._spawn(group)
-            elif (worker := self.groups[name].worker) is not None:
-                worker.set_memory_max(self._memory_max_of(self.groups[name]))
+            kept = self.groups.get(name)
+            if kept is not None:
+                kept.supervisor.set_memory_max(self._memory_max_of(kept))
+                continue
+            packages = tuple(code.senses[member] for member in members)
+            group = Group(name, members, code.of_senses(members), packages)
+            group.supervisor = self._supervise(group)
+            self.groups[name] = group
+            self._spawn(group)
         return changed
 
     # -- workers ------------------------------------------------------------------------
 
-    def _spawn(self, group: Group) -> None:
-        group.respawn = None
+    def _supervise(self, group: Group) -> Supervisor:
         name, packages = group.name, list(group.packages)
 
         def child_main(sock: socket.socket) -> int:
@@ -154,53 +167,23 @@ class SenseManager:
         def on_message(worker: Worker, message: Message) -> None:
             self._on_message(group, worker, message)
 
-        def on_gone(worker: Worker, why: str) -> None:
-            self._on_gone(group, worker, why)
+        def on_exit(worker: Worker, exit: Exit) -> None:
+            self._on_exit(group, worker, exit)
 
-        group.ready = False
-        try:
-            group.worker = self.workers.spawn(
-                "sense", name, child_main, on_message, on_gone,
-                memory_max=self._memory_max_of(group),
-            )  # fmt: skip
-        except OSError as exc:
-            group.failures += 1
-            delay = _backoff(group.failures)
-            if not group.cannot_fork:  # one line per episode, not per try
-                log.warning(
-                    "sense group %s: cannot fork its worker (%s); retrying with backoff",
-                    group.name, exc,
-                )  # fmt: skip
-                group.cannot_fork = True
-            group.respawn = self.loop.call_later(delay, lambda: self._spawn(group))
+        return Supervisor(
+            self.workers, "sense", name,
+            child_main=child_main, on_message=on_message, on_exit=on_exit,
+            on_wake=lambda: self._spawn(group),
+            importing=lambda: f"senses/{group.importing}",
+            import_timeout=self.import_timeout, memory_max=self._memory_max_of(group),
+        )  # fmt: skip
+
+    def _spawn(self, group: Group) -> None:
+        """A sense group always has a worker, once its supervisor lets it fork one."""
+        if self.groups.get(group.name) is not group or self.stopping:
             return
-        if group.cannot_fork:
-            log.info("sense group %s: forked its worker again", group.name)
-            group.cannot_fork = False
         group.loaded = 0
-        self._bound_import(group, group.worker)
-
-    def _bound_import(self, group: Group, worker: Worker) -> None:
-        """Give the worker ``import_timeout`` for its next member's import, then kill it.
-
-        A package whose import never returns would otherwise hold the group's worker
-        forever, busy and silent: now it is reported as the sense's error, and the worker is
-        replaced with backoff, as when it dies.
-        """
-        if group.loading is not None:
-            group.loading.cancel()
-
-        def expire() -> None:
-            group.loading = None
-            if group.worker is not worker or group.ready:
-                return
-            sense = group.senses[min(group.loaded, len(group.senses) - 1)]
-            why = f"importing senses/{sense} took longer than {self.import_timeout:g}s"
-            log.error("sense %s: %s; killing its group's worker", sense, why)
-            self._record_error(sense, why, journal=False)
-            worker.kill()
-
-        group.loading = self.loop.call_later(self.import_timeout, expire)
+        group.supervisor.ensure()
 
     def _memory_max_of(self, group: Group) -> int | None:
         """The group's memoryMax: the largest among its senses (see config.group_memory_max)."""
@@ -213,37 +196,28 @@ class SenseManager:
 
     def _retire(self, group: Group) -> None:
         """Stop a group's worker gracefully: it finishes running computes, then exits."""
-        group.retired = True
-        if group.respawn is not None:
-            group.respawn.cancel()
-        worker = group.worker
-        if worker is None or not worker.alive:
-            return
-        if worker.send({"t": "stop"}):
-            self.loop.call_later(self._grace_of(group), worker.kill)
-        else:
-            worker.kill()
+        group.supervisor.retire(deadline=self._grace_of(group))
 
     def _on_message(self, group: Group, worker: Worker, message: Message) -> None:
-        if worker is not group.worker:
-            return
+        """A message of the group's worker; one retired by a reload still finishes (and
+        reports) the computes it runs."""
         kind = message.get("t")
         if kind == "result" or kind == "error":
+            group.supervisor.progressed(worker)
             self._on_result(group, int(message["id"]), message)
         elif kind == "cancelled":
             self._forget(group, int(message["id"]))
-        elif kind == "loaded":
+        elif kind == "loaded" and worker is group.supervisor.current:
             sense, error = str(message.get("sense")), message.get("error")
             group.loaded += 1
-            self._bound_import(group, worker)
+            group.supervisor.loading(worker)
             if error:
                 log.error("sense %s: %s", sense, error)
                 self._record_error(sense, str(error), journal=False)
         elif kind == "ready":
-            group.ready = True
-            if group.loading is not None:
-                group.loading.cancel()
-                group.loading = None
+            if worker is not group.supervisor.current:
+                return
+            group.supervisor.ready(worker)
             log.info("sense group %s ready (pid %d)", group.name, worker.pid)
             for name in group.senses:
                 state = self.senses.get(name)
@@ -292,19 +266,17 @@ class SenseManager:
         reply["entries"] = [entry.to_wire() for entry in entries]
         return reply
 
-    def _on_gone(self, group: Group, worker: Worker, why: str) -> None:
-        if worker is not group.worker:
-            return
-        group.worker = None
-        group.ready = False
-        if group.loading is not None:  # it died importing (a hung import is said already)
-            group.loading.cancel()
-            group.loading = None
-            sense = group.senses[min(group.loaded, len(group.senses) - 1)]
-            if not (group.retired or self.stopping):
-                self._record_error(
-                    sense, f"importing senses/{sense} ended its group's worker ({why})"
-                )
+    def _on_exit(self, group: Group, worker: Worker, exit: Exit) -> None:
+        if not exit.current and not exit.retired:
+            return  # a worker drained earlier: it had nothing of the group's any more
+        if not exit.ready and not (exit.retired or self.stopping):
+            sense = group.importing  # it died importing (a hung import says so itself)
+            why = (
+                exit.why
+                if exit.hung
+                else (f"importing senses/{sense} ended its group's worker ({exit.why})")
+            )
+            self._record_error(sense, why, journal=not exit.hung)
         if group.grace is not None:
             group.grace.cancel()
             group.grace = None
@@ -315,18 +287,9 @@ class SenseManager:
             state = self.senses.get(sense)
             if state is not None and state.running == compute_id:
                 self._end_compute(state)
-                self._record_error(sense, f"its worker died during the compute ({why})")
-        if group.retired or self.stopping:
-            log.info("sense group %s stopped (%s)", group.name, why)
-            return
-        lived = time.monotonic() - worker.started
-        group.failures = 1 if lived >= STABLE_AFTER else group.failures + 1
-        delay = _backoff(group.failures)
-        log.warning(
-            "sense group %s worker pid %d died (%s); respawning in %.2fs",
-            group.name, worker.pid, why, delay,
-        )  # fmt: skip
-        group.respawn = self.loop.call_later(delay, lambda: self._spawn(group))
+                self._record_error(sense, f"its worker died during the compute ({exit.why})")
+        if exit.retired:
+            log.info("sense group %s stopped (%s)", group.name, exit.why)
 
     # -- scheduling ---------------------------------------------------------------------
 
@@ -346,7 +309,7 @@ class SenseManager:
             state.timer = self.loop.call_later(wait, lambda: self._throttle_over(state))
             return
         group = self.groups.get(state.config.group)
-        if group is None or not group.ready or group.worker is None:
+        if group is None or group.worker is None:
             return  # the group's "ready" reschedules it
         compute_id = next(self._ids)
         if not group.worker.send({"t": "compute", "id": compute_id, "sense": state.name}):
@@ -456,10 +419,14 @@ class SenseManager:
     # -- views --------------------------------------------------------------------------
 
     def list(self) -> list[dict[str, Any]]:
-        return [state.to_wire() for state in self.senses.values()]
+        """Every sense, with ``worker``: the state of its group's worker."""
+        rows = []
+        for state in self.senses.values():
+            row = state.to_wire()
+            group = self.groups.get(state.config.group)
+            row["worker"] = None if group is None else str(group.supervisor.state)
+            rows.append(row)
+        return rows
 
-
-def _backoff(failures: int) -> float:
-    """Seconds before a group's next fork: 0.25 s doubling to 30 s while forks fail or its
-    worker keeps dying."""
-    return min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (failures - 1))
+    def supervisors(self) -> tuple[Supervisor, ...]:
+        return tuple(group.supervisor for group in self.groups.values())

@@ -39,6 +39,7 @@ from nerved.channel import (
 from nerved.containment import Containment, Unit
 from nerved.loop import READ, WRITE, Loop
 from nerved.process import describe_exit, reap
+from nerved.states import WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Worker:
         self.on_gone = on_gone
         self.started = time.monotonic()
         self.reaped = False
+        self.state = WorkerState.SPAWNING  # its supervisor's word (nerved.master.supervisor)
         self._fd = self.channel.fileno()
         self._loop.add_reader(self._fd, self._on_ready)
 

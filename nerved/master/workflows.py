@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from nerved.channel import TO_WORKER, Message, frame
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import NerveConfig, Overflow, WorkflowConfig, unlined
 from nerved.loop import Loop, Timer
+from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
 from nerved.outcome import BadInput, Failed, NotFound, Pending, Refused, ShuttingDown
 from nerved.states import RunStatus, Transition
@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 
 RESUME_PER_TURN: Final = wire.RESULT_BUDGET  # bytes of resumed history read per loop turn
 RESUME_WAIT: Final = 0.01  # seconds before looking again at a worker still reading a page
-RESPAWN_FIRST = 0.1
-RESPAWN_MAX = 5.0
+DRAIN: Final = "drainTimeout"  # where a worker's stop deadline comes from, for the log
+HALT: Final[Message] = {"t": "halt"}  # nerved stops: finish the running steps, keep the runs
+_WORK: Final = frozenset({"step", "completed", "failed"})  # messages that are work done
 
 
 @dataclass(eq=False)
@@ -89,13 +90,10 @@ class Flow:
 
     config: WorkflowConfig
     package: Package  # its accepted code, which every worker imports
+    supervisor: Supervisor = field(init=False)  # its workers (nerved.master.supervisor)
     queue: deque[QueuedRun] = field(default_factory=deque)
     active: dict[str, ActiveRun] = field(default_factory=dict)
-    worker: Worker | None = None
     idle: Timer | None = None
-    respawn: Timer | None = None
-    failures: int = 0
-    cannot_fork: bool = False  # the last fork failed: its recovery is worth a log line
     removed: bool = False
 
     @property
@@ -121,8 +119,6 @@ class WorkflowManager:
         self._resume_timer: Timer | None = None
         self._resume_turn = -1
         self._resume_left = 0
-        self._importing: dict[Worker, Timer] = {}  # workers not ready yet: their import bound
-        self._hung: dict[Worker, str] = {}  # workers killed because their import hung: why
         self.waiters: dict[str, list[Pending]] = {}
         self.stopping = False
 
@@ -136,21 +132,40 @@ class WorkflowManager:
         for name, wf_config in config.workflows.items():
             package = code.workflows[name]
             if name not in self.flows:
-                self.flows[name] = Flow(wf_config, package)
+                flow = Flow(wf_config, package)
+                flow.supervisor = self._supervise(flow)
+                self.flows[name] = flow
                 changed.append(f"workflow {name} added")
                 continue
             flow = self.flows[name]
             if unlined(flow.config) != unlined(wf_config):
                 flow.config = wf_config
                 changed.append(f"workflow {name} settings")
-                if flow.worker is not None:
-                    flow.worker.set_memory_max(wf_config.memory_max)
+                flow.supervisor.set_memory_max(wf_config.memory_max)
                 self._fill(flow)
             if flow.package.digest != package.digest:
                 flow.package = package
                 self._drain_worker(flow)
                 changed.append(f"workflow {name} code")
+                flow.supervisor.code_changed()  # a fatal workflow is tried again
         return changed
+
+    def _supervise(self, flow: Flow) -> Supervisor:
+        def child_main(sock: socket.socket) -> int:
+            return workflow_worker.run(sock, flow.package)  # as accepted when it forks
+
+        def on_message(worker: Worker, message: Message) -> None:
+            self._on_message(flow, worker, message)
+
+        def on_exit(worker: Worker, exit: Exit) -> None:
+            self._on_exit(flow, worker, exit)
+
+        return Supervisor(
+            self.workers, "workflow", flow.name,
+            child_main=child_main, on_message=on_message, on_exit=on_exit,
+            on_wake=lambda: self._wake(flow), importing=lambda: f"workflows/{flow.name}",
+            import_timeout=self.import_timeout, memory_max=flow.config.memory_max,
+        )  # fmt: skip
 
     def _remove(self, flow: Flow) -> None:
         flow.removed = True
@@ -161,7 +176,7 @@ class WorkflowManager:
                 Transition.WITHDRAW,
                 f"workflow {flow.name} was removed",
             )
-        self._drain_worker(flow)
+        flow.supervisor.retire(deadline=flow.config.drain_timeout_ms / 1000, setting=DRAIN)
 
     def _drain_worker(self, flow: Flow) -> None:
         """Send no new threads to the current worker; let it finish its own, up to drainTimeout.
@@ -170,24 +185,7 @@ class WorkflowManager:
         logging handler that blocks at shutdown, a thread that never ends), it is gone
         within drainTimeout.
         """
-        worker = flow.worker
-        if worker is None:
-            return
-        flow.worker = None
-        if not worker.send({"t": "stop"}):
-            return
-        drain = flow.config.drain_timeout_ms / 1000
-
-        def expire() -> None:
-            if worker.alive:
-                log.warning(
-                    "workflow %s: worker pid %d has not exited %gs (drainTimeout) after it"
-                    " was told to stop; killing it",
-                    flow.name, worker.pid, drain,
-                )  # fmt: skip
-                worker.kill()
-
-        self.loop.call_later(drain, expire)
+        flow.supervisor.drain(flow.config.drain_timeout_ms / 1000, DRAIN)
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -354,14 +352,9 @@ class WorkflowManager:
             log.debug("run %s is held by %r already; not assigning it again", run.run_id,
                       run.worker)  # fmt: skip
             return
-        flow = run.flow
-        worker = flow.worker
-        if (worker is None or not worker.connected) and flow.respawn is not None:
-            return  # the pending respawn assigns every run that waits for a worker
-        if worker is None or not worker.connected:
-            worker = self._spawn(flow)
-            if worker is None:
-                return
+        worker = run.flow.supervisor.ensure()
+        if worker is None:
+            return  # the supervisor wakes the flow when it may fork (see _wake)
         run.worker = worker
         if run.sent:
             resume = _Resume(run, worker)
@@ -446,88 +439,22 @@ class WorkflowManager:
         worker.send_frame(self._frame("resume", run))
         return True
 
-    def _spawn(self, flow: Flow) -> Worker | None:
-        """Fork the flow's worker; None when the fork failed and a retry is scheduled."""
-        flow.respawn = None
-        name, package = flow.name, flow.package
-
-        def child_main(sock: socket.socket) -> int:
-            return workflow_worker.run(sock, package)
-
-        def on_message(worker: Worker, message: Message) -> None:
-            self._on_message(flow, worker, message)
-
-        def on_gone(worker: Worker, why: str) -> None:
-            self._on_gone(flow, worker, why)
-
-        try:
-            worker = self.workers.spawn(
-                "workflow", name, child_main, on_message, on_gone,
-                memory_max=flow.config.memory_max,
-            )  # fmt: skip
-        except OSError as exc:
-            flow.failures += 1
-            delay = _backoff(flow.failures)
-            if not flow.cannot_fork:  # one line per episode, not per try
-                log.warning(
-                    "workflow %s: cannot fork a worker (%s); its %d runs wait, retrying with"
-                    " backoff", flow.name, exc, len(flow.active),
-                )  # fmt: skip
-                flow.cannot_fork = True
-            self._respawn_later(flow, delay)
-            return None
-        if flow.cannot_fork:
-            log.info("workflow %s: forked a worker again (pid %d)", flow.name, worker.pid)
-            flow.cannot_fork = False
-        flow.worker = worker
-        self._bound_import(flow, worker)
-        return worker
-
-    def _bound_import(self, flow: Flow, worker: Worker) -> None:
-        """Give the worker ``import_timeout`` to import the package, then kill it.
-
-        A package whose import never returns would otherwise hold its runs ``started``
-        forever, silently: now the runs the worker holds fail with the reason, as when the
-        import raises, and the next run tries a fresh worker. The bound belongs to the
-        worker, not to its flow: a worker drained by a reload before it was ready still
-        has its own, and says ``ready`` to its own.
-        """
-
-        def expire() -> None:
-            self._importing.pop(worker, None)
-            if worker.alive:
-                why = f"importing workflows/{flow.name} took longer than {self.import_timeout:g}s"
-                log.error("workflow %s: %s; killing its worker", flow.name, why)
-                self._hung[worker] = why
-                worker.kill()
-
-        self._importing[worker] = self.loop.call_later(self.import_timeout, expire)
-
-    def _loaded(self, worker: Worker) -> None:
-        timer = self._importing.pop(worker, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _respawn_later(self, flow: Flow, delay: float) -> None:
-        """Assign every run of the flow that waits for a worker, ``delay`` seconds from now."""
-
-        def respawn() -> None:
-            flow.respawn = None
-            for run in list(flow.active.values()):
-                if run.worker is None:
-                    self._assign(run)
-
-        flow.respawn = self.loop.call_later(delay, respawn)
+    def _wake(self, flow: Flow) -> None:
+        """The flow may fork again (a backoff ended, a fix ended its fatal state), or its
+        current worker is not the one that died: every run that waits for a worker gets one."""
+        for run in list(flow.active.values()):
+            if run.worker is None:
+                self._assign(run)
 
     def _on_message(self, flow: Flow, worker: Worker, message: Message) -> None:
         kind = message.get("t")
         if kind == "ready":
             log.debug("workflow %s worker pid %d ready", flow.name, worker.pid)
-            self._loaded(worker)
+            flow.supervisor.ready(worker)
             return
-        if kind == "load_error":
+        if kind == "load_error":  # it stays, and fails the runs it is given with the reason
             log.error("workflow %s: %s", flow.name, message.get("error"))
-            self._loaded(worker)
+            flow.supervisor.ready(worker)
             return
         run = self.runs.get(str(message.get("run")))
         if run is None or run.worker is not worker:
@@ -535,6 +462,8 @@ class WorkflowManager:
                 "workflow %s: ignoring %s for a run this worker does not hold", flow.name, kind
             )
             return
+        if kind in _WORK:
+            flow.supervisor.progressed(worker)
         if kind == "step":
             self._on_step(run, worker, message)
         elif kind == "log":
@@ -583,31 +512,21 @@ class WorkflowManager:
 
         self.store.after_commit(send)
 
-    def _on_gone(self, flow: Flow, worker: Worker, why: str) -> None:
+    def _on_exit(self, flow: Flow, worker: Worker, exit: Exit) -> None:
+        """A worker of the flow was reaped: the runs it held resume in a successor (once the
+        supervisor lets one be forked), or end (see the module's docstring)."""
         orphans = [r for r in flow.active.values() if r.worker is worker]
-        self._loaded(worker)
-        if flow.worker is worker:
-            flow.worker = None
-        hung = self._hung.pop(worker, None)
-        if hung is not None:
-            why = hung
-            if not self.stopping:
-                for run in orphans:  # as a failed import fails them: a new one would hang too
-                    self._end(run, Transition.FAIL, why)
-                return
-        if not orphans:
-            log.debug("workflow %s worker pid %d exited (%s)", flow.name, worker.pid, why)
+        if not orphans or self.stopping:
+            return  # halted threads stay started; the next start resumes them
+        why = exit.why
+        if exit.hung:  # as a failed import fails them: a new worker would hang too
+            for run in orphans:
+                self._end(run, Transition.FAIL, why)
             return
         if why == KILLED:  # the hard bound on a moderator call (nerved.worker.timebox)
             why = f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted: {why}"
-        if self.stopping:
-            return  # halted threads stay started; the next start resumes them
-        log.warning(
-            "workflow %s worker pid %d died (%s) with %d threads",
-            flow.name, worker.pid, why, len(orphans),
-        )  # fmt: skip
-        lived = time.monotonic() - worker.started
-        flow.failures = 1 if lived > 30 else flow.failures + 1
+        log.warning("workflow %s: %d runs lost their worker pid %d (%s)",
+                    flow.name, len(orphans), worker.pid, why)  # fmt: skip
         survivors = 0
         for run in orphans:
             run.worker = None
@@ -631,10 +550,9 @@ class WorkflowManager:
                 )
             else:
                 survivors += 1
-        if not survivors:
-            self._fill(flow)
-            return
-        self._respawn_later(flow, _backoff(flow.failures))
+        if survivors and not exit.current:
+            self._wake(flow)  # a drained worker died: the current one (or a new) takes them
+        # Otherwise the supervisor wakes the flow once its backoff is over.
 
     def _restart_afresh(
         self,
@@ -694,12 +612,12 @@ class WorkflowManager:
                 pending.resolve(record.to_wire())
 
     def _arm_idle(self, flow: Flow) -> None:
-        if flow.idle is not None or flow.worker is None:
+        if flow.idle is not None or flow.supervisor.current is None:
             return
 
         def idle() -> None:
             flow.idle = None
-            if not flow.active and flow.worker is not None:
+            if not flow.active and flow.supervisor.current is not None:
                 log.debug("workflow %s idle for %gs: stopping its worker", flow.name,
                           flow.config.idle_timeout_ms / 1000)  # fmt: skip
                 self._drain_worker(flow)  # bounded like a drain: its exit may not return
@@ -747,14 +665,18 @@ class WorkflowManager:
         """Halt every worker after its running steps; returns the longest grace (seconds)."""
         self.stopping = True
         longest = 0.0
+        told: set[Worker] = set()
         for flow in self.flows.values():
-            for timer in (flow.idle, flow.respawn):
-                if timer is not None:
-                    timer.cancel()
+            if flow.idle is not None:
+                flow.idle.cancel()
             if flow.active:
                 longest = max(longest, flow.config.drain_timeout_ms / 1000)
-        for worker in self.workers:
-            if worker.kind == "workflow" and not worker.send({"t": "halt"}):
+            told.update(flow.supervisor.draining)
+            if flow.supervisor.current is not None:
+                told.add(flow.supervisor.current)
+            flow.supervisor.retire(HALT)  # the kill is nerved's stop deadline
+        for worker in self.workers:  # those of workflows a reload removed, still draining
+            if worker.kind == "workflow" and worker not in told and not worker.send(HALT):
                 worker.kill()
         for run_id, waiters in list(self.waiters.items()):
             for pending in waiters:
@@ -762,17 +684,20 @@ class WorkflowManager:
         self.waiters.clear()
         return longest
 
+    def worker_state(self, workflow: str) -> str | None:
+        """The state of the workflow's worker (nerved.states.WorkerState); None: no such
+        workflow."""
+        flow = self.flows.get(workflow)
+        return None if flow is None else str(flow.supervisor.state)
+
+    def supervisors(self) -> tuple[Supervisor, ...]:
+        return tuple(flow.supervisor for flow in self.flows.values())
+
     def counts(self) -> tuple[int, int]:
         """(active, queued) threads over every workflow."""
         active = sum(len(f.active) for f in self.flows.values())
         queued = sum(len(f.queue) for f in self.flows.values())
         return active, queued
-
-
-def _backoff(failures: int) -> float:
-    """Seconds before the next fork: the first loss is answered at once, then 0.1 s doubling
-    to :data:`RESPAWN_MAX` while forks fail or workers keep dying."""
-    return 0.0 if failures <= 1 else min(RESPAWN_MAX, RESPAWN_FIRST * 2.0 ** (failures - 2))
 
 
 def _unresumable(exc: wire.Invalid | StoreError) -> str:

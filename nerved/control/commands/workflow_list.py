@@ -2,7 +2,9 @@
 
 Active runs (queued, started) only, unless ``all`` is true or ``status`` names the statuses
 wanted (a string or a list). ``limit`` defaults to 100 (at most 10000). Result: ``[run]``,
-without trigger payloads; each ``error`` is cut, with a marker, to its share of 4 MiB.
+without trigger payloads; each ``error`` is cut, with a marker, to its share of 4 MiB. An
+active run carries ``worker``, the state of its workflow's worker (nerved.states.WorkerState;
+``fatal``: its runs wait until its code is fixed and reloaded; null: no such workflow now).
 ``workflow.inspect`` has both whole (the error as the payload of the run's last event).
 """
 
@@ -46,4 +48,10 @@ def run(engine: Engine, params: Params) -> Any:
         limit=params.integer("limit", minimum=1) or 100,
     )
     share = wire.RESULT_BUDGET // max(len(records), 1)
-    return [record.to_wire(error_limit=share) for record in records]
+    rows = []
+    for record in records:
+        row = record.to_wire(error_limit=share)
+        if record.status.is_active:  # why an active run may not move: its worker's state
+            row["worker"] = engine.workflows.worker_state(record.workflow)
+        rows.append(row)
+    return rows
