@@ -1,4 +1,4 @@
-"""The WorkflowManager: admission, queues, workers and the durable life of every thread.
+"""The WorkflowManager: the durable life of every run, from admission to its end.
 
 Every decision is written to logs.db before anyone hears of it. A trigger is answered, and
 a worker told to start a thread, only after the commit that made the run ``started``,
@@ -14,11 +14,17 @@ When no worker can be forked (a pids limit, no memory), the runs stay ``started`
 ``queued`` and the fork is retried with backoff.
 
 A resume sends a run's whole history (trigger payload and steps) to its new worker, page by
-page across loop turns, and the worker holds all of it, so each run's history is held to
-:data:`wire.MAX_HISTORY`: a step that would take it past that fails the run instead of being
-recorded. A run whose stored history cannot be resumed (unreadable,
+page across loop turns (:mod:`.resume`), and the worker holds all of it, so each run's
+history is held to :data:`wire.MAX_HISTORY`: a step that would take it past that fails the
+run instead of being recorded. A run whose stored history cannot be resumed (unreadable,
 nested too deeply, too large: a row from an older release, or damaged on disk) fails alone,
 with the reason (``Transition.UNRESUMABLE``), at recovery or at the resume that finds it.
+A workflow whose workers keep dying before doing any work is *fatal*
+(nerved.master.supervisor): its runs stay as they are, and go on once a reload fixes its code.
+
+The parts it leans on: where a new run goes (:mod:`.admission`), what it holds of each run
+(:mod:`.runs`), resumes (:mod:`.resume`), ``workflow.wait`` (:mod:`.waiters`), and each
+workflow's workers (:mod:`nerved.master.supervisor`).
 """
 
 from __future__ import annotations
@@ -26,83 +32,37 @@ from __future__ import annotations
 import logging
 import socket
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from nerved import wire
-from nerved.channel import TO_WORKER, Message, frame
-from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
-from nerved.config import NerveConfig, Overflow, WorkflowConfig, unlined
-from nerved.loop import Loop, Timer
+from nerved.channel import Message
+from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot
+from nerved.config import NerveConfig, Overflow, unlined
+from nerved.loop import Loop
 from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
-from nerved.outcome import BadInput, Failed, NotFound, Pending, Refused, ShuttingDown
+from nerved.master.workflows.admission import admit
+from nerved.master.workflows.resume import Resumer, start_frame
+from nerved.master.workflows.runs import (
+    ActiveRun,
+    Flow,
+    QueuedRun,
+    log_transition,
+    resumable_payload,
+    unresumable,
+)
+from nerved.master.workflows.waiters import Waiters
+from nerved.outcome import BadInput, NotFound, Refused, ShuttingDown
 from nerved.states import RunStatus, Transition
-from nerved.store import RunRecord, Storage, StoreError, Unreadable
+from nerved.store import RunRecord, Storage, StoreError
 from nerved.worker import workflow as workflow_worker
 from nerved.worker.timebox import KILLED, MODERATOR_KILL
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("nerved.master.workflows")
 
-RESUME_PER_TURN: Final = wire.RESULT_BUDGET  # bytes of resumed history read per loop turn
-RESUME_WAIT: Final = 0.01  # seconds before looking again at a worker still reading a page
 DRAIN: Final = "drainTimeout"  # where a worker's stop deadline comes from, for the log
 HALT: Final[Message] = {"t": "halt"}  # nerved stops: finish the running steps, keep the runs
 _WORK: Final = frozenset({"step", "completed", "failed"})  # messages that are work done
-
-
-@dataclass(eq=False)
-class ActiveRun:
-    """A started run: which flow it belongs to and which worker (if any) runs it now."""
-
-    run_id: str
-    flow: Flow
-    payload_json: str | None  # as stored: held as text, sent as text (a frame splices it)
-    history: int  # bytes of its stored trigger payload and steps, at most wire.MAX_HISTORY
-    steps: int = 0
-    worker: Worker | None = None
-    sent: bool = False  # a worker has been told of it before: the next one resumes it
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedRun:
-    """A run waiting for a slot, with its payload as stored (text: a decoded 1 MiB payload
-    can be a hundred times that in Python objects, and a queue holds up to maxQueue)."""
-
-    run_id: str
-    payload_json: str | None
-
-
-@dataclass(eq=False)
-class _Resume:
-    """A run on its way to a new worker: the steps sent so far (up to log id ``after``)."""
-
-    run: ActiveRun
-    worker: Worker
-    after: int = 0
-    steps: int = 0
-
-
-@dataclass(eq=False)
-class Flow:
-    """One workflow's runtime: its settings, queue, active runs and workers."""
-
-    config: WorkflowConfig
-    package: Package  # its accepted code, which every worker imports
-    supervisor: Supervisor = field(init=False)  # its workers (nerved.master.supervisor)
-    queue: deque[QueuedRun] = field(default_factory=deque)
-    active: dict[str, ActiveRun] = field(default_factory=dict)
-    idle: Timer | None = None
-    removed: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def has_room(self) -> bool:
-        return len(self.active) < self.config.concurrency
 
 
 class WorkflowManager:
@@ -115,11 +75,8 @@ class WorkflowManager:
         self.import_timeout = import_timeout  # seconds a worker's import may take
         self.flows: dict[str, Flow] = {}
         self.runs: dict[str, ActiveRun] = {}
-        self._resumes: deque[_Resume] = deque()  # oldest first: see _resume_some
-        self._resume_timer: Timer | None = None
-        self._resume_turn = -1
-        self._resume_left = 0
-        self.waiters: dict[str, list[Pending]] = {}
+        self.resumer = Resumer(loop, store, self._holds, self._unresumable)
+        self.waiters = Waiters(loop, store)
         self.stopping = False
 
     # -- configuration ------------------------------------------------------------------
@@ -211,9 +168,9 @@ class WorkflowManager:
                 dropped += 1
                 continue
             try:
-                payload_json = _resumable_payload(record)
+                payload_json = resumable_payload(record)
             except wire.Invalid as exc:
-                self._finish(record.run_id, flow.name, Transition.UNRESUMABLE, _unresumable(exc))
+                self._finish(record.run_id, flow.name, Transition.UNRESUMABLE, unresumable(exc))
                 failed += 1
                 continue
             if record.status is RunStatus.QUEUED:
@@ -273,37 +230,33 @@ class WorkflowManager:
             except wire.Invalid as exc:
                 raise BadInput(str(exc)) from None
         run_id = uuid.uuid4().hex
-        if flow.has_room and not flow.queue:
-            record = self.store.create_run(
-                run_id, workflow, Transition.START, payload,
-                payload_json=payload_json, retry_of=retry_of,
-            )  # fmt: skip
+        config = flow.config
+        admission = admit(
+            active=len(flow.active), queued=len(flow.queue), concurrency=config.concurrency,
+            max_queue=config.max_queue, overflow=config.overflow,
+        )  # fmt: skip
+        if admission.evict:
+            self._finish(
+                flow.queue.popleft().run_id,
+                workflow,
+                Transition.EVICT,
+                f"the queue of {workflow} was full (maxQueue {config.max_queue})"
+                " and this was its oldest run",
+            )
+        reason = None
+        if admission.transition is Transition.REJECT:
+            reason = (
+                f"{workflow} is at its concurrency limit ({config.concurrency}) with overflow: drop"
+            )
+        record = self.store.create_run(
+            run_id, workflow, admission.transition, payload,
+            payload_json=payload_json, retry_of=retry_of, reason=reason,
+        )  # fmt: skip
+        log_transition(run_id, workflow, admission.transition, record.error)
+        if admission.transition is Transition.START:
             self._activate(flow, run_id, payload_json)
-        elif flow.config.overflow is Overflow.DROP:
-            limit = flow.config.concurrency
-            record = self.store.create_run(
-                run_id, workflow, Transition.REJECT, payload,
-                payload_json=payload_json, retry_of=retry_of,
-                reason=f"{workflow} is at its concurrency limit ({limit}) with overflow: drop",
-            )  # fmt: skip
-            _log_transition(run_id, workflow, Transition.REJECT, record.error)
-        else:
-            if len(flow.queue) >= flow.config.max_queue:
-                self._finish(
-                    flow.queue.popleft().run_id,
-                    workflow,
-                    Transition.EVICT,
-                    f"the queue of {workflow} was full (maxQueue {flow.config.max_queue})"
-                    " and this was its oldest run",
-                )
-            record = self.store.create_run(
-                run_id, workflow, Transition.ENQUEUE, payload,
-                payload_json=payload_json, retry_of=retry_of,
-            )  # fmt: skip
+        elif admission.transition is Transition.ENQUEUE:
             flow.queue.append(QueuedRun(run_id, payload_json))
-            _log_transition(run_id, workflow, Transition.ENQUEUE, None)
-        if record.status is RunStatus.STARTED:
-            _log_transition(run_id, workflow, Transition.START, None)
         return record
 
     def _activate(self, flow: Flow, run_id: str, payload_json: str | None) -> None:
@@ -323,7 +276,7 @@ class WorkflowManager:
             if self.store.transition_run(
                 queued.run_id, Transition.DISPATCH, payload_json=queued.payload_json
             ):
-                _log_transition(queued.run_id, flow.name, Transition.DISPATCH, None)
+                log_transition(queued.run_id, flow.name, Transition.DISPATCH, None)
                 self._activate(flow, queued.run_id, queued.payload_json)
 
     # -- workers ------------------------------------------------------------------------
@@ -331,20 +284,13 @@ class WorkflowManager:
     def _assign(self, run: ActiveRun) -> None:
         """Give a run to its flow's worker (spawned if needed), once the batch commits.
 
-        A run that some worker had before is *resumed*: the new worker gets its logged
-        events and replays the moderator over them. They are read once the batch is
-        durable, from the committed view (nerved.store, :attr:`Storage.committed`): every
-        step of the run is there by then, and a page that cannot be read fails this run
-        alone, where inside the write transaction it would fail the whole batch. They go in
-        frames of at most :data:`wire.RESULT_BUDGET`, at most :data:`RESUME_PER_TURN` bytes
-        a turn over all resumes (:meth:`_resume_some`): a worker lost under 48 runs of
-        60 MiB each must not hold the loop for the time it takes to read them all. A run
-        whose history cannot be read or sent fails; one that finds no worker (the fork
-        failed) waits for the retry.
+        A run that some worker had before is *resumed* (:mod:`.resume`). A run whose history
+        cannot be read or sent fails; one that finds no worker (the unit backs off, or is
+        fatal) waits until the supervisor wakes its flow (:meth:`_wake`).
 
         A run is given to one worker at a time, once: a run some worker holds (it was sent
         its ``start``, or its resume is under way) is left alone here, whoever asks, until
-        that worker is gone (:meth:`_on_gone` lets go of it first). A worker told twice of
+        that worker is gone (:meth:`_on_exit` lets go of it first). A worker told twice of
         one run would refuse the second (``already running here``), and a second resume
         would send it the history again.
         """
@@ -357,14 +303,13 @@ class WorkflowManager:
             return  # the supervisor wakes the flow when it may fork (see _wake)
         run.worker = worker
         if run.sent:
-            resume = _Resume(run, worker)
-            self.store.after_commit(lambda: self._queue_resume(resume))
+            self.resumer.resume(run, worker)
             return
         run.sent = True
         try:
-            start = self._frame("start", run)
+            start = start_frame("start", run)
         except wire.Invalid as exc:
-            self._end(run, Transition.UNRESUMABLE, _unresumable(exc))
+            self._unresumable(run, exc)
             return
 
         def send() -> None:
@@ -373,71 +318,12 @@ class WorkflowManager:
 
         self.store.after_commit(send)
 
-    def _frame(self, kind: str, run: ActiveRun) -> bytes:
-        """The run's ``start`` or ``resume``, its payload spliced in as stored."""
-        message: Message = {"t": kind, "run": run.run_id, "maxSteps": run.flow.config.max_steps}
-        return frame(message, TO_WORKER, {"payload": run.payload_json})
+    def _holds(self, run: ActiveRun, worker: Worker) -> bool:
+        """``worker`` still holds ``run`` (it was not ended, nor given to another meanwhile)."""
+        return run.worker is worker and self.runs.get(run.run_id) is run
 
-    def _queue_resume(self, resume: _Resume) -> None:
-        self._resumes.append(resume)
-        if self._resume_timer is None:
-            self._resume_timer = self.loop.call_later(0, self._resume_some)
-
-    def _resume_some(self) -> None:
-        """Send resumed runs their histories, page by page, within this turn's budget.
-
-        A run whose steps cannot be read (a damaged page, a row that does not decode) fails
-        here, alone. A page waits while the worker has not read what it was sent (so that
-        the master holds at most about a page per worker), and for the next turn once
-        :data:`RESUME_PER_TURN` bytes were read in this one.
-        """
-        self._resume_timer = None
-        if self._resume_turn != self.loop.turn:
-            self._resume_turn, self._resume_left = self.loop.turn, RESUME_PER_TURN
-        while self._resumes and self._resume_left > 0:
-            resume = self._resumes[0]
-            run, worker = resume.run, resume.worker
-            if run.worker is not worker or self.runs.get(run.run_id) is not run:
-                self._resumes.popleft()  # ended, or given to another worker meanwhile
-                continue
-            if worker.unsent > wire.RESULT_BUDGET:
-                self._resume_timer = self.loop.call_later(RESUME_WAIT, self._resume_some)
-                return
-            try:
-                done = self._resume_page(resume)
-            except (wire.Invalid, StoreError) as exc:
-                self._resumes.popleft()
-                self._end(run, Transition.UNRESUMABLE, _unresumable(exc))
-                continue
-            if done:
-                self._resumes.popleft()
-        if self._resumes:
-            self._resume_timer = self.loop.call_later(0, self._resume_some)
-
-    def _resume_page(self, resume: _Resume) -> bool:
-        """Send the next page of a run's steps (or, at the end, its ``resume``); True once
-        the whole history went. Raises wire.Invalid or StoreError for one that cannot."""
-        run, worker = resume.run, resume.worker
-        entries, more = self.store.committed.run_steps_page(run.run_id, resume.after)
-        events: list[Any] = []
-        for entry in entries:
-            step = entry.payload
-            if isinstance(step, Unreadable):
-                number = resume.steps + len(events) + 1
-                raise wire.Invalid(f"step {number} cannot be read back: {step.reason}")
-            if not isinstance(step, dict) or "event" not in step:
-                number = resume.steps + len(events) + 1
-                raise wire.Invalid(f"step {number} is not a {{role, prompt, event}}")
-            events.append(step["event"])
-        if events:
-            data = frame({"t": "history", "run": run.run_id, "events": events}, TO_WORKER)
-            worker.send_frame(data)
-            self._resume_left -= len(data)
-            resume.after, resume.steps = entries[-1].id, resume.steps + len(events)
-        if more:
-            return False
-        worker.send_frame(self._frame("resume", run))
-        return True
+    def _unresumable(self, run: ActiveRun, exc: wire.Invalid | StoreError) -> None:
+        self._end(run, Transition.UNRESUMABLE, unresumable(exc))
 
     def _wake(self, flow: Flow) -> None:
         """The flow may fork again (a backoff ended, a fix ended its fatal state), or its
@@ -598,18 +484,8 @@ class WorkflowManager:
                 "run %s could not move to %s (it moved on already)", run_id, transition.target
             )
             return
-        _log_transition(run_id, workflow, transition, error)
-        waiters = self.waiters.pop(run_id, None)
-        if waiters:
-            self.store.after_commit(lambda: self._answer(run_id, waiters))
-
-    def _answer(self, run_id: str, waiters: list[Pending]) -> None:
-        record = self.store.committed.get_run(run_id)
-        for pending in waiters:
-            if record is None:
-                pending.reject(NotFound(f"run {run_id} vanished"))
-            else:
-                pending.resolve(record.to_wire())
+        log_transition(run_id, workflow, transition, error)
+        self.waiters.ended(run_id)
 
     def _arm_idle(self, flow: Flow) -> None:
         if flow.idle is not None or flow.supervisor.current is None:
@@ -627,37 +503,8 @@ class WorkflowManager:
     # -- waiting ------------------------------------------------------------------------
 
     def wait(self, run_id: str, timeout: float | None) -> Any:
-        # The engine's own view, this turn's batch included: a run that ended in it has no
-        # waiters left to answer, so the end must be seen here (the answer still goes out
-        # only after the commit, with every other answer of the turn).
-        record = self.store.get_run(run_id)
-        if record is None:
-            raise NotFound(f"no run {run_id}")
-        if record.status.is_final:
-            return record.to_wire()
-        if self.stopping:
-            raise ShuttingDown("nerved is shutting down")
-        pending = Pending()
-        self.waiters.setdefault(run_id, []).append(pending)
-        if timeout is not None:
-
-            def expire() -> None:
-                waiting = self.waiters.get(run_id, [])
-                if pending in waiting:
-                    waiting.remove(pending)
-                    current = self.store.committed.get_run(run_id)
-                    status = current.status if current else "unknown"
-                    pending.reject(
-                        Failed(
-                            f"timed out after {timeout:g}s waiting for run {run_id} "
-                            f"(still {status})",
-                            {"timeout": True, "status": str(status)},
-                        )
-                    )
-
-            # Reads only the committed view: due even while another process holds logs.db.
-            self.loop.call_later(timeout, expire, gated=False)
-        return pending
+        """``workflow.wait``: see :class:`~nerved.master.workflows.waiters.Waiters`."""
+        return self.waiters.wait(run_id, timeout, self.stopping)
 
     # -- stopping and views -------------------------------------------------------------
 
@@ -678,10 +525,7 @@ class WorkflowManager:
         for worker in self.workers:  # those of workflows a reload removed, still draining
             if worker.kind == "workflow" and worker not in told and not worker.send(HALT):
                 worker.kill()
-        for run_id, waiters in list(self.waiters.items()):
-            for pending in waiters:
-                pending.reject(ShuttingDown(f"nerved is shutting down; run {run_id} will resume"))
-        self.waiters.clear()
+        self.waiters.reject_all()
         return longest
 
     def worker_state(self, workflow: str) -> str | None:
@@ -698,35 +542,3 @@ class WorkflowManager:
         active = sum(len(f.active) for f in self.flows.values())
         queued = sum(len(f.queue) for f in self.flows.values())
         return active, queued
-
-
-def _unresumable(exc: wire.Invalid | StoreError) -> str:
-    return f"{Transition.UNRESUMABLE.label}: {exc}"
-
-
-def _resumable_payload(record: RunRecord) -> str | None:
-    """A recovered run's trigger payload, encoded again (None: none); raises wire.Invalid,
-    saying why, for a run that cannot be resumed: a payload that cannot be read back or sent
-    to a worker, or a history too large for a resume."""
-    payload = record.trigger_payload
-    if isinstance(payload, Unreadable):
-        raise wire.Invalid(f"its trigger payload cannot be read back: {payload.reason}")
-    if record.history > wire.MAX_HISTORY:
-        raise wire.Invalid(
-            f"its history is {wire.size_text(record.history)}; a resume carries at most"
-            f" {wire.size_text(wire.MAX_HISTORY)}"
-        )
-    try:
-        return None if payload is None else wire.dumps(payload)
-    except wire.Invalid as exc:
-        raise wire.Invalid(f"its trigger payload cannot be sent: {exc}") from None
-
-
-def _log_transition(run_id: str, workflow: str, transition: Transition, error: str | None) -> None:
-    """Every transition reaches the journal with run id and workflow (SPEC §8)."""
-    level = logging.WARNING if transition.target in _BAD_ENDS else logging.INFO
-    reason = f": {error}" if error else ""
-    log.log(level, "run %s of %s %s%s", run_id, workflow, transition.target, reason)
-
-
-_BAD_ENDS = frozenset({RunStatus.FAILED, RunStatus.CRASHED, RunStatus.DROPPED})

@@ -1,0 +1,102 @@
+"""What the workflow manager holds of each workflow and run, and the words it logs them in.
+
+What the master keeps in memory of a run is a cache of ``workflow_runs`` (rebuilt from it at
+start, see :meth:`nerved.master.workflows.manager.WorkflowManager.recover`): a started run
+(:class:`ActiveRun`), a queued one (:class:`QueuedRun`), and per workflow its settings, queue,
+active runs and supervisor (:class:`Flow`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from nerved import wire
+from nerved.code.packages import Package
+from nerved.config import WorkflowConfig
+from nerved.loop import Timer
+from nerved.states import RunStatus, Transition
+from nerved.store import RunRecord, StoreError, Unreadable
+
+if TYPE_CHECKING:
+    from nerved.master.supervisor import Supervisor
+    from nerved.master.workers import Worker
+
+log = logging.getLogger("nerved.master.workflows")
+
+
+@dataclass(eq=False)
+class ActiveRun:
+    """A started run: which flow it belongs to and which worker (if any) runs it now."""
+
+    run_id: str
+    flow: Flow
+    payload_json: str | None  # as stored: held as text, sent as text (a frame splices it)
+    history: int  # bytes of its stored trigger payload and steps, at most wire.MAX_HISTORY
+    steps: int = 0
+    worker: Worker | None = None
+    sent: bool = False  # a worker has been told of it before: the next one resumes it
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRun:
+    """A run waiting for a slot, with its payload as stored (text: a decoded 1 MiB payload
+    can be a hundred times that in Python objects, and a queue holds up to maxQueue)."""
+
+    run_id: str
+    payload_json: str | None
+
+
+@dataclass(eq=False)
+class Flow:
+    """One workflow's runtime: its settings, queue, active runs and workers."""
+
+    config: WorkflowConfig
+    package: Package  # its accepted code, which every worker imports
+    supervisor: Supervisor = field(init=False)  # its workers (nerved.master.supervisor)
+    queue: deque[QueuedRun] = field(default_factory=deque)
+    active: dict[str, ActiveRun] = field(default_factory=dict)
+    idle: Timer | None = None
+    removed: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def has_room(self) -> bool:
+        return len(self.active) < self.config.concurrency
+
+
+def unresumable(exc: wire.Invalid | StoreError) -> str:
+    return f"{Transition.UNRESUMABLE.label}: {exc}"
+
+
+def resumable_payload(record: RunRecord) -> str | None:
+    """A recovered run's trigger payload, encoded again (None: none); raises wire.Invalid,
+    saying why, for a run that cannot be resumed: a payload that cannot be read back or sent
+    to a worker, or a history too large for a resume."""
+    payload = record.trigger_payload
+    if isinstance(payload, Unreadable):
+        raise wire.Invalid(f"its trigger payload cannot be read back: {payload.reason}")
+    if record.history > wire.MAX_HISTORY:
+        raise wire.Invalid(
+            f"its history is {wire.size_text(record.history)}; a resume carries at most"
+            f" {wire.size_text(wire.MAX_HISTORY)}"
+        )
+    try:
+        return None if payload is None else wire.dumps(payload)
+    except wire.Invalid as exc:
+        raise wire.Invalid(f"its trigger payload cannot be sent: {exc}") from None
+
+
+def log_transition(run_id: str, workflow: str, transition: Transition, error: str | None) -> None:
+    """Every transition reaches the journal with run id and workflow (SPEC §8)."""
+    level = logging.WARNING if transition.target in _BAD_ENDS else logging.INFO
+    reason = f": {error}" if error else ""
+    log.log(level, "run %s of %s %s%s", run_id, workflow, transition.target, reason)
+
+
+_BAD_ENDS = frozenset({RunStatus.FAILED, RunStatus.CRASHED, RunStatus.DROPPED})

@@ -1,0 +1,80 @@
+"""``workflow.wait``: clients waiting for runs to end, answered once the end is durable.
+
+A waiter is a :class:`~nerved.outcome.Pending` the control server answers when it resolves:
+with the run as ``workflow.inspect`` shows it, read from the committed view after the commit
+that ended the run; or rejected when its timeout passes (``Failed``, with ``{timeout: true,
+status}``) or nerved stops (``ShuttingDown``: the run resumes at the next start).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nerved.loop import Loop
+from nerved.outcome import Failed, NotFound, Pending, ShuttingDown
+from nerved.store import Storage
+
+
+class Waiters:
+    def __init__(self, loop: Loop, store: Storage) -> None:
+        self.loop = loop
+        self.store = store
+        self._by_run: dict[str, list[Pending]] = {}
+
+    def wait(self, run_id: str, timeout: float | None, stopping: bool) -> Any:
+        """The run (its wire form) if it is final; otherwise a Pending answered when it ends,
+        or rejected ``timeout`` seconds from now (None: no timeout). Raises NotFound for no
+        such run and ShuttingDown while nerved stops."""
+        # The engine's own view, this turn's batch included: a run that ended in it has no
+        # waiters left to answer, so the end must be seen here (the answer still goes out
+        # only after the commit, with every other answer of the turn).
+        record = self.store.get_run(run_id)
+        if record is None:
+            raise NotFound(f"no run {run_id}")
+        if record.status.is_final:
+            return record.to_wire()
+        if stopping:
+            raise ShuttingDown("nerved is shutting down")
+        pending = Pending()
+        self._by_run.setdefault(run_id, []).append(pending)
+        if timeout is not None:
+
+            def expire() -> None:
+                waiting = self._by_run.get(run_id, [])
+                if pending in waiting:
+                    waiting.remove(pending)
+                    current = self.store.committed.get_run(run_id)
+                    status = current.status if current else "unknown"
+                    pending.reject(
+                        Failed(
+                            f"timed out after {timeout:g}s waiting for run {run_id} "
+                            f"(still {status})",
+                            {"timeout": True, "status": str(status)},
+                        )
+                    )
+
+            # Reads only the committed view: due even while another process holds logs.db.
+            self.loop.call_later(timeout, expire, gated=False)
+        return pending
+
+    def ended(self, run_id: str) -> None:
+        """``run_id`` reached a final status in this turn's batch: its waiters are answered
+        once the batch commits."""
+        waiters = self._by_run.pop(run_id, None)
+        if waiters:
+            self.store.after_commit(lambda: self._answer(run_id, waiters))
+
+    def _answer(self, run_id: str, waiters: list[Pending]) -> None:
+        record = self.store.committed.get_run(run_id)
+        for pending in waiters:
+            if record is None:
+                pending.reject(NotFound(f"run {run_id} vanished"))
+            else:
+                pending.resolve(record.to_wire())
+
+    def reject_all(self) -> None:
+        """nerved stops: every waiter hears so (its run resumes at the next start)."""
+        for run_id, waiters in list(self._by_run.items()):
+            for pending in waiters:
+                pending.reject(ShuttingDown(f"nerved is shutting down; run {run_id} will resume"))
+        self._by_run.clear()
