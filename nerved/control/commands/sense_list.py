@@ -1,7 +1,8 @@
 """sense.list: every configured sense with its counters.
 
-Result: ``[{name, group, computes, errors, lastComputeAt, lastSignalAt, lastError, running}]``.
-Counters start at zero when the daemon starts.
+Result: ``[{name, group, computes, errors, lastComputeAt, lastSignalAt, lastError, running,
+worker}]``, ``worker`` the state of its group's worker (``fatal``: not computed until its code
+is fixed and reloaded). Counters start at zero when the daemon starts.
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
 """status: what the daemon is doing.
 
-Result: ``{version, pid, uptime, senses, groups, activeWorkflows, queuedWorkflows, workers,
-rss, state}``; ``uptime`` in seconds, ``rss`` in bytes for the whole process tree.
+Result: ``{version, pid, uptime, state, root, stateDir, senses, groups, workflows,
+activeWorkflows, queuedWorkflows, workers, containment, rss, commits}``; ``uptime`` in
+seconds, ``rss`` in bytes for the whole process tree. ``workers``: one entry per sense group
+and per workflow, ``{kind, name, pid, state, restarts, reason}``, ``pid`` null when it has no
+worker now, ``state`` one of idle, spawning, ready, backoff, fatal (nerved.states.
+WorkerState), ``reason`` the last exit while in backoff or fatal; and one entry per other
+live worker (``draining``: told to stop, finishing what it holds).
 """
 
 from __future__ import annotations
