@@ -42,18 +42,18 @@ from nerved.loop import Loop
 from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
 from nerved.master.workflows.admission import admit
+from nerved.master.workflows.recovery import Fate, recovery_of
 from nerved.master.workflows.resume import Resumer, start_frame
 from nerved.master.workflows.runs import (
     ActiveRun,
     Flow,
     QueuedRun,
     log_transition,
-    resumable_payload,
     unresumable,
 )
 from nerved.master.workflows.waiters import Waiters
 from nerved.outcome import BadInput, NotFound, Refused, ShuttingDown
-from nerved.states import RunStatus, Transition
+from nerved.states import Transition
 from nerved.store import RunRecord, Storage, StoreError
 from nerved.worker import workflow as workflow_worker
 from nerved.worker.timebox import KILLED, MODERATOR_KILL
@@ -149,54 +149,39 @@ class WorkflowManager:
     def recover(self) -> str:
         """Rebuild the queues and active sets from logs.db and resume what was running.
 
-        A run whose stored trigger payload cannot be used, or whose history is too large to
-        resume, fails here with the reason; every other run recovers.
+        What becomes of each run is :func:`~.recovery.recovery_of`'s rule: a run whose stored
+        trigger payload cannot be used, or whose history is too large to resume, fails here
+        with the reason; every other run of a configured workflow recovers.
         """
-        queued = resumed = restarted = dropped = failed = 0
+        fates = dict.fromkeys(Fate, 0)
         for record in self.store.active_runs():
             flow = self.flows.get(record.workflow)
-            if flow is None:
-                transition = (
-                    Transition.WITHDRAW if record.status is RunStatus.QUEUED else Transition.CRASH
-                )
-                self._finish(
-                    record.run_id,
-                    record.workflow,
-                    transition,
-                    f"workflow {record.workflow} is not configured",
-                )
-                dropped += 1
+            recovery = recovery_of(record, None if flow is None else flow.config)
+            fates[recovery.fate] += 1
+            if recovery.transition is not None:
+                self._finish(record.run_id, record.workflow, recovery.transition, recovery.reason)
+            elif flow is None:
                 continue
-            try:
-                payload_json = resumable_payload(record)
-            except wire.Invalid as exc:
-                self._finish(record.run_id, flow.name, Transition.UNRESUMABLE, unresumable(exc))
-                failed += 1
-                continue
-            if record.status is RunStatus.QUEUED:
-                flow.queue.append(QueuedRun(record.run_id, payload_json))
-                queued += 1
-            elif flow.config.overflow is Overflow.DROP:
-                self._restart_afresh(record, payload_json, "nerved stopped while it ran")
-                restarted += 1
+            elif recovery.fate is Fate.QUEUE:
+                flow.queue.append(QueuedRun(record.run_id, recovery.payload_json))
+            elif recovery.fate is Fate.RESTART:
+                self._restart_afresh(record, recovery.payload_json, "nerved stopped while it ran")
             else:
-                run = ActiveRun(
-                    record.run_id, flow, payload_json, record.history, record.steps, sent=True
-                )
+                run = ActiveRun(record.run_id, flow, recovery.payload_json, record.history,
+                                record.steps, sent=True)  # fmt: skip
                 flow.active[run.run_id] = run
                 self.runs[run.run_id] = run
-                resumed += 1
         for flow in self.flows.values():
             for run in list(flow.active.values()):
                 if run.worker is None:  # a run restarted afresh above was assigned already
                     self._assign(run)  # a run whose steps cannot be read fails then, alone
             self._fill(flow)
         summary = (
-            f"recovered {resumed} started and {queued} queued runs, "
-            f"restarted {restarted}, ended {dropped} of unconfigured workflows"
-            f" and {failed} that can no longer be resumed"
+            f"recovered {fates[Fate.RESUME]} started and {fates[Fate.QUEUE]} queued runs, "
+            f"restarted {fates[Fate.RESTART]}, ended {fates[Fate.END]} of unconfigured"
+            f" workflows and {fates[Fate.FAIL]} that can no longer be resumed"
         )
-        if resumed or queued or restarted or dropped or failed:
+        if any(fates.values()):
             log.info("%s", summary)
         return summary
 

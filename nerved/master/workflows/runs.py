@@ -18,7 +18,7 @@ from nerved.code.packages import Package
 from nerved.config import WorkflowConfig
 from nerved.loop import Timer
 from nerved.states import RunStatus, Transition
-from nerved.store import RunRecord, StoreError, Unreadable
+from nerved.store import StoreError
 
 if TYPE_CHECKING:
     from nerved.master.supervisor import Supervisor
@@ -72,24 +72,6 @@ class Flow:
 
 def unresumable(exc: wire.Invalid | StoreError) -> str:
     return f"{Transition.UNRESUMABLE.label}: {exc}"
-
-
-def resumable_payload(record: RunRecord) -> str | None:
-    """A recovered run's trigger payload, encoded again (None: none); raises wire.Invalid,
-    saying why, for a run that cannot be resumed: a payload that cannot be read back or sent
-    to a worker, or a history too large for a resume."""
-    payload = record.trigger_payload
-    if isinstance(payload, Unreadable):
-        raise wire.Invalid(f"its trigger payload cannot be read back: {payload.reason}")
-    if record.history > wire.MAX_HISTORY:
-        raise wire.Invalid(
-            f"its history is {wire.size_text(record.history)}; a resume carries at most"
-            f" {wire.size_text(wire.MAX_HISTORY)}"
-        )
-    try:
-        return None if payload is None else wire.dumps(payload)
-    except wire.Invalid as exc:
-        raise wire.Invalid(f"its trigger payload cannot be sent: {exc}") from None
 
 
 def log_transition(run_id: str, workflow: str, transition: Transition, error: str | None) -> None:
