@@ -367,19 +367,12 @@ class SenseManager:
         if group.worker is not None:
             group.worker.send({"t": "cancel", "id": compute_id})
             if group.grace is None:
-                worker = group.worker
-                grace = state.config.grace_period_ms / 1000
-                group.grace = self.loop.call_later(grace, lambda: self._grace_over(group, worker))
+                group.grace = group.supervisor.kill_later(
+                    group.worker, state.config.grace_period_ms / 1000,
+                    "did not come back from an abandoned compute",
+                    unless=lambda: not group.abandoned,
+                )  # fmt: skip
         self._schedule(state)
-
-    def _grace_over(self, group: Group, worker: Worker) -> None:
-        group.grace = None
-        if group.worker is worker and group.abandoned:
-            log.warning(
-                "sense group %s did not come back from an abandoned compute; killing pid %d",
-                group.name, worker.pid,
-            )  # fmt: skip
-            worker.kill()
 
     def _forget(self, group: Group, compute_id: int) -> None:
         group.abandoned.discard(compute_id)

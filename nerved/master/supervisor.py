@@ -19,6 +19,8 @@ held):
   fails is the host's doing, not the code's: it backs off but never gives up;
 - **drain**: a worker told to stop has until its deadline to exit, then it is killed; an
   idle stop is a drain too, so whatever user code does on its way out, it is gone in time;
+- **grace kills**: a worker that does not come back from work its manager abandoned is
+  killed once the grace period is over (:meth:`Supervisor.kill_later`);
 - **retire**: a unit removed by a reload, or nerved stopping: nothing is forked again.
 
 Every state and every move between them is named, with its label, in :mod:`nerved.states`
@@ -121,6 +123,7 @@ class Supervisor:
         self._fork_failing = False  # the last fork failed: its recovery is worth a log line
         self._import_bound: Timer | None = None
         self._respawn: Timer | None = None
+        self._idle: Timer | None = None
         self._hung: dict[Worker, str] = {}
         self._worked: set[Worker] = set()
 
@@ -219,6 +222,7 @@ class Supervisor:
             return None
         self._cancel_import_bound()
         self._move(WorkerMove.DRAIN)
+        self.busy()
         self.current = None
         self._stop(worker, message, deadline, setting)
         return worker
@@ -233,6 +237,7 @@ class Supervisor:
         if self.state is not WorkerState.GONE:
             self._move(WorkerMove.RETIRE)
         self._cancel_import_bound()
+        self.busy()
         if self._respawn is not None:
             self._respawn.cancel()
             self._respawn = None
@@ -260,6 +265,40 @@ class Supervisor:
                 worker.kill()
 
         self.loop.call_later(deadline, expire)
+
+    def kill_later(
+        self, worker: Worker, delay: float, why: str, unless: Callable[[], bool]
+    ) -> Timer:
+        """A grace kill: ``delay`` seconds from now, kill ``worker`` (saying ``why``) if it is
+        still the current one and ``unless()`` does not hold then (a sense's abandoned
+        compute came back). The caller may cancel the timer it gets."""
+
+        def expire() -> None:
+            if worker is self.current and not unless():
+                log.warning("%s: worker pid %d %s; killing it", self.label, worker.pid, why)
+                worker.kill()
+
+        return self.loop.call_later(delay, expire)
+
+    def stop_when_idle(self, after: float, deadline: float, setting: str) -> None:
+        """The current worker has nothing to do: drain it (:meth:`drain`, with ``deadline``
+        and ``setting``) ``after`` seconds from now, unless :meth:`busy` is said first."""
+        if self._idle is not None or self.current is None:
+            return
+
+        def idle() -> None:
+            self._idle = None
+            if self.current is not None:
+                log.debug("%s: idle for %gs, stopping its worker", self.label, after)
+                self.drain(deadline, setting)  # bounded: its exit may never return
+
+        self._idle = self.loop.call_later(after, idle)
+
+    def busy(self) -> None:
+        """Work came for the current worker: it is not stopped for being idle."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
 
     def code_changed(self) -> None:
         """A reload changed the unit's code: a fatal unit may be tried again."""
@@ -295,6 +334,7 @@ class Supervisor:
             return
         self.current = None
         self._cancel_import_bound()
+        self.busy()
         self.restarts += 1
         self.reason = why
         self.failures = 1 if worked else self.failures + 1

@@ -249,9 +249,7 @@ class WorkflowManager:
         run = ActiveRun(run_id, flow, payload_json, history)
         flow.active[run_id] = run
         self.runs[run_id] = run
-        if flow.idle is not None:
-            flow.idle.cancel()
-            flow.idle = None
+        flow.supervisor.busy()
         self._assign(run)
 
     def _fill(self, flow: Flow) -> None:
@@ -473,17 +471,11 @@ class WorkflowManager:
         self.waiters.ended(run_id)
 
     def _arm_idle(self, flow: Flow) -> None:
-        if flow.idle is not None or flow.supervisor.current is None:
-            return
-
-        def idle() -> None:
-            flow.idle = None
-            if not flow.active and flow.supervisor.current is not None:
-                log.debug("workflow %s idle for %gs: stopping its worker", flow.name,
-                          flow.config.idle_timeout_ms / 1000)  # fmt: skip
-                self._drain_worker(flow)  # bounded like a drain: its exit may not return
-
-        flow.idle = self.loop.call_later(flow.config.idle_timeout_ms / 1000, idle)
+        """No run left: the worker is stopped after ``idleTimeout``, bounded like a drain."""
+        config = flow.config
+        flow.supervisor.stop_when_idle(
+            config.idle_timeout_ms / 1000, config.drain_timeout_ms / 1000, DRAIN
+        )
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -499,8 +491,6 @@ class WorkflowManager:
         longest = 0.0
         told: set[Worker] = set()
         for flow in self.flows.values():
-            if flow.idle is not None:
-                flow.idle.cancel()
             if flow.active:
                 longest = max(longest, flow.config.drain_timeout_ms / 1000)
             told.update(flow.supervisor.draining)

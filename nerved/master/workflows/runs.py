@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from nerved import wire
 from nerved.code.packages import Package
 from nerved.config import WorkflowConfig
-from nerved.loop import Timer
 from nerved.states import RunStatus, Transition
 from nerved.store import StoreError
 
@@ -58,7 +57,6 @@ class Flow:
     supervisor: Supervisor = field(init=False)  # its workers (nerved.master.supervisor)
     queue: deque[QueuedRun] = field(default_factory=deque)
     active: dict[str, ActiveRun] = field(default_factory=dict)
-    idle: Timer | None = None
     removed: bool = False
 
     @property
