@@ -94,7 +94,7 @@ def configure(*, strict: bool) -> None:
     """Set the policy of this process, once, from the command line (``--no-strict-modes``).
 
     A process-wide setting, like logging's: the reloader and ``nerved check`` reach the
-    checks through nerved.config's ``check_packages``, which the flag must not have to be
+    checks through nerved.config's ``load_root``, which the flag must not have to be
     threaded through.
     """
     global _strict

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from nerved import _version, early, modes
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
-from nerved.config import ConfigError, NerveConfig, check_packages, load_config, unlined
+from nerved.config import ConfigError, NerveConfig, load_root, unlined
 from nerved.control.dispatch import HEAVY, Dispatcher
 from nerved.control.server import ControlServer, SocketInUse, bind, inherited_socket
 from nerved.loop import Loop, Timer
@@ -155,8 +155,7 @@ def prepare(options: Options) -> Prepared:
     reloads of the daemon it prepares follow it too.
     """
     modes.configure(strict=options.strict_modes)
-    _check_links_to_root(options.root)
-    config = _load_config(options.root.resolve())
+    config = _load_config(options.root)
     with contextlib.ExitStack() as undo:
         pidfile = None
         if options.pidfile is not None:
@@ -169,25 +168,14 @@ def prepare(options: Options) -> Prepared:
     return Prepared(config, lock_fd, pidfile, listener, options.socket, socket_inode)
 
 
-def _check_links_to_root(root: Path) -> None:
-    """Strict modes of the symbolic links on the way to the root as given (``/etc/nerve ->
-    /srv/conf``): the daemon resolves it once, here, and checks the rest on the resolved
-    path with the configuration, at start and at every reload."""
-    checker = modes.Checker()
-    checker.path(root)
-    links = [v for v in checker.violations if os.path.islink(v.path)]
-    _refuse_unsafe(links, f"unsafe root {root}")
-
-
 def _load_config(root: Path) -> NerveConfig:
+    """The root's configuration, read as every reload and ``nerved check`` read it: the way
+    to the root, nerve.yaml and the packages it names (nerved.config's ``load_root``; it
+    resolves the root)."""
     try:
-        config = load_config(root)
+        return load_root(root)
     except ConfigError as exc:
         raise Fatal(f"bad configuration:\n{exc}", EX_CONFIG) from exc
-    missing = check_packages(root, config)
-    if missing:
-        raise Fatal("bad configuration:\n" + "\n".join(missing), EX_CONFIG)
-    return config
 
 
 def _acquire_pidfile(path: Path) -> PidFile:
