@@ -24,8 +24,8 @@ user (its effective uid) could have put there what it finds:
   code Python could import (``/dev/null`` is rightly 0666), and state files are refused
   unless regular (below).
 
-What is checked, and when (callers in nerved.config, nerved.master.startup,
-nerved.master.ownfiles, nerved.master.pidfile, nerved.store, nerved.master.detach):
+What is checked, and when (callers in nerved.config, nerved.master.daemon, nerved.master.pidfile,
+nerved.store, nerved.master.detach):
 
 - the root, ``nerve.yaml``, ``senses/``, ``workflows/`` and every configured package with
   everything inside it (:func:`root_violations`), at start, at every reload and by
@@ -33,7 +33,7 @@ nerved.master.ownfiles, nerved.master.pidfile, nerved.store, nerved.master.detac
 - the state directory with what leads to it, the owners of the state files already there
   (:func:`file_owner_violations`), the pid file's path and the control socket's, at start,
   before anything is opened there (:func:`dir_violations`, :meth:`Checker.path`), and again
-  at every reload (nerved.master.ownfiles).
+  at every reload (nerved.master.daemon).
 
 A violation refuses the start (exit 78, like a bad nerve.yaml) or the reload. An operator who
 chose otherwise starts ``nerved --no-strict-modes`` (sshd's ``StrictModes no``): every
@@ -94,7 +94,7 @@ def configure(*, strict: bool) -> None:
     """Set the policy of this process, once, from the command line (``--no-strict-modes``).
 
     A process-wide setting, like logging's: the reloader and ``nerved check`` reach the
-    checks through nerved.config's ``load_root``, which the flag must not have to be
+    checks through nerved.config's ``check_packages``, which the flag must not have to be
     threaded through.
     """
     global _strict
@@ -134,7 +134,7 @@ def enforce(violations: Iterable[Violation]) -> list[str]:
 
 def refusals() -> int:
     """How many times :func:`enforce` refused something in this process (never under
-    ``--no-strict-modes``): the daemon compares it across reloads, nerved.master.autoreload."""
+    ``--no-strict-modes``): the daemon compares it across reloads, nerved.master.daemon."""
     return _refusals
 
 
@@ -570,7 +570,7 @@ def prepare_db(path: Path) -> int:
     companion that exists, without following a link. Returns the descriptor of logs.db: the
     caller compares it with what SQLite opened (``st_dev``, ``st_ino``). Between these checks
     and SQLite's own opens nobody but root and nerved can swap a name, because the state
-    directory passed strict modes (nerved.master.startup, before anything was opened in it); under
+    directory passed strict modes (nerved.master.daemon, before anything was opened in it); under
     ``--no-strict-modes`` the operator accepted that window. Raises as
     :func:`open_state_file`.
     """
