@@ -94,7 +94,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.pidfile and not args.daemon:
         _parser().error("--pidfile needs --daemon")
     logs.setup(args.log_level)
-    from nerved.master.daemon import Daemon, Options
+    from nerved.master.daemon import Daemon
+    from nerved.master.startup import Options
 
     options = Options(
         root=root,

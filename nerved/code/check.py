@@ -17,7 +17,7 @@ from typing import Final
 
 from nerved.channel import Channel, ChannelClosed, Garbled, ProtocolError
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package, probe_child
-from nerved.config import ConfigError, check_packages, load_config
+from nerved.config import ConfigError, load_root
 from nerved.process import describe_exit, spawn
 
 EX_OK: Final = 0
@@ -99,20 +99,20 @@ def _end(pid: int) -> tuple[int, int]:
 
 
 def run(root: Path, import_timeout: float | None = None) -> int:
+    """Check ``root`` as the daemon's start would (nerved.config's ``load_root``), then
+    import its code in throwaway forks; the exit code."""
     try:
-        config = load_config(root)
+        config = load_root(root)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EX_CONFIG
     try:
-        errors = check_packages(root, config)
-        if not errors:
-            code = CodeSnapshot.take(
-                root.resolve(), config.senses, config.workflows, config.group_members()
-            )
-            errors = code.refusals() or probe_in_fork(
-                list(code.units().values()), import_timeout or IMPORT_TIMEOUT
-            )
+        code = CodeSnapshot.take(
+            config.path.parent, config.senses, config.workflows, config.group_members()
+        )
+        errors = code.refusals() or probe_in_fork(
+            list(code.units().values()), import_timeout or IMPORT_TIMEOUT
+        )
     except OSError as exc:
         print(f"cannot fork a process to import the packages in: {exc}", file=sys.stderr)
         return EX_OSERR

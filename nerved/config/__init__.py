@@ -22,9 +22,11 @@ One module per job, each importing only those before it:
   defaults, :class:`ConfigError`;
 - ``walker``: PyYAML's nodes walked with every error kept, with its line and key path;
 - ``schema``: which keys each section takes, and the :class:`NerveConfig` they make;
-- ``load``: the bounded read and the bounded composer: :func:`load_config`,
-  :func:`parse_config`;
-- ``packages``: :func:`check_packages`, the packages the configuration names.
+- ``load``: the bounded read and the bounded composer: ``load_config``, :func:`parse_config`;
+- ``packages``: ``check_packages``, the packages the configuration names;
+- ``root``: :func:`load_root`, the one way a root's configuration is read (the start, each
+  reload, ``nerved check``): the links to the root, ``load`` and ``packages``, one
+  :class:`ConfigError` with every problem.
 
 The public names below are imported on first use (PEP 562's module ``__getattr__``), as
 ``nerved``'s are: ``nervectl`` imports ``nerved.config.grammar``, which imports this package
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
         parse_duration,
         parse_size,
     )
-    from nerved.config.load import MAX_FILE_SIZE, MAX_NESTING, MAX_VALUES, load_config, parse_config
+    from nerved.config.load import MAX_FILE_SIZE, MAX_NESTING, MAX_VALUES, parse_config
     from nerved.config.model import (
         CONFIG_FILE,
         ConfigError,
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
         group_memory_max,
         unlined,
     )
-    from nerved.config.packages import check_packages
+    from nerved.config.root import load_root
     from nerved.config.walker import MAX_ERRORS
 
 _MODULE_OF = {
@@ -70,7 +72,6 @@ _MODULE_OF = {
     "MAX_FILE_SIZE": "nerved.config.load",
     "MAX_NESTING": "nerved.config.load",
     "MAX_VALUES": "nerved.config.load",
-    "load_config": "nerved.config.load",
     "parse_config": "nerved.config.load",
     "CONFIG_FILE": "nerved.config.model",
     "ConfigError": "nerved.config.model",
@@ -85,7 +86,7 @@ _MODULE_OF = {
     "WorkflowReflex": "nerved.config.model",
     "group_memory_max": "nerved.config.model",
     "unlined": "nerved.config.model",
-    "check_packages": "nerved.config.packages",
+    "load_root": "nerved.config.root",
     "MAX_ERRORS": "nerved.config.walker",
 }
 
@@ -107,10 +108,9 @@ __all__ = [
     "SenseReflex",
     "WorkflowConfig",
     "WorkflowReflex",
-    "check_packages",
     "duration_ms",
     "group_memory_max",
-    "load_config",
+    "load_root",
     "parse_config",
     "parse_duration",
     "parse_size",

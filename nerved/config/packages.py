@@ -15,13 +15,15 @@ def check_packages(root: Path, config: NerveConfig) -> list[str]:
     """Problems with the packages the configuration names, without importing them.
 
     Kept apart from parsing because importing user code runs it, which only workers may do;
-    this lets the daemon and ``nervectl`` refuse a configuration whose code is missing, or
-    too large for the master to fingerprint at every reload (see ``usercode.package_files``).
+    this lets the daemon and ``nerved check`` refuse a configuration whose code is missing,
+    or too large for the master to fingerprint at every reload (see
+    ``nerved.code.packages.package_files``).
 
     Then strict modes (nerved.modes): the root, nerve.yaml and every named package must be
     writable by nobody but root and the daemon's user. Every caller (the start, each reload,
-    ``nerved check``) comes through here before it imports anything, so this is where it is
-    checked; under ``--no-strict-modes`` the violations are logged as warnings instead.
+    ``nerved check``) comes through here, by nerved.config.root's ``load_root``, before it
+    imports anything, so this is where it is checked; under ``--no-strict-modes`` the
+    violations are logged as warnings instead.
     """
     filename = config.path.name
     errors: list[str] = []

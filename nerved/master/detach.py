@@ -3,9 +3,10 @@
 ``nerved --daemon`` exits 0 only once a daemon serves, and otherwise with the exit code and
 the reason the foreground would have given:
 
-- the parent first makes every check that can refuse a start (:func:`nerved.master.daemon.prepare`:
-  the configuration, the pid file, the state directory's lock, the control socket), so a
-  refusal is an exit code and a line on the terminal;
+- the parent first makes every check that can refuse a start
+  (:func:`nerved.master.startup.prepare`: the configuration, the pid file, the state
+  directory's lock, the control socket), so a refusal is an exit code and a line on the
+  terminal;
 - it then forks a child that python-daemon detaches (double fork, new session, umask 027,
   working directory ``/``, stdout and stderr to ``<state>/nerved.log``, so workers write
   there too), keeping open what the checks hold (``files_preserve``) and the write end of a
@@ -32,11 +33,11 @@ from typing import Final, TextIO
 import daemon
 
 from nerved import logs, modes
-from nerved.master.daemon import (
+from nerved.master.daemon import Daemon
+from nerved.master.startup import (
     EX_CANTCREAT,
     EX_OK,
     EX_SOFTWARE,
-    Daemon,
     Fatal,
     Options,
     Prepared,

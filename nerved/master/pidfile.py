@@ -47,7 +47,7 @@ class PidFile:
         Raises :class:`PidFileHeld` if another process holds it, naming the pid it wrote;
         ``OSError`` if it cannot be created, opened or locked, or is not a regular file.
         """
-        modes.make_dirs(path.parent)  # 0755, whatever the umask (nerved.master.daemon checks them)
+        modes.make_dirs(path.parent)  # 0755, whatever the umask (nerved.master.startup checks them)
         for _ in range(_ATTEMPTS):
             fd = modes.open_state_file(path, os.O_RDWR | os.O_CREAT, PIDFILE_MODE)
             try:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
-from nerved.config import ConfigError, NerveConfig, check_packages, load_config
+from nerved.config import ConfigError, NerveConfig, load_root
 from nerved.loop import Loop
 from nerved.master.importcheck import ImportCheck
 from nerved.master.workers import Workers
@@ -82,16 +82,11 @@ class Reloader:
         self._running = waiters
         self._source = source
         try:
-            # Resolved at each reload: a root that is a symlink (/etc/nerve ->
-            # /etc/static/nerve, as NixOS lays it out) may point elsewhere now.
-            root = self.root.resolve()
-            config = load_config(root)
-            missing = check_packages(root, config)
-            if missing:
-                raise ConfigError(tuple(missing))
+            config = load_root(self.root)  # resolved at each reload: a link may point elsewhere
         except ConfigError as exc:
             self._finish(None, list(exc.errors))
             return
+        root = config.path.parent
         refused = self.checks(source)
         if refused:
             self._finish(None, refused)

@@ -17,7 +17,9 @@ daemon. Nor does anything the master sends raise: see :meth:`Worker.send`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import select
 import signal
 import socket
@@ -251,6 +253,22 @@ class Workers:
     def kill_all(self, signum: int = signal.SIGKILL) -> None:
         for worker in list(self._by_pid.values()):
             worker.kill(signum)
+
+    def kill_now(self, within: float) -> None:
+        """SIGKILL every worker and wait for them (at most ``within`` seconds), telling no
+        one: for an exit where nothing more can be recorded (the daemon's storage failure, a
+        failed start)."""
+        self.kill_all()
+        pids = set(self._by_pid)
+        deadline = time.monotonic() + within
+        while pids and time.monotonic() < deadline:
+            for pid in list(pids):
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                        continue
+                pids.discard(pid)
+            if pids:
+                time.sleep(0.01)
 
     def close(self) -> None:
         """At exit: see Containment.close."""

@@ -1,5 +1,5 @@
 """Tests of nerved.config.load and .packages: reading nerve.yaml within bounds, and the packages
-it names.
+it names (the parts of nerved.config.load_root, tested in test_root.py).
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ import pytest
 from config_support import SPEC_EXAMPLE_DECLARED
 from support import deadline
 
-from nerved.config import (
-    MAX_FILE_SIZE,
-    ConfigError,
-    check_packages,
-    load_config,
-    parse_config,
-)
+from nerved.config import MAX_FILE_SIZE, ConfigError, parse_config
+from nerved.config.load import load_config
+from nerved.config.packages import check_packages
 
 # --------------------------------------------------------------------------------------------
 # load_config
