@@ -5,13 +5,12 @@ operator asks with SIGHUP or ``nervectl reload``. The reload itself is the same
 (nerved.master.reloader); what differs is how far it is trusted and paced:
 
 - after strict modes refused something, what others could write meanwhile must be looked at
-  first: reloads from file changes are refused until an explicit one (:meth:`_untrusted`);
+  first: reloads from file changes are refused until an explicit one (:meth:`untrusted`);
 - a package that changes itself whenever it is imported would reload forever: automatic
-  reloads that keep changing code back off (:meth:`_pace_automatic_reloads`).
+  reloads that keep changing code back off (:meth:`pace`).
 
 Apart from the daemon because it is a policy of its own over a few numbers, and the daemon's
-loop, start and stop need none of it. It is a mixin of :class:`~nerved.master.daemon.Daemon`
-(whose ``__init__`` and start set the fields declared below) rather than an object of its own.
+loop, start and stop need none of it.
 """
 
 from __future__ import annotations
@@ -45,20 +44,30 @@ def explicit(source: str) -> bool:
 
 
 class AutomaticReloads:
-    """The daemon's pacing and trust of reloads from file changes."""
+    """The daemon's pacing and trust of reloads from file changes.
 
-    loop: Loop
-    stopping: bool
-    request_reload: Callable[[str], Pending]
-    _refusals_accepted: int  # modes.refusals() at the last explicit reload (or the start)
-    # Pacing, in monotonic seconds: when code last changed in an automatic reload, the
-    # current backoff, the time until which automatic reloads wait, the timer that waits.
-    _last_auto_code: float
-    _auto_backoff: float
-    _auto_hold: float
-    _auto_timer: Timer | None
+    ``request_reload(source)`` asks for a reload (nerved.master.reloader); ``stopping()``
+    says whether nerved stops (no reload is asked for then).
+    """
 
-    def _untrusted(self, source: str) -> list[str]:
+    def __init__(
+        self,
+        loop: Loop,
+        request_reload: Callable[[str], Pending],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.loop = loop
+        self.request_reload = request_reload
+        self._stopping = stopping
+        self._refusals_accepted = modes.refusals()  # at the last explicit reload (or start)
+        # Pacing, in monotonic seconds: when code last changed in an automatic reload, the
+        # current backoff, the time until which automatic reloads wait, the timer that waits.
+        self._last_auto_code = -STORM_WINDOW
+        self._auto_backoff = 0.0
+        self._auto_hold = 0.0
+        self._auto_timer: Timer | None = None
+
+    def untrusted(self, source: str) -> list[str]:
         """Why a reload from ``source`` may not be trusted, if so.
 
         Once strict modes refused something since the last reload an operator asked for, the
@@ -70,13 +79,17 @@ class AutomaticReloads:
             return [UNTRUSTED_SINCE_REFUSAL]
         return []
 
-    def _accept_refusals(self, source: str) -> None:
+    def trust_now(self) -> None:
+        """What strict modes refused so far was seen (the start): file changes may reload."""
+        self._refusals_accepted = modes.refusals()
+
+    def accept_refusals(self, source: str) -> None:
         """A reload from ``source`` is being applied: if asked for, whatever strict modes
         refused before was looked at."""
         if explicit(source):
             self._refusals_accepted = modes.refusals()
 
-    def _pace_automatic_reloads(self, source: str, units: list[tuple[Package, ...]]) -> None:
+    def pace(self, source: str, units: list[tuple[Package, ...]]) -> None:
         """Back off automatic reloads while code keeps changing as soon as it is reloaded.
 
         A package that writes into its own directory when it is imported (a cache, a
@@ -105,9 +118,9 @@ class AutomaticReloads:
             self._auto_backoff = 0.0
         self._last_auto_code = now
 
-    def _files_changed(self) -> None:
+    def files_changed(self) -> None:
         """The watch saw a change: a reload now, or once the backoff's wait is over."""
-        if self.stopping:
+        if self._stopping():
             return
         wait = self._auto_hold - time.monotonic()
         if wait > 0:
@@ -115,7 +128,7 @@ class AutomaticReloads:
 
                 def later() -> None:
                     self._auto_timer = None
-                    self._files_changed()
+                    self.files_changed()
 
                 self._auto_timer = self.loop.call_later(wait, later)
             return

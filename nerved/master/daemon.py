@@ -25,9 +25,9 @@ from nerved.code.packages import CodeSnapshot
 from nerved.config import NerveConfig, unlined
 from nerved.control.dispatch import HEAVY, Dispatcher
 from nerved.control.server import ControlServer
-from nerved.loop import Loop, Timer
+from nerved.loop import Loop
 from nerved.master import ownfiles
-from nerved.master.autoreload import STORM_WINDOW, AutomaticReloads
+from nerved.master.autoreload import AutomaticReloads
 from nerved.master.notify import Notifier
 from nerved.master.reflexes import Reflexes
 from nerved.master.reloader import Reloader
@@ -45,7 +45,7 @@ from nerved.master.startup import (
     Started,
     prepare,
 )
-from nerved.master.upkeep import CHECK_FILES_EVERY, IDLE_CHECKPOINT, STATUS_EVERY, Upkeep
+from nerved.master.upkeep import Upkeep
 from nerved.master.watch import Watcher
 from nerved.master.workers import Worker, Workers
 from nerved.master.workflows import WorkflowManager
@@ -59,7 +59,7 @@ STOP_MARGIN: Final = 1.0  # seconds past the longest grace period before SIGKILL
 KILL_WAIT: Final = 5.0  # seconds to wait for SIGKILLed children to be reaped
 
 
-class Daemon(Upkeep, AutomaticReloads):
+class Daemon:
     def __init__(
         self, options: Options, prepared: Prepared | None = None, started: Started | None = None
     ) -> None:
@@ -86,11 +86,8 @@ class Daemon(Upkeep, AutomaticReloads):
         self.reflexes: Reflexes
         self.control: ControlServer | None = None
         self.watcher: Watcher | None = None
-        # Pacing of automatic reloads (see _pace_automatic_reloads), in monotonic seconds.
-        self._last_auto_code = -STORM_WINDOW
-        self._auto_backoff = 0.0
-        self._auto_hold = 0.0
-        self._auto_timer: Timer | None = None
+        self.upkeep: Upkeep
+        self.autoreload = AutomaticReloads(self.loop, self.request_reload, lambda: self.stopping)
 
     # -- start --------------------------------------------------------------------------
 
@@ -131,7 +128,10 @@ class Daemon(Upkeep, AutomaticReloads):
             raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc
         self.store.watch(self.options.state_dir / "nerved.lock", prepared.lock_fd)
         self.loop.set_gate(self.store.acquire)
-        self.loop.at_end_of_turn(self._end_of_turn)
+        self.upkeep = Upkeep(
+            self.loop, self.store, self.notifier, self._summary, lambda: self.stopping
+        )
+        self.upkeep.at_each_turn()
         # The wakeup fd first: from here on a signal reaches the loop, even one that comes
         # while the handlers below replace nerved.early's. Stopping writes nothing, so it goes
         # on while another process holds logs.db's lock; reaping (which ends runs) and
@@ -193,17 +193,12 @@ class Daemon(Upkeep, AutomaticReloads):
             timeout,
             checks=self._reload_checks,
         )
-        self._refusals_accepted = modes.refusals()
+        self.autoreload.trust_now()
         self.retention = Retention(self.loop, self.store, lambda: self.config.retention)
         if self.options.watch:
-            self.watcher = Watcher(self.loop, self.options.root, self._files_changed)
+            self.watcher = Watcher(self.loop, self.options.root, self.autoreload.files_changed)
         self.store.commit()
-        if self.notifier.watchdog_interval:
-            self._watchdog()
-        self._last_status = ""
-        self.loop.call_later(STATUS_EVERY, self._status_tick, gated=False)
-        self.loop.call_later(IDLE_CHECKPOINT, self._checkpoint_when_idle)
-        self.loop.call_later(CHECK_FILES_EVERY, self._check_files, gated=False)
+        self.upkeep.start()
         summary = self._summary()
         log.info(
             "nerved %s ready (pid %d): root %s, state %s, socket %s; %s",
@@ -321,11 +316,11 @@ class Daemon(Upkeep, AutomaticReloads):
         prepared = self.prepared
         bound = prepared.socket_path if prepared and prepared.socket_inode is not None else None
         found = ownfiles.violations(self.options.state_dir, self.options.pidfile, bound)
-        return modes.enforce(found) or self._untrusted(source)
+        return modes.enforce(found) or self.autoreload.untrusted(source)
 
     def apply(self, config: NerveConfig, code: CodeSnapshot, source: str) -> list[str]:
         """Make a validated configuration and code current, by diff."""
-        self._accept_refusals(source)
+        self.autoreload.accept_refusals(source)
         self.notifier.reloading()
         before = self.code
         changed = self.senses.apply(config, code) + self.workflows.apply(config, code)
@@ -350,7 +345,7 @@ class Daemon(Upkeep, AutomaticReloads):
             log.info("reloaded (%s): %s", source, ", ".join(changed))
         else:
             log.debug("reload (%s): nothing changed", source)
-        self._pace_automatic_reloads(source, code.changed_since(before))
+        self.autoreload.pace(source, code.changed_since(before))
         return changed
 
     def _reload_failed(self, errors: str) -> None:

@@ -6,9 +6,7 @@ writes are committed (one commit for the whole turn: group commit). On timers: s
 and the state files checked while the daemon is idle.
 
 Apart from the daemon because none of it is the daemon's work (senses, threads, reloads,
-control): it is the upkeep of its store and of what systemd sees. It is a mixin of
-:class:`~nerved.master.daemon.Daemon`, whose start schedules these timers, and which holds
-the fields declared below.
+control): it is the upkeep of its store and of what systemd sees.
 """
 
 from __future__ import annotations
@@ -27,14 +25,38 @@ CHECK_FILES_EVERY: Final = 1.0  # seconds between two checks that logs.db is sti
 
 
 class Upkeep:
-    """The end of each turn, and the daemon's timers for systemd and the store."""
+    """The end of each turn, and the daemon's timers for systemd and the store.
 
-    loop: Loop
-    store: Storage
-    notifier: Notifier
-    stopping: bool
-    _last_status: str  # the last STATUS= sent by _status_tick
-    _summary: Callable[[], str]  # what runs and what waits, in one line
+    ``summary()`` says what runs and what waits, in one line (STATUS=); ``stopping()``
+    whether nerved stops (the status and the checkpoints then stop being kept).
+    """
+
+    def __init__(
+        self,
+        loop: Loop,
+        store: Storage,
+        notifier: Notifier,
+        summary: Callable[[], str],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.loop = loop
+        self.store = store
+        self.notifier = notifier
+        self._summary = summary
+        self._stopping = stopping
+        self._last_status = ""  # the last STATUS= sent by _status_tick
+
+    def at_each_turn(self) -> None:
+        """From now on, each turn ends with :meth:`_end_of_turn` (the commit)."""
+        self.loop.at_end_of_turn(self._end_of_turn)
+
+    def start(self) -> None:
+        """Schedule the timers: once the daemon is about to say it is ready."""
+        if self.notifier.watchdog_interval:
+            self._watchdog()
+        self.loop.call_later(STATUS_EVERY, self._status_tick, gated=False)
+        self.loop.call_later(IDLE_CHECKPOINT, self._checkpoint_when_idle)
+        self.loop.call_later(CHECK_FILES_EVERY, self._check_files, gated=False)
 
     def _end_of_turn(self) -> None:
         # What systemd has yet to hear goes first, whatever happens to the commit (a failed
@@ -44,7 +66,7 @@ class Upkeep:
 
     def _status_tick(self) -> None:
         """Keep ``systemctl status`` current: what runs and what waits, when it changes."""
-        if self.stopping:
+        if self._stopping():
             return
         summary = self._summary()
         if self.store.locked_since is not None:
@@ -58,7 +80,7 @@ class Upkeep:
         """Fold the WAL into logs.db in a quiet moment, not in the middle of a burst."""
         if time.monotonic() - self.store.last_commit >= IDLE_CHECKPOINT:
             self.store.checkpoint()
-        if not self.stopping:
+        if not self._stopping():
             self.loop.call_later(IDLE_CHECKPOINT, self._checkpoint_when_idle)
 
     def _check_files(self) -> None:
