@@ -23,7 +23,7 @@ from nerved.modes.policy import Violation, mode_text, user_label, user_name
 
 MAX_ENTRIES: Final = 20_000
 """Entries checked in one package, through its symbolic links too: the 10,000 a package may
-hold (nerved.code.packages) and as many again for ``__pycache__``, which the listing for reloads
+hold (nerved.code.reading) and as many again for ``__pycache__``, which the listing for reloads
 skips but Python loads code from (a planted ``.pyc`` whose header matches the source's size
 and mtime is run instead of it)."""
 

@@ -39,7 +39,8 @@ from typing import Any
 from nerved import wire
 from nerved.api import ComputeFn, SenseContext
 from nerved.channel import Message
-from nerved.code.packages import Package, UserCodeError, load_sense
+from nerved.code.importing import load_sense
+from nerved.code.reading import Package, UserCodeError
 from nerved.store.records import LogEntry
 from nerved.worker.port import Port, explain, serve
 
