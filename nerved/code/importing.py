@@ -54,8 +54,8 @@ def _ensure_parents(qualified: str) -> None:
             sys.modules[parent] = module
 
 
-_NERVE: Final = str(Path(__file__).resolve().parent) + os.sep
-"""nerve's own code: never the place an operator is pointed at."""
+_NERVE: Final = str(Path(__file__).resolve().parent.parent) + os.sep
+"""nerve's own code (all of ``nerved/``): never the place an operator is pointed at."""
 
 
 def user_frame(frames: Sequence[traceback.FrameSummary]) -> traceback.FrameSummary | None:
