@@ -34,8 +34,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bench.common import Daemon, Rpc, pct, rss, tree_rss
-from nerved.control.connection import RECV_SIZE, SMALL_LINE
-from nerved.control.server import INPUT_BUDGET, OUTPUT_BUDGET, TURN_BUDGET
+from nerved.control.limits import INPUT_BUDGET, OUTPUT_BUDGET, RECV_SIZE, SMALL_LINE, TURN_BUDGET
 from nerved.store import Store
 from nerved.wire import RESULT_BUDGET
 

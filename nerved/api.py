@@ -55,6 +55,8 @@ class WorkflowContext:
 
 
 class LogQuery(Protocol):
+    """``ctx.logs``: read-only logs.db, answered by the master."""
+
     def query(
         self,
         *,
@@ -62,8 +64,20 @@ class LogQuery(Protocol):
         type: str | None = None,
         ref_id: str | None = None,
         since: int | None = None,
+        after_id: int | None = None,
+        before_id: int | None = None,
         limit: int | None = 100,
-    ) -> list[LogEntry]: ...
+    ) -> list[LogEntry]:
+        """Entries of logs.db, oldest first: what the socket's ``logs.query`` answers to the
+        same fields (``ref_id`` is its ``refId``, ``after_id`` its ``afterId``, ``before_id``
+        its ``beforeId``), checked by the same rules (:mod:`nerved.store.query`).
+
+        ``limit`` is at least 1 (None: 100); above 10000 it asks for 10000; an answer holds
+        at most 4 MiB of payloads, so page on with ``after_id``. A query the socket would
+        refuse raises ``ValueError`` (:class:`nerved.store.query.BadQuery`) with the message
+        it would answer, such as ``param 'limit' must be at least 1`` for ``limit=0``.
+        """
+        ...
 
 
 class SenseContext:

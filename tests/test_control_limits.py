@@ -25,7 +25,7 @@ from pathlib import Path
 from sandbox import ensure_nerve_user
 from support import GATED, Nerved, wait_until
 
-from nerved.control.server import ROOT_RESERVE
+from nerved.control.limits import ROOT_RESERVE
 
 CONFIG = "senses:\n  tick: {}\n"
 TICK = "def compute(ctx):\n    return None\n"

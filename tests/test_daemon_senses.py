@@ -248,7 +248,11 @@ def test_a_query_nerve_cannot_send_is_an_error_for_that_compute_at_once(nerved_f
     ).start()
     daemon.rpc("sense.trigger", sense="asker")
     state = wait_until(lambda: daemon.sense("asker")["errors"] and daemon.sense("asker"), 5)
-    assert "Invalid: a string holds a lone UTF-16 surrogate" in state["lastError"]
+    # refused as the socket refuses it (nerved.store.query), before the worker sends it
+    assert (
+        "BadQuery: param 'refId' holds what JSON cannot carry: a string holds a lone UTF-16"
+        " surrogate" in state["lastError"]
+    )
 
 
 DEEP_EVENT = """

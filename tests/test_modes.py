@@ -27,7 +27,7 @@ from support import REPO, Nerved, make_root, wait_until, write_package
 
 from nervectl.client import RemoteError
 from nerved import modes
-from nerved.modes import Checker
+from nerved.modes import Checker, checks
 
 CONFIG = "senses:\n  tick: {}\n"
 TICK = "def compute(ctx):\n    return {'version': 1}\n"
@@ -605,8 +605,8 @@ def test_group_writable_is_fine_when_the_group_is_the_owners_alone(nerve_home, n
 def test_a_private_group_is_the_owners_by_name_primary_gid_and_members(monkeypatch):
     user = pwd.struct_passwd(("alice", "x", 1000, 1000, "", "/home/alice", "/bin/sh"))
     groups = {1000: grp.struct_group(("alice", "x", 1000, [])), 1001: None}
-    monkeypatch.setattr(modes.pwd, "getpwuid", lambda uid: user)
-    monkeypatch.setattr(modes.grp, "getgrgid", lambda gid: groups[gid] or {}[gid])
+    monkeypatch.setattr(checks.pwd, "getpwuid", lambda uid: user)
+    monkeypatch.setattr(checks.grp, "getgrgid", lambda gid: groups[gid] or {}[gid])
     assert modes.private_group(1000, 1000)
     groups[1000] = grp.struct_group(("alice", "x", 1000, ["alice"]))
     assert modes.private_group(1000, 1000)  # listed as its own member: still hers alone
@@ -647,7 +647,7 @@ def test_the_walk_follows_links_as_the_kernel_does(tmp_path):
 
 
 def test_the_walk_of_a_package_is_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(modes, "MAX_ENTRIES", 10)
+    monkeypatch.setattr(checks, "MAX_ENTRIES", 10)
     package, big = tmp_path / "p", tmp_path / "big"
     package.mkdir()
     big.mkdir()

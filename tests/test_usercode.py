@@ -1,4 +1,4 @@
-"""Tests for nerved.code.packages's view of package files: what the master reads, and how much."""
+"""Tests for nerved.code.reading's view of package files: what the master reads, and how much."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nerved.code.packages import (
+from nerved.code.reading import (
     MAX_PACKAGE_BYTES,
     MAX_PACKAGE_FILES,
     SMALL_FILE,

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from nerved import modes
-from nerved.code.packages import PackageTooLarge, package_files
+from nerved.code.reading import PackageTooLarge, package_files
 from nerved.config.model import CONFIG_FILE, NerveConfig
 
 

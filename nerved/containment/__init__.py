@@ -39,6 +39,9 @@ and ``memory.events`` tells, once the worker is reaped, that it did. Elsewhere
 :class:`nerved.containment.memwatch.MemoryWatch` samples the units and kills one past its
 limit. Both say so in the same words (:func:`exceeded`), in the log and as the reason the
 worker ended, which the crash rules then apply to.
+
+A unit itself (:class:`Unit`) is a leaf module, :mod:`nerved.containment.unit`, which this
+module and the sampler both import: the sampler need not import this package, which imports it.
 """
 
 from __future__ import annotations
@@ -47,57 +50,25 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from nerved.containment import cgroups, memwatch
+from nerved.containment.unit import Unit
 from nerved.loop import Loop, Timer
 from nerved.process import spawn
 from nerved.wire import size_text
+
+__all__ = ["MAX_NAME_TRIES", "SWEEP_EVERY", "SWEEP_WARN", "Containment", "Unit", "exceeded"]
 
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY: Final = 0.1  # seconds between two tries to remove the cgroups of ended units
 SWEEP_WARN: Final = 10.0  # a cgroup not empty after this long is worth a warning
 MAX_NAME_TRIES: Final = 100  # names tried for a worker's cgroup (all taken: not contained)
-
-
-@dataclass(eq=False)
-class Unit:
-    """A worker's unit: its process group (id = the worker's pid) and cgroup, if any."""
-
-    kind: str
-    name: str
-    pid: int
-    cgroup: Path | None
-    memory_max: int | None
-    kernel_memory: bool  # memory.max is set in its cgroup: the kernel holds it to the limit
-    ended: bool = False
-    exceeded: str | None = None  # why it was killed for memory, in exceeded()'s words
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.name} worker pid {self.pid}"
-
-    def kill(self, signum: int = signal.SIGKILL) -> None:
-        """Signal the whole unit: only while its worker is unreaped (alive or a zombie).
-
-        The worker itself is signalled by pid too, in case user code moved it to another
-        process group; SIGKILL also goes to its cgroup.
-        """
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signum)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.pid, signum)
-        if signum == signal.SIGKILL and self.cgroup is not None:
-            try:
-                cgroups.kill(self.cgroup)
-            except OSError as exc:
-                log.warning("%s: cannot kill its cgroup %s: %s", self, self.cgroup, exc)
 
 
 def exceeded(limit: int, used: int) -> str:

@@ -34,13 +34,11 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from nerved.containment import cgroups
+from nerved.containment.unit import Unit
 from nerved.loop import Loop, Timer
-
-if TYPE_CHECKING:
-    from nerved.containment import Unit
 
 SAMPLE_EVERY: Final = 0.5  # seconds from the start of one pass to the start of the next
 SLICE: Final = 0.005  # seconds of sampling work per loop turn at most
@@ -49,7 +47,7 @@ _PSS = re.compile(rb"^Pss:\s+([0-9]+) kB", re.MULTILINE)
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 _HAS_ROLLUP: Final = os.path.exists("/proc/self/smaps_rollup")  # Linux 4.14
 
-Exceeded = Callable[["Unit", int], None]
+Exceeded = Callable[[Unit, int], None]
 
 
 class MemoryWatch:

@@ -8,6 +8,9 @@ it stops reading (the kernel then makes the client wait) while it has requests q
 :data:`OUTPUT_PAUSE` bytes of answers; and its requests wait while :data:`MAX_PENDING` of
 its earlier ones are still to be answered (``workflow.wait``, ``reload``). A client that
 pipelines forever without reading therefore costs a bounded buffer, not the master's memory.
+
+The connection knows its server only as a :class:`Host`, the few calls it makes on it, so
+that it does not import the server (which imports it).
 """
 
 from __future__ import annotations
@@ -18,13 +21,21 @@ import logging
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from nerved import wire
+from nerved.control.limits import (
+    INPUT_PAUSE,
+    MAX_PENDING,
+    OUTPUT_PAUSE,
+    QUEUED_LINES,
+    RECV_SIZE,
+    RECVS_PER_TURN,
+    SMALL_LINE,
+)
+from nerved.control.request import Request, valid_id
 from nerved.control.rpc import (
     INTERNAL_ERROR,
-    INVALID_PARAMS,
     INVALID_REQUEST,
     MAX_LINE,
     PARSE_ERROR,
@@ -33,112 +44,44 @@ from nerved.control.rpc import (
     RpcError,
     as_rpc,
 )
-from nerved.loop import READ, WRITE
+from nerved.loop import READ, WRITE, Loop
 from nerved.outcome import Refused
-
-if TYPE_CHECKING:
-    from nerved.control.server import ControlServer
 
 log = logging.getLogger(__name__)
 
-KiB: Final = 1024
-RECV_SIZE: Final = 64 * KiB
-RECVS_PER_TURN: Final = 4  # at most this many reads of RECV_SIZE per readiness
-QUEUED_LINES: Final = 32  # complete requests a connection may have waiting
-MAX_PENDING: Final = 64  # requests answered later (a wait, a reload) a connection may have open
-INPUT_PAUSE: Final = MAX_LINE + RECV_SIZE  # bytes of waiting input (a whole line always fits)
-OUTPUT_PAUSE: Final = 256 * KiB  # unread answers past which a client's requests wait
-SMALL_LINE: Final = 4 * KiB  # a longer request is heavy whatever its method (decoding costs)
+Dispatch = Callable[[str, Any], Any]  # (method, params) -> result | Pending; raises RpcError
 
 
-@dataclass(slots=True)
-class Request:
-    """A request line, decoded when first looked at (once), and what is wrong with it."""
+class Host(Protocol):
+    """What a connection needs of the server that accepted it
+    (:class:`nerved.control.server.ControlServer` is one)."""
 
-    raw: bytes
-    message: dict[str, Any] | None = None
-    error: RpcError | None = None
-    decoded: bool = False
-    id: Any = None  # of a request refused as a whole, when it could still be read
-    notification: bool = False  # a refused request that had no id: it gets no answer
+    loop: Loop
+    dispatch: Dispatch
 
-    def decode(self) -> None:
-        if self.decoded:
-            return
-        self.decoded = True
-        try:
-            # Two levels for the envelope ({"params": {"payload": ...}}): a payload may nest
-            # as deep as any value nerve keeps, and the request line no deeper.
-            message = wire.loads(self.raw, max_depth=wire.MAX_DEPTH + 2)
-        except wire.Invalid as exc:
-            self.error = _invalid(exc)
-            # JSON all the same (a value inside was refused): answer to its id, and not at
-            # all to a notification, as for any other request.
-            document = exc.document
-            if isinstance(document, dict):
-                self.notification = "id" not in document
-                if _valid_id(document.get("id")):
-                    self.id = document.get("id")
-            return
-        if not isinstance(message, dict):
-            what = (
-                "batch requests are not supported"
-                if isinstance(message, list)
-                else "a request must be a JSON object"
-            )
-            self.error = RpcError(INVALID_REQUEST, what)
-            return
-        self.message = message
+    def may_read(self, conn: Connection) -> bool:
+        """Whether ``conn`` may read more now (the input budget over all connections)."""
+        ...
 
-    @property
-    def method(self) -> str | None:
-        method = self.message.get("method") if self.message is not None else None
-        return method if isinstance(method, str) else None
+    def input_changed(self, delta: int) -> None:
+        """Bytes of waiting requests, over all connections, changed by ``delta``."""
+        ...
 
+    def output_changed(self, delta: int) -> None:
+        """Bytes of unread answers, over all connections, changed by ``delta``."""
+        ...
 
-def _valid_id(value: Any) -> bool:
-    """JSON-RPC 2.0: an id is a string, a number (integers only here) or null; and one
-    that can be written back (not a string holding a lone surrogate)."""
-    if value is None:
-        return True
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return False
-    try:
-        wire.dumps(value)
-    except wire.Invalid:
-        return False
-    return True
+    def schedule(self, conn: Connection) -> None:
+        """``conn`` has requests to run: give it its turn."""
+        ...
 
-
-def _invalid(exc: wire.Invalid) -> RpcError:
-    """The JSON-RPC error for a request line :func:`wire.loads` refused.
-
-    Not JSON at all is a parse error; a bad value inside one param names that param
-    (-32602); anything else about the shape of the request is an invalid request.
-    """
-    if exc.reason.startswith(("not JSON", "not UTF-8")):
-        return RpcError(PARSE_ERROR, exc.reason)
-    path = exc.path
-    if len(path) >= 2 and path[0] == "params" and isinstance(path[1], str):
-        name = path[1]
-        at = wire.where(path[2:], name)
-        if exc.reason.startswith("nested deeper"):
-            why = f"nests deeper than {wire.MAX_DEPTH} levels"
-            return RpcError(INVALID_PARAMS, f"param {name!r} {why} (at {at})")
-        return RpcError(
-            INVALID_PARAMS, f"param {name!r} holds what JSON cannot carry: {exc.reason} (at {at})"
-        )
-    if exc.reason.startswith("nested deeper"):
-        depth = wire.MAX_DEPTH
-        return RpcError(
-            INVALID_REQUEST,
-            f"request nested deeper than {depth + 2} levels: a value may nest at most {depth}",
-        )
-    return RpcError(INVALID_REQUEST, f"invalid request: {exc}")
+    def forget(self, conn: Connection) -> None:
+        """``conn`` is closed."""
+        ...
 
 
 class Connection:
-    def __init__(self, server: ControlServer, sock: socket.socket, uid: int, allowed: bool):
+    def __init__(self, server: Host, sock: socket.socket, uid: int, allowed: bool):
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()
@@ -275,7 +218,7 @@ class Connection:
             return
         message = request.message
         request_id = message.get("id")
-        if not _valid_id(request_id):
+        if not valid_id(request_id):
             self.reply_error(
                 None, RpcError(INVALID_REQUEST, "id must be a string, an integer or null")
             )

@@ -6,241 +6,48 @@ for another: every client is non-blocking with bounded input and output buffers
 budget, the number of connections is capped with room kept for root, and a client that goes
 quiet or stops reading is disconnected after a timeout. Who may connect is checked with
 ``SO_PEERCRED`` on every connection (SPEC §6).
+
+This module is the serving: accepting clients (who they are is :mod:`nerved.control.peers`'),
+sharing the turn between their requests, and the sweep of idle and stalled ones. Its parts:
+the socket file bound at start (:mod:`nerved.control.listener`, whose names are also
+importable from here), the numbers that bound it all (:mod:`nerved.control.limits`), one
+client (:mod:`nerved.control.connection`) and one request line (:mod:`nerved.control.request`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import grp
 import json
 import logging
-import os
-import pwd
 import socket
-import stat
-import struct
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final
 
-from nerved import modes, wire
-from nerved.control.connection import (
+from nerved import wire
+from nerved.control.connection import Connection, Dispatch
+from nerved.control.limits import (
+    ACCEPT_CALM,
+    ACCEPT_PAUSE,
+    ACCEPTS_PER_TURN,
+    INPUT_BUDGET,
     MAX_PENDING,
+    OUTPUT_BUDGET,
     OUTPUT_PAUSE,
+    REFUSAL_LOG_EVERY,
+    ROOT_RESERVE,
     SMALL_LINE,
-    Connection,
-    Request,
+    SWEEP_EVERY,
+    TurnBudget,
 )
+from nerved.control.listener import SocketInUse, bind, inherited_socket
+from nerved.control.peers import GROUP, Peer, PeerPolicy, PeerUnknown, peer_of
+from nerved.control.request import Request
 from nerved.control.rpc import SHUTTING_DOWN, RpcError
 from nerved.loop import Loop, Timer
 
+__all__ = ["ControlServer", "Dispatch", "SocketInUse", "bind", "inherited_socket"]
+
 log = logging.getLogger(__name__)
-
-MiB: Final = 1024 * 1024
-ROOT_RESERVE: Final = 16  # of the connections allowed, only root may take the last ones
-SWEEP_EVERY: Final = 1.0  # seconds between two looks for idle and stalled clients
-TURN_BUDGET: Final = 0.02  # seconds of heavy requests per loop turn (at least one runs)
-LIGHT_PER_TURN: Final = 256  # light requests per loop turn, over all clients
-INPUT_BUDGET: Final = 16 * MiB  # waiting requests of all clients before busy ones stop reading
-OUTPUT_BUDGET: Final = 32 * MiB  # unread answers of all clients before heavy requests wait
-ACCEPTS_PER_TURN: Final = 64
-PROBE_TIMEOUT: Final = 1.0  # seconds to see whether a socket file left at our path is live
-ACCEPT_PAUSE: Final = (0.1, 2.0)  # seconds: first and longest pause of accept() without fds
-ACCEPT_CALM: Final = 10.0  # seconds without a failed accept() that end an episode
-REFUSAL_LOG_EVERY: Final = 10.0  # seconds: refused connections are counted, logged this often
-_UCRED: Final = struct.Struct("3i")
-GROUP: Final = "nerve"
-
-Dispatch = Callable[[str, Any], Any]  # (method, params) -> result | Pending; raises RpcError
-
-
-class SocketInUse(Exception):
-    """Another process answers on the control socket path."""
-
-
-def bind(path: Path) -> socket.socket:
-    """Listen on ``path``: mode 0660, group ``nerve`` when it exists, a stale file replaced.
-
-    A path where something still answers is left alone: two daemons on one socket would
-    each think the other's clients were theirs.
-    """
-    modes.make_dirs(path.parent)  # 0755, whatever the umask (nerved.master.daemon checks them)
-    if path.exists() or path.is_symlink():
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise FileExistsError(errno.EEXIST, "exists and is not a socket", str(path))
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(PROBE_TIMEOUT)
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            path.unlink()  # nobody listens: left behind by a daemon that was killed
-        except OSError as exc:  # a listener too busy to take us (EAGAIN) still listens
-            raise SocketInUse(f"something listens on {path} ({exc.strerror or exc})") from exc
-        else:
-            raise SocketInUse(f"another nerved is listening on {path}")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o117)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    try:
-        _set_mode(path)
-    except BaseException:
-        sock.close()  # the file stays: it may not be ours now (a next start replaces a stale one)
-        raise
-    sock.listen(128)
-    return sock
-
-
-def _set_mode(path: Path) -> None:
-    """Mode 0660, group ``nerve`` for the socket just bound, never through a symbolic link.
-
-    Whoever could swap a link in for the socket would otherwise have root give the group
-    any file of the host (see nerved.modes). The file is opened ``O_PATH | O_NOFOLLOW``,
-    proved a socket, and changed through its descriptor's ``/proc/self/fd`` entry (Linux
-    has no ``fchmod`` for an ``O_PATH`` descriptor before 6.6).
-    """
-    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            raise OSError(errno.EEXIST, "was replaced by something that is not a socket", str(path))
-        inode = f"/proc/self/fd/{fd}"
-        os.chmod(inode, 0o660)
-        with contextlib.suppress(KeyError, PermissionError):
-            os.chown(inode, -1, grp.getgrnam(GROUP).gr_gid)
-    finally:
-        os.close(fd)
-
-
-SD_LISTEN_FDS_START: Final = 3
-
-
-def inherited_socket() -> socket.socket | None:
-    """The listening socket systemd passed us (socket activation, sd_listen_fds(3)), if any.
-
-    The variables are removed once read, so that no child ever believes it was activated.
-    """
-    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
-    os.environ.pop("LISTEN_FDNAMES", None)
-    if pid != str(os.getpid()) or not count.isdigit() or int(count) < 1:
-        return None
-    if int(count) > 1:
-        log.warning("systemd passed %s sockets; using the first", count)
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-        raise OSError(f"the socket systemd passed is not a Unix stream socket ({sock})")
-    os.set_inheritable(sock.fileno(), False)
-    return sock
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_of(sock: socket.socket) -> Peer:
-    """Who is at the other end, as the kernel saw them connect (SO_PEERCRED)."""
-    pid, uid, gid = _UCRED.unpack(
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    )
-    return Peer(pid, uid, gid)
-
-
-class PeerUnknown(Exception):
-    """Who the peer is cannot be told now (the master is out of file descriptors)."""
-
-
-class PeerPolicy:
-    """Root, the daemon's own user, and members of the ``nerve`` group may connect.
-
-    Membership is looked up at each connection (no cache: ``usermod -aG nerve`` takes
-    effect without a restart): the peer's group, the supplementary groups of the peer
-    process (``sg nerve``), or the group database. Out of file descriptors those lookups
-    fail as if the answer were "no": that is :class:`PeerUnknown`, not a refusal.
-    """
-
-    def __init__(self) -> None:
-        self.own_uid = os.getuid()
-
-    def allows(self, peer: Peer) -> bool:
-        """Raises PeerUnknown when the lookups cannot be made now."""
-        if peer.uid in (0, self.own_uid):
-            return True
-        try:
-            gid = grp.getgrnam(GROUP).gr_gid
-        except KeyError:
-            _check_fds()
-            return False
-        if peer.gid == gid or gid in _process_groups(peer.pid):
-            return True
-        try:
-            user = pwd.getpwuid(peer.uid)
-        except KeyError:
-            _check_fds()
-            return False
-        return gid == user.pw_gid or gid in os.getgrouplist(user.pw_name, user.pw_gid)
-
-
-def _check_fds() -> None:
-    """A name service lookup said "not found": make sure it was not for want of an fd."""
-    try:
-        os.close(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
-    except OSError as exc:
-        if exc.errno in (errno.EMFILE, errno.ENFILE):
-            raise PeerUnknown(exc.strerror or str(exc)) from exc
-
-
-def _process_groups(pid: int) -> set[int]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except OSError as exc:
-        if exc.errno in (errno.EMFILE, errno.ENFILE):
-            raise PeerUnknown(exc.strerror or str(exc)) from exc
-    except ValueError:
-        pass
-    return set()
-
-
-class _Budget:
-    """One turn's allowance: :data:`LIGHT_PER_TURN` light requests, and heavy ones until
-    :data:`TURN_BUDGET` seconds have gone (at least one, unless unread answers are over
-    :data:`OUTPUT_BUDGET`)."""
-
-    __slots__ = ("heavy_ran", "heavy_waited_last_turn", "heavy_waits", "light_left",
-                 "light_ran", "started", "turn")  # fmt: skip
-
-    def __init__(self, turn: int, *, heavy_waited: bool) -> None:
-        self.turn = turn
-        self.started = time.monotonic()
-        self.light_left = LIGHT_PER_TURN
-        self.light_ran = False
-        self.heavy_ran = False
-        self.heavy_waits = False  # this turn leaves heavy requests to the next
-        self.heavy_waited_last_turn = heavy_waited
-
-    def take(self, heavy: bool, output_full: bool) -> bool:
-        if not heavy:
-            if self.light_left <= 0:
-                return False
-            self.light_left -= 1
-            return True
-        if output_full:
-            return False
-        if self.heavy_ran and time.monotonic() - self.started >= TURN_BUDGET:
-            return False
-        self.heavy_ran = True
-        return True
 
 
 class ControlServer:
@@ -283,7 +90,7 @@ class ControlServer:
         self.output_total = 0  # bytes of answers not yet read, over every connection
         self._ready: dict[Connection, None] = {}  # connections with requests, in turn order
         self._work_timer: Timer | None = None
-        self._budget = _Budget(-1, heavy_waited=False)
+        self._budget = TurnBudget(-1, heavy_waited=False)
         self._accept_pause = 0.0  # seconds accept() is paused for after running out of fds
         self._accept_failed = float("-inf")  # monotonic time of the last failed accept()
         self._refused = 0  # connections refused since the last line about it
@@ -423,12 +230,12 @@ class ControlServer:
         if any(c.runnable for c in self._ready):
             self._work_timer = self.loop.call_later(0, self._work, gated=False)
 
-    def _budget_of_turn(self) -> _Budget:
+    def _budget_of_turn(self) -> TurnBudget:
         if self._budget.turn != self.loop.turn:
-            self._budget = _Budget(self.loop.turn, heavy_waited=self._budget.heavy_waits)
+            self._budget = TurnBudget(self.loop.turn, heavy_waited=self._budget.heavy_waits)
         return self._budget
 
-    def _rounds(self, budget: _Budget, *, heavy: bool) -> int:
+    def _rounds(self, budget: TurnBudget, *, heavy: bool) -> int:
         """Rounds over the clients whose oldest request is ``heavy`` (or light) while the
         budget lasts; returns how many requests were answered."""
         answered = 0

@@ -238,27 +238,25 @@ class SenseManager:
             log.warning("sense group %s sent an unknown message %r", group.name, kind)
 
     def _answer_query(self, message: Message) -> Message:
-        """Serve ``ctx.logs.query`` for a worker: reads are the master's too."""
+        """Serve ``ctx.logs.query`` for a worker: reads are the master's too.
+
+        The query (``message["query"]``, wire names) is read by
+        :meth:`nerved.store.query.LogQuery.parse`, as the socket's ``logs.query`` is: the
+        worker checked it already with the same code, and the master checks again (it never
+        trusts a frame). A refusal is answered ``{"error": why, "refused": true}``.
+        """
+        from nerved.store.query import BadQuery, LogQuery
+
         reply: Message = {"t": "reply", "call": message.get("call")}
-        filters = {k: message.get(k) for k in ("source", "type", "refId", "since", "limit")}
-        strings = [filters[k] for k in ("source", "type", "refId")]
-        numbers = [filters[k] for k in ("since", "limit")]
-        if not all(v is None or isinstance(v, str) for v in strings) or not all(
-            v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-            for v in numbers
-        ):
-            reply["error"] = "query filters: source, type, refId are strings; since, limit integers"
+        try:
+            query = LogQuery.parse(message.get("query", {}))
+        except BadQuery as exc:
+            reply["error"], reply["refused"] = exc.message, True
             return reply
         # The committed view (nerved.store): user code may ask for any page of logs.db, and
         # a damaged one must fail that query alone, not the master's open batch.
         try:
-            entries = self.store.committed.query_logs(
-                source=filters["source"],
-                type=filters["type"],
-                ref_id=filters["refId"],
-                since=filters["since"],
-                limit=filters["limit"],
-            )
+            entries = query.read(self.store.committed)
         except StoreError as exc:
             log.error("a query of sense group %s: %s", message.get("sense", "?"), exc)
             reply["error"] = f"cannot read logs.db: {exc}"

@@ -8,6 +8,8 @@ backend, one job per module:
 - :mod:`~nerved.store.records`: what a store hands out (:class:`LogEntry`,
   :class:`RunRecord`, :class:`Unreadable`) and their wire shapes;
 - :mod:`~nerved.store.errors`: :class:`StoreError`, :class:`StoreBusy`;
+- :mod:`~nerved.store.query`: what a logs query may ask (:class:`LogQuery`,
+  :class:`BadQuery`), one definition for the socket's ``logs.query`` and ``ctx.logs.query``;
 - the SQLite backend: :mod:`~nerved.store.connection` (the connect hook, every sqlite3
   error a StoreError), :mod:`~nerved.store.schema` (numbered migrations),
   :mod:`~nerved.store.reads`, :mod:`~nerved.store.writes` (guarded transitions) and
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from nerved.store.errors import StoreBusy, StoreError
 from nerved.store.interface import AbortCallback, CommitCallback, Reader, Storage
+from nerved.store.query import BadQuery, LogQuery
 from nerved.store.records import (
     MAX_QUERY_LIMIT,
     LogEntry,
@@ -42,8 +45,10 @@ __all__ = [
     "MAX_QUERY_LIMIT",
     "SCHEMA_VERSION",
     "AbortCallback",
+    "BadQuery",
     "CommitCallback",
     "LogEntry",
+    "LogQuery",
     "Reader",
     "Reads",
     "RunRecord",

@@ -40,7 +40,7 @@ from nerved.channel import (
     ProtocolError,
     frame,
 )
-from nerved.code.packages import describe
+from nerved.code.importing import describe
 from nerved.process import EXIT_OK, EXIT_UNREADABLE
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def serve(label: str, worker: Served) -> int:
 
 
 def explain(exc: BaseException) -> str:
-    """:func:`nerved.code.packages.describe` as text nerve can keep (:func:`wire.text`).
+    """:func:`nerved.code.importing.describe` as text nerve can keep (:func:`wire.text`).
 
     An exception's message is user code too: it may hold lone surrogates, run to megabytes,
     or fail to render at all, and none of that may keep a run from ending with a reason.

@@ -11,9 +11,11 @@ Worker -> master:
     {"t": "error", "id": N, "error": "..."}
     {"t": "cancelled", "id": N}
     {"t": "log", "sense": NAME, "message": "..."}
-    {"t": "query", "call": N, source/type/refId/since/limit}   ctx.logs.query
+    {"t": "query", "call": N, "query": {source?, type?, refId?, since?, afterId?,
+     beforeId?, limit?}}                                  ctx.logs.query (nerved.store.query)
 Master -> worker, answering a query:
     {"t": "reply", "call": N, "entries": [...]} or {"t": "reply", "call": N, "error": "..."}
+    ("refused": true with the error: the query itself was refused, as by LogQuery.parse)
 
 A result must be a value :func:`nerved.wire.check_value` accepts, or the compute ends in an
 error that says which part is wrong; log lines and exception messages are free text, made
@@ -39,7 +41,9 @@ from typing import Any
 from nerved import wire
 from nerved.api import ComputeFn, SenseContext
 from nerved.channel import Message
-from nerved.code.packages import Package, UserCodeError, load_sense
+from nerved.code.importing import load_sense
+from nerved.code.reading import Package, UserCodeError
+from nerved.store.query import DEFAULT_LIMIT, BadQuery, LogQuery
 from nerved.store.records import LogEntry
 from nerved.worker.port import Port, explain, serve
 
@@ -59,12 +63,28 @@ class RemoteLogs:
         type: str | None = None,
         ref_id: str | None = None,
         since: int | None = None,
-        limit: int | None = 100,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        limit: int | None = DEFAULT_LIMIT,
     ) -> list[LogEntry]:
-        filters = {"source": source, "type": type, "refId": ref_id, "since": since, "limit": limit}
-        reply = self._port.call({"t": "query", **filters})  # wire.Invalid: not sendable filters
-        if reply.get("error"):
-            raise ValueError(str(reply["error"]))
+        """See :meth:`nerved.api.LogQuery.query`: checked here by the rules the master and
+        the socket apply (:meth:`LogQuery.parse`), so a bad query raises
+        :class:`BadQuery` (a ValueError) before anything is sent."""
+        query = LogQuery.parse(
+            {
+                "source": source,
+                "type": type,
+                "refId": ref_id,
+                "since": since,
+                "afterId": after_id,
+                "beforeId": before_id,
+                "limit": limit,
+            }
+        )
+        reply = self._port.call({"t": "query", "query": query.to_wire()})
+        error = reply.get("error")
+        if error:
+            raise (BadQuery if reply.get("refused") else ValueError)(str(error))
         return [
             LogEntry(e["id"], e["source"], e["type"], e["refId"], e["payload"], e["ts"])
             for e in reply["entries"]

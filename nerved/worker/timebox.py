@@ -60,7 +60,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Final, TypeVar
 
-from nerved.code.packages import user_frame
+from nerved.code.importing import user_frame
 
 log = logging.getLogger(__name__)
 

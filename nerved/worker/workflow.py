@@ -51,7 +51,8 @@ from typing import Any, Final
 from nerved import wire
 from nerved.api import CommandEvent, ThreadState, WorkflowContext, WorkflowDefinition
 from nerved.channel import Message
-from nerved.code.packages import Package, UserCodeError, load_workflow
+from nerved.code.importing import load_workflow
+from nerved.code.reading import Package, UserCodeError
 from nerved.worker.port import Port, explain, serve
 from nerved.worker.timebox import Overrun, Timebox, overrun_message
 

@@ -10,6 +10,10 @@ always at least one entry). To get the rest, ask again with ``afterId`` = the la
 (forward) or ``beforeId`` = the first id (back); an empty answer means there are no more.
 An entry whose stored payload cannot be read back has ``payload: null`` and ``unreadable``:
 why.
+
+The params are checked by :meth:`nerved.store.query.LogQuery.parse`, as a sense's
+``ctx.logs.query`` is: the same values are accepted and refused, with the same message
+(-32602 here). ``limit: 0`` is refused; a limit above 10000 asks for 10000.
 """
 
 from __future__ import annotations
@@ -17,26 +21,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nerved.control.rpc import Params
-from nerved.store import MAX_QUERY_LIMIT
+from nerved.store.query import FIELDS, LogQuery
 
 if TYPE_CHECKING:
     from nerved.control.engine import Engine
 
 NAME = "logs.query"
-PARAMS = ("source", "type", "refId", "since", "afterId", "beforeId", "limit")
+PARAMS = FIELDS
 MUTATES = False
 HEAVY = True
 
 
 def run(engine: Engine, params: Params) -> Any:
-    limit = params.integer("limit", minimum=1)
-    entries = engine.store.committed.query_logs(
-        source=params.string("source"),
-        type=params.string("type"),
-        ref_id=params.string("refId"),
-        since=params.integer("since"),
-        after_id=params.integer("afterId"),
-        before_id=params.integer("beforeId"),
-        limit=min(limit or 100, MAX_QUERY_LIMIT),
-    )
-    return [entry.to_wire() for entry in entries]
+    query = LogQuery.parse({name: params.raw(name) for name in FIELDS})
+    return [entry.to_wire() for entry in query.read(engine.store.committed)]
