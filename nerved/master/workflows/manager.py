@@ -49,6 +49,8 @@ from nerved.master.workflows.runs import (
     Flow,
     QueuedRun,
     log_transition,
+    step_record,
+    too_long,
     unresumable,
 )
 from nerved.master.workflows.waiters import Waiters
@@ -75,6 +77,7 @@ class WorkflowManager:
         self.import_timeout = import_timeout  # seconds a worker's import may take
         self.flows: dict[str, Flow] = {}
         self.runs: dict[str, ActiveRun] = {}
+        self._removed: list[Supervisor] = []  # of workflows a reload removed
         self.resumer = Resumer(loop, store, self._holds, self._unresumable)
         self.waiters = Waiters(loop, store)
         self.stopping = False
@@ -102,7 +105,8 @@ class WorkflowManager:
                 self._fill(flow)
             if flow.package.digest != package.digest:
                 flow.package = package
-                self._drain_worker(flow)
+                # New runs go to a new worker; the old one finishes its own, up to drainTimeout.
+                flow.supervisor.drain(flow.config.drain_timeout_ms / 1000, DRAIN)
                 changed.append(f"workflow {name} code")
                 flow.supervisor.code_changed()  # a fatal workflow is tried again
         return changed
@@ -127,22 +131,10 @@ class WorkflowManager:
     def _remove(self, flow: Flow) -> None:
         flow.removed = True
         while flow.queue:
-            self._finish(
-                flow.queue.popleft().run_id,
-                flow.name,
-                Transition.WITHDRAW,
-                f"workflow {flow.name} was removed",
-            )
+            why = f"workflow {flow.name} was removed"
+            self._finish(flow.queue.popleft().run_id, flow.name, Transition.WITHDRAW, why)
         flow.supervisor.retire(deadline=flow.config.drain_timeout_ms / 1000, setting=DRAIN)
-
-    def _drain_worker(self, flow: Flow) -> None:
-        """Send no new threads to the current worker; let it finish its own, up to drainTimeout.
-
-        Also how an idle worker is stopped: whatever user code does on the way out (a
-        logging handler that blocks at shutdown, a thread that never ends), it is gone
-        within drainTimeout.
-        """
-        flow.supervisor.drain(flow.config.drain_timeout_ms / 1000, DRAIN)
+        self._removed = [s for s in self._removed if s.draining] + [flow.supervisor]
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -351,21 +343,10 @@ class WorkflowManager:
                 "run %s: step %d arrived after step %d; ignoring it", run.run_id, n, run.steps
             )
             return
-        # A prompt or event nested deeper than any value may be is a worker breaking the
-        # rules: wire.Invalid, a ValueError, makes the Worker end it.
-        record = wire.dumps(
-            {"role": str(message.get("role")), "prompt": message.get("prompt"),
-             "event": message.get("event")},
-            max_depth=wire.MAX_DEPTH + 1,
-        )  # fmt: skip
+        record = step_record(message)
         size = len(record.encode())
         if run.history + size > wire.MAX_HISTORY:
-            self._end(
-                run,
-                Transition.FAIL,
-                f"step {n} ({wire.size_text(size)}) would take its history past"
-                f" {wire.size_text(wire.MAX_HISTORY)}, more than a resume can carry",
-            )
+            self._end(run, Transition.FAIL, too_long(n, size))
             worker.send({"t": "end", "run": run.run_id})
             return
         if not self.store.record_step(run.run_id, record):
@@ -489,17 +470,11 @@ class WorkflowManager:
         """Halt every worker after its running steps; returns the longest grace (seconds)."""
         self.stopping = True
         longest = 0.0
-        told: set[Worker] = set()
         for flow in self.flows.values():
             if flow.active:
                 longest = max(longest, flow.config.drain_timeout_ms / 1000)
-            told.update(flow.supervisor.draining)
-            if flow.supervisor.current is not None:
-                told.add(flow.supervisor.current)
-            flow.supervisor.retire(HALT)  # the kill is nerved's stop deadline
-        for worker in self.workers:  # those of workflows a reload removed, still draining
-            if worker.kind == "workflow" and worker not in told and not worker.send(HALT):
-                worker.kill()
+        for supervisor in (*self.supervisors(), *self._removed):  # removed: still draining
+            supervisor.retire(HALT)  # the kill is nerved's stop deadline
         self.waiters.reject_all()
         return longest
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nerved import wire
+from nerved.channel import Message
 from nerved.code.packages import Package
 from nerved.config import WorkflowConfig
 from nerved.states import RunStatus, Transition
@@ -70,6 +71,25 @@ class Flow:
 
 def unresumable(exc: wire.Invalid | StoreError) -> str:
     return f"{Transition.UNRESUMABLE.label}: {exc}"
+
+
+def step_record(message: Message) -> str:
+    """What logs.db keeps of a step a worker sent: ``{role, prompt, event}`` as JSON.
+
+    Raises wire.Invalid (a ValueError: the Worker then ends the worker that sent it) for a
+    prompt or event nested deeper than any value may be: a worker breaking the rules.
+    """
+    step = {"role": str(message.get("role")), "prompt": message.get("prompt"),
+            "event": message.get("event")}  # fmt: skip
+    return wire.dumps(step, max_depth=wire.MAX_DEPTH + 1)
+
+
+def too_long(n: int, size: int) -> str:
+    """Why step ``n`` (``size`` bytes) fails its run: its history would outgrow a resume."""
+    return (
+        f"step {n} ({wire.size_text(size)}) would take its history past"
+        f" {wire.size_text(wire.MAX_HISTORY)}, more than a resume can carry"
+    )
 
 
 def log_transition(run_id: str, workflow: str, transition: Transition, error: str | None) -> None:
