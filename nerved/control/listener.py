@@ -37,7 +37,7 @@ def bind(path: Path) -> socket.socket:
     A path where something still answers is left alone: two daemons on one socket would
     each think the other's clients were theirs.
     """
-    modes.make_dirs(path.parent)  # 0755, whatever the umask (nerved.master.daemon checks them)
+    modes.make_dirs(path.parent)  # 0755, whatever the umask (nerved.master.startup checks them)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise FileExistsError(errno.EEXIST, "exists and is not a socket", str(path))

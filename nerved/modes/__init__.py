@@ -24,8 +24,8 @@ user (its effective uid) could have put there what it finds:
   code Python could import (``/dev/null`` is rightly 0666), and state files are refused
   unless regular (below).
 
-What is checked, and when (callers in nerved.config, nerved.master.daemon, nerved.master.pidfile,
-nerved.store, nerved.master.detach):
+What is checked, and when (callers in nerved.config, nerved.master.startup, nerved.master.ownfiles,
+nerved.master.pidfile, nerved.store, nerved.master.detach):
 
 - the root, ``nerve.yaml``, ``senses/``, ``workflows/`` and every configured package with
   everything inside it (:func:`root_violations`), at start, at every reload and by
@@ -33,7 +33,7 @@ nerved.store, nerved.master.detach):
 - the state directory with what leads to it, the owners of the state files already there
   (:func:`file_owner_violations`), the pid file's path and the control socket's, at start,
   before anything is opened there (:func:`dir_violations`, :meth:`Checker.path`), and again
-  at every reload (nerved.master.daemon).
+  at every reload (nerved.master.ownfiles).
 
 A violation refuses the start (exit 78, like a bad nerve.yaml) or the reload. An operator who
 chose otherwise starts ``nerved --no-strict-modes`` (sshd's ``StrictModes no``): every

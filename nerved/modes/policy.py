@@ -72,7 +72,7 @@ def enforce(violations: Iterable[Violation]) -> list[str]:
 
 def refusals() -> int:
     """How many times :func:`enforce` refused something in this process (never under
-    ``--no-strict-modes``): the daemon compares it across reloads, nerved.master.daemon."""
+    ``--no-strict-modes``): the daemon compares it across reloads, nerved.master.autoreload."""
     return _refusals
 
 

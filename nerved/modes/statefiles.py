@@ -142,7 +142,7 @@ def prepare_db(path: Path) -> int:
     companion that exists, without following a link. Returns the descriptor of logs.db: the
     caller compares it with what SQLite opened (``st_dev``, ``st_ino``). Between these checks
     and SQLite's own opens nobody but root and nerved can swap a name, because the state
-    directory passed strict modes (nerved.master.daemon, before anything was opened in it); under
+    directory passed strict modes (nerved.master.startup, before anything was opened in it); under
     ``--no-strict-modes`` the operator accepted that window. Raises as
     :func:`open_state_file`.
     """
