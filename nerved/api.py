@@ -54,7 +54,7 @@ class WorkflowContext:
         self._log(str(message))
 
 
-class LogQuery(Protocol):
+class LogsReader(Protocol):
     """``ctx.logs``: read-only logs.db, answered by the master."""
 
     def query(
@@ -85,7 +85,7 @@ class SenseContext:
 
     __slots__ = ("_log", "logs", "sense")
 
-    def __init__(self, sense: str, log: Callable[[str], None], logs: LogQuery) -> None:
+    def __init__(self, sense: str, log: Callable[[str], None], logs: LogsReader) -> None:
         self.sense = sense
         self.logs = logs
         self._log = log

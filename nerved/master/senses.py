@@ -29,7 +29,7 @@ from nerved.loop import Loop, Timer
 from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
 from nerved.states import WorkerState
-from nerved.store import Storage, StoreError, now_ms
+from nerved.store import BadQuery, LogQuery, Storage, StoreError, now_ms
 from nerved.worker import sense as sense_worker
 
 log = logging.getLogger(__name__)
@@ -245,8 +245,6 @@ class SenseManager:
         worker checked it already with the same code, and the master checks again (it never
         trusts a frame). A refusal is answered ``{"error": why, "refused": true}``.
         """
-        from nerved.store.query import BadQuery, LogQuery
-
         reply: Message = {"t": "reply", "call": message.get("call")}
         try:
             query = LogQuery.parse(message.get("query", {}))

@@ -67,7 +67,7 @@ class RemoteLogs:
         before_id: int | None = None,
         limit: int | None = DEFAULT_LIMIT,
     ) -> list[LogEntry]:
-        """See :meth:`nerved.api.LogQuery.query`: checked here by the rules the master and
+        """See :meth:`nerved.api.LogsReader.query`: checked here by the rules the master and
         the socket apply (:meth:`LogQuery.parse`), so a bad query raises
         :class:`BadQuery` (a ValueError) before anything is sent."""
         query = LogQuery.parse(
