@@ -3,7 +3,7 @@
 Nothing but ``nerved.early`` is imported before :func:`main`, whose first statement puts
 SIGHUP on hold: until then a SIGHUP kills nerved, so the command line's own modules
 (argparse, logging), the daemon, the store and the configuration are imported after it, in
-the functions that use them. ``tests/test_startup.py`` checks what importing this module
+the functions that use them. ``tests/master/test_startup.py`` checks what importing this module
 brings.
 """
 

@@ -1,6 +1,6 @@
 """Recovery: what becomes of each run stored as active when nerved starts, by the rule alone.
 
-Through a real nerved, tests/test_daemon_lifecycle.py and tests/test_fault_injection.py kill
+Through a real nerved, tests/master/test_daemon_lifecycle.py and test_fault_injection.py kill
 the daemon under running threads; here is the rule they rely on, one case per fate.
 """
 

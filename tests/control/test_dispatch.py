@@ -1,6 +1,6 @@
 """The control side of a call: method names, refusals and the codes the engine's refusals
 get. The engine here is a small stand-in for the daemon, which is all a command may see
-(nerved.control.engine); tests/test_control_protocol.py drives the real one."""
+(nerved.control.engine); tests/control/test_protocol.py drives the real one."""
 
 from __future__ import annotations
 
