@@ -6,7 +6,8 @@
   interleaved in one run, each with its ratio to ``python -c pass`` (issue 10's targets: at
   most 2.5x and 3.5x). They run as an operator runs them: the ``nervectl`` console script
   beside this interpreter, byte-compiled (``PYTHONDONTWRITEBYTECODE`` is dropped from their
-  environment and a first, untimed run writes the caches);
+  environment and a first, untimed run writes the caches); then again as an installed
+  package starts, without the editable install's path finder (see ``whole_commands``);
 - sense -> signal: ``sense.trigger`` sent -> the signal visible in ``logs.query`` (polled
   with ``afterId`` on a second connection, so the figure includes up to one poll round trip).
 
@@ -19,12 +20,13 @@ import argparse
 import os
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
 from tabulate import tabulate
 
-from bench.common import Daemon, pct, summary_ms, tree_rss
+from bench.common import REPO, Daemon, pct, summary_ms, tree_rss
 
 CONFIG = """
     senses:
@@ -55,6 +57,7 @@ def main() -> None:
 
         commands = whole_commands(daemon.socket, args.commands)
         rows += [(f"{name} (whole command)", summary_ms(lat)) for name, lat in commands.items()]
+        installed = whole_commands(daemon.socket, args.commands, installed=True)
 
         poll = daemon.rpc()
         last = max([e["id"] for e in poll.call("logs.query", {"limit": 1})] or [0])
@@ -80,6 +83,12 @@ def main() -> None:
     print(f"process tree RSS: {rss:.1f} MB (master + one sense worker)")
     print()
     print_ratios(commands)
+    print()
+    print(
+        "As an installed package starts (no editable-install finder: python -S, the checkout and"
+        " site-packages on PYTHONPATH):"
+    )
+    print_ratios(installed)
 
 
 def nervectl() -> list[str]:
@@ -89,19 +98,30 @@ def nervectl() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "nervectl"]
 
 
-def whole_commands(socket: Path, n: int) -> dict[str, list[float]]:
+def whole_commands(socket: Path, n: int, *, installed: bool = False) -> dict[str, list[float]]:
     """Seconds each of ``n`` runs took, start to exit, for the baseline and each command.
 
     Interleaved (one of each, n times), so that a busy machine weighs on all of them alike;
     from a directory outside the checkout, so that nothing is imported from it by accident.
+
+    ``installed``: as a package installed without ``-e`` starts. This checkout's editable
+    install has a ``.pth`` file that imports its path finder (and pathlib) at every start of
+    the interpreter, ``python -c pass`` included: about 12 ms here, which an installed
+    package does not pay. ``python -S`` skips it, with the checkout and site-packages on
+    PYTHONPATH in its place.
     """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["NERVE_SOCKET"] = str(socket)
     cwd = socket.parent
+    python, ctl = [sys.executable], nervectl()
+    if installed:
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])
+        python = [sys.executable, "-S"]
+        ctl = [*python, "-m", "nervectl"]
     runs = {
-        "python -c pass": [sys.executable, "-c", "pass"],
-        "nervectl --json status": [*nervectl(), "--json", "status"],
-        "nervectl status": [*nervectl(), "status"],
+        "python -c pass": [*python, "-c", "pass"],
+        "nervectl --json status": [*ctl, "--json", "status"],
+        "nervectl status": [*ctl, "status"],
     }
     for command in runs.values():  # writes the byte-code caches; checks that each works
         subprocess.run(command, check=True, capture_output=True, cwd=cwd, env=env)
