@@ -11,23 +11,41 @@ import argparse
 import errno
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
-from nervectl import commands, logs, scaffold, workflows
-from nervectl.client import RequestTooLarge
-from nervectl.context import Context
 from nervectl.exits import FAILED, INTERRUPTED, NOT_FOUND, OK, UNREACHABLE, USAGE, CliError
-from nervectl.remote import RemoteError, Unreachable
+from nervectl.limits import MAX_INTEGER, MAX_QUERY_LIMIT
 from nervectl.times import SINCE_HELP, parse_duration_ms, parse_since
-from nerved import _version, wire
+from nerved import _version
 from nerved.paths import resolve_socket
+from nerved.states import RunStatus
 
-Handler = Callable[[Context], int]
+# Every command pays for what this module imports, so it imports only what builds the parser
+# (argparse, and constants from leaf modules). A command's handler, and what it needs (the
+# client, tabulate, the scaffold, the payload codec, the time grammar), is imported once the
+# command is known: ``nervectl --json status`` imports no table library, no nerve.yaml
+# grammar, no scaffold (tests/test_nervectl_imports.py holds it to that).
+TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn
+
+    from nervectl.client import RemoteError, Unreachable
+    from nervectl.context import Context
+
+    Handler = Callable[[Context], int]
 
 # JSON-RPC codes (SPEC §6) that have their own exit status or wording.
 _RPC_NOT_FOUND = -32001
 _RPC_NO_METHOD = -32601
+
+STATUSES = tuple(status.value for status in RunStatus)
+"""Run statuses, as ``workflow list --status`` takes them."""
+LOGS_DEFAULT_LIMIT = 100
+"""Entries ``logs`` shows unless told (the newest, or the oldest since ``--since``)."""
+INIT_USAGE = """\
+nervectl init [DIR]
+       nervectl init sense NAME [--root DIR]
+       nervectl init workflow NAME [--root DIR]"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,8 +63,10 @@ def _since(text: str) -> int:
 
 
 def _payload(text: str) -> Any:
+    from nervectl.workflows import parse_payload
+
     try:
-        return workflows.parse_payload(text)
+        return parse_payload(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -138,28 +158,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(
-        group: Any, name: str, handler: Handler, text: str, **kwargs: Any
+        group: Any, name: str, handler: str, text: str, **kwargs: Any
     ) -> argparse.ArgumentParser:
+        """A command whose handler is ``module:function`` in nervectl, imported if it runs."""
         leaf: argparse.ArgumentParser = group.add_parser(
             name, help=text, description=text, parents=[common], **kwargs
         )
         leaf.set_defaults(handler=handler)
         return leaf
 
-    command(sub, "status", commands.status, "show what the daemon is doing and its workers")
+    command(sub, "status", "commands:status", "show what the daemon is doing and its workers")
 
     sense = sub.add_parser("sense", help="list or trigger senses", description="Senses.")
     senses = sense.add_subparsers(dest="sense_command", metavar="SUBCOMMAND", required=True)
-    command(senses, "list", commands.sense_list, "list the senses with their counters")
+    command(senses, "list", "commands:sense_list", "list the senses with their counters")
     trigger = command(
-        senses, "trigger", commands.sense_trigger, "compute a sense now (subject to its throttle)"
+        senses, "trigger", "commands:sense_trigger", "compute a sense now (subject to its throttle)"
     )
     trigger.add_argument("name", metavar="NAME", type=_text, help="the sense to compute")
 
     logs_parser = command(
         sub,
         "logs",
-        logs.logs,
+        "logs:logs",
         "show entries of the daemon's log store (signals, sense logs and errors, run histories)",
     )
     logs_parser.add_argument(
@@ -177,10 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs_parser.add_argument(
         "--limit",
         metavar="N",
-        type=_count(wire.MAX_INTEGER),
-        default=logs.DEFAULT_LIMIT,
-        help=f"at most N entries (default {logs.DEFAULT_LIMIT}; the newest, or the oldest "
-        f"since --since); more than {wire.MAX_QUERY_LIMIT:,} are read that many at a time",
+        type=_count(MAX_INTEGER),
+        default=LOGS_DEFAULT_LIMIT,
+        help=f"at most N entries (default {LOGS_DEFAULT_LIMIT}; the newest, or the oldest "
+        f"since --since); more than {MAX_QUERY_LIMIT:,} are read that many at a time",
     )
     logs_parser.add_argument(
         "--follow",
@@ -190,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     command(
-        sub, "reload", commands.reload, "re-read nerve.yaml and the packages, show what changed"
+        sub, "reload", "commands:reload", "re-read nerve.yaml and the packages, show what changed"
     )
 
     workflow = sub.add_parser(
@@ -198,15 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs = workflow.add_subparsers(dest="workflow_command", metavar="SUBCOMMAND", required=True)
     listing = command(
-        runs, "list", workflows.workflow_list, "list workflow runs (the active ones by default)"
+        runs, "list", "workflows:workflow_list", "list workflow runs (the active ones by default)"
     )
     listing.add_argument("--all", action="store_true", help="finished runs too")
     listing.add_argument(
         "--status",
         metavar="S",
         action="append",
-        choices=workflows.STATUSES,
-        help=f"only runs in this status ({', '.join(workflows.STATUSES)}); may be repeated",
+        choices=STATUSES,
+        help=f"only runs in this status ({', '.join(STATUSES)}); may be repeated",
     )
     listing.add_argument(
         "--workflow", metavar="NAME", type=_text, help="only runs of this workflow"
@@ -214,24 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--limit",
         metavar="N",
-        type=_count(wire.MAX_QUERY_LIMIT),
-        help=f"at most N runs, newest first (default 100; at most {wire.MAX_QUERY_LIMIT:,}, "
+        type=_count(MAX_QUERY_LIMIT),
+        help=f"at most N runs, newest first (default 100; at most {MAX_QUERY_LIMIT:,}, "
         "the most the daemon lists at once)",
     )
     inspect = command(
-        runs, "inspect", workflows.workflow_inspect, "show one run and its event history"
+        runs, "inspect", "workflows:workflow_inspect", "show one run and its event history"
     )
     inspect.add_argument(
         "run_id", metavar="RUN_ID", type=_text, help="a run id, or a unique prefix of 8+ chars"
     )
-    start = command(runs, "trigger", workflows.workflow_trigger, "start a run of a workflow")
+    start = command(runs, "trigger", "workflows:workflow_trigger", "start a run of a workflow")
     start.add_argument("name", metavar="NAME", type=_text, help="the workflow")
     payload = start.add_mutually_exclusive_group()
     payload.add_argument(
         "--payload",
         metavar="JSON",
         type=_payload,
-        default=workflows.NO_PAYLOAD,
+        default=argparse.SUPPRESS,
         help="the trigger payload, a JSON value",
     )
     payload.add_argument(
@@ -253,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     init = command(
         sub,
         "init",
-        scaffold.init,
+        "scaffold:init",
         "scaffold a nerve root, a sense or a workflow (needs no daemon)",
-        usage=scaffold.INIT_USAGE,
+        usage=INIT_USAGE,
         epilog="init DIR writes DIR/nerve.yaml with one sense, heartbeat; DIR defaults to the "
         "root nerved would use ($NERVE_ROOT, /etc/nerve as root, else ~/.config/nerve). "
         "init sense|workflow NAME writes DIR/senses|workflows/NAME/__init__.py and declares it "
@@ -275,9 +296,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse has printed them
         return exc.code if isinstance(exc.code, int) else USAGE
+    from importlib import import_module
+
+    from nervectl.client import RemoteError, RequestTooLarge, Unreachable
+    from nervectl.context import Context
+
     ctx = Context(args=args, socket=resolve_socket(args.socket), json=args.json)
     try:
-        handler: Handler = args.handler
+        module, name = args.handler.split(":")
+        handler: Handler = getattr(import_module(f"nervectl.{module}"), name)
         code = handler(ctx)
         ctx.out.flush()  # here, where a closed pipe can still be handled
         return code

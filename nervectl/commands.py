@@ -1,17 +1,27 @@
 """``status``, ``sense list``, ``sense trigger`` and ``reload``: one daemon call each.
 
 Every handler prints the method's result unchanged with ``--json`` (scripts get the
-protocol's own fields, SPEC §6) and a table otherwise.
+protocol's own fields, SPEC §6) and a table otherwise. Fields a newer daemon adds (a
+worker's ``state``, ``restarts`` and ``reason``; a sense's ``worker``) are shown when it
+sends them: an older daemon's answer, without them, is shown as before.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
-
 from nervectl import render
-from nervectl.context import Context
 from nervectl.exits import OK
 from nervectl.times import format_ago, format_duration
+
+TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Final
+
+    from nervectl.context import Context
+
+FATAL: Final = "fatal"
+"""The worker state that needs the operator: its code fails at start, so nerve stopped
+restarting it until a reload brings new code."""
 
 
 def status(ctx: Context) -> int:
@@ -40,12 +50,50 @@ def status(ctx: Context) -> int:
     ctx.print(render.fields(pairs))
     ctx.print()
     workers = result.get("workers") or []
-    if workers:
-        rows = [(w.get("kind", "-"), w.get("name", "-"), w.get("pid", "-")) for w in workers]
-        ctx.print(render.table(rows, ("KIND", "NAME", "PID")))
-    else:
+    if not workers:
         ctx.print("no workers")
+        return OK
+    ctx.print(workers_table(workers))
+    fatal = [worker for worker in workers if worker.get("state") == FATAL]
+    if fatal:
+        ctx.print()
+    for worker in fatal:
+        ctx.print(fatal_line(worker))
     return OK
+
+
+# (field, header) of the columns a newer daemon adds to each worker; a column is shown when
+# any worker has its field.
+_WORKER_EXTRAS: Final = (("state", "STATE"), ("restarts", "RESTARTS"))
+
+
+def workers_table(workers: list[dict[str, Any]]) -> str:
+    """KIND, NAME, PID, then STATE and RESTARTS if the daemon sends them. A worker with no
+    process now (``pid`` null: spawning, in backoff, fatal) shows ``-``."""
+    extras = [(key, title) for key, title in _WORKER_EXTRAS if any(key in w for w in workers)]
+    rows = [
+        (
+            w.get("kind", "-"),
+            w.get("name", "-"),
+            _or_dash(w.get("pid")),
+            *(_or_dash(w.get(key)) for key, _ in extras),
+        )
+        for w in workers
+    ]
+    return render.table(rows, ("KIND", "NAME", "PID", *(title for _, title in extras)))
+
+
+def fatal_line(worker: Mapping[str, Any]) -> str:
+    """``sense group default: fatal (ImportError: ...); fix its code and reload``."""
+    kind, name = worker.get("kind"), worker.get("name", "?")
+    what = f"sense group {name}" if kind == "sense" else f"{kind or 'worker'} {name}"
+    reason = worker.get("reason")
+    why = f" ({render.one_line(str(reason))})" if reason else ""
+    return f"{what}: {FATAL}{why}; fix its code and reload"
+
+
+def _or_dash(value: Any) -> Any:
+    return "-" if value is None else value
 
 
 _PLACES = (("root", "root"), ("stateDir", "state dir"))
@@ -59,10 +107,13 @@ def sense_list(ctx: Context) -> int:
     if not senses:
         ctx.print("no senses configured")
         return OK
+    # A newer daemon says how each sense's group worker is (idle, ready, backoff, fatal...).
+    with_worker = any("worker" in s for s in senses)
     rows = [
         (
             s.get("name", "-"),
             s.get("group", "-"),
+            *((_or_dash(s.get("worker")),) if with_worker else ()),
             s.get("computes", 0),
             s.get("errors", 0),
             format_ago(s.get("lastComputeAt")) + (" (running)" if s.get("running") else ""),
@@ -71,7 +122,12 @@ def sense_list(ctx: Context) -> int:
         )
         for s in senses
     ]
-    headers = ("NAME", "GROUP", "COMPUTES", "ERRORS", "LAST COMPUTE", "LAST SIGNAL", "LAST ERROR")
+    headers = (
+        "NAME",
+        "GROUP",
+        *(("WORKER",) if with_worker else ()),
+        *("COMPUTES", "ERRORS", "LAST COMPUTE", "LAST SIGNAL", "LAST ERROR"),
+    )
     ctx.print(render.table(rows, headers))
     return OK
 

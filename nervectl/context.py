@@ -6,41 +6,51 @@ touch the socket, and closed once by ``main`` whatever the handler did.
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TextIO
 
-from nervectl.remote import DEFAULT_TIMEOUT, Remote
-from nervectl.render import dumps
+from nervectl.client import Client
+
+TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+    from typing import Any, TextIO
 
 
-@dataclass
 class Context:
-    args: argparse.Namespace
-    socket: Path
-    json: bool
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    _remote: Remote | None = None
+    """``args`` as argparse parsed them, ``socket`` the control socket's path, ``json``
+    whether ``--json`` was given, ``out`` where results go (stdout)."""
+
+    def __init__(
+        self, args: argparse.Namespace, socket: Path, json: bool, out: TextIO | None = None
+    ) -> None:
+        self.args = args
+        self.socket = socket
+        self.json = json
+        self.out = sys.stdout if out is None else out
+        self._client: Client | None = None
 
     @property
-    def remote(self) -> Remote:
-        if self._remote is None:
-            self._remote = Remote(self.socket)
-        return self._remote
+    def client(self) -> Client:
+        """The daemon's client, connected by its first call (:mod:`nervectl.client`)."""
+        if self._client is None:
+            self._client = Client(self.socket)
+        return self._client
 
     def call(
-        self, method: str, params: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT
+        self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None
     ) -> Any:
-        return self.remote.call(method, params, timeout)
+        """:meth:`Client.call`: the method's result; ``timeout`` in seconds (None: 30 s)."""
+        return self.client.call(method, params, timeout)
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out)
 
     def print_json(self, value: Any) -> None:
-        print(dumps(value), file=self.out)
+        """A whole result as ``--json`` prints it: indented, for jq and for people alike."""
+        print(json.dumps(value, indent=2, ensure_ascii=False), file=self.out)
 
     def close(self) -> None:
-        if self._remote is not None:
-            self._remote.close()
+        if self._client is not None:
+            self._client.close()

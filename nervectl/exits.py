@@ -6,7 +6,9 @@ Scripts branch on these numbers, so they are part of the contract: a handler rai
 
 from __future__ import annotations
 
-from typing import Final
+TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
+if TYPE_CHECKING:
+    from typing import Final
 
 OK: Final = 0
 FAILED: Final = 1  # the daemon reported an error, a waited-for run did not complete, init refused

@@ -9,17 +9,20 @@ per-client state for it, so a follower can never slow the daemon down or be forg
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any, Final
 
 from nervectl import render
-from nervectl.context import Context
 from nervectl.exits import OK
-from nerved import wire
+from nervectl.limits import MAX_QUERY_LIMIT
+
+TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, Final
+
+    from nervectl.context import Context
 
 POLL_INTERVAL: Final = 0.5  # seconds between two polls while following
 PAGE: Final = 1000  # entries asked for at a time while following
-DEFAULT_LIMIT: Final = 100
 
 
 def logs(ctx: Context) -> int:
@@ -61,7 +64,7 @@ def _tail(ctx: Context, filters: dict[str, Any], limit: int) -> list[dict[str, A
     wanted = limit
     while wanted > 0:
         page: list[dict[str, Any]] = ctx.call(
-            "logs.query", {**filters, **cursor, "limit": min(wanted, wire.MAX_QUERY_LIMIT)}
+            "logs.query", {**filters, **cursor, "limit": min(wanted, MAX_QUERY_LIMIT)}
         )
         if not page:
             break

@@ -7,12 +7,17 @@ Human output is for eyes at a terminal, so long values are cut to keep one row p
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, TextIO
 
 from nervectl.times import format_local
+
+# Cheap to import, as every handler imports it: tabulate is imported when a table is drawn
+# (it alone costs more than the rest of a --json command), shutil when a terminal is
+# measured, typing never (see nervectl.client).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any, Final, TextIO
 
 ELLIPSIS: Final = "..."
 CELL_WIDTH: Final = 60  # a table cell holding free text (an error, a payload)
@@ -79,11 +84,6 @@ def mib(size: int | float | None) -> str:
     return "-" if size is None else f"{size / (1 << 20):.1f} MiB"
 
 
-def dumps(value: Any) -> str:
-    """``--json`` output of a whole result: indented, for jq and for people alike."""
-    return json.dumps(value, indent=2, ensure_ascii=False)
-
-
 def dumps_line(value: Any) -> str:
     """One JSON document per line (``logs --follow --json``), for line-by-line readers."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -104,6 +104,8 @@ class LogLines:
     def _payload_width(self, used: int) -> int:
         if not self.stream.isatty():
             return PIPED_LINE_WIDTH
+        import shutil
+
         return max(shutil.get_terminal_size().columns - used, 40)
 
     def format(self, entry: Mapping[str, Any]) -> str:

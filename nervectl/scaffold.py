@@ -249,11 +249,6 @@ def _write_temp(path: Path, text: str, mode: int) -> str:
 
 # -- the command ------------------------------------------------------------------------------
 
-INIT_USAGE: Final = """\
-nervectl init [DIR]
-       nervectl init sense NAME [--root DIR]
-       nervectl init workflow NAME [--root DIR]"""
-
 
 def init(ctx: Context) -> int:
     words: list[str] = ctx.args.target

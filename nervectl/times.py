@@ -6,13 +6,17 @@ local time, because that is what the rest of their terminal (journalctl, date, l
 
 from __future__ import annotations
 
-import datetime
 import re
 import time
-from typing import Final
 
-from nerved.config.grammar import duration_ms
-from nerved.wire import MAX_INTEGER
+from nervectl.limits import MAX_INTEGER
+
+# Cheap to import (the parser takes SINCE_HELP from here): datetime and nerve.yaml's grammar
+# are imported by the functions that use them, and typing not at all (see nervectl.client).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import datetime
+    from typing import Final
 
 # Ten or more digits: a bare small number is far likelier a typo for "10m" than a time in 1970.
 _EPOCH_MS_RE: Final = re.compile(r"[0-9]{10,}")
@@ -35,6 +39,8 @@ def parse_duration_ms(text: str) -> int | None:
     nerve.yaml's grammar (``nerved.config.grammar``), units required. At most MAX_INTEGER:
     ``9999...9w`` is taken as that.
     """
+    from nerved.config.grammar import duration_ms
+
     return duration_ms(text, at_most=MAX_INTEGER)
 
 
@@ -70,6 +76,8 @@ def _local(moment: datetime.datetime) -> datetime.datetime:
     On the first and last days datetime holds (years 1 and 9999) the local offset may take
     it out of range: it is taken as UTC there, hours that change nothing (before 1970 is 0).
     """
+    import datetime
+
     try:
         return moment.astimezone()
     except (OverflowError, ValueError):
@@ -77,6 +85,8 @@ def _local(moment: datetime.datetime) -> datetime.datetime:
 
 
 def _parse_iso(text: str, now: int) -> datetime.datetime | None:
+    import datetime
+
     try:
         return datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -95,6 +105,8 @@ def format_local(ms: int | float | None, *, millis: bool = False) -> str:
     """``2024-05-01 12:00:03`` in local time (with ``.123`` when ``millis``); ``-`` for none."""
     if ms is None:
         return "-"
+    import datetime
+
     moment = datetime.datetime.fromtimestamp(ms / 1000)
     if millis:
         return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"

@@ -7,19 +7,20 @@ entry, each summarised on one line; the complete payloads are in ``--json``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
 
 from nervectl import render
-from nervectl.context import Context
+from nervectl.client import FOREVER, RemoteError
 from nervectl.exits import FAILED, INTERRUPTED, OK, USAGE, CliError
-from nervectl.remote import FOREVER, RemoteError
 from nervectl.times import format_local
-from nerved import wire
-from nerved.states import RunStatus
 
-STATUSES: Final = tuple(status.value for status in RunStatus)
+TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Final
+
+    from nervectl.context import Context
+
 # workflow.wait's own timeout comes first: the socket's is only a backstop against a daemon
 # that stopped answering, so it waits this much longer.
 WAIT_MARGIN: Final = 5.0
@@ -66,7 +67,23 @@ def workflow_list(ctx: Context) -> int:
     ]
     headers = ("RUN", "WORKFLOW", "STATUS", "STEPS", "CREATED", "UPDATED", "ERROR")
     ctx.print(render.table(rows, headers))
+    note = fatal_note(runs)
+    if note:
+        print(f"nervectl: note: {note}", file=sys.stderr)
     return OK
+
+
+def fatal_note(runs: list[dict[str, Any]]) -> str | None:
+    """What to say when a listed run waits on a worker in state ``fatal`` (a newer daemon
+    sends each active run's ``worker``): those runs cannot go on until the code is fixed."""
+    names = sorted({str(run.get("workflow")) for run in runs if run.get("worker") == "fatal"})
+    if not names:
+        return None
+    which = f"workflow {names[0]}" if len(names) == 1 else f"workflows {', '.join(names)}"
+    return (
+        f"the worker of {which} is fatal: its runs wait until its code is fixed and reloaded"
+        " (nervectl status says why)"
+    )
 
 
 def workflow_inspect(ctx: Context) -> int:
@@ -142,11 +159,14 @@ def workflow_trigger(ctx: Context) -> int:
     args = ctx.args
     if args.timeout is not None and not args.wait:
         raise CliError("--timeout only applies with --wait", USAGE)
-    payload = read_payload_file(args.payload_file) if args.payload_file else args.payload
+    if args.payload_file:
+        payload = read_payload_file(args.payload_file)
+    else:  # --payload, parsed by argparse; absent when not given
+        payload = vars(args).get("payload", NO_PAYLOAD)
     params: dict[str, Any] = {"workflow": args.name}
     if payload is not NO_PAYLOAD:
         params["payload"] = payload
-    accepted: dict[str, Any] = ctx.remote.call("workflow.trigger", params)
+    accepted: dict[str, Any] = ctx.call("workflow.trigger", params)
     run_id = accepted.get("runId")
     if not args.wait:
         if ctx.json:
@@ -163,7 +183,7 @@ def workflow_trigger(ctx: Context) -> int:
         wait["timeout"] = args.timeout  # seconds, as workflow.wait takes it
         socket_timeout = args.timeout + WAIT_MARGIN
     try:
-        run: dict[str, Any] = ctx.remote.call("workflow.wait", wait, timeout=socket_timeout)
+        run: dict[str, Any] = ctx.call("workflow.wait", wait, timeout=socket_timeout)
     except RemoteError as exc:
         if isinstance(exc.data, dict) and exc.data.get("timeout"):
             message = f"run {run_id} did not finish in time ({exc.message}); it goes on"
@@ -185,6 +205,7 @@ class _NoPayload:
 
 
 NO_PAYLOAD: Final = _NoPayload()
+"""No ``--payload`` nor ``--payload-file``: the trigger carries no ``payload`` param."""
 
 
 def parse_payload(data: str | bytes) -> Any:
@@ -195,6 +216,8 @@ def parse_payload(data: str | bytes) -> Any:
     anything is sent. Raises ValueError naming the problem; argparse reports it for
     ``--payload``.
     """
+    from nerved import wire  # the daemon's own codec: imported by triggers alone
+
     try:
         value = wire.loads(data)
         wire.check_value(value, "the payload")  # what decodes may still not encode: 1e400
