@@ -23,7 +23,7 @@ from nerved.states import RunStatus
 # (argparse, and constants from leaf modules). A command's handler, and what it needs (the
 # client, tabulate, the scaffold, the payload codec, the time grammar), is imported once the
 # command is known: ``nervectl --json status`` imports no table library, no nerve.yaml
-# grammar, no scaffold (tests/test_nervectl_imports.py holds it to that).
+# grammar, no scaffold (tests/nervectl/test_imports.py holds it to that).
 TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
