@@ -16,7 +16,7 @@ from nervectl.exits import FAILED, INTERRUPTED, NOT_FOUND, OK, UNREACHABLE, USAG
 from nervectl.limits import MAX_INTEGER, MAX_QUERY_LIMIT
 from nervectl.times import SINCE_HELP, parse_duration_ms, parse_since
 from nerved import _version
-from nerved.paths import resolve_socket
+from nerved.paths import socket_path
 from nerved.states import RunStatus
 
 # Every command pays for what this module imports, so it imports only what builds the parser
@@ -53,6 +53,48 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE, f"nervectl: {message} (see: {self.prog} --help)\n")
+
+
+class _Guess(Exception):
+    """The parser built for one command met what only the whole parser can answer."""
+
+
+class _OneCommand(_Parser):
+    """A parser holding only the command about to run (see :func:`_command_path`): what it
+    cannot parse is parsed again, and its error said, by the whole parser."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Guess(message)
+
+
+# Options of nervectl itself that take a value, as the scan of argv must skip them.
+_VALUED = frozenset({"--socket"})
+_GROUPS = frozenset({"sense", "workflow"})
+
+
+def _command_path(argv: Sequence[str]) -> tuple[str, ...] | None:
+    """The command ``argv`` names (``("status",)``, ``("workflow", "trigger")``), found
+    without a parser, or None when it asks for nervectl's own help or version.
+
+    Building every command's arguments is a fifth of ``nervectl --json status``'s own time
+    (argparse looks up translations and the terminal's width for each): :func:`main` builds
+    only the command named here, and the whole parser whenever that one cannot parse argv.
+    """
+    path: list[str] = []
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in _VALUED:
+            skip = True
+        elif token.startswith("-"):
+            if not path and token in ("-h", "--help", "--version"):
+                return None
+        else:
+            path.append(token)
+            if path[0] not in _GROUPS or len(path) == 2:
+                return tuple(path)
+    return None
 
 
 def _since(text: str) -> int:
@@ -137,9 +179,11 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+    """nervectl's parser: every command, or ``only`` the one named (:func:`_command_path`),
+    whose errors then raise :class:`_Guess`."""
     common = _common()
-    parser = _Parser(
+    parser = (_Parser if only is None else _OneCommand)(
         prog="nervectl",
         description="Operate nerved, the nerve daemon, over its control socket.",
         epilog="Exit status: 0 ok, 1 the daemon reported an error (or a waited-for run did "
@@ -157,32 +201,99 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nervectl {_version.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    def wanted(*path: str) -> bool:
+        return only is None or only[: len(path)] == path
+
     def command(
-        group: Any, name: str, handler: str, text: str, **kwargs: Any
-    ) -> argparse.ArgumentParser:
-        """A command whose handler is ``module:function`` in nervectl, imported if it runs."""
-        leaf: argparse.ArgumentParser = group.add_parser(
-            name, help=text, description=text, parents=[common], **kwargs
-        )
+        group: Any,
+        path: tuple[str, ...],
+        handler: str,
+        text: str,
+        arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A command whose handler is ``module:function`` in nervectl, imported if it runs;
+        built (its ``arguments`` added) only if it is wanted."""
+        if not wanted(*path):
+            return
+        leaf = group.add_parser(path[-1], help=text, description=text, parents=[common], **kwargs)
         leaf.set_defaults(handler=handler)
-        return leaf
+        if arguments is not None:
+            arguments(leaf)
 
-    command(sub, "status", "commands:status", "show what the daemon is doing and its workers")
-
-    sense = sub.add_parser("sense", help="list or trigger senses", description="Senses.")
-    senses = sense.add_subparsers(dest="sense_command", metavar="SUBCOMMAND", required=True)
-    command(senses, "list", "commands:sense_list", "list the senses with their counters")
-    trigger = command(
-        senses, "trigger", "commands:sense_trigger", "compute a sense now (subject to its throttle)"
-    )
-    trigger.add_argument("name", metavar="NAME", type=_text, help="the sense to compute")
-
-    logs_parser = command(
+    command(sub, ("status",), "commands:status", "show what the daemon is doing and its workers")
+    if wanted("sense"):
+        sense = sub.add_parser("sense", help="list or trigger senses", description="Senses.")
+        senses = sense.add_subparsers(dest="sense_command", metavar="SUBCOMMAND", required=True)
+        command(
+            senses, ("sense", "list"), "commands:sense_list", "list the senses with their counters"
+        )
+        command(
+            senses,
+            ("sense", "trigger"),
+            "commands:sense_trigger",
+            "compute a sense now (subject to its throttle)",
+            _sense_trigger_arguments,
+        )
+    command(
         sub,
-        "logs",
+        ("logs",),
         "logs:logs",
         "show entries of the daemon's log store (signals, sense logs and errors, run histories)",
+        _logs_arguments,
     )
+    command(
+        sub,
+        ("reload",),
+        "commands:reload",
+        "re-read nerve.yaml and the packages, show what changed",
+    )
+    if wanted("workflow"):
+        workflow = sub.add_parser(
+            "workflow", help="list, inspect or trigger workflow runs", description="Workflow runs."
+        )
+        runs = workflow.add_subparsers(dest="workflow_command", metavar="SUBCOMMAND", required=True)
+        command(
+            runs,
+            ("workflow", "list"),
+            "workflows:workflow_list",
+            "list workflow runs (the active ones by default)",
+            _list_arguments,
+        )
+        command(
+            runs,
+            ("workflow", "inspect"),
+            "workflows:workflow_inspect",
+            "show one run and its event history",
+            _inspect_arguments,
+        )
+        command(
+            runs,
+            ("workflow", "trigger"),
+            "workflows:workflow_trigger",
+            "start a run of a workflow",
+            _trigger_arguments,
+        )
+    command(
+        sub,
+        ("init",),
+        "scaffold:init",
+        "scaffold a nerve root, a sense or a workflow (needs no daemon)",
+        _init_arguments,
+        usage=INIT_USAGE,
+        epilog="init DIR writes DIR/nerve.yaml with one sense, heartbeat; DIR defaults to the "
+        "root nerved would use ($NERVE_ROOT, /etc/nerve as root, else ~/.config/nerve). "
+        "init sense|workflow NAME writes DIR/senses|workflows/NAME/__init__.py and declares it "
+        "in DIR/nerve.yaml. Nothing that exists is overwritten.",
+    )
+    return parser
+
+
+def _sense_trigger_arguments(trigger: argparse.ArgumentParser) -> None:
+    trigger.add_argument("name", metavar="NAME", type=_text, help="the sense to compute")
+
+
+def _logs_arguments(logs_parser: argparse.ArgumentParser) -> None:
     logs_parser.add_argument(
         "--source", metavar="S", type=_text, help="only this source: sense or workflow"
     )
@@ -210,17 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="then keep printing new entries as they arrive, until interrupted",
     )
 
-    command(
-        sub, "reload", "commands:reload", "re-read nerve.yaml and the packages, show what changed"
-    )
 
-    workflow = sub.add_parser(
-        "workflow", help="list, inspect or trigger workflow runs", description="Workflow runs."
-    )
-    runs = workflow.add_subparsers(dest="workflow_command", metavar="SUBCOMMAND", required=True)
-    listing = command(
-        runs, "list", "workflows:workflow_list", "list workflow runs (the active ones by default)"
-    )
+def _list_arguments(listing: argparse.ArgumentParser) -> None:
     listing.add_argument("--all", action="store_true", help="finished runs too")
     listing.add_argument(
         "--status",
@@ -239,13 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"at most N runs, newest first (default 100; at most {MAX_QUERY_LIMIT:,}, "
         "the most the daemon lists at once)",
     )
-    inspect = command(
-        runs, "inspect", "workflows:workflow_inspect", "show one run and its event history"
-    )
+
+
+def _inspect_arguments(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument(
         "run_id", metavar="RUN_ID", type=_text, help="a run id, or a unique prefix of 8+ chars"
     )
-    start = command(runs, "trigger", "workflows:workflow_trigger", "start a run of a workflow")
+
+
+def _trigger_arguments(start: argparse.ArgumentParser) -> None:
     start.add_argument("name", metavar="NAME", type=_text, help="the workflow")
     payload = start.add_mutually_exclusive_group()
     payload.add_argument(
@@ -271,29 +375,32 @@ def build_parser() -> argparse.ArgumentParser:
         "1m30s (default: wait as long as it takes)",
     )
 
-    init = command(
-        sub,
-        "init",
-        "scaffold:init",
-        "scaffold a nerve root, a sense or a workflow (needs no daemon)",
-        usage=INIT_USAGE,
-        epilog="init DIR writes DIR/nerve.yaml with one sense, heartbeat; DIR defaults to the "
-        "root nerved would use ($NERVE_ROOT, /etc/nerve as root, else ~/.config/nerve). "
-        "init sense|workflow NAME writes DIR/senses|workflows/NAME/__init__.py and declares it "
-        "in DIR/nerve.yaml. Nothing that exists is overwritten.",
-    )
+
+def _init_arguments(init: argparse.ArgumentParser) -> None:
     init.add_argument(
         "target", nargs="*", metavar="DIR | sense NAME | workflow NAME", help="what to create"
     )
     init.add_argument(
         "--root", metavar="DIR", help="the nerve root to add to (default: as nerved resolves it)"
     )
-    return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """argv parsed by a parser of the one command it names, or else by the whole parser
+    (which also says every error, and gives every help)."""
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    only = _command_path(args_list)
+    if only is not None:
+        try:
+            return build_parser(only).parse_args(args_list)
+        except _Guess:
+            pass
+    return build_parser().parse_args(args_list)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse has printed them
         return exc.code if isinstance(exc.code, int) else USAGE
     from importlib import import_module
@@ -301,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nervectl.client import RemoteError, RequestTooLarge, Unreachable
     from nervectl.context import Context
 
-    ctx = Context(args=args, socket=resolve_socket(args.socket), json=args.json)
+    ctx = Context(args=args, socket=socket_path(args.socket), json=args.json)
     try:
         module, name = args.handler.split(":")
         handler: Handler = getattr(import_module(f"nervectl.{module}"), name)

@@ -14,7 +14,6 @@ from nervectl.client import Client
 TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
 if TYPE_CHECKING:
     import argparse
-    from pathlib import Path
     from typing import Any, TextIO
 
 
@@ -23,7 +22,7 @@ class Context:
     whether ``--json`` was given, ``out`` where results go (stdout)."""
 
     def __init__(
-        self, args: argparse.Namespace, socket: Path, json: bool, out: TextIO | None = None
+        self, args: argparse.Namespace, socket: str, json: bool, out: TextIO | None = None
     ) -> None:
         self.args = args
         self.socket = socket

@@ -127,3 +127,46 @@ def test_help_and_version_need_no_client(tmp_path: Path) -> None:
         code, modules = modules_of(tmp_path, *args)
         assert code == 0
         assert imported(modules, ("nervectl.client", "socket", "tabulate", "nerved.wire")) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "path"),
+    [
+        (["status"], ("status",)),
+        (["--json", "status"], ("status",)),
+        (["--socket", "status", "status"], ("status",)),  # --socket's value is no command
+        (["workflow", "--json", "trigger", "w"], ("workflow", "trigger")),
+        (["sense", "list"], ("sense", "list")),
+        (["workflow"], None),
+        (["--help"], None),
+        (["--version"], None),
+        ([], None),
+    ],
+)
+def test_the_command_is_found_without_a_parser(argv, path):
+    """nervectl builds only the parser of the command about to run (nervectl.cli)."""
+    from nervectl.cli import _command_path
+
+    assert _command_path(argv) == path
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["stauts"],
+        ["workflow", "trigger"],
+        ["logs", "--limit", "0"],
+        ["workflow", "list", "--status", "nope"],
+        ["--socket"],
+    ],
+)
+def test_a_usage_error_reads_as_the_whole_parser_says_it(argv, capsys):
+    """What the one-command parser cannot parse is parsed again by the whole parser, which
+    says the error: the same words as before nervectl built parsers lazily."""
+    from nervectl.cli import build_parser, main
+
+    assert main(argv) == 2
+    lazy = capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert lazy == capsys.readouterr().err and lazy.startswith("nervectl: ")
