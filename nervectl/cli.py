@@ -17,7 +17,6 @@ from nervectl.limits import MAX_INTEGER, MAX_QUERY_LIMIT
 from nervectl.times import SINCE_HELP, parse_duration_ms, parse_since
 from nerved import _version
 from nerved.paths import socket_path
-from nerved.states import RunStatus
 
 # Every command pays for what this module imports, so it imports only what builds the parser
 # (argparse, and constants from leaf modules). A command's handler, and what it needs (the
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
 _RPC_NOT_FOUND = -32001
 _RPC_NO_METHOD = -32601
 
-STATUSES = tuple(status.value for status in RunStatus)
-"""Run statuses, as ``workflow list --status`` takes them."""
 LOGS_DEFAULT_LIMIT = 100
 """Entries ``logs`` shows unless told (the newest, or the oldest since ``--since``)."""
 INIT_USAGE = """\
@@ -49,10 +46,37 @@ nervectl init [DIR]
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors on one line like every other nervectl error."""
+    """argparse, with its errors on one line like every other nervectl error.
+
+    argparse makes a help formatter for every argument it adds, only to check its metavar,
+    and a formatter asks the terminal's width (importing shutil, and bz2 and lzma with it):
+    a tenth of ``nervectl --json status``. The formatters made for that check get a fixed
+    width; those that print help or usage, the terminal's.
+    """
+
+    _printing = False
 
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE, f"nervectl: {message} (see: {self.prog} --help)\n")
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        if self._printing:
+            return super()._get_formatter()
+        return argparse.HelpFormatter(prog=self.prog, width=80)  # nervectl sets no other class
+
+    def format_help(self) -> str:
+        self._printing = True
+        try:
+            return super().format_help()
+        finally:
+            self._printing = False
+
+    def format_usage(self) -> str:
+        self._printing = True
+        try:
+            return super().format_usage()
+        finally:
+            self._printing = False
 
 
 class _Guess(Exception):
@@ -323,13 +347,16 @@ def _logs_arguments(logs_parser: argparse.ArgumentParser) -> None:
 
 
 def _list_arguments(listing: argparse.ArgumentParser) -> None:
+    from nerved.states import RunStatus  # the run statuses, as the daemon has them
+
+    statuses = [status.value for status in RunStatus]
     listing.add_argument("--all", action="store_true", help="finished runs too")
     listing.add_argument(
         "--status",
         metavar="S",
         action="append",
-        choices=STATUSES,
-        help=f"only runs in this status ({', '.join(STATUSES)}); may be repeated",
+        choices=statuses,
+        help=f"only runs in this status ({', '.join(statuses)}); may be repeated",
     )
     listing.add_argument(
         "--workflow", metavar="NAME", type=_text, help="only runs of this workflow"
