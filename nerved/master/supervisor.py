@@ -15,8 +15,9 @@ held):
 - **giving up** (supervisor's FATAL): a unit whose workers died :data:`GIVE_UP_AFTER` times in
   a row, each before it did any work (a result, a step: :meth:`Supervisor.progressed`) and
   within :data:`STABLE_AFTER` of its fork, is *fatal*: no worker is forked for it until a
-  reload changes its code (:meth:`Supervisor.code_changed`) or nerved restarts. A fork that
-  fails is the host's doing, not the code's: it backs off but never gives up;
+  reload changes its code (:meth:`Supervisor.code_changed`) or its ``memoryMax``, or nerved
+  restarts. A fork that fails is the host's doing, not the code's: it backs off but never
+  counts towards giving up;
 - **drain**: a worker told to stop has until its deadline to exit, then it is killed; an
   idle stop is a drain too, so whatever user code does on its way out, it is gone in time;
 - **grace kills**: a worker that does not come back from work its manager abandoned is
@@ -118,6 +119,7 @@ class Supervisor:
         self.current: Worker | None = None
         self.draining: set[Worker] = set()
         self.failures = 0  # deaths in a row without work (or failed forks): the backoff's
+        self.deaths = 0  # deaths in a row without work, failed forks not counted: giving up's
         self.restarts = 0  # workers that died, over the unit's life
         self.reason: str | None = None  # why it is in backoff or fatal
         self._fork_failing = False  # the last fork failed: its recovery is worth a log line
@@ -210,6 +212,7 @@ class Supervisor:
             self._worked.add(worker)
             if worker is self.current:
                 self.failures = 0
+                self.deaths = 0
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -300,20 +303,25 @@ class Supervisor:
             self._idle.cancel()
             self._idle = None
 
-    def code_changed(self) -> None:
-        """A reload changed the unit's code: a fatal unit may be tried again."""
+    def code_changed(self, what: str = "code") -> None:
+        """A reload changed the unit's code (or ``what`` else its workers die of): a fatal
+        unit may be tried again."""
         self.failures = 0
+        self.deaths = 0
         if self.state is WorkerState.FATAL:
             self._move(WorkerMove.CODE_CHANGED)
             self.reason = None
-            log.info("%s: its code changed; forking its worker again", self.label)
+            log.info("%s: its %s changed; forking its worker again", self.label, what)
             self.on_wake()
 
     def set_memory_max(self, limit: int | None) -> None:
-        """memoryMax changed by a reload (bytes, None: no limit): held from now on."""
-        self.memory_max = limit
+        """memoryMax changed by a reload (bytes, None: no limit): held from now on. A unit
+        whose workers all died of the old limit is fixed by this, not by its code."""
+        changed, self.memory_max = limit != self.memory_max, limit
         if self.current is not None:
             self.current.set_memory_max(limit)
+        if changed:
+            self.code_changed("memoryMax")
 
     # -- deaths -------------------------------------------------------------------------
 
@@ -338,12 +346,13 @@ class Supervisor:
         self.restarts += 1
         self.reason = why
         self.failures = 1 if worked else self.failures + 1
-        if not worked and self.failures >= GIVE_UP_AFTER:
+        self.deaths = 1 if worked else self.deaths + 1  # a failed fork is no death
+        if not worked and self.deaths >= GIVE_UP_AFTER:
             self._move(WorkerMove.GIVE_UP)
             log.error(
                 "%s: worker pid %d died (%s); gave up: its workers died %d times in a row"
                 " before doing any work. Fix its code and reload; nothing is forked for it"
-                " until then", self.label, worker.pid, why, self.failures,
+                " until then", self.label, worker.pid, why, self.deaths,
             )  # fmt: skip
         else:
             self._move(WorkerMove.DIED)

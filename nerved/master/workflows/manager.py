@@ -98,17 +98,19 @@ class WorkflowManager:
                 changed.append(f"workflow {name} added")
                 continue
             flow = self.flows[name]
-            if unlined(flow.config) != unlined(wf_config):
-                flow.config = wf_config
+            settings = unlined(flow.config) != unlined(wf_config)
+            flow.config = wf_config
+            if settings:
                 changed.append(f"workflow {name} settings")
-                flow.supervisor.set_memory_max(wf_config.memory_max)
-                self._fill(flow)
-            if flow.package.digest != package.digest:
+            if flow.package.digest != package.digest:  # first: whatever is forked takes it
                 flow.package = package
                 # New runs go to a new worker; the old one finishes its own, up to drainTimeout.
                 flow.supervisor.drain(flow.config.drain_timeout_ms / 1000, DRAIN)
                 changed.append(f"workflow {name} code")
                 flow.supervisor.code_changed()  # a fatal workflow is tried again
+            if settings:  # a fatal workflow killed by memoryMax is tried again if it changed
+                flow.supervisor.set_memory_max(wf_config.memory_max)
+                self._fill(flow)
         return changed
 
     def _supervise(self, flow: Flow) -> Supervisor:
@@ -133,6 +135,10 @@ class WorkflowManager:
         while flow.queue:
             why = f"workflow {flow.name} was removed"
             self._finish(flow.queue.popleft().run_id, flow.name, Transition.WITHDRAW, why)
+        # A run no worker holds (its workflow backs off, or is fatal) would wait forever.
+        why = f"its workflow was removed while it waited for a worker ({flow.supervisor.reason})"
+        for run in [run for run in flow.active.values() if run.worker is None]:
+            self._end(run, Transition.CRASH, why)
         flow.supervisor.retire(deadline=flow.config.drain_timeout_ms / 1000, setting=DRAIN)
         self._removed = [s for s in self._removed if s.draining] + [flow.supervisor]
 

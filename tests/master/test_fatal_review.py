@@ -1,0 +1,182 @@
+"""A review of fatal units: what an operator and an attacker can do to a unit that gave up.
+
+Each test here is a way found to break the supervisor's promise ("nothing lost, nothing
+forked until the fix, back on after it"), through the supervisor alone or a real nerved.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+
+import pytest
+from support import pid_alive, wait_until
+from test_supervisor import CRASHES, ROLE_CRASHES, Harness, _entry, dies_at_once, harness
+
+from nerved.master.supervisor import GIVE_UP_AFTER
+from nerved.states import WorkerState
+
+__all__ = ["harness"]  # the fixture, imported for the tests below
+
+ROLE_DONE = textwrap.dedent(ROLE_CRASHES).replace("os._exit(3)", "return {'type': 'done'}")
+
+
+# -- the supervisor alone ------------------------------------------------------------------
+
+
+def test_failed_forks_do_not_count_towards_giving_up(harness: Harness, monkeypatch):
+    """A fork that fails is the host's doing: it must never make a unit fatal, not even
+    together with deaths of the code's. Four failed forks then one death is one death."""
+    sup = harness.supervise(dies_at_once)
+    real_spawn = harness.workers.spawn
+    failing = {"left": GIVE_UP_AFTER - 1}
+
+    def spawn(*args, **kwargs):
+        if failing["left"]:
+            failing["left"] -= 1
+            raise OSError(11, "Resource temporarily unavailable")
+        return real_spawn(*args, **kwargs)
+
+    monkeypatch.setattr(harness.workers, "spawn", spawn)
+    while failing["left"]:
+        assert sup.ensure() is None and sup.state is WorkerState.BACKOFF
+        harness.run_until(lambda: sup.state is WorkerState.IDLE, timeout=15)
+    worker = sup.ensure()
+    assert worker is not None
+    harness.run_until(lambda: worker.reaped)
+    assert sup.state is not WorkerState.FATAL, sup.reason
+
+
+# -- through a real nerved -----------------------------------------------------------------
+
+
+def _fatal_workflow(nerved_factory, config: str = "workflows:\n  w: {maxAttempts: 100}\n"):
+    daemon = nerved_factory(config, workflows={"w": ROLE_CRASHES}, args=("--no-watch",)).start()
+    run = daemon.rpc("workflow.trigger", workflow="w")["runId"]
+    wait_until(lambda: _entry(daemon, "workflow", "w")["state"] == "fatal", timeout=30)
+    return daemon, run
+
+
+def test_removing_a_fatal_workflow_ends_its_runs(nerved_factory):
+    """Its runs have no worker, so no worker's exit will ever end them: the removal must,
+    or they stay ``started`` (and a ``workflow.wait`` on them hangs) until nerved restarts."""
+    daemon, run = _fatal_workflow(nerved_factory)
+    (daemon.root / "nerve.yaml").write_text("{}\n")
+    assert daemon.rpc("reload") == {"changed": ["workflow w removed"]}
+    wait_until(lambda: daemon.rpc("workflow.wait", runId=run, timeout=1)["status"] != "started",
+               timeout=5)  # fmt: skip
+    assert daemon.rpc("workflow.list") == []
+
+
+def test_a_fatal_workflow_removed_then_added_again_runs_once_its_code_is_fixed(nerved_factory):
+    daemon, run = _fatal_workflow(nerved_factory)
+    (daemon.root / "nerve.yaml").write_text("{}\n")
+    daemon.rpc("reload")
+    (daemon.root / "workflows" / "w" / "__init__.py").write_text(ROLE_DONE)
+    (daemon.root / "nerve.yaml").write_text("workflows:\n  w: {maxAttempts: 100}\n")
+    daemon.rpc("reload")
+    new = daemon.rpc("workflow.trigger", workflow="w")["runId"]
+    assert daemon.rpc("workflow.wait", runId=new, timeout=10)["status"] == "completed"
+    assert daemon.rpc("workflow.wait", runId=run, timeout=1)["status"] != "started"
+
+
+def test_raising_memory_max_of_a_fatal_workflow_tries_it_again(nerved_factory):
+    """A worker killed by memoryMax at every start is fixed by a setting, not by code."""
+    hog = textwrap.dedent(ROLE_DONE).replace(
+        "from nerved import WorkflowDefinition",
+        "from nerved import WorkflowDefinition\nimport time\n"
+        "_hog = bytearray(64 * 1024 * 1024)\nfor _i in range(0, len(_hog), 4096):\n"
+        "    _hog[_i] = 1\ntime.sleep(2)",
+    )
+    daemon = nerved_factory(
+        "workflows:\n  w: {maxAttempts: 100, memoryMax: 30M}\n",
+        workflows={"w": hog},
+        args=("--no-watch",),
+    ).start()
+    run = daemon.rpc("workflow.trigger", workflow="w")["runId"]
+    wait_until(lambda: _entry(daemon, "workflow", "w")["state"] == "fatal", timeout=60)
+    (daemon.root / "nerve.yaml").write_text("workflows:\n  w: {maxAttempts: 100, memoryMax: 1G}\n")
+    assert daemon.rpc("reload") == {"changed": ["workflow w settings"]}
+    assert daemon.rpc("workflow.wait", runId=run, timeout=20)["status"] == "completed"
+
+
+def test_stop_while_fatal_and_in_backoff_is_prompt(nerved_factory):
+    daemon = nerved_factory(
+        "senses:\n  bad: {group: g}\nworkflows:\n  w: {maxAttempts: 100}\n"
+        "reflexes:\n  - {kind: sense, sense: bad, interval: 50ms}\n",
+        {"bad": CRASHES},
+        {"w": ROLE_CRASHES},
+        args=("--no-watch",),
+    ).start()
+    wait_until(lambda: _entry(daemon, "sense", "g")["state"] == "fatal", timeout=30)
+    daemon.rpc("workflow.trigger", workflow="w")
+    wait_until(lambda: _entry(daemon, "workflow", "w")["state"] == "backoff", timeout=30)
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 3
+
+
+SLOW = """
+    import time
+
+    def compute(ctx):
+        time.sleep(20)
+        return {"ok": True}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a worker killed during its first compute did no work by the supervisor's rule:"
+    " five such kills make the group fatal, against the README's promise",
+)
+def test_kill_9_of_a_busy_sense_worker_never_makes_it_fatal(nerved_factory):
+    """README: "kill -9 of a busy worker is a death after work, so an operator's kills never
+    make a unit fatal"."""
+    daemon = nerved_factory(
+        "senses:\n  slow: {group: g, timeout: 60s}\n"
+        "reflexes:\n  - {kind: sense, sense: slow, interval: 100ms}\n",
+        {"slow": SLOW},
+        args=("--no-watch",),
+    ).start()
+    for _ in range(GIVE_UP_AFTER + 1):
+        assert _entry(daemon, "sense", "g")["state"] != "fatal"
+        pid = wait_until(lambda: daemon.sense("slow")["running"] and daemon.worker_pids("sense").get("g"),
+                         timeout=15)  # fmt: skip
+        os.kill(pid, signal.SIGKILL)
+        wait_until(
+            lambda pid=pid: not pid_alive(pid) and daemon.worker_pids("sense").get("g") != pid
+        )
+    assert _entry(daemon, "sense", "g")["state"] != "fatal"
+
+
+ONE_CRASHES = """
+    import os
+
+    def compute(ctx):
+        os._exit(3)
+"""
+ONE_WORKS = """
+    def compute(ctx):
+        return {"ok": True}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="deaths are the group's, not the sense's: one sense that crashes its worker makes"
+    " the whole group fatal, and its healthy members stop with it",
+)
+@pytest.mark.parametrize("interval", ["50ms", "5s"])
+def test_a_group_where_one_sense_crashes_and_another_works_is_not_fatal(nerved_factory, interval):
+    daemon = nerved_factory(
+        "senses:\n  bad: {group: g}\n  good: {group: g}\n"
+        "reflexes:\n  - {kind: sense, sense: bad, interval: 50ms}\n"
+        f"  - {{kind: sense, sense: good, interval: {interval}}}\n",
+        {"bad": ONE_CRASHES, "good": ONE_WORKS},
+        args=("--no-watch",),
+    ).start()
+    time.sleep(8)
+    assert _entry(daemon, "sense", "g")["state"] != "fatal"
