@@ -13,11 +13,11 @@ held):
 - **backoff**: after a death, or a fork that failed, no successor is forked before
   :func:`backoff` says (the first at once, then 0.25 s doubling to :data:`BACKOFF_MAX`);
 - **giving up** (supervisor's FATAL): a unit whose workers died :data:`GIVE_UP_AFTER` times in
-  a row, each before it did any work (a result, a step: :meth:`Supervisor.progressed`) and
-  within :data:`STABLE_AFTER` of its fork, is *fatal*: no worker is forked for it until a
-  reload changes its code (:meth:`Supervisor.code_changed`) or its ``memoryMax``, or nerved
-  restarts. A fork that fails is the host's doing, not the code's: it backs off but never
-  counts towards giving up;
+  a row, each before it did any work (a result, a step: :meth:`Supervisor.progressed`) and,
+  if it had imported its code, within :data:`STABLE_AFTER` of its fork, is *fatal*: no
+  worker is forked for it until a reload changes its code (:meth:`Supervisor.code_changed`)
+  or its ``memoryMax``, or nerved restarts. A fork that fails is the host's doing, not the
+  code's: it backs off but never counts towards giving up;
 - **drain**: a worker told to stop has until its deadline to exit, then it is killed; an
   idle stop is a drain too, so whatever user code does on its way out, it is gone in time;
 - **grace kills**: a worker that does not come back from work its manager abandoned is
@@ -328,9 +328,12 @@ class Supervisor:
     def _reaped(self, worker: Worker, why: str) -> None:
         hung = worker in self._hung
         why = self._hung.pop(worker, why)
-        worked = worker in self._worked or time.monotonic() - worker.started >= STABLE_AFTER
-        self._worked.discard(worker)
         ready = worker.state is not WorkerState.SPAWNING
+        # Only a worker that imported its code is stable by time: the import bound may be
+        # as long as STABLE_AFTER, and a hung import is no work however long it hung.
+        stable = ready and time.monotonic() - worker.started >= STABLE_AFTER
+        worked = worker in self._worked or stable
+        self._worked.discard(worker)
         worker.state = WorkerState.GONE
         if worker in self.draining:
             self.draining.discard(worker)

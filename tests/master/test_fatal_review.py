@@ -13,8 +13,17 @@ import time
 
 import pytest
 from support import pid_alive, wait_until
-from test_supervisor import CRASHES, ROLE_CRASHES, Harness, _entry, dies_at_once, harness
+from test_supervisor import (
+    CRASHES,
+    ROLE_CRASHES,
+    Harness,
+    _entry,
+    dies_at_once,
+    harness,
+    never_ready,
+)
 
+from nerved.master import supervisor as supervisor_module
 from nerved.master.supervisor import GIVE_UP_AFTER
 from nerved.states import WorkerState
 
@@ -180,3 +189,19 @@ def test_a_group_where_one_sense_crashes_and_another_works_is_not_fatal(nerved_f
     ).start()
     time.sleep(8)
     assert _entry(daemon, "sense", "g")["state"] != "fatal"
+
+
+def test_imports_that_hang_past_the_stable_time_still_make_a_unit_fatal(harness, monkeypatch):
+    """``--import-timeout`` goes up to 30 s, and STABLE_AFTER is 30 s: a worker killed for a
+    hung import must not count as a stable one, or a unit whose import always hangs is
+    forked forever (each worker killed at the bound) and never becomes fatal."""
+    monkeypatch.setattr(supervisor_module, "STABLE_AFTER", 0.2)
+    sup = harness.supervise(never_ready, import_timeout=0.3)
+    for _ in range(GIVE_UP_AFTER):
+        harness.run_until(lambda: sup.state is WorkerState.IDLE, timeout=15)
+        worker = sup.ensure()
+        assert worker is not None
+        harness.run_until(lambda worker=worker: worker.reaped)
+        if sup.state is WorkerState.FATAL:
+            break
+    assert sup.state is WorkerState.FATAL
