@@ -36,10 +36,6 @@ log = logging.getLogger(__name__)
 
 SignalHandler = Callable[[str, Any], None]
 
-BACKOFF_FIRST = 0.25
-BACKOFF_MAX = 30.0
-STABLE_AFTER = 30.0  # a worker that lived this long resets its group's failure count
-
 
 @dataclass(eq=False)
 class SenseState:

@@ -11,7 +11,8 @@ held):
 - **the import bound**: a worker that has not said ``ready`` within ``import_timeout`` is
   killed, and its death says why;
 - **backoff**: after a death, or a fork that failed, no successor is forked before
-  :func:`backoff` says (the first at once, then 0.25 s doubling to :data:`BACKOFF_MAX`);
+  :func:`backoff` says (the first at once, then 0.25 s doubling to :data:`BACKOFF_MAX`; only
+  a worker up :data:`STABLE_AFTER` ends the series, work done does not);
 - **giving up** (supervisor's FATAL): a unit whose workers died :data:`GIVE_UP_AFTER` times in
   a row, each before it did any work (a result, a step: :meth:`Supervisor.progressed`) and,
   if it had imported its code, within :data:`STABLE_AFTER` of its fork, is *fatal*: no
@@ -118,7 +119,7 @@ class Supervisor:
         self.state = WorkerState.IDLE
         self.current: Worker | None = None
         self.draining: set[Worker] = set()
-        self.failures = 0  # deaths in a row without work (or failed forks): the backoff's
+        self.failures = 0  # deaths (or failed forks) since a stable worker: the backoff's
         self.deaths = 0  # deaths in a row without work, failed forks not counted: giving up's
         self.restarts = 0  # workers that died, over the unit's life
         self.reason: str | None = None  # why it is in backoff or fatal
@@ -211,8 +212,8 @@ class Supervisor:
         if worker not in self._worked:
             self._worked.add(worker)
             if worker is self.current:
-                self.failures = 0
-                self.deaths = 0
+                self.deaths = 0  # not the backoff: a worker that works then dies at once
+                # would be forked again at once, for ever (a drop workflow's runs with it)
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -348,7 +349,7 @@ class Supervisor:
         self.busy()
         self.restarts += 1
         self.reason = why
-        self.failures = 1 if worked else self.failures + 1
+        self.failures = 1 if stable else self.failures + 1
         self.deaths = 1 if worked else self.deaths + 1  # a failed fork is no death
         if not worked and self.deaths >= GIVE_UP_AFTER:
             self._move(WorkerMove.GIVE_UP)

@@ -205,3 +205,197 @@ def test_imports_that_hang_past_the_stable_time_still_make_a_unit_fatal(harness,
         if sup.state is WorkerState.FATAL:
             break
     assert sup.state is WorkerState.FATAL
+
+
+def _fix(daemon, name: str = "w") -> None:
+    (daemon.root / "workflows" / name / "__init__.py").write_text(ROLE_DONE)
+    assert daemon.rpc("reload") == {"changed": [f"workflow {name} code"]}
+
+
+def test_runs_queued_behind_a_fatal_workflow_all_finish_after_the_fix(nerved_factory):
+    daemon, first = _fatal_workflow(nerved_factory)
+    queued = [daemon.rpc("workflow.trigger", workflow="w")["runId"] for _ in range(3)]
+    rows = {r["runId"]: r for r in daemon.rpc("workflow.list")}
+    assert rows[first]["status"] == "started" and rows[first]["worker"] == "fatal"
+    assert {rows[q]["status"] for q in queued} == {"queued"}
+    assert {rows[q]["worker"] for q in queued} == {"fatal"}
+    assert "w" not in daemon.worker_pids("workflow")
+    _fix(daemon)
+    for run in [first, *queued]:
+        assert daemon.rpc("workflow.wait", runId=run, timeout=20)["status"] == "completed"
+
+
+def test_a_fatal_drop_workflow_keeps_one_run_and_finishes_it_after_the_fix(nerved_factory):
+    daemon, _first = _fatal_workflow(nerved_factory, "workflows:\n  w: {overflow: drop}\n")
+    runs = daemon.rpc("workflow.list", all=True)
+    statuses = sorted(r["status"] for r in runs)
+    assert statuses.count("started") == 1, statuses
+    assert statuses.count("crashed") == GIVE_UP_AFTER, statuses
+    [active] = [r["runId"] for r in runs if r["status"] == "started"]
+    _fix(daemon)
+    assert daemon.rpc("workflow.wait", runId=active, timeout=20)["status"] == "completed"
+
+
+def test_max_attempts_crashes_runs_before_their_workflow_gives_up(nerved_factory):
+    daemon = nerved_factory(
+        "workflows:\n  w: {maxAttempts: 3}\n", workflows={"w": ROLE_CRASHES}, args=("--no-watch",)
+    ).start()
+    runs = [daemon.rpc("workflow.trigger", workflow="w")["runId"] for _ in range(3)]
+    wait_until(lambda: _entry(daemon, "workflow", "w")["state"] == "fatal", timeout=30)
+    by_id = {r["runId"]: r["status"] for r in daemon.rpc("workflow.list", all=True)}
+    assert by_id[runs[0]] == "crashed"  # 3 deaths under it
+    assert by_id[runs[1]] == "started"  # 2 deaths under it: it waits for the fix
+    assert by_id[runs[2]] == "queued"
+    _fix(daemon)
+    for run in runs[1:]:
+        assert daemon.rpc("workflow.wait", runId=run, timeout=20)["status"] == "completed"
+
+
+def _drain_notifications(daemon) -> None:
+    assert daemon._notify is not None
+    daemon._notify.setblocking(False)
+    try:
+        while daemon._notify.recv(65536):
+            pass
+    except BlockingIOError:
+        pass
+    finally:
+        daemon._notify.setblocking(True)
+
+
+def test_a_fatal_unit_survives_sighup_and_a_restart_resets_it(nerved_factory):
+    daemon, run = _fatal_workflow(nerved_factory)
+    daemon.signal(signal.SIGHUP)
+    time.sleep(1)
+    assert _entry(daemon, "workflow", "w")["state"] == "fatal"
+    assert "w" not in daemon.worker_pids("workflow")
+    daemon.kill()
+    _drain_notifications(daemon)  # the READY=1 that ended the SIGHUP's reload
+    daemon.start()
+    wait_until(lambda: _entry(daemon, "workflow", "w")["state"] == "fatal", timeout=30)
+    [row] = daemon.rpc("workflow.list")
+    assert row["runId"] == run and row["status"] == "started"
+    assert daemon.stop() == 0
+    daemon.start()
+    wait_until(lambda: _entry(daemon, "workflow", "w")["state"] == "fatal", timeout=30)
+    _fix(daemon)
+    assert daemon.rpc("workflow.wait", runId=run, timeout=20)["status"] == "completed"
+
+
+def test_nervectl_json_for_a_fatal_workflow_and_group(nerved_factory):
+    daemon = nerved_factory(
+        "senses:\n  bad: {group: g}\nworkflows:\n  w: {maxAttempts: 100}\n"
+        "reflexes:\n  - {kind: sense, sense: bad, interval: 50ms}\n",
+        {"bad": CRASHES},
+        {"w": ROLE_CRASHES},
+        args=("--no-watch",),
+    ).start()
+    run = daemon.rpc("workflow.trigger", workflow="w")["runId"]
+    wait_until(lambda: _entry(daemon, "sense", "g")["state"] == "fatal", timeout=30)
+    wait_until(lambda: _entry(daemon, "workflow", "w")["state"] == "fatal", timeout=30)
+    status = daemon.ctl_json("status")
+    print(status)
+    units = {(w["kind"], w["name"]): w for w in status["workers"]}
+    assert units["sense", "g"]["state"] == "fatal" and units["sense", "g"]["pid"] is None
+    assert units["workflow", "w"]["reason"] == "exit code 3"
+    [sense] = daemon.ctl_json("sense", "list")
+    assert sense["worker"] == "fatal"
+    [row] = daemon.ctl_json("workflow", "list")
+    assert row["runId"] == run and row["worker"] == "fatal"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="workflow.trigger and workflow.wait do not say the workflow is fatal: --wait waits"
+    " its whole timeout and then says only that the run goes on",
+)
+def test_trigger_wait_on_a_fatal_workflow_says_it_is_fatal(nerved_factory):
+    daemon, _run = _fatal_workflow(nerved_factory)
+    done = daemon.ctl("workflow", "trigger", "w", "--wait", "--timeout", "2s")
+    assert "fatal" in done.stderr + done.stdout
+
+
+STEP_THEN_CRASH = """
+    import os
+    from nerved import WorkflowDefinition
+
+    def work(prompt, ctx):
+        if prompt.get("crash"):
+            os._exit(3)
+        return {"type": "worked"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "work", "prompt": {}}
+        if event["type"] == "worked":
+            return {"role": "work", "prompt": {"crash": True}}
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
+"""
+
+
+def test_a_drop_workflow_that_crashes_after_a_step_backs_off(nerved_factory):
+    """overflow: drop restarts a crashed run afresh; its worker did a step before each
+    death, so it never becomes fatal and each successor is forked at once."""
+    daemon = nerved_factory(
+        "workflows:\n  w: {overflow: drop}\n", workflows={"w": STEP_THEN_CRASH},
+        args=("--no-watch",),
+    ).start()  # fmt: skip
+    daemon.rpc("workflow.trigger", workflow="w")
+    time.sleep(5)
+    runs = daemon.rpc("workflow.list", all=True, limit=10000)
+    status = _entry(daemon, "workflow", "w")
+    assert len(runs) <= 10, (len(runs), status)
+
+
+HANGS = """
+    import time
+
+    time.sleep(60)
+
+    def compute(ctx):
+        return {"ok": True}
+"""
+SENSE_HOG = """
+    import time
+
+    _hog = bytearray(64 * 1024 * 1024)
+    for _i in range(0, len(_hog), 4096):
+        _hog[_i] = 1
+    time.sleep(2)
+
+    def compute(ctx):
+        return {"ok": True}
+"""
+
+
+def test_a_sense_whose_import_hangs_becomes_fatal_and_says_why(nerved_factory):
+    daemon = nerved_factory(
+        "senses:\n  slow: {group: g}\n",
+        {"slow": HANGS},
+        args=("--no-watch", "--import-timeout", "0.3"),
+    ).start()
+    entry = wait_until(lambda: (e := _entry(daemon, "sense", "g"))["state"] == "fatal" and e,
+                       timeout=30)  # fmt: skip
+    assert entry["reason"] == "importing senses/slow took longer than 0.3s"
+    assert daemon.sense("slow")["lastError"] == entry["reason"]
+    time.sleep(1)
+    assert "g" not in daemon.worker_pids("sense")
+
+
+def test_raising_memory_max_of_a_fatal_sense_group_tries_it_again(nerved_factory):
+    daemon = nerved_factory(
+        "senses:\n  hog: {group: g, memoryMax: 30M}\n"
+        "reflexes:\n  - {kind: sense, sense: hog, interval: 1s}\n",
+        {"hog": SENSE_HOG},
+        args=("--no-watch",),
+    ).start()
+    wait_until(lambda: _entry(daemon, "sense", "g")["state"] == "fatal", timeout=60)
+    (daemon.root / "nerve.yaml").write_text(
+        "senses:\n  hog: {group: g, memoryMax: 1G}\n"
+        "reflexes:\n  - {kind: sense, sense: hog, interval: 1s}\n"
+    )
+    assert daemon.rpc("reload") == {"changed": ["sense hog"]}
+    wait_until(lambda: daemon.rpc("logs.query", source="sense", type="signal", refId="hog"),
+               timeout=20)  # fmt: skip
