@@ -399,3 +399,61 @@ def test_raising_memory_max_of_a_fatal_sense_group_tries_it_again(nerved_factory
     assert daemon.rpc("reload") == {"changed": ["sense hog"]}
     wait_until(lambda: daemon.rpc("logs.query", source="sense", type="signal", refId="hog"),
                timeout=20)  # fmt: skip
+
+
+STUBBORN = """
+    import signal
+    import time
+    from nerved import WorkflowDefinition
+
+    def work(prompt, ctx):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        time.sleep(SECONDS)
+        return {"type": "done"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "work", "prompt": {}}
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
+"""
+
+
+def test_a_fatal_workflow_does_not_stretch_the_stop_of_the_others(nerved_factory):
+    """nerved's stop waits for steps in flight up to their workflow's drainTimeout; a fatal
+    workflow has none in flight, so its drainTimeout (60 s here) must not count."""
+    daemon = nerved_factory(
+        "workflows:\n  u: {drainTimeout: 1s}\n  v: {maxAttempts: 100}\n",
+        workflows={"u": STUBBORN.replace("SECONDS", "120"), "v": ROLE_CRASHES},
+        args=("--no-watch",),
+    ).start()
+    daemon.rpc("workflow.trigger", workflow="v")
+    wait_until(lambda: _entry(daemon, "workflow", "v")["state"] == "fatal", timeout=30)
+    daemon.rpc("workflow.trigger", workflow="u")
+    pid = wait_until(lambda: daemon.worker_pids("workflow").get("u"))
+    time.sleep(0.5)  # in its role, which ignores SIGTERM and the halt
+    started = time.monotonic()
+    assert daemon.stop(timeout=70) == 0
+    assert time.monotonic() - started < 8
+    assert not pid_alive(pid)
+
+
+def test_stop_gives_a_removed_workflows_step_its_drain_timeout(nerved_factory):
+    daemon = nerved_factory(
+        "workflows:\n  w: {drainTimeout: 10s}\n",
+        workflows={"w": STUBBORN.replace("SECONDS", "2")},
+        args=("--no-watch",),
+    ).start()
+    run = daemon.rpc("workflow.trigger", workflow="w")["runId"]
+    pid = wait_until(lambda: daemon.worker_pids("workflow").get("w"))
+    time.sleep(0.3)  # in its role
+    (daemon.root / "nerve.yaml").write_text("{}\n")
+    assert daemon.rpc("reload") == {"changed": ["workflow w removed"]}
+    assert daemon.stop(timeout=30) == 0
+    assert "did not stop in time" not in daemon.log()
+    assert not pid_alive(pid)
+    _drain_notifications(daemon)  # the READY=1 that ended the reload
+    daemon.start()
+    entries = daemon.rpc("logs.query", source="workflow", refId=run)
+    assert "step_complete" in [e["type"] for e in entries], entries  # it finished its step

@@ -77,7 +77,7 @@ class WorkflowManager:
         self.import_timeout = import_timeout  # seconds a worker's import may take
         self.flows: dict[str, Flow] = {}
         self.runs: dict[str, ActiveRun] = {}
-        self._removed: list[Supervisor] = []  # of workflows a reload removed
+        self._removed: list[Flow] = []  # workflows a reload removed, their workers draining
         self.resumer = Resumer(loop, store, self._holds, self._unresumable)
         self.waiters = Waiters(loop, store)
         self.stopping = False
@@ -140,7 +140,7 @@ class WorkflowManager:
         for run in [run for run in flow.active.values() if run.worker is None]:
             self._end(run, Transition.CRASH, why)
         flow.supervisor.retire(deadline=flow.config.drain_timeout_ms / 1000, setting=DRAIN)
-        self._removed = [s for s in self._removed if s.draining] + [flow.supervisor]
+        self._removed = [f for f in self._removed if f.supervisor.draining] + [flow]
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -475,12 +475,12 @@ class WorkflowManager:
     def stop(self) -> float:
         """Halt every worker after its running steps; returns the longest grace (seconds)."""
         self.stopping = True
-        longest = 0.0
-        for flow in self.flows.values():
-            if flow.active:
-                longest = max(longest, flow.config.drain_timeout_ms / 1000)
-        for supervisor in (*self.supervisors(), *self._removed):  # removed: still draining
-            supervisor.retire(HALT)  # the kill is nerved's stop deadline
+        flows = (*self.flows.values(), *self._removed)  # removed: still draining
+        # A run no worker holds (its workflow backs off, or is fatal) has no step to finish.
+        held = [f for f in flows if any(r.worker is not None for r in f.active.values())]
+        longest = max((flow.config.drain_timeout_ms / 1000 for flow in held), default=0.0)
+        for flow in flows:
+            flow.supervisor.retire(HALT)  # the kill is nerved's stop deadline
         self.waiters.reject_all()
         return longest
 
