@@ -457,3 +457,16 @@ def test_stop_gives_a_removed_workflows_step_its_drain_timeout(nerved_factory):
     daemon.start()
     entries = daemon.rpc("logs.query", source="workflow", refId=run)
     assert "step_complete" in [e["type"] for e in entries], entries  # it finished its step
+
+
+def test_kill_9_of_an_idle_sense_worker_five_times_makes_its_group_fatal(nerved_factory):
+    """What the README says: a worker killed before it did anything did no work."""
+    daemon = nerved_factory("senses:\n  s: {group: g}\n", {"s": ONE_WORKS}, args=("--no-watch",))
+    daemon.start()
+    for _ in range(GIVE_UP_AFTER):
+        pid = wait_until(lambda: _entry(daemon, "sense", "g")["state"] == "ready"
+                         and daemon.worker_pids("sense").get("g"), timeout=15)  # fmt: skip
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda pid=pid: daemon.worker_pids("sense").get("g") != pid)
+    entry = wait_until(lambda: (e := _entry(daemon, "sense", "g"))["state"] == "fatal" and e)
+    assert entry["reason"] == "killed by SIGKILL", entry
