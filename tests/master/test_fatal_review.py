@@ -470,3 +470,25 @@ def test_kill_9_of_an_idle_sense_worker_five_times_makes_its_group_fatal(nerved_
         wait_until(lambda pid=pid: daemon.worker_pids("sense").get("g") != pid)
     entry = wait_until(lambda: (e := _entry(daemon, "sense", "g"))["state"] == "fatal" and e)
     assert entry["reason"] == "killed by SIGKILL", entry
+
+
+STUCK = """
+    import time
+
+    def compute(ctx):
+        time.sleep(30)  # a call that hangs, say on the network: sync, it cannot be cancelled
+"""
+
+
+def test_a_sense_whose_computes_time_out_is_not_fatal(nerved_factory):
+    """README: a sync compute past its timeout "gets the sense's gracePeriod to return before
+    its worker is killed and respawned (see Workers that keep dying for the backoff)"."""
+    daemon = nerved_factory(
+        "senses:\n  stuck: {group: g, timeout: 300ms, gracePeriod: 100ms}\n"
+        "reflexes:\n  - {kind: sense, sense: stuck, interval: 50ms}\n",
+        {"stuck": STUCK},
+        args=("--no-watch",),
+    ).start()
+    time.sleep(10)
+    entry = _entry(daemon, "sense", "g")
+    assert entry["restarts"] >= GIVE_UP_AFTER and entry["state"] != "fatal", entry
