@@ -139,7 +139,7 @@ SLOW = """
 @pytest.mark.xfail(
     strict=True,
     reason="a worker killed during its first compute did no work by the supervisor's rule:"
-    " five such kills make the group fatal, against the README's promise",
+    " five such kills make the group fatal (the README said they never would; it now says so)",
 )
 def test_kill_9_of_a_busy_sense_worker_never_makes_it_fatal(nerved_factory):
     """README: "kill -9 of a busy worker is a death after work, so an operator's kills never
