@@ -144,7 +144,7 @@ class WorkerMove(enum.Enum):
         WorkerState.IDLE,
     )
     CODE_CHANGED = (
-        "a reload changed its code: it may be tried again",
+        "a reload changed its code or memoryMax: it may be tried again",
         frozenset({WorkerState.FATAL}),
         WorkerState.IDLE,
     )

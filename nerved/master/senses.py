@@ -36,10 +36,6 @@ log = logging.getLogger(__name__)
 
 SignalHandler = Callable[[str, Any], None]
 
-BACKOFF_FIRST = 0.25
-BACKOFF_MAX = 30.0
-STABLE_AFTER = 30.0  # a worker that lived this long resets its group's failure count
-
 
 @dataclass(eq=False)
 class SenseState:
@@ -361,6 +357,9 @@ class SenseManager:
         self._record_error(state.name, f"compute timed out after {limit:g}s and was abandoned")
         group.abandoned.add(compute_id)
         if group.worker is not None:
+            # A compute that ends in its timeout's error is work done, as any other error: a
+            # sense that hangs on the network is killed and respawned, never made fatal.
+            group.supervisor.progressed(group.worker)
             group.worker.send({"t": "cancel", "id": compute_id})
             if group.grace is None:
                 group.grace = group.supervisor.kill_later(

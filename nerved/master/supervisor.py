@@ -11,12 +11,14 @@ held):
 - **the import bound**: a worker that has not said ``ready`` within ``import_timeout`` is
   killed, and its death says why;
 - **backoff**: after a death, or a fork that failed, no successor is forked before
-  :func:`backoff` says (the first at once, then 0.25 s doubling to :data:`BACKOFF_MAX`);
+  :func:`backoff` says (the first at once, then 0.25 s doubling to :data:`BACKOFF_MAX`; only
+  a worker up :data:`STABLE_AFTER` ends the series, work done does not);
 - **giving up** (supervisor's FATAL): a unit whose workers died :data:`GIVE_UP_AFTER` times in
-  a row, each before it did any work (a result, a step: :meth:`Supervisor.progressed`) and
-  within :data:`STABLE_AFTER` of its fork, is *fatal*: no worker is forked for it until a
-  reload changes its code (:meth:`Supervisor.code_changed`) or nerved restarts. A fork that
-  fails is the host's doing, not the code's: it backs off but never gives up;
+  a row, each before it did any work (a result, a step: :meth:`Supervisor.progressed`) and,
+  if it had imported its code, within :data:`STABLE_AFTER` of its fork, is *fatal*: no
+  worker is forked for it until a reload changes its code (:meth:`Supervisor.code_changed`)
+  or its ``memoryMax``, or nerved restarts. A fork that fails is the host's doing, not the
+  code's: it backs off but never counts towards giving up;
 - **drain**: a worker told to stop has until its deadline to exit, then it is killed; an
   idle stop is a drain too, so whatever user code does on its way out, it is gone in time;
 - **grace kills**: a worker that does not come back from work its manager abandoned is
@@ -117,7 +119,8 @@ class Supervisor:
         self.state = WorkerState.IDLE
         self.current: Worker | None = None
         self.draining: set[Worker] = set()
-        self.failures = 0  # deaths in a row without work (or failed forks): the backoff's
+        self.failures = 0  # deaths (or failed forks) since a stable worker: the backoff's
+        self.deaths = 0  # deaths in a row without work, failed forks not counted: giving up's
         self.restarts = 0  # workers that died, over the unit's life
         self.reason: str | None = None  # why it is in backoff or fatal
         self._fork_failing = False  # the last fork failed: its recovery is worth a log line
@@ -209,7 +212,8 @@ class Supervisor:
         if worker not in self._worked:
             self._worked.add(worker)
             if worker is self.current:
-                self.failures = 0
+                self.deaths = 0  # not the backoff: a worker that works then dies at once
+                # would be forked again at once, for ever (a drop workflow's runs with it)
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -300,29 +304,37 @@ class Supervisor:
             self._idle.cancel()
             self._idle = None
 
-    def code_changed(self) -> None:
-        """A reload changed the unit's code: a fatal unit may be tried again."""
+    def code_changed(self, what: str = "code") -> None:
+        """A reload changed the unit's code (or ``what`` else its workers die of): a fatal
+        unit may be tried again."""
         self.failures = 0
+        self.deaths = 0
         if self.state is WorkerState.FATAL:
             self._move(WorkerMove.CODE_CHANGED)
             self.reason = None
-            log.info("%s: its code changed; forking its worker again", self.label)
+            log.info("%s: its %s changed; forking its worker again", self.label, what)
             self.on_wake()
 
     def set_memory_max(self, limit: int | None) -> None:
-        """memoryMax changed by a reload (bytes, None: no limit): held from now on."""
-        self.memory_max = limit
+        """memoryMax changed by a reload (bytes, None: no limit): held from now on. A unit
+        whose workers all died of the old limit is fixed by this, not by its code."""
+        changed, self.memory_max = limit != self.memory_max, limit
         if self.current is not None:
             self.current.set_memory_max(limit)
+        if changed:
+            self.code_changed("memoryMax")
 
     # -- deaths -------------------------------------------------------------------------
 
     def _reaped(self, worker: Worker, why: str) -> None:
         hung = worker in self._hung
         why = self._hung.pop(worker, why)
-        worked = worker in self._worked or time.monotonic() - worker.started >= STABLE_AFTER
-        self._worked.discard(worker)
         ready = worker.state is not WorkerState.SPAWNING
+        # Only a worker that imported its code is stable by time: the import bound may be
+        # as long as STABLE_AFTER, and a hung import is no work however long it hung.
+        stable = ready and time.monotonic() - worker.started >= STABLE_AFTER
+        worked = worker in self._worked or stable
+        self._worked.discard(worker)
         worker.state = WorkerState.GONE
         if worker in self.draining:
             self.draining.discard(worker)
@@ -337,13 +349,14 @@ class Supervisor:
         self.busy()
         self.restarts += 1
         self.reason = why
-        self.failures = 1 if worked else self.failures + 1
-        if not worked and self.failures >= GIVE_UP_AFTER:
+        self.failures = 1 if stable else self.failures + 1
+        self.deaths = 1 if worked else self.deaths + 1  # a failed fork is no death
+        if not worked and self.deaths >= GIVE_UP_AFTER:
             self._move(WorkerMove.GIVE_UP)
             log.error(
                 "%s: worker pid %d died (%s); gave up: its workers died %d times in a row"
                 " before doing any work. Fix its code and reload; nothing is forked for it"
-                " until then", self.label, worker.pid, why, self.failures,
+                " until then", self.label, worker.pid, why, self.deaths,
             )  # fmt: skip
         else:
             self._move(WorkerMove.DIED)

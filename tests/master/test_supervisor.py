@@ -156,13 +156,15 @@ def test_a_unit_whose_workers_die_before_any_work_becomes_fatal(harness):
     assert sup.ensure() is not None
 
 
-def test_a_unit_whose_workers_do_work_between_deaths_never_becomes_fatal(harness):
+def test_a_unit_whose_workers_do_work_between_deaths_never_becomes_fatal(harness, monkeypatch):
+    monkeypatch.setattr(supervisor_module, "BACKOFF_FIRST", 0.01)
     sup = harness.supervise(works_then_dies)
     for n in range(1, GIVE_UP_AFTER + 3):
         worker = sup.ensure()
         assert worker is not None
         harness.run_until(lambda n=n: len(harness.exits) == n and sup.state is WorkerState.IDLE)
-        assert sup.failures == 1  # so each successor is forked at once
+        assert sup.deaths == 1  # work starts a new count towards giving up
+        assert sup.failures == n  # but not a new backoff: it dies as soon as it works
     assert sup.restarts == GIVE_UP_AFTER + 2 and all(e.ready for e in harness.exits)
 
 

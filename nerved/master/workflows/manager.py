@@ -77,7 +77,7 @@ class WorkflowManager:
         self.import_timeout = import_timeout  # seconds a worker's import may take
         self.flows: dict[str, Flow] = {}
         self.runs: dict[str, ActiveRun] = {}
-        self._removed: list[Supervisor] = []  # of workflows a reload removed
+        self._removed: list[Flow] = []  # workflows a reload removed, their workers draining
         self.resumer = Resumer(loop, store, self._holds, self._unresumable)
         self.waiters = Waiters(loop, store)
         self.stopping = False
@@ -98,17 +98,19 @@ class WorkflowManager:
                 changed.append(f"workflow {name} added")
                 continue
             flow = self.flows[name]
-            if unlined(flow.config) != unlined(wf_config):
-                flow.config = wf_config
+            settings = unlined(flow.config) != unlined(wf_config)
+            flow.config = wf_config
+            if settings:
                 changed.append(f"workflow {name} settings")
-                flow.supervisor.set_memory_max(wf_config.memory_max)
-                self._fill(flow)
-            if flow.package.digest != package.digest:
+            if flow.package.digest != package.digest:  # first: whatever is forked takes it
                 flow.package = package
                 # New runs go to a new worker; the old one finishes its own, up to drainTimeout.
                 flow.supervisor.drain(flow.config.drain_timeout_ms / 1000, DRAIN)
                 changed.append(f"workflow {name} code")
                 flow.supervisor.code_changed()  # a fatal workflow is tried again
+            if settings:  # a fatal workflow killed by memoryMax is tried again if it changed
+                flow.supervisor.set_memory_max(wf_config.memory_max)
+                self._fill(flow)
         return changed
 
     def _supervise(self, flow: Flow) -> Supervisor:
@@ -133,8 +135,12 @@ class WorkflowManager:
         while flow.queue:
             why = f"workflow {flow.name} was removed"
             self._finish(flow.queue.popleft().run_id, flow.name, Transition.WITHDRAW, why)
+        # A run no worker holds (its workflow backs off, or is fatal) would wait forever.
+        why = f"its workflow was removed while it waited for a worker ({flow.supervisor.reason})"
+        for run in [run for run in flow.active.values() if run.worker is None]:
+            self._end(run, Transition.CRASH, why)
         flow.supervisor.retire(deadline=flow.config.drain_timeout_ms / 1000, setting=DRAIN)
-        self._removed = [s for s in self._removed if s.draining] + [flow.supervisor]
+        self._removed = [f for f in self._removed if f.supervisor.draining] + [flow]
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -469,12 +475,12 @@ class WorkflowManager:
     def stop(self) -> float:
         """Halt every worker after its running steps; returns the longest grace (seconds)."""
         self.stopping = True
-        longest = 0.0
-        for flow in self.flows.values():
-            if flow.active:
-                longest = max(longest, flow.config.drain_timeout_ms / 1000)
-        for supervisor in (*self.supervisors(), *self._removed):  # removed: still draining
-            supervisor.retire(HALT)  # the kill is nerved's stop deadline
+        flows = (*self.flows.values(), *self._removed)  # removed: still draining
+        # A run no worker holds (its workflow backs off, or is fatal) has no step to finish.
+        held = [f for f in flows if any(r.worker is not None for r in f.active.values())]
+        longest = max((flow.config.drain_timeout_ms / 1000 for flow in held), default=0.0)
+        for flow in flows:
+            flow.supervisor.retire(HALT)  # the kill is nerved's stop deadline
         self.waiters.reject_all()
         return longest
 
