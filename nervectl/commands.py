@@ -139,6 +139,9 @@ def sense_trigger(ctx: Context) -> int:
         ctx.print_json(result)
     else:
         ctx.print(f"sense {name}: compute requested")
+    if result.get("worker") == "fatal":
+        ctx.note(f"sense {name}: its group's worker is fatal (see nervectl status); no compute"
+                 " comes until its code is fixed and reloaded")  # fmt: skip
     return OK
 
 

@@ -46,6 +46,10 @@ class Context:
     def print(self, text: str = "") -> None:
         print(text, file=self.out)
 
+    def note(self, text: str) -> None:
+        """A note for the operator, on stderr (never in what a script reads on stdout)."""
+        print(f"nervectl: note: {text}", file=sys.stderr)
+
     def print_json(self, value: Any) -> None:
         """A whole result as ``--json`` prints it: indented, for jq and for people alike."""
         print(json.dumps(value, indent=2, ensure_ascii=False), file=self.out)

@@ -69,7 +69,7 @@ def workflow_list(ctx: Context) -> int:
     ctx.print(render.table(rows, headers))
     note = fatal_note(runs)
     if note:
-        print(f"nervectl: note: {note}", file=sys.stderr)
+        ctx.note(note)
     return OK
 
 
@@ -168,6 +168,11 @@ def workflow_trigger(ctx: Context) -> int:
         params["payload"] = payload
     accepted: dict[str, Any] = ctx.call("workflow.trigger", params)
     run_id = accepted.get("runId")
+    if accepted.get("worker") == "fatal" and accepted.get("status") != "dropped":
+        ctx.note(
+            f"workflow {args.name}: its worker is fatal (see nervectl status); run {run_id}"
+            " waits until its code is fixed and reloaded"
+        )
     if not args.wait:
         if ctx.json:
             ctx.print_json({"runId": run_id, "status": accepted.get("status")})

@@ -22,6 +22,10 @@ class SenseControl(Protocol):
     def trigger(self, name: str) -> bool:
         """Ask for a compute of ``name`` soon; False if there is no such sense."""
 
+    def worker_state(self, name: str) -> str | None:
+        """The state of the worker of sense ``name``'s group (nerved.states.WorkerState);
+        None: no such sense."""
+
 
 class WorkflowControl(Protocol):
     def trigger(

@@ -408,13 +408,14 @@ class SenseManager:
 
     def list(self) -> list[dict[str, Any]]:
         """Every sense, with ``worker``: the state of its group's worker."""
-        rows = []
-        for state in self.senses.values():
-            row = state.to_wire()
-            group = self.groups.get(state.config.group)
-            row["worker"] = None if group is None else str(group.supervisor.state)
-            rows.append(row)
-        return rows
+        return [state.to_wire() | {"worker": self.worker_state(state.name)}
+                for state in self.senses.values()]  # fmt: skip
+
+    def worker_state(self, name: str) -> str | None:
+        """The state of the worker of sense ``name``'s group; None: no such sense."""
+        state = self.senses.get(name)
+        group = None if state is None else self.groups.get(state.config.group)
+        return None if group is None else str(group.supervisor.state)
 
     def supervisors(self) -> tuple[Supervisor, ...]:
         return tuple(group.supervisor for group in self.groups.values())

@@ -82,7 +82,10 @@ def test_throttle_coalesces_a_burst_into_at_most_two_computes(nerved_factory):
     wait_until(lambda: "sense group default ready" in daemon.log(), what="the sense group")
     with daemon.client() as client:
         for _ in range(100):
-            assert client.call("sense.trigger", {"sense": "slow"}) == {"accepted": True}
+            assert client.call("sense.trigger", {"sense": "slow"}) == {
+                "accepted": True,
+                "worker": "ready",
+            }
     wait_until(lambda: daemon.sense("slow")["computes"] == 2, what="the trailing compute")
     # One more throttle window: nothing else may run.
     deadline = time.monotonic() + 1.5

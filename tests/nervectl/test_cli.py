@@ -178,7 +178,7 @@ def test_sense_trigger(daemon: Nerved) -> None:
     wait_until(lambda: daemon.sense("manual")["computes"] == 1, what="manual's compute")
     row = next(line for line in daemon.ctl("sense", "list").stdout.splitlines() if "manual" in line)
     assert "ago" in row or "just now" in row
-    assert daemon.ctl_json("sense", "trigger", "manual") == {"accepted": True}
+    assert daemon.ctl_json("sense", "trigger", "manual") == {"accepted": True, "worker": "ready"}
 
 
 def test_sense_trigger_unknown_is_not_found(daemon: Nerved) -> None:

@@ -1,6 +1,8 @@
 """sense.trigger {sense}: compute a sense now (subject to its throttle).
 
-Result: ``{accepted: true}``; -32001 if there is no such sense.
+Result: ``{accepted: true, worker}``, ``worker`` the state of its group's worker
+(nerved.states.WorkerState: ``fatal`` says no compute comes until its code is fixed and
+reloaded); -32001 if there is no such sense.
 """
 
 from __future__ import annotations
@@ -21,4 +23,4 @@ def run(engine: Engine, params: Params) -> Any:
     sense = params.string("sense", required=True)
     if not engine.senses.trigger(sense):
         raise RpcError(NOT_FOUND, f"no sense named {sense!r}")
-    return {"accepted": True}
+    return {"accepted": True, "worker": engine.senses.worker_state(sense)}

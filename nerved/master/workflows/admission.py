@@ -21,6 +21,14 @@ class Admission:
     evict: bool = False  # the queue's oldest run is dropped first (Transition.EVICT)
 
 
+def reasons(workflow: str, concurrency: int, max_queue: int) -> tuple[str, str]:
+    """Why a new run is dropped (REJECT), and why the queue's oldest run is (EVICT)."""
+    return (
+        f"{workflow} is at its concurrency limit ({concurrency}) with overflow: drop",
+        f"the queue of {workflow} was full (maxQueue {max_queue}) and this was its oldest run",
+    )
+
+
 def admit(
     *, active: int, queued: int, concurrency: int, max_queue: int, overflow: Overflow
 ) -> Admission:

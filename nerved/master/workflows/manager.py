@@ -41,14 +41,16 @@ from nerved.config import NerveConfig, Overflow, unlined
 from nerved.loop import Loop
 from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
-from nerved.master.workflows.admission import admit
+from nerved.master.workflows.admission import admit, reasons
 from nerved.master.workflows.recovery import Fate, recovery_of
 from nerved.master.workflows.resume import Resumer, start_frame
 from nerved.master.workflows.runs import (
+    WORKER_DIED,
     ActiveRun,
     Flow,
     QueuedRun,
     log_transition,
+    losses_in_a_row,
     step_record,
     too_long,
     unresumable,
@@ -218,19 +220,10 @@ class WorkflowManager:
             active=len(flow.active), queued=len(flow.queue), concurrency=config.concurrency,
             max_queue=config.max_queue, overflow=config.overflow,
         )  # fmt: skip
+        rejected, evicted = reasons(workflow, config.concurrency, config.max_queue)
         if admission.evict:
-            self._finish(
-                flow.queue.popleft().run_id,
-                workflow,
-                Transition.EVICT,
-                f"the queue of {workflow} was full (maxQueue {config.max_queue})"
-                " and this was its oldest run",
-            )
-        reason = None
-        if admission.transition is Transition.REJECT:
-            reason = (
-                f"{workflow} is at its concurrency limit ({config.concurrency}) with overflow: drop"
-            )
+            self._finish(flow.queue.popleft().run_id, workflow, Transition.EVICT, evicted)
+        reason = rejected if admission.transition is Transition.REJECT else None
         record = self.store.create_run(
             run_id, workflow, admission.transition, payload,
             payload_json=payload_json, retry_of=retry_of, reason=reason,
@@ -393,11 +386,9 @@ class WorkflowManager:
                 )
             elif flow.config.overflow is Overflow.DROP:
                 record = self.store.get_run(run.run_id)
-                self._end(run, Transition.CRASH, f"its worker died ({why})")
-                if record is not None and not flow.removed:
-                    self._restart_afresh(
-                        record, None, f"its worker died ({why})", already_ended=True
-                    )
+                self._end(run, Transition.CRASH, f"{WORKER_DIED} ({why})")
+                if record is not None and self._may_restart(record, flow.config.max_attempts):
+                    self._restart_afresh(record, None, f"{WORKER_DIED} ({why})", already_ended=True)
             elif attempts >= flow.config.max_attempts:
                 self._end(
                     run,
@@ -409,6 +400,15 @@ class WorkflowManager:
         if survivors and not exit.current:
             self._wake(flow)  # a drained worker died: the current one (or a new) takes them
         # Otherwise the supervisor wakes the flow once its backoff is over.
+
+    def _may_restart(self, record: RunRecord, max_attempts: int) -> bool:
+        """Whether a drop workflow's run lost with its worker starts afresh (losses_in_a_row)."""
+        lost = losses_in_a_row(record, self.store.get_run, max_attempts)
+        if lost < max_attempts:
+            return True
+        log.warning("run %s of %s not restarted: runs of its payload lost their worker %d times"
+                    " in a row (maxAttempts)", record.run_id, record.workflow, lost)  # fmt: skip
+        return False
 
     def _restart_afresh(
         self,

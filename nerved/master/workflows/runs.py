@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from nerved import wire
 from nerved.channel import Message
 from nerved.code.packages import Package
 from nerved.config import WorkflowConfig
 from nerved.states import RunStatus, Transition
-from nerved.store import StoreError
+from nerved.store import RunRecord, StoreError
 
 if TYPE_CHECKING:
     from nerved.master.supervisor import Supervisor
@@ -71,6 +72,26 @@ class Flow:
 
 def unresumable(exc: wire.Invalid | StoreError) -> str:
     return f"{Transition.UNRESUMABLE.label}: {exc}"
+
+
+WORKER_DIED: Final = "its worker died"  # how the error of a run crashed so begins
+
+
+def losses_in_a_row(
+    record: RunRecord, get_run: Callable[[str], RunRecord | None], limit: int
+) -> int:
+    """How many times in a row ``record`` and the runs it restarts afresh (``retryOf``, of an
+    ``overflow: drop`` workflow) lost their worker, counting up to ``limit``: a payload that
+    ends its worker would otherwise make a new run at every backoff, for ever, so at the
+    workflow's ``maxAttempts`` it is not restarted. A restart because nerved itself stopped
+    does not count (its run's error says so, not :data:`WORKER_DIED`)."""
+    lost, ancestor = 1, record.retry_of
+    while ancestor is not None and lost < limit:
+        previous = get_run(ancestor)
+        if previous is None or not (previous.error or "").startswith(WORKER_DIED):
+            break
+        lost, ancestor = lost + 1, previous.retry_of
+    return lost
 
 
 def step_record(message: Message) -> str:
