@@ -1,7 +1,9 @@
-"""A review of fatal units: what an operator and an attacker can do to a unit that gave up.
+"""Fatal units at the edges: what an operator and an attacker can do to a unit that gave up.
 
-Each test here is a way found to break the supervisor's promise ("nothing lost, nothing
-forked until the fix, back on after it"), through the supervisor alone or a real nerved.
+Each test is a way someone found to break the supervisor's promise (nothing lost, nothing
+forked until the fix, back on after it; a backoff that holds whatever the unit does),
+through the supervisor alone or a real nerved. The rule itself is tested in
+test_supervisor.py.
 """
 
 from __future__ import annotations
