@@ -114,7 +114,11 @@ class Fuzzer:
         outcome = "result" if "result" in answer else str(answer["error"]["code"])
         self.outcomes[method or "(null id)", outcome] += 1
         # A mutated line may carry another line's id: only a trigger's answer has this shape.
-        if method == "workflow.trigger" and isinstance(result, dict) and len(result) == 2:
+        if (
+            method == "workflow.trigger"
+            and isinstance(result, dict)
+            and set(result) == {"runId", "status", "worker"}
+        ):
             self.runs.append(result["runId"])
 
     def line(self) -> bytes:
