@@ -809,6 +809,43 @@ def test_version_and_help() -> None:
         assert done.returncode == 0 and "usage:" in done.stdout, args
 
 
+@pytest.mark.parametrize(
+    ("args", "whole"),
+    [
+        (("--he", "status"), ("--help",)),
+        (("--json", "--hel", "status"), ("--help",)),
+        (("sense", "-h", "list"), ("sense", "--help")),
+        (("sense", "--help", "trigger"), ("sense", "--help")),
+        (("workflow", "-h", "list"), ("workflow", "--help")),
+        (("workflow", "--he", "trigger"), ("workflow", "--help")),
+    ],
+)
+def test_help_asked_before_the_command_lists_every_command(
+    args: tuple[str, ...], whole: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A help option before the command is named is the help of nervectl or of the group,
+    with every command in it, not just the one that follows (a parser built for it alone)."""
+    from nervectl.cli import main
+
+    assert main(list(whole)) == 0
+    expected = capsys.readouterr().out
+    assert main(list(args)) == 0
+    assert capsys.readouterr().out == expected
+
+
+def test_a_socket_path_is_taken_as_before(daemon: Nerved) -> None:
+    """--socket and $NERVE_SOCKET as pathlib read them (1f947ba): a trailing slash, ``//`` and
+    ``/./`` name the same socket."""
+    from nerved.paths import socket_path
+
+    odd = f"{daemon.socket.parent}//./{daemon.socket.name}/"
+    assert socket_path(odd) == str(daemon.socket)
+    done = nervectl("--socket", odd, "--json", "status")
+    assert done.returncode == 0, done.stderr
+    done = nervectl("--json", "status", env={"NERVE_SOCKET": odd})
+    assert done.returncode == 0, done.stderr
+
+
 # -- pure logic ---------------------------------------------------------------------------------
 
 NOW = 1_700_000_000_000
