@@ -93,12 +93,17 @@ class _OneCommand(_Parser):
 
 # Options of nervectl itself that take a value, as the scan of argv must skip them.
 _VALUED = frozenset({"--socket"})
+# The only options the scan lets stand before the command is named: any other (``-h``, its
+# abbreviations ``--he``..., ``--vers``, ``--``, a typo) is for the whole parser, whose help
+# lists every command (a parser of one would list that one alone).
+_BEFORE = frozenset({"--json"})
 _GROUPS = frozenset({"sense", "workflow"})
 
 
 def _command_path(argv: Sequence[str]) -> tuple[str, ...] | None:
     """The command ``argv`` names (``("status",)``, ``("workflow", "trigger")``), found
-    without a parser, or None when it asks for nervectl's own help or version.
+    without a parser, or None when an option other than ``--json`` and ``--socket`` comes
+    before it is named (help or version of nervectl or of a group, an abbreviation, ``--``).
 
     Building every command's arguments is a fifth of ``nervectl --json status``'s own time
     (argparse looks up translations and the terminal's width for each): :func:`main` builds
@@ -112,7 +117,7 @@ def _command_path(argv: Sequence[str]) -> tuple[str, ...] | None:
         elif token in _VALUED:
             skip = True
         elif token.startswith("-"):
-            if not path and token in ("-h", "--help", "--version"):
+            if token not in _BEFORE and not token.startswith("--socket="):
                 return None
         else:
             path.append(token)

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import socket
+import time
 
 from nervectl import limits
 
@@ -40,6 +41,11 @@ DEFAULT_TIMEOUT: Final = 30.0
 
 FOREVER: Final = math.inf
 """A timeout that waits as long as the daemon takes (``workflow.wait`` without a timeout)."""
+
+
+MAX_ANSWER: Final = 256 * 1024 * 1024
+"""Bytes of one answer line past which the peer is not nerved (a page holds 4 MiB of payloads
+and 10,000 entries at most: far less, even with every character escaped)."""
 
 
 class Unreachable(Exception):
@@ -149,11 +155,14 @@ class Client:
         self.connect()
         assert self._sock is not None
         wait = self.timeout if timeout is None else timeout
+        # One deadline for the whole answer: a peer that keeps sending lines for other ids,
+        # or an endless line, must not hold the call past its timeout.
+        deadline = time.monotonic() + wait if math.isfinite(wait) else math.inf
         try:
             self._sock.settimeout(wait if math.isfinite(wait) else None)
             self._sock.sendall(line)
             while True:
-                answer = self._read_answer()
+                answer = self._read_answer(deadline)
                 if answer.get("id") == request_id or answer.get("id") is None:
                     break
             error = answer.get("error")
@@ -171,21 +180,38 @@ class Client:
         except OSError as exc:
             self.close()
             raise Unreachable(f"connection to {self.path} failed: {exc.strerror or exc}") from exc
-        except (ValueError, TypeError, AttributeError) as exc:
-            # Not JSON, or JSON but not a JSON-RPC answer (an error that is no error object).
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+            # Not JSON (or JSON nested past what json decodes), or JSON but not a JSON-RPC
+            # answer (an error that is no error object, a code of 1e400).
             self.close()
             raise Unreachable(f"{self.path} answered something that is not JSON-RPC") from exc
         return answer.get("result")
 
-    def _read_answer(self) -> dict[str, Any]:
+    def _read_answer(self, deadline: float) -> dict[str, Any]:
         """The next line from the daemon, decoded: ``ConnectionError`` when it hung up or
-        sent JSON that is no object, ``ValueError`` for a line that is not JSON."""
+        sent JSON that is no object, ``ValueError`` for a line that is not JSON or longer
+        than any answer (:data:`MAX_ANSWER`), ``TimeoutError`` past ``deadline``
+        (``time.monotonic()``)."""
         assert self._sock is not None
-        while b"\n" not in self._buf:
-            chunk = self._sock.recv(1 << 16)
-            if not chunk:
-                raise ConnectionError("the daemon closed the connection")
-            self._buf += chunk
+        if b"\n" not in self._buf:
+            # Chunks joined once, each searched once: a long answer costs linear time.
+            chunks, size = [self._buf], len(self._buf)
+            while True:
+                if size > MAX_ANSWER:
+                    raise ValueError(f"an answer line over {MAX_ANSWER:,} bytes")
+                if math.isfinite(deadline):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    self._sock.settimeout(left)
+                chunk = self._sock.recv(1 << 16)
+                if not chunk:
+                    raise ConnectionError("the daemon closed the connection")
+                chunks.append(chunk)
+                size += len(chunk)
+                if b"\n" in chunk:
+                    break
+            self._buf = b"".join(chunks)
         line, self._buf = self._buf.split(b"\n", 1)
         answer = json.loads(line)
         if not isinstance(answer, dict):

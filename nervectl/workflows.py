@@ -7,7 +7,6 @@ entry, each summarised on one line; the complete payloads are in ``--json``.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from nervectl import render
 from nervectl.client import FOREVER, RemoteError
@@ -159,7 +158,7 @@ def workflow_trigger(ctx: Context) -> int:
     args = ctx.args
     if args.timeout is not None and not args.wait:
         raise CliError("--timeout only applies with --wait", USAGE)
-    if args.payload_file:
+    if args.payload_file is not None:  # "" is a file that cannot be read, not no payload
         payload = read_payload_file(args.payload_file)
     else:  # --payload, parsed by argparse; absent when not given
         payload = vars(args).get("payload", NO_PAYLOAD)
@@ -231,12 +230,29 @@ def parse_payload(data: str | bytes) -> Any:
     return value
 
 
+# Bytes of a payload file read at most: past this it is refused without reading on (its
+# exact size is said up to here: ``the payload is 2.0 MiB; at most 1.0 MiB is kept``).
+_PAYLOAD_FILE_CAP: Final = 16 * 1024 * 1024
+
+
 def read_payload_file(name: str) -> Any:
+    """The payload in file ``name`` (``-``: stdin), read no further than
+    :data:`_PAYLOAD_FILE_CAP`: ``/dev/zero`` or an endless pipe is refused, not read until
+    memory runs out."""
     try:
-        data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        if name == "-":
+            if sys.stdin is None:  # started with fd 0 closed
+                raise OSError(0, "stdin is closed")
+            data = sys.stdin.buffer.read(_PAYLOAD_FILE_CAP + 1)
+        else:
+            with open(name, "rb") as file:
+                data = file.read(_PAYLOAD_FILE_CAP + 1)
     except OSError as exc:
         why = exc.strerror or exc
         raise CliError(f"cannot read the payload file {name}: {why}", USAGE) from None
+    if len(data) > _PAYLOAD_FILE_CAP:
+        shown = "stdin" if name == "-" else name
+        raise CliError(f"{shown}: the payload is over 16 MiB; at most 1.0 MiB is kept", USAGE)
     try:
         return parse_payload(data)
     except ValueError as exc:

@@ -44,15 +44,25 @@ def socket_path(option: str | None = None) -> str:
     """The control socket's path, as text: what nervectl needs, without pathlib (whose
     import costs a CLI command a third of an interpreter's start)."""
     if option:
-        return option
+        return _normal(option)
     if env := os.environ.get("NERVE_SOCKET"):
-        return env
+        return _normal(env)
     if env := os.environ.get("RUNTIME_DIRECTORY"):
-        return os.path.join(env.split(":", 1)[0], "nerved.sock")
+        return _normal(os.path.join(env.split(":", 1)[0], "nerved.sock"))
     if _as_root():
         return "/run/nerve/nerved.sock"
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
     return os.path.join(runtime, "nerve", "nerved.sock")
+
+
+def _normal(path: str) -> str:
+    """``path`` as ``str(pathlib.PurePosixPath(path))`` gives it, without pathlib: no
+    trailing slash (``connect()`` fails on ``/run/nerve/nerved.sock/``, which a Path always
+    took), no ``//`` or ``/./`` inside; ``..`` kept."""
+    root = "/" if path.startswith("/") else ""
+    if path.startswith("//") and not path.startswith("///"):
+        root = "//"  # POSIX leaves a leading pair of slashes to the implementation: kept
+    return root + "/".join(part for part in path.split("/") if part not in ("", ".")) or "."
 
 
 def resolve_socket(option: str | None = None) -> Path:

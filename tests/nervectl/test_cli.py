@@ -809,6 +809,61 @@ def test_version_and_help() -> None:
         assert done.returncode == 0 and "usage:" in done.stdout, args
 
 
+@pytest.mark.parametrize(
+    ("args", "whole"),
+    [
+        (("--he", "status"), ("--help",)),
+        (("--json", "--hel", "status"), ("--help",)),
+        (("sense", "-h", "list"), ("sense", "--help")),
+        (("sense", "--help", "trigger"), ("sense", "--help")),
+        (("workflow", "-h", "list"), ("workflow", "--help")),
+        (("workflow", "--he", "trigger"), ("workflow", "--help")),
+    ],
+)
+def test_help_asked_before_the_command_lists_every_command(
+    args: tuple[str, ...], whole: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A help option before the command is named is the help of nervectl or of the group,
+    with every command in it, not just the one that follows (a parser built for it alone)."""
+    from nervectl.cli import main
+
+    assert main(list(whole)) == 0
+    expected = capsys.readouterr().out
+    assert main(list(args)) == 0
+    assert capsys.readouterr().out == expected
+
+
+def test_a_payload_file_is_read_within_bounds(tmp_path: Path) -> None:
+    """``--payload-file ""`` is no file (it sent no payload), an endless file or pipe is
+    refused after 16 MiB (it was read until memory ran out), a closed stdin is a usage error
+    (it was a traceback)."""
+    sock = str(tmp_path / "none.sock")
+    trigger = ("--socket", sock, "workflow", "trigger", "w", "--payload-file")
+    assert_one_line_error(nervectl(*trigger, ""), 2)
+    error = assert_one_line_error(nervectl(*trigger, "/dev/zero"), 2)
+    assert "over 16 MiB; at most 1.0 MiB" in error
+    assert_one_line_error(nervectl(*trigger, "-", input="1" * (17 << 20)), 2)
+    closed = subprocess.run(
+        [sys.executable, "-m", "nervectl", *trigger, "-"],
+        capture_output=True, text=True,
+        timeout=60, cwd=REPO, preexec_fn=lambda: os.close(0),
+    )  # fmt: skip
+    assert "stdin" in assert_one_line_error(closed, 2)
+
+
+def test_a_socket_path_is_taken_as_before(daemon: Nerved) -> None:
+    """--socket and $NERVE_SOCKET as pathlib read them (1f947ba): a trailing slash, ``//`` and
+    ``/./`` name the same socket."""
+    from nerved.paths import socket_path
+
+    odd = f"{daemon.socket.parent}//./{daemon.socket.name}/"
+    assert socket_path(odd) == str(daemon.socket)
+    done = nervectl("--socket", odd, "--json", "status")
+    assert done.returncode == 0, done.stderr
+    done = nervectl("--json", "status", env={"NERVE_SOCKET": odd})
+    assert done.returncode == 0, done.stderr
+
+
 # -- pure logic ---------------------------------------------------------------------------------
 
 NOW = 1_700_000_000_000

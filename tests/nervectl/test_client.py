@@ -174,7 +174,10 @@ class FakeDaemon:
                 if not isinstance(answer, bytes):
                     reply = {"jsonrpc": "2.0", "id": request["id"], "result": answer}
                     answer = json.dumps(reply).encode() + b"\n"
-                conn.sendall(answer)
+                try:
+                    conn.sendall(answer)
+                except BrokenPipeError:  # the client gave up on an endless line
+                    return
 
     def close(self) -> None:
         self.stop.set()
@@ -202,12 +205,31 @@ def fake(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], FakeDaemon]]:
         (b"not json\n", "{path} answered something that is not JSON-RPC"),
         (b"[1, 2]\n", "connection to {path} lost: the daemon sent something that is not"),
         (b'{"id": 1, "error": "no object"}\n', "{path} answered something that is not JSON-RPC"),
+        (
+            b'{"id": 1, "error": {"code": 1e400, "message": "m"}}\n',
+            "{path} answered something that is not JSON-RPC",
+        ),
+        (b"[" * 100_000 + b"\n", "{path} answered something that is not JSON-RPC"),
+        (b"x" * (3 << 20), "{path} answered something that is not JSON-RPC"),  # see below
     ],
-    ids=["hung up", "not json", "not an object", "error not an object"],
+    ids=[
+        "hung up",
+        "not json",
+        "not an object",
+        "error not an object",
+        "code overflows",
+        "nested too deep",
+        "endless line",
+    ],
 )
 def test_what_is_no_answer_is_unreachable(
-    fake: Callable[[dict[str, Any]], FakeDaemon], answer: bytes | None, message: str
+    fake: Callable[[dict[str, Any]], FakeDaemon],
+    answer: bytes | None,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # An endless line is cut at MAX_ANSWER (256 MiB): here at 2 MiB, to spare the test's memory.
+    monkeypatch.setattr(client_module, "MAX_ANSWER", 2 << 20, raising=False)
     daemon = fake({"status": answer})
     with Client(daemon.path) as client:
         with pytest.raises(Unreachable) as caught:
@@ -251,6 +273,39 @@ def test_an_answer_to_another_id_is_skipped(fake: Callable[[dict[str, Any]], Fak
     daemon = fake({"status": other + mine})
     with Client(daemon.path) as client:
         assert client.call("status") == "yours"
+
+
+def test_answers_to_other_ids_do_not_outlast_the_timeout(tmp_path: Path) -> None:
+    """The timeout bounds the call, not each read: a peer that keeps answering other ids
+    (or trickles a line) is no answer in time."""
+    path = tmp_path / "chatty.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    stop = threading.Event()
+
+    def chatter() -> None:
+        conn, _ = server.accept()
+        with conn, server:
+            for _ in range(100):  # 5 s, then hang up: a client without a deadline fails
+                if stop.wait(0.05):
+                    return
+                try:
+                    conn.sendall(b'{"jsonrpc": "2.0", "id": 99, "result": "not yours"}\n')
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=chatter, daemon=True)
+    thread.start()
+    try:
+        with Client(path) as client:
+            started = time.monotonic()
+            with pytest.raises(Unreachable, match=r"within 0\.5s"):
+                client.call("status", timeout=0.5)
+            assert time.monotonic() - started < 3
+    finally:
+        stop.set()
+        thread.join()
 
 
 def test_the_module_documents_what_it_raises() -> None:
