@@ -12,9 +12,8 @@ import errno
 import os
 import sys
 
+from nervectl import arguments
 from nervectl.exits import FAILED, INTERRUPTED, NOT_FOUND, OK, UNREACHABLE, USAGE, CliError
-from nervectl.limits import MAX_INTEGER, MAX_QUERY_LIMIT
-from nervectl.times import SINCE_HELP, parse_duration_ms, parse_since
 from nerved import _version
 from nerved.paths import socket_path
 
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
 _RPC_NOT_FOUND = -32001
 _RPC_NO_METHOD = -32601
 
-LOGS_DEFAULT_LIMIT = 100
-"""Entries ``logs`` shows unless told (the newest, or the oldest since ``--since``)."""
 INIT_USAGE = """\
 nervectl init [DIR]
        nervectl init sense NAME [--root DIR]
@@ -126,74 +123,6 @@ def _command_path(argv: Sequence[str]) -> tuple[str, ...] | None:
     return None
 
 
-def _since(text: str) -> int:
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _payload(text: str) -> Any:
-    from nervectl.workflows import parse_payload
-
-    try:
-        return parse_payload(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _count(maximum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number from 1 to ``maximum``.
-
-    Every integer option is bounded here by what the daemon takes, so that a number it would
-    refuse (-32602, exit 1 after a round trip) is a usage error (exit 2) before sending.
-    """
-
-    def count(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:  # not a number, or more than the 4,300 digits int() reads
-            value = 0
-        if not 1 <= value <= maximum:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number from 1 to {maximum:,}, got {text!r}"
-            )
-        return value
-
-    return count
-
-
-def _text(text: str) -> str:
-    """An argparse type for a name, a run id or a filter, as the daemon's string params take
-    them: not empty, and UTF-8 (argv that is not arrives as lone surrogates, which JSON on
-    the wire cannot carry)."""
-    if not text:
-        raise argparse.ArgumentTypeError("must not be empty")
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        shown = text.encode(errors="surrogateescape")
-        raise argparse.ArgumentTypeError(f"not UTF-8 text: {shown!r}") from None
-    return text
-
-
-def _seconds(text: str) -> float:
-    """An argparse type: seconds, as a number (``90``, ``0.5``) or as a duration with units
-    (``1m30s``, ``2h``: nerve.yaml's grammar, as ``--since`` takes it)."""
-    try:
-        value = float(text)
-    except ValueError:
-        ms = parse_duration_ms(text)
-        if ms is None:
-            raise argparse.ArgumentTypeError(
-                f"expected a number of seconds or a duration such as 1m30s, got {text!r}"
-            ) from None
-        value = ms / 1000
-    if not 0 < value < 10**9:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
 def _common() -> argparse.ArgumentParser:
     """--socket and --json again on every command, so they may also follow it.
 
@@ -262,14 +191,14 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
             ("sense", "trigger"),
             "commands:sense_trigger",
             "compute a sense now (subject to its throttle)",
-            _sense_trigger_arguments,
+            arguments.sense_trigger,
         )
     command(
         sub,
         ("logs",),
         "logs:logs",
         "show entries of the daemon's log store (signals, sense logs and errors, run histories)",
-        _logs_arguments,
+        arguments.logs,
     )
     command(
         sub,
@@ -287,28 +216,28 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
             ("workflow", "list"),
             "workflows:workflow_list",
             "list workflow runs (the active ones by default)",
-            _list_arguments,
+            arguments.workflow_list,
         )
         command(
             runs,
             ("workflow", "inspect"),
             "workflows:workflow_inspect",
             "show one run and its event history",
-            _inspect_arguments,
+            arguments.workflow_inspect,
         )
         command(
             runs,
             ("workflow", "trigger"),
             "workflows:workflow_trigger",
             "start a run of a workflow",
-            _trigger_arguments,
+            arguments.workflow_trigger,
         )
     command(
         sub,
         ("init",),
         "scaffold:init",
         "scaffold a nerve root, a sense or a workflow (needs no daemon)",
-        _init_arguments,
+        arguments.init,
         usage=INIT_USAGE,
         epilog="init DIR writes DIR/nerve.yaml with one sense, heartbeat; DIR defaults to the "
         "root nerved would use ($NERVE_ROOT, /etc/nerve as root, else ~/.config/nerve). "
@@ -316,105 +245,6 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
         "in DIR/nerve.yaml. Nothing that exists is overwritten.",
     )
     return parser
-
-
-def _sense_trigger_arguments(trigger: argparse.ArgumentParser) -> None:
-    trigger.add_argument("name", metavar="NAME", type=_text, help="the sense to compute")
-
-
-def _logs_arguments(logs_parser: argparse.ArgumentParser) -> None:
-    logs_parser.add_argument(
-        "--source", metavar="S", type=_text, help="only this source: sense or workflow"
-    )
-    logs_parser.add_argument(
-        "--type", metavar="T", type=_text, help="only this type (signal, log, error, started, ...)"
-    )
-    logs_parser.add_argument(
-        "--run", metavar="RUN_ID", type=_text, help="only entries about this run id (or sense name)"
-    )
-    logs_parser.add_argument(
-        "--since", metavar="TIME", type=_since, help=f"from TIME: {SINCE_HELP}"
-    )
-    logs_parser.add_argument(
-        "--limit",
-        metavar="N",
-        type=_count(MAX_INTEGER),
-        default=LOGS_DEFAULT_LIMIT,
-        help=f"at most N entries (default {LOGS_DEFAULT_LIMIT}; the newest, or the oldest "
-        f"since --since); more than {MAX_QUERY_LIMIT:,} are read that many at a time",
-    )
-    logs_parser.add_argument(
-        "--follow",
-        "-f",
-        action="store_true",
-        help="then keep printing new entries as they arrive, until interrupted",
-    )
-
-
-def _list_arguments(listing: argparse.ArgumentParser) -> None:
-    from nerved.states import RunStatus  # the run statuses, as the daemon has them
-
-    statuses = [status.value for status in RunStatus]
-    listing.add_argument("--all", action="store_true", help="finished runs too")
-    listing.add_argument(
-        "--status",
-        metavar="S",
-        action="append",
-        choices=statuses,
-        help=f"only runs in this status ({', '.join(statuses)}); may be repeated",
-    )
-    listing.add_argument(
-        "--workflow", metavar="NAME", type=_text, help="only runs of this workflow"
-    )
-    listing.add_argument(
-        "--limit",
-        metavar="N",
-        type=_count(MAX_QUERY_LIMIT),
-        help=f"at most N runs, newest first (default 100; at most {MAX_QUERY_LIMIT:,}, "
-        "the most the daemon lists at once)",
-    )
-
-
-def _inspect_arguments(inspect: argparse.ArgumentParser) -> None:
-    inspect.add_argument(
-        "run_id", metavar="RUN_ID", type=_text, help="a run id, or a unique prefix of 8+ chars"
-    )
-
-
-def _trigger_arguments(start: argparse.ArgumentParser) -> None:
-    start.add_argument("name", metavar="NAME", type=_text, help="the workflow")
-    payload = start.add_mutually_exclusive_group()
-    payload.add_argument(
-        "--payload",
-        metavar="JSON",
-        type=_payload,
-        default=argparse.SUPPRESS,
-        help="the trigger payload, a JSON value",
-    )
-    payload.add_argument(
-        "--payload-file", metavar="FILE", help="read the JSON trigger payload from FILE (- stdin)"
-    )
-    start.add_argument(
-        "--wait",
-        action="store_true",
-        help="wait for the run to end and show it; exit 1 unless it completed",
-    )
-    start.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=_seconds,
-        help="with --wait: give up waiting after this long, in seconds or as a duration such as "
-        "1m30s (default: wait as long as it takes)",
-    )
-
-
-def _init_arguments(init: argparse.ArgumentParser) -> None:
-    init.add_argument(
-        "target", nargs="*", metavar="DIR | sense NAME | workflow NAME", help="what to create"
-    )
-    init.add_argument(
-        "--root", metavar="DIR", help="the nerve root to add to (default: as nerved resolves it)"
-    )
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
