@@ -160,7 +160,13 @@ class Client:
         deadline = time.monotonic() + wait if math.isfinite(wait) else math.inf
         try:
             self._sock.settimeout(wait if math.isfinite(wait) else None)
-            self._sock.sendall(line)
+            try:  # noqa: SIM105 (contextlib is an import nervectl does not otherwise pay for)
+                self._sock.sendall(line)
+            except (BrokenPipeError, ConnectionResetError):
+                # A daemon that refuses a connection (a full table: -32002) says why in one
+                # line and closes, maybe before this request went out: the why is still to
+                # be read, and is the answer.
+                pass
             while True:
                 answer = self._read_answer(deadline)
                 if answer.get("id") == request_id or answer.get("id") is None:

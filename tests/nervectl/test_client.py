@@ -308,6 +308,35 @@ def test_answers_to_other_ids_do_not_outlast_the_timeout(tmp_path: Path) -> None
         thread.join()
 
 
+def test_a_refusal_written_before_the_request_went_is_the_answer(tmp_path: Path) -> None:
+    """nerved refuses a connection past its table (-32002) in one line and closes, maybe
+    before the client's request went out: the client reads the refusal, not a broken pipe."""
+    path = tmp_path / "full.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    refused = threading.Event()
+
+    def refuse() -> None:
+        conn, _ = server.accept()
+        with conn, server:
+            conn.sendall(
+                b'{"jsonrpc": "2.0", "id": null, "error": {"code": -32002,'
+                b' "message": "too many control connections; try again later"}}\n'
+            )
+        refused.set()
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    with Client(path) as client:
+        client.connect()
+        assert refused.wait(5)  # closed before the request is sent
+        with pytest.raises(RemoteError, match="too many control connections") as caught:
+            client.call("status", timeout=5)
+    assert caught.value.code == -32002
+    thread.join()
+
+
 def test_the_module_documents_what_it_raises() -> None:
     for name in ("Unreachable", "RemoteError", "RequestTooLarge"):
         assert name in (client_module.__doc__ or "")
