@@ -3,7 +3,7 @@
 - ``status`` round trip on one open connection (the daemon's cost per request);
 - ``python -c pass``, ``nervectl --json status`` and ``nervectl status`` as whole commands
   (what an operator or a script pays: interpreter start, imports, connect, answer, output),
-  interleaved in one run, each with its ratio to ``python -c pass`` (issue 10's targets: at
+  interleaved in one run, each with its ratio to ``python -c pass`` (the project's targets: at
   most 2.5x and 3.5x). They run as an operator runs them: the ``nervectl`` console script
   beside this interpreter, byte-compiled (``PYTHONDONTWRITEBYTECODE`` is dropped from their
   environment and a first, untimed run writes the caches); then again as an installed
@@ -134,7 +134,7 @@ def whole_commands(socket: Path, n: int, *, installed: bool = False) -> dict[str
     return took
 
 
-TARGETS = {"nervectl --json status": 2.5, "nervectl status": 3.5}  # issue 10, x python -c pass
+TARGETS = {"nervectl --json status": 2.5, "nervectl status": 3.5}  # x python -c pass, p50
 
 
 def print_ratios(commands: dict[str, list[float]]) -> None:
