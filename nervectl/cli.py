@@ -315,8 +315,10 @@ def _remote_failure(exc: RemoteError) -> tuple[str, int]:
 
 
 def _fail(message: str, code: int) -> int:
+    from nervectl.context import visible  # the daemon's messages may quote user code
+
     line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
-    print(f"nervectl: {line}", file=sys.stderr)
+    print(f"nervectl: {visible(line)}", file=sys.stderr)
     return code
 
 

@@ -17,6 +17,21 @@ if TYPE_CHECKING:
     from typing import Any, TextIO
 
 
+# Control characters but newline and tab: C0, DEL and C1 (0x9b is a CSI of its own).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (9, 10)}
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character but newline and tab shown as ``\\xNN``.
+
+    What nervectl prints for people comes in part from elsewhere: a run's error is the text
+    of an exception in user code, a log line what a sense wrote. Printed raw, an escape
+    sequence in it would be obeyed by the operator's terminal (recolour it, rewrite the
+    title, hide lines, or on some terminals answer back into the shell's input).
+    """
+    return text.translate(_CONTROLS)
+
+
 class Context:
     """``args`` as argparse parsed them, ``socket`` the control socket's path, ``json``
     whether ``--json`` was given, ``out`` where results go (stdout)."""
@@ -44,11 +59,12 @@ class Context:
         return self.client.call(method, params, timeout)
 
     def print(self, text: str = "") -> None:
-        print(text, file=self.out)
+        """Text for people, on stdout, control characters shown (:func:`visible`)."""
+        print(visible(text), file=self.out)
 
     def note(self, text: str) -> None:
         """A note for the operator, on stderr (never in what a script reads on stdout)."""
-        print(f"nervectl: note: {text}", file=sys.stderr)
+        print(f"nervectl: note: {visible(text)}", file=sys.stderr)
 
     def print_json(self, value: Any) -> None:
         """A whole result as ``--json`` prints it: indented, for jq and for people alike."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from nervectl import render
+from nervectl.context import visible
 from nervectl.exits import OK
 from nervectl.limits import MAX_QUERY_LIMIT
 
@@ -94,5 +95,6 @@ def _emit(ctx: Context, lines: render.LogLines, entries: Sequence[dict[str, Any]
     if not ctx.json:
         lines.widen(entries)
     for entry in entries:
-        ctx.out.write((render.dumps_line(entry) if ctx.json else lines.format(entry)) + "\n")
+        line = render.dumps_line(entry) if ctx.json else visible(lines.format(entry))
+        ctx.out.write(line + "\n")
     ctx.out.flush()

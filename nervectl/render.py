@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
+from nervectl.context import visible
 from nervectl.times import format_local
 
 # Cheap to import, as every handler imports it: tabulate is imported when a table is drawn
@@ -71,7 +72,7 @@ def cell(value: Any, width: int = CELL_WIDTH) -> str:
     if value is None or value == "":
         return "-"
     text = one_line(value) if isinstance(value, str) else compact(value)
-    return truncate(text, width)
+    return truncate(visible(text), width)  # shown before measured: the table stays aligned
 
 
 def unreadable(entry: Mapping[str, Any]) -> str | None:

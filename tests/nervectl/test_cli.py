@@ -1000,3 +1000,45 @@ def test_step_summary() -> None:
     assert len(workflows.summarise(long)) == 100
     broken = {"type": "step_complete", "payload": None, "unreadable": "not readable as JSON: x"}
     assert workflows.summarise(broken) == "[unreadable: not readable as JSON: x]"
+
+
+ESCAPES = """
+    from nerved import WorkflowDefinition
+
+    def work(prompt, ctx):
+        ctx.log("log \\x1b]0;owned\\x07 line")
+        raise RuntimeError("\\x1b[2J\\x1b[31mred \\x9b31m alert")
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "work", "prompt": {}}
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
+"""
+
+
+def test_text_from_user_code_never_reaches_the_terminal_as_control_sequences(
+    nerved_factory: Callable[..., Nerved],
+) -> None:
+    """A run's error and a run's log are user code's text: printed for people, an escape in
+    them would be obeyed by the operator's terminal. nervectl shows them as \\x1b."""
+    daemon = nerved_factory(
+        "workflows:\n  w: {}\n", workflows={"w": ESCAPES}, args=("--no-watch",)
+    ).start()
+    done = daemon.ctl("workflow", "trigger", "w", "--wait")
+    assert done.returncode == 1
+    run_id = daemon.rpc("workflow.list", all=True)[0]["runId"]
+    outputs = [
+        done,
+        daemon.ctl("workflow", "list", "--all"),
+        daemon.ctl("workflow", "inspect", run_id),
+        daemon.ctl("logs", "--run", run_id),
+    ]
+    for out in outputs:
+        text = out.stdout + out.stderr
+        assert not any(c in text for c in "\x1b\x07\x9b"), repr(text)
+    assert "\\x1b[31mred \\x9b31m alert" in outputs[2].stdout
+    assert "\\x1b]0;owned\\x07" in outputs[2].stdout + outputs[3].stdout
+    # --json is for programs: the value as it is (JSON escapes what it must).
+    assert "\x1b[31mred" in daemon.ctl_json("workflow", "inspect", run_id)["error"]
