@@ -45,6 +45,7 @@ from nerved.master.startup import (
     Started,
     prepare,
 )
+from nerved.master.supervisor import worker_entry
 from nerved.master.upkeep import Upkeep
 from nerved.master.watch import Watcher
 from nerved.master.workers import Worker, Workers
@@ -289,10 +290,8 @@ class Daemon:
         ]
         shown = {entry["pid"] for entry in entries}
         entries += [
-            {"kind": w.kind, "name": w.name, "pid": w.pid, "state": str(w.state),
-             "restarts": 0, "reason": None}
-            for w in workers if w.pid not in shown
-        ]  # fmt: skip
+            worker_entry(w.kind, w.name, w.pid, w.state) for w in workers if w.pid not in shown
+        ]
         return entries
 
     def _state(self) -> str:

@@ -185,8 +185,7 @@ class Supervisor:
         other, and each member has the whole bound."""
         if worker is not self.current or self.state is not WorkerState.SPAWNING:
             return
-        if self._import_bound is not None:
-            self._import_bound.cancel()
+        self._cancel_import_bound()
 
         def expire() -> None:
             self._import_bound = None
@@ -386,19 +385,29 @@ class Supervisor:
         """The unit as ``status`` shows it: one entry per draining worker, then one for the
         unit (``pid`` of its current worker, or None)."""
         entries = [
-            {"kind": self.kind, "name": self.name, "pid": worker.pid,
-             "state": str(WorkerState.DRAINING), "restarts": self.restarts, "reason": None}
+            worker_entry(self.kind, self.name, worker.pid, WorkerState.DRAINING, self.restarts)
             for worker in self.draining
-        ]  # fmt: skip
+        ]
         if self.state is not WorkerState.GONE:
-            current = self.current
-            entries.append({
-                "kind": self.kind, "name": self.name,
-                "pid": None if current is None else current.pid,
-                "state": str(self.state), "restarts": self.restarts,
-                "reason": self.reason if self.state in _TROUBLED else None,
-            })  # fmt: skip
+            pid = None if self.current is None else self.current.pid
+            reason = self.reason if self.state in _TROUBLED else None
+            entries.append(
+                worker_entry(self.kind, self.name, pid, self.state, self.restarts, reason)
+            )
         return entries
+
+
+def worker_entry(
+    kind: str,
+    name: str,
+    pid: int | None,
+    state: WorkerState,
+    restarts: int = 0,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """One entry of ``status``'s ``workers`` (nerved.control.commands.status)."""
+    return {"kind": kind, "name": name, "pid": pid, "state": str(state),
+            "restarts": restarts, "reason": reason}  # fmt: skip
 
 
 _TROUBLED: Final = frozenset({WorkerState.BACKOFF, WorkerState.FATAL})
