@@ -167,18 +167,63 @@ def workflow_trigger(start: argparse.ArgumentParser) -> None:
     payload.add_argument(
         "--payload-file", metavar="FILE", help="read the JSON trigger payload from FILE (- stdin)"
     )
-    start.add_argument(
+    _waiting(start)
+
+
+def _step(text: str) -> int:
+    """An argparse type: a number of steps, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 2**31:
+        raise argparse.ArgumentTypeError(f"expected a number of steps, 0 or more, got {text!r}")
+    return value
+
+
+def _waiting(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--wait",
         action="store_true",
         help="wait for the run to end and show it; exit 1 unless it completed",
     )
-    start.add_argument(
+    parser.add_argument(
         "--timeout",
         metavar="SECONDS",
         type=_seconds,
         help="with --wait: give up waiting after this long, in seconds or as a duration such as "
         "1m30s (default: wait as long as it takes)",
     )
+
+
+def workflow_cancel(cancel: argparse.ArgumentParser) -> None:
+    cancel.add_argument(
+        "run_ids",
+        metavar="RUN_ID",
+        nargs="+",
+        type=_text,
+        help="a run id, or a unique prefix of 8+ chars; several may be given",
+    )
+    cancel.add_argument(
+        "--reason", metavar="TEXT", type=_text, help="why, kept in the run's history"
+    )
+
+
+def workflow_retry(retry: argparse.ArgumentParser) -> None:
+    retry.add_argument(
+        "run_id",
+        metavar="RUN_ID",
+        type=_text,
+        help="a final run: its id, or a unique prefix of 8+ chars",
+    )
+    retry.add_argument(
+        "--from-step",
+        metavar="N",
+        type=_step,
+        help="keep the old run's first N steps, not run again, and go on from step N+1 "
+        "(default: keep every step it completed; 0: run it all again)",
+    )
+    _waiting(retry)
 
 
 def init(init: argparse.ArgumentParser) -> None:

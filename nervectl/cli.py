@@ -208,7 +208,9 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
     )
     if wanted("workflow"):
         workflow = sub.add_parser(
-            "workflow", help="list, inspect or trigger workflow runs", description="Workflow runs."
+            "workflow",
+            help="list, inspect, trigger, cancel or retry workflow runs",
+            description="Workflow runs.",
         )
         runs = workflow.add_subparsers(dest="workflow_command", metavar="SUBCOMMAND", required=True)
         command(
@@ -231,6 +233,20 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
             "workflows:workflow_trigger",
             "start a run of a workflow",
             arguments.workflow_trigger,
+        )
+        command(
+            runs,
+            ("workflow", "cancel"),
+            "steering:workflow_cancel",
+            "cancel active runs: queued ones never start, started ones stop at once",
+            arguments.workflow_cancel,
+        )
+        command(
+            runs,
+            ("workflow", "retry"),
+            "steering:workflow_retry",
+            "run a final run again as a new run, keeping the steps it completed",
+            arguments.workflow_retry,
         )
     command(
         sub,

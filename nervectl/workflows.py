@@ -11,7 +11,7 @@ import sys
 from nervectl import render
 from nervectl.client import FOREVER, RemoteError
 from nervectl.exits import FAILED, INTERRUPTED, OK, USAGE, CliError
-from nervectl.times import format_local
+from nervectl.times import format_ago, format_duration, format_local, now_ms
 
 TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
 if TYPE_CHECKING:
@@ -60,11 +60,12 @@ def workflow_list(ctx: Context) -> int:
             run.get("steps", "-"),
             format_local(run.get("createdAt")),
             format_local(run.get("updatedAt")),
+            in_flight(run),
             render.cell(run.get("error"), 50),
         )
         for run in runs
     ]
-    headers = ("RUN", "WORKFLOW", "STATUS", "STEPS", "CREATED", "UPDATED", "ERROR")
+    headers = ("RUN", "WORKFLOW", "STATUS", "STEPS", "CREATED", "UPDATED", "IN FLIGHT", "ERROR")
     ctx.print(render.table(rows, headers))
     note = fatal_note(runs)
     if note:
@@ -135,7 +136,9 @@ def run_fields(run: dict[str, Any]) -> str:
         elif key == "error":
             value = "-" if value is None else render.one_line(str(value))
         pairs.append((label, "-" if value is None else value))
-    known = {key for key, _ in _RUN_FIELDS} | {"events"}
+    if run.get("progress") is not None:
+        pairs.append(("in flight", in_flight(run)))
+    known = {key for key, _ in _RUN_FIELDS} | {"events", "progress"}
     pairs += [(key, render.cell(value)) for key, value in run.items() if key not in known]
     return render.fields(pairs)
 
@@ -146,12 +149,45 @@ def summarise(entry: Mapping[str, Any], width: int = 100) -> str:
     marker = render.unreadable(entry)
     if marker is not None:
         return render.truncate(marker, width)
-    if entry.get("type") == "step_complete" and isinstance(payload, dict):
-        role = payload.get("role", "?")
+    kind = entry.get("type")
+    if kind in ("step_complete", "input") and isinstance(payload, dict):
+        role = payload.get("role", "?") if kind == "step_complete" else "moderator <-"
         event = payload.get("event")
         said = event.get("type", "?") if isinstance(event, dict) else "?"
         return render.truncate(f"{role} -> {said} {render.compact(event)}", width)
+    if kind == "step_failed" and isinstance(payload, dict):
+        retry_at = payload.get("retryAt")
+        then = "no more tries" if retry_at is None else f"next try {format_ago(retry_at)}"
+        text = f"{payload.get('role', '?')} try {payload.get('try', '?')}: {payload.get('error')}"
+        return render.truncate(f"{render.one_line(text)} ({then})", width)
+    if kind == "resumed" and isinstance(payload, dict):
+        text = f"after {payload.get('reason')} (attempt {payload.get('attempt', '?')})"
+        return render.truncate(render.one_line(text), width)
+    if kind == "cancelled" and isinstance(payload, dict):
+        reason = payload.get("reason")
+        text = f"by uid {payload.get('uid')}" + ("" if reason is None else f": {reason}")
+        return render.truncate(render.one_line(text), width)
     return render.cell(payload, width)
+
+
+def in_flight(run: Mapping[str, Any], now: int | None = None) -> str:
+    """Where a started run stands (its ``progress``): ``step 3 (role writer, try 2) for
+    12s``, or ``step 3, try 2 due in 4s`` while it waits to try again; ``-`` otherwise."""
+    progress = run.get("progress")
+    if not isinstance(progress, dict):
+        return "-"
+    step, tries = progress.get("step", "?"), progress.get("try", 1)
+    retry_at = progress.get("retryAt")
+    if retry_at is not None:
+        return f"step {step}, try {tries} due {format_ago(retry_at, now)}"
+    role = progress.get("role")
+    details = ([f"role {role}"] if role else []) + ([f"try {tries}"] if tries != 1 else [])
+    where = f"step {step}" + (f" ({', '.join(details)})" if details else "")
+    since = progress.get("since")
+    if since is None:
+        return f"{where}, waiting for a worker"
+    elapsed = max(0, (now_ms() if now is None else now) - since) / 1000
+    return f"{where} for {format_duration(elapsed)}"
 
 
 def workflow_trigger(ctx: Context) -> int:
@@ -181,11 +217,17 @@ def workflow_trigger(ctx: Context) -> int:
     if not ctx.json:
         ctx.print(f"run {run_id}: {accepted.get('status')}; waiting for it to finish")
         ctx.out.flush()
+    return wait_and_show(ctx, str(run_id), args.timeout)
+
+
+def wait_and_show(ctx: Context, run_id: str, timeout: float | None) -> int:
+    """``--wait``: the run once it ends (``timeout`` seconds at most: None, no bound),
+    shown; OK if it completed, else FAILED."""
     wait: dict[str, Any] = {"runId": run_id}
     socket_timeout = FOREVER
-    if args.timeout is not None:
-        wait["timeout"] = args.timeout  # seconds, as workflow.wait takes it
-        socket_timeout = args.timeout + WAIT_MARGIN
+    if timeout is not None:
+        wait["timeout"] = timeout  # seconds, as workflow.wait takes it
+        socket_timeout = timeout + WAIT_MARGIN
     try:
         run: dict[str, Any] = ctx.call("workflow.wait", wait, timeout=socket_timeout)
     except RemoteError as exc:

@@ -40,18 +40,47 @@ class ThreadState:
 
 
 class WorkflowContext:
-    """Handed to each role call: who is running, and a way to write to the run's log."""
+    """Handed to each role call: who is running, which try of the step this is, and a way to
+    write to the run's log.
 
-    __slots__ = ("_log", "run_id", "workflow")
+    ``attempt`` is 1 for a step's first try and counts up with each retry (the role's
+    ``retry`` policy in nerve.yaml): a role with side effects can use it, with ``run_id``
+    and the step's prompt, to make an idempotency key.
+    """
 
-    def __init__(self, run_id: str, workflow: str, log: Callable[[str], None]) -> None:
+    __slots__ = ("_log", "attempt", "run_id", "workflow")
+
+    def __init__(
+        self, run_id: str, workflow: str, log: Callable[[str], None], attempt: int = 1
+    ) -> None:
         self.run_id = run_id
         self.workflow = workflow
+        self.attempt = attempt
         self._log = log
 
     def log(self, message: str) -> None:
         """Append a ``log`` entry to this run (``nervectl workflow inspect`` shows it)."""
         self._log(str(message))
+
+
+class Retry(Exception):
+    """Raised by a role: this try failed, try again under the role's ``retry`` policy.
+
+    ``after``: seconds before the next try, instead of the policy's delay (a rate limit's
+    ``Retry-After``); None: the policy's. Past the policy's ``attempts`` the step fails as
+    after any other exception. The message, if any, is the try's error in the run's log.
+    """
+
+    def __init__(self, message: str = "", *, after: float | None = None) -> None:
+        super().__init__(message)
+        if after is not None and not (isinstance(after, (int, float)) and 0 <= after < 1e9):
+            raise ValueError(f"Retry(after=) takes seconds >= 0, not {after!r}")
+        self.after = None if after is None else float(after)
+
+
+class Fatal(Exception):
+    """Raised by a role: this step failed and must not be tried again, whatever the role's
+    ``retry`` policy says (a bad request, a missing resource). ``onError`` then applies."""
 
 
 class LogsReader(Protocol):

@@ -33,6 +33,11 @@ class BadInput(Refused):
     """A value nerve will not keep (a payload JSON cannot carry, one too large)."""
 
 
+class Conflict(Refused):
+    """The run is not in a status that allows it: cancelling a final run, retrying an
+    active one (-32004). ``data``: ``{status}``, the run's status."""
+
+
 class Failed(Refused):
     """It was tried and did not succeed (a reload refused, a wait that timed out)."""
 

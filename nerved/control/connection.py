@@ -21,7 +21,6 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from nerved.control.limits import (
@@ -49,7 +48,11 @@ from nerved.outcome import Refused
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[str, Any], Any]  # (method, params) -> result | Pending; raises RpcError
+
+class Dispatch(Protocol):
+    """(method, params, the caller's uid) -> result | Pending; raises RpcError or a refusal."""
+
+    def __call__(self, method: str, raw_params: dict[str, Any], uid: int | None = None) -> Any: ...
 
 
 class Host(Protocol):
@@ -241,7 +244,7 @@ class Connection:
                 self.reply_error(request_id, error)
             return
         try:
-            result = self.server.dispatch(str(method), params)
+            result = self.server.dispatch(str(method), params, self.uid)
         except (RpcError, Refused) as exc:
             if not notification:
                 self.reply_error(request_id, as_rpc(exc))

@@ -28,7 +28,9 @@ class Dispatcher:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def __call__(self, method: str, raw_params: dict[str, Any]) -> Any:
+    def __call__(self, method: str, raw_params: dict[str, Any], uid: int | None = None) -> Any:
+        """The answer to ``method``; ``uid``: the caller's (SO_PEERCRED), which a command may
+        record (a cancel says who asked)."""
         command = COMMANDS.get(method)
         if command is None:
             raise RpcError(METHOD_NOT_FOUND, f"no method {method!r}")
@@ -37,7 +39,7 @@ class Dispatcher:
             if refusal is not None:
                 raise ShuttingDown(refusal)
         try:
-            return command.run(self.engine, Params(raw_params, command.params))
+            return command.run(self.engine, Params(raw_params, command.params, uid))
         except StoreError as exc:
             if command.mutates:
                 raise  # a write failed: the daemon stops (nerved.master.daemon)

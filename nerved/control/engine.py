@@ -45,6 +45,18 @@ class WorkflowControl(Protocol):
         """The state of the workflow's worker (nerved.states.WorkerState); None: no such
         workflow."""
 
+    def cancel(self, run_id: str, reason: str | None, uid: int | None) -> RunRecord:
+        """Cancel an active run in this turn's batch; raises NotFound, or Conflict for a
+        final run."""
+
+    def retry(self, run_id: str, from_step: int | None) -> RunRecord:
+        """Admit a new run retrying a final one, keeping its first ``from_step`` steps (None:
+        all it completed); raises NotFound, Conflict (still active), BadInput."""
+
+    def progress(self, run_id: str) -> dict[str, Any] | None:
+        """Where a started run stands: ``{step, try, since, role, retryAt}``; None if the
+        master holds no started run of that id."""
+
 
 class StoreControl(Protocol):
     @property

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Final, TypeVar
 
 from nerved import wire
-from nerved.outcome import BadInput, NotFound, Pending, Refused, ShuttingDown
+from nerved.outcome import BadInput, Conflict, NotFound, Pending, Refused, ShuttingDown
 
 __all__ = ["Pending", "RpcError", "as_rpc"]  # Pending: nerved.outcome's, here for the commands
 
@@ -19,6 +19,7 @@ INTERNAL_ERROR: Final = -32603
 NOT_FOUND: Final = -32001
 SHUTTING_DOWN: Final = -32002
 PERMISSION_DENIED: Final = -32003
+CONFLICT: Final = -32004  # the run's status does not allow it (cancel a final run)
 
 MAX_LINE: Final = wire.MAX_LINE
 MAX_INTEGER: Final = wire.MAX_INTEGER  # SQLite's INTEGER: a wider one cannot be compared
@@ -53,7 +54,10 @@ class Params:
     store or a timer as something they cannot hold.
     """
 
-    def __init__(self, raw: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    def __init__(
+        self, raw: Mapping[str, Any], allowed: frozenset[str], uid: int | None = None
+    ) -> None:
+        self.uid = uid  # the caller's, from SO_PEERCRED (None: not over the socket)
         unknown = sorted(set(raw) - allowed)
         if unknown:
             allowed_list = ", ".join(sorted(allowed)) or "none"
@@ -157,5 +161,7 @@ def as_rpc(error: Exception) -> RpcError:
             code = SHUTTING_DOWN
         elif isinstance(error, BadInput):
             code = INVALID_PARAMS
+        elif isinstance(error, Conflict):
+            code = CONFLICT
         return RpcError(code, error.message, error.data)
     return RpcError(INTERNAL_ERROR, f"internal error: {error}")

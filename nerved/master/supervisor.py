@@ -214,6 +214,11 @@ class Supervisor:
                 self.deaths = 0  # not the backoff: a worker that works then dies at once
                 # would be forked again at once, for ever (a drop workflow's runs with it)
 
+    def live(self) -> list[Worker]:
+        """Its workers not yet reaped: the current one and those draining."""
+        current = [] if self.current is None else [self.current]
+        return current + [w for w in self.draining if w is not self.current]
+
     # -- stopping -----------------------------------------------------------------------
 
     def drain(self, deadline: float, setting: str, message: Message = STOP) -> Worker | None:

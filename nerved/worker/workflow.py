@@ -10,17 +10,28 @@ Protocol (master -> worker):
     {"t": "start",  "run": ID, "payload": P, "maxSteps": N}
     {"t": "history", "run": ID, "events": [E1, E2, ...]}   the next events of a run to be
                                               resumed, in order, in frames of a few MiB
-    {"t": "resume", "run": ID, "payload": P, "maxSteps": N}   after its history: run it on
+    {"t": "resume", "run": ID, "payload": P, "maxSteps": N, "steps": S, "try": K}
+                                              after its history: run it on (S steps are
+                                              complete; the next step's try is K)
     {"t": "ack", "run": ID, "n": K}           step K of the run is durable
-    {"t": "end", "run": ID}                   the master ended the run (its history is full):
-                                              drop its thread where it is, without a word
+    {"t": "end", "run": ID}                   the master ended the run (cancelled, or its
+                                              history is full): drop its thread where it is
+    {"t": "timeouts", "roles": {R: seconds}}  the roles' timeouts, when a reload changes them
     {"t": "stop"}                             take nothing new; exit once every thread is done
     {"t": "halt"}                             the daemon stops: finish the running steps, start
                                               no new ones, exit (the threads stay started and
                                               resume at the next start)
 Worker -> master:
     {"t": "ready"} or {"t": "load_error", "error": "..."}  once, after importing the package
+    {"t": "begin", "run": ID, "n": K, "role": R, "try": T}  a role with a timeout starts: the
+                                              master holds the bound too (see _execute)
     {"t": "step", "run": ID, "n": K, "role": R, "prompt": P, "event": E}
+    {"t": "step_failed", "run": ID, "n": K, "role": R, "prompt": P, "error": "...",
+     "retry": bool, "after": seconds | null}  a try of step K failed; the thread is dropped
+                                              here, and the master resumes the run when (and
+                                              if) the role's retry policy says so
+    {"t": "stuck", "role": R}                 a sync role's thread could not be stopped (a
+                                              timeout, a cancel): take nothing new, replace me
     {"t": "log", "run": ID, "message": "..."}
     {"t": "completed", "run": ID}
     {"t": "failed", "run": ID, "error": "..."}
@@ -45,11 +56,18 @@ import json
 import logging
 import reprlib
 import socket
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Coroutine, Mapping
+from typing import Any, Final, cast
 
 from nerved import wire
-from nerved.api import CommandEvent, ThreadState, WorkflowContext, WorkflowDefinition
+from nerved.api import (
+    CommandEvent,
+    Fatal,
+    Retry,
+    ThreadState,
+    WorkflowContext,
+    WorkflowDefinition,
+)
 from nerved.channel import Message
 from nerved.code.importing import load_workflow
 from nerved.code.reading import Package, UserCodeError
@@ -59,6 +77,7 @@ from nerved.worker.timebox import Overrun, Timebox, overrun_message
 log = logging.getLogger(__name__)
 
 ROLE_THREADS: Final = 1024  # sync roles that may run at once in one worker
+CANCEL_GRACE: Final = 1.0  # seconds an async role has to end once cancelled, or it is stuck
 
 
 class ThreadFailed(Exception):
@@ -67,6 +86,21 @@ class ThreadFailed(Exception):
 
 class Halted(Exception):
     """The daemon is stopping: this thread ends here without a final status."""
+
+
+class TryFailed(Exception):
+    """A try of a role failed: the master decides, under the role's policy, what follows.
+
+    ``error`` says what happened, without the role's name (``raised ValueError: x``,
+    ``timed out after 2s``); ``retry`` is False for :class:`nerved.Fatal`; ``after``: the
+    seconds a :class:`nerved.Retry` asked for (None: the policy's delay).
+    """
+
+    def __init__(self, error: str, *, retry: bool = True, after: float | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.retry = retry
+        self.after = after
 
 
 def _checked(value: Any, what: str) -> Any:
@@ -92,8 +126,11 @@ def _check_event(role: str, event: Any) -> CommandEvent:
 
 
 class WorkflowWorker:
-    def __init__(self, sock: socket.socket, package: Package) -> None:
+    def __init__(
+        self, sock: socket.socket, package: Package, timeouts: Mapping[str, float] | None = None
+    ) -> None:
         self.package = package
+        self.timeouts = dict(timeouts or {})  # seconds, by role: its nerve.yaml policy
         self.workflow = package.name
         self.definition: WorkflowDefinition | None = None
         self.load_error: str | None = None
@@ -135,7 +172,12 @@ class WorkflowWorker:
                 log.error("run %s is already running here; ignoring a second %s", run_id, kind)
                 return
             events = [{"type": "thread_start", "payload": message.get("payload")}, *history]
-            task = self.loop.create_task(self.run_thread(run_id, events, int(message["maxSteps"])))
+            steps = int(message.get("steps", len(history)))
+            task = self.loop.create_task(
+                self.run_thread(
+                    run_id, events, int(message["maxSteps"]), steps, int(message.get("try", 1))
+                )
+            )
             self.threads[run_id] = task
             task.add_done_callback(functools.partial(self._thread_done, run_id))
         elif kind == "ack":
@@ -143,9 +185,13 @@ class WorkflowWorker:
             if future is not None and not future.done():
                 future.set_result(None)
         elif kind == "end":
-            thread = self.threads.get(str(message["run"]))
+            run_id = str(message["run"])
+            self.histories.pop(run_id, None)
+            thread = self.threads.get(run_id)
             if thread is not None:
                 thread.cancel()
+        elif kind == "timeouts":
+            self.timeouts = {str(k): float(v) for k, v in dict(message["roles"]).items()}
         elif kind == "stop":
             self.stopping = True
             self._maybe_done()
@@ -163,9 +209,11 @@ class WorkflowWorker:
 
     # -- a thread -----------------------------------------------------------------------
 
-    async def run_thread(self, run_id: str, events: list[CommandEvent], max_steps: int) -> None:
+    async def run_thread(
+        self, run_id: str, events: list[CommandEvent], max_steps: int, steps: int, tries: int
+    ) -> None:
         try:
-            await self._steps(run_id, events, max_steps)
+            await self._steps(run_id, events, max_steps, steps, tries)
         except Halted:
             return  # the run stays started; the next daemon resumes it
         except ThreadFailed as exc:
@@ -176,48 +224,60 @@ class WorkflowWorker:
             log.exception("thread %s broke inside nerve", run_id)
             error = f"internal error: {explain(exc)}"
         else:
-            self.port.post({"t": "completed", "run": run_id})
             return
         # The reason quotes user code (names, messages): made safe to carry, never refused.
         self.port.post({"t": "failed", "run": run_id, "error": wire.text(error)})
 
-    async def _steps(self, run_id: str, events: list[CommandEvent], max_steps: int) -> None:
+    async def _steps(
+        self, run_id: str, events: list[CommandEvent], max_steps: int, steps: int, tries: int
+    ) -> None:
+        """Moderate and execute until the run completes (posted here), a try fails (posted,
+        and the thread ends: the master resumes the run if the policy retries), or a rule is
+        broken (ThreadFailed). ``steps``: the steps complete; ``tries``: the next step's try."""
         if self.definition is None:
             raise ThreadFailed(self.load_error or "the workflow package is not loaded")
         definition = self.definition
-        steps = len(events) - 1
 
         def log_line(text: str) -> None:
             self.port.post({"t": "log", "run": run_id, "message": wire.text(text)})
 
-        ctx = WorkflowContext(run_id, self.workflow, log_line)
         while True:
             role_name, prompt = self._moderate(definition, run_id, events)
             if role_name is None:
+                self.port.post({"t": "completed", "run": run_id})
                 return
             if self.halting:
                 raise Halted
-            if steps >= max_steps:
+            decisions = len(events) - 1  # every event after the first answers a decision
+            if decisions >= max_steps:
                 raise ThreadFailed(
                     f"exceeded maxSteps ({max_steps}): the moderator asked for step "
-                    f"{steps + 1} (role {role_name!r})"
+                    f"{decisions + 1} (role {role_name!r})"
                 )
-            event = await self._execute(definition, role_name, prompt, ctx)
-            steps += 1
+            n = steps + 1
+            ctx = WorkflowContext(run_id, self.workflow, log_line, tries)
+            try:
+                event = await self._execute(definition, run_id, n, role_name, prompt, ctx)
+            except TryFailed as failed:
+                self.port.post(
+                    {"t": "step_failed", "run": run_id, "n": n, "role": role_name,
+                     "prompt": prompt, "error": wire.text(failed.error),
+                     "retry": failed.retry, "after": failed.after}
+                )  # fmt: skip
+                return
+            steps, tries = n, 1
             try:
                 self.port.post(
-                    {"t": "step", "run": run_id, "n": steps, "role": role_name,
+                    {"t": "step", "run": run_id, "n": n, "role": role_name,
                      "prompt": prompt, "event": event}
                 )  # fmt: skip
             except wire.Invalid as exc:  # prompt and event are checked: the role's name is not
-                raise ThreadFailed(
-                    f"step {steps} (role {role_name!r}) cannot be sent: {exc}"
-                ) from None
-            ack = self.acks[(run_id, steps)] = self.loop.create_future()
+                raise ThreadFailed(f"step {n} (role {role_name!r}) cannot be sent: {exc}") from None
+            ack = self.acks[(run_id, n)] = self.loop.create_future()
             try:
                 await ack  # durable before the moderator sees it
             finally:
-                self.acks.pop((run_id, steps), None)  # the master may end the run instead
+                self.acks.pop((run_id, n), None)  # the master may end the run instead
             events.append(event)
 
     def _moderate(
@@ -260,20 +320,81 @@ class WorkflowWorker:
         return role_name, prompt
 
     async def _execute(
-        self, definition: WorkflowDefinition, role_name: str, prompt: Any, ctx: WorkflowContext
+        self,
+        definition: WorkflowDefinition,
+        run_id: str,
+        n: int,
+        role_name: str,
+        prompt: Any,
+        ctx: WorkflowContext,
     ) -> CommandEvent:
+        """One try of a role: its checked event, or TryFailed.
+
+        A role with a timeout gets it here, measured from its start: an async role is
+        cancelled (one that ignores the cancel for :data:`CANCEL_GRACE` is *stuck*); a sync
+        role's thread cannot be stopped, so the worker says it is stuck and the master
+        replaces it (its other threads finish). The master holds the same bound, a little
+        later, from the ``begin`` posted here: a role that blocks this loop itself (a
+        ``time.sleep`` in an ``async def``) cannot be timed out from inside.
+        """
         role = definition.roles[role_name]
+        timeout = self.timeouts.get(role_name)
+        if timeout is not None:
+            self.port.post(
+                {"t": "begin", "run": run_id, "n": n, "role": role_name, "try": ctx.attempt}
+            )
+        sync = not inspect.iscoroutinefunction(role)
+        work: asyncio.Future[Any]
+        if sync:
+            work = asyncio.wrap_future(self.executor.submit(role, prompt, ctx))
+        else:
+            work = self.loop.create_task(cast(Coroutine[Any, Any, Any], role(prompt, ctx)))
         try:
-            if inspect.iscoroutinefunction(role):
-                result: Any = await role(prompt, ctx)
-            else:
-                result = await asyncio.wrap_future(self.executor.submit(role, prompt, ctx))
-                if inspect.isawaitable(result):
-                    result = await result
+            if timeout is not None and not (await asyncio.wait((work,), timeout=timeout))[0]:
+                self._abandon(work, role_name, sync)
+                raise TryFailed(f"timed out after {timeout:g}s")
+            result = await work  # done already when a timeout applies
+            if inspect.isawaitable(result):  # a sync function that returned a coroutine
+                result = await result
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the master ended the run: a cancel
+                self._abandon(work, role_name, sync)
+                raise
+            raise TryFailed("raised CancelledError") from None  # the role's own
+        except TryFailed:
+            raise
+        except Retry as exc:
+            raise TryFailed(f"asked to retry: {explain(exc)}", after=exc.after) from exc
+        except Fatal as exc:
+            raise TryFailed(f"raised {explain(exc)}", retry=False) from exc
         except Exception as exc:
-            raise ThreadFailed(f"role {role_name!r} raised {explain(exc)}") from exc
+            raise TryFailed(f"raised {explain(exc)}") from exc
         return _check_event(role_name, result)
 
+    def _abandon(self, work: asyncio.Future[Any], role_name: str, sync: bool) -> None:
+        """Leave a role (past its timeout, or its run was cancelled); say so if it cannot be
+        made to stop: a sync role's thread never can, an async role may ignore its cancel."""
+        work.cancel()
+        work.add_done_callback(_ignore_outcome)
+        if sync:
+            self.port.post({"t": "stuck", "role": role_name})
+            return
 
-def run(sock: socket.socket, package: Package) -> int:
-    return serve(f"workflow:{package.name}", WorkflowWorker(sock, package))
+        def check() -> None:
+            if not work.done():
+                log.warning("role %r ignores its cancel; this worker will be replaced", role_name)
+                self.port.post({"t": "stuck", "role": role_name})
+
+        self.loop.call_later(CANCEL_GRACE, check)
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    """An abandoned role's end is of no interest (and must not be logged as never retrieved)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def run(sock: socket.socket, package: Package, timeouts: Mapping[str, float] | None = None) -> int:
+    """The worker's life; ``timeouts``: the roles' timeouts (seconds) when it was forked."""
+    return serve(f"workflow:{package.name}", WorkflowWorker(sock, package, timeouts))

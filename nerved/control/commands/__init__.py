@@ -22,8 +22,10 @@ from nerved.control.commands import (
     sense_list,
     sense_trigger,
     status,
+    workflow_cancel,
     workflow_inspect,
     workflow_list,
+    workflow_retry,
     workflow_trigger,
     workflow_wait,
 )
@@ -68,6 +70,8 @@ COMMANDS: dict[str, Command] = {
             workflow_inspect,
             workflow_trigger,
             workflow_wait,
+            workflow_cancel,
+            workflow_retry,
         ),
     )
 }

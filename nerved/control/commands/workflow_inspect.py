@@ -5,7 +5,9 @@
 The events hold at most 4 MiB of payloads (and always at least one event): while ``more`` is
 true, ask again with ``afterId`` = the last event's id. An event (or a trigger payload)
 whose stored value cannot be read back has ``payload: null`` and ``unreadable``: why (for the
-trigger payload, ``triggerPayloadUnreadable``).
+trigger payload, ``triggerPayloadUnreadable``). An active run has ``progress``: the step in
+flight (see ``workflow.list``); every failed try is an event (``step_failed``, with the try
+and ``retryAt``), and so is each resume after a crash or restart (``resumed``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def run(engine: Engine, params: Params) -> Any:
     record = find_run(engine.store.committed, params.string("runId", required=True))
     entries, more = engine.store.committed.run_history_page(record.run_id, after_id)
     answer = {**record.to_wire(), "triggerPayload": record.trigger_payload}
+    answer["progress"] = (
+        engine.workflows.progress(record.run_id) if record.status.is_active else None
+    )
     if isinstance(record.trigger_payload, Unreadable):
         answer["triggerPayload"] = None
         answer["triggerPayloadUnreadable"] = record.trigger_payload.reason

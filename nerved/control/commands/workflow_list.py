@@ -4,7 +4,10 @@ Active runs (queued, started) only, unless ``all`` is true or ``status`` names t
 wanted (a string or a list). ``limit`` defaults to 100 (at most 10000). Result: ``[run]``,
 without trigger payloads; each ``error`` is cut, with a marker, to its share of 4 MiB. An
 active run carries ``worker``, the state of its workflow's worker (nerved.states.WorkerState;
-``fatal``: its runs wait until its code is fixed and reloaded; null: no such workflow now).
+``fatal``: its runs wait until its code is fixed and reloaded; null: no such workflow now)
+and ``progress``: for a started run, the step in flight ``{step, try, since, role,
+retryAt}`` (``since``: when it began, ms; ``role`` when known; ``retryAt``: when its next
+try is due, if it waits for one), null otherwise.
 ``workflow.inspect`` has both whole (the error as the payload of the run's last event).
 """
 
@@ -53,5 +56,6 @@ def run(engine: Engine, params: Params) -> Any:
         row = record.to_wire(error_limit=share)
         if record.status.is_active:  # why an active run may not move: its worker's state
             row["worker"] = engine.workflows.worker_state(record.workflow)
+            row["progress"] = engine.workflows.progress(record.run_id)
         rows.append(row)
     return rows

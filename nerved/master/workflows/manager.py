@@ -37,36 +37,38 @@ from typing import Any, Final
 from nerved import wire
 from nerved.channel import Message
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot
-from nerved.config import NerveConfig, Overflow, unlined
+from nerved.config import NerveConfig, unlined
 from nerved.loop import Loop
 from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
 from nerved.master.workflows.admission import admit, reasons
+from nerved.master.workflows.losses import Losses
 from nerved.master.workflows.recovery import Fate, recovery_of
 from nerved.master.workflows.resume import Resumer, start_frame
 from nerved.master.workflows.runs import (
-    WORKER_DIED,
     ActiveRun,
     Flow,
+    InFlight,
     QueuedRun,
     log_transition,
-    losses_in_a_row,
     step_record,
     too_long,
     unresumable,
 )
+from nerved.master.workflows.steering import Steering
+from nerved.master.workflows.tries import Tries
 from nerved.master.workflows.waiters import Waiters
-from nerved.outcome import BadInput, NotFound, Refused, ShuttingDown
+from nerved.outcome import BadInput, NotFound, ShuttingDown
 from nerved.states import Transition
 from nerved.store import RunRecord, Storage, StoreError
+from nerved.store.records import now_ms
 from nerved.worker import workflow as workflow_worker
-from nerved.worker.timebox import KILLED, MODERATOR_KILL
 
 log = logging.getLogger("nerved.master.workflows")
 
 DRAIN: Final = "drainTimeout"  # where a worker's stop deadline comes from, for the log
 HALT: Final[Message] = {"t": "halt"}  # nerved stops: finish the running steps, keep the runs
-_WORK: Final = frozenset({"step", "completed", "failed"})  # messages that are work done
+_WORK: Final = frozenset({"step", "step_failed", "completed", "failed"})  # work done
 
 
 class WorkflowManager:
@@ -82,6 +84,11 @@ class WorkflowManager:
         self._removed: list[Flow] = []  # workflows a reload removed, their workers draining
         self.resumer = Resumer(loop, store, self._holds, self._unresumable)
         self.waiters = Waiters(loop, store)
+        self.tries = Tries(loop, store, self._assign, self._end, self._replace)
+        self.steering = Steering(store, self.flows, self.runs, self.trigger, self._end,
+                                 self._finish)  # fmt: skip
+        self.losses = Losses(store, self.trigger, self._end, self._finish, self._forget,
+                             self._wake, lambda: self.stopping)  # fmt: skip
         self.stopping = False
 
     # -- configuration ------------------------------------------------------------------
@@ -112,18 +119,20 @@ class WorkflowManager:
                 flow.supervisor.code_changed()  # a fatal workflow is tried again
             if settings:  # a fatal workflow killed by memoryMax is tried again if it changed
                 flow.supervisor.set_memory_max(wf_config.memory_max)
+                for worker in flow.supervisor.live():
+                    worker.send({"t": "timeouts", "roles": flow.timeouts()})
                 self._fill(flow)
         return changed
 
     def _supervise(self, flow: Flow) -> Supervisor:
-        def child_main(sock: socket.socket) -> int:
-            return workflow_worker.run(sock, flow.package)  # as accepted when it forks
+        def child_main(sock: socket.socket) -> int:  # code as accepted, settings as they are
+            return workflow_worker.run(sock, flow.package, flow.timeouts())  # when it forks
 
         def on_message(worker: Worker, message: Message) -> None:
             self._on_message(flow, worker, message)
 
         def on_exit(worker: Worker, exit: Exit) -> None:
-            self._on_exit(flow, worker, exit)
+            self.losses.lost(flow, worker, exit)
 
         return Supervisor(
             self.workers, "workflow", flow.name,
@@ -163,14 +172,18 @@ class WorkflowManager:
             elif flow is None:
                 continue
             elif recovery.fate is Fate.QUEUE:
-                flow.queue.append(QueuedRun(record.run_id, recovery.payload_json))
+                queued = QueuedRun(record.run_id, recovery.payload_json, record.steps,
+                                   record.history)  # fmt: skip
+                flow.queue.append(queued)
             elif recovery.fate is Fate.RESTART:
-                self._restart_afresh(record, recovery.payload_json, "nerved stopped while it ran")
+                why = "nerved stopped while it ran"
+                self.losses.restart_afresh(record, recovery.payload_json, why)
             else:
                 run = ActiveRun(record.run_id, flow, recovery.payload_json, record.history,
-                                record.steps, sent=True)  # fmt: skip
+                                record.steps, sent=True, lost="nerved restarted")  # fmt: skip
                 flow.active[run.run_id] = run
                 self.runs[run.run_id] = run
+                self.tries.recovered(run, record)  # a retry it waited for is armed again
         for flow in self.flows.values():
             for run in list(flow.active.values()):
                 if run.worker is None:  # a run restarted afresh above was assigned already
@@ -194,8 +207,13 @@ class WorkflowManager:
         payload_json: str | None = None,
         *,
         retry_of: str | None = None,
+        keep_steps: int = 0,
     ) -> RunRecord:
         """Admit a new run: started, queued or dropped, written in the current batch.
+
+        ``keep_steps``: the run retries ``retry_of`` from a step (:meth:`retry`): the old
+        run's first ``keep_steps`` steps (with the inputs among them) are copied into its
+        history, not executed again, and its worker resumes it from there.
 
         ``payload_json`` is the payload as :func:`wire.check_value` encodes it, when the
         caller checked it already (the control socket); otherwise (a reflex's signal, a run
@@ -229,17 +247,22 @@ class WorkflowManager:
             payload_json=payload_json, retry_of=retry_of, reason=reason,
         )  # fmt: skip
         log_transition(run_id, workflow, admission.transition, record.error)
+        copied = 0
+        if keep_steps and retry_of is not None and admission.transition is not Transition.REJECT:
+            copied = self.store.copy_history(retry_of, run_id, keep_steps)
         if admission.transition is Transition.START:
-            self._activate(flow, run_id, payload_json)
+            self._activate(flow, QueuedRun(run_id, payload_json, keep_steps, copied))
         elif admission.transition is Transition.ENQUEUE:
-            flow.queue.append(QueuedRun(run_id, payload_json))
+            flow.queue.append(QueuedRun(run_id, payload_json, keep_steps, copied))
         return record
 
-    def _activate(self, flow: Flow, run_id: str, payload_json: str | None) -> None:
-        history = 0 if payload_json is None else len(payload_json.encode())
-        run = ActiveRun(run_id, flow, payload_json, history)
-        flow.active[run_id] = run
-        self.runs[run_id] = run
+    def _activate(self, flow: Flow, queued: QueuedRun) -> None:
+        payload_json = queued.payload_json
+        history = queued.history + (0 if payload_json is None else len(payload_json.encode()))
+        run = ActiveRun(queued.run_id, flow, payload_json, history, queued.steps)
+        run.sent = queued.steps > 0  # a retry from a step: resumed from its copied history
+        flow.active[run.run_id] = run
+        self.runs[run.run_id] = run
         flow.supervisor.busy()
         self._assign(run)
 
@@ -251,7 +274,7 @@ class WorkflowManager:
                 queued.run_id, Transition.DISPATCH, payload_json=queued.payload_json
             ):
                 log_transition(queued.run_id, flow.name, Transition.DISPATCH, None)
-                self._activate(flow, queued.run_id, queued.payload_json)
+                self._activate(flow, queued)
 
     # -- workers ------------------------------------------------------------------------
 
@@ -264,7 +287,7 @@ class WorkflowManager:
 
         A run is given to one worker at a time, once: a run some worker holds (it was sent
         its ``start``, or its resume is under way) is left alone here, whoever asks, until
-        that worker is gone (:meth:`_on_exit` lets go of it first). A worker told twice of
+        that worker is gone (:mod:`.losses` lets go of it first). A worker told twice of
         one run would refuse the second (``already running here``), and a second resume
         would send it the history again.
         """
@@ -272,11 +295,20 @@ class WorkflowManager:
             log.debug("run %s is held by %r already; not assigning it again", run.run_id,
                       run.worker)  # fmt: skip
             return
+        if run.retry_timer is not None:
+            return  # its next try is not due yet (nerved.master.workflows.tries)
         worker = run.flow.supervisor.ensure()
         if worker is None:
             return  # the supervisor wakes the flow when it may fork (see _wake)
         run.worker = worker
+        run.in_flight = InFlight(None, now_ms())
         if run.sent:
+            if run.lost is not None:  # inspect shows each resume after a crash or restart
+                record = self.store.get_run(run.run_id)
+                attempt = 0 if record is None else record.attempts
+                self.store.append_log("workflow", "resumed", run.run_id,
+                                      {"reason": run.lost, "attempt": attempt})  # fmt: skip
+                run.lost = None
             self.resumer.resume(run, worker)
             return
         run.sent = True
@@ -299,6 +331,17 @@ class WorkflowManager:
     def _unresumable(self, run: ActiveRun, exc: wire.Invalid | StoreError) -> None:
         self._end(run, Transition.UNRESUMABLE, unresumable(exc))
 
+    def _replace(self, flow: Flow, worker: Worker) -> None:
+        """``worker`` has a role stuck in it (past its timeout, or cancelled): it takes no new
+        runs and finishes its others, under the drain rules; new runs go to a new worker."""
+        if flow.supervisor.current is worker:
+            flow.supervisor.drain(flow.config.drain_timeout_ms / 1000, DRAIN)
+
+    def _forget(self, run: ActiveRun) -> None:
+        """``run``'s worker is gone: what the master held of its step in flight goes too."""
+        run.in_flight = None
+        self.tries.cancel(run)  # a timeout's backstop: the worker it watched is gone
+
     def _wake(self, flow: Flow) -> None:
         """The flow may fork again (a backoff ended, a fix ended its fatal state), or its
         current worker is not the one that died: every run that waits for a worker gets one."""
@@ -316,6 +359,12 @@ class WorkflowManager:
             log.error("workflow %s: %s", flow.name, message.get("error"))
             flow.supervisor.ready(worker)
             return
+        if kind == "stuck":
+            log.warning("workflow %s: role %r could not be stopped in worker pid %d; it takes"
+                        " no new runs and is replaced", flow.name, message.get("role"),
+                        worker.pid)  # fmt: skip
+            self._replace(flow, worker)
+            return
         run = self.runs.get(str(message.get("run")))
         if run is None or run.worker is not worker:
             log.debug(
@@ -326,6 +375,10 @@ class WorkflowManager:
             flow.supervisor.progressed(worker)
         if kind == "step":
             self._on_step(run, worker, message)
+        elif kind == "begin":
+            self.tries.began(run, worker, message)
+        elif kind == "step_failed":
+            self.tries.reported(run, message)
         elif kind == "log":
             self.store.append_log("workflow", "log", run.run_id, str(message.get("message")))
         elif kind == "completed":
@@ -353,6 +406,7 @@ class WorkflowManager:
             return
         run.steps = n
         run.history += size
+        self.tries.stepped(run)
         ack = {"t": "ack", "run": run.run_id, "n": n}
 
         def send() -> None:
@@ -361,95 +415,37 @@ class WorkflowManager:
 
         self.store.after_commit(send)
 
-    def _on_exit(self, flow: Flow, worker: Worker, exit: Exit) -> None:
-        """A worker of the flow was reaped: the runs it held resume in a successor (once the
-        supervisor lets one be forked), or end (see the module's docstring)."""
-        orphans = [r for r in flow.active.values() if r.worker is worker]
-        if not orphans or self.stopping:
-            return  # halted threads stay started; the next start resumes them
-        why = exit.why
-        if exit.hung:  # as a failed import fails them: a new worker would hang too
-            for run in orphans:
-                self._end(run, Transition.FAIL, why)
-            return
-        if why == KILLED:  # the hard bound on a moderator call (nerved.worker.timebox)
-            why = f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted: {why}"
-        log.warning("workflow %s: %d runs lost their worker pid %d (%s)",
-                    flow.name, len(orphans), worker.pid, why)  # fmt: skip
-        survivors = 0
-        for run in orphans:
-            run.worker = None
-            attempts = self.store.count_attempt(run.run_id)
-            if flow.removed:
-                self._end(
-                    run, Transition.CRASH, f"its workflow was removed and its worker died ({why})"
-                )
-            elif flow.config.overflow is Overflow.DROP:
-                record = self.store.get_run(run.run_id)
-                self._end(run, Transition.CRASH, f"{WORKER_DIED} ({why})")
-                if record is not None and self._may_restart(record, flow.config.max_attempts):
-                    self._restart_afresh(record, None, f"{WORKER_DIED} ({why})", already_ended=True)
-            elif attempts >= flow.config.max_attempts:
-                self._end(
-                    run,
-                    Transition.CRASH,
-                    f"its worker died {attempts} times under it (last: {why})",
-                )
-            else:
-                survivors += 1
-        if survivors and not exit.current:
-            self._wake(flow)  # a drained worker died: the current one (or a new) takes them
-        # Otherwise the supervisor wakes the flow once its backoff is over.
-
-    def _may_restart(self, record: RunRecord, max_attempts: int) -> bool:
-        """Whether a drop workflow's run lost with its worker starts afresh (losses_in_a_row)."""
-        lost = losses_in_a_row(record, self.store.get_run, max_attempts)
-        if lost < max_attempts:
-            return True
-        log.warning("run %s of %s not restarted: runs of its payload lost their worker %d times"
-                    " in a row (maxAttempts)", record.run_id, record.workflow, lost)  # fmt: skip
-        return False
-
-    def _restart_afresh(
-        self,
-        record: RunRecord,
-        payload_json: str | None,
-        why: str,
-        *,
-        already_ended: bool = False,
-    ) -> None:
-        """overflow: drop: the lost thread ends crashed; a new run takes its payload.
-
-        ``payload_json``: the payload's encoding if known, else it is checked again.
-        """
-        if not already_ended:
-            self._finish(record.run_id, record.workflow, Transition.CRASH, why)
-        try:
-            new = self.trigger(
-                record.workflow, record.trigger_payload, payload_json, retry_of=record.run_id
-            )
-        except Refused as exc:
-            log.warning("run %s could not be restarted: %s", record.run_id, exc.message)
-            return
-        log.info("run %s (%s) restarted afresh as run %s", record.run_id, why, new.run_id)
-
     # -- ends ---------------------------------------------------------------------------
 
-    def _end(self, run: ActiveRun, transition: Transition, error: str | None) -> None:
+    def _end(
+        self,
+        run: ActiveRun,
+        transition: Transition,
+        error: str | None,
+        payload_json: str | None = None,
+    ) -> None:
         """A started run reaches a final status; its slot goes to the next queued run."""
         flow = run.flow
         flow.active.pop(run.run_id, None)
         self.runs.pop(run.run_id, None)
         run.worker = None
-        self._finish(run.run_id, flow.name, transition, error)
+        self.tries.cancel(run)
+        self._finish(run.run_id, flow.name, transition, error, payload_json)
         self._fill(flow)
         if not flow.active and not flow.queue:
             self._arm_idle(flow)
 
     def _finish(
-        self, run_id: str, workflow: str, transition: Transition, error: str | None
+        self,
+        run_id: str,
+        workflow: str,
+        transition: Transition,
+        error: str | None,
+        payload_json: str | None = None,
     ) -> None:
-        if not self.store.transition_run(run_id, transition, error=error):
+        if not self.store.transition_run(
+            run_id, transition, error=error, payload_json=payload_json
+        ):
             log.error(
                 "run %s could not move to %s (it moved on already)", run_id, transition.target
             )
@@ -463,6 +459,23 @@ class WorkflowManager:
         flow.supervisor.stop_when_idle(
             config.idle_timeout_ms / 1000, config.drain_timeout_ms / 1000, DRAIN
         )
+
+    # -- what operators do -------------------------------------------------------------
+
+    def cancel(self, run_id: str, reason: str | None, uid: int | None) -> RunRecord:
+        """``workflow.cancel``: see :class:`~nerved.master.workflows.steering.Steering`."""
+        return self.steering.cancel(run_id, reason, uid)
+
+    def retry(self, run_id: str, from_step: int | None) -> RunRecord:
+        """``workflow.retry``: see :class:`~nerved.master.workflows.steering.Steering`."""
+        if self.stopping:
+            raise ShuttingDown("nerved is shutting down")
+        return self.steering.retry(run_id, from_step)
+
+    def progress(self, run_id: str) -> dict[str, Any] | None:
+        """Where an active run stands (:meth:`ActiveRun.progress`); None: not started."""
+        run = self.runs.get(run_id)
+        return None if run is None else run.progress()
 
     # -- waiting ------------------------------------------------------------------------
 

@@ -29,9 +29,12 @@ RESUME_WAIT: Final = 0.01  # seconds before looking again at a worker still read
 
 
 def start_frame(kind: str, run: ActiveRun) -> bytes:
-    """The run's ``start`` or ``resume``, its payload spliced in as stored; raises
-    wire.Invalid for one that cannot be sent."""
+    """The run's ``start`` or ``resume`` (with its completed ``steps`` and the next step's
+    ``try``), its payload spliced in as stored; raises wire.Invalid for one that cannot be
+    sent."""
     message: Message = {"t": kind, "run": run.run_id, "maxSteps": run.flow.config.max_steps}
+    if kind == "resume":  # its completed steps (the history holds inputs too) and next try
+        message["steps"], message["try"] = run.steps, run.tries + 1
     return frame(message, TO_WORKER, {"payload": run.payload_json})
 
 
@@ -121,9 +124,9 @@ class Resumer:
             if isinstance(step, Unreadable):
                 number = resume.steps + len(events) + 1
                 raise wire.Invalid(f"step {number} cannot be read back: {step.reason}")
-            if not isinstance(step, dict) or "event" not in step:
+            if not isinstance(step, dict) or "event" not in step:  # a step, or an input
                 number = resume.steps + len(events) + 1
-                raise wire.Invalid(f"step {number} is not a {{role, prompt, event}}")
+                raise wire.Invalid(f"event {number} is not a {{role, prompt, event}} or {{event}}")
             events.append(step["event"])
         if events:
             data = frame({"t": "history", "run": run.run_id, "events": events}, TO_WORKER)

@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from nerved import wire
 from nerved.channel import Message
@@ -22,10 +22,21 @@ from nerved.states import RunStatus, Transition
 from nerved.store import RunRecord, StoreError
 
 if TYPE_CHECKING:
+    from nerved.loop import Timer
     from nerved.master.supervisor import Supervisor
     from nerved.master.workers import Worker
 
 log = logging.getLogger("nerved.master.workflows")
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """The step a run's worker is on: its role when known (a role with a timeout says so as
+    it begins), and since when (ms since the epoch: when the previous step was recorded, or
+    the run given to its worker)."""
+
+    role: str | None
+    since: int
 
 
 @dataclass(eq=False)
@@ -35,19 +46,42 @@ class ActiveRun:
     run_id: str
     flow: Flow
     payload_json: str | None  # as stored: held as text, sent as text (a frame splices it)
-    history: int  # bytes of its stored trigger payload and steps, at most wire.MAX_HISTORY
+    history: int  # bytes of its stored trigger payload, steps and inputs, <= wire.MAX_HISTORY
     steps: int = 0
     worker: Worker | None = None
     sent: bool = False  # a worker has been told of it before: the next one resumes it
+    tries: int = 0  # failed tries of the step in flight (nerved.master.workflows.tries)
+    retry_at: int | None = None  # when its next try is due (ms since the epoch), if waiting
+    retry_timer: Timer | None = None  # gives it back to a worker at retry_at
+    backstop: Timer | None = None  # the master's bound on a role's timeout
+    in_flight: InFlight | None = None
+    lost: str | None = None  # why its next worker resumes it (a worker died, nerved restarted)
+
+    def progress(self) -> dict[str, Any]:
+        """Where it stands, for ``inspect`` and ``workflow list``: ``{step, try, since, role,
+        retryAt}`` (``since`` and ``retryAt`` in ms since the epoch, or null)."""
+        flight = self.in_flight
+        return {
+            "step": self.steps + 1,
+            "try": self.tries + 1,
+            "since": None if flight is None else flight.since,
+            "role": None if flight is None else flight.role,
+            "retryAt": self.retry_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class QueuedRun:
     """A run waiting for a slot, with its payload as stored (text: a decoded 1 MiB payload
-    can be a hundred times that in Python objects, and a queue holds up to maxQueue)."""
+    can be a hundred times that in Python objects, and a queue holds up to maxQueue).
+
+    ``steps`` and ``history``: a retry of a run (``workflow.retry``) starts with the old
+    run's first steps, copied: its worker resumes it rather than starting it."""
 
     run_id: str
     payload_json: str | None
+    steps: int = 0
+    history: int = 0
 
 
 @dataclass(eq=False)
@@ -68,6 +102,11 @@ class Flow:
     @property
     def has_room(self) -> bool:
         return len(self.active) < self.config.concurrency
+
+    def timeouts(self) -> dict[str, float]:
+        """The roles' timeouts in seconds, as its workers hold them (``timeouts``)."""
+        roles = self.config.roles.items()
+        return {role: p.timeout_ms / 1000 for role, p in roles if p.timeout_ms is not None}
 
 
 def unresumable(exc: wire.Invalid | StoreError) -> str:
@@ -121,3 +160,4 @@ def log_transition(run_id: str, workflow: str, transition: Transition, error: st
 
 
 _BAD_ENDS = frozenset({RunStatus.FAILED, RunStatus.CRASHED, RunStatus.DROPPED})
+# A cancel is an operator's decision, logged at INFO: not a failure to look into.

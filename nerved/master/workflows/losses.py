@@ -1,0 +1,134 @@
+"""Runs that lost their worker: resumed in a successor, crashed, or restarted afresh.
+
+When a workflow worker is reaped, each run it held (SPEC §5, crash recovery):
+
+- is resumed in a successor from its logged events (roles are at-least-once; the step that
+  was running runs again), with a ``resumed`` entry saying why, once the supervisor lets a
+  worker be forked;
+- ends ``crashed`` when its worker died ``maxAttempts`` times under it, or its workflow was
+  removed meanwhile;
+- under ``overflow: drop``, ends ``crashed`` and a new run takes its payload (``retryOf``),
+  unless runs of that payload lost their worker ``maxAttempts`` times in a row;
+- fails with the reason when its worker hung in its import (a new one would hang too).
+
+A run nerved itself stopped under (at recovery) is restarted afresh by the same rule.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from nerved.config import Overflow
+from nerved.master.supervisor import Exit
+from nerved.master.workers import Worker
+from nerved.master.workflows.runs import WORKER_DIED, ActiveRun, Flow, losses_in_a_row
+from nerved.master.workflows.steering import Trigger
+from nerved.outcome import Refused
+from nerved.states import Transition
+from nerved.store import RunRecord, Storage
+from nerved.worker.timebox import KILLED, MODERATOR_KILL
+
+log = logging.getLogger("nerved.master.workflows")
+
+
+class Losses:
+    """What becomes of the runs of a worker that died (see the module's docstring).
+
+    ``end(run, transition, error)`` ends a started run; ``finish(run_id, workflow,
+    transition, error)`` moves one no worker holds; ``forget(run)`` drops what the master
+    held for the run's step in flight; ``wake(flow)`` gives every run waiting for a worker
+    one; ``stopping()`` is true once nerved stops (halted runs stay started).
+    """
+
+    def __init__(
+        self,
+        store: Storage,
+        trigger: Trigger,
+        end: Callable[[ActiveRun, Transition, str | None], None],
+        finish: Callable[[str, str, Transition, str | None], None],
+        forget: Callable[[ActiveRun], None],
+        wake: Callable[[Flow], None],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.trigger = trigger
+        self.end = end
+        self.finish = finish
+        self.forget = forget
+        self.wake = wake
+        self.stopping = stopping
+
+    def lost(self, flow: Flow, worker: Worker, exit: Exit) -> None:
+        """A worker of ``flow`` was reaped: the runs it held resume in a successor (once the
+        supervisor lets one be forked), or end."""
+        orphans = [r for r in flow.active.values() if r.worker is worker]
+        if not orphans or self.stopping():
+            return  # halted threads stay started; the next start resumes them
+        why = exit.why
+        if exit.hung:  # as a failed import fails them: a new worker would hang too
+            for run in orphans:
+                self.end(run, Transition.FAIL, why)
+            return
+        if why == KILLED:  # the hard bound on a moderator call (nerved.worker.timebox)
+            why = f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted: {why}"
+        log.warning("workflow %s: %d runs lost their worker pid %d (%s)",
+                    flow.name, len(orphans), worker.pid, why)  # fmt: skip
+        survivors = 0
+        for run in orphans:
+            run.worker = None
+            run.lost = f"{WORKER_DIED} ({why})"
+            self.forget(run)
+            attempts = self.store.count_attempt(run.run_id)
+            if flow.removed:
+                self.end(
+                    run, Transition.CRASH, f"its workflow was removed and its worker died ({why})"
+                )
+            elif flow.config.overflow is Overflow.DROP:
+                record = self.store.get_run(run.run_id)
+                self.end(run, Transition.CRASH, f"{WORKER_DIED} ({why})")
+                if record is not None and self._may_restart(record, flow.config.max_attempts):
+                    self.restart_afresh(record, None, f"{WORKER_DIED} ({why})", already_ended=True)
+            elif attempts >= flow.config.max_attempts:
+                self.end(
+                    run,
+                    Transition.CRASH,
+                    f"its worker died {attempts} times under it (last: {why})",
+                )
+            else:
+                survivors += 1
+        if survivors and not exit.current:
+            self.wake(flow)  # a drained worker died: the current one (or a new) takes them
+        # Otherwise the supervisor wakes the flow once its backoff is over.
+
+    def _may_restart(self, record: RunRecord, max_attempts: int) -> bool:
+        """Whether a drop workflow's run lost with its worker starts afresh (losses_in_a_row)."""
+        lost = losses_in_a_row(record, self.store.get_run, max_attempts)
+        if lost < max_attempts:
+            return True
+        log.warning("run %s of %s not restarted: runs of its payload lost their worker %d times"
+                    " in a row (maxAttempts)", record.run_id, record.workflow, lost)  # fmt: skip
+        return False
+
+    def restart_afresh(
+        self,
+        record: RunRecord,
+        payload_json: str | None,
+        why: str,
+        *,
+        already_ended: bool = False,
+    ) -> None:
+        """overflow: drop: the lost thread ends crashed; a new run takes its payload.
+
+        ``payload_json``: the payload's encoding if known, else it is checked again.
+        """
+        if not already_ended:
+            self.finish(record.run_id, record.workflow, Transition.CRASH, why)
+        try:
+            new = self.trigger(
+                record.workflow, record.trigger_payload, payload_json, retry_of=record.run_id
+            )
+        except Refused as exc:
+            log.warning("run %s could not be restarted: %s", record.run_id, exc.message)
+            return
+        log.info("run %s (%s) restarted afresh as run %s", record.run_id, why, new.run_id)

@@ -1,0 +1,125 @@
+"""What an operator does to runs: cancel one, retry a final one from a step (SPEC §5, §6).
+
+- **Cancel** (``workflow.cancel``): a queued run leaves its queue and never starts; a
+  started one runs no further step: its worker is told to drop the thread (an async role in
+  flight is cancelled; a sync role's thread cannot be, so its worker is replaced, as on a
+  timeout: nerved.master.workflows.tries), and its slot goes to the next queued run in the
+  same batch. The ``cancelled`` entry holds the reason and the uid that asked. A final run
+  is refused (:class:`~nerved.outcome.Conflict`, -32004): final means it never changes.
+- **Retry from a step** (``workflow.retry``): a final run's payload starts a new run
+  (``retryOf`` = the old one) whose history begins with a copy of the old run's first K
+  steps (and the inputs among them), not executed again; its moderator, which is pure,
+  continues from there. Default K: every step the old run completed, so a run that failed
+  at step 9 continues at step 9.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from nerved import wire
+from nerved.master.workflows.runs import ActiveRun, Flow
+from nerved.outcome import BadInput, Conflict, NotFound
+from nerved.states import RunStatus, Transition
+from nerved.store import RunRecord, Storage, Unreadable
+from nerved.store.records import cancelled_error
+
+
+class Trigger(Protocol):
+    def __call__(
+        self,
+        workflow: str,
+        payload: Any,
+        payload_json: str | None = None,
+        *,
+        retry_of: str | None = None,
+        keep_steps: int = 0,
+    ) -> RunRecord: ...
+
+
+class Steering:
+    """Cancel and retry, over the workflow manager's runs.
+
+    ``end(run, transition, error, payload_json)`` ends a started run (its slot freed);
+    ``finish(run_id, workflow, transition, error, payload_json)`` moves any other run.
+    """
+
+    def __init__(
+        self,
+        store: Storage,
+        flows: Mapping[str, Flow],
+        runs: Mapping[str, ActiveRun],
+        trigger: Trigger,
+        end: Callable[[ActiveRun, Transition, str | None, str | None], None],
+        finish: Callable[[str, str, Transition, str | None, str | None], None],
+    ) -> None:
+        self.store = store
+        self.flows = flows
+        self.runs = runs
+        self.trigger = trigger
+        self.end = end
+        self.finish = finish
+
+    def _final(self, run_id: str) -> RunRecord:
+        record = self.store.get_run(run_id)
+        if record is None:
+            raise NotFound(f"no run {run_id}")
+        return record
+
+    def cancel(self, run_id: str, reason: str | None, uid: int | None) -> RunRecord:
+        """Cancel an active run; it is ``cancelled`` in this turn's batch. Raises NotFound,
+        or Conflict for a run that is final already (data: ``{status}``)."""
+        record = self._final(run_id)
+        if record.status.is_final:
+            raise Conflict(
+                f"run {run_id} is {record.status} already: a final run never changes",
+                {"status": str(record.status)},
+            )
+        reason = None if reason is None else wire.text(reason, wire.MAX_LOG_LINE)
+        error = cancelled_error(reason, uid)
+        entry = wire.dumps({"reason": reason, "uid": uid})
+        run = self.runs.get(run_id)
+        if run is not None:
+            worker = run.worker
+            self.end(run, Transition.CANCEL, error, entry)
+            if worker is not None:  # told once the cancel is durable; it drops the thread
+
+                def tell() -> None:
+                    worker.send({"t": "end", "run": run_id})
+
+                self.store.after_commit(tell)
+        else:
+            flow = self.flows.get(record.workflow)
+            if flow is not None and record.status is RunStatus.QUEUED:
+                kept = [queued for queued in flow.queue if queued.run_id != run_id]
+                flow.queue.clear()
+                flow.queue.extend(kept)
+            self.finish(run_id, record.workflow, Transition.CANCEL, error, entry)
+        return self._final(run_id)
+
+    def retry(self, run_id: str, from_step: int | None) -> RunRecord:
+        """A new run of a final run's payload, from its step ``from_step`` + 1 (None: after
+        every step it completed). Raises NotFound (no run, or its workflow is gone),
+        Conflict (the run is still active) or BadInput (no such step; a payload that can no
+        longer be read)."""
+        record = self._final(run_id)
+        if record.status.is_active:
+            raise Conflict(
+                f"run {run_id} is still {record.status}: only a final run can be retried"
+                " (cancel it first)",
+                {"status": str(record.status)},
+            )
+        flow = self.flows.get(record.workflow)
+        if flow is None or flow.removed:
+            raise NotFound(f"no workflow named {record.workflow!r} to retry run {run_id} in")
+        keep = record.steps if from_step is None else from_step
+        if not 0 <= keep <= record.steps:
+            raise BadInput(
+                f"run {run_id} completed {record.steps} steps: fromStep must be 0 to"
+                f" {record.steps} (the steps kept; the next one runs again)"
+            )
+        payload = record.trigger_payload
+        if isinstance(payload, Unreadable):
+            raise BadInput(f"run {run_id}'s trigger payload cannot be read back: {payload.reason}")
+        return self.trigger(record.workflow, payload, retry_of=run_id, keep_steps=keep)

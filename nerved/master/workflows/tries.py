@@ -1,0 +1,210 @@
+"""Failed tries of a step: the role's policy applied, retries timed, timeouts held.
+
+A worker reports a failed try (``step_failed``: the role raised, asked to retry, gave up
+with ``nerved.Fatal``, or ran past its timeout) and drops the run's thread. What follows is
+decided here, from the role's policy in nerve.yaml (:class:`~nerved.config.RolePolicy`,
+SPEC §3), and written to logs.db before anything else happens:
+
+- another try is due: ``step_failed`` with ``retryAt``; a timer of the master's loop gives
+  the run back to a worker then (a resume: the moderator, which is pure, asks for the same
+  step again). Nothing polls, and no worker holds the run meanwhile; a retry due while
+  nerved was down is armed again at start (:meth:`Tries.recovered`) and runs at once.
+- no try left, ``onError: fail``: ``step_failed`` (``retryAt`` null), and the run fails
+  (``Transition.GIVE_UP``).
+- no try left, ``onError: moderate``: ``step_failed``, then the moderator gets a
+  ``role_failed`` event (an ``input`` entry) and decides; the run resumes at once.
+
+A role's ``timeout`` is held by its worker (an async role is cancelled; a sync role's
+thread cannot be, so its worker says it is ``stuck`` and is replaced: it takes no new
+runs, finishes its others, under the drain rules). The worker posts ``begin`` when such a
+role starts, and the master holds the same bound :data:`BACKSTOP` seconds later: a role that
+blocks its worker's event loop (``time.sleep`` in an ``async def``) silences the worker, so
+the master then records the timeout itself and replaces the worker. Either way the run
+moves on within its timeout plus a second (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+from nerved import wire
+from nerved.config import OnError
+from nerved.loop import Loop
+from nerved.master.workers import Worker
+from nerved.master.workflows.runs import ActiveRun, Flow, InFlight
+from nerved.states import Transition
+from nerved.store import RunRecord, Storage
+from nerved.store.records import now_ms
+
+log = logging.getLogger("nerved.master.workflows")
+
+BACKSTOP: Final = 0.5
+"""Seconds past a role's timeout after which the master ends the try itself: its worker had
+the timeout first, and said nothing (its event loop is blocked)."""
+
+
+NO_PROMPT: Final = object()
+"""The prompt of a try the master ended itself: only the worker had it. Its ``step_failed``
+entry then has no ``prompt`` (a replay compares its role alone)."""
+
+
+def final_error(role: str, error: str, tries: int, attempts: int) -> str:
+    """A run's error when its role failed its last try: ``role 'w' raised ValueError: x``,
+    with ``(try 3 of 3)`` when the policy allowed more than one."""
+    text = f"role {role!r} {error}"
+    return text if attempts <= 1 else f"{text} (try {tries} of {attempts})"
+
+
+class Tries:
+    """The failed tries of every run: their entries, retry timers and timeout backstops.
+
+    ``assign(run)`` gives a run to a worker (a resume); ``end(run, transition, error)``
+    ends it; ``replace(worker)`` drains a worker that cannot be trusted with new runs (a
+    role's thread is stuck in it).
+    """
+
+    def __init__(
+        self,
+        loop: Loop,
+        store: Storage,
+        assign: Callable[[ActiveRun], None],
+        end: Callable[[ActiveRun, Transition, str | None], None],
+        replace: Callable[[Flow, Worker], None],
+    ) -> None:
+        self.loop = loop
+        self.store = store
+        self.assign = assign
+        self.end = end
+        self.replace = replace
+
+    # -- from the worker ----------------------------------------------------------------
+
+    def began(self, run: ActiveRun, worker: Worker, message: dict[str, Any]) -> None:
+        """A role with a timeout started (``begin``): note it, and hold the bound too."""
+        n, role = int(message["n"]), str(message["role"])
+        if n != run.steps + 1:
+            return
+        run.in_flight = InFlight(role, now_ms())
+        timeout = run.flow.config.policy(role).timeout_ms
+        if timeout is None:
+            return  # a reload took its timeout away meanwhile
+        self._disarm_backstop(run)
+
+        def expire() -> None:
+            run.backstop = None
+            if run.worker is not worker or run.steps + 1 != n:
+                return
+            log.warning("run %s of %s: role %r ran past its timeout and its worker pid %d"
+                        " did not answer; replacing that worker", run.run_id, run.flow.name,
+                        role, worker.pid)  # fmt: skip
+            self.replace(run.flow, worker)
+            error = (f"timed out after {timeout / 1000:g}s (its worker did not answer:"
+                     " something blocks its event loop)")  # fmt: skip
+            self.failed(run, role, NO_PROMPT, error, True, None)
+
+        run.backstop = self.loop.call_later(timeout / 1000 + BACKSTOP, expire)
+
+    def reported(self, run: ActiveRun, message: dict[str, Any]) -> None:
+        """The worker reported a failed try (``step_failed``) and dropped the thread."""
+        n = int(message["n"])
+        if n != run.steps + 1:
+            log.error("run %s: a failed try of step %d arrived after step %d; ignoring it",
+                      run.run_id, n, run.steps)  # fmt: skip
+            return
+        after = message.get("after")
+        self.failed(
+            run,
+            str(message["role"]),
+            message.get("prompt"),
+            str(message["error"]),
+            bool(message.get("retry", True)),
+            None if after is None else max(0.0, float(after)),
+        )
+
+    def stepped(self, run: ActiveRun) -> None:
+        """A step of ``run`` completed: the next starts now, at its first try."""
+        self._disarm_backstop(run)
+        run.tries = 0
+        run.in_flight = InFlight(None, now_ms())
+
+    # -- the decision -------------------------------------------------------------------
+
+    def failed(
+        self,
+        run: ActiveRun,
+        role: str,
+        prompt: Any,
+        error: str,
+        retry: bool,
+        after: float | None,
+    ) -> None:
+        """Record one failed try and apply the role's policy (see the module's docstring)."""
+        self._disarm_backstop(run)
+        policy = run.flow.config.policy(role)
+        attempts = policy.retry.attempts
+        tries = run.tries + 1
+        again = retry and tries < attempts
+        retry_at: int | None = None
+        if again:
+            delay_ms = policy.retry.delay_before(tries + 1) if after is None else int(after * 1000)
+            retry_at = now_ms() + delay_ms
+        step = {"role": role, "prompt": prompt, "error": error, "try": tries, "retryAt": retry_at}
+        if prompt is NO_PROMPT:
+            del step["prompt"]
+        record = wire.dumps(step, max_depth=wire.MAX_DEPTH + 1)
+        if not self.store.record_failure(run.run_id, record, retry_at):
+            log.error("run %s is no longer started; ignoring its failed try", run.run_id)
+            return
+        run.tries = tries
+        run.worker = None  # the worker dropped the thread (or was replaced under it)
+        run.in_flight = None
+        where = f"run {run.run_id} of {run.flow.name}: role {role!r} {error} (try {tries}"
+        if again:
+            assert retry_at is not None
+            log.warning("%s of %d); next try in %gs", where, attempts, (retry_at - now_ms()) / 1000)
+            self.wait(run, retry_at)
+        elif policy.on_error is OnError.MODERATE:
+            log.warning("%s of %d); the moderator decides (onError: moderate)", where, attempts)
+            event = {"type": "role_failed", "role": role, "error": error, "attempts": tries}
+            self.store.record_input(run.run_id, wire.dumps(event))
+            run.tries = 0
+            self.assign(run)
+        else:
+            self.end(run, Transition.GIVE_UP, final_error(role, error, tries, attempts))
+
+    # -- timers -------------------------------------------------------------------------
+
+    def wait(self, run: ActiveRun, retry_at: int) -> None:
+        """Give ``run`` back to a worker at ``retry_at`` (ms since the epoch)."""
+        self.cancel(run)
+
+        def due() -> None:
+            run.retry_timer = None
+            self.assign(run)
+
+        run.retry_at = retry_at
+        run.retry_timer = self.loop.call_later((retry_at - now_ms()) / 1000, due)
+
+    def recovered(self, run: ActiveRun, record: RunRecord) -> bool:
+        """At start: arm the retry ``record`` was waiting for (at once if it fell due while
+        nerved was down); False if it had none."""
+        run.tries = record.tries
+        if record.retry_at is None:
+            return False
+        self.wait(run, record.retry_at)
+        return True
+
+    def cancel(self, run: ActiveRun) -> None:
+        """``run`` ends, or is given to a worker otherwise: no retry, no backstop for it."""
+        if run.retry_timer is not None:
+            run.retry_timer.cancel()
+            run.retry_timer = None
+        run.retry_at = None
+        self._disarm_backstop(run)
+
+    def _disarm_backstop(self, run: ActiveRun) -> None:
+        if run.backstop is not None:
+            run.backstop.cancel()
+            run.backstop = None
