@@ -6,10 +6,11 @@ the waits between tries (RetryPolicy.delay_before).
 from __future__ import annotations
 
 import dataclasses
-import textwrap
+import re
+from pathlib import Path
 
 import pytest
-from config_support import errors_of, parse
+from config_support import PATH, errors_of, parse
 
 from nerved.config import (
     OnError,
@@ -17,6 +18,7 @@ from nerved.config import (
     RetryPolicy,
     RolePolicy,
     WorkflowConfig,
+    parse_config,
     unlined,
 )
 
@@ -393,18 +395,11 @@ def test_delay_before_the_first_try_is_none_and_tries_count_from_one() -> None:
         RetryPolicy().delay_before(0)
 
 
-def test_waits_of_a_parsed_policy() -> None:
-    text = textwrap.dedent(
-        """\
-        workflows:
-          code-review:
-            roles:
-              writer:
-                timeout: 2m
-                retry: {attempts: 5, delay: 1s, factor: 2, maxDelay: 5m}
-                onError: moderate
-        """
-    )
-    writer = parse(text).workflows["code-review"].policy("writer")
-    assert writer.retry.delay_before(5) == 8000
-    assert writer.retry.delay_before(1000) == 300_000
+def test_the_example_of_the_readme() -> None:
+    """README's roles block parses, and waits as its comment says."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "roles:" in b]
+    author = parse_config(block, PATH).workflows["code-review"].policy("author")
+    assert author == RolePolicy(2 * MINUTE, RetryPolicy(5, 1000, 2.0, 5 * MINUTE), OnError.MODERATE)
+    assert "# waits 1s, 2s, 4s, 8s" in block
+    assert [author.retry.delay_before(n) for n in range(2, 6)] == [1000, 2000, 4000, 8000]
