@@ -23,13 +23,17 @@ holds: a package is listed within bounds (:data:`MAX_PACKAGE_FILES`,
 files, so that no file a package holds can stall it.
 
 This module holds the snapshot of every package (:class:`CodeSnapshot`) and the throwaway
-child that imports one as its workers would (:func:`probe_child`). Its parts, one job each:
-reading a package from disk (:mod:`nerved.code.reading`) and importing it from its snapshot
-in a worker (:mod:`nerved.code.importing`). Their public names are also importable from here.
+child that imports one as its workers would (:func:`probe_child`), which also refuses a role
+policy in nerve.yaml for a role the workflow's code does not define: only importing the
+code tells its roles, so that is checked where the code is (:func:`undefined_roles`). Its
+parts, one job each: reading a package from disk (:mod:`nerved.code.reading`) and importing
+it from its snapshot in a worker (:mod:`nerved.code.importing`). Their public names are also
+importable from here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import Final
 
 from nerved import wire
+from nerved.api import WorkflowDefinition
 from nerved.channel import Channel
 from nerved.code.importing import (
     describe,
@@ -61,6 +66,8 @@ from nerved.code.reading import (
     package_files,
     read_packages,
 )
+from nerved.config.messages import clip
+from nerved.config.model import CONFIG_FILE, WorkflowConfig
 
 __all__ = [
     "CONTENT_BUDGET",
@@ -84,6 +91,7 @@ __all__ = [
     "package_files",
     "probe_child",
     "read_packages",
+    "undefined_roles",
     "user_frame",
 ]
 
@@ -119,9 +127,11 @@ def probe_child(packages: Sequence[Package], timeout: float) -> Callable[[socket
                 channel.send({"t": "importing", "package": package.label})
                 channel.flush_blocking(timeout)
                 try:
-                    load(package)
+                    loaded = load(package)
                 except UserCodeError as exc:
                     errors.append(wire.text(str(exc)))  # megabytes of message are cut, not lost
+                else:
+                    errors += undefined_roles(package, loaded)
             channel.send({"t": "probed", "errors": errors})
             channel.flush_blocking(timeout)
         except OSError as exc:  # the package's code closed or broke the channel
@@ -130,6 +140,37 @@ def probe_child(packages: Sequence[Package], timeout: float) -> Callable[[socket
         return 0
 
     return child_main
+
+
+_ROLES_SHOWN: Final = 20
+"""Roles a message lists at most: a workflow may define any number."""
+
+
+def undefined_roles(package: Package, loaded: object) -> list[str]:
+    """Each role nerve.yaml sets a policy for (``package.policy_roles``) that the workflow
+    ``loaded`` (what :func:`load` returned) does not define, one message each, placed as
+    nerve.yaml's own errors are: ``nerve.yaml:12: workflows.w.roles.writr: workflows/w
+    defines no role 'writr' (roles: reader, writer)``.
+
+    Runs in the import check's child, after the import: the roles are user code's (a
+    mapping of its own may raise), so a failure to list them is one more message.
+    """
+    if not package.policy_roles or not isinstance(loaded, WorkflowDefinition):
+        return []
+    try:
+        defined = sorted(str(role) for role in loaded.roles)
+    except Exception as exc:
+        return [f"{package.label} cannot list its roles: {describe(exc)}"]
+    known = set(defined)
+    shown = ", ".join(clip(role) for role in defined[:_ROLES_SHOWN])
+    if len(defined) > _ROLES_SHOWN:
+        shown += f", ... ({len(defined)} in all)"
+    return [
+        f"{CONFIG_FILE}:{line}: workflows.{package.name}.roles.{role}: "
+        f"{package.label} defines no role {role!r} (roles: {shown})"
+        for role, line in package.policy_roles
+        if role not in known
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,17 +187,31 @@ class CodeSnapshot:
         cls,
         root: Path,
         senses: Iterable[str],
-        workflows: Iterable[str],
+        workflows: Iterable[str] | Mapping[str, WorkflowConfig],
         groups: Mapping[str, Iterable[str]] | None = None,
     ) -> CodeSnapshot:
         """Read every package at once: they share one budget of content to read.
 
         ``groups`` maps each sense group to its senses in order (default: one per sense).
+        ``workflows`` as configured (a configuration's ``workflows``) gives each workflow's
+        package the roles its policies name, which the import check holds it to
+        (:func:`undefined_roles`); as names only, none.
         """
+        roles: dict[str, tuple[tuple[str, int], ...]] = {}
+        if isinstance(workflows, Mapping):
+            roles = {
+                name: tuple((role, policy.line) for role, policy in flow.roles.items())
+                for name, flow in workflows.items()
+            }
         senses, workflows = list(senses), list(workflows)
         places = [("senses", name, root / "senses" / name) for name in senses]
         places += [("workflows", name, root / "workflows" / name) for name in workflows]
-        packages = read_packages(places)
+        packages = [
+            dataclasses.replace(p, policy_roles=roles[p.name])
+            if p.kind == "workflows" and roles.get(p.name)
+            else p
+            for p in read_packages(places)
+        ]
         if groups is None:
             groups = {name: (name,) for name in senses}
         return cls(
@@ -191,11 +246,18 @@ class CodeSnapshot:
 
     def changed_since(self, old: CodeSnapshot) -> list[tuple[Package, ...]]:
         """The units (see :meth:`units`) that are new or import other code than in ``old``:
-        a member's code changed, or the group's members did."""
+        a member's code changed, or the group's members did; or whose import check holds
+        them to other roles than in ``old``: a workflow's policies in nerve.yaml name other
+        roles (their lines, and what they set, are no change). The daemon's pacing of
+        automatic reloads counts such a unit as changed code too."""
         theirs = old.units()
         return [
             unit
             for label, unit in self.units().items()
-            if [(p.name, p.digest) for p in theirs.get(label, ())]
-            != [(p.name, p.digest) for p in unit]
+            if [_checked(p) for p in theirs.get(label, ())] != [_checked(p) for p in unit]
         ]
+
+
+def _checked(package: Package) -> tuple[str, str, list[str]]:
+    """What the import check of ``package`` depends on: its code, and the roles it must define."""
+    return package.name, package.digest, sorted(role for role, _ in package.policy_roles)

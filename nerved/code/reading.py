@@ -161,6 +161,10 @@ class Package:
     hashed into ``digest``; ``unreadable`` names the ones that could not be (with why), and
     ``files`` every regular file listed (an extension module is loaded from disk only if it
     was listed). ``refused`` is why the package cannot be used at all (too large), if so.
+
+    ``policy_roles``, of a workflow only, is not its code but what the import check holds it
+    to: the roles nerve.yaml sets a policy for, each with its line there
+    (``nerved.code.packages``, which fills it in; no worker reads it).
     """
 
     kind: str
@@ -171,6 +175,7 @@ class Package:
     unreadable: Mapping[str, str] = field(default_factory=dict)
     files: frozenset[str] = frozenset()
     refused: str | None = None
+    policy_roles: tuple[tuple[str, int], ...] = ()
 
     @property
     def label(self) -> str:

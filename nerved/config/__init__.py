@@ -21,6 +21,7 @@ One module per job, each importing only those before it:
 - ``model``: the frozen dataclasses (:class:`NerveConfig`, :class:`SenseConfig`, ...), their
   defaults, :class:`ConfigError`;
 - ``walker``: PyYAML's nodes walked with every error kept, with its line and key path;
+- ``policies``: a workflow's ``roles:``, the :class:`RolePolicy` of each role named there;
 - ``schema``: which keys each section takes, and the :class:`NerveConfig` they make;
 - ``load``: the bounded read and the bounded composer: ``load_config``, :func:`parse_config`;
 - ``packages``: ``check_packages``, the packages the configuration names;
@@ -50,9 +51,12 @@ if TYPE_CHECKING:
         ConfigError,
         ControlConfig,
         NerveConfig,
+        OnError,
         Overflow,
         Reflex,
         RetentionConfig,
+        RetryPolicy,
+        RolePolicy,
         SenseConfig,
         SenseReflex,
         WorkflowConfig,
@@ -77,9 +81,12 @@ _MODULE_OF = {
     "ConfigError": "nerved.config.model",
     "ControlConfig": "nerved.config.model",
     "NerveConfig": "nerved.config.model",
+    "OnError": "nerved.config.model",
     "Overflow": "nerved.config.model",
     "Reflex": "nerved.config.model",
     "RetentionConfig": "nerved.config.model",
+    "RetryPolicy": "nerved.config.model",
+    "RolePolicy": "nerved.config.model",
     "SenseConfig": "nerved.config.model",
     "SenseReflex": "nerved.config.model",
     "WorkflowConfig": "nerved.config.model",
@@ -101,9 +108,12 @@ __all__ = [
     "ConfigError",
     "ControlConfig",
     "NerveConfig",
+    "OnError",
     "Overflow",
     "Reflex",
     "RetentionConfig",
+    "RetryPolicy",
+    "RolePolicy",
     "SenseConfig",
     "SenseReflex",
     "WorkflowConfig",

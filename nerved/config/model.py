@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeAlias, TypeVar, cast
 
-from nerved.config.grammar import DAY_MS, SECOND_MS
+from nerved.config.grammar import DAY_MS, MINUTE_MS, SECOND_MS
 
 CONFIG_FILE = "nerve.yaml"
 
@@ -33,6 +35,10 @@ DEFAULT_RUN_MAX_COUNT = 10_000
 DEFAULT_SIGNAL_MAX_AGE_MS = 7 * DAY_MS
 DEFAULT_CONTROL_IDLE_TIMEOUT_MS = 60 * SECOND_MS
 DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_RETRY_ATTEMPTS = 1
+DEFAULT_RETRY_DELAY_MS = SECOND_MS
+DEFAULT_RETRY_FACTOR = 2.0
+DEFAULT_RETRY_MAX_DELAY_MS = 5 * MINUTE_MS
 
 
 class ConfigError(Exception):
@@ -83,6 +89,72 @@ class WorkflowReflex:
 Reflex: TypeAlias = SenseReflex | WorkflowReflex
 
 
+class OnError(enum.StrEnum):
+    """What becomes of a run when a role fails its last try."""
+
+    FAIL = "fail"  # the run fails
+    MODERATE = "moderate"  # the moderator is handed a role_failed event and decides
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a failed role is tried again (``retry:`` of a role), and how long between.
+
+    ``attempts`` counts every try, the first included: 1 is no retry. The wait before try
+    *n* (2 is the first retry) is ``delay_ms * factor ** (n - 2)``, at most ``max_delay_ms``
+    (:meth:`delay_before`).
+    """
+
+    attempts: int = DEFAULT_RETRY_ATTEMPTS
+    delay_ms: int = DEFAULT_RETRY_DELAY_MS
+    factor: float = DEFAULT_RETRY_FACTOR
+    max_delay_ms: int = DEFAULT_RETRY_MAX_DELAY_MS
+
+    def delay_before(self, try_number: int) -> int:
+        """Milliseconds to wait before try ``try_number`` (1 is the first try, which waits
+        for nothing; 2 the first retry): ``min(delay * factor ** (try_number - 2), maxDelay)``.
+
+        Compared in logarithms first, so that no try number, however large, overflows a
+        float: ``2.0 ** 1100`` raises OverflowError, and a larger product is inf.
+        """
+        if try_number < 1:
+            raise ValueError(f"tries are counted from 1, got {try_number}")
+        if try_number == 1 or self.delay_ms == 0:
+            return 0
+        if self.delay_ms >= self.max_delay_ms:
+            return self.max_delay_ms
+        # An int past 10**308 cannot even be multiplied by a float; and 2**64 tries take any
+        # factor above 1 past any ceiling (the smallest one reaches 100 years in 2**57).
+        exponent = min(try_number - 2, 1 << 64)
+        if exponent * math.log(self.factor) >= math.log(self.max_delay_ms / self.delay_ms):
+            return self.max_delay_ms
+        # Below the ceiling, so below max_delay_ms / delay_ms: a small float, never inf.
+        return min(self.max_delay_ms, round(self.delay_ms * self.factor**exponent))
+
+
+@dataclass(frozen=True, slots=True)
+class RolePolicy:
+    """The policy of one role of a workflow (``roles: <role>:``): its timeout, its retries,
+    and what a failure that is past its retries does to the run.
+
+    ``line`` is left out of comparisons, so that moving a role's block in the file is no
+    change: :func:`unlined`, through which workflows' settings are compared, leaves out the
+    workflow's own line but does not reach into its ``roles``.
+    """
+
+    timeout_ms: int | None = None  # None: the role may take as long as it takes
+    retry: RetryPolicy = RetryPolicy()
+    on_error: OnError = OnError.FAIL
+    line: int = field(default=0, compare=False)
+
+
+DEFAULT_ROLE_POLICY = RolePolicy()
+
+
+def _no_roles() -> Mapping[str, RolePolicy]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowConfig:
     name: str
@@ -95,6 +167,12 @@ class WorkflowConfig:
     max_attempts: int
     line: int
     memory_max: int | None = None  # bytes, for the worker and everything it starts
+    # Policies by role name; a role not named here has the defaults (:meth:`policy`).
+    roles: Mapping[str, RolePolicy] = field(default_factory=_no_roles)
+
+    def policy(self, role: str) -> RolePolicy:
+        """The policy of ``role``: as nerve.yaml sets it, else the default one."""
+        return self.roles.get(role, DEFAULT_ROLE_POLICY)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from nerved.config.model import (
     WorkflowConfig,
     WorkflowReflex,
 )
+from nerved.config.policies import role_policies
 from nerved.config.walker import (
     MAX_INTEGER,
     SEQ_TAG,
@@ -65,6 +66,7 @@ _WORKFLOW_KEYS = (
     "maxSteps",
     "maxAttempts",
     "memoryMax",
+    "roles",
 )
 _RETENTION_KEYS = ("runs", "signals")
 _RUNS_KEYS = ("maxAge", "maxCount")
@@ -236,6 +238,7 @@ class Validator(Walker):
                     "only applies with overflow: queue "
                     f"(overflow is drop on line {fields['overflow'].line})",
                 )
+            roles = fields.get("roles")
             result[entry.key] = WorkflowConfig(
                 name=entry.key,
                 concurrency=self._integer(fields, "concurrency", path, DEFAULT_CONCURRENCY),
@@ -251,6 +254,9 @@ class Validator(Walker):
                 max_attempts=self._integer(fields, "maxAttempts", path, DEFAULT_MAX_ATTEMPTS),
                 line=entry.line,
                 memory_max=self.memory_max(fields, path),
+                roles=MappingProxyType(
+                    {} if roles is None else role_policies(self, roles, f"{path}.roles")
+                ),
             )
         return result
 
