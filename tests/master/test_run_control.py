@@ -209,7 +209,7 @@ def test_fatal_stops_the_retries(nerved_factory, tmp_path):
 
 
 def test_retry_after_overrides_the_policy_s_delay(nerved_factory, tmp_path):
-    yaml = "  flaky:\n    roles:\n      flaky:\n        retry: {attempts: 2, delay: 1h}\n"
+    yaml = "  flaky:\n    roles:\n      flaky:\n        retry: {attempts: 2, delay: 1h, maxDelay: 1h}\n"
     daemon = start(nerved_factory, yaml, {"flaky": FLAKY})
     payload = {"counter": str(tmp_path / "c"), "fail": 1, "how": "retry", "after": 0.3}
     run_id = trigger(daemon, "flaky", payload)
@@ -424,7 +424,7 @@ def test_retry_of_an_active_run_is_refused(nerved_factory, tmp_path):
 
 def test_inspect_and_list_show_the_step_in_flight_and_a_retry_s_wait(nerved_factory, tmp_path):
     yaml = (
-        "  flaky:\n    roles:\n      flaky:\n        retry: {attempts: 2, delay: 1h}\n"
+        "  flaky:\n    roles:\n      flaky:\n        retry: {attempts: 2, delay: 1h, maxDelay: 1h}\n"
         "  hang:\n    roles:\n      awaits: {timeout: 1h}\n"
     )
     daemon = start(nerved_factory, yaml, {"flaky": FLAKY, "hang": HANGS})

@@ -172,8 +172,9 @@ class WorkflowManager:
             elif flow is None:
                 continue
             elif recovery.fate is Fate.QUEUE:
+                payload = len((recovery.payload_json or "").encode())
                 queued = QueuedRun(record.run_id, recovery.payload_json, record.steps,
-                                   record.history)  # fmt: skip
+                                   max(0, record.history - payload))  # fmt: skip
                 flow.queue.append(queued)
             elif recovery.fate is Fate.RESTART:
                 why = "nerved stopped while it ran"
