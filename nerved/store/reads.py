@@ -8,15 +8,27 @@ from pathlib import Path
 from typing import Any, Final
 
 from nerved import wire
-from nerved.states import RunStatus
+from nerved.states import ACTIVE, RunStatus
 from nerved.store.connection import Connection
 from nerved.store.records import MAX_QUERY_LIMIT, LogEntry, RunRecord, Unreadable, loads
 
 RUN_COLUMNS: Final = (
     "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
-    "attempts, retry_of, seq"
+    "attempts, retry_of, seq, tries, retry_at"
 )
 _LISTED_COLUMNS: Final = RUN_COLUMNS.replace("trigger_payload", "NULL")
+RUN_WIDTH: Final = RUN_COLUMNS.count(",") + 1  # a column added after them is at this index
+
+
+def _in(column: str, values: Iterable[str]) -> str:
+    """``column IN ('a', 'b')``: SQL literals of nerve's own names (no quote in them)."""
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+ACTIVE_SQL: Final = _in("status", sorted(ACTIVE))
+"""``status IN ('queued', 'started')``: the active runs (nerved.states.ACTIVE) as the
+partial index ``workflow_runs_active`` spells them. SQLite uses a partial index only for a
+WHERE that is written as its own (literals, in its order), not for bound parameters."""
 
 
 def run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
@@ -32,6 +44,8 @@ def run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
         attempts=row[8],
         retry_of=row[9],
         seq=row[10],
+        tries=row[11],
+        retry_at=row[12],
         history=history,
     )
 

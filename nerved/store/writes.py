@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nerved.states import ACTIVE, Transition
+from nerved.states import Transition
 from nerved.store.connection import Connection
-from nerved.store.reads import RUN_COLUMNS, run_from_row
+from nerved.store.reads import ACTIVE_SQL, RUN_COLUMNS, RUN_WIDTH, run_from_row
 from nerved.store.records import RunRecord, dumps, now_ms
 
 
@@ -148,11 +148,12 @@ class Writes:
         """Delete up to ``limit`` final runs, with their log entries, oldest first.
 
         A final run goes when it was last updated before ``older_than`` (ms) or when it is
-        not among the ``keep`` newest final runs. Active runs are never touched.
+        not among the ``keep`` newest final runs. Active runs (nerved.states.ACTIVE) are
+        never touched: every other status is final, whichever a later release adds.
         """
         if older_than is None and keep is None:
             return 0
-        final = "status NOT IN ('queued', 'started')"
+        final = f"NOT {ACTIVE_SQL}"
         reasons: list[str] = []
         args: list[Any] = []
         if older_than is not None:
@@ -203,20 +204,19 @@ class Writes:
     # -- reads of the engine ---------------------------------------------------------
 
     def active_runs(self) -> list[RunRecord]:
-        """Every queued or started run, oldest first: the order recovery must keep.
+        """Every active run (nerved.states.ACTIVE), oldest first: the order recovery must
+        keep; found through the partial index ``workflow_runs_active``.
 
         Each with its ``history`` size, counted in SQL, so that a run too large to resume is
         known before its steps are read. (The unary ``+`` keeps SQLite on the ``ref_id``
         index: left to itself it picks ``(source, type)`` and scans every step of every run.)
         """
-        marks = ",".join("?" * len(ACTIVE))
         rows = self._conn.execute(
             f"SELECT {RUN_COLUMNS},"
             " COALESCE(LENGTH(CAST(trigger_payload AS BLOB)), 0)"
             " + (SELECT COALESCE(SUM(LENGTH(CAST(payload AS BLOB))), 0) FROM logs"
             "    WHERE ref_id = workflow_runs.run_id AND +source = 'workflow'"
             "    AND +type = 'step_complete')"
-            f" FROM workflow_runs WHERE status IN ({marks}) ORDER BY seq",
-            tuple(sorted(ACTIVE)),
+            f" FROM workflow_runs WHERE {ACTIVE_SQL} ORDER BY seq"
         ).fetchall()
-        return [run_from_row(r, history=r[11]) for r in rows]
+        return [run_from_row(r, history=r[RUN_WIDTH]) for r in rows]

@@ -21,6 +21,7 @@ import pytest
 from nerved import wire
 from nerved.states import RunStatus, Transition
 from nerved.store import LogEntry, Reader, Storage, Store, StoreError
+from nerved.store.records import cancelled_error
 
 CREATING = [t for t in Transition if t.creates]
 MOVING = [t for t in Transition if not t.creates]
@@ -37,6 +38,7 @@ PATH_TO: dict[RunStatus, tuple[Transition, ...]] = {
     RunStatus.FAILED: (Transition.START, Transition.FAIL),
     RunStatus.CRASHED: (Transition.START, Transition.CRASH),
     RunStatus.DROPPED: (Transition.ENQUEUE, Transition.EVICT),
+    RunStatus.CANCELLED: (Transition.ENQUEUE, Transition.CANCEL),
 }
 
 
@@ -45,12 +47,32 @@ def step(role: str, prompt: Any, event: Any) -> str:
     return wire.dumps({"role": role, "prompt": prompt, "event": event})
 
 
+def move(
+    store: Storage,
+    run_id: str,
+    transition: Transition,
+    *,
+    reason: str | None = None,
+    uid: int | None = 0,
+    ts: int | None = None,
+) -> bool:
+    """Apply ``transition`` with the entry the engine writes for it: the cancelled
+    ``{reason, uid}`` and its error, a reason for the other ends but completed."""
+    if transition is Transition.CANCEL:
+        payload = wire.dumps({"reason": reason, "uid": uid})
+        error = cancelled_error(reason, uid)
+        return store.transition_run(run_id, transition, payload_json=payload, error=error, ts=ts)
+    bad = transition.target in (RunStatus.FAILED, RunStatus.CRASHED, RunStatus.DROPPED)
+    error = (reason or f"{transition.name.lower()} for a test") if bad else None
+    return store.transition_run(run_id, transition, error=error, ts=ts)
+
+
 def make_run(store: Storage, run_id: str, status: RunStatus, *, workflow: str = "wf") -> str:
     """Bring a new run into ``status`` through legal transitions (not committed)."""
     first, *rest = PATH_TO[status]
     store.create_run(run_id, workflow, first, {"run": run_id})
     for transition in rest:
-        assert store.transition_run(run_id, transition)
+        assert move(store, run_id, transition)
     return run_id
 
 

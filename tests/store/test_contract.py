@@ -32,6 +32,7 @@ from store_support import (
     fill,
     history,
     make_run,
+    move,
     random_operations,
     step,
 )
@@ -48,6 +49,7 @@ from nerved.store import (
     Unreadable,
     now_ms,
 )
+from nerved.store.records import cancelled_error
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -514,6 +516,41 @@ def test_count_attempt_of_unknown_run(store: Storage) -> None:
     assert store.count_attempt("nope") == 0
 
 
+# -- cancelled runs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "uid", "error"),
+    [
+        (None, 0, "cancelled by uid 0"),
+        ("not needed", 1000, "cancelled by uid 1000: not needed"),
+        ("", 7, "cancelled by uid 7"),
+        (None, None, "cancelled"),
+        ("shutting the host down", None, "cancelled: shutting the host down"),
+    ],
+)
+def test_cancelled_error_wording(reason: str | None, uid: int | None, error: str) -> None:
+    assert cancelled_error(reason, uid) == error
+
+
+@pytest.mark.parametrize("status", sorted(ACTIVE), ids=str)
+def test_cancel_logs_reason_and_uid_and_stores_the_error(store: Storage, status: RunStatus) -> None:
+    make_run(store, "r1", status)
+    assert move(store, "r1", Transition.CANCEL, reason="not needed", uid=1000, ts=9_000)
+    store.commit()
+    run = store.get_run("r1")
+    assert run is not None
+    assert (run.status, run.error, run.updated_at) == (
+        RunStatus.CANCELLED,
+        "cancelled by uid 1000: not needed",
+        9_000,
+    )
+    entry = history(store, "r1")[-1]
+    assert (entry.type, entry.payload) == ("cancelled", {"reason": "not needed", "uid": 1000})
+    assert store.active_runs() == []
+    assert not move(store, "r1", Transition.CANCEL)  # once
+
+
 # -- queries and pages: query_logs, run_history_page -----------------------------------
 
 
@@ -750,6 +787,7 @@ def test_run_record_wire_form_has_the_spec_fields(store: Storage) -> None:
     assert spec_fields <= wire.keys()
     assert wire["status"] == "started"
     assert (wire["runId"], wire["createdAt"], wire["steps"]) == ("r1", 1_000, 0)
+    assert (wire["tries"], wire["retryAt"]) == (0, None)
 
 
 FIND_IDS = ["abc", "abcd1", "abcd2", "abce", "ab_x", "abcé", "b", "abd"]
@@ -788,11 +826,16 @@ def test_find_runs_default_limit_tells_ambiguity(findable: Storage) -> None:
     assert [r.run_id for r in findable.find_runs("abc")] == ["abc", "abcd1"]
 
 
+STATUSES = list(RunStatus)  # queued, started, completed, failed, crashed, dropped, cancelled
+MANY = 2 * len(STATUSES)
+
+
 @pytest.fixture
 def many(store: Storage) -> Storage:
-    """Runs of two workflows in every status, created in id order."""
-    for i, status in enumerate(list(RunStatus) * 2):
-        make_run(store, f"r{i:02d}", status, workflow="a" if i % 2 else "b")
+    """Runs of two workflows in every status, created in id order: run i is in status
+    ``STATUSES[i % 7]``, of workflow ``a`` when i is odd, else ``b``."""
+    for i in range(MANY):
+        make_run(store, f"r{i:02d}", STATUSES[i % len(STATUSES)], workflow="a" if i % 2 else "b")
     store.commit()
     return store
 
@@ -802,26 +845,29 @@ def ids(records: list[RunRecord]) -> list[str]:
 
 
 def test_list_runs_newest_first(many: Storage) -> None:
-    assert ids(many.list_runs()) == [f"r{i:02d}" for i in reversed(range(12))]
+    assert ids(many.list_runs()) == [f"r{i:02d}" for i in reversed(range(MANY))]
 
 
 def test_list_runs_by_status_and_workflow(many: Storage) -> None:
     started = many.list_runs(statuses=[RunStatus.STARTED])
     assert {r.status for r in started} == {RunStatus.STARTED}
-    assert ids(started) == ["r07", "r01"]
+    assert ids(started) == ["r08", "r01"]
+
+    cancelled = many.list_runs(statuses=[RunStatus.CANCELLED])
+    assert ids(cancelled) == ["r13", "r06"]
 
     final_a = many.list_runs(statuses=sorted(set(RunStatus) - ACTIVE), workflow="a")
-    assert ids(final_a) == ["r11", "r09", "r05", "r03"]
+    assert ids(final_a) == ["r13", "r11", "r09", "r05", "r03"]
     assert {r.workflow for r in final_a} == {"a"}
 
-    assert ids(many.list_runs(workflow="b", limit=2)) == ["r10", "r08"]
+    assert ids(many.list_runs(workflow="b", limit=2)) == ["r12", "r10"]
     assert many.list_runs(workflow="nope") == []
     assert many.list_runs(statuses=[]) == []
 
 
 def test_list_runs_limit(many: Storage) -> None:
-    assert ids(many.list_runs(limit=3)) == ["r11", "r10", "r09"]
-    assert len(many.list_runs(limit=None)) == 12
+    assert ids(many.list_runs(limit=3)) == ["r13", "r12", "r11"]
+    assert len(many.list_runs(limit=None)) == MANY
 
 
 def test_active_runs_in_creation_order(store: Storage) -> None:
@@ -879,15 +925,8 @@ def test_run_history_is_only_this_runs_workflow_entries(store: Storage) -> None:
 
 
 def test_count_runs(many: Storage) -> None:
-    # Runs i and i + 6 share a status and a parity, hence a workflow.
-    assert many.count_runs() == {
-        ("b", RunStatus.QUEUED): 2,
-        ("a", RunStatus.STARTED): 2,
-        ("b", RunStatus.COMPLETED): 2,
-        ("a", RunStatus.FAILED): 2,
-        ("b", RunStatus.CRASHED): 2,
-        ("a", RunStatus.DROPPED): 2,
-    }
+    # Runs i and i + 7 share a status, one of each parity: one run of each workflow.
+    assert many.count_runs() == {(w, status): 1 for w in "ab" for status in RunStatus}
 
 
 def test_meta_get_and_set(store: Storage) -> None:
@@ -943,6 +982,17 @@ def test_prune_runs_keeps_the_newest_final_runs_and_never_an_active_one(aged: St
     assert run_ids(aged) == ["q", "s"]
     assert [r.run_id for r in aged.active_runs()] == ["q", "s"]
     assert aged.prune_runs(older_than=None, keep=None, limit=100) == 0
+
+
+def test_prune_runs_takes_cancelled_runs_as_final(store: Storage) -> None:
+    """Every status but the active ones is final, cancelled too."""
+    make_run(store, "c", RunStatus.CANCELLED)
+    make_run(store, "s", RunStatus.STARTED)
+    make_run(store, "q", RunStatus.QUEUED)
+    store.commit()
+    assert store.prune_runs(older_than=10**15, keep=0, limit=100) == 1
+    assert run_ids(store) == ["q", "s"]
+    assert history(store, "c") == []
 
 
 def test_prune_runs_takes_at_most_limit_oldest_first(aged: Storage) -> None:

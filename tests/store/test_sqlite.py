@@ -20,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from store_support import (
@@ -28,6 +29,7 @@ from store_support import (
     fill,
     install_poison,
     make_run,
+    move,
     random_operations,
     step,
 )
@@ -40,6 +42,7 @@ from nerved.store import (
     StoreError,
     Unreadable,
 )
+from nerved.store.schema import MIGRATIONS
 
 # -- helpers and fixtures ----------------------------------------------------------------
 
@@ -200,6 +203,137 @@ def test_schema_rejects_an_unknown_status(store: Store, peer: sqlite3.Connection
             "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at)"
             " VALUES ('x', 'wf', 'paused', 0, 0)"
         )
+
+
+def test_schema_accepts_waiting_already(store: Store, peer: sqlite3.Connection) -> None:
+    """Issue 12 adds 'waiting': the table of migration 2 takes it, so that it needs no
+    rebuild (a status nerved does not know yet is never written)."""
+    store.release()
+    peer.execute(
+        "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at)"
+        " VALUES ('x', 'wf', 'waiting', 0, 0)"
+    )
+
+
+# -- migrations ------------------------------------------------------------------------
+
+# Runs of a version-1 file, one in each status it knew: (status, steps, attempts, error,
+# entries), seqs with gaps, as the v1 engine wrote them.
+V1_RUNS = [
+    ("queued", 0, 0, None, ["queued"]),
+    ("started", 2, 1, None, ["queued", "started", "step_complete", "log", "step_complete"]),
+    ("completed", 1, 0, None, ["started", "step_complete", "completed"]),
+    ("failed", 1, 0, "role 'a' raised", ["started", "step_complete", "failed"]),
+    ("crashed", 0, 3, "worker died", ["started", "crashed"]),
+    ("dropped", 0, 0, "queue full", ["queued", "dropped"]),
+]
+
+
+def write_version_1(path: Path) -> None:
+    """A logs.db as nerved wrote it before migration 2: the v1 schema text, runs in every
+    status and their entries."""
+    path.parent.mkdir(parents=True)
+    conn = plain_connect(path)
+    conn.executescript(f"{MIGRATIONS[0]}\nPRAGMA user_version = 1;")
+    for i, (status, steps, attempts, error, types) in enumerate(V1_RUNS):
+        run_id = f"r{i}"
+        conn.execute(
+            "INSERT INTO workflow_runs (seq, run_id, workflow, status, created_at, updated_at,"
+            " trigger_payload, steps, error, attempts, retry_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (10 * i + 3, run_id, "wf", status, 1_000 + i, 2_000 + i, f'{{"i":{i}}}', steps,
+             error, attempts, "r0" if i == 2 else None),
+        )  # fmt: skip
+        for n, type_ in enumerate(types):
+            payload = {
+                "queued": f'{{"i":{i}}}',
+                "started": f'{{"i":{i}}}',
+                "step_complete": f'{{"role":"a","prompt":null,"event":{{"n":{n}}}}}',
+                "log": '"a line"',
+                "completed": None,
+            }.get(type_, f'"{error}"')
+            conn.execute(
+                "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES (?, ?, ?, ?, ?)",
+                ("workflow", type_, run_id, payload, 1_000 + n),
+            )
+    conn.execute("INSERT INTO logs (source, type, ref_id, payload, ts) VALUES (?, ?, ?, ?, ?)",
+                 ("sense", "signal", "disk", "1", 5))  # fmt: skip
+    conn.close()
+
+
+def rows_by_run(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Every column of every run, by run id."""
+    cursor = conn.execute("SELECT * FROM workflow_runs ORDER BY seq")
+    names = [column[0] for column in cursor.description]
+    return {row[1]: dict(zip(names, row, strict=True)) for row in cursor}
+
+
+def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path) -> None:
+    """Migration 2 rebuilds workflow_runs: every row comes through with its seq and values,
+    ``tries`` 0 and ``retry_at`` NULL; the entries are not touched; the indexes are there
+    again; and the rows of before take the new statuses and columns."""
+    write_version_1(db_path)
+    conn = plain_connect(db_path)
+    before = rows_by_run(conn)
+    logs_before = conn.execute("SELECT * FROM logs ORDER BY id").fetchall()
+    assert [row["status"] for row in before.values()] == [status for status, *_ in V1_RUNS]
+    conn.close()
+
+    store = Store(db_path)
+    assert store.schema_version == SCHEMA_VERSION == 2
+    assert [(r.run_id, r.steps, r.attempts, r.history) for r in store.active_runs()] == [
+        ("r0", 0, 0, len('{"i":0}')),
+        ("r1", 2, 1, len('{"i":1}') + 2 * len('{"role":"a","prompt":null,"event":{"n":2}}')),
+    ]
+    store.close()
+    conn = plain_connect(db_path)
+    after = rows_by_run(conn)
+    assert after == {
+        run_id: {**row, "tries": 0, "retry_at": None} for run_id, row in before.items()
+    }
+    assert conn.execute("SELECT * FROM logs ORDER BY id").fetchall() == logs_before
+    indexes = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"
+    ).fetchall()
+    assert indexes == [("logs_ref_id",), ("logs_source_type",), ("workflow_runs_active",)]
+    tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+    assert tables.fetchall() == [("logs",), ("meta",), ("workflow_runs",)]
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert derive_runs_from_logs(conn) == materialised_runs(conn)
+    conn.close()
+
+    # What the new status is for works on the rows of before.
+    store = Store(db_path)
+    assert move(store, "r0", Transition.CANCEL, reason="not needed", ts=3_000)
+    new = store.create_run("new", "wf", Transition.START, None)
+    store.commit()
+    store.close()
+    assert new.seq == max(row["seq"] for row in before.values()) + 1
+    conn = plain_connect(db_path)
+    after = rows_by_run(conn)
+    assert after["r0"] == {
+        **before["r0"],
+        "status": "cancelled",
+        "updated_at": 3_000,
+        "error": "cancelled by uid 0: not needed",
+        "tries": 0,
+        "retry_at": None,
+    }
+    conn.close()
+
+
+def test_a_file_of_a_newer_version_is_refused_as_it_is(db_path: Path) -> None:
+    """Version 3 is not this nerved's: refused, and not touched (nothing migrated down)."""
+    write_version_1(db_path)
+    conn = plain_connect(db_path)
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 3; this nerved knows up to 2"):
+        Store(db_path)
+    conn = plain_connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'workflow_runs'").fetchone()
+    assert "cancelled" not in sql[0]
+    conn.close()
 
 
 # -- the write lock ----------------------------------------------------------------------
