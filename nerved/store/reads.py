@@ -30,6 +30,11 @@ ACTIVE_SQL: Final = _in("status", sorted(ACTIVE))
 partial index ``workflow_runs_active`` spells them. SQLite uses a partial index only for a
 WHERE that is written as its own (literals, in its order), not for bound parameters."""
 
+HISTORY_TYPES: Final = ("step_complete", "input")
+"""The entries of a run that a resume replays: each carries an ``event``."""
+HISTORY_SQL: Final = _in("type", HISTORY_TYPES)
+"""``type IN ('step_complete', 'input')``."""
+
 
 def run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
     return RunRecord(
@@ -255,17 +260,21 @@ class Reads:
         return [run_from_row(r) for r in rows]
 
     def run_steps_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
-        """One run's ``step_complete`` entries after ``after_id``, oldest first, a page of
-        them (:func:`_read_page`), and whether more follow: what resuming it reads (not its
-        log lines, however many)."""
-        return query_page(
-            self._conn,
-            source="workflow",
-            type="step_complete",
-            ref_id=run_id,
-            after_id=after_id,
-            limit=None,
-        )
+        """One run's ``step_complete`` and ``input`` entries after ``after_id``, in id order,
+        a page of them (:func:`_read_page`), and whether more follow: what resuming it
+        replays (not its log lines or failed tries, however many).
+
+        (The unary ``+`` keeps SQLite on the ``ref_id`` index: see ``Writes.active_runs``.)
+        """
+        with contextlib.closing(
+            self._conn.execute(
+                "SELECT id, source, type, ref_id, payload, ts FROM logs"
+                f" WHERE ref_id = ? AND id > ? AND +source = 'workflow' AND +{HISTORY_SQL}"
+                " ORDER BY id LIMIT ?",
+                (run_id, after_id, MAX_QUERY_LIMIT + 1),
+            )
+        ) as rows:
+            return _read_page(rows, MAX_QUERY_LIMIT)
 
     def run_history_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
         """One run's entries after ``after_id``, oldest first, as many as one answer carries

@@ -91,8 +91,8 @@ class RunRecord:
     retry_of: str | None
     seq: int
     history: int = 0
-    """Bytes of its stored trigger payload and step records, what a resume reads and sends;
-    counted by :meth:`Store.active_runs` only (0 from the other reads)."""
+    """Bytes of its stored trigger payload, step records and inputs, what a resume reads and
+    sends; counted by :meth:`Store.active_runs` only (0 from the other reads)."""
     tries: int = 0
     """Failed tries of the step in flight (``step_failed`` entries since its last step or
     input); 0 when none failed."""
@@ -127,3 +127,13 @@ def cancelled_error(reason: str | None, uid: int | None) -> str:
     """
     who = "cancelled" if uid is None else f"cancelled by uid {uid}"
     return f"{who}: {reason}" if reason else who
+
+
+def input_payload(event_json: str) -> str:
+    """The payload text of an ``input`` entry, ``{"event":<event>}``, around the event's JSON
+    text as it is (not decoded and encoded again), compact as :func:`dumps` writes.
+
+    What :meth:`nerved.store.interface.Storage.record_input` stores: its length is what the
+    entry adds to the run's history.
+    """
+    return '{"event":' + event_json + "}"

@@ -47,6 +47,18 @@ def step(role: str, prompt: Any, event: Any) -> str:
     return wire.dumps({"role": role, "prompt": prompt, "event": event})
 
 
+def failure(role: str, error: str, try_: int, retry_at: int | None, prompt: Any = None) -> str:
+    """A failed try as the engine hands it to record_failure (issue 11's ``step_failed``)."""
+    record = {"role": role, "prompt": prompt, "error": error, "try": try_, "retryAt": retry_at}
+    return wire.dumps(record)
+
+
+def role_failed(role: str, error: str, attempts: int) -> str:
+    """The event the engine hands to record_input when a role failed for good."""
+    event = {"type": "role_failed", "role": role, "error": error, "attempts": attempts}
+    return wire.dumps(event)
+
+
 def move(
     store: Storage,
     run_id: str,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import pytest
 from store_support import (
     MIB,
     Model,
+    failure,
     fill,
     install_poison,
     make_run,
@@ -34,7 +35,7 @@ from store_support import (
     step,
 )
 
-from nerved.states import RunStatus, Transition
+from nerved.states import ACTIVE, RunStatus, Transition
 from nerved.store import (
     SCHEMA_VERSION,
     Store,
@@ -215,6 +216,44 @@ def test_schema_accepts_waiting_already(store: Store, peer: sqlite3.Connection) 
     )
 
 
+def plans(store: Store, peer: sqlite3.Connection, call: Callable[[], object]) -> list[str]:
+    """The query plan of every statement ``call`` makes the store run (parameters as bound)."""
+    statements: list[str] = []
+    store._conn._conn.set_trace_callback(statements.append)
+    try:
+        call()
+    finally:
+        store._conn._conn.set_trace_callback(None)
+    details = []
+    for sql in statements:
+        if sql.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE")):
+            details += [row[3] for row in peer.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    return details
+
+
+def test_the_engines_reads_use_their_indexes(store: Store, peer: sqlite3.Connection) -> None:
+    """active_runs finds the active runs through the partial index (which covers exactly
+    nerved.states.ACTIVE), and a run's history is read, counted and copied through the
+    ``ref_id`` index: never a scan of every entry of every run."""
+    make_run(store, "r1", RunStatus.STARTED)
+    store.record_step("r1", step("role", None, None))
+    make_run(store, "r2", RunStatus.STARTED)
+    store.commit()
+    index = peer.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'workflow_runs_active'"
+    ).fetchone()[0]
+    assert all(f"'{status}'" in index for status in ACTIVE)
+    assert index.count("'") == 2 * len(ACTIVE)
+
+    active = plans(store, peer, store.active_runs)
+    assert any("USING INDEX workflow_runs_active" in d for d in active), active
+    assert any("logs_ref_id" in d for d in active), active
+    for call in (lambda: store.run_steps_page("r1"), lambda: store.copy_history("r1", "r2", 1)):
+        details = plans(store, peer, call)
+        assert any("logs_ref_id" in d for d in details), details
+        assert not any(d.startswith("SCAN logs") for d in details), details
+
+
 # -- migrations ------------------------------------------------------------------------
 
 # Runs of a version-1 file, one in each status it knew: (status, steps, attempts, error,
@@ -301,8 +340,9 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     assert derive_runs_from_logs(conn) == materialised_runs(conn)
     conn.close()
 
-    # What the new status is for works on the rows of before.
+    # What the new columns and statuses are for works on the rows of before.
     store = Store(db_path)
+    assert store.record_failure("r1", failure("a", "boom", 1, 9_000), 9_000, ts=3_000)
     assert move(store, "r0", Transition.CANCEL, reason="not needed", ts=3_000)
     new = store.create_run("new", "wf", Transition.START, None)
     store.commit()
@@ -310,6 +350,7 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     assert new.seq == max(row["seq"] for row in before.values()) + 1
     conn = plain_connect(db_path)
     after = rows_by_run(conn)
+    assert after["r1"] == {**before["r1"], "updated_at": 3_000, "tries": 1, "retry_at": 9_000}
     assert after["r0"] == {
         **before["r0"],
         "status": "cancelled",
