@@ -29,6 +29,7 @@ from store_support import (
     MOVING,
     Backend,
     Model,
+    as_run,
     failure,
     fill,
     history,
@@ -1377,7 +1378,7 @@ def test_a_reopened_store_recovers_active_runs_as_they_were_committed(backend: B
 
 
 def runs_as_read(view: Reader) -> Model:
-    return {r.run_id: (r.status, r.steps, r.attempts) for r in view.list_runs(limit=None)}
+    return {r.run_id: as_run(r) for r in view.list_runs(limit=None)}
 
 
 def told_by_history(view: Reader, run_id: str) -> tuple[RunStatus | None, int]:
@@ -1406,6 +1407,6 @@ def test_any_sequence_of_operations_keeps_to_a_model(backend: Backend, seed: int
     again = backend.open()
     assert runs_as_read(again) == model
     assert {run_id: told_by_history(again, run_id) for run_id in model} == {
-        run_id: (status, steps) for run_id, (status, steps, _) in model.items()
+        run_id: (run.status, run.steps) for run_id, run in model.items()
     }
     again.close()

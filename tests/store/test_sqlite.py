@@ -32,8 +32,10 @@ from store_support import (
     make_run,
     move,
     random_operations,
+    role_failed,
     step,
 )
+from support import assert_runs_match, derive_runs, read_runs
 
 from nerved.states import ACTIVE, RunStatus, Transition
 from nerved.store import (
@@ -75,37 +77,6 @@ def plain_connect(path: Path) -> sqlite3.Connection:
 
 def table_rows(conn: sqlite3.Connection, table: str) -> int:
     return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-
-
-def derive_runs_from_logs(conn: sqlite3.Connection) -> dict[str, tuple[RunStatus | None, int]]:
-    """Rebuild every run's (status, steps) from the ``logs`` table alone.
-
-    RFC-002 section 6.2 makes ``workflow_runs`` derived data, rebuildable from ``logs`` if
-    lost. This is that rebuild, written independently of the store: a run's status is the
-    type of its last entry whose type is a ``RunStatus`` value (``log`` lines and
-    ``step_complete`` entries do not move it), and its steps are the number of its
-    ``step_complete`` entries. Only ``source = 'workflow'`` entries count, since other
-    sources may use the same string as a ref_id. A run with no transition entry at all gets
-    status None, which never matches a materialised row.
-    """
-    statuses = {s.value for s in RunStatus}
-    derived: dict[str, tuple[RunStatus | None, int]] = {}
-    rows = conn.execute(
-        "SELECT ref_id, type FROM logs WHERE source = 'workflow' AND ref_id IS NOT NULL ORDER BY id"
-    )
-    for ref_id, type_ in rows:
-        status, steps = derived.get(ref_id, (None, 0))
-        if type_ in statuses:
-            status = RunStatus(type_)
-        elif type_ == "step_complete":
-            steps += 1
-        derived[ref_id] = (status, steps)
-    return derived
-
-
-def materialised_runs(conn: sqlite3.Connection) -> dict[str, tuple[RunStatus | None, int]]:
-    rows = conn.execute("SELECT run_id, status, steps FROM workflow_runs")
-    return {run_id: (RunStatus(status), steps) for run_id, status, steps in rows}
 
 
 # -- the file ----------------------------------------------------------------------------
@@ -337,7 +308,7 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
     assert tables.fetchall() == [("logs",), ("meta",), ("workflow_runs",)]
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert derive_runs_from_logs(conn) == materialised_runs(conn)
+    assert_runs_match(derive_runs(conn), read_runs(conn))
     conn.close()
 
     # What the new columns and statuses are for works on the rows of before.
@@ -359,6 +330,7 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
         "tries": 0,
         "retry_at": None,
     }
+    assert_runs_match(derive_runs(conn), read_runs(conn))
     conn.close()
 
 
@@ -448,43 +420,112 @@ def test_list_runs_does_not_read_trigger_payloads(store: Store, peer: sqlite3.Co
 @pytest.mark.parametrize("seed", range(8))
 def test_workflow_runs_is_derivable_from_logs(db_path: Path, seed: int) -> None:
     """After any sequence of operations, including batches whose COMMIT fails, rebuilding
-    each run's status and steps from ``logs`` alone gives exactly ``workflow_runs``
-    (RFC-002 section 6.2), and both match a model of what should have happened
-    (store_support.random_operations). The derivation is checked after every commit, from
-    another connection, not only at the end.
+    each run's status, steps, error, tries and retry_at from ``logs`` alone
+    (tests/support.py, derive_runs) gives exactly ``workflow_runs`` (RFC-002 section 6.2),
+    and both match a model of what should have happened (store_support.random_operations).
+    The derivation is checked after every commit, from another connection, not only at the
+    end.
     """
     store = Store(db_path)
     reader = plain_connect(db_path)
 
     def check(committed: Model) -> None:
-        assert derive_runs_from_logs(reader) == materialised_runs(reader)
+        assert_runs_match(derive_runs(reader), read_runs(reader))
 
     model = random_operations(store, install_poison, seed, check)
     store.close()
     reader.close()
 
     conn = plain_connect(db_path)
-    derived = derive_runs_from_logs(conn)
-    materialised = materialised_runs(conn)
+    derived = derive_runs(conn)
+    stored = read_runs(conn)
     attempts = dict(conn.execute("SELECT run_id, attempts FROM workflow_runs"))
     conn.close()
-    assert derived == materialised
-    assert materialised == {run_id: (s, n) for run_id, (s, n, _) in model.items()}
-    assert attempts == {run_id: a for run_id, (_, _, a) in model.items()}
+    assert_runs_match(derived, stored)
+    fields = ("status", "steps", "tries", "retry_at")
+    assert {run_id: tuple(row[f] for f in fields) for run_id, row in stored.items()} == {
+        run_id: (run.status.value, run.steps, run.tries, run.retry_at)
+        for run_id, run in model.items()
+    }
+    assert attempts == {run_id: run.attempts for run_id, run in model.items()}
 
 
-def test_derivation_helper_sees_a_divergence(db_path: Path) -> None:
+def derivable(path: Path) -> bool:
+    conn = plain_connect(path)
+    try:
+        return bool(derive_runs(conn) == read_runs(conn))
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "status = 'completed'",
+        "status = 'cancelled'",
+        "steps = 2",
+        "error = 'other'",
+        "tries = 2",
+        "retry_at = 5",
+    ],
+)
+def test_derivation_helper_sees_a_divergence(db_path: Path, change: str) -> None:
     """The property above is only worth something if the helper can fail: a row changed
-    behind the logs' back must show up as a difference."""
+    behind the logs' back must show up as a difference, whichever field it is."""
     store = Store(db_path)
     make_run(store, "r1", RunStatus.STARTED)
     store.record_step("r1", step("role", None, None))
+    assert store.record_failure("r1", failure("role", "boom", 1, 9_000), 9_000)
+    make_run(store, "r2", RunStatus.CANCELLED)
     store.commit()
     store.close()
+    assert derivable(db_path)
     conn = plain_connect(db_path)
-    assert derive_runs_from_logs(conn) == materialised_runs(conn)
-    conn.execute("UPDATE workflow_runs SET status = 'completed'")
-    assert derive_runs_from_logs(conn) != materialised_runs(conn)
-    conn.execute("UPDATE workflow_runs SET status = 'started', steps = 2")
-    assert derive_runs_from_logs(conn) != materialised_runs(conn)
+    conn.execute(f"UPDATE workflow_runs SET {change} WHERE run_id = 'r1'")
     conn.close()
+    assert not derivable(db_path)
+
+
+@pytest.mark.parametrize(("uid", "reason"), [(0, None), (1000, "not needed"), (None, "")])
+def test_derivation_and_the_store_agree_on_a_cancelled_runs_error(
+    db_path: Path, uid: int | None, reason: str | None
+) -> None:
+    """The error of a cancelled run is written in two places, nerved.store.records and
+    tests/support.py: they must say the same, for each shape of ``{reason, uid}``."""
+    store = Store(db_path)
+    make_run(store, "r1", RunStatus.STARTED)
+    assert move(store, "r1", Transition.CANCEL, reason=reason, uid=uid)
+    store.commit()
+    run = store.get_run("r1")
+    store.close()
+    assert run is not None and run.error is not None and run.error.startswith("cancelled")
+    assert derivable(db_path)
+
+
+def test_derivation_fails_on_an_entry_type_it_does_not_know(db_path: Path) -> None:
+    """A new type of entry must be taught to the derivation, not skipped unseen."""
+    store = Store(db_path)
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_input("r1", role_failed("role", "boom", 2))
+    store.append_log("workflow", "resumed", "r1", {"reason": "a test", "attempt": 1})
+    store.commit()
+    assert derivable(db_path)
+    store.append_log("workflow", "paused", "r1", None)
+    store.commit()
+    store.close()
+    with pytest.raises(AssertionError, match="'paused'"):
+        derivable(db_path)
+
+
+def test_derivation_fails_on_a_miscounted_try(db_path: Path) -> None:
+    """A ``step_failed`` entry says which try of its step failed: the count from the last
+    step or input, which is the row's ``tries``."""
+    store = Store(db_path)
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_failure("r1", failure("role", "boom", 1, None), None)
+    assert store.record_input("r1", role_failed("role", "boom", 1))
+    assert store.record_failure("r1", failure("role", "boom", 2, None), None)
+    store.commit()
+    store.close()
+    with pytest.raises(AssertionError, match="should be try 1"):
+        derivable(db_path)
