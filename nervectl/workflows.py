@@ -29,6 +29,8 @@ _RUN_FIELDS: Final = (
     ("workflow", "workflow"),
     ("status", "status"),
     ("steps", "steps"),
+    ("tries", "failed tries"),  # of the step in flight
+    ("retryAt", "next try"),
     ("createdAt", "created"),
     ("updatedAt", "updated"),
     ("error", "error"),
@@ -131,7 +133,7 @@ def run_fields(run: dict[str, Any]) -> str:
     pairs: list[tuple[str, Any]] = []
     for key, label in _RUN_FIELDS:
         value = run.get(key)
-        if key in ("createdAt", "updatedAt"):
+        if key in ("createdAt", "updatedAt", "retryAt"):
             value = format_local(value)
         elif key == "error":
             value = "-" if value is None else render.one_line(str(value))

@@ -18,6 +18,7 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"
     CRASHED = "crashed"
     DROPPED = "dropped"
+    CANCELLED = "cancelled"
 
     @property
     def is_active(self) -> bool:
@@ -73,6 +74,16 @@ class Transition(enum.Enum):
     UNRESUMABLE = (
         "its stored history can no longer be resumed",
         frozenset({RunStatus.QUEUED, RunStatus.STARTED}),
+        RunStatus.FAILED,
+    )
+    CANCEL = (
+        "an operator cancelled it",
+        frozenset({RunStatus.QUEUED, RunStatus.STARTED}),
+        RunStatus.CANCELLED,
+    )
+    GIVE_UP = (
+        "its role failed its last try, under onError: fail",
+        frozenset({RunStatus.STARTED}),
         RunStatus.FAILED,
     )
 

@@ -327,53 +327,115 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-TRANSITION_TYPES = ("queued", "started", "completed", "failed", "crashed", "dropped")
+# Every type of entry a run has (source 'workflow', ref_id the run), and what it does to the
+# run's row. Listed here by hand, not taken from nerved: a type nerved adds must be taught to
+# derive_runs, which fails on a type it does not know, or the derivation would go blind.
+STATUS_TYPES = ("queued", "started", "completed", "failed", "crashed", "dropped", "cancelled")
+"""Transitions: the run's status becomes the type."""
+ERROR_TYPES = ("failed", "crashed", "dropped")
+"""Transitions whose payload, a string, is the run's error (null: the error stays)."""
+HISTORY_ENTRY_TYPES = ("step_complete", "step_failed", "input")
+"""Steps (steps + 1), failed tries (tries + 1, retry_at: retryAt), inputs: the last two
+forgotten at the next step or input."""
+INERT_TYPES = ("log", "resumed")
+"""ctx.log lines, and a run given to a new worker: no change to the row."""
+
+RUN_FIELDS = ("status", "steps", "error", "tries", "retry_at")
+
+
+def cancelled_error(payload: Any) -> str:
+    """A cancelled run's error from its entry ``{reason, uid}``: "cancelled by uid N" or
+    "cancelled" without a uid, then ": <reason>" when there is one. Written apart from
+    nerved.store.records.cancelled_error, which the row's error comes from."""
+    assert isinstance(payload, dict) and {"reason", "uid"} <= payload.keys(), payload
+    words = ["cancelled"]
+    if payload["uid"] is not None:
+        words += ["by", "uid", str(payload["uid"])]
+    text = " ".join(words)
+    if payload["reason"]:
+        text += ": " + payload["reason"]
+    return text
+
+
+def derive_runs(conn: Any) -> dict[str, dict[str, Any]]:
+    """Rebuild every run's status, steps, error, tries and retry_at from the ``logs`` table
+    alone, over a plain ``sqlite3`` connection (RFC-002 §6.2: workflow_runs is derived data).
+
+    This is the independent derivation that tests compare the rows with: each entry type
+    is listed above with its effect, an unknown type fails (AssertionError), and so does a
+    ``step_failed`` whose ``try`` is not the count of the step's failed tries.
+    """
+    derived: dict[str, dict[str, Any]] = {}
+    rows = conn.execute(
+        "SELECT id, ref_id, type, payload FROM logs WHERE source = 'workflow' ORDER BY id"
+    )
+    for entry_id, ref_id, type_, text in rows:
+        run = derived.setdefault(
+            ref_id, {"status": None, "steps": 0, "error": None, "tries": 0, "retry_at": None}
+        )
+        payload = None if text is None else json.loads(text)
+        if type_ in STATUS_TYPES:
+            run["status"] = type_
+            if type_ in ERROR_TYPES and payload is not None:
+                run["error"] = payload
+            elif type_ == "cancelled":
+                run["error"] = cancelled_error(payload)
+        elif type_ == "step_complete":
+            run.update(steps=run["steps"] + 1, tries=0, retry_at=None)
+        elif type_ == "step_failed":
+            run["tries"] += 1
+            assert isinstance(payload, dict) and payload.get("try") == run["tries"], (
+                f"run {ref_id}: entry {entry_id} ({payload}) should be try {run['tries']}:"
+                " the failed tries of a step are counted from its previous step or input"
+            )
+            run["retry_at"] = payload["retryAt"]
+        elif type_ == "input":
+            run.update(tries=0, retry_at=None)
+        elif type_ not in INERT_TYPES:
+            raise AssertionError(
+                f"run {ref_id}: entry {entry_id} has type {type_!r}, unknown to"
+                " tests/support.py: say what it does to a run (derive_runs)"
+            )
+    return derived
+
+
+def read_runs(conn: Any) -> dict[str, dict[str, Any]]:
+    """The rows of workflow_runs, the same fields as :func:`derive_runs`."""
+    rows = conn.execute(f"SELECT run_id, {', '.join(RUN_FIELDS)} FROM workflow_runs")
+    return {row[0]: dict(zip(RUN_FIELDS, row[1:], strict=True)) for row in rows}
+
+
+def _read_only(db: Path) -> Any:
+    import sqlite3
+
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
 
 
 def derive_runs_from_logs(db: Path) -> dict[str, dict[str, Any]]:
-    """Rebuild every run's status, steps and error from the ``logs`` table alone.
-
-    RFC-002 §6.2: workflow_runs is derived data. This is the independent derivation that
-    tests compare it with, reading the file through its own read-only connection.
-    """
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    """:func:`derive_runs` of the file ``db``, read through its own read-only connection."""
+    conn = _read_only(db)
     try:
-        derived: dict[str, dict[str, Any]] = {}
-        rows = conn.execute(
-            "SELECT ref_id, type, payload FROM logs WHERE source = 'workflow' ORDER BY id"
-        )
-        for ref_id, type_, payload in rows:
-            run = derived.setdefault(ref_id, {"status": None, "steps": 0, "error": None})
-            if type_ == "step_complete":
-                run["steps"] += 1
-            elif type_ in TRANSITION_TYPES:
-                run["status"] = type_
-                if type_ in ("failed", "crashed", "dropped"):
-                    run["error"] = json.loads(payload)
-        return derived
+        return derive_runs(conn)
     finally:
         conn.close()
 
 
 def stored_runs(db: Path) -> dict[str, dict[str, Any]]:
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    """:func:`read_runs` of the file ``db``."""
+    conn = _read_only(db)
     try:
-        return {
-            run_id: {"status": status, "steps": steps, "error": error}
-            for run_id, status, steps, error in conn.execute(
-                "SELECT run_id, status, steps, error FROM workflow_runs"
-            )
-        }
+        return read_runs(conn)
     finally:
         conn.close()
 
 
-def assert_runs_match_logs(db: Path) -> None:
-    derived, stored = derive_runs_from_logs(db), stored_runs(db)
+def assert_runs_match(derived: dict[str, Any], stored: dict[str, Any]) -> None:
     assert set(derived) == set(stored), "runs without log entries, or log entries without runs"
     for run_id, row in stored.items():
         assert derived[run_id] == row, f"run {run_id}: logs say {derived[run_id]}, row says {row}"
+
+
+def assert_runs_match_logs(db: Path) -> None:
+    """Every run's row is what its entries say (:func:`derive_runs`), and every run with
+    entries has a row."""
+    assert_runs_match(derive_runs_from_logs(db), stored_runs(db))

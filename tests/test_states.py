@@ -14,7 +14,7 @@ import pytest
 
 from nerved.states import ACTIVE, FINAL, RunStatus, Transition
 
-SPEC_STATUSES = {"queued", "started", "completed", "failed", "crashed", "dropped"}
+SPEC_STATUSES = {"queued", "started", "completed", "failed", "crashed", "dropped", "cancelled"}
 CREATING = [t for t in Transition if t.creates]
 MOVING = [t for t in Transition if not t.creates]
 
@@ -98,6 +98,17 @@ def test_targets_are_statuses_other_than_the_sources(transition: Transition) -> 
 def test_every_final_status_is_reachable_from_an_active_one(status: RunStatus) -> None:
     """A final status no move leads to would be dead vocabulary in logs and in nervectl."""
     assert any(t.target is status and t.sources & ACTIVE for t in MOVING)
+
+
+def test_cancel_ends_any_active_run_and_give_up_fails_a_started_one() -> None:
+    """An operator may cancel a run waiting for a slot as well as one in flight; giving up
+    after a role's last try is a failure of a run that was running, and final."""
+    assert Transition.CANCEL.sources == ACTIVE
+    assert Transition.CANCEL.target is RunStatus.CANCELLED
+    assert RunStatus.CANCELLED.is_final
+    assert Transition.GIVE_UP.sources == {RunStatus.STARTED}
+    assert Transition.GIVE_UP.target is RunStatus.FAILED
+    assert [t for t in Transition if t.target is RunStatus.CANCELLED] == [Transition.CANCEL]
 
 
 def test_every_status_is_reachable_from_creation() -> None:

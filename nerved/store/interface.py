@@ -75,8 +75,9 @@ class Reader(Protocol):
         ...
 
     def run_steps_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
-        """One run's ``step_complete`` entries after ``after_id``, a page of them, and
-        whether more follow: what resuming it reads."""
+        """One run's ``step_complete`` and ``input`` entries (``source = 'workflow'``) after
+        ``after_id``, in id order, a page of them, and whether more follow: what resuming it
+        replays (each payload carries the ``event``). No log lines, no ``step_failed``."""
         ...
 
     def run_history_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
@@ -197,11 +198,50 @@ class Storage(Reader, Protocol):
         ts: int | None = None,
     ) -> bool:
         """Apply a labelled transition, with its log entry, if the run is in one of its
-        sources; False, writing nothing, if it is not."""
+        sources; False, writing nothing, if it is not.
+
+        The entry (type: the target status) holds ``payload_json`` as it is, else ``error``
+        encoded; the row's ``error`` becomes ``error`` when given. ``tries`` and ``retry_at``
+        do not change. CANCEL: ``payload_json`` ``{"reason", "uid"}`` and ``error``
+        ``records.cancelled_error(reason, uid)``."""
         ...
 
     def record_step(self, run_id: str, record_json: str, ts: int | None = None) -> bool:
-        """Append a step and count it, only while the run is started."""
+        """Append a ``step_complete`` entry (``record_json``: ``{role, prompt, event}``
+        encoded, stored as it is) and count it (``steps`` + 1), only while the run is started;
+        the step in flight is done: ``tries`` 0, ``retry_at`` None; ``updated_at`` = ``ts``
+        (ms, default now). False, writing nothing, when the run is not started."""
+        ...
+
+    def record_failure(
+        self, run_id: str, record_json: str, retry_at: int | None, ts: int | None = None
+    ) -> bool:
+        """Append a ``step_failed`` entry, one failed try of the step in flight
+        (``record_json``: ``{role, prompt, error, try, retryAt}`` encoded, stored as it is),
+        only while the run is started: ``tries`` + 1, ``retry_at`` = ``retry_at`` (ms since
+        the epoch when the next try is due; None: no more tries), ``updated_at`` = ``ts`` (ms,
+        default now). False, writing nothing, when the run is not started."""
+        ...
+
+    def record_input(self, run_id: str, event_json: str, ts: int | None = None) -> bool:
+        """Append an ``input`` entry, an event handed to the moderator that no role returned
+        (``event_json``: the event encoded; the payload text is
+        ``records.input_payload(event_json)``, ``{"event":<event_json>}``), only while the run
+        is started: ``tries`` 0, ``retry_at`` None, ``updated_at`` = ``ts`` (ms, default now).
+        ``steps`` does not change. False, writing nothing, when the run is not started."""
+        ...
+
+    def copy_history(self, from_run: str, to_run: str, steps: int, ts: int | None = None) -> int:
+        """Give ``to_run`` (a run just created, with no history of its own) ``from_run``'s
+        history up to and including its ``steps``-th ``step_complete``: copies of those steps
+        and of the ``input`` entries before it (nothing for 0), in order, as new entries of
+        ``to_run`` stamped ``ts`` (ms, default now), payload texts identical; ``to_run.steps``
+        becomes ``steps``. Returns the UTF-8 bytes of the payloads copied.
+
+        ValueError, writing nothing: ``steps`` < 0; ``from_run`` unknown or with fewer than
+        ``steps`` steps; ``to_run`` unknown, the same run, or with a ``step_complete``,
+        ``input`` or ``step_failed`` entry already (its ``steps`` must stay what its entries
+        say)."""
         ...
 
     def count_attempt(self, run_id: str) -> int:
@@ -209,7 +249,9 @@ class Storage(Reader, Protocol):
         ...
 
     def prune_runs(self, *, older_than: int | None, keep: int | None, limit: int) -> int:
-        """Delete up to ``limit`` final runs, with their entries, oldest first."""
+        """Delete up to ``limit`` final runs (every status not in nerved.states.ACTIVE), with
+        their entries, oldest first: those updated before ``older_than`` (ms) or not among
+        the ``keep`` newest final runs. Returns how many went."""
         ...
 
     def prune_sense_logs(self, *, older_than: int, limit: int) -> int:
@@ -221,5 +263,7 @@ class Storage(Reader, Protocol):
     # -- reads of the engine --------------------------------------------------------------
 
     def active_runs(self) -> list[RunRecord]:
-        """Every queued or started run, oldest first, each with its ``history`` size."""
+        """Every active run (nerved.states.ACTIVE), oldest first, each with its ``history``:
+        the UTF-8 bytes of its stored trigger payload and of its ``step_complete`` and
+        ``input`` payloads (what a resume reads)."""
         ...

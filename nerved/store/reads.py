@@ -8,15 +8,32 @@ from pathlib import Path
 from typing import Any, Final
 
 from nerved import wire
-from nerved.states import RunStatus
+from nerved.states import ACTIVE, RunStatus
 from nerved.store.connection import Connection
 from nerved.store.records import MAX_QUERY_LIMIT, LogEntry, RunRecord, Unreadable, loads
 
 RUN_COLUMNS: Final = (
     "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
-    "attempts, retry_of, seq"
+    "attempts, retry_of, seq, tries, retry_at"
 )
 _LISTED_COLUMNS: Final = RUN_COLUMNS.replace("trigger_payload", "NULL")
+RUN_WIDTH: Final = RUN_COLUMNS.count(",") + 1  # a column added after them is at this index
+
+
+def _in(column: str, values: Iterable[str]) -> str:
+    """``column IN ('a', 'b')``: SQL literals of nerve's own names (no quote in them)."""
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+ACTIVE_SQL: Final = _in("status", sorted(ACTIVE))
+"""``status IN ('queued', 'started')``: the active runs (nerved.states.ACTIVE) as the
+partial index ``workflow_runs_active`` spells them. SQLite uses a partial index only for a
+WHERE that is written as its own (literals, in its order), not for bound parameters."""
+
+HISTORY_TYPES: Final = ("step_complete", "input")
+"""The entries of a run that a resume replays: each carries an ``event``."""
+HISTORY_SQL: Final = _in("type", HISTORY_TYPES)
+"""``type IN ('step_complete', 'input')``."""
 
 
 def run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
@@ -32,6 +49,8 @@ def run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
         attempts=row[8],
         retry_of=row[9],
         seq=row[10],
+        tries=row[11],
+        retry_at=row[12],
         history=history,
     )
 
@@ -241,17 +260,21 @@ class Reads:
         return [run_from_row(r) for r in rows]
 
     def run_steps_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
-        """One run's ``step_complete`` entries after ``after_id``, oldest first, a page of
-        them (:func:`_read_page`), and whether more follow: what resuming it reads (not its
-        log lines, however many)."""
-        return query_page(
-            self._conn,
-            source="workflow",
-            type="step_complete",
-            ref_id=run_id,
-            after_id=after_id,
-            limit=None,
-        )
+        """One run's ``step_complete`` and ``input`` entries after ``after_id``, in id order,
+        a page of them (:func:`_read_page`), and whether more follow: what resuming it
+        replays (not its log lines or failed tries, however many).
+
+        (The unary ``+`` keeps SQLite on the ``ref_id`` index: see ``Writes.active_runs``.)
+        """
+        with contextlib.closing(
+            self._conn.execute(
+                "SELECT id, source, type, ref_id, payload, ts FROM logs"
+                f" WHERE ref_id = ? AND id > ? AND +source = 'workflow' AND +{HISTORY_SQL}"
+                " ORDER BY id LIMIT ?",
+                (run_id, after_id, MAX_QUERY_LIMIT + 1),
+            )
+        ) as rows:
+            return _read_page(rows, MAX_QUERY_LIMIT)
 
     def run_history_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
         """One run's entries after ``after_id``, oldest first, as many as one answer carries

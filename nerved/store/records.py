@@ -91,8 +91,14 @@ class RunRecord:
     retry_of: str | None
     seq: int
     history: int = 0
-    """Bytes of its stored trigger payload and step records, what a resume reads and sends;
-    counted by :meth:`Store.active_runs` only (0 from the other reads)."""
+    """Bytes of its stored trigger payload, step records and inputs, what a resume reads and
+    sends; counted by :meth:`Store.active_runs` only (0 from the other reads)."""
+    tries: int = 0
+    """Failed tries of the step in flight (``step_failed`` entries since its last step or
+    input); 0 when none failed."""
+    retry_at: int | None = None
+    """When the next try of the step in flight is due (ms since the epoch); None when no
+    try is pending."""
 
     def to_wire(self, error_limit: int = wire.MAX_LOG_LINE) -> dict[str, Any]:
         """The run's fields (no trigger payload); ``error`` is cut to ``error_limit`` bytes
@@ -107,4 +113,27 @@ class RunRecord:
             "error": None if self.error is None else wire.text(self.error, error_limit),
             "attempts": self.attempts,
             "retryOf": self.retry_of,
+            "tries": self.tries,
+            "retryAt": self.retry_at,
         }
+
+
+def cancelled_error(reason: str | None, uid: int | None) -> str:
+    """A cancelled run's ``error``, from its ``cancelled`` entry's ``{reason, uid}``: who
+    cancelled it and why, as an operator reads it in a list.
+
+    ``cancelled by uid 0``, ``cancelled by uid 0: <reason>``; with no uid (not asked over
+    the socket) ``cancelled``, ``cancelled: <reason>``. An empty reason is no reason.
+    """
+    who = "cancelled" if uid is None else f"cancelled by uid {uid}"
+    return f"{who}: {reason}" if reason else who
+
+
+def input_payload(event_json: str) -> str:
+    """The payload text of an ``input`` entry, ``{"event":<event>}``, around the event's JSON
+    text as it is (not decoded and encoded again), compact as :func:`dumps` writes.
+
+    What :meth:`nerved.store.interface.Storage.record_input` stores: its length is what the
+    entry adds to the run's history.
+    """
+    return '{"event":' + event_json + "}"

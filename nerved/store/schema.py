@@ -12,7 +12,7 @@ from typing import Final
 from nerved.store.connection import Connection
 from nerved.store.errors import StoreError
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.
@@ -51,6 +51,40 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         attempts        INTEGER NOT NULL DEFAULT 0,
         retry_of        TEXT
     );
+    CREATE INDEX workflow_runs_active ON workflow_runs (seq)
+        WHERE status IN ('queued', 'started');
+    """,
+    # 2 (issue 11): a run may be cancelled, and a role's failed tries are counted: `tries`,
+    # the failed tries of the step in flight, and `retry_at`, when its next try is due (ms;
+    # NULL: none pending). SQLite cannot alter a CHECK, so the table is rebuilt, every row
+    # with its seq; 'waiting' is accepted already (issue 12), so that it needs no rebuild.
+    # The partial index covers nerved.states.ACTIVE, in the order (sorted) in which the
+    # queries spell it: SQLite uses a partial index only for a WHERE written the same way.
+    """
+    CREATE TABLE workflow_runs_2 (
+        seq             INTEGER PRIMARY KEY,
+        run_id          TEXT    NOT NULL UNIQUE,
+        workflow        TEXT    NOT NULL,
+        status          TEXT    NOT NULL CHECK (status IN
+                          ('queued', 'started', 'waiting', 'completed', 'failed', 'crashed',
+                           'dropped', 'cancelled')),
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        trigger_payload TEXT,
+        steps           INTEGER NOT NULL DEFAULT 0,
+        error           TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        retry_of        TEXT,
+        tries           INTEGER NOT NULL DEFAULT 0,
+        retry_at        INTEGER
+    );
+    INSERT INTO workflow_runs_2 (seq, run_id, workflow, status, created_at, updated_at,
+                                 trigger_payload, steps, error, attempts, retry_of)
+        SELECT seq, run_id, workflow, status, created_at, updated_at,
+               trigger_payload, steps, error, attempts, retry_of
+        FROM workflow_runs ORDER BY seq;
+    DROP TABLE workflow_runs;
+    ALTER TABLE workflow_runs_2 RENAME TO workflow_runs;
     CREATE INDEX workflow_runs_active ON workflow_runs (seq)
         WHERE status IN ('queued', 'started');
     """,

@@ -1,5 +1,6 @@
-"""The writes of logs.db: runs created and moved by labelled transitions, steps, attempts,
-log entries, retention's deletes; and the one read that belongs to the engine alone.
+"""The writes of logs.db: runs created and moved by labelled transitions, steps, failed tries
+and inputs, attempts, log entries, a history copied, retention's deletes; and the one read
+that belongs to the engine alone.
 
 Run statuses change only through :class:`~nerved.states.Transition`s, applied as guarded
 ``UPDATE ... WHERE status IN (...)`` statements together with the log entry that records
@@ -12,10 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nerved.states import ACTIVE, Transition
+from nerved.states import Transition
 from nerved.store.connection import Connection
-from nerved.store.reads import RUN_COLUMNS, run_from_row
-from nerved.store.records import RunRecord, dumps, now_ms
+from nerved.store.reads import ACTIVE_SQL, HISTORY_SQL, RUN_COLUMNS, RUN_WIDTH, run_from_row
+from nerved.store.records import RunRecord, dumps, input_payload, now_ms
+
+# A run's entries of some types, on the ``ref_id`` index (the unary ``+``, see
+# :meth:`Writes.active_runs`): its steps; what a resume replays; all that makes a history.
+_STEPS_OF = "ref_id = ? AND +source = 'workflow' AND +type = 'step_complete'"
+_HISTORY_OF = f"ref_id = ? AND +source = 'workflow' AND +{HISTORY_SQL}"
+_ANY_HISTORY_OF = (
+    "ref_id = ? AND +source = 'workflow' AND +type IN ('step_complete', 'input', 'step_failed')"
+)
 
 
 class Writes:
@@ -113,26 +122,121 @@ class Writes:
         return True
 
     def record_step(self, run_id: str, record_json: str, ts: int | None = None) -> bool:
-        """Append a step and count it, only while the run is started.
+        """Append a step and count it, only while the run is started; the step in flight is
+        done, so its failed tries are forgotten (``tries`` 0, ``retry_at`` NULL).
 
         ``record_json`` is the step ``{"role", "prompt", "event"}`` already encoded: the
         caller checks it, and what it adds to the run's history, before anything is written.
         """
+        return self._guarded_append(
+            run_id,
+            "steps = steps + 1, tries = 0, retry_at = NULL",
+            (),
+            "step_complete",
+            record_json,
+            ts,
+        )
+
+    def record_failure(
+        self, run_id: str, record_json: str, retry_at: int | None, ts: int | None = None
+    ) -> bool:
+        """Count a failed try of the step in flight, only while the run is started.
+
+        ``tries`` goes up by one and ``retry_at`` (ms since the epoch, None: no more tries)
+        is set; ``record_json``, ``{role, prompt, error, try, retryAt}`` already encoded, is
+        appended as a ``step_failed`` entry as it is.
+        """
+        return self._guarded_append(
+            run_id, "tries = tries + 1, retry_at = ?", (retry_at,), "step_failed", record_json, ts
+        )
+
+    def record_input(self, run_id: str, event_json: str, ts: int | None = None) -> bool:
+        """Append an ``input`` entry, an event handed to the moderator that no role returned,
+        only while the run is started; the step in flight is over (``tries`` 0, ``retry_at``
+        NULL). ``event_json`` is the event already encoded; the payload is
+        :func:`~nerved.store.records.input_payload` of it."""
+        return self._guarded_append(
+            run_id, "tries = 0, retry_at = NULL", (), "input", input_payload(event_json), ts
+        )
+
+    def _guarded_append(
+        self,
+        run_id: str,
+        changes: str,
+        args: tuple[Any, ...],
+        type: str,
+        payload_json: str,
+        ts: int | None,
+    ) -> bool:
+        """Change a started run's row (``changes``, an SQL SET list with ``args``) and
+        append its entry, both with ``ts``; False, writing nothing, if it is not started."""
         ts = ts or now_ms()
         self._begin()
         cur = self._conn.execute(
-            "UPDATE workflow_runs SET steps = steps + 1, updated_at = ?"
+            f"UPDATE workflow_runs SET {changes}, updated_at = ?"
             " WHERE run_id = ? AND status = 'started'",
-            (ts, run_id),
+            (*args, ts, run_id),
         )
         if cur.rowcount != 1:
             return False
         self._conn.execute(
-            "INSERT INTO logs (source, type, ref_id, payload, ts)"
-            " VALUES ('workflow', 'step_complete', ?, ?, ?)",
-            (run_id, record_json, ts),
+            "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES ('workflow', ?, ?, ?, ?)",
+            (type, run_id, payload_json, ts),
         )
         return True
+
+    def copy_history(self, from_run: str, to_run: str, steps: int, ts: int | None = None) -> int:
+        """Give ``to_run`` the history of ``from_run`` up to its ``steps``-th step: copies of
+        its ``step_complete`` entries up to that one and of its ``input`` entries before it
+        (none for 0), in order, payloads as they are, stamped ``ts``; ``to_run.steps`` becomes
+        ``steps``. Returns the bytes (UTF-8) of the payloads copied.
+
+        ValueError, writing nothing, when ``steps`` is negative, ``from_run`` is unknown or
+        has fewer steps, or ``to_run`` is unknown, is ``from_run``, or has a history of its own
+        (a step, an input or a failed try): its ``steps`` must stay what its entries say.
+        """
+        if steps < 0:
+            raise ValueError(f"cannot copy {steps} steps")
+        if from_run == to_run:
+            raise ValueError(f"cannot copy the history of run {from_run!r} into itself")
+        found = self._conn.execute("SELECT 1 FROM workflow_runs WHERE run_id = ?", (from_run,))
+        if found.fetchone() is None:
+            raise ValueError(f"no run {from_run!r}")
+        own = self._conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM logs WHERE {_ANY_HISTORY_OF}) FROM workflow_runs"
+            " WHERE run_id = ?",
+            (to_run, to_run),
+        ).fetchone()
+        if own is None:
+            raise ValueError(f"no run {to_run!r}")
+        if own[0]:
+            raise ValueError(f"run {to_run!r} has a history of its own")
+        if steps == 0:
+            return 0
+        last = self._conn.execute(
+            f"SELECT id FROM logs WHERE {_STEPS_OF} ORDER BY id LIMIT 1 OFFSET ?",
+            (from_run, steps - 1),
+        ).fetchone()
+        if last is None:
+            raise ValueError(f"run {from_run!r} has fewer than {steps} steps")
+        ts = ts or now_ms()
+        self._begin()
+        size = self._conn.execute(
+            "SELECT COALESCE(SUM(LENGTH(CAST(payload AS BLOB))), 0) FROM logs"
+            f" WHERE {_HISTORY_OF} AND id <= ?",
+            (from_run, last[0]),
+        ).fetchone()[0]
+        self._conn.execute(
+            "INSERT INTO logs (source, type, ref_id, payload, ts)"
+            f" SELECT 'workflow', type, ?, payload, ? FROM logs WHERE {_HISTORY_OF} AND id <= ?"
+            " ORDER BY id",
+            (to_run, ts, from_run, last[0]),
+        )
+        self._conn.execute(
+            "UPDATE workflow_runs SET steps = ?, updated_at = ? WHERE run_id = ?",
+            (steps, ts, to_run),
+        )
+        return int(size)
 
     def count_attempt(self, run_id: str) -> int:
         """Count one more worker lost under a started run; returns the new count."""
@@ -148,11 +252,12 @@ class Writes:
         """Delete up to ``limit`` final runs, with their log entries, oldest first.
 
         A final run goes when it was last updated before ``older_than`` (ms) or when it is
-        not among the ``keep`` newest final runs. Active runs are never touched.
+        not among the ``keep`` newest final runs. Active runs (nerved.states.ACTIVE) are
+        never touched: every other status is final, whichever a later release adds.
         """
         if older_than is None and keep is None:
             return 0
-        final = "status NOT IN ('queued', 'started')"
+        final = f"NOT {ACTIVE_SQL}"
         reasons: list[str] = []
         args: list[Any] = []
         if older_than is not None:
@@ -203,20 +308,20 @@ class Writes:
     # -- reads of the engine ---------------------------------------------------------
 
     def active_runs(self) -> list[RunRecord]:
-        """Every queued or started run, oldest first: the order recovery must keep.
+        """Every active run (nerved.states.ACTIVE), oldest first: the order recovery must
+        keep; found through the partial index ``workflow_runs_active``.
 
-        Each with its ``history`` size, counted in SQL, so that a run too large to resume is
-        known before its steps are read. (The unary ``+`` keeps SQLite on the ``ref_id``
-        index: left to itself it picks ``(source, type)`` and scans every step of every run.)
+        Each with its ``history`` size (trigger payload, steps and inputs), counted in SQL,
+        so that a run too large to resume is known before its entries are read. (The unary
+        ``+`` keeps SQLite on the ``ref_id`` index: left to itself it picks ``(source,
+        type)`` and scans every step of every run.)
         """
-        marks = ",".join("?" * len(ACTIVE))
         rows = self._conn.execute(
             f"SELECT {RUN_COLUMNS},"
             " COALESCE(LENGTH(CAST(trigger_payload AS BLOB)), 0)"
             " + (SELECT COALESCE(SUM(LENGTH(CAST(payload AS BLOB))), 0) FROM logs"
             "    WHERE ref_id = workflow_runs.run_id AND +source = 'workflow'"
-            "    AND +type = 'step_complete')"
-            f" FROM workflow_runs WHERE status IN ({marks}) ORDER BY seq",
-            tuple(sorted(ACTIVE)),
+            f"   AND +{HISTORY_SQL})"
+            f" FROM workflow_runs WHERE {ACTIVE_SQL} ORDER BY seq"
         ).fetchall()
-        return [run_from_row(r, history=r[11]) for r in rows]
+        return [run_from_row(r, history=r[RUN_WIDTH]) for r in rows]

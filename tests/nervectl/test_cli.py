@@ -407,6 +407,7 @@ def test_workflow_list_and_inspect(daemon: Nerved) -> None:
     assert [r["runId"] for r in listed] == [run_id]
     assert daemon.ctl_json("workflow", "list", "--status", "completed", "--workflow", "greet")
     assert daemon.ctl_json("workflow", "list", "--status", "failed") == []
+    assert daemon.ctl_json("workflow", "list", "--status", "cancelled") == []
     several = daemon.ctl_json("workflow", "list", "--status", "failed", "--status", "completed")
     assert [r["runId"] for r in several] == [run_id]
     table = daemon.ctl("workflow", "list", "--all", "--limit", "5").stdout
@@ -417,6 +418,7 @@ def test_workflow_list_and_inspect(daemon: Nerved) -> None:
     assert [e["type"] for e in inspected["events"]][-1] == "completed"
     human = daemon.ctl("workflow", "inspect", run_id).stdout
     assert "status:" in human and "completed" in human
+    assert "failed tries:" in human and "next try:" in human  # 0 and "-": none failed
     step = next(line for line in human.splitlines() if "step_complete" in line)
     assert 'greeter -> greeted {"type":"greeted","text":"hello x"}' in step
 

@@ -14,13 +14,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from nerved import wire
 from nerved.states import RunStatus, Transition
-from nerved.store import LogEntry, Reader, Storage, Store, StoreError
+from nerved.store import LogEntry, Reader, RunRecord, Storage, Store, StoreError
+from nerved.store.records import cancelled_error
 
 CREATING = [t for t in Transition if t.creates]
 MOVING = [t for t in Transition if not t.creates]
@@ -37,6 +38,7 @@ PATH_TO: dict[RunStatus, tuple[Transition, ...]] = {
     RunStatus.FAILED: (Transition.START, Transition.FAIL),
     RunStatus.CRASHED: (Transition.START, Transition.CRASH),
     RunStatus.DROPPED: (Transition.ENQUEUE, Transition.EVICT),
+    RunStatus.CANCELLED: (Transition.ENQUEUE, Transition.CANCEL),
 }
 
 
@@ -45,12 +47,44 @@ def step(role: str, prompt: Any, event: Any) -> str:
     return wire.dumps({"role": role, "prompt": prompt, "event": event})
 
 
+def failure(role: str, error: str, try_: int, retry_at: int | None, prompt: Any = None) -> str:
+    """A failed try as the engine hands it to record_failure (issue 11's ``step_failed``)."""
+    record = {"role": role, "prompt": prompt, "error": error, "try": try_, "retryAt": retry_at}
+    return wire.dumps(record)
+
+
+def role_failed(role: str, error: str, attempts: int) -> str:
+    """The event the engine hands to record_input when a role failed for good."""
+    event = {"type": "role_failed", "role": role, "error": error, "attempts": attempts}
+    return wire.dumps(event)
+
+
+def move(
+    store: Storage,
+    run_id: str,
+    transition: Transition,
+    *,
+    reason: str | None = None,
+    uid: int | None = 0,
+    ts: int | None = None,
+) -> bool:
+    """Apply ``transition`` with the entry the engine writes for it: the cancelled
+    ``{reason, uid}`` and its error, a reason for the other ends but completed."""
+    if transition is Transition.CANCEL:
+        payload = wire.dumps({"reason": reason, "uid": uid})
+        error = cancelled_error(reason, uid)
+        return store.transition_run(run_id, transition, payload_json=payload, error=error, ts=ts)
+    bad = transition.target in (RunStatus.FAILED, RunStatus.CRASHED, RunStatus.DROPPED)
+    error = (reason or f"{transition.name.lower()} for a test") if bad else None
+    return store.transition_run(run_id, transition, error=error, ts=ts)
+
+
 def make_run(store: Storage, run_id: str, status: RunStatus, *, workflow: str = "wf") -> str:
     """Bring a new run into ``status`` through legal transitions (not committed)."""
     first, *rest = PATH_TO[status]
     store.create_run(run_id, workflow, first, {"run": run_id})
     for transition in rest:
-        assert store.transition_run(run_id, transition)
+        assert move(store, run_id, transition)
     return run_id
 
 
@@ -71,8 +105,22 @@ def fill(store: Storage, sizes: list[int], ref_id: str = "big") -> list[int]:
     return ids
 
 
-Model = dict[str, tuple[RunStatus, int, int]]
-"""What should be in a store: (status, steps, attempts) per run."""
+class Run(NamedTuple):
+    """What should be in a store of one run."""
+
+    status: RunStatus
+    steps: int = 0
+    attempts: int = 0
+    tries: int = 0
+    retry_at: int | None = None
+
+
+Model = dict[str, Run]
+"""What should be in a store: each run as :class:`Run`."""
+
+
+def as_run(record: RunRecord) -> Run:
+    return Run(record.status, record.steps, record.attempts, record.tries, record.retry_at)
 
 
 def random_operations(
@@ -82,58 +130,90 @@ def random_operations(
     whose COMMIT fails (``poison``), each checked against a model of what should happen;
     ``check`` is called with the model as committed after every commit and every failed one.
     Returns the model once all is committed. The sequence is asserted to have exercised
-    every kind of operation, so that it cannot go vacuous.
+    every kind of operation, so that it cannot go vacuous. Every entry is written as the
+    engine writes it (:func:`move`, :func:`failure`, :func:`role_failed`), so that the
+    runs can be derived from the logs (tests/support.py) at any point.
     """
     rng = random.Random(seed)
     poison(store)
     seen: Counter[str] = Counter()
 
-    # The model: (status, steps, attempts) per run, and its state at the last commit.
+    # The model, and its state at the last commit.
     model: Model = {}
     committed: Model = {}
     created = 0
+
+    def new_run_id() -> str:
+        nonlocal created
+        created += 1  # rolled-back run ids are not reused
+        return f"run-{created - 1}"
+
     for _ in range(400):
         run_ids = [*model, "unknown"]
         op = rng.random()
-        if op < 0.2 or not model:
-            run_id = f"run-{created}"
-            created += 1
+        run_id = rng.choice(run_ids)
+        run = model.get(run_id)
+        started = run is not None and run.status is RunStatus.STARTED
+        if op < 0.17 or not model:
+            run_id = new_run_id()
             transition = rng.choice(CREATING)
             reason = "full" if transition is Transition.REJECT else None
             store.create_run(run_id, rng.choice("ab"), transition, {"i": created}, reason=reason)
-            model[run_id] = (transition.target, 0, 0)
-        elif op < 0.5:
-            run_id = rng.choice(run_ids)
+            model[run_id] = Run(transition.target)
+        elif op < 0.42:
             transition = rng.choice(MOVING)
-            status, steps, attempts = model.get(run_id, (None, 0, 0))
-            legal = status in transition.sources
-            error = rng.choice([None, "why"])
-            assert store.transition_run(run_id, transition, error=error) is legal
+            legal = run is not None and run.status in transition.sources
+            reason = rng.choice([None, "why"])
+            assert (
+                move(store, run_id, transition, reason=reason, uid=rng.choice([None, 0])) is legal
+            )
             seen["moved" if legal else "refused"] += 1
-            if legal:
-                model[run_id] = (transition.target, steps, attempts)
-        elif op < 0.7:
-            run_id = rng.choice(run_ids)
-            status, steps, attempts = model.get(run_id, (None, 0, 0))
-            legal = status is RunStatus.STARTED
-            record = step(rng.choice("xyz"), None, {"n": steps})
-            assert store.record_step(run_id, record) is legal
-            seen["step" if legal else "step refused"] += 1
-            if legal:
-                model[run_id] = (RunStatus.STARTED, steps + 1, attempts)
-        elif op < 0.75:
-            run_id = rng.choice(run_ids)
-            status, steps, attempts = model.get(run_id, (None, 0, 0))
-            expected = attempts + 1 if status is RunStatus.STARTED else 0
+            if run is not None and legal:
+                model[run_id] = run._replace(status=transition.target)
+        elif op < 0.57:
+            record = step(rng.choice("xyz"), None, {"n": run.steps if run else 0})
+            assert store.record_step(run_id, record) is started
+            seen["step" if started else "step refused"] += 1
+            if run is not None and started:
+                model[run_id] = run._replace(steps=run.steps + 1, tries=0, retry_at=None)
+        elif op < 0.65:
+            tries = run.tries + 1 if run else 1
+            retry_at = rng.choice([None, 10**12 + tries])
+            record = failure(rng.choice("xyz"), "boom", tries, retry_at)
+            assert store.record_failure(run_id, record, retry_at) is started
+            seen["failure" if started else "failure refused"] += 1
+            if run is not None and started:
+                model[run_id] = run._replace(tries=tries, retry_at=retry_at)
+        elif op < 0.70:
+            assert store.record_input(run_id, role_failed("x", "boom", 3)) is started
+            seen["input" if started else "input refused"] += 1
+            if run is not None and started:
+                model[run_id] = run._replace(tries=0, retry_at=None)
+        elif op < 0.74:
+            expected = run.attempts + 1 if run is not None and started else 0
             assert store.count_attempt(run_id) == expected
-            if expected:
-                model[run_id] = (RunStatus.STARTED, steps, expected)
+            if run is not None and expected:
+                model[run_id] = run._replace(attempts=expected)
+        elif op < 0.77:
+            # A run retried from a step: created, then given the history of another.
+            steps = rng.randint(0, run.steps + 1 if run else 1)
+            to_run = new_run_id()
+            store.create_run(to_run, "a", Transition.START, None)
+            model[to_run] = Run(RunStatus.STARTED)
+            if run is not None and steps <= run.steps:
+                store.copy_history(run_id, to_run, steps)
+                model[to_run] = Run(RunStatus.STARTED, steps)
+                seen["copy"] += 1
+            else:
+                with pytest.raises(ValueError):
+                    store.copy_history(run_id, to_run, steps)
+                seen["copy refused"] += 1
         elif op < 0.85:
             # Entries that must not move a run: ctx.log lines, other sources on the same id.
             if rng.random() < 0.5:
                 store.append_log("workflow", "log", rng.choice(list(model)), "a ctx.log line")
             else:
-                store.append_log("sense", "completed", rng.choice(run_ids), "same ref_id")
+                store.append_log("sense", "completed", run_id, "same ref_id")
         elif op < 0.97:
             store.commit()
             committed = dict(model)
@@ -143,11 +223,12 @@ def random_operations(
             store.append_log("test", "poison", None, None)
             with pytest.raises(StoreError):
                 store.commit()
-            model = dict(committed)  # rolled-back run ids are not reused: created goes on
+            model = dict(committed)
             seen["rollback"] += 1
             check(committed)
     store.commit()
-    assert min(seen[k] for k in ("moved", "refused", "step", "commit", "rollback")) > 0, seen
+    kinds = ("moved", "refused", "step", "failure", "input", "copy", "commit", "rollback")
+    assert min(seen[k] for k in kinds) > 0, seen
     assert len(model) > 10
     return model
 

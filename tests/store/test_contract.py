@@ -29,10 +29,14 @@ from store_support import (
     MOVING,
     Backend,
     Model,
+    as_run,
+    failure,
     fill,
     history,
     make_run,
+    move,
     random_operations,
+    role_failed,
     step,
 )
 
@@ -48,6 +52,7 @@ from nerved.store import (
     Unreadable,
     now_ms,
 )
+from nerved.store.records import cancelled_error, input_payload
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -514,6 +519,296 @@ def test_count_attempt_of_unknown_run(store: Storage) -> None:
     assert store.count_attempt("nope") == 0
 
 
+# -- failed tries and inputs: record_failure, record_input ---------------------------------
+
+NOT_STARTED = sorted(set(RunStatus) - {RunStatus.STARTED})
+
+
+def tries_of(store: Reader, run_id: str) -> tuple[int, int | None]:
+    run = store.get_run(run_id)
+    assert run is not None
+    return run.tries, run.retry_at
+
+
+def test_record_failure_counts_tries_and_logs_the_record_as_it_is(store: Storage) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_step("r1", step("a", None, {"n": 1}))
+    first = failure("b", "ValueError: x", 1, 5_000, prompt={"p": 1})
+    assert store.record_failure("r1", first, 5_000, ts=4_000)
+    assert tries_of(store, "r1") == (1, 5_000)
+    last = failure("b", "ValueError: y", 2, None)
+    assert store.record_failure("r1", last, None, ts=6_000)
+    store.commit()
+
+    run = store.committed.get_run("r1")
+    assert run is not None
+    assert (run.tries, run.retry_at, run.updated_at, run.steps) == (2, None, 6_000, 1)
+    failed = [e for e in history(store, "r1") if e.type == "step_failed"]
+    assert [(e.payload, e.ts) for e in failed] == [
+        (wire.loads(first), 4_000),
+        (wire.loads(last), 6_000),
+    ]
+    assert failed[0].payload == {
+        "role": "b", "prompt": {"p": 1}, "error": "ValueError: x", "try": 1, "retryAt": 5_000,
+    }  # fmt: skip
+
+
+def test_record_step_forgets_the_failed_tries(store: Storage) -> None:
+    """A step done is the end of its failed tries: the next step starts at try 1."""
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_failure("r1", failure("a", "e", 1, 5_000), 5_000)
+    assert store.record_failure("r1", failure("a", "e", 2, 9_000), 9_000)
+    assert store.record_step("r1", step("a", None, "ok"), ts=10_000)
+    store.commit()
+    run = store.get_run("r1")
+    assert run is not None
+    assert (run.tries, run.retry_at, run.steps, run.updated_at) == (0, None, 1, 10_000)
+
+
+def test_record_input_logs_the_event_and_forgets_the_failed_tries(store: Storage) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_failure("r1", failure("a", "e", 1, 5_000), 5_000)
+    event = role_failed("a", "e", 1)
+    assert store.record_input("r1", event, ts=7_000)
+    store.commit()
+    run = store.get_run("r1")
+    assert run is not None
+    assert (run.tries, run.retry_at, run.steps, run.updated_at) == (0, None, 0, 7_000)
+    entry = history(store, "r1")[-1]
+    assert (entry.type, entry.source, entry.ts) == ("input", "workflow", 7_000)
+    assert entry.payload == {"event": wire.loads(event)}
+    # The payload is the event's text as given, wrapped: what the run's history counts.
+    assert store.active_runs()[0].history == len('{"run":"r1"}') + len(input_payload(event))
+
+
+def test_input_payload_wraps_the_events_text_as_it_is() -> None:
+    assert input_payload('{"type": "x",  "n": 1}') == '{"event":{"type": "x",  "n": 1}}'
+    assert wire.loads(input_payload('"é"')) == {"event": "é"}
+
+
+@pytest.mark.parametrize("status", NOT_STARTED, ids=str)
+@pytest.mark.parametrize("write", ["record_failure", "record_input"])
+def test_failures_and_inputs_only_while_started(
+    store: Storage, status: RunStatus, write: str
+) -> None:
+    """Guarded as steps are: a run that moved on (cancelled, failed, ...) takes no more."""
+    make_run(store, "r1", status)
+    store.commit()
+    before = store.get_run("r1")
+    n = store.last_log_id()
+    if write == "record_failure":
+        assert store.record_failure("r1", failure("a", "e", 1, 5_000), 5_000) is False
+    else:
+        assert store.record_input("r1", role_failed("a", "e", 1)) is False
+    assert store.get_run("r1") == before
+    store.commit()
+    assert store.get_run("r1") == before
+    assert store.last_log_id() == n
+
+
+def test_failures_and_inputs_of_an_unknown_run(store: Storage) -> None:
+    assert store.record_failure("nope", failure("a", "e", 1, None), None) is False
+    assert store.record_input("nope", role_failed("a", "e", 1)) is False
+    store.commit()
+    assert store.last_log_id() == 0
+
+
+def test_tries_survive_a_transition(store: Storage) -> None:
+    """A run given up on keeps the count of the tries it had (transitions change only
+    status, updated_at and error)."""
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_failure("r1", failure("a", "e", 1, None), None)
+    assert move(store, "r1", Transition.GIVE_UP, reason="role 'a' failed 1 try")
+    store.commit()
+    run = store.get_run("r1")
+    assert run is not None
+    assert (run.status, run.error, run.tries) == (RunStatus.FAILED, "role 'a' failed 1 try", 1)
+
+
+# -- cancelled runs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "uid", "error"),
+    [
+        (None, 0, "cancelled by uid 0"),
+        ("not needed", 1000, "cancelled by uid 1000: not needed"),
+        ("", 7, "cancelled by uid 7"),
+        (None, None, "cancelled"),
+        ("shutting the host down", None, "cancelled: shutting the host down"),
+    ],
+)
+def test_cancelled_error_wording(reason: str | None, uid: int | None, error: str) -> None:
+    assert cancelled_error(reason, uid) == error
+
+
+@pytest.mark.parametrize("status", sorted(ACTIVE), ids=str)
+def test_cancel_logs_reason_and_uid_and_stores_the_error(store: Storage, status: RunStatus) -> None:
+    make_run(store, "r1", status)
+    assert move(store, "r1", Transition.CANCEL, reason="not needed", uid=1000, ts=9_000)
+    store.commit()
+    run = store.get_run("r1")
+    assert run is not None
+    assert (run.status, run.error, run.updated_at) == (
+        RunStatus.CANCELLED,
+        "cancelled by uid 1000: not needed",
+        9_000,
+    )
+    entry = history(store, "r1")[-1]
+    assert (entry.type, entry.payload) == ("cancelled", {"reason": "not needed", "uid": 1000})
+    assert store.active_runs() == []
+    assert not move(store, "r1", Transition.CANCEL)  # once
+
+
+# -- a history copied: copy_history --------------------------------------------------------
+
+
+@pytest.fixture
+def source(store: Storage) -> Storage:
+    """Run ``src`` (started, 3 steps) with inputs before, between and after its steps, and
+    entries that are not its history: a failed try, a log line, a resume; ``dst`` just
+    created. All committed."""
+    make_run(store, "src", RunStatus.STARTED)
+    assert store.record_input("src", wire.dumps({"type": "signal", "n": 0}))
+    assert store.record_step("src", step("a", {"q": "é"}, {"type": "x", "n": 1}))
+    assert store.record_failure("src", failure("b", "e", 1, 5_000), 5_000)
+    store.append_log("workflow", "log", "src", "a line")
+    store.append_log("workflow", "resumed", "src", {"reason": "worker died", "attempt": 1})
+    assert store.record_input("src", role_failed("b", "e", 1))
+    assert store.record_step("src", step("c", None, {"type": "y", "n": 2}))
+    assert store.record_step("src", step("a", None, {"type": "z", "n": 3}))
+    assert store.record_input("src", wire.dumps({"type": "late"}))
+    store.create_run("dst", "wf", Transition.START, {"retry": "src"}, retry_of="src", ts=1_000)
+    store.commit()
+    return store
+
+
+def replayed(store: Reader, run_id: str) -> list[LogEntry]:
+    entries: list[LogEntry] = []
+    more = True
+    while more:
+        page, more = store.run_steps_page(run_id, entries[-1].id if entries else 0)
+        entries += page
+    return entries
+
+
+def payload_bytes(entries: list[LogEntry]) -> int:
+    return sum(len(wire.dumps(e.payload).encode()) for e in entries)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_copy_history_copies_up_to_the_kth_step(source: Storage, steps: int) -> None:
+    """The steps up to the K-th and the inputs before it, in order, as entries of the new
+    run with the same payloads; no failed try, no log line, no input after it."""
+    original = replayed(source, "src")
+    assert [e.type for e in original] == [
+        "input", "step_complete", "input", "step_complete", "step_complete", "input",
+    ]  # fmt: skip
+    upto = [i for i, e in enumerate(original) if e.type == "step_complete"][steps - 1]
+    wanted = original[: upto + 1]
+
+    size = source.copy_history("src", "dst", steps, ts=8_000)
+    source.commit()
+
+    copies = replayed(source.committed, "dst")
+    assert [(e.type, e.payload) for e in copies] == [(e.type, e.payload) for e in wanted]
+    assert {(e.source, e.ref_id, e.ts) for e in copies} == {("workflow", "dst", 8_000)}
+    assert min(e.id for e in copies) > max(e.id for e in original)
+    assert size == payload_bytes(wanted)  # UTF-8 bytes: "é" counts 2
+    run = source.committed.get_run("dst")
+    assert run is not None
+    assert (run.steps, run.updated_at, run.tries, run.status) == (
+        steps, 8_000, 0, RunStatus.STARTED,
+    )  # fmt: skip
+    [active_dst] = [r for r in source.active_runs() if r.run_id == "dst"]
+    assert active_dst.history == len('{"retry":"src"}') + size
+    assert [e.type for e in history(source, "dst")] == ["started"] + [e.type for e in wanted]
+    assert replayed(source, "src") == original  # the source is untouched
+
+
+def test_copy_history_keeps_payload_texts_identical(store: Storage) -> None:
+    """Copied as stored, not decoded and encoded again: the bytes counted are the same."""
+    make_run(store, "src", RunStatus.STARTED)
+    record = '{"role": "a",   "prompt": null, "event": {"b": 1, "a": 2.50}}'
+    assert store.record_step("src", record)
+    store.create_run("dst", "wf", Transition.START, None)
+    assert store.copy_history("src", "dst", 1) == len(record)
+    store.commit()
+    [copy] = replayed(store, "dst")
+    assert copy.payload == wire.loads(record)
+    [active_dst] = [r for r in store.active_runs() if r.run_id == "dst"]
+    assert active_dst.history == len(record)
+
+
+def test_copy_history_of_no_steps_copies_nothing(source: Storage) -> None:
+    n = source.last_log_id()
+    assert source.copy_history("src", "dst", 0) == 0
+    source.commit()
+    assert source.last_log_id() == n
+    run = source.get_run("dst")
+    assert run is not None and run.steps == 0
+
+
+@pytest.mark.parametrize(
+    ("from_run", "to_run", "steps"),
+    [
+        ("src", "dst", 4),  # more steps than the run has
+        ("src", "dst", -1),
+        ("nope", "dst", 1),
+        ("nope", "dst", 0),
+        ("src", "nope", 1),
+        ("src", "src", 1),
+        ("dst", "src", 0),  # src has a history of its own
+    ],
+    ids=["too-many", "negative", "unknown-from", "unknown-from-0", "unknown-to", "itself",
+         "into-a-history"],
+)  # fmt: skip
+def test_copy_history_refuses_and_writes_nothing(
+    source: Storage, from_run: str, to_run: str, steps: int
+) -> None:
+    runs = runs_as_read(source)
+    n = source.last_log_id()
+    with pytest.raises(ValueError):
+        source.copy_history(from_run, to_run, steps)
+    assert not source.dirty
+    source.commit()
+    assert source.last_log_id() == n
+    assert runs_as_read(source) == runs
+
+
+def test_copy_history_refuses_a_run_with_failed_tries(source: Storage) -> None:
+    """A failed try is history too: the new run's tries would say one thing, its entries
+    another."""
+    assert source.record_failure("dst", failure("a", "e", 1, None), None)
+    source.commit()
+    with pytest.raises(ValueError):
+        source.copy_history("src", "dst", 1)
+
+
+# -- what a resume replays: run_steps_page ---------------------------------------------------
+
+
+def test_run_steps_page_is_steps_and_inputs_in_order(source: Storage) -> None:
+    """What a resume sends, each with its ``event``: no failed try, log line or transition."""
+    entries = replayed(source, "src")
+    assert [e.id for e in entries] == sorted(e.id for e in entries)
+    assert all("event" in e.payload for e in entries)
+    assert [e.payload["event"].get("n") for e in entries] == [0, 1, None, 2, 3, None]
+    page, more = source.run_steps_page("src", entries[2].id)
+    assert (page, more) == (entries[3:], False)
+    assert source.run_steps_page("nope") == ([], False)
+
+
+def test_run_steps_page_pages_inputs_too(store: Storage) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    for n in range(4):
+        assert store.record_input("r1", wire.dumps({"n": n, "pad": "x" * (1500 * KIB)}))
+    store.commit()
+    first, more = store.run_steps_page("r1")
+    assert more and 1 <= len(first) < 4
+    assert [e.payload["event"]["n"] for e in replayed(store, "r1")] == [0, 1, 2, 3]
+
+
 # -- queries and pages: query_logs, run_history_page -----------------------------------
 
 
@@ -750,6 +1045,11 @@ def test_run_record_wire_form_has_the_spec_fields(store: Storage) -> None:
     assert spec_fields <= wire.keys()
     assert wire["status"] == "started"
     assert (wire["runId"], wire["createdAt"], wire["steps"]) == ("r1", 1_000, 0)
+    assert (wire["tries"], wire["retryAt"]) == (0, None)
+    assert store.record_failure("r1", failure("a", "e", 1, 5_000), 5_000)
+    run = store.get_run("r1")
+    assert run is not None
+    assert (run.to_wire()["tries"], run.to_wire()["retryAt"]) == (1, 5_000)
 
 
 FIND_IDS = ["abc", "abcd1", "abcd2", "abce", "ab_x", "abcé", "b", "abd"]
@@ -788,11 +1088,16 @@ def test_find_runs_default_limit_tells_ambiguity(findable: Storage) -> None:
     assert [r.run_id for r in findable.find_runs("abc")] == ["abc", "abcd1"]
 
 
+STATUSES = list(RunStatus)  # queued, started, completed, failed, crashed, dropped, cancelled
+MANY = 2 * len(STATUSES)
+
+
 @pytest.fixture
 def many(store: Storage) -> Storage:
-    """Runs of two workflows in every status, created in id order."""
-    for i, status in enumerate(list(RunStatus) * 2):
-        make_run(store, f"r{i:02d}", status, workflow="a" if i % 2 else "b")
+    """Runs of two workflows in every status, created in id order: run i is in status
+    ``STATUSES[i % 7]``, of workflow ``a`` when i is odd, else ``b``."""
+    for i in range(MANY):
+        make_run(store, f"r{i:02d}", STATUSES[i % len(STATUSES)], workflow="a" if i % 2 else "b")
     store.commit()
     return store
 
@@ -802,26 +1107,29 @@ def ids(records: list[RunRecord]) -> list[str]:
 
 
 def test_list_runs_newest_first(many: Storage) -> None:
-    assert ids(many.list_runs()) == [f"r{i:02d}" for i in reversed(range(12))]
+    assert ids(many.list_runs()) == [f"r{i:02d}" for i in reversed(range(MANY))]
 
 
 def test_list_runs_by_status_and_workflow(many: Storage) -> None:
     started = many.list_runs(statuses=[RunStatus.STARTED])
     assert {r.status for r in started} == {RunStatus.STARTED}
-    assert ids(started) == ["r07", "r01"]
+    assert ids(started) == ["r08", "r01"]
+
+    cancelled = many.list_runs(statuses=[RunStatus.CANCELLED])
+    assert ids(cancelled) == ["r13", "r06"]
 
     final_a = many.list_runs(statuses=sorted(set(RunStatus) - ACTIVE), workflow="a")
-    assert ids(final_a) == ["r11", "r09", "r05", "r03"]
+    assert ids(final_a) == ["r13", "r11", "r09", "r05", "r03"]
     assert {r.workflow for r in final_a} == {"a"}
 
-    assert ids(many.list_runs(workflow="b", limit=2)) == ["r10", "r08"]
+    assert ids(many.list_runs(workflow="b", limit=2)) == ["r12", "r10"]
     assert many.list_runs(workflow="nope") == []
     assert many.list_runs(statuses=[]) == []
 
 
 def test_list_runs_limit(many: Storage) -> None:
-    assert ids(many.list_runs(limit=3)) == ["r11", "r10", "r09"]
-    assert len(many.list_runs(limit=None)) == 12
+    assert ids(many.list_runs(limit=3)) == ["r13", "r12", "r11"]
+    assert len(many.list_runs(limit=None)) == MANY
 
 
 def test_active_runs_in_creation_order(store: Storage) -> None:
@@ -879,15 +1187,8 @@ def test_run_history_is_only_this_runs_workflow_entries(store: Storage) -> None:
 
 
 def test_count_runs(many: Storage) -> None:
-    # Runs i and i + 6 share a status and a parity, hence a workflow.
-    assert many.count_runs() == {
-        ("b", RunStatus.QUEUED): 2,
-        ("a", RunStatus.STARTED): 2,
-        ("b", RunStatus.COMPLETED): 2,
-        ("a", RunStatus.FAILED): 2,
-        ("b", RunStatus.CRASHED): 2,
-        ("a", RunStatus.DROPPED): 2,
-    }
+    # Runs i and i + 7 share a status, one of each parity: one run of each workflow.
+    assert many.count_runs() == {(w, status): 1 for w in "ab" for status in RunStatus}
 
 
 def test_meta_get_and_set(store: Storage) -> None:
@@ -943,6 +1244,19 @@ def test_prune_runs_keeps_the_newest_final_runs_and_never_an_active_one(aged: St
     assert run_ids(aged) == ["q", "s"]
     assert [r.run_id for r in aged.active_runs()] == ["q", "s"]
     assert aged.prune_runs(older_than=None, keep=None, limit=100) == 0
+
+
+def test_prune_runs_takes_cancelled_runs_as_final(store: Storage) -> None:
+    """Every status but the active ones is final, cancelled too; a started run with failed
+    tries waiting for its next one is active and stays."""
+    make_run(store, "c", RunStatus.CANCELLED)
+    make_run(store, "s", RunStatus.STARTED)
+    assert store.record_failure("s", failure("a", "e", 1, 10**15), 10**15)
+    make_run(store, "q", RunStatus.QUEUED)
+    store.commit()
+    assert store.prune_runs(older_than=10**15, keep=0, limit=100) == 1
+    assert run_ids(store) == ["q", "s"]
+    assert history(store, "c") == []
 
 
 def test_prune_runs_takes_at_most_limit_oldest_first(aged: Storage) -> None:
@@ -1064,7 +1378,7 @@ def test_a_reopened_store_recovers_active_runs_as_they_were_committed(backend: B
 
 
 def runs_as_read(view: Reader) -> Model:
-    return {r.run_id: (r.status, r.steps, r.attempts) for r in view.list_runs(limit=None)}
+    return {r.run_id: as_run(r) for r in view.list_runs(limit=None)}
 
 
 def told_by_history(view: Reader, run_id: str) -> tuple[RunStatus | None, int]:
@@ -1093,6 +1407,6 @@ def test_any_sequence_of_operations_keeps_to_a_model(backend: Backend, seed: int
     again = backend.open()
     assert runs_as_read(again) == model
     assert {run_id: told_by_history(again, run_id) for run_id in model} == {
-        run_id: (status, steps) for run_id, (status, steps, _) in model.items()
+        run_id: (run.status, run.steps) for run_id, run in model.items()
     }
     again.close()

@@ -18,21 +18,26 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from store_support import (
     MIB,
     Model,
+    failure,
     fill,
     install_poison,
     make_run,
+    move,
     random_operations,
+    role_failed,
     step,
 )
+from support import assert_runs_match, derive_runs, read_runs
 
-from nerved.states import RunStatus, Transition
+from nerved.states import ACTIVE, RunStatus, Transition
 from nerved.store import (
     SCHEMA_VERSION,
     Store,
@@ -40,6 +45,7 @@ from nerved.store import (
     StoreError,
     Unreadable,
 )
+from nerved.store.schema import MIGRATIONS
 
 # -- helpers and fixtures ----------------------------------------------------------------
 
@@ -71,37 +77,6 @@ def plain_connect(path: Path) -> sqlite3.Connection:
 
 def table_rows(conn: sqlite3.Connection, table: str) -> int:
     return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-
-
-def derive_runs_from_logs(conn: sqlite3.Connection) -> dict[str, tuple[RunStatus | None, int]]:
-    """Rebuild every run's (status, steps) from the ``logs`` table alone.
-
-    RFC-002 section 6.2 makes ``workflow_runs`` derived data, rebuildable from ``logs`` if
-    lost. This is that rebuild, written independently of the store: a run's status is the
-    type of its last entry whose type is a ``RunStatus`` value (``log`` lines and
-    ``step_complete`` entries do not move it), and its steps are the number of its
-    ``step_complete`` entries. Only ``source = 'workflow'`` entries count, since other
-    sources may use the same string as a ref_id. A run with no transition entry at all gets
-    status None, which never matches a materialised row.
-    """
-    statuses = {s.value for s in RunStatus}
-    derived: dict[str, tuple[RunStatus | None, int]] = {}
-    rows = conn.execute(
-        "SELECT ref_id, type FROM logs WHERE source = 'workflow' AND ref_id IS NOT NULL ORDER BY id"
-    )
-    for ref_id, type_ in rows:
-        status, steps = derived.get(ref_id, (None, 0))
-        if type_ in statuses:
-            status = RunStatus(type_)
-        elif type_ == "step_complete":
-            steps += 1
-        derived[ref_id] = (status, steps)
-    return derived
-
-
-def materialised_runs(conn: sqlite3.Connection) -> dict[str, tuple[RunStatus | None, int]]:
-    rows = conn.execute("SELECT run_id, status, steps FROM workflow_runs")
-    return {run_id: (RunStatus(status), steps) for run_id, status, steps in rows}
 
 
 # -- the file ----------------------------------------------------------------------------
@@ -202,6 +177,178 @@ def test_schema_rejects_an_unknown_status(store: Store, peer: sqlite3.Connection
         )
 
 
+def test_schema_accepts_waiting_already(store: Store, peer: sqlite3.Connection) -> None:
+    """Issue 12 adds 'waiting': the table of migration 2 takes it, so that it needs no
+    rebuild (a status nerved does not know yet is never written)."""
+    store.release()
+    peer.execute(
+        "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at)"
+        " VALUES ('x', 'wf', 'waiting', 0, 0)"
+    )
+
+
+def plans(store: Store, peer: sqlite3.Connection, call: Callable[[], object]) -> list[str]:
+    """The query plan of every statement ``call`` makes the store run (parameters as bound)."""
+    statements: list[str] = []
+    store._conn._conn.set_trace_callback(statements.append)
+    try:
+        call()
+    finally:
+        store._conn._conn.set_trace_callback(None)
+    details = []
+    for sql in statements:
+        if sql.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE")):
+            details += [row[3] for row in peer.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    return details
+
+
+def test_the_engines_reads_use_their_indexes(store: Store, peer: sqlite3.Connection) -> None:
+    """active_runs finds the active runs through the partial index (which covers exactly
+    nerved.states.ACTIVE), and a run's history is read, counted and copied through the
+    ``ref_id`` index: never a scan of every entry of every run."""
+    make_run(store, "r1", RunStatus.STARTED)
+    store.record_step("r1", step("role", None, None))
+    make_run(store, "r2", RunStatus.STARTED)
+    store.commit()
+    index = peer.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'workflow_runs_active'"
+    ).fetchone()[0]
+    assert all(f"'{status}'" in index for status in ACTIVE)
+    assert index.count("'") == 2 * len(ACTIVE)
+
+    active = plans(store, peer, store.active_runs)
+    assert any("USING INDEX workflow_runs_active" in d for d in active), active
+    assert any("logs_ref_id" in d for d in active), active
+    for call in (lambda: store.run_steps_page("r1"), lambda: store.copy_history("r1", "r2", 1)):
+        details = plans(store, peer, call)
+        assert any("logs_ref_id" in d for d in details), details
+        assert not any(d.startswith("SCAN logs") for d in details), details
+
+
+# -- migrations ------------------------------------------------------------------------
+
+# Runs of a version-1 file, one in each status it knew: (status, steps, attempts, error,
+# entries), seqs with gaps, as the v1 engine wrote them.
+V1_RUNS = [
+    ("queued", 0, 0, None, ["queued"]),
+    ("started", 2, 1, None, ["queued", "started", "step_complete", "log", "step_complete"]),
+    ("completed", 1, 0, None, ["started", "step_complete", "completed"]),
+    ("failed", 1, 0, "role 'a' raised", ["started", "step_complete", "failed"]),
+    ("crashed", 0, 3, "worker died", ["started", "crashed"]),
+    ("dropped", 0, 0, "queue full", ["queued", "dropped"]),
+]
+
+
+def write_version_1(path: Path) -> None:
+    """A logs.db as nerved wrote it before migration 2: the v1 schema text, runs in every
+    status and their entries."""
+    path.parent.mkdir(parents=True)
+    conn = plain_connect(path)
+    conn.executescript(f"{MIGRATIONS[0]}\nPRAGMA user_version = 1;")
+    for i, (status, steps, attempts, error, types) in enumerate(V1_RUNS):
+        run_id = f"r{i}"
+        conn.execute(
+            "INSERT INTO workflow_runs (seq, run_id, workflow, status, created_at, updated_at,"
+            " trigger_payload, steps, error, attempts, retry_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (10 * i + 3, run_id, "wf", status, 1_000 + i, 2_000 + i, f'{{"i":{i}}}', steps,
+             error, attempts, "r0" if i == 2 else None),
+        )  # fmt: skip
+        for n, type_ in enumerate(types):
+            payload = {
+                "queued": f'{{"i":{i}}}',
+                "started": f'{{"i":{i}}}',
+                "step_complete": f'{{"role":"a","prompt":null,"event":{{"n":{n}}}}}',
+                "log": '"a line"',
+                "completed": None,
+            }.get(type_, f'"{error}"')
+            conn.execute(
+                "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES (?, ?, ?, ?, ?)",
+                ("workflow", type_, run_id, payload, 1_000 + n),
+            )
+    conn.execute("INSERT INTO logs (source, type, ref_id, payload, ts) VALUES (?, ?, ?, ?, ?)",
+                 ("sense", "signal", "disk", "1", 5))  # fmt: skip
+    conn.close()
+
+
+def rows_by_run(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Every column of every run, by run id."""
+    cursor = conn.execute("SELECT * FROM workflow_runs ORDER BY seq")
+    names = [column[0] for column in cursor.description]
+    return {row[1]: dict(zip(names, row, strict=True)) for row in cursor}
+
+
+def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path) -> None:
+    """Migration 2 rebuilds workflow_runs: every row comes through with its seq and values,
+    ``tries`` 0 and ``retry_at`` NULL; the entries are not touched; the indexes are there
+    again; and the rows of before take the new statuses and columns."""
+    write_version_1(db_path)
+    conn = plain_connect(db_path)
+    before = rows_by_run(conn)
+    logs_before = conn.execute("SELECT * FROM logs ORDER BY id").fetchall()
+    assert [row["status"] for row in before.values()] == [status for status, *_ in V1_RUNS]
+    conn.close()
+
+    store = Store(db_path)
+    assert store.schema_version == SCHEMA_VERSION == 2
+    assert [(r.run_id, r.steps, r.attempts, r.history) for r in store.active_runs()] == [
+        ("r0", 0, 0, len('{"i":0}')),
+        ("r1", 2, 1, len('{"i":1}') + 2 * len('{"role":"a","prompt":null,"event":{"n":2}}')),
+    ]
+    store.close()
+    conn = plain_connect(db_path)
+    after = rows_by_run(conn)
+    assert after == {
+        run_id: {**row, "tries": 0, "retry_at": None} for run_id, row in before.items()
+    }
+    assert conn.execute("SELECT * FROM logs ORDER BY id").fetchall() == logs_before
+    indexes = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"
+    ).fetchall()
+    assert indexes == [("logs_ref_id",), ("logs_source_type",), ("workflow_runs_active",)]
+    tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+    assert tables.fetchall() == [("logs",), ("meta",), ("workflow_runs",)]
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert_runs_match(derive_runs(conn), read_runs(conn))
+    conn.close()
+
+    # What the new columns and statuses are for works on the rows of before.
+    store = Store(db_path)
+    assert store.record_failure("r1", failure("a", "boom", 1, 9_000), 9_000, ts=3_000)
+    assert move(store, "r0", Transition.CANCEL, reason="not needed", ts=3_000)
+    new = store.create_run("new", "wf", Transition.START, None)
+    store.commit()
+    store.close()
+    assert new.seq == max(row["seq"] for row in before.values()) + 1
+    conn = plain_connect(db_path)
+    after = rows_by_run(conn)
+    assert after["r1"] == {**before["r1"], "updated_at": 3_000, "tries": 1, "retry_at": 9_000}
+    assert after["r0"] == {
+        **before["r0"],
+        "status": "cancelled",
+        "updated_at": 3_000,
+        "error": "cancelled by uid 0: not needed",
+        "tries": 0,
+        "retry_at": None,
+    }
+    assert_runs_match(derive_runs(conn), read_runs(conn))
+    conn.close()
+
+
+def test_a_file_of_a_newer_version_is_refused_as_it_is(db_path: Path) -> None:
+    """Version 3 is not this nerved's: refused, and not touched (nothing migrated down)."""
+    write_version_1(db_path)
+    conn = plain_connect(db_path)
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 3; this nerved knows up to 2"):
+        Store(db_path)
+    conn = plain_connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'workflow_runs'").fetchone()
+    assert "cancelled" not in sql[0]
+    conn.close()
+
+
 # -- the write lock ----------------------------------------------------------------------
 
 
@@ -273,43 +420,112 @@ def test_list_runs_does_not_read_trigger_payloads(store: Store, peer: sqlite3.Co
 @pytest.mark.parametrize("seed", range(8))
 def test_workflow_runs_is_derivable_from_logs(db_path: Path, seed: int) -> None:
     """After any sequence of operations, including batches whose COMMIT fails, rebuilding
-    each run's status and steps from ``logs`` alone gives exactly ``workflow_runs``
-    (RFC-002 section 6.2), and both match a model of what should have happened
-    (store_support.random_operations). The derivation is checked after every commit, from
-    another connection, not only at the end.
+    each run's status, steps, error, tries and retry_at from ``logs`` alone
+    (tests/support.py, derive_runs) gives exactly ``workflow_runs`` (RFC-002 section 6.2),
+    and both match a model of what should have happened (store_support.random_operations).
+    The derivation is checked after every commit, from another connection, not only at the
+    end.
     """
     store = Store(db_path)
     reader = plain_connect(db_path)
 
     def check(committed: Model) -> None:
-        assert derive_runs_from_logs(reader) == materialised_runs(reader)
+        assert_runs_match(derive_runs(reader), read_runs(reader))
 
     model = random_operations(store, install_poison, seed, check)
     store.close()
     reader.close()
 
     conn = plain_connect(db_path)
-    derived = derive_runs_from_logs(conn)
-    materialised = materialised_runs(conn)
+    derived = derive_runs(conn)
+    stored = read_runs(conn)
     attempts = dict(conn.execute("SELECT run_id, attempts FROM workflow_runs"))
     conn.close()
-    assert derived == materialised
-    assert materialised == {run_id: (s, n) for run_id, (s, n, _) in model.items()}
-    assert attempts == {run_id: a for run_id, (_, _, a) in model.items()}
+    assert_runs_match(derived, stored)
+    fields = ("status", "steps", "tries", "retry_at")
+    assert {run_id: tuple(row[f] for f in fields) for run_id, row in stored.items()} == {
+        run_id: (run.status.value, run.steps, run.tries, run.retry_at)
+        for run_id, run in model.items()
+    }
+    assert attempts == {run_id: run.attempts for run_id, run in model.items()}
 
 
-def test_derivation_helper_sees_a_divergence(db_path: Path) -> None:
+def derivable(path: Path) -> bool:
+    conn = plain_connect(path)
+    try:
+        return bool(derive_runs(conn) == read_runs(conn))
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "status = 'completed'",
+        "status = 'cancelled'",
+        "steps = 2",
+        "error = 'other'",
+        "tries = 2",
+        "retry_at = 5",
+    ],
+)
+def test_derivation_helper_sees_a_divergence(db_path: Path, change: str) -> None:
     """The property above is only worth something if the helper can fail: a row changed
-    behind the logs' back must show up as a difference."""
+    behind the logs' back must show up as a difference, whichever field it is."""
     store = Store(db_path)
     make_run(store, "r1", RunStatus.STARTED)
     store.record_step("r1", step("role", None, None))
+    assert store.record_failure("r1", failure("role", "boom", 1, 9_000), 9_000)
+    make_run(store, "r2", RunStatus.CANCELLED)
     store.commit()
     store.close()
+    assert derivable(db_path)
     conn = plain_connect(db_path)
-    assert derive_runs_from_logs(conn) == materialised_runs(conn)
-    conn.execute("UPDATE workflow_runs SET status = 'completed'")
-    assert derive_runs_from_logs(conn) != materialised_runs(conn)
-    conn.execute("UPDATE workflow_runs SET status = 'started', steps = 2")
-    assert derive_runs_from_logs(conn) != materialised_runs(conn)
+    conn.execute(f"UPDATE workflow_runs SET {change} WHERE run_id = 'r1'")
     conn.close()
+    assert not derivable(db_path)
+
+
+@pytest.mark.parametrize(("uid", "reason"), [(0, None), (1000, "not needed"), (None, "")])
+def test_derivation_and_the_store_agree_on_a_cancelled_runs_error(
+    db_path: Path, uid: int | None, reason: str | None
+) -> None:
+    """The error of a cancelled run is written in two places, nerved.store.records and
+    tests/support.py: they must say the same, for each shape of ``{reason, uid}``."""
+    store = Store(db_path)
+    make_run(store, "r1", RunStatus.STARTED)
+    assert move(store, "r1", Transition.CANCEL, reason=reason, uid=uid)
+    store.commit()
+    run = store.get_run("r1")
+    store.close()
+    assert run is not None and run.error is not None and run.error.startswith("cancelled")
+    assert derivable(db_path)
+
+
+def test_derivation_fails_on_an_entry_type_it_does_not_know(db_path: Path) -> None:
+    """A new type of entry must be taught to the derivation, not skipped unseen."""
+    store = Store(db_path)
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_input("r1", role_failed("role", "boom", 2))
+    store.append_log("workflow", "resumed", "r1", {"reason": "a test", "attempt": 1})
+    store.commit()
+    assert derivable(db_path)
+    store.append_log("workflow", "paused", "r1", None)
+    store.commit()
+    store.close()
+    with pytest.raises(AssertionError, match="'paused'"):
+        derivable(db_path)
+
+
+def test_derivation_fails_on_a_miscounted_try(db_path: Path) -> None:
+    """A ``step_failed`` entry says which try of its step failed: the count from the last
+    step or input, which is the row's ``tries``."""
+    store = Store(db_path)
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_failure("r1", failure("role", "boom", 1, None), None)
+    assert store.record_input("r1", role_failed("role", "boom", 1))
+    assert store.record_failure("r1", failure("role", "boom", 2, None), None)
+    store.commit()
+    store.close()
+    with pytest.raises(AssertionError, match="should be try 1"):
+        derivable(db_path)
