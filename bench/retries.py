@@ -125,7 +125,8 @@ def failing_twice(n: int) -> dict[str, float]:
     """
     with Daemon(config, {"workflows/f": FLAKY}) as daemon:
         rpc = daemon.rpc()
-        rpc.call("workflow.wait", {"runId": rpc.call("workflow.trigger", {"workflow": "f"})["runId"]})
+        warm = rpc.call("workflow.trigger", {"workflow": "f"})["runId"]
+        rpc.call("workflow.wait", {"runId": warm})
         t0 = time.time()
         for _ in range(n):
             rpc.send("workflow.trigger", {"workflow": "f"})
@@ -137,10 +138,13 @@ def failing_twice(n: int) -> dict[str, float]:
             time.sleep(0.01)
         last = rpc.call("logs.query", {"type": "step_failed", "limit": 1})[-1]
         due = last["payload"]["retryAt"] / 1000
-        first_due = min(
-            e["payload"]["retryAt"]
-            for e in rpc.call("logs.query", {"type": "step_failed", "limit": 10000})
-        ) / 1000
+        first_due = (
+            min(
+                e["payload"]["retryAt"]
+                for e in rpc.call("logs.query", {"type": "step_failed", "limit": 10000})
+            )
+            / 1000
+        )
         idle_from = time.time()
         cpu0 = _cpu_seconds(daemon.pid)
         time.sleep(max(0.0, first_due - time.time() - 0.05))

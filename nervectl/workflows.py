@@ -160,8 +160,8 @@ def summarise(entry: Mapping[str, Any], width: int = 100) -> str:
     if kind == "step_failed" and isinstance(payload, dict):
         retry_at = payload.get("retryAt")
         then = "no more tries" if retry_at is None else f"next try {format_ago(retry_at)}"
-        text = f"{payload.get('role', '?')} try {payload.get('try', '?')}: {payload.get('error')}"
-        return render.truncate(f"{render.one_line(text)} ({then})", width)
+        text = f"{payload.get('role', '?')} try {payload.get('try', '?')}, {then}: "
+        return render.truncate(render.one_line(f"{text}{payload.get('error')}"), width)
     if kind == "resumed" and isinstance(payload, dict):
         text = f"after {payload.get('reason')} (attempt {payload.get('attempt', '?')})"
         return render.truncate(render.one_line(text), width)

@@ -376,6 +376,8 @@ def derive_runs(conn: Any) -> dict[str, dict[str, Any]]:
         payload = None if text is None else json.loads(text)
         if type_ in STATUS_TYPES:
             run["status"] = type_
+            if type_ not in ("queued", "started", "waiting"):  # final: no retry will come
+                run["retry_at"] = None
             if type_ in ERROR_TYPES and payload is not None:
                 run["error"] = payload
             elif type_ == "cancelled":

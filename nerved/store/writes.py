@@ -98,6 +98,7 @@ class Writes:
         The log entry holds ``payload_json`` (encoded JSON, stored as it is: a dispatched run's
         trigger payload) or else ``error``. Returns False, writing nothing, when the guard
         does not hold (the run moved on already): the caller lost a race it must not win twice.
+        A move to a final status drops a pending retry (``retry_at`` NULL): none will come.
         """
         if transition.creates:
             raise ValueError(f"{transition.name} creates a run; use create_run")
@@ -109,9 +110,10 @@ class Writes:
             logged_json = dumps(error)  # may raise: before any write
         self._begin()
         cur = self._conn.execute(
-            f"UPDATE workflow_runs SET status = ?, updated_at = ?, error = COALESCE(?, error)"
+            f"UPDATE workflow_runs SET status = ?, updated_at = ?, error = COALESCE(?, error),"
+            f" retry_at = CASE WHEN ? THEN NULL ELSE retry_at END"
             f" WHERE run_id = ? AND status IN ({marks})",
-            (transition.target, ts, error, run_id, *sources),
+            (transition.target, ts, error, transition.target.is_final, run_id, *sources),
         )
         if cur.rowcount != 1:
             return False

@@ -364,10 +364,13 @@ class WorkflowWorker:
             raise TryFailed("raised CancelledError") from None  # the role's own
         except TryFailed:
             raise
-        except Retry as exc:
-            raise TryFailed(f"asked to retry: {explain(exc)}", after=exc.after) from exc
+        except Retry as exc:  # said on purpose: its message is the whole story, not its line
+            said = _message(exc)
+            raise TryFailed(f"asked to retry: {said}" if said else "asked to retry",
+                            after=exc.after) from exc  # fmt: skip
         except Fatal as exc:
-            raise TryFailed(f"raised {explain(exc)}", retry=False) from exc
+            said = _message(exc)
+            raise TryFailed(f"gave up: {said}" if said else "gave up", retry=False) from exc
         except Exception as exc:
             raise TryFailed(f"raised {explain(exc)}") from exc
         return _check_event(role_name, result)
@@ -387,6 +390,14 @@ class WorkflowWorker:
                 self.port.post({"t": "stuck", "role": role_name})
 
         self.loop.call_later(CANCEL_GRACE, check)
+
+
+def _message(exc: BaseException) -> str:
+    """An exception's message as text nerve keeps (user code: it may not even render)."""
+    try:
+        return wire.text(str(exc))
+    except Exception:
+        return "(its message could not be rendered)"
 
 
 def _ignore_outcome(future: asyncio.Future[Any]) -> None:

@@ -169,7 +169,9 @@ def random_operations(
             )
             seen["moved" if legal else "refused"] += 1
             if run is not None and legal:
-                model[run_id] = run._replace(status=transition.target)
+                final = transition.target.is_final  # a final run has no retry to come
+                retry_at = None if final else run.retry_at
+                model[run_id] = run._replace(status=transition.target, retry_at=retry_at)
         elif op < 0.57:
             record = step(rng.choice("xyz"), None, {"n": run.steps if run else 0})
             assert store.record_step(run_id, record) is started

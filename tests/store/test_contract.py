@@ -565,6 +565,17 @@ def test_record_step_forgets_the_failed_tries(store: Storage) -> None:
     assert (run.tries, run.retry_at, run.steps, run.updated_at) == (0, None, 1, 10_000)
 
 
+def test_a_final_transition_drops_a_pending_retry(store: Storage) -> None:
+    """A run cancelled (or failed) while it waits for its next try shows no next try: none
+    will come. Its failed tries stay counted, as its history says."""
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_failure("r1", failure("a", "e", 1, 5_000), 5_000)
+    assert store.transition_run("r1", Transition.CANCEL, payload_json='{"reason":null,"uid":0}',
+                                error="cancelled by uid 0")  # fmt: skip
+    store.commit()
+    assert tries_of(store.committed, "r1") == (1, None)
+
+
 def test_record_input_logs_the_event_and_forgets_the_failed_tries(store: Storage) -> None:
     make_run(store, "r1", RunStatus.STARTED)
     assert store.record_failure("r1", failure("a", "e", 1, 5_000), 5_000)

@@ -36,7 +36,7 @@ from nerved.master.workers import Worker
 from nerved.master.workflows.runs import ActiveRun, Flow, InFlight
 from nerved.states import Transition
 from nerved.store import RunRecord, Storage
-from nerved.store.records import now_ms
+from nerved.store.records import input_payload, now_ms
 
 log = logging.getLogger("nerved.master.workflows")
 
@@ -167,8 +167,12 @@ class Tries:
             self.wait(run, retry_at)
         elif policy.on_error is OnError.MODERATE:
             log.warning("%s of %d); the moderator decides (onError: moderate)", where, attempts)
-            event = {"type": "role_failed", "role": role, "error": error, "attempts": tries}
-            self.store.record_input(run.run_id, wire.dumps(event))
+            event = wire.dumps(
+                {"type": "role_failed", "role": role, "error": error, "attempts": tries}
+            )
+            if not self.store.record_input(run.run_id, event):
+                return
+            run.history += len(input_payload(event).encode())  # what a resume sends
             run.tries = 0
             self.assign(run)
         else:
