@@ -23,8 +23,8 @@ A workflow whose workers keep dying before doing any work is *fatal*
 (nerved.master.supervisor): its runs stay as they are, and go on once a reload fixes its code.
 
 The parts it leans on: where a new run goes (:mod:`.admission`), what it holds of each run
-(:mod:`.runs`), resumes (:mod:`.resume`), ``workflow.wait`` (:mod:`.waiters`), and each
-workflow's workers (:mod:`nerved.master.supervisor`).
+(:mod:`.runs`), resumes (:mod:`.resume`), ``workflow.wait`` (:mod:`.waiters`), the replay
+check (:mod:`.replay`), and each workflow's workers (:mod:`nerved.master.supervisor`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
 from nerved.master.workflows.admission import admit, reasons
 from nerved.master.workflows.recovery import Fate, recovery_of
+from nerved.master.workflows.replay import Replays
 from nerved.master.workflows.resume import Resumer, start_frame
 from nerved.master.workflows.runs import (
     WORKER_DIED,
@@ -50,13 +51,13 @@ from nerved.master.workflows.runs import (
     Flow,
     QueuedRun,
     log_transition,
-    losses_in_a_row,
+    may_restart,
     step_record,
     too_long,
     unresumable,
 )
 from nerved.master.workflows.waiters import Waiters
-from nerved.outcome import BadInput, NotFound, Refused, ShuttingDown
+from nerved.outcome import BadInput, NotFound, Pending, Refused, ShuttingDown
 from nerved.states import Transition
 from nerved.store import RunRecord, Storage, StoreError
 from nerved.worker import workflow as workflow_worker
@@ -82,6 +83,7 @@ class WorkflowManager:
         self._removed: list[Flow] = []  # workflows a reload removed, their workers draining
         self.resumer = Resumer(loop, store, self._holds, self._unresumable)
         self.waiters = Waiters(loop, store)
+        self.replays = Replays(loop, workers, store, self.flows)  # workflow.replay
         self.stopping = False
 
     # -- configuration ------------------------------------------------------------------
@@ -110,6 +112,7 @@ class WorkflowManager:
                 flow.supervisor.drain(flow.config.drain_timeout_ms / 1000, DRAIN)
                 changed.append(f"workflow {name} code")
                 flow.supervisor.code_changed()  # a fatal workflow is tried again
+                self.replays.code_changed(flow)  # warns of active runs it would change
             if settings:  # a fatal workflow killed by memoryMax is tried again if it changed
                 flow.supervisor.set_memory_max(wf_config.memory_max)
                 self._fill(flow)
@@ -387,7 +390,7 @@ class WorkflowManager:
             elif flow.config.overflow is Overflow.DROP:
                 record = self.store.get_run(run.run_id)
                 self._end(run, Transition.CRASH, f"{WORKER_DIED} ({why})")
-                if record is not None and self._may_restart(record, flow.config.max_attempts):
+                if record is not None and may_restart(record, self.store.get_run, flow.config):
                     self._restart_afresh(record, None, f"{WORKER_DIED} ({why})", already_ended=True)
             elif attempts >= flow.config.max_attempts:
                 self._end(
@@ -400,15 +403,6 @@ class WorkflowManager:
         if survivors and not exit.current:
             self._wake(flow)  # a drained worker died: the current one (or a new) takes them
         # Otherwise the supervisor wakes the flow once its backoff is over.
-
-    def _may_restart(self, record: RunRecord, max_attempts: int) -> bool:
-        """Whether a drop workflow's run lost with its worker starts afresh (losses_in_a_row)."""
-        lost = losses_in_a_row(record, self.store.get_run, max_attempts)
-        if lost < max_attempts:
-            return True
-        log.warning("run %s of %s not restarted: runs of its payload lost their worker %d times"
-                    " in a row (maxAttempts)", record.run_id, record.workflow, lost)  # fmt: skip
-        return False
 
     def _restart_afresh(
         self,
@@ -470,6 +464,10 @@ class WorkflowManager:
         """``workflow.wait``: see :class:`~nerved.master.workflows.waiters.Waiters`."""
         return self.waiters.wait(run_id, timeout, self.stopping)
 
+    def replay(self, run_id: str | None, workflow: str | None, limit: int) -> Pending:
+        """``workflow.replay``: see :class:`~nerved.master.workflows.replay.Replays`."""
+        return self.replays.replay(run_id, workflow, limit)
+
     # -- stopping and views -------------------------------------------------------------
 
     def stop(self) -> float:
@@ -482,6 +480,7 @@ class WorkflowManager:
         for flow in flows:
             flow.supervisor.retire(HALT)  # the kill is nerved's stop deadline
         self.waiters.reject_all()
+        self.replays.stop()
         return longest
 
     def worker_state(self, workflow: str) -> str | None:
