@@ -45,6 +45,10 @@ class WorkflowControl(Protocol):
         """The state of the workflow's worker (nerved.states.WorkerState); None: no such
         workflow."""
 
+    def replay(self, run_id: str | None, workflow: str | None, limit: int) -> Pending:
+        """``workflow.replay`` of one run, or of ``workflow``'s newest ``limit`` kept runs:
+        a Pending answered with the check's result; raises nerved.outcome's refusals."""
+
 
 class StoreControl(Protocol):
     @property

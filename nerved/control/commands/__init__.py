@@ -24,6 +24,7 @@ from nerved.control.commands import (
     status,
     workflow_inspect,
     workflow_list,
+    workflow_replay,
     workflow_trigger,
     workflow_wait,
 )
@@ -68,6 +69,7 @@ COMMANDS: dict[str, Command] = {
             workflow_inspect,
             workflow_trigger,
             workflow_wait,
+            workflow_replay,
         ),
     )
 }
