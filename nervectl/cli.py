@@ -208,7 +208,9 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
     )
     if wanted("workflow"):
         workflow = sub.add_parser(
-            "workflow", help="list, inspect or trigger workflow runs", description="Workflow runs."
+            "workflow",
+            help="list, inspect, trigger or replay workflow runs",
+            description="Workflow runs.",
         )
         runs = workflow.add_subparsers(dest="workflow_command", metavar="SUBCOMMAND", required=True)
         command(
@@ -224,6 +226,14 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
             "workflows:workflow_inspect",
             "show one run and its event history",
             arguments.workflow_inspect,
+        )
+        command(
+            runs,
+            ("workflow", "replay"),
+            "replay:workflow_replay",
+            "check that the workflow's current code decides as its runs' histories say; "
+            "exit 1 when one diverges",
+            arguments.workflow_replay,
         )
         command(
             runs,
