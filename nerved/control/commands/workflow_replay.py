@@ -9,7 +9,8 @@ Result: ``{checked, diverged: [{runId, step, logged, now}], skipped: [{runId, re
 when the moderator raised, ran past its time bound or returned what a run would refuse. A
 prompt over 4 KiB is shown as its JSON text cut, with ``cut: true`` (compared whole). A run
 whose history cannot be read back is skipped, with why. A check that takes over 60 s, or
-whose process dies, is an error (-32603); a workflow not configured now is not found.
+whose process dies, is an error (-32603); a workflow not configured now is not found; while
+4 checks asked by clients are under way, another is refused (-32002: not now).
 """
 
 from __future__ import annotations

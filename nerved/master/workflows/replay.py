@@ -96,8 +96,8 @@ class Replays:
     def replay(self, run_id: str | None, workflow: str | None, limit: int) -> Pending:
         """``workflow.replay``: run ``run_id``, or the newest ``limit`` kept runs of
         ``workflow``, against the workflow's current code. Raises NotFound (no such run, or
-        no such workflow now: no code to replay against), Failed (too many checks) and
-        ShuttingDown."""
+        no such workflow now: no code to replay against), ShuttingDown (nerved stops, or
+        :data:`AT_ONCE` checks are under way) and Failed (no process can be forked)."""
         if self._stopped:
             raise ShuttingDown("nerved is shutting down")
         committed = self.store.committed
@@ -113,8 +113,8 @@ class Replays:
         flow = self.flows.get(workflow)
         if flow is None or flow.removed:
             raise NotFound(f"no workflow named {workflow!r} now: no code to replay its runs with")
-        if sum(check.asked for check in self._checks) >= AT_ONCE:
-            raise Failed(f"{AT_ONCE} replays are under way already; try again once one is done")
+        if sum(check.asked for check in self._checks) >= AT_ONCE:  # -32002: not now
+            raise ShuttingDown(f"{AT_ONCE} replays are under way; try again once one is done")
         pending = Pending()
 
         def done(result: Result | None, error: Refused | None) -> None:
