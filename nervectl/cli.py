@@ -145,7 +145,8 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
         prog="nervectl",
         description="Operate nerved, the nerve daemon, over its control socket.",
         epilog="Exit status: 0 ok, 1 the daemon reported an error (or a waited-for run did "
-        "not complete, or init refused), 2 usage error, 3 daemon unreachable, 4 not found.",
+        "not complete, a replayed history diverged, or init refused), 2 usage error, 3 daemon "
+        "unreachable, 4 not found.",
     )
     parser.add_argument(
         "--socket",
