@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from support import Nerved, wait_until, write_package
 
-from nerved.worker.timebox import MODERATOR_TIMEOUT
+from nervectl.client import RemoteError
+from nerved.worker.timebox import MODERATOR_KILL, MODERATOR_TIMEOUT
 
 # Three roles; the moderator asks FIRST, then SECOND, then ends. The second role waits for the
 # file named by the payload's ``gate`` (when there is one), so a run can be held at step 2.
 CODE = """
-    import os, time
+    import itertools, os, time
     from nerved import WorkflowDefinition
 
     FIRST, SECOND, LOOP = {first!r}, {second!r}, {loop!r}
@@ -33,8 +34,10 @@ CODE = """
         if event["type"] == "thread_start":
             return {{"role": FIRST, "prompt": {{"n": 1}}}}
         if event["type"] == FIRST + "_done":
-            while LOOP:
+            while LOOP == "python":
                 pass
+            if LOOP == "c":  # a loop in C that checks no signal: only the hard bound ends it
+                any(itertools.repeat(False))
             return {{"role": SECOND, "prompt": {{"n": 2, "gate": payload.get("gate")}}}}
         return None
 
@@ -44,7 +47,7 @@ CODE = """
 """
 
 
-def code(first: str = "a", second: str = "b", loop: bool = False) -> str:
+def code(first: str = "a", second: str = "b", loop: str = "") -> str:
     return CODE.format(first=first, second=second, loop=loop)
 
 
@@ -110,14 +113,30 @@ def test_the_newest_runs_of_a_workflow_any_status(daemon: Nerved) -> None:
 
 def test_a_looping_moderator_fails_its_run_check_and_the_daemon_stays(daemon: Nerved) -> None:
     run_id = run_to_end(daemon)
-    change(daemon, loop=True)
+    change(daemon, loop="python")
     answer = daemon.rpc("workflow.replay", runId=run_id)
     (diverged,) = answer["diverged"]
-    assert diverged["step"] == 2 and diverged["logged"] == {"role": "b", "prompt": {"n": 2,
-                                                                                   "gate": None}}
+    assert diverged["step"] == 2 and diverged["logged"] == {
+        "role": "b",
+        "prompt": {"n": 2, "gate": None},
+    }
     assert f"did not return within {MODERATOR_TIMEOUT:g}s" in diverged["now"]["error"]
     assert daemon.rpc("status")["state"] == "running"
     wait_until(lambda: "replay" not in {w["kind"] for w in daemon.rpc("status")["workers"]})
+
+
+def test_a_moderator_stuck_in_c_ends_the_check_with_why(daemon: Nerved) -> None:
+    run_id = run_to_end(daemon)
+    change(daemon, loop="c")
+    done = daemon.ctl("workflow", "replay", run_id)
+    assert done.returncode == 1
+    assert (
+        f"the replay's process ended before it was done: a moderator ran past"
+        f" {MODERATOR_KILL:g}s and could not be interrupted"
+    ) in done.stderr
+    assert daemon.rpc("status")["state"] == "running"
+    change(daemon)
+    assert daemon.rpc("workflow.replay", runId=run_id)["diverged"] == []
 
 
 def test_a_reload_warns_of_an_active_run_its_new_moderator_would_change(
@@ -146,7 +165,7 @@ def test_refusals(daemon: Nerved) -> None:
     assert daemon.ctl("workflow", "replay", "abcdefgh", "--limit", "3").returncode == 2
     with daemon.client() as client:
         for params in ({}, {"runId": "abcdefgh", "workflow": "w"}, {"workflow": "w", "limit": 0}):
-            with pytest.raises(Exception, match="runId|limit"):
+            with pytest.raises(RemoteError, match=r"runId|limit"):
                 client.call("workflow.replay", params)
     none = daemon.rpc("workflow.replay", workflow="w")
     assert none == {"checked": 0, "diverged": [], "skipped": []}
