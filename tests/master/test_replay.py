@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from support import Nerved, wait_until, write_package
+from support import Nerved, pid_alive, wait_until, write_package
 
 from nervectl.client import RemoteError
 from nerved.worker.timebox import MODERATOR_KILL, MODERATOR_TIMEOUT
@@ -189,3 +191,18 @@ def test_a_run_whose_history_cannot_be_read_is_skipped(daemon: Nerved) -> None:
     assert skipped["runId"] == broken and "cannot be read back" in skipped["reason"]
     shown = daemon.ctl("workflow", "replay", "--workflow", "w")
     assert shown.returncode == 1 and f"run {broken} not checked" in shown.stderr
+
+
+def test_nerved_stops_with_a_check_under_way(daemon: Nerved) -> None:
+    run_id = run_to_end(daemon)
+    change(daemon, loop="c")  # the check's child spins for seconds before its hard bound
+    command = [sys.executable, "-m", "nervectl", "--socket", str(daemon.socket)]
+    with subprocess.Popen(
+        [*command, "workflow", "replay", run_id], stderr=subprocess.PIPE, text=True
+    ) as replay:
+        wait_until(lambda: "replay" in {w["kind"] for w in daemon.rpc("status")["workers"]})
+        pid = next(w["pid"] for w in daemon.rpc("status")["workers"] if w["kind"] == "replay")
+        assert daemon.stop() == 0
+        _, stderr = replay.communicate(timeout=10)
+    assert replay.returncode == 1 and "nerved is shutting down" in stderr
+    assert not pid_alive(pid)

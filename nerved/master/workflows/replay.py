@@ -73,6 +73,13 @@ class _Check:
     deadline: Timer | None = None
     over: bool = False
 
+    @property
+    def progress(self) -> str:
+        """How far it got, for the error that ends it early."""
+        answered = self.checked + len(self.skipped)
+        left = answered + len(self.due) + len(self.todo) + (self.reading is not None)
+        return f"{answered} of {left} runs checked"
+
 
 class Replays:
     """The checks under way. ``flows`` is the workflow manager's: each workflow's accepted
@@ -308,14 +315,13 @@ class Replays:
             return
         if why == KILLED:
             why = f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted ({why})"
-        done = f"{check.checked + len(check.skipped)} of its runs were checked"
-        self._end(check, error=Failed(f"the replay's process ended before it was done: {why}"
-                                      f" ({done})"))  # fmt: skip
+        why = f"the replay's process ended before it was done: {why} ({check.progress})"
+        self._end(check, error=Failed(why))
 
     def _too_long(self, check: _Check) -> None:
         if not check.over:
-            done = f"{check.checked + len(check.skipped)} of its runs were checked"
-            self._end(check, error=Failed(f"the replay took longer than {DEADLINE:g}s ({done})"))
+            why = f"the replay took longer than {DEADLINE:g}s ({check.progress})"
+            self._end(check, error=Failed(why))
 
     def _end(
         self, check: _Check, result: Result | None = None, error: Refused | None = None
