@@ -77,8 +77,8 @@ class _Check:
     def progress(self) -> str:
         """How far it got, for the error that ends it early."""
         answered = self.checked + len(self.skipped)
-        left = answered + len(self.due) + len(self.todo) + (self.reading is not None)
-        return f"{answered} of {left} runs checked"
+        total = answered + len(self.due) + len(self.todo) + (self.reading is not None)
+        return f"{answered} of {total} runs checked"
 
 
 class Replays:
@@ -164,10 +164,11 @@ class Replays:
             done(None, exc)
 
     def stop(self) -> None:
-        """nerved stops: every check is refused, its child killed; none is started again."""
+        """nerved stops: every check's child is killed, and every client's check refused
+        (a reload's is dropped without a word); none is started again."""
         self._stopped = True
         for check in list(self._checks):
-            self._end(check, error=ShuttingDown("nerved is shutting down"))
+            self._end(check, error=ShuttingDown("nerved is shutting down") if check.asked else None)
 
     # -- a check ------------------------------------------------------------------------
 
