@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from nervectl.limits import MAX_INTEGER, MAX_QUERY_LIMIT
+from nervectl.limits import MAX_INTEGER, MAX_QUERY_LIMIT, MAX_REPLAY_RUNS
 from nervectl.times import SINCE_HELP, parse_duration_ms, parse_since
 
 TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
@@ -152,6 +152,23 @@ def workflow_inspect(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument(
         "run_id", metavar="RUN_ID", type=_text, help="a run id, or a unique prefix of 8+ chars"
     )
+
+
+def workflow_replay(replay: argparse.ArgumentParser) -> None:
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "run_id", metavar="RUN_ID", nargs="?", type=_text,
+        help="the run to check: its id, or a unique prefix of 8+ chars",
+    )  # fmt: skip
+    which.add_argument(
+        "--workflow", metavar="NAME", type=_text,
+        help="check the newest runs of this workflow, whatever their status",
+    )  # fmt: skip
+    replay.add_argument(
+        "--limit", metavar="N", type=_count(MAX_REPLAY_RUNS),
+        help=f"with --workflow: at most N runs, newest first (default 100, at most "
+        f"{MAX_REPLAY_RUNS:,})",
+    )  # fmt: skip
 
 
 def workflow_trigger(start: argparse.ArgumentParser) -> None:

@@ -145,7 +145,8 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
         prog="nervectl",
         description="Operate nerved, the nerve daemon, over its control socket.",
         epilog="Exit status: 0 ok, 1 the daemon reported an error (or a waited-for run did "
-        "not complete, or init refused), 2 usage error, 3 daemon unreachable, 4 not found.",
+        "not complete, a replayed history diverged, or init refused), 2 usage error, 3 daemon "
+        "unreachable, 4 not found.",
     )
     parser.add_argument(
         "--socket",
@@ -209,7 +210,7 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
     if wanted("workflow"):
         workflow = sub.add_parser(
             "workflow",
-            help="list, inspect, trigger, cancel or retry workflow runs",
+            help="list, inspect, trigger, cancel, retry or replay workflow runs",
             description="Workflow runs.",
         )
         runs = workflow.add_subparsers(dest="workflow_command", metavar="SUBCOMMAND", required=True)
@@ -226,6 +227,14 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
             "workflows:workflow_inspect",
             "show one run and its event history",
             arguments.workflow_inspect,
+        )
+        command(
+            runs,
+            ("workflow", "replay"),
+            "replay:workflow_replay",
+            "check that the workflow's current code decides as its runs' histories say; "
+            "exit 1 when one diverges",
+            arguments.workflow_replay,
         )
         command(
             runs,

@@ -19,3 +19,6 @@ MAX_INTEGER: Final = 2**63 - 1
 
 MAX_QUERY_LIMIT: Final = 10_000
 """Entries or runs in one answer at most (``nerved.wire.MAX_QUERY_LIMIT``)."""
+
+MAX_REPLAY_RUNS: Final = 1000
+"""Runs one ``workflow replay`` checks at most (``nerved.wire.MAX_REPLAY_RUNS``)."""

@@ -57,6 +57,9 @@ MAX_QUERY_LIMIT: Final = 10_000
 """Entries (``logs.query``) or runs (``workflow.list``) in one answer at most: a larger
 ``limit`` is taken as this one."""
 
+MAX_REPLAY_RUNS: Final = 1000
+"""Runs one ``workflow.replay`` checks at most: a larger ``limit`` asks for this many."""
+
 RESULT_BUDGET: Final = 4 * MiB
 """Payload bytes in one answer (``logs.query``, ``workflow.inspect``): past it the answer ends
 early, always after at least one entry, and the client asks for the next page."""

@@ -57,6 +57,10 @@ class WorkflowControl(Protocol):
         """Where a started run stands: ``{step, try, since, role, retryAt}``; None if the
         master holds no started run of that id."""
 
+    def replay(self, run_id: str | None, workflow: str | None, limit: int) -> Pending:
+        """``workflow.replay`` of one run, or of ``workflow``'s newest ``limit`` kept runs:
+        a Pending answered with the check's result; raises nerved.outcome's refusals."""
+
 
 class StoreControl(Protocol):
     @property

@@ -125,6 +125,30 @@ def _check_event(role: str, event: Any) -> CommandEvent:
     return checked
 
 
+def decide(
+    definition: WorkflowDefinition, state: ThreadState, event: CommandEvent
+) -> tuple[str | None, Any]:
+    """What the moderator decides on ``event``, checked as a thread takes it: (role, prompt),
+    or (None, None) to end; raises ThreadFailed (or what the moderator raised). The replay
+    check calls it too (nerved.worker.replay), so that it judges what a worker would do."""
+    decision = definition.moderate(state, event)
+    if decision is None:
+        return None, None
+    if not isinstance(decision, Mapping) or not isinstance(decision.get("role"), str):
+        raise ThreadFailed(
+            f"moderator returned {reprlib.repr(decision)}; expected None or"
+            " {'role': <name>, 'prompt': <JSON>}"
+        )
+    role_name = decision["role"]
+    if role_name not in definition.roles:
+        known = ", ".join(sorted(definition.roles))
+        raise ThreadFailed(
+            f"moderator chose unknown role {reprlib.repr(role_name)} (roles: {known})"
+        )
+    prompt = _checked(decision.get("prompt"), f"the moderator's prompt for role {role_name!r}")
+    return role_name, prompt
+
+
 class WorkflowWorker:
     def __init__(
         self, sock: socket.socket, package: Package, timeouts: Mapping[str, float] | None = None
@@ -291,33 +315,13 @@ class WorkflowWorker:
         """
         state = ThreadState(run_id, self.workflow, tuple(events))
         try:
-            return self.timebox.call(self._decide, definition, state, events[-1])
+            return self.timebox.call(decide, definition, state, events[-1])
         except Overrun as exc:
             raise ThreadFailed(overrun_message(exc)) from None
         except ThreadFailed:
             raise
         except Exception as exc:
             raise ThreadFailed(f"moderator raised {explain(exc)}") from exc
-
-    def _decide(
-        self, definition: WorkflowDefinition, state: ThreadState, event: CommandEvent
-    ) -> tuple[str | None, Any]:
-        decision = definition.moderate(state, event)
-        if decision is None:
-            return None, None
-        if not isinstance(decision, Mapping) or not isinstance(decision.get("role"), str):
-            raise ThreadFailed(
-                f"moderator returned {reprlib.repr(decision)}; expected None or"
-                " {'role': <name>, 'prompt': <JSON>}"
-            )
-        role_name = decision["role"]
-        if role_name not in definition.roles:
-            known = ", ".join(sorted(definition.roles))
-            raise ThreadFailed(
-                f"moderator chose unknown role {reprlib.repr(role_name)} (roles: {known})"
-            )
-        prompt = _checked(decision.get("prompt"), f"the moderator's prompt for role {role_name!r}")
-        return role_name, prompt
 
     async def _execute(
         self,

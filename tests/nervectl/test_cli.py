@@ -805,6 +805,7 @@ def test_version_and_help() -> None:
         ("sense", "trigger"),
         ("logs",),
         ("workflow", "trigger"),
+        ("workflow", "replay"),
         ("init",),
     ):
         done = nervectl(*args, "--help")

@@ -119,11 +119,12 @@ def test_the_client_limits_are_the_daemons() -> None:
     from nervectl import limits
     from nerved import wire
 
-    assert (limits.MAX_LINE, limits.MAX_INTEGER, limits.MAX_QUERY_LIMIT) == (
-        wire.MAX_LINE,
-        wire.MAX_INTEGER,
-        wire.MAX_QUERY_LIMIT,
-    )
+    assert (
+        limits.MAX_LINE,
+        limits.MAX_INTEGER,
+        limits.MAX_QUERY_LIMIT,
+        limits.MAX_REPLAY_RUNS,
+    ) == (wire.MAX_LINE, wire.MAX_INTEGER, wire.MAX_QUERY_LIMIT, wire.MAX_REPLAY_RUNS)
 
 
 # -- a stand-in daemon ----------------------------------------------------------------------------

@@ -113,6 +113,22 @@ def test_other_commands_import_no_scaffold_nor_store(
         assert imported(modules, ("tabulate", "importlib.metadata")) == []
 
 
+@pytest.mark.parametrize("json_output", [True, False], ids=["json", "table"])
+def test_workflow_replay_imports_its_handler_alone(
+    daemon: Nerved, tmp_path: Path, json_output: bool
+) -> None:
+    args = ("--json",) if json_output else ()
+    code, modules = modules_of(
+        tmp_path, "--socket", str(daemon.socket), *args, "workflow", "replay", "--workflow", "w"
+    )
+    assert code == 4  # no such workflow: the answer came, and was read
+    assert "nervectl.replay" in modules
+    assert imported(modules, NOT_FOR_ANY) == []
+    assert imported(modules, ("nervectl.workflows", "nervectl.logs", "nerved.wire")) == []
+    if json_output:
+        assert imported(modules, NOT_FOR_JSON) == []
+
+
 def test_workflow_trigger_checks_its_payload_with_the_daemons_codec(tmp_path: Path) -> None:
     """The codec is imported where it is needed: a payload is refused before connecting."""
     args = ("--socket", str(tmp_path / "none.sock"), "workflow", "trigger", "w")

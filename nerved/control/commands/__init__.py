@@ -25,6 +25,7 @@ from nerved.control.commands import (
     workflow_cancel,
     workflow_inspect,
     workflow_list,
+    workflow_replay,
     workflow_retry,
     workflow_trigger,
     workflow_wait,
@@ -72,6 +73,7 @@ COMMANDS: dict[str, Command] = {
             workflow_wait,
             workflow_cancel,
             workflow_retry,
+            workflow_replay,
         ),
     )
 }

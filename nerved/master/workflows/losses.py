@@ -22,7 +22,7 @@ from collections.abc import Callable
 from nerved.config import Overflow
 from nerved.master.supervisor import Exit
 from nerved.master.workers import Worker
-from nerved.master.workflows.runs import WORKER_DIED, ActiveRun, Flow, losses_in_a_row
+from nerved.master.workflows.runs import WORKER_DIED, ActiveRun, Flow, may_restart
 from nerved.master.workflows.steering import Trigger
 from nerved.outcome import Refused
 from nerved.states import Transition
@@ -87,7 +87,7 @@ class Losses:
             elif flow.config.overflow is Overflow.DROP:
                 record = self.store.get_run(run.run_id)
                 self.end(run, Transition.CRASH, f"{WORKER_DIED} ({why})")
-                if record is not None and self._may_restart(record, flow.config.max_attempts):
+                if record is not None and may_restart(record, self.store.get_run, flow.config):
                     self.restart_afresh(record, None, f"{WORKER_DIED} ({why})", already_ended=True)
             elif attempts >= flow.config.max_attempts:
                 self.end(
@@ -100,15 +100,6 @@ class Losses:
         if survivors and not exit.current:
             self.wake(flow)  # a drained worker died: the current one (or a new) takes them
         # Otherwise the supervisor wakes the flow once its backoff is over.
-
-    def _may_restart(self, record: RunRecord, max_attempts: int) -> bool:
-        """Whether a drop workflow's run lost with its worker starts afresh (losses_in_a_row)."""
-        lost = losses_in_a_row(record, self.store.get_run, max_attempts)
-        if lost < max_attempts:
-            return True
-        log.warning("run %s of %s not restarted: runs of its payload lost their worker %d times"
-                    " in a row (maxAttempts)", record.run_id, record.workflow, lost)  # fmt: skip
-        return False
 
     def restart_afresh(
         self,

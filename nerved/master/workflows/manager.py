@@ -23,8 +23,8 @@ A workflow whose workers keep dying before doing any work is *fatal*
 (nerved.master.supervisor): its runs stay as they are, and go on once a reload fixes its code.
 
 The parts it leans on: where a new run goes (:mod:`.admission`), what it holds of each run
-(:mod:`.runs`), resumes (:mod:`.resume`), ``workflow.wait`` (:mod:`.waiters`), and each
-workflow's workers (:mod:`nerved.master.supervisor`).
+(:mod:`.runs`), resumes (:mod:`.resume`), ``workflow.wait`` (:mod:`.waiters`), the replay
+check (:mod:`.replay`), and each workflow's workers (:mod:`nerved.master.supervisor`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
 from nerved.master.workflows.admission import admit, reasons
 from nerved.master.workflows.losses import Losses
+from nerved.master.workflows.messages import WorkerMessages
 from nerved.master.workflows.recovery import Fate, recovery_of
+from nerved.master.workflows.replay import Replays
 from nerved.master.workflows.resume import Resumer, start_frame
 from nerved.master.workflows.runs import (
     ActiveRun,
@@ -51,14 +53,12 @@ from nerved.master.workflows.runs import (
     InFlight,
     QueuedRun,
     log_transition,
-    step_record,
-    too_long,
     unresumable,
 )
 from nerved.master.workflows.steering import Steering
 from nerved.master.workflows.tries import Tries
 from nerved.master.workflows.waiters import Waiters
-from nerved.outcome import BadInput, NotFound, ShuttingDown
+from nerved.outcome import BadInput, NotFound, Pending, ShuttingDown
 from nerved.states import Transition
 from nerved.store import RunRecord, Storage, StoreError
 from nerved.store.records import now_ms
@@ -89,6 +89,8 @@ class WorkflowManager:
                                  self._finish)  # fmt: skip
         self.losses = Losses(store, self.trigger, self._end, self._finish, self._forget,
                              self._wake, lambda: self.stopping)  # fmt: skip
+        self.messages = WorkerMessages(store, self.runs, self.tries, self._end, self._replace)
+        self.replays = Replays(loop, workers, store, self.flows)  # workflow.replay
         self.stopping = False
 
     # -- configuration ------------------------------------------------------------------
@@ -117,6 +119,7 @@ class WorkflowManager:
                 flow.supervisor.drain(flow.config.drain_timeout_ms / 1000, DRAIN)
                 changed.append(f"workflow {name} code")
                 flow.supervisor.code_changed()  # a fatal workflow is tried again
+                self.replays.code_changed(flow)  # warns of active runs it would change
             if settings:  # a fatal workflow killed by memoryMax is tried again if it changed
                 flow.supervisor.set_memory_max(wf_config.memory_max)
                 for worker in flow.supervisor.live():
@@ -129,7 +132,7 @@ class WorkflowManager:
             return workflow_worker.run(sock, flow.package, flow.timeouts())  # when it forks
 
         def on_message(worker: Worker, message: Message) -> None:
-            self._on_message(flow, worker, message)
+            self.messages.on_message(flow, worker, message)
 
         def on_exit(worker: Worker, exit: Exit) -> None:
             self.losses.lost(flow, worker, exit)
@@ -350,72 +353,6 @@ class WorkflowManager:
             if run.worker is None:
                 self._assign(run)
 
-    def _on_message(self, flow: Flow, worker: Worker, message: Message) -> None:
-        kind = message.get("t")
-        if kind == "ready":
-            log.debug("workflow %s worker pid %d ready", flow.name, worker.pid)
-            flow.supervisor.ready(worker)
-            return
-        if kind == "load_error":  # it stays, and fails the runs it is given with the reason
-            log.error("workflow %s: %s", flow.name, message.get("error"))
-            flow.supervisor.ready(worker)
-            return
-        if kind == "stuck":
-            log.warning("workflow %s: role %r could not be stopped in worker pid %d; it takes"
-                        " no new runs and is replaced", flow.name, message.get("role"),
-                        worker.pid)  # fmt: skip
-            self._replace(flow, worker)
-            return
-        run = self.runs.get(str(message.get("run")))
-        if run is None or run.worker is not worker:
-            log.debug(
-                "workflow %s: ignoring %s for a run this worker does not hold", flow.name, kind
-            )
-            return
-        if kind in _WORK:
-            flow.supervisor.progressed(worker)
-        if kind == "step":
-            self._on_step(run, worker, message)
-        elif kind == "begin":
-            self.tries.began(run, worker, message)
-        elif kind == "step_failed":
-            self.tries.reported(run, message)
-        elif kind == "log":
-            self.store.append_log("workflow", "log", run.run_id, str(message.get("message")))
-        elif kind == "completed":
-            self._end(run, Transition.COMPLETE, None)
-        elif kind == "failed":
-            self._end(run, Transition.FAIL, str(message.get("error")))
-        else:
-            log.warning("workflow %s worker sent an unknown message %r", flow.name, kind)
-
-    def _on_step(self, run: ActiveRun, worker: Worker, message: Message) -> None:
-        n = int(message.get("n", 0))
-        if n != run.steps + 1:
-            log.error(
-                "run %s: step %d arrived after step %d; ignoring it", run.run_id, n, run.steps
-            )
-            return
-        record = step_record(message)
-        size = len(record.encode())
-        if run.history + size > wire.MAX_HISTORY:
-            self._end(run, Transition.FAIL, too_long(n, size))
-            worker.send({"t": "end", "run": run.run_id})
-            return
-        if not self.store.record_step(run.run_id, record):
-            log.error("run %s is no longer started; ignoring its step %d", run.run_id, n)
-            return
-        run.steps = n
-        run.history += size
-        self.tries.stepped(run)
-        ack = {"t": "ack", "run": run.run_id, "n": n}
-
-        def send() -> None:
-            if run.worker is worker:
-                worker.send(ack)
-
-        self.store.after_commit(send)
-
     # -- ends ---------------------------------------------------------------------------
 
     def _end(
@@ -484,6 +421,10 @@ class WorkflowManager:
         """``workflow.wait``: see :class:`~nerved.master.workflows.waiters.Waiters`."""
         return self.waiters.wait(run_id, timeout, self.stopping)
 
+    def replay(self, run_id: str | None, workflow: str | None, limit: int) -> Pending:
+        """``workflow.replay``: see :class:`~nerved.master.workflows.replay.Replays`."""
+        return self.replays.replay(run_id, workflow, limit)
+
     # -- stopping and views -------------------------------------------------------------
 
     def stop(self) -> float:
@@ -496,6 +437,7 @@ class WorkflowManager:
         for flow in flows:
             flow.supervisor.retire(HALT)  # the kill is nerved's stop deadline
         self.waiters.reject_all()
+        self.replays.stop()
         return longest
 
     def worker_state(self, workflow: str) -> str | None:

@@ -133,6 +133,18 @@ def losses_in_a_row(
     return lost
 
 
+def may_restart(
+    record: RunRecord, get_run: Callable[[str], RunRecord | None], config: WorkflowConfig
+) -> bool:
+    """Whether a drop workflow's run lost with its worker starts afresh (losses_in_a_row)."""
+    lost = losses_in_a_row(record, get_run, config.max_attempts)
+    if lost < config.max_attempts:
+        return True
+    log.warning("run %s of %s not restarted: runs of its payload lost their worker %d times"
+                " in a row (maxAttempts)", record.run_id, record.workflow, lost)  # fmt: skip
+    return False
+
+
 def step_record(message: Message) -> str:
     """What logs.db keeps of a step a worker sent: ``{role, prompt, event}`` as JSON.
 
