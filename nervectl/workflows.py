@@ -29,8 +29,6 @@ _RUN_FIELDS: Final = (
     ("workflow", "workflow"),
     ("status", "status"),
     ("steps", "steps"),
-    ("tries", "failed tries"),  # of the step in flight
-    ("retryAt", "next try"),
     ("createdAt", "created"),
     ("updatedAt", "updated"),
     ("error", "error"),
@@ -133,14 +131,15 @@ def run_fields(run: dict[str, Any]) -> str:
     pairs: list[tuple[str, Any]] = []
     for key, label in _RUN_FIELDS:
         value = run.get(key)
-        if key in ("createdAt", "updatedAt", "retryAt"):
+        if key in ("createdAt", "updatedAt"):
             value = format_local(value)
         elif key == "error":
             value = "-" if value is None else render.one_line(str(value))
         pairs.append((label, "-" if value is None else value))
     if run.get("progress") is not None:
         pairs.append(("in flight", in_flight(run)))
-    known = {key for key, _ in _RUN_FIELDS} | {"events", "progress"}
+    # An active run's try and next try are in its "in flight" line; a final run has none.
+    known = {key for key, _ in _RUN_FIELDS} | {"events", "progress", "tries", "retryAt"}
     pairs += [(key, render.cell(value)) for key, value in run.items() if key not in known]
     return render.fields(pairs)
 

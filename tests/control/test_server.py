@@ -82,7 +82,7 @@ class Served:
         )
         self.clients: list[Client] = []
 
-    def dispatch(self, method: str, params: Any) -> Any:
+    def dispatch(self, method: str, params: Any, uid: int | None = None) -> Any:
         self.calls.append((method, params))
         if method == "slow":
             time.sleep(0.002)

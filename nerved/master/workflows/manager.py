@@ -23,8 +23,10 @@ A workflow whose workers keep dying before doing any work is *fatal*
 (nerved.master.supervisor): its runs stay as they are, and go on once a reload fixes its code.
 
 The parts it leans on: where a new run goes (:mod:`.admission`), what it holds of each run
-(:mod:`.runs`), resumes (:mod:`.resume`), ``workflow.wait`` (:mod:`.waiters`), the replay
-check (:mod:`.replay`), and each workflow's workers (:mod:`nerved.master.supervisor`).
+(:mod:`.runs`), what workers say (:mod:`.messages`), failed tries, retries and timeouts
+(:mod:`.tries`), runs that lost their worker (:mod:`.losses`), resumes (:mod:`.resume`),
+cancel and retry from a step (:mod:`.steering`), ``workflow.wait`` (:mod:`.waiters`), the
+replay check (:mod:`.replay`), and each workflow's workers (:mod:`nerved.master.supervisor`).
 """
 
 from __future__ import annotations
