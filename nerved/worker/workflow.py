@@ -354,7 +354,7 @@ class WorkflowWorker:
         else:
             work = self.loop.create_task(cast(Coroutine[Any, Any, Any], role(prompt, ctx)))
         try:
-            if timeout is not None and not (await asyncio.wait((work,), timeout=timeout))[0]:
+            if timeout is not None and not await self._settled(work, timeout):
                 self._abandon(work, role_name, sync)
                 raise TryFailed(f"timed out after {timeout:g}s")
             result = await work  # done already when a timeout applies
@@ -378,6 +378,24 @@ class WorkflowWorker:
         except Exception as exc:
             raise TryFailed(f"raised {explain(exc)}") from exc
         return _check_event(role_name, result)
+
+    async def _settled(self, work: asyncio.Future[Any], timeout: float) -> bool:
+        """Whether ``work`` is done within ``timeout`` seconds (asyncio.wait's job, for one
+        future: a step of a role with a timeout pays for this on every try)."""
+        waiter = self.loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        work.add_done_callback(wake)
+        handle = self.loop.call_later(timeout, wake)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            work.remove_done_callback(wake)
+        return work.done()
 
     def _abandon(self, work: asyncio.Future[Any], role_name: str, sync: bool) -> None:
         """Leave a role (past its timeout, or its run was cancelled); say so if it cannot be

@@ -163,6 +163,23 @@ def _alive(pid: int) -> bool:
         return stat.read().split(")")[-1].split()[0] != "Z"
 
 
+def test_a_timeout_set_by_a_reload_holds_in_the_running_worker(nerved_factory):
+    """Settings apply without a restart: the worker forked before the reload gets the role's
+    new timeout (it is the one that runs the next try), and so does the master's bound."""
+    daemon = nerved_factory(
+        "workflows:\n  hang: {idleTimeout: 1h}\n", None, {"hang": HANGS}, args=("--no-watch",)
+    ).start()
+    assert wait_run(daemon, trigger(daemon, "hang", {"role": "quick"}))["status"] == "completed"
+    (pid,) = daemon.worker_pids("workflow").values()
+    (daemon.root / "nerve.yaml").write_text(
+        "workflows:\n  hang:\n    idleTimeout: 1h\n    roles:\n      awaits: {timeout: 1s}\n"
+    )
+    assert daemon.rpc("reload") == {"changed": ["workflow hang settings"]}
+    run = wait_run(daemon, trigger(daemon, "hang", {"role": "awaits"}))
+    assert run["error"] == "role 'awaits' timed out after 1s", run
+    assert daemon.worker_pids("workflow") == {"hang": pid}  # an async role: no replacement
+
+
 # -- retries -------------------------------------------------------------------------------
 
 RETRY_POLICIES = """\

@@ -89,7 +89,7 @@ class WorkflowManager:
         self.tries = Tries(loop, store, self._assign, self._end, self._replace)
         self.steering = Steering(store, self.flows, self.runs, self.trigger, self._end,
                                  self._finish)  # fmt: skip
-        self.losses = Losses(store, self.trigger, self._end, self._finish, self._forget,
+        self.losses = Losses(store, self.trigger, self._end, self._finish, self.tries.cancel,
                              self._wake, lambda: self.stopping)  # fmt: skip
         self.messages = WorkerMessages(store, self.runs, self.tries, self._end, self._replace)
         self.replays = Replays(loop, workers, store, self.flows)  # workflow.replay
@@ -342,11 +342,6 @@ class WorkflowManager:
         runs and finishes its others, under the drain rules; new runs go to a new worker."""
         if flow.supervisor.current is worker:
             flow.supervisor.drain(flow.config.drain_timeout_ms / 1000, DRAIN)
-
-    def _forget(self, run: ActiveRun) -> None:
-        """``run``'s worker is gone: what the master held of its step in flight goes too."""
-        run.in_flight = None
-        self.tries.cancel(run)  # a timeout's backstop: the worker it watched is gone
 
     def _wake(self, flow: Flow) -> None:
         """The flow may fork again (a backoff ended, a fix ended its fatal state), or its

@@ -53,7 +53,6 @@ class ActiveRun:
     tries: int = 0  # failed tries of the step in flight (nerved.master.workflows.tries)
     retry_at: int | None = None  # when its next try is due (ms since the epoch), if waiting
     retry_timer: Timer | None = None  # gives it back to a worker at retry_at
-    backstop: Timer | None = None  # the master's bound on a role's timeout
     in_flight: InFlight | None = None
     lost: str | None = None  # why its next worker resumes it (a worker died, nerved restarted)
 

@@ -17,9 +17,9 @@ SPEC §3), and written to logs.db before anything else happens:
 A role's ``timeout`` is held by its worker (an async role is cancelled; a sync role's
 thread cannot be, so its worker says it is ``stuck`` and is replaced: it takes no new
 runs, finishes its others, under the drain rules). The worker posts ``begin`` when such a
-role starts, and the master holds the same bound :data:`BACKSTOP` seconds later: a role that
-blocks its worker's event loop (``time.sleep`` in an ``async def``) silences the worker, so
-the master then records the timeout itself and replaces the worker. Either way the run
+role starts, and the master holds the same bound a little later (:mod:`.backstops`): a role
+that blocks its worker's event loop (``time.sleep`` in an ``async def``) silences the
+worker, so the master then records the timeout itself and replaces the worker. Either way the run
 moves on within its timeout plus a second (SPEC §5).
 """
 
@@ -33,17 +33,13 @@ from nerved import wire
 from nerved.config import OnError
 from nerved.loop import Loop
 from nerved.master.workers import Worker
+from nerved.master.workflows.backstops import Backstops, Bound
 from nerved.master.workflows.runs import ActiveRun, Flow, InFlight
 from nerved.states import Transition
 from nerved.store import RunRecord, Storage
 from nerved.store.records import input_payload, now_ms
 
 log = logging.getLogger("nerved.master.workflows")
-
-BACKSTOP: Final = 0.5
-"""Seconds past a role's timeout after which the master ends the try itself: its worker had
-the timeout first, and said nothing (its event loop is blocked)."""
-
 
 NO_PROMPT: Final = object()
 """The prompt of a try the master ended itself: only the worker had it. Its ``step_failed``
@@ -78,6 +74,7 @@ class Tries:
         self.assign = assign
         self.end = end
         self.replace = replace
+        self.backstops = Backstops(loop, self._overdue)
 
     # -- from the worker ----------------------------------------------------------------
 
@@ -86,25 +83,21 @@ class Tries:
         n, role = int(message["n"]), str(message["role"])
         if n != run.steps + 1:
             return
-        run.in_flight = InFlight(role, now_ms())
+        run.in_flight = flight = InFlight(role, now_ms())
         timeout = run.flow.config.policy(role).timeout_ms
-        if timeout is None:
-            return  # a reload took its timeout away meanwhile
-        self._disarm_backstop(run)
+        if timeout is not None:  # None: a reload took its timeout away meanwhile
+            self.backstops.arm(run, worker, flight, timeout)
 
-        def expire() -> None:
-            run.backstop = None
-            if run.worker is not worker or run.steps + 1 != n:
-                return
-            log.warning("run %s of %s: role %r ran past its timeout and its worker pid %d"
-                        " did not answer; replacing that worker", run.run_id, run.flow.name,
-                        role, worker.pid)  # fmt: skip
-            self.replace(run.flow, worker)
-            error = (f"timed out after {timeout / 1000:g}s (its worker did not answer:"
-                     " something blocks its event loop)")  # fmt: skip
-            self.failed(run, role, NO_PROMPT, error, True, None)
-
-        run.backstop = self.loop.call_later(timeout / 1000 + BACKSTOP, expire)
+    def _overdue(self, bound: Bound) -> None:
+        """A role ran past its timeout and its worker said nothing: the master ends the try."""
+        run, worker, role = bound.run, bound.worker, bound.flight.role or "?"
+        log.warning("run %s of %s: role %r ran past its timeout and its worker pid %d did not"
+                    " answer; replacing that worker", run.run_id, run.flow.name, role,
+                    worker.pid)  # fmt: skip
+        self.replace(run.flow, worker)
+        error = (f"timed out after {bound.timeout_ms / 1000:g}s (its worker did not answer:"
+                 " something blocks its event loop)")  # fmt: skip
+        self.failed(run, role, NO_PROMPT, error, True, None)
 
     def reported(self, run: ActiveRun, message: dict[str, Any]) -> None:
         """The worker reported a failed try (``step_failed``) and dropped the thread."""
@@ -124,8 +117,8 @@ class Tries:
         )
 
     def stepped(self, run: ActiveRun) -> None:
-        """A step of ``run`` completed: the next starts now, at its first try."""
-        self._disarm_backstop(run)
+        """A step of ``run`` completed: the next starts now, at its first try (the bound on
+        the step before, if any, is no longer live)."""
         run.tries = 0
         run.in_flight = InFlight(None, now_ms())
 
@@ -141,7 +134,6 @@ class Tries:
         after: float | None,
     ) -> None:
         """Record one failed try and apply the role's policy (see the module's docstring)."""
-        self._disarm_backstop(run)
         policy = run.flow.config.policy(role)
         attempts = policy.retry.attempts
         tries = run.tries + 1
@@ -201,14 +193,10 @@ class Tries:
         return True
 
     def cancel(self, run: ActiveRun) -> None:
-        """``run`` ends, or is given to a worker otherwise: no retry, no backstop for it."""
+        """``run`` ends, or is given to a worker otherwise: no retry to come, and no bound
+        on its step in flight."""
         if run.retry_timer is not None:
             run.retry_timer.cancel()
             run.retry_timer = None
         run.retry_at = None
-        self._disarm_backstop(run)
-
-    def _disarm_backstop(self, run: ActiveRun) -> None:
-        if run.backstop is not None:
-            run.backstop.cancel()
-            run.backstop = None
+        run.in_flight = None
