@@ -882,3 +882,74 @@ def test_attack_cancel_of_a_loop_blocker_with_a_timeout_frees_its_worker(
     run = wait_run(daemon, nxt, timeout=7)
     assert run["status"] == "completed", run
     healthy(daemon)
+
+
+MUTATED = """
+    from nerved import Retry, WorkflowDefinition
+
+    VALUES = {"huge": 1e300, "inf": float("inf"), "nan": float("nan"), "str": "5",
+              "list": [1], "dict": {"a": 1}, "bigint": 10**30, "neg": -1e300}
+
+    def r(prompt, ctx):
+        if ctx.attempt == 1:
+            e = Retry("again")
+            e.after = VALUES[prompt["after"]]
+            raise e
+        return {"type": "ok", "attempt": ctx.attempt}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "r", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"r": r}, moderate=moderate)
+"""
+
+
+@pytest.mark.parametrize("after", ["huge", "inf", "nan", "str", "list", "dict", "bigint", "neg"])
+def test_attack_retry_after_mutated_past_its_check(nerved_factory, after):
+    daemon = start(nerved_factory, RETRYING_YAML.replace("retrying", "mutated"),
+                   {"mutated": MUTATED})
+    run_id = trigger(daemon, "mutated", {"after": after})
+    wait_until(lambda: entries(daemon, run_id, "step_failed")
+               or daemon.rpc("workflow.inspect", runId=run_id)["status"] not in
+               ("queued", "started"), timeout=10)
+    healthy(daemon)
+    info = daemon.rpc("workflow.inspect", runId=run_id)
+    if info["status"] in ("queued", "started"):
+        daemon.rpc("workflow.cancel", runId=run_id)
+    assert daemon.ctl("workflow", "list", "--all").returncode == 0
+    behind = trigger(daemon, "mutated", {"after": "neg"})
+    assert wait_run(daemon, behind)["status"] == "completed"
+    daemon.kill()
+    daemon.start()
+    healthy(daemon)
+
+
+XFAIL_AFTER = pytest.mark.xfail(
+    strict=True,
+    reason="a Retry whose .after was set past the constructor's check (1e300, 10**30, a list, a"
+    " dict) reaches the master unchecked: Tries.reported/failed compute int(after*1000) (too"
+    " large for SQLite) or float(list); the worker is killed as 'malformed', its runs lose"
+    " their worker, and the run ends crashed after maxAttempts instead of a failed try",
+)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [pytest.param("huge", marks=XFAIL_AFTER), "inf", "nan", "str",
+     pytest.param("list", marks=XFAIL_AFTER), pytest.param("dict", marks=XFAIL_AFTER),
+     pytest.param("bigint", marks=XFAIL_AFTER), "neg"],
+)
+def test_attack_retry_after_mutated_is_a_failed_try_not_a_worker_crash(nerved_factory, after):
+    daemon = start(nerved_factory, RETRYING_YAML.replace("retrying", "mutated"),
+                   {"mutated": MUTATED})
+    run_id = trigger(daemon, "mutated", {"after": after})
+    wait_until(lambda: entries(daemon, run_id, "step_failed")
+               or daemon.rpc("workflow.inspect", runId=run_id)["status"] not in
+               ("queued", "started"), timeout=10)
+    info = daemon.rpc("workflow.inspect", runId=run_id)
+    assert info["status"] != "crashed", info["error"]
+    assert not entries(daemon, run_id, "resumed")
+    assert "sent a malformed" not in daemon.log()
+    healthy(daemon)
