@@ -953,3 +953,87 @@ def test_attack_retry_after_mutated_is_a_failed_try_not_a_worker_crash(nerved_fa
     assert not entries(daemon, run_id, "resumed")
     assert "sent a malformed" not in daemon.log()
     healthy(daemon)
+
+
+def test_attack_concurrent_cancels_and_retries_keep_the_slots_right(nerved_factory, tmp_path):
+    import random
+    import threading
+    daemon = start(nerved_factory, "  gated: {concurrency: 2}\n", {"gated": GATED})
+    ids = [trigger(daemon, "gated", {"dir": str(tmp_path)}) for _ in range(30)]
+    made: list[str] = []
+    lock = threading.Lock()
+    rng = random.Random(7)
+    plan = ids[:]
+    rng.shuffle(plan)
+
+    def worker(chunk):
+        for rid in chunk:
+            try:
+                daemon.rpc("workflow.cancel", runId=rid, reason="x")
+            except RemoteError:
+                pass
+            try:
+                new = daemon.rpc("workflow.retry", runId=rid)
+                with lock:
+                    made.append(new["runId"])
+            except RemoteError:
+                pass
+
+    threads = [threading.Thread(target=worker, args=(plan[i::4],)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    (tmp_path / "gate").touch()
+    for rid in made:
+        assert wait_run(daemon, rid)["status"] in ("completed", "cancelled"), rid
+    rows = daemon.ctl_json("workflow", "list")
+    assert rows == [], rows
+    healthy(daemon)
+
+
+def test_attack_retry_under_a_moderator_that_now_decides_otherwise(nerved_factory, tmp_path):
+    daemon = start(nerved_factory, TWOSTEP_YAML, {"two": TWOSTEP})
+    d = tmp_path / "a"
+    d.mkdir()
+    (d / "broken").touch()
+    old = trigger(daemon, "two", {"dir": str(d)})
+    assert wait_run(daemon, old)["status"] == "failed"
+    init = daemon.root / "workflows" / "two" / "__init__.py"
+    init.write_text(init.read_text().replace(
+        'return {"role": "one", "prompt": event["payload"]}',
+        'return {"role": "hold", "prompt": {"gate": event["payload"]["dir"]}}'))
+    assert daemon.ctl("reload").returncode == 0
+    new = daemon.rpc("workflow.retry", runId=old)
+    run = wait_run(daemon, new["runId"])
+    assert run["status"] in ("failed", "completed"), run
+    assert (d / "one").read_text() == "x"
+    healthy(daemon)
+
+
+def test_attack_kill_9_after_role_failed_input_resumes_without_rerunning(
+    nerved_factory, tmp_path
+):
+    code = FLAKYMOD.replace(
+        'return {"role": "fb", "prompt": {}}', 'return {"role": "fb", "prompt": {"g": GATE}}'
+    ).replace(
+        '    def fb(prompt, ctx):\n        return {"type": "fb"}',
+        '    def fb(prompt, ctx):\n        import time\n'
+        '        while not os.path.exists(prompt["g"]):\n            time.sleep(0.01)\n'
+        '        return {"type": "fb"}',
+    ) + f"\n    GATE = {str(tmp_path / 'gate')!r}\n"
+    yaml = "  fl:\n    roles:\n      f: {onError: moderate}\n"
+    daemon = start(nerved_factory, yaml, {"fl": code})
+    counter = tmp_path / "c"
+    gate = tmp_path / "gate"
+    run_id = trigger(daemon, "fl", {"counter": str(counter), "gate": str(gate)})
+    wait_until(lambda: entries(daemon, run_id, "input"), timeout=10)
+    daemon.kill()
+    daemon.start()
+    healthy(daemon)
+    gate.touch()
+    run = wait_run(daemon, run_id)
+    assert run["status"] == "completed", run
+    assert counter.read_text() == "x"
+    assert len(entries(daemon, run_id, "input")) == 1
+    healthy(daemon)
