@@ -1037,3 +1037,82 @@ def test_attack_kill_9_after_role_failed_input_resumes_without_rerunning(
     assert counter.read_text() == "x"
     assert len(entries(daemon, run_id, "input")) == 1
     healthy(daemon)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().split(")")[-1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                kids.append(int(entry))
+    return kids
+
+
+def test_attack_repeated_sync_timeouts_do_not_pile_up_workers(nerved_factory, tmp_path):
+    yaml = ("  hostile:\n    drainTimeout: 60s\n    roles:\n      sleeps:\n        timeout: 200ms\n"
+            "        retry: {attempts: 8, delay: 10ms}\n")
+    code = HOSTILE.replace('"os_exit": os_exit}', '"os_exit": os_exit, "sleeps": sleeps}').replace(
+        "    def quick(prompt, ctx):",
+        "    def sleeps(prompt, ctx):\n        time.sleep(3600)\n\n    def quick(prompt, ctx):")
+    daemon = start(nerved_factory, yaml, {"hostile": code})
+    run_id = trigger(daemon, "hostile", {"role": "sleeps"})
+    run = wait_run(daemon, run_id, timeout=12)
+    assert run["status"] == "failed"
+    kids = _children(daemon.pid)
+    # one stuck worker per failed try, each kept for drainTimeout (60 s) though it has no run
+    assert len(kids) <= 2, f"{len(kids)} worker processes alive after the run failed"
+    healthy(daemon)
+
+
+SLOWBLOCK = """
+    import os, time
+    from nerved import WorkflowDefinition
+
+    def bump(prompt, name):
+        with open(os.path.join(prompt["dir"], name), "a") as fh:
+            fh.write("x")
+
+    async def slowblock(prompt, ctx):
+        bump(prompt, "slow")
+        if ctx.attempt == 1:
+            time.sleep(1.8)
+            return {"type": "late", "attempt": ctx.attempt, "dir": prompt["dir"]}
+        return {"type": "on_time", "attempt": ctx.attempt, "dir": prompt["dir"]}
+
+    def after(prompt, ctx):
+        bump(prompt, "after")
+        return {"type": "after"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "slowblock", "prompt": event["payload"]}
+        if event["type"] in ("late", "on_time"):
+            return {"role": "after", "prompt": {"dir": event["dir"]}}
+        return None
+
+    workflow = WorkflowDefinition(roles={"slowblock": slowblock, "after": after},
+                                  moderate=moderate)
+"""
+
+
+@pytest.mark.parametrize("delay", ["100ms", "1s"])
+def test_attack_a_loop_blocker_s_late_result_after_the_backstop_is_dropped(
+    nerved_factory, tmp_path, delay
+):
+    yaml = ("  sb:\n    drainTimeout: 5s\n    roles:\n      slowblock:\n        timeout: 1s\n"
+            f"        retry: {{attempts: 2, delay: {delay}}}\n")
+    daemon = start(nerved_factory, yaml, {"sb": SLOWBLOCK})
+    run_id = trigger(daemon, "sb", {"dir": str(tmp_path)})
+    run = wait_run(daemon, run_id)
+    time.sleep(1.0)  # the late result of the old worker, if any, has arrived by now
+    kinds = [e["type"] for e in history(daemon, run_id)]
+    assert run["status"] == "completed", (run, kinds)
+    steps = [s["payload"]["event"]["type"] for s in entries(daemon, run_id, "step_complete")]
+    assert steps == ["on_time", "after"], kinds
+    assert (tmp_path / "after").read_text() == "x"
+    healthy(daemon)
