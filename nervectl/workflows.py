@@ -157,8 +157,10 @@ def summarise(entry: Mapping[str, Any], width: int = 100) -> str:
         said = event.get("type", "?") if isinstance(event, dict) else "?"
         return render.truncate(f"{role} -> {said} {render.compact(event)}", width)
     if kind == "step_failed" and isinstance(payload, dict):
-        retry_at = payload.get("retryAt")
-        then = "no more tries" if retry_at is None else f"next try {format_ago(retry_at)}"
+        retry_at, at = payload.get("retryAt"), entry.get("ts")
+        then = "no more tries"
+        if isinstance(retry_at, (int, float)) and isinstance(at, (int, float)):
+            then = f"next try after {format_duration(max(0, retry_at - at) / 1000)}"
         text = f"{payload.get('role', '?')} try {payload.get('try', '?')}, {then}: "
         return render.truncate(render.one_line(f"{text}{payload.get('error')}"), width)
     if kind == "resumed" and isinstance(payload, dict):

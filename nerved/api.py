@@ -73,7 +73,11 @@ class Retry(Exception):
 
     def __init__(self, message: str = "", *, after: float | None = None) -> None:
         super().__init__(message)
-        if after is not None and not (isinstance(after, (int, float)) and 0 <= after < 1e9):
+        if after is not None and (
+            isinstance(after, bool)
+            or not isinstance(after, (int, float))
+            or not 0 <= after < 1e9  # NaN is neither
+        ):
             raise ValueError(f"Retry(after=) takes seconds >= 0, not {after!r}")
         self.after = None if after is None else float(after)
 

@@ -206,6 +206,11 @@ class Nerved:
             self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._notify.bind(str(self.notify_path))
         self.notifications.clear()
+        self._notify.setblocking(False)  # what an earlier process said is not this one's READY
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self._notify.recv(65536)
+        self._notify.setblocking(True)
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **self.env}
         env.pop("NERVE_SOCKET", None)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child

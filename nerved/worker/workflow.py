@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 
 ROLE_THREADS: Final = 1024  # sync roles that may run at once in one worker
 CANCEL_GRACE: Final = 1.0  # seconds an async role has to end once cancelled, or it is stuck
+MAX_RETRY_AFTER: Final = 1e9  # seconds (31 years): a Retry(after=) past it is a mistake
 
 
 class ThreadFailed(Exception):
@@ -208,12 +209,15 @@ class WorkflowWorker:
             future = self.acks.pop((str(message["run"]), int(message["n"])), None)
             if future is not None and not future.done():
                 future.set_result(None)
-        elif kind == "end":
+        elif kind == "end":  # answered with "ended" once its thread let go (see the master's)
             run_id = str(message["run"])
             self.histories.pop(run_id, None)
             thread = self.threads.get(run_id)
-            if thread is not None:
+            if thread is None:
+                self.port.post({"t": "ended", "run": run_id})
+            else:
                 thread.cancel()
+                thread.add_done_callback(lambda _: self.port.post({"t": "ended", "run": run_id}))
         elif kind == "timeouts":
             self.timeouts = {str(k): float(v) for k, v in dict(message["roles"]).items()}
         elif kind == "stop":
@@ -320,7 +324,7 @@ class WorkflowWorker:
             raise ThreadFailed(overrun_message(exc)) from None
         except ThreadFailed:
             raise
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, GeneratorExit...: user code's, the run's end
             raise ThreadFailed(f"moderator raised {explain(exc)}") from exc
 
     async def _execute(
@@ -352,7 +356,9 @@ class WorkflowWorker:
         if sync:
             work = asyncio.wrap_future(self.executor.submit(role, prompt, ctx))
         else:
-            work = self.loop.create_task(cast(Coroutine[Any, Any, Any], role(prompt, ctx)))
+            work = self.loop.create_task(
+                _contained(cast(Coroutine[Any, Any, Any], role(prompt, ctx)))
+            )
         try:
             if timeout is not None and not await self._settled(work, timeout):
                 self._abandon(work, role_name, sync)
@@ -371,11 +377,13 @@ class WorkflowWorker:
         except Retry as exc:  # said on purpose: its message is the whole story, not its line
             said = _message(exc)
             raise TryFailed(f"asked to retry: {said}" if said else "asked to retry",
-                            after=exc.after) from exc  # fmt: skip
+                            after=retry_after(exc)) from exc  # fmt: skip
         except Fatal as exc:
             said = _message(exc)
             raise TryFailed(f"gave up: {said}" if said else "gave up", retry=False) from exc
-        except Exception as exc:
+        except Raised as exc:  # a BaseException of an async role, carried out of its task
+            raise TryFailed(f"raised {explain(exc.raised)}") from exc
+        except BaseException as exc:  # a sync role's SystemExit too: a failed try, no more
             raise TryFailed(f"raised {explain(exc)}") from exc
         return _check_event(role_name, result)
 
@@ -412,6 +420,39 @@ class WorkflowWorker:
                 self.port.post({"t": "stuck", "role": role_name})
 
         self.loop.call_later(CANCEL_GRACE, check)
+
+
+class Raised(Exception):
+    """A BaseException an async role raised (SystemExit, KeyboardInterrupt, GeneratorExit, a
+    subclass of its own), carried out of the role's task as an ordinary exception: asyncio
+    raises SystemExit and KeyboardInterrupt out of the event loop itself, which would end
+    the worker and every run in it, and other BaseExceptions leave the task unanswered."""
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(str(raised))
+        self.raised = raised
+
+
+async def _contained(role: Coroutine[Any, Any, Any]) -> Any:
+    """An async role, whatever it raises but a cancel as an Exception (:class:`Raised`)."""
+    try:
+        return await role
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise Raised(exc) from exc
+
+
+def retry_after(exc: Retry) -> float | None:
+    """``Retry.after`` as a number of seconds nerve can wait: the constructor checks it, but
+    user code may set the attribute afterwards (None: the policy's delay)."""
+    after = getattr(exc, "after", None)
+    if isinstance(after, bool) or not isinstance(after, (int, float)):
+        return None
+    seconds = float(after)
+    return seconds if 0 <= seconds < MAX_RETRY_AFTER else None
 
 
 def _message(exc: BaseException) -> str:

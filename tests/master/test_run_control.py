@@ -461,7 +461,7 @@ def test_inspect_and_list_show_the_step_in_flight_and_a_retry_s_wait(nerved_fact
     assert "IN FLIGHT" in table and "step 1 (role awaits) for" in table
     assert "step 1, try 2 due in" in table
     shown = daemon.ctl("workflow", "inspect", waiting).stdout
-    assert "flaky try 1, next try in 59m: raised RuntimeError: transient 1" in shown
+    assert "flaky try 1, next try after 1h: raised RuntimeError: transient 1" in shown
     daemon.rpc("workflow.cancel", runId=waiting)
     daemon.rpc("workflow.cancel", runId=hung)
 

@@ -87,11 +87,12 @@ class WorkflowManager:
         self.resumer = Resumer(loop, store, self._holds, self._unresumable)
         self.waiters = Waiters(loop, store)
         self.tries = Tries(loop, store, self._assign, self._end, self._replace)
-        self.steering = Steering(store, self.flows, self.runs, self.trigger, self._end,
-                                 self._finish)  # fmt: skip
+        self.steering = Steering(loop, store, self.flows, self.runs, self.trigger, self._end,
+                                 self._finish, self._replace)  # fmt: skip
         self.losses = Losses(store, self.trigger, self._end, self._finish, self.tries.cancel,
                              self._wake, lambda: self.stopping)  # fmt: skip
-        self.messages = WorkerMessages(store, self.runs, self.tries, self._end, self._replace)
+        self.messages = WorkerMessages(store, self.runs, self.tries, self._end, self._replace,
+                                       self.steering.ended)  # fmt: skip
         self.replays = Replays(loop, workers, store, self.flows)  # workflow.replay
         self.stopping = False
 

@@ -29,7 +29,8 @@ class WorkerMessages:
     """Handles the messages of every workflow worker.
 
     ``runs``: the started runs, by id; ``end(run, transition, error)`` ends one;
-    ``replace(flow, worker)`` drains a worker that has a role stuck in it.
+    ``replace(flow, worker)`` drains a worker that has a role stuck in it; ``ended(worker,
+    run_id)`` hears that a worker let go of a run it was told to drop.
     """
 
     def __init__(
@@ -39,7 +40,9 @@ class WorkerMessages:
         tries: Tries,
         end: Callable[[ActiveRun, Transition, str | None], None],
         replace: Callable[[Flow, Worker], None],
+        ended: Callable[[Worker, str], None],
     ) -> None:
+        self.ended = ended
         self.store = store
         self.runs = runs
         self.tries = tries
@@ -61,6 +64,9 @@ class WorkerMessages:
                         " no new runs and is replaced", flow.name, message.get("role"),
                         worker.pid)  # fmt: skip
             self.replace(flow, worker)
+            return
+        if kind == "ended":  # of a run the master ended already: it holds it no more
+            self.ended(worker, str(message.get("run")))
             return
         run = self.runs.get(str(message.get("run")))
         if run is None or run.worker is not worker:

@@ -15,15 +15,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from nerved import wire
+from nerved.loop import Loop, Timer
+from nerved.master.workers import Worker
 from nerved.master.workflows.runs import ActiveRun, Flow
 from nerved.outcome import BadInput, Conflict, NotFound
 from nerved.states import RunStatus, Transition
 from nerved.store import RunRecord, Storage, Unreadable
 from nerved.store.records import cancelled_error
+
+log = logging.getLogger("nerved.master.workflows")
+
+LET_GO: Final = 1.0
+"""Seconds a worker has to answer ``ended`` to the ``end`` of a cancelled run: a role that
+honours its cancel is gone at once; one that ignores it is *stuck* after a second
+(nerved.worker.workflow.CANCEL_GRACE) and its worker says so."""
 
 
 class Trigger(Protocol):
@@ -42,18 +52,24 @@ class Steering:
     """Cancel and retry, over the workflow manager's runs.
 
     ``end(run, transition, error, payload_json)`` ends a started run (its slot freed);
-    ``finish(run_id, workflow, transition, error, payload_json)`` moves any other run.
+    ``finish(run_id, workflow, transition, error, payload_json)`` moves any other run;
+    ``replace(flow, worker)`` drains a worker that will not let go of a cancelled run.
     """
 
     def __init__(
         self,
+        loop: Loop,
         store: Storage,
         flows: Mapping[str, Flow],
         runs: Mapping[str, ActiveRun],
         trigger: Trigger,
         end: Callable[[ActiveRun, Transition, str | None, str | None], None],
         finish: Callable[[str, str, Transition, str | None, str | None], None],
+        replace: Callable[[Flow, Worker], None],
     ) -> None:
+        self.loop = loop
+        self.replace = replace
+        self._letting_go: dict[tuple[str, Worker], Timer] = {}
         self.store = store
         self.flows = flows
         self.runs = runs
@@ -81,22 +97,39 @@ class Steering:
         entry = wire.dumps({"reason": reason, "uid": uid})
         run = self.runs.get(run_id)
         if run is not None:
-            worker = run.worker
+            worker, held_by = run.worker, run.flow
             self.end(run, Transition.CANCEL, error, entry)
             if worker is not None:  # told once the cancel is durable; it drops the thread
-
-                def tell() -> None:
-                    worker.send({"t": "end", "run": run_id})
-
-                self.store.after_commit(tell)
+                self.store.after_commit(lambda: self._let_go(held_by, worker, run_id))
         else:
-            flow = self.flows.get(record.workflow)
-            if flow is not None and record.status is RunStatus.QUEUED:
-                kept = [queued for queued in flow.queue if queued.run_id != run_id]
-                flow.queue.clear()
-                flow.queue.extend(kept)
+            queued_in = self.flows.get(record.workflow)
+            if queued_in is not None and record.status is RunStatus.QUEUED:
+                kept = [queued for queued in queued_in.queue if queued.run_id != run_id]
+                queued_in.queue.clear()
+                queued_in.queue.extend(kept)
             self.finish(run_id, record.workflow, Transition.CANCEL, error, entry)
         return self._final(run_id)
+
+    def _let_go(self, flow: Flow, worker: Worker, run_id: str) -> None:
+        """Tell ``worker`` to drop ``run_id``'s thread; replace it if it has not answered
+        ``ended`` within :data:`LET_GO`: its event loop is blocked (a role that sleeps in an
+        ``async def``), or a role ignores its cancel, and it would hold the next run too."""
+        worker.send({"t": "end", "run": run_id})
+
+        def overdue() -> None:
+            if self._letting_go.pop((run_id, worker), None) is not None:
+                log.warning("workflow %s: worker pid %d did not let go of cancelled run %s"
+                            " within %gs; it takes no new runs and is replaced", flow.name,
+                            worker.pid, run_id, LET_GO)  # fmt: skip
+                self.replace(flow, worker)
+
+        self._letting_go[(run_id, worker)] = self.loop.call_later(LET_GO, overdue)
+
+    def ended(self, worker: Worker, run_id: str) -> None:
+        """``worker`` let go of ``run_id`` (``ended``), as it was told."""
+        timer = self._letting_go.pop((run_id, worker), None)
+        if timer is not None:
+            timer.cancel()
 
     def retry(self, run_id: str, from_step: int | None) -> RunRecord:
         """A new run of a final run's payload, from its step ``from_step`` + 1 (None: after

@@ -41,9 +41,20 @@ from nerved.store.records import input_payload, now_ms
 
 log = logging.getLogger("nerved.master.workflows")
 
+MAX_AFTER: Final = 1e9  # seconds (31 years): past it, a Retry(after=) is no wish nerve keeps
+
 NO_PROMPT: Final = object()
 """The prompt of a try the master ended itself: only the worker had it. Its ``step_failed``
 entry then has no ``prompt`` (a replay compares its role alone)."""
+
+
+def _seconds(after: Any) -> float | None:
+    """A worker's ``after`` (seconds a ``nerved.Retry`` asked for), if it is one nerve can
+    wait; None (the policy's delay) for anything else: a worker is not trusted with a number
+    that would overflow a timer or the store."""
+    if isinstance(after, bool) or not isinstance(after, (int, float)):
+        return None
+    return float(after) if 0 <= after < MAX_AFTER else None
 
 
 def final_error(role: str, error: str, tries: int, attempts: int) -> str:
@@ -106,14 +117,13 @@ class Tries:
             log.error("run %s: a failed try of step %d arrived after step %d; ignoring it",
                       run.run_id, n, run.steps)  # fmt: skip
             return
-        after = message.get("after")
         self.failed(
             run,
             str(message["role"]),
             message.get("prompt"),
             str(message["error"]),
             bool(message.get("retry", True)),
-            None if after is None else max(0.0, float(after)),
+            _seconds(message.get("after")),
         )
 
     def stepped(self, run: ActiveRun) -> None:
