@@ -5,7 +5,14 @@ from __future__ import annotations
 import runpy
 import sys
 
-for name in ("bench.control", "bench.workflows", "bench.timebox", "bench.recovery", "bench.abuse"):
+for name in (
+    "bench.control",
+    "bench.workflows",
+    "bench.retries",
+    "bench.timebox",
+    "bench.recovery",
+    "bench.abuse",
+):
     print(f"\n== {name}", flush=True)
     sys.argv = [name]
     runpy.run_module(name, run_name="__main__")
