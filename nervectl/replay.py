@@ -45,7 +45,8 @@ def workflow_replay(ctx: Context) -> int:
         ctx.print(render.table(rows, ("RUN", "STEP", "LOGGED", "NOW")))
     for skipped in result.get("skipped") or []:
         ctx.note(f"run {skipped.get('runId')} not checked: {skipped.get('reason')}")
-    ctx.print(summary(result.get("checked", 0), len(diverged)))
+    skipped = len(result.get("skipped") or [])
+    ctx.print(summary(result.get("checked", 0), len(diverged), skipped))
     return FAILED if diverged else OK
 
 
@@ -60,8 +61,13 @@ def decision(value: Any) -> str:
     return render.cell(f"{value.get('role')} {render.compact(value.get('prompt'))}")
 
 
-def summary(checked: int, diverged: int) -> str:
+def summary(checked: int, diverged: int, skipped: int = 0) -> str:
+    """One line: how many runs were checked, and what came of it; the runs not checked
+    (their history cannot be read back) are said, so that none passes for agreeing."""
     runs = "1 run" if checked == 1 else f"{checked} runs"
-    if not diverged:
-        return f"checked {runs}: the current code decides as every history says"
-    return f"checked {runs}: {diverged} diverged"
+    said = f"{diverged} diverged" if diverged else "the current code decides as every history says"
+    if not checked and not diverged:
+        said = "nothing to compare"
+    if skipped:
+        said += f" ({skipped} not checked: see above)"
+    return f"checked {runs}: {said}"

@@ -35,6 +35,14 @@ def clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters (C0, DEL, C1) shown as ``\\xNN``."""
+    return text.translate(_CONTROLS)
+
+
 def show(value: object) -> str:
     if value is None:
         return "null"

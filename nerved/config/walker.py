@@ -20,7 +20,16 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from nerved.config.grammar import NAME_RE, NAME_RULE, parse_duration, parse_size
-from nerved.config.messages import A_LIST, A_MAPPING, HUGE, UNREADABLE, clip, describe, show
+from nerved.config.messages import (
+    A_LIST,
+    A_MAPPING,
+    HUGE,
+    UNREADABLE,
+    clip,
+    describe,
+    printable,
+    show,
+)
 from nerved.wire import MiB
 
 MAX_ERRORS = 100  # reported before validation stops: beyond them, nobody reads on
@@ -89,8 +98,11 @@ class Walker:
         self.workflow_names: set[str] | None = set()
 
     def format(self, line: int | None, path: str, message: str) -> str:
+        """``file:line: path: message``; the path spells the file's own keys, so its control
+        characters are shown as ``\\xNN`` (values are quoted by :func:`show` already): an
+        escape sequence in a key must not reach the operator's terminal as one."""
         where = f"{self.filename}:{line}" if line is not None else self.filename
-        return f"{where}: {path}: {message}" if path else f"{where}: {message}"
+        return f"{where}: {printable(path)}: {message}" if path else f"{where}: {message}"
 
     def error(self, line: int | None, path: str, message: str) -> None:
         text = self.format(line, path, message)

@@ -8,7 +8,11 @@ saw ``ThreadState(run_id, workflow, E[0..i])`` and the event E[i]. Its *logged d
 read from the first entry after the one that appended E[i] that says something of it:
 
 - ``step_complete`` or ``step_failed``: ``{"role", "prompt"}`` (the role it chose ran, or
-  failed a try);
+  failed a try); a ``step_failed`` the master wrote itself (the try of a role that blocked
+  its worker) has no prompt, and gives ``{"role"}`` alone, compared by role;
+- ``input`` (the call's own decision is not in this history: a run retried from a step
+  starts with the old run's steps and inputs, but not its failed tries): not compared, and
+  the derivation goes on with the input's event;
 - ``completed``: None (it ended the run);
 - anything else (``failed``, ``crashed``, ``cancelled``, ``dropped``, a type this release
   does not know, or the end of an active run's history): unknown. Nothing is compared for
@@ -64,7 +68,7 @@ class Call:
 @dataclass(frozen=True, slots=True)
 class History:
     """What a run's entries say: every event (E), and the calls whose decision is known,
-    in order (calls[i].index == i)."""
+    in order (a call's ``index`` is that of the event it was called with)."""
 
     events: list[Any]
     calls: list[Call]
@@ -82,16 +86,17 @@ def derive(trigger_payload: Any, entries: Iterable[tuple[str, Any]]) -> History:
         if kind in SILENT:
             continue
         if waiting:
+            decision: Decision = None
             if kind in DECISIONS:
-                decision: Decision = {
-                    "role": _field(payload, "role", kind, number),
-                    "prompt": _field(payload, "prompt", kind, number),
-                }
-            elif kind == END:
-                decision = None
-            else:
+                decision = {"role": _field(payload, "role", kind, number)}
+                if kind == "step_complete" or (
+                    isinstance(payload, Mapping) and "prompt" in payload
+                ):
+                    decision["prompt"] = _field(payload, "prompt", kind, number)
+            elif kind != END and kind != "input":
                 break  # unknown: nothing more can be compared
-            calls.append(Call(len(calls), steps + 1, decision))
+            if kind != "input":  # an input here: this call's decision is not logged
+                calls.append(Call(len(events) - 1, steps + 1, decision))
             waiting = False
         if kind in EVENTS:
             events.append(_field(payload, "event", kind, number))

@@ -264,12 +264,6 @@ def test_attack2_replay_cli_exit_codes_and_one_line_errors(nerved_factory, tmp_p
 # -- 1. the replay check: odd histories ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a step_failed written by the master's backstop has no 'prompt' (tries.NO_PROMPT,"
-    " documented as 'a replay compares its role alone'), but histories._field requires"
-    " 'prompt' and the run is skipped as unreadable",
-)
 def test_attack2_replay_of_a_backstop_timeout_compares_the_role_alone(nerved_factory):
     """An async role blocking its loop past its timeout is failed by the master, whose
     step_failed has no prompt: the run must still be checked (its role compared)."""
@@ -285,12 +279,6 @@ def test_attack2_replay_of_a_backstop_timeout_compares_the_role_alone(nerved_fac
     healthy(daemon)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a retry's copy keeps the role_failed input but not the step_failed tries before"
-    " it; histories.derive meets the input while call 0's decision is unread and stops"
-    " ('unknown'), so nothing of the copied run is compared, yet it counts as checked",
-)
 def test_attack2_replay_over_step_failed_role_failed_and_a_retried_copy(nerved_factory):
     daemon = start(nerved_factory)
     first = run_done(daemon, {"role": "flaky"})  # 3 failed tries, role_failed, step, step
@@ -578,13 +566,6 @@ def test_attack2_replay_of_a_package_whose_import_is_slow(nerved_factory):
     healthy(daemon)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="step_failed entries, each with the try's whole prompt, are not counted against"
-    " wire.MAX_HISTORY (master/workflows/messages.py counts steps and inputs only): 90 tries"
-    " of a 900 KB prompt store 82 MB for one run (1000 tries: ~900 MB a step, times maxSteps"
-    " under onError: moderate), all of which replay streams to its child and keeps in memory",
-)
 def test_attack2_failed_tries_of_a_big_prompt_keep_a_run_s_history_bounded(nerved_factory):
     yaml = "workflows:\n  w:\n    roles:\n      flaky:\n        retry: {attempts: 90, delay: 0}\n"
     daemon = start(nerved_factory, yaml=yaml)
@@ -654,12 +635,6 @@ def test_attack2_empty_and_null_policies_are_the_defaults(tmp_path, roles):
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nerved check prints the key path of a config error raw (the value in quotes is"
-    " escaped, the path 'workflows.w.roles.<ESC>[2J' is not): a terminal obeys it; nervectl"
-    " reload escapes the same message",
-)
 def test_attack2_nerved_check_escapes_control_characters_in_key_paths(tmp_path):
     root = make_root(
         tmp_path, 'workflows:\n  w:\n    roles: {"\\e[2Jx": {timeout: 1s}}\n',
@@ -766,12 +741,6 @@ def test_attack2_kill_9_mid_replay_loses_no_acknowledged_run(nerved_factory, tmp
     healthy(daemon)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a retried copy of a run that went through role_failed is never compared"
-    " (histories.derive stops at its first entry, the copied input): a moderator that"
-    " returns garbage on every call passes the check for it, exit 0",
-)
 def test_attack2_replay_of_a_retried_copy_notices_a_broken_moderator(nerved_factory):
     daemon = start(nerved_factory)
     first = run_done(daemon, {"role": "flaky"})

@@ -88,12 +88,24 @@ def test_a_retry_that_succeeds_is_one_call() -> None:
     assert len(history.events) == 3
 
 
-def test_an_input_without_a_decision_before_it_stops_the_derivation() -> None:
-    """A call whose decision the log does not say (issue 12's waits say it with entries this
-    release does not know): nothing past it is compared."""
-    history = derive(0, [role_failed("x", 1), step("y", 0, {"type": "a"})])
-    assert history.calls == []
-    assert len(history.events) == 1
+def test_an_input_without_a_decision_before_it_is_passed_and_the_next_calls_compared() -> None:
+    """A run retried from a step starts with the old run's inputs but not its failed tries:
+    the call before such an input has no logged decision and is not compared; the calls
+    after it are."""
+    history = derive(0, [role_failed("x", 1), step("y", 0, {"type": "a"}), ("completed", None)])
+    assert [(call.index, call.step, call.logged) for call in history.calls] == [
+        (1, 1, {"role": "y", "prompt": 0}),
+        (2, 2, None),
+    ]
+    assert len(history.events) == 3
+
+
+def test_a_failed_try_without_its_prompt_gives_the_role_alone() -> None:
+    """The master's own timeout of a role that blocked its worker, and every try after a
+    step's first, are logged without the prompt: the call is compared by its role."""
+    history = derive(0, [("step_failed", {"role": "x", "error": "timed out", "try": 1,
+                                          "retryAt": None}), ("failed", "role 'x' timed out")])  # fmt: skip
+    assert [call.logged for call in history.calls] == [{"role": "x"}]
 
 
 def test_a_final_run_failed_by_its_moderator_keeps_the_calls_before() -> None:

@@ -45,7 +45,9 @@ MAX_AFTER: Final = 1e9  # seconds (31 years): past it, a Retry(after=) is no wis
 
 NO_PROMPT: Final = object()
 """The prompt of a try the master ended itself: only the worker had it. Its ``step_failed``
-entry then has no ``prompt`` (a replay compares its role alone)."""
+entry then has no ``prompt`` (a replay compares its role alone). Nor has the entry of any
+try after a step's first: the prompt is the first try's, and a role that fails a 1 MiB
+prompt a thousand times must not store it a thousand times."""
 
 
 def _seconds(after: Any) -> float | None:
@@ -153,7 +155,7 @@ class Tries:
             delay_ms = policy.retry.delay_before(tries + 1) if after is None else int(after * 1000)
             retry_at = now_ms() + delay_ms
         step = {"role": role, "prompt": prompt, "error": error, "try": tries, "retryAt": retry_at}
-        if prompt is NO_PROMPT:
+        if prompt is NO_PROMPT or tries > 1:  # a step's later tries had the first one's prompt
             del step["prompt"]
         record = wire.dumps(step, max_depth=wire.MAX_DEPTH + 1)
         if not self.store.record_failure(run.run_id, record, retry_at):
