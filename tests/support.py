@@ -309,6 +309,28 @@ class Nerved:
         assert done.returncode == 0, f"nervectl {' '.join(args)}: {done.returncode}\n{done.stderr}"
         return json.loads(done.stdout)
 
+    def trigger(self, workflow: str, payload: Any = None) -> str:
+        """A new run's id, once nerved acknowledged it."""
+        return str(self.rpc("workflow.trigger", workflow=workflow, payload=payload)["runId"])
+
+    def wait_run(self, run_id: str, timeout: float = 20) -> dict[str, Any]:
+        """The run once final (``workflow.wait``; its timeout is an error)."""
+        with self.client(timeout=timeout + 5) as client:
+            answer: dict[str, Any] = client.call(
+                "workflow.wait", {"runId": run_id, "timeout": timeout}
+            )
+            return answer
+
+    def entries(self, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+        """A run's history (of one type of entry), as ``workflow.inspect`` shows it."""
+        events: list[dict[str, Any]] = self.rpc("workflow.inspect", runId=run_id)["events"]
+        return [e for e in events if kind is None or e["type"] == kind]
+
+    def healthy(self) -> None:
+        """It answers ``nervectl status``, and every run's row is what its entries say."""
+        wait_until(lambda: self.ctl("status").returncode == 0, timeout=10)
+        assert_runs_match_logs(self.state / "logs.db")
+
     def sense(self, name: str) -> dict[str, Any]:
         return next(s for s in self.rpc("sense.list") if s["name"] == name)
 

@@ -14,7 +14,7 @@ import signal
 import time
 
 import pytest
-from support import Nerved, assert_runs_match_logs, wait_until
+from support import Nerved, assert_runs_match_logs, pid_alive, wait_until
 
 from nervectl.client import RemoteError
 
@@ -97,21 +97,9 @@ def start(nerved_factory, workflows_yaml: str, workflows: dict[str, str]) -> Ner
     return nerved_factory(f"workflows:\n{workflows_yaml}", None, workflows).start()
 
 
-def trigger(daemon: Nerved, workflow: str, payload=None) -> str:
-    return str(daemon.rpc("workflow.trigger", workflow=workflow, payload=payload)["runId"])
-
-
-def wait_run(daemon: Nerved, run_id: str, timeout: float = 20) -> dict:
-    with daemon.client(timeout=timeout + 5) as client:
-        return client.call("workflow.wait", {"runId": run_id, "timeout": timeout})
-
-
-def history(daemon: Nerved, run_id: str) -> list[dict]:
-    return daemon.rpc("workflow.inspect", runId=run_id)["events"]
-
-
-def entries(daemon: Nerved, run_id: str, kind: str) -> list[dict]:
-    return [e for e in history(daemon, run_id) if e["type"] == kind]
+trigger = Nerved.trigger
+wait_run = Nerved.wait_run
+history = entries = Nerved.entries
 
 
 def db(daemon: Nerved):
@@ -154,13 +142,7 @@ def test_a_sync_role_past_its_timeout_has_its_worker_replaced(nerved_factory):
     assert "could not be stopped" in daemon.log()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
+_alive = pid_alive
 
 
 def test_a_timeout_set_by_a_reload_holds_in_the_running_worker(nerved_factory):
@@ -335,9 +317,16 @@ def test_cancel_of_a_started_and_a_queued_run_frees_the_slot_at_once(nerved_fact
 
 
 def test_cancel_of_a_hung_sync_role_replaces_its_worker(nerved_factory):
-    daemon = start(nerved_factory, "  hang: {drainTimeout: 2s}\n", {"hang": HANGS})
+    """Its thread runs on: the worker takes no new run, and is gone once drained. (The
+    role's timeout, an hour, is there for its ``begin``: the cancel must come once the role
+    runs; a run cancelled before its role began leaves nothing behind to replace.)"""
+    yaml = "  hang:\n    drainTimeout: 2s\n    roles:\n      sleeps: {timeout: 1h}\n"
+    daemon = start(nerved_factory, yaml, {"hang": HANGS})
     hung = trigger(daemon, "hang", {"role": "sleeps"})
-    wait_until(lambda: daemon.worker_pids("workflow"), timeout=10)
+    wait_until(
+        lambda: (daemon.rpc("workflow.inspect", runId=hung)["progress"] or {}).get("role"),
+        timeout=10,
+    )
     (old_pid,) = daemon.worker_pids("workflow").values()
     assert daemon.rpc("workflow.cancel", runId=hung)["status"] == "cancelled"
     behind = trigger(daemon, "hang", {"role": "quick"})

@@ -18,7 +18,6 @@ import pytest
 from support import (
     REPO,
     Nerved,
-    assert_runs_match_logs,
     make_root,
     pid_alive,
     wait_until,
@@ -110,12 +109,10 @@ def start(nerved_factory, mode: str = "same", yaml: str = YAML) -> Nerved:
 
 
 def trigger(daemon: Nerved, payload=None, workflow: str = "w") -> str:
-    return str(daemon.rpc("workflow.trigger", workflow=workflow, payload=payload)["runId"])
+    return daemon.trigger(workflow, payload)
 
 
-def wait_run(daemon: Nerved, run_id: str, timeout: float = 20) -> dict:
-    with daemon.client(timeout=timeout + 5) as client:
-        return client.call("workflow.wait", {"runId": run_id, "timeout": timeout})
+wait_run = Nerved.wait_run
 
 
 def run_done(daemon: Nerved, payload=None, status: str = "completed") -> str:
@@ -141,9 +138,7 @@ def quick_status(daemon: Nerved, bound: float = 1.0) -> None:
     assert time.monotonic() - began < bound, time.monotonic() - began
 
 
-def healthy(daemon: Nerved) -> None:
-    wait_until(lambda: daemon.ctl("status").returncode == 0, timeout=10)
-    assert_runs_match_logs(daemon.state / "logs.db")
+healthy = Nerved.healthy
 
 
 def session_processes(daemon: Nerved) -> set[int]:

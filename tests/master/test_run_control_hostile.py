@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Nerved, assert_runs_match_logs, wait_until
+from support import Nerved, pid_alive, wait_until
 
 from nervectl.client import RemoteError
 
@@ -147,36 +147,14 @@ def start(nerved_factory, workflows_yaml: str, workflows: dict[str, str]) -> Ner
     return nerved_factory(f"workflows:\n{workflows_yaml}", None, workflows).start()
 
 
-def trigger(daemon: Nerved, workflow: str, payload=None) -> str:
-    return str(daemon.rpc("workflow.trigger", workflow=workflow, payload=payload)["runId"])
+trigger = Nerved.trigger
+history = entries = Nerved.entries
+healthy = Nerved.healthy
+_alive = pid_alive
 
 
 def wait_run(daemon: Nerved, run_id: str, timeout: float = 12) -> dict:
-    with daemon.client(timeout=timeout + 5) as client:
-        return client.call("workflow.wait", {"runId": run_id, "timeout": timeout})
-
-
-def history(daemon: Nerved, run_id: str) -> list[dict]:
-    return daemon.rpc("workflow.inspect", runId=run_id)["events"]
-
-
-def entries(daemon: Nerved, run_id: str, kind: str) -> list[dict]:
-    return [e for e in history(daemon, run_id) if e["type"] == kind]
-
-
-def healthy(daemon: Nerved) -> None:
-    # (a reload's READY=1 may still sit in the notify socket: a restart can return early)
-    wait_until(lambda: daemon.ctl("status").returncode == 0, timeout=10)
-    assert_runs_match_logs(daemon.state / "logs.db")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
+    return daemon.wait_run(run_id, timeout)
 
 
 # -- timeouts, whatever the role does ------------------------------------------------------
