@@ -466,5 +466,14 @@ def assert_runs_match(derived: dict[str, Any], stored: dict[str, Any]) -> None:
 
 def assert_runs_match_logs(db: Path) -> None:
     """Every run's row is what its entries say (:func:`derive_runs`), and every run with
-    entries has a row."""
-    assert_runs_match(derive_runs_from_logs(db), stored_runs(db))
+    entries has a row: both read in one read transaction, so that a live nerved's commit
+    cannot fall between them."""
+    conn = _read_only(db)
+    try:
+        conn.execute("BEGIN")
+        derived = derive_runs(conn)
+        stored = read_runs(conn)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    assert_runs_match(derived, stored)
