@@ -31,6 +31,7 @@ GATED = """
     from nerved import WorkflowDefinition
 
     def work(prompt, ctx):
+        open(prompt["gate"] + ".running", "w").close()
         while not os.path.exists(prompt["gate"]):
             time.sleep(0.01)
         return {"type": "done"}
@@ -42,7 +43,8 @@ GATED = """
 
     workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
 """
-"""A workflow of one step that returns once the file named by its payload's ``gate`` exists."""
+"""A workflow of one step that returns once the file named by its payload's ``gate`` exists;
+``<gate>.running`` exists once its role runs."""
 
 
 FORKER = """

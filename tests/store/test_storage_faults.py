@@ -355,7 +355,7 @@ def test_while_stopping_new_clients_are_answered_at_once(nerved_factory, tmp_pat
         "workflows:\n  slow: {drainTimeout: 30s}\n", workflows={"slow": GATED}
     ).start()
     run = daemon.rpc("workflow.trigger", workflow="slow", payload={"gate": str(gate)})
-    wait_until(lambda: daemon.rpc("status")["activeWorkflows"] == 1)
+    wait_until(lambda: (tmp_path / "gate.running").exists())  # its step runs: the stop waits
     daemon.signal(signal.SIGTERM)
     daemon.wait_notify("STOPPING=1")
     started = time.monotonic()
