@@ -65,7 +65,11 @@ def summary(checked: int, diverged: int, skipped: int = 0) -> str:
     """One line: how many runs were checked, and what came of it; the runs not checked
     (their history cannot be read back) are said, so that none passes for agreeing."""
     runs = "1 run" if checked == 1 else f"{checked} runs"
-    said = f"{diverged} diverged" if diverged else "the current code decides as every history says"
+    said = (
+        f"{diverged} diverged"
+        if diverged
+        else "the code nerved runs now decides as every history says"
+    )
     if not checked and not diverged:
         said = "nothing to compare"
     if skipped:

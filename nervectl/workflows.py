@@ -152,10 +152,10 @@ def summarise(entry: Mapping[str, Any], width: int = 100) -> str:
         return render.truncate(marker, width)
     kind = entry.get("type")
     if kind in ("step_complete", "input") and isinstance(payload, dict):
-        role = payload.get("role", "?") if kind == "step_complete" else "moderator <-"
         event = payload.get("event")
         said = event.get("type", "?") if isinstance(event, dict) else "?"
-        return render.truncate(f"{role} -> {said} {render.compact(event)}", width)
+        way = f"{payload.get('role', '?')} ->" if kind == "step_complete" else "moderator <-"
+        return render.truncate(f"{way} {said} {render.compact(event)}", width)
     if kind == "step_failed" and isinstance(payload, dict):
         retry_at, at = payload.get("retryAt"), entry.get("ts")
         then = "no more tries"
@@ -164,7 +164,8 @@ def summarise(entry: Mapping[str, Any], width: int = 100) -> str:
         text = f"{payload.get('role', '?')} try {payload.get('try', '?')}, {then}: "
         return render.truncate(render.one_line(f"{text}{payload.get('error')}"), width)
     if kind == "resumed" and isinstance(payload, dict):
-        text = f"after {payload.get('reason')} (attempt {payload.get('attempt', '?')})"
+        lost = payload.get("attempt", "?")
+        text = f"after {payload.get('reason')}; workers lost under it: {lost} (maxAttempts)"
         return render.truncate(render.one_line(text), width)
     if kind == "cancelled" and isinstance(payload, dict):
         reason = payload.get("reason")
@@ -181,9 +182,10 @@ def in_flight(run: Mapping[str, Any], now: int | None = None) -> str:
         return "-"
     step, tries = progress.get("step", "?"), progress.get("try", 1)
     retry_at = progress.get("retryAt")
-    if retry_at is not None:
-        return f"step {step}, try {tries} due {format_ago(retry_at, now)}"
     role = progress.get("role")
+    if retry_at is not None:
+        who = f" (role {role})" if role else ""
+        return f"step {step}{who}, try {tries} due {format_ago(retry_at, now)}"
     details = ([f"role {role}"] if role else []) + ([f"try {tries}"] if tries != 1 else [])
     where = f"step {step}" + (f" ({', '.join(details)})" if details else "")
     since = progress.get("since")

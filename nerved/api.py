@@ -68,7 +68,9 @@ class Retry(Exception):
 
     ``after``: seconds before the next try, instead of the policy's delay (a rate limit's
     ``Retry-After``); None: the policy's. Past the policy's ``attempts`` the step fails as
-    after any other exception. The message, if any, is the try's error in the run's log.
+    after any other exception. The try's error in the run's log (and a ``role_failed``
+    event's ``error``) is ``asked to retry: <message>``; any other exception's is
+    ``raised <Type>: <message> (at <file>:<line>)``.
     """
 
     def __init__(self, message: str = "", *, after: float | None = None) -> None:
@@ -84,7 +86,8 @@ class Retry(Exception):
 
 class Fatal(Exception):
     """Raised by a role: this step failed and must not be tried again, whatever the role's
-    ``retry`` policy says (a bad request, a missing resource). ``onError`` then applies."""
+    ``retry`` policy says (a bad request, a missing resource). ``onError`` then applies. The
+    try's error (and a ``role_failed`` event's) is ``gave up: <message>``."""
 
 
 class LogsReader(Protocol):

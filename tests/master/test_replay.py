@@ -75,7 +75,7 @@ def test_a_moderator_that_decides_otherwise_at_step_2_is_reported(daemon: Nerved
     run_id = run_to_end(daemon)
     same = daemon.ctl("workflow", "replay", run_id[:8])
     assert same.returncode == 0, same.stderr
-    assert "checked 1 run: the current code decides as every history says" in same.stdout
+    assert "checked 1 run: the code nerved runs now decides as every history says" in same.stdout
     assert daemon.rpc("workflow.replay", runId=run_id) == {
         "checked": 1, "diverged": [], "skipped": [],
     }  # fmt: skip

@@ -448,11 +448,57 @@ def test_inspect_and_list_show_the_step_in_flight_and_a_retry_s_wait(nerved_fact
     assert progress["try"] == 2 and progress["retryAt"] > time.time() * 1000 + 3_000_000
     table = daemon.ctl("workflow", "list").stdout
     assert "IN FLIGHT" in table and "step 1 (role awaits) for" in table
-    assert "step 1, try 2 due in" in table
+    assert "step 1 (role flaky), try 2 due in" in table
     shown = daemon.ctl("workflow", "inspect", waiting).stdout
     assert "flaky try 1, next try after 1h: raised RuntimeError: transient 1" in shown
     daemon.rpc("workflow.cancel", runId=waiting)
     daemon.rpc("workflow.cancel", runId=hung)
+
+
+AFTER_A_RETRY = """
+    import asyncio, os
+    from nerved import Retry, WorkflowDefinition
+
+    def flaky(prompt, ctx):
+        if ctx.attempt == 1:
+            raise Retry("once")
+        return {"type": "flaked", "gate": prompt["gate"]}
+
+    async def hold(prompt, ctx):
+        while not os.path.exists(prompt["gate"]):
+            await asyncio.sleep(0.01)
+        return {"type": "held"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "flaky", "prompt": event["payload"]}
+        if event["type"] == "flaked":
+            return {"role": "hold", "prompt": {"gate": event["gate"]}}
+        return None
+
+    workflow = WorkflowDefinition(roles={"flaky": flaky, "hold": hold}, moderate=moderate)
+"""
+
+
+def test_the_step_after_a_retried_one_is_shown_in_flight_not_due(nerved_factory, tmp_path):
+    """Once the retry ran, no try is due: the next step shows its role and age."""
+    yaml = (
+        "  w:\n    roles:\n      flaky:\n        retry: {attempts: 2, delay: 10ms}\n"
+        "      hold: {timeout: 1h}\n"
+    )
+    daemon = start(nerved_factory, yaml, {"w": AFTER_A_RETRY})
+    run_id = trigger(daemon, "w", {"gate": str(tmp_path / "gate")})
+    wait_until(
+        lambda: (
+            (daemon.rpc("workflow.inspect", runId=run_id)["progress"] or {}).get("role") == "hold"
+        ),
+        timeout=10,
+    )
+    progress = daemon.rpc("workflow.inspect", runId=run_id)["progress"]
+    assert (progress["step"], progress["try"], progress["retryAt"]) == (2, 1, None)
+    assert "step 2 (role hold) for" in daemon.ctl("workflow", "list").stdout
+    (tmp_path / "gate").touch()
+    assert wait_run(daemon, run_id)["status"] == "completed"
 
 
 def test_each_resume_after_a_worker_crash_is_in_the_history(nerved_factory, tmp_path):

@@ -666,7 +666,7 @@ def test_attack2_replay_of_an_active_run_waiting_for_its_next_try(nerved_factory
     assert diverged["logged"] == {"role": "flaky", "prompt": {"n": 1, "pad": ""}}
     assert "moderator returned 42" in diverged["now"]["error"]
     listed = daemon.ctl("workflow", "list")
-    assert "step 1, try 2 due in" in listed.stdout, listed.stdout
+    assert "step 1 (role flaky), try 2 due in" in listed.stdout, listed.stdout
     daemon.rpc("workflow.cancel", runId=run_id)
     assert daemon.ctl("workflow", "replay", run_id).returncode == 1
     healthy(daemon)

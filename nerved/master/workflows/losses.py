@@ -79,7 +79,7 @@ class Losses:
             run.worker = None
             run.lost = f"{WORKER_DIED} ({why})"
             self.forget(run)
-            attempts = self.store.count_attempt(run.run_id)
+            attempts = run.attempts = self.store.count_attempt(run.run_id)
             if flow.removed:
                 self.end(
                     run, Transition.CRASH, f"its workflow was removed and its worker died ({why})"

@@ -187,7 +187,8 @@ class WorkflowManager:
                 self.losses.restart_afresh(record, recovery.payload_json, why)
             else:
                 run = ActiveRun(record.run_id, flow, recovery.payload_json, record.history,
-                                record.steps, sent=True, lost="nerved restarted")  # fmt: skip
+                                record.steps, sent=True, lost="nerved restarted",
+                                attempts=record.attempts)  # fmt: skip
                 flow.active[run.run_id] = run
                 self.runs[run.run_id] = run
                 self.tries.recovered(run, record)  # a retry it waited for is armed again
@@ -311,10 +312,8 @@ class WorkflowManager:
         run.in_flight = InFlight(None, now_ms())
         if run.sent:
             if run.lost is not None:  # inspect shows each resume after a crash or restart
-                record = self.store.get_run(run.run_id)
-                attempt = 0 if record is None else record.attempts
                 self.store.append_log("workflow", "resumed", run.run_id,
-                                      {"reason": run.lost, "attempt": attempt})  # fmt: skip
+                                      {"reason": run.lost, "attempt": run.attempts})  # fmt: skip
                 run.lost = None
             self.resumer.resume(run, worker)
             return

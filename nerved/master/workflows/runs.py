@@ -55,6 +55,7 @@ class ActiveRun:
     retry_timer: Timer | None = None  # gives it back to a worker at retry_at
     in_flight: InFlight | None = None
     lost: str | None = None  # why its next worker resumes it (a worker died, nerved restarted)
+    attempts: int = 0  # workers lost under it, as its row counts them (maxAttempts)
 
     def progress(self) -> dict[str, Any]:
         """Where it stands, for ``inspect`` and ``workflow list``: ``{step, try, since, role,
@@ -167,6 +168,8 @@ def log_transition(run_id: str, workflow: str, transition: Transition, error: st
     """Every transition reaches the journal with run id and workflow (SPEC §8)."""
     level = logging.WARNING if transition.target in _BAD_ENDS else logging.INFO
     reason = f": {error}" if error else ""
+    if error and error.startswith(f"{transition.target} "):  # "cancelled by uid 0: ..."
+        reason = error[len(transition.target) :]
     log.log(level, "run %s of %s %s%s", run_id, workflow, transition.target, reason)
 
 

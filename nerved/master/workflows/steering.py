@@ -148,9 +148,10 @@ class Steering:
             raise NotFound(f"no workflow named {record.workflow!r} to retry run {run_id} in")
         keep = record.steps if from_step is None else from_step
         if not 0 <= keep <= record.steps:
+            steps = "1 step" if record.steps == 1 else f"{record.steps} steps"
             raise BadInput(
-                f"run {run_id} completed {record.steps} steps: fromStep must be 0 to"
-                f" {record.steps} (the steps kept; the next one runs again)"
+                f"fromStep (--from-step) must be 0 to {record.steps}, the steps kept: run"
+                f" {run_id} recorded {steps} before it ended {record.status}"
             )
         payload = record.trigger_payload
         if isinstance(payload, Unreadable):

@@ -163,11 +163,12 @@ class Tries:
             return
         run.tries = tries
         run.worker = None  # the worker dropped the thread (or was replaced under it)
-        run.in_flight = None
+        run.in_flight = InFlight(role, now_ms()) if again else None  # its role, until due
         where = f"run {run.run_id} of {run.flow.name}: role {role!r} {error} (try {tries}"
         if again:
             assert retry_at is not None
-            log.warning("%s of %d); next try in %gs", where, attempts, (retry_at - now_ms()) / 1000)
+            wait = (retry_at - now_ms()) / 1000
+            log.warning("%s of %d); next try in %.1fs", where, attempts, wait)
             self.wait(run, retry_at)
         elif policy.on_error is OnError.MODERATE:
             log.warning("%s of %d); the moderator decides (onError: moderate)", where, attempts)
@@ -186,10 +187,12 @@ class Tries:
 
     def wait(self, run: ActiveRun, retry_at: int) -> None:
         """Give ``run`` back to a worker at ``retry_at`` (ms since the epoch)."""
-        self.cancel(run)
+        if run.retry_timer is not None:
+            run.retry_timer.cancel()
 
         def due() -> None:
             run.retry_timer = None
+            run.retry_at = None
             self.assign(run)
 
         run.retry_at = retry_at
