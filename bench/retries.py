@@ -39,21 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Daemon
-
-STEP = """
-    from nerved import WorkflowDefinition
-
-    PAD = "x" * 48
-
-    async def step(prompt, ctx):
-        return {"type": "step", "run": ctx.run_id[:10], "step": prompt, "ok": True, "pad": PAD}
-
-    def moderate(thread, event):
-        n = len(thread.events)
-        return {"role": "step", "prompt": n} if n <= 3 else None
-
-    workflow = WorkflowDefinition(roles={"step": step}, moderate=moderate)
-"""
+from bench.workflows import WORKFLOW as STEP  # workload W: three steps of one role
 
 FLAKY = """
     from nerved import WorkflowDefinition
