@@ -167,6 +167,9 @@ def summarise(entry: Mapping[str, Any], width: int = 100) -> str:
         lost = payload.get("attempt", "?")
         text = f"after {payload.get('reason')}; workers lost under it: {lost} (maxAttempts)"
         return render.truncate(render.one_line(text), width)
+    if kind == "copied" and isinstance(payload, dict):
+        text = f"the next {payload.get('steps')} steps are run {payload.get('from')}'s, kept"
+        return render.truncate(render.one_line(f"{text}, not run again"), width)
     if kind == "cancelled" and isinstance(payload, dict):
         reason = payload.get("reason")
         text = f"by uid {payload.get('uid')}" + ("" if reason is None else f": {reason}")

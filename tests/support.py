@@ -366,8 +366,9 @@ ERROR_TYPES = ("failed", "crashed", "dropped")
 HISTORY_ENTRY_TYPES = ("step_complete", "step_failed", "input")
 """Steps (steps + 1), failed tries (tries + 1, retry_at: retryAt), inputs: the last two
 forgotten at the next step or input."""
-INERT_TYPES = ("log", "resumed")
-"""ctx.log lines, and a run given to a new worker: no change to the row."""
+INERT_TYPES = ("log", "resumed", "copied")
+"""ctx.log lines, a run given to a new worker, and the note before the steps a retry copied
+(the copies themselves count as steps): no change to the row."""
 
 RUN_FIELDS = ("status", "steps", "error", "tries", "retry_at")
 

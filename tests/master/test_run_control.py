@@ -408,6 +408,12 @@ def test_retry_from_the_failed_step_copies_the_earlier_steps_and_never_reruns_th
     old_steps = [e["payload"] for e in entries(daemon, old, "step_complete")]
     new_steps = [e["payload"] for e in entries(daemon, new["runId"], "step_complete")]
     assert new_steps[:2] == old_steps
+    kinds = [e["type"] for e in entries(daemon, new["runId"])]
+    assert kinds[:4] == ["started", "copied", "step_complete", "step_complete"], kinds
+    (note,) = entries(daemon, new["runId"], "copied")
+    assert note["payload"] == {"from": old, "steps": 2}
+    shown = daemon.ctl("workflow", "inspect", new["runId"]).stdout
+    assert f"the next 2 steps are run {old}'s, kept, not run again" in shown
 
     again = daemon.rpc("workflow.retry", runId=new["runId"], fromStep=1)
     assert wait_run(daemon, again["runId"])["status"] == "completed"

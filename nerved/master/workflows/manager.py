@@ -257,6 +257,8 @@ class WorkflowManager:
         log_transition(run_id, workflow, admission.transition, record.error)
         copied = 0
         if keep_steps and retry_of is not None and admission.transition is not Transition.REJECT:
+            note = {"from": retry_of, "steps": keep_steps}  # inspect tells copies from steps run
+            self.store.append_log("workflow", "copied", run_id, note)
             copied = self.store.copy_history(retry_of, run_id, keep_steps)
         if admission.transition is Transition.START:
             self._activate(flow, QueuedRun(run_id, payload_json, keep_steps, copied))
