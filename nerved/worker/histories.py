@@ -19,7 +19,8 @@ read from the first entry after the one that appended E[i] that says something o
   that call, and the derivation stops there.
 
 Entries that say nothing of a decision are passed over wherever they are: the transitions
-that start a run (``queued``, ``started``), ``log`` lines, ``resumed``. A ``step_failed``
+that start a run (``queued``, ``started``), its idempotency ``key``, ``log`` lines,
+``resumed``. A ``step_failed``
 after its call's decision was read is a further try of the same step (no moderator call).
 
 The ``step`` reported for call i is 1 + the number of ``step_complete`` events among
@@ -42,7 +43,7 @@ DECISIONS: Final = frozenset({"step_complete", "step_failed"})
 END: Final = "completed"
 """The entry of a run whose moderator returned None."""
 
-SILENT: Final = frozenset({"queued", "started", "log", "resumed"})
+SILENT: Final = frozenset({"queued", "started", "key", "log", "resumed"})
 """Entry types that say nothing of the moderator's decisions: passed over."""
 
 
