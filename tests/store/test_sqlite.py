@@ -187,7 +187,6 @@ def test_schema_accepts_waiting_already(store: Store, peer: sqlite3.Connection) 
     )
 
 
-
 def test_the_unique_index_holds_keys_whoever_writes(store: Store, peer: sqlite3.Connection) -> None:
     """Migration 3's index: one run per (workflow, key), whoever writes the row; any number
     of runs without a key."""
@@ -204,6 +203,7 @@ def test_the_unique_index_holds_keys_whoever_writes(store: Store, peer: sqlite3.
     peer.execute(insert, ("r4", "wf", None))
     peer.execute(insert, ("r5", "wf", None))
     peer.commit()
+
 
 def plans(store: Store, peer: sqlite3.Connection, call: Callable[[], object]) -> list[str]:
     """The query plan of every statement ``call`` makes the store run (parameters as bound)."""

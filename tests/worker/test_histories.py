@@ -158,7 +158,12 @@ def test_a_key_entry_after_the_creating_one_is_passed_over(created: str) -> None
     """Issue 12: a run triggered with an idempotency key has a ``key`` entry right after its
     creating one; it says nothing of a decision."""
     done = {"type": "done"}
-    entries = [(created, {"n": 1}), ("key", {"key": "k"}), step("x", "p", done), ("completed", None)]
+    entries = [
+        (created, {"n": 1}),
+        ("key", {"key": "k"}),
+        step("x", "p", done),
+        ("completed", None),
+    ]
     if created == "queued":
         entries.insert(2, ("started", {"n": 1}))
     history = derive({"n": 1}, entries)
