@@ -248,3 +248,11 @@ def test_a_run_pruned_by_retention_frees_its_key(nerved_factory):
     assert again["runId"] != first["runId"] and again["deduplicated"] is False
     assert trigger(daemon, "quick", "reused")["runId"] == again["runId"]
     daemon.healthy()
+
+
+def test_the_replay_check_passes_over_the_key_entry(daemon):
+    """A keyed run's ``key`` entry says nothing of its moderator's decisions."""
+    run = trigger(daemon, "quick", "replayed", {"n": 1})
+    daemon.wait_run(run["runId"])
+    checked = daemon.rpc("workflow.replay", runId=run["runId"])
+    assert checked == {"checked": 1, "diverged": [], "skipped": []}
