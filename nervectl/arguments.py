@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from nervectl.limits import MAX_INTEGER, MAX_QUERY_LIMIT, MAX_REPLAY_RUNS
+from nervectl.limits import MAX_INTEGER, MAX_KEY, MAX_QUERY_LIMIT, MAX_REPLAY_RUNS
 from nervectl.times import SINCE_HELP, parse_duration_ms, parse_since
 
 TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
@@ -71,6 +71,14 @@ def _text(text: str) -> str:
     except UnicodeEncodeError:
         shown = text.encode(errors="surrogateescape")
         raise argparse.ArgumentTypeError(f"not UTF-8 text: {shown!r}") from None
+    return text
+
+
+def _key(text: str) -> str:
+    """An argparse type: an idempotency key, text of 1 to MAX_KEY characters."""
+    text = _text(text)
+    if len(text) > MAX_KEY:
+        raise argparse.ArgumentTypeError(f"{len(text):,} characters; at most {MAX_KEY}")
     return text
 
 
@@ -183,6 +191,13 @@ def workflow_trigger(start: argparse.ArgumentParser) -> None:
     )
     payload.add_argument(
         "--payload-file", metavar="FILE", help="read the JSON trigger payload from FILE (- stdin)"
+    )
+    start.add_argument(
+        "--key",
+        metavar="KEY",
+        type=_key,
+        help=f"an idempotency key (1 to {MAX_KEY} characters): if a kept run of the workflow "
+        "was triggered with KEY, show that run instead of starting another",
     )
     _waiting(start)
 

@@ -22,3 +22,6 @@ MAX_QUERY_LIMIT: Final = 10_000
 
 MAX_REPLAY_RUNS: Final = 1000
 """Runs one ``workflow replay`` checks at most (``nerved.wire.MAX_REPLAY_RUNS``)."""
+
+MAX_KEY: Final = 256
+"""Characters of an idempotency key at most (``nerved.wire.MAX_KEY``)."""

@@ -136,10 +136,14 @@ def run_fields(run: dict[str, Any]) -> str:
         elif key == "error":
             value = "-" if value is None else render.one_line(str(value))
         pairs.append((label, "-" if value is None else value))
+    if run.get("idempotencyKey") is not None:  # shown only when it was triggered with one
+        pairs.append(("key", str(run["idempotencyKey"])))
     if run.get("progress") is not None:
         pairs.append(("in flight", in_flight(run)))
     # An active run's try and next try are in its "in flight" line; a final run has none.
-    known = {key for key, _ in _RUN_FIELDS} | {"events", "progress", "tries", "retryAt"}
+    known = {key for key, _ in _RUN_FIELDS} | {
+        "events", "progress", "tries", "retryAt", "idempotencyKey",
+    }  # fmt: skip
     pairs += [(key, render.cell(value)) for key, value in run.items() if key not in known]
     return render.fields(pairs)
 
@@ -209,21 +213,28 @@ def workflow_trigger(ctx: Context) -> int:
     params: dict[str, Any] = {"workflow": args.name}
     if payload is not NO_PAYLOAD:
         params["payload"] = payload
+    if args.key is not None:
+        params["idempotencyKey"] = args.key
     accepted: dict[str, Any] = ctx.call("workflow.trigger", params)
     run_id = accepted.get("runId")
-    if accepted.get("worker") == "fatal" and accepted.get("status") != "dropped":
+    deduplicated = bool(accepted.get("deduplicated"))
+    status = accepted.get("status")
+    if deduplicated:  # the key's run, in whatever status it is now
+        status = f"{status} (an earlier trigger with key {args.key})"
+    if accepted.get("worker") == "fatal" and accepted.get("status") in ("queued", "started"):
         ctx.note(
             f"workflow {args.name}: its worker is fatal (see nervectl status); run {run_id}"
             " waits until its code is fixed and reloaded"
         )
     if not args.wait:
         if ctx.json:
-            ctx.print_json({"runId": run_id, "status": accepted.get("status")})
+            shown = {"runId": run_id, "status": accepted.get("status")}
+            ctx.print_json({**shown, "deduplicated": deduplicated})
         else:
-            ctx.print(f"run {run_id}: {accepted.get('status')}")
+            ctx.print(f"run {run_id}: {status}")
         return OK
     if not ctx.json:
-        ctx.print(f"run {run_id}: {accepted.get('status')}; waiting for it to finish")
+        ctx.print(f"run {run_id}: {status}; waiting for it to finish")
         ctx.out.flush()
     return wait_and_show(ctx, str(run_id), args.timeout)
 

@@ -60,6 +60,22 @@ MAX_QUERY_LIMIT: Final = 10_000
 MAX_REPLAY_RUNS: Final = 1000
 """Runs one ``workflow.replay`` checks at most: a larger ``limit`` asks for this many."""
 
+MAX_KEY: Final = 256
+"""Characters of an idempotency key (``workflow.trigger``'s ``idempotencyKey``) at most."""
+
+
+def key_problem(key: object) -> str | None:
+    """Why ``key`` is not an idempotency key (a non-empty string of at most
+    :data:`MAX_KEY` characters), or None when it is one."""
+    if not isinstance(key, str):
+        return "must be a string"
+    if not key:
+        return "must not be empty"
+    if len(key) > MAX_KEY:
+        return f"is {len(key):,} characters; at most {MAX_KEY}"
+    return None
+
+
 RESULT_BUDGET: Final = 4 * MiB
 """Payload bytes in one answer (``logs.query``, ``workflow.inspect``): past it the answer ends
 early, always after at least one entry, and the client asks for the next page."""

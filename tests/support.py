@@ -369,8 +369,11 @@ forgotten at the next step or input."""
 INERT_TYPES = ("log", "resumed", "copied")
 """ctx.log lines, a run given to a new worker, and the note before the steps a retry copied
 (the copies themselves count as steps): no change to the row."""
+KEY_TYPE = "key"
+"""The idempotency key a run was triggered with, ``{key}``, right after its creating entry:
+the row's idempotency_key."""
 
-RUN_FIELDS = ("status", "steps", "error", "tries", "retry_at")
+RUN_FIELDS = ("status", "steps", "error", "tries", "retry_at", "idempotency_key")
 
 
 def cancelled_error(payload: Any) -> str:
@@ -388,7 +391,8 @@ def cancelled_error(payload: Any) -> str:
 
 
 def derive_runs(conn: Any) -> dict[str, dict[str, Any]]:
-    """Rebuild every run's status, steps, error, tries and retry_at from the ``logs`` table
+    """Rebuild every run's status, steps, error, tries, retry_at and idempotency_key from the
+    ``logs`` table
     alone, over a plain ``sqlite3`` connection (RFC-002 §6.2: workflow_runs is derived data).
 
     This is the independent derivation that tests compare the rows with: each entry type
@@ -401,8 +405,10 @@ def derive_runs(conn: Any) -> dict[str, dict[str, Any]]:
     )
     for entry_id, ref_id, type_, text in rows:
         run = derived.setdefault(
-            ref_id, {"status": None, "steps": 0, "error": None, "tries": 0, "retry_at": None}
-        )
+            ref_id,
+            {"status": None, "steps": 0, "error": None, "tries": 0, "retry_at": None,
+             "idempotency_key": None},
+        )  # fmt: skip
         payload = None if text is None else json.loads(text)
         if type_ in STATUS_TYPES:
             run["status"] = type_
@@ -423,6 +429,10 @@ def derive_runs(conn: Any) -> dict[str, dict[str, Any]]:
             run["retry_at"] = payload["retryAt"]
         elif type_ == "input":
             run.update(tries=0, retry_at=None)
+        elif type_ == KEY_TYPE:
+            assert isinstance(payload, dict) and isinstance(payload.get("key"), str), payload
+            assert run["idempotency_key"] is None, f"run {ref_id}: a second key entry {entry_id}"
+            run["idempotency_key"] = payload["key"]
         elif type_ not in INERT_TYPES:
             raise AssertionError(
                 f"run {ref_id}: entry {entry_id} has type {type_!r}, unknown to"

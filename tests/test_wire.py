@@ -89,3 +89,19 @@ def test_loads_stored_maps_every_failure_to_invalid() -> None:
 
 def test_long_paths_keep_their_ends() -> None:
     assert wire.where(("a", "b", "c", "d", "e", "f", 0, "g", "h")) == "a.b.c.d….g.h"
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("k", None),
+        ("k" * wire.MAX_KEY, None),
+        ("é" * wire.MAX_KEY, None),  # characters, not bytes
+        ("", "must not be empty"),
+        ("k" * (wire.MAX_KEY + 1), "is 257 characters; at most 256"),
+        (None, "must be a string"),
+        (b"k", "must be a string"),
+    ],
+)
+def test_an_idempotency_key_is_a_short_non_empty_string(key: object, problem: str | None) -> None:
+    assert wire.key_problem(key) == problem

@@ -35,8 +35,15 @@ class WorkflowControl(Protocol):
         payload_json: str | None = None,
         *,
         retry_of: str | None = None,
+        idempotency_key: str | None = None,
     ) -> RunRecord:
-        """Admit a run (nerved.master.workflows); raises nerved.outcome's refusals."""
+        """Admit a run (nerved.master.workflows); raises nerved.outcome's refusals. With
+        ``idempotency_key``: the kept run of ``workflow`` that has it, if one does (whatever
+        its status, in this turn's batch too), and nothing changes."""
+
+    def run_by_key(self, workflow: str, key: str) -> RunRecord | None:
+        """The kept run of ``workflow`` with idempotency key ``key``, as this turn's batch
+        has it (not only what is committed: a trigger earlier in the turn counts)."""
 
     def wait(self, run_id: str, timeout: float | None) -> Any:
         """The run once final, or a Pending that answers then."""

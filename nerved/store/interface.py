@@ -74,6 +74,13 @@ class Reader(Protocol):
         """Newest first; ``trigger_payload`` is not read (None)."""
         ...
 
+    def run_by_key(self, workflow: str, key: str) -> RunRecord | None:
+        """The run of ``workflow`` created with idempotency key ``key`` (``create_run``), in
+        whatever status, ``trigger_payload`` read; None when no kept run of that workflow has
+        it (never one of another workflow; a pruned run's key is free). Raises nothing but
+        StoreError."""
+        ...
+
     def run_steps_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
         """One run's ``step_complete`` and ``input`` entries (``source = 'workflow'``) after
         ``after_id``, in id order, a page of them, and whether more follow: what resuming it
@@ -183,9 +190,15 @@ class Storage(Reader, Protocol):
         payload_json: str | None = None,
         reason: str | None = None,
         retry_of: str | None = None,
+        idempotency_key: str | None = None,
         ts: int | None = None,
     ) -> RunRecord:
-        """Insert a new run in a creating transition's status, with its log entry."""
+        """Insert a new run in a creating transition's status, with its log entry.
+
+        With ``idempotency_key`` (a string), the row keeps it (``RunRecord.idempotency_key``)
+        and a ``key`` entry ``{"key": K}`` follows the creating entry, in the same batch (the
+        creating entry keeps the trigger payload). ValueError, writing nothing, when a run of
+        ``workflow`` has that key already; a run deleted by :meth:`prune_runs` frees it."""
         ...
 
     def transition_run(

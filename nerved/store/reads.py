@@ -14,7 +14,7 @@ from nerved.store.records import MAX_QUERY_LIMIT, LogEntry, RunRecord, Unreadabl
 
 RUN_COLUMNS: Final = (
     "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
-    "attempts, retry_of, seq, tries, retry_at"
+    "attempts, retry_of, seq, tries, retry_at, idempotency_key"
 )
 _LISTED_COLUMNS: Final = RUN_COLUMNS.replace("trigger_payload", "NULL")
 RUN_WIDTH: Final = RUN_COLUMNS.count(",") + 1  # a column added after them is at this index
@@ -51,6 +51,7 @@ def run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
         seq=row[10],
         tries=row[11],
         retry_at=row[12],
+        idempotency_key=row[13],
         history=history,
     )
 
@@ -258,6 +259,16 @@ class Reads:
             (*args, n),
         ).fetchall()
         return [run_from_row(r) for r in rows]
+
+    def run_by_key(self, workflow: str, key: str) -> RunRecord | None:
+        """The kept run of ``workflow`` triggered with idempotency key ``key``, if any (on
+        the unique partial index ``workflow_runs_key``)."""
+        row = self._conn.execute(
+            f"SELECT {RUN_COLUMNS} FROM workflow_runs"
+            " WHERE workflow = ? AND idempotency_key = ? AND idempotency_key IS NOT NULL",
+            (workflow, key),
+        ).fetchone()
+        return None if row is None else run_from_row(row)
 
     def run_steps_page(self, run_id: str, after_id: int = 0) -> tuple[list[LogEntry], bool]:
         """One run's ``step_complete`` and ``input`` entries after ``after_id``, in id order,

@@ -99,6 +99,9 @@ class RunRecord:
     retry_at: int | None = None
     """When the next try of the step in flight is due (ms since the epoch); None when no
     try is pending."""
+    idempotency_key: str | None = None
+    """The key it was triggered with (``workflow.trigger``'s ``idempotencyKey``): no other
+    kept run of its workflow has it. None: triggered without one."""
 
     def to_wire(self, error_limit: int = wire.MAX_LOG_LINE) -> dict[str, Any]:
         """The run's fields (no trigger payload); ``error`` is cut to ``error_limit`` bytes
@@ -115,6 +118,7 @@ class RunRecord:
             "retryOf": self.retry_of,
             "tries": self.tries,
             "retryAt": self.retry_at,
+            "idempotencyKey": self.idempotency_key,
         }
 
 

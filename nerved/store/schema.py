@@ -12,7 +12,7 @@ from typing import Final
 from nerved.store.connection import Connection
 from nerved.store.errors import StoreError
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.
@@ -87,6 +87,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE workflow_runs_2 RENAME TO workflow_runs;
     CREATE INDEX workflow_runs_active ON workflow_runs (seq)
         WHERE status IN ('queued', 'started');
+    """,
+    # 3 (issue 12): a run may carry the idempotency key it was triggered with; a workflow's
+    # kept runs have distinct keys (a trigger with a key some run has returns that run), and
+    # a run pruned by retention frees its key. The rows of before have none (NULL).
+    """
+    ALTER TABLE workflow_runs ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX workflow_runs_key ON workflow_runs (workflow, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
     """,
 )
 

@@ -56,12 +56,17 @@ class Writes:
         payload_json: str | None = None,
         reason: str | None = None,
         retry_of: str | None = None,
+        idempotency_key: str | None = None,
         ts: int | None = None,
     ) -> RunRecord:
         """Insert a new run in the transition's status, with the log entry recording it.
 
         ``payload_json`` is ``trigger_payload`` as :func:`dumps` encodes it, when the caller
         has it (it checked the payload on admission): it is stored as it is, not encoded again.
+        With an ``idempotency_key``, a ``key`` entry ``{"key": K}`` follows the creating one
+        (that one keeps the trigger payload), so that the row's key is derived from the logs;
+        ValueError, writing nothing, when a run of ``workflow`` has that key already (the
+        unique index ``workflow_runs_key`` holds it too, whoever writes).
         """
         if not transition.creates:
             raise ValueError(f"{transition.name} does not create a run")
@@ -69,19 +74,38 @@ class Writes:
         status = transition.target
         if payload_json is None and trigger_payload is not None:
             payload_json = dumps(trigger_payload)
+        key_json = None
+        if idempotency_key is not None:
+            key_json = dumps({"key": idempotency_key})  # may raise: before any write
+            holder = self._conn.execute(
+                "SELECT run_id FROM workflow_runs"
+                " WHERE workflow = ? AND idempotency_key = ? AND idempotency_key IS NOT NULL",
+                (workflow, idempotency_key),
+            ).fetchone()
+            if holder is not None:
+                raise ValueError(
+                    f"run {holder[0]} of workflow {workflow!r} has that idempotency key already"
+                )
         self._begin()
         cur = self._conn.execute(
             "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at,"
-            " trigger_payload, error, retry_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, workflow, status, ts, ts, payload_json, reason, retry_of),
+            " trigger_payload, error, retry_of, idempotency_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, workflow, status, ts, ts, payload_json, reason, retry_of, idempotency_key),
         )
         self._conn.execute(
             "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES ('workflow', ?, ?, ?, ?)",
             (status, run_id, payload_json if reason is None else dumps(reason), ts),
         )
+        if key_json is not None:
+            self._conn.execute(
+                "INSERT INTO logs (source, type, ref_id, payload, ts)"
+                " VALUES ('workflow', 'key', ?, ?, ?)",
+                (run_id, key_json, ts),
+            )
         return RunRecord(
             run_id, workflow, status, ts, ts, trigger_payload, 0, reason, 0, retry_of,
-            int(cur.lastrowid or 0),
+            int(cur.lastrowid or 0), idempotency_key=idempotency_key,
         )  # fmt: skip
 
     def transition_run(

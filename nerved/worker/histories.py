@@ -19,8 +19,9 @@ read from the first entry after the one that appended E[i] that says something o
   that call, and the derivation stops there.
 
 Entries that say nothing of a decision are passed over wherever they are: the transitions
-that start a run (``queued``, ``started``), ``log`` lines, ``resumed``, and ``copied`` (the
-note before the steps a retry copied from the run it retries). A ``step_failed``
+that start a run (``queued``, ``started``), its idempotency ``key``, ``log`` lines,
+``resumed``, and ``copied`` (the note before the steps a retry copied from the run it
+retries). A ``step_failed``
 after its call's decision was read is a further try of the same step (no moderator call).
 
 The ``step`` reported for call i is 1 + the number of ``step_complete`` events among
@@ -43,7 +44,7 @@ DECISIONS: Final = frozenset({"step_complete", "step_failed"})
 END: Final = "completed"
 """The entry of a run whose moderator returned None."""
 
-SILENT: Final = frozenset({"queued", "started", "log", "resumed", "copied"})
+SILENT: Final = frozenset({"queued", "started", "key", "log", "resumed", "copied"})
 """Entry types that say nothing of the moderator's decisions: passed over."""
 
 

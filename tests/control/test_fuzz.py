@@ -120,7 +120,7 @@ class Fuzzer:
         if (
             method == "workflow.trigger"
             and isinstance(result, dict)
-            and set(result) == {"runId", "status", "worker"}
+            and set(result) == {"runId", "status", "worker", "deduplicated"}
         ):
             self.runs.append(result["runId"])
 
@@ -193,6 +193,8 @@ class Fuzzer:
                                    '"bogus"', '["completed","dropped","crashed"]'))  # fmt: skip
             case "all":
                 return rng.choice(("true", "false"))
+            case "idempotencyKey":  # a few keys, used again and again; and ones refused
+                return json.dumps(rng.choice(("k1", "k2", "ü", "k" * 256, "k" * 257, "")))
             case "source":
                 return rng.choice(('"sense"', '"workflow"', '"nope"'))
             case "type":

@@ -363,10 +363,33 @@ def test_workflow_trigger_and_wait(daemon: Nerved) -> None:
 
 def test_workflow_trigger_json_is_run_id_and_status(daemon: Nerved) -> None:
     accepted = daemon.ctl_json("workflow", "trigger", "greet")
-    assert set(accepted) == {"runId", "status"}
+    assert set(accepted) == {"runId", "status", "deduplicated"}
     assert accepted["status"] in ("queued", "started")
+    assert accepted["deduplicated"] is False
     run = daemon.rpc("workflow.wait", runId=accepted["runId"], timeout=30)
     assert run["status"] == "completed"
+
+
+def test_workflow_trigger_with_a_key_twice_is_one_run(daemon: Nerved) -> None:
+    """``--key``: the second trigger shows the first one's run, as it is now."""
+    key = "nightly 2026-11-29"
+    first = daemon.ctl("workflow", "trigger", "greet", "--key", key, "--wait")
+    assert first.returncode == 0, first.stderr
+    run_id = first.stdout.split()[1].rstrip(":")
+    assert "earlier trigger" not in first.stdout
+    again = daemon.ctl("workflow", "trigger", "greet", "--key", key)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"run {run_id}: completed (an earlier trigger with key {key})\n"
+    shown = daemon.ctl_json("workflow", "trigger", "greet", "--key", key)
+    assert shown == {"runId": run_id, "status": "completed", "deduplicated": True}
+    waited = daemon.ctl("workflow", "trigger", "greet", "--key", key, "--wait")
+    assert waited.returncode == 0, waited.stderr
+    assert waited.stdout.startswith(
+        f"run {run_id}: completed (an earlier trigger with key {key}); waiting for it to finish\n"
+    )
+    other = daemon.ctl_json("workflow", "trigger", "greet", "--key", key + "-other")
+    assert other["runId"] != run_id and other["deduplicated"] is False
+    daemon.wait_run(other["runId"])
 
 
 def test_workflow_trigger_payload_file_and_stdin(daemon: Nerved, tmp_path: Path) -> None:
@@ -745,6 +768,9 @@ HUGE = "99999999999999999999"  # past it
         (("workflow", "inspect", ""), "RUN_ID"),
         (("sense", "trigger", ""), "NAME"),
         (("workflow", "trigger", ""), "NAME"),
+        (("workflow", "trigger", "w", "--key", ""), "--key"),
+        (("workflow", "trigger", "w", "--key", "k" * 257), "--key"),
+        (("workflow", "trigger", "w", "--key", os.fsdecode(b"k\xff")), "--key"),
         (("logs", "--run", ""), "--run"),
         (("logs", "--source", ""), "--source"),
         (("logs", "--type", ""), "--type"),

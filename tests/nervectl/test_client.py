@@ -124,7 +124,8 @@ def test_the_client_limits_are_the_daemons() -> None:
         limits.MAX_INTEGER,
         limits.MAX_QUERY_LIMIT,
         limits.MAX_REPLAY_RUNS,
-    ) == (wire.MAX_LINE, wire.MAX_INTEGER, wire.MAX_QUERY_LIMIT, wire.MAX_REPLAY_RUNS)
+        limits.MAX_KEY,
+    ) == (wire.MAX_LINE, wire.MAX_INTEGER, wire.MAX_QUERY_LIMIT, wire.MAX_REPLAY_RUNS, wire.MAX_KEY)
 
 
 # -- a stand-in daemon ----------------------------------------------------------------------------

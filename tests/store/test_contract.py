@@ -287,6 +287,107 @@ def test_create_run_seq_follows_creation_order(store: Storage) -> None:
     assert [r.seq for r in reversed(store.list_runs())] == seqs
 
 
+# -- idempotency keys (issue 12) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("transition", CREATING, ids=lambda t: t.name)
+def test_create_run_with_a_key_keeps_it_and_logs_it_after_the_creating_entry(
+    store: Storage, transition: Transition
+) -> None:
+    """The creating entry keeps what it holds (the payload, or a dropped run's reason); the
+    key has an entry of its own right after it, in the same batch, with the same time."""
+    reason = "queue full" if transition is Transition.REJECT else None
+    record = store.create_run(
+        "r1", "wf", transition, {"a": 1}, reason=reason, idempotency_key="k-1", ts=1_000
+    )
+    assert record.idempotency_key == "k-1"
+    assert store.run_by_key("wf", "k-1") == record  # the engine's view sees the batch
+    assert store.committed.run_by_key("wf", "k-1") is None
+    store.commit()
+    assert store.committed.run_by_key("wf", "k-1") == record == store.get_run("r1")
+    created, key = history(store, "r1")
+    assert created.type == transition.target.value
+    assert created.payload == (reason if reason is not None else {"a": 1})
+    assert (key.source, key.type, key.ref_id, key.payload, key.ts) == (
+        "workflow", "key", "r1", {"key": "k-1"}, 1_000,
+    )  # fmt: skip
+    assert record.to_wire()["idempotencyKey"] == "k-1"
+
+
+def test_create_run_without_a_key_logs_no_key_entry(store: Storage) -> None:
+    record = store.create_run("r1", "wf", Transition.START, None)
+    store.commit()
+    assert record.idempotency_key is None
+    assert [e.type for e in history(store, "r1")] == ["started"]
+    assert record.to_wire()["idempotencyKey"] is None
+
+
+def test_a_key_taken_in_its_workflow_is_refused_and_nothing_written(store: Storage) -> None:
+    """Whatever the holder's status; in the same batch or a committed one."""
+    store.create_run("r1", "wf", Transition.START, None, idempotency_key="k")
+    with pytest.raises(ValueError, match="r1"):
+        store.create_run("r2", "wf", Transition.START, None, idempotency_key="k")
+    assert store.get_run("r2") is None and history(store, "r2") == []
+    assert store.transition_run("r1", Transition.COMPLETE)
+    store.commit()
+    with pytest.raises(ValueError, match="r1"):
+        store.create_run("r3", "wf", Transition.REJECT, None, reason="x", idempotency_key="k")
+    assert not store.dirty
+    assert store.get_run("r3") is None
+
+
+def test_a_key_belongs_to_one_workflow_and_runs_without_keys_are_many(store: Storage) -> None:
+    one = store.create_run("r1", "wf", Transition.START, None, idempotency_key="k")
+    other = store.create_run("r2", "other", Transition.START, None, idempotency_key="k")
+    store.create_run("r3", "wf", Transition.START, None)
+    store.create_run("r4", "wf", Transition.START, None)
+    store.commit()
+    assert store.committed.run_by_key("wf", "k") == one
+    assert store.committed.run_by_key("other", "k") == other
+    assert store.committed.run_by_key("third", "k") is None
+    assert store.run_by_key("wf", "K") is None  # keys are compared as they are
+    assert store.run_by_key("wf", "") is None
+
+
+def test_a_key_survives_transitions_and_steps(store: Storage) -> None:
+    store.create_run("r1", "wf", Transition.ENQUEUE, None, idempotency_key="k")
+    assert store.transition_run("r1", Transition.DISPATCH)
+    assert store.record_step("r1", step("a", None, {"n": 1}))
+    assert store.transition_run("r1", Transition.FAIL, error="boom")
+    store.commit()
+    run = store.committed.run_by_key("wf", "k")
+    assert run is not None and (run.run_id, run.status, run.steps) == ("r1", RunStatus.FAILED, 1)
+    assert [r.idempotency_key for r in store.list_runs()] == ["k"]
+
+
+def test_a_pruned_run_frees_its_key(store: Storage) -> None:
+    store.create_run("r1", "wf", Transition.START, None, idempotency_key="k", ts=1_000)
+    assert store.transition_run("r1", Transition.COMPLETE, ts=1_000)
+    store.commit()
+    assert store.prune_runs(older_than=2_000, keep=None, limit=10) == 1
+    assert store.run_by_key("wf", "k") is None
+    again = store.create_run("r2", "wf", Transition.START, None, idempotency_key="k")
+    store.commit()
+    assert store.committed.run_by_key("wf", "k") == again
+    assert store.committed.query_logs(ref_id="r1") == []
+
+
+def test_a_key_is_kept_across_reopening(backend: Backend) -> None:
+    store = backend.open()
+    store.create_run("r1", "wf", Transition.START, {"p": 1}, idempotency_key="ü-key")
+    store.commit()
+    store.close()
+    store = backend.open()
+    try:
+        run = store.run_by_key("wf", "ü-key")
+        assert run is not None and run.run_id == "r1" and run.trigger_payload == {"p": 1}
+        assert [r.idempotency_key for r in store.active_runs()] == ["ü-key"]
+        with pytest.raises(ValueError):
+            store.create_run("r2", "wf", Transition.START, None, idempotency_key="ü-key")
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("transition", MOVING, ids=lambda t: t.name)
 def test_create_run_refuses_non_creating_transitions(
     store: Storage, transition: Transition

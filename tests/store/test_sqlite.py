@@ -187,6 +187,24 @@ def test_schema_accepts_waiting_already(store: Store, peer: sqlite3.Connection) 
     )
 
 
+def test_the_unique_index_holds_keys_whoever_writes(store: Store, peer: sqlite3.Connection) -> None:
+    """Migration 3's index: one run per (workflow, key), whoever writes the row; any number
+    of runs without a key."""
+    store.create_run("r1", "wf", Transition.START, None, idempotency_key="k")
+    store.commit()
+    store.release()
+    insert = (
+        "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at,"
+        " idempotency_key) VALUES (?, ?, 'started', 0, 0, ?)"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        peer.execute(insert, ("r2", "wf", "k"))
+    peer.execute(insert, ("r3", "other", "k"))
+    peer.execute(insert, ("r4", "wf", None))
+    peer.execute(insert, ("r5", "wf", None))
+    peer.commit()
+
+
 def plans(store: Store, peer: sqlite3.Connection, call: Callable[[], object]) -> list[str]:
     """The query plan of every statement ``call`` makes the store run (parameters as bound)."""
     statements: list[str] = []
@@ -219,6 +237,8 @@ def test_the_engines_reads_use_their_indexes(store: Store, peer: sqlite3.Connect
     active = plans(store, peer, store.active_runs)
     assert any("USING INDEX workflow_runs_active" in d for d in active), active
     assert any("logs_ref_id" in d for d in active), active
+    by_key = plans(store, peer, lambda: store.run_by_key("wf", "k"))
+    assert any("USING INDEX workflow_runs_key" in d for d in by_key), by_key
     for call in (lambda: store.run_steps_page("r1"), lambda: store.copy_history("r1", "r2", 1)):
         details = plans(store, peer, call)
         assert any("logs_ref_id" in d for d in details), details
@@ -289,7 +309,7 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     conn.close()
 
     store = Store(db_path)
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3
     assert [(r.run_id, r.steps, r.attempts, r.history) for r in store.active_runs()] == [
         ("r0", 0, 0, len('{"i":0}')),
         ("r1", 2, 1, len('{"i":1}') + 2 * len('{"role":"a","prompt":null,"event":{"n":2}}')),
@@ -298,13 +318,16 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     conn = plain_connect(db_path)
     after = rows_by_run(conn)
     assert after == {
-        run_id: {**row, "tries": 0, "retry_at": None} for run_id, row in before.items()
+        run_id: {**row, "tries": 0, "retry_at": None, "idempotency_key": None}
+        for run_id, row in before.items()
     }
     assert conn.execute("SELECT * FROM logs ORDER BY id").fetchall() == logs_before
     indexes = conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"
     ).fetchall()
-    assert indexes == [("logs_ref_id",), ("logs_source_type",), ("workflow_runs_active",)]
+    assert indexes == [
+        ("logs_ref_id",), ("logs_source_type",), ("workflow_runs_active",), ("workflow_runs_key",),
+    ]  # fmt: skip
     tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
     assert tables.fetchall() == [("logs",), ("meta",), ("workflow_runs",)]
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -321,7 +344,8 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     assert new.seq == max(row["seq"] for row in before.values()) + 1
     conn = plain_connect(db_path)
     after = rows_by_run(conn)
-    assert after["r1"] == {**before["r1"], "updated_at": 3_000, "tries": 1, "retry_at": 9_000}
+    after_1 = {"updated_at": 3_000, "tries": 1, "retry_at": 9_000, "idempotency_key": None}
+    assert after["r1"] == {**before["r1"], **after_1}
     assert after["r0"] == {
         **before["r0"],
         "status": "cancelled",
@@ -329,21 +353,22 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
         "error": "cancelled by uid 0: not needed",
         "tries": 0,
         "retry_at": None,
+        "idempotency_key": None,
     }
     assert_runs_match(derive_runs(conn), read_runs(conn))
     conn.close()
 
 
 def test_a_file_of_a_newer_version_is_refused_as_it_is(db_path: Path) -> None:
-    """Version 3 is not this nerved's: refused, and not touched (nothing migrated down)."""
+    """Version 4 is not this nerved's: refused, and not touched (nothing migrated down)."""
     write_version_1(db_path)
     conn = plain_connect(db_path)
-    conn.execute("PRAGMA user_version = 3")
+    conn.execute("PRAGMA user_version = 4")
     conn.close()
-    with pytest.raises(StoreError, match="schema version 3; this nerved knows up to 2"):
+    with pytest.raises(StoreError, match="schema version 4; this nerved knows up to 3"):
         Store(db_path)
     conn = plain_connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'workflow_runs'").fetchone()
     assert "cancelled" not in sql[0]
     conn.close()

@@ -151,3 +151,20 @@ def test_the_entries_a_store_keeps_derive_as_written(tmp_path: Path) -> None:
         Call(2, 2, {"role": "x", "prompt": 2}),
         Call(3, 3, None),
     ]
+
+
+@pytest.mark.parametrize("created", ["started", "queued"])
+def test_a_key_entry_after_the_creating_one_is_passed_over(created: str) -> None:
+    """Issue 12: a run triggered with an idempotency key has a ``key`` entry right after its
+    creating one; it says nothing of a decision."""
+    done = {"type": "done"}
+    entries = [
+        (created, {"n": 1}),
+        ("key", {"key": "k"}),
+        step("x", "p", done),
+        ("completed", None),
+    ]
+    if created == "queued":
+        entries.insert(2, ("started", {"n": 1}))
+    history = derive({"n": 1}, entries)
+    assert history.calls == [Call(0, 1, {"role": "x", "prompt": "p"}), Call(1, 2, None)]

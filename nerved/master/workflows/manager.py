@@ -216,8 +216,13 @@ class WorkflowManager:
         *,
         retry_of: str | None = None,
         keep_steps: int = 0,
+        idempotency_key: str | None = None,
     ) -> RunRecord:
         """Admit a new run: started, queued or dropped, written in the current batch.
+
+        ``idempotency_key``: when a kept run of ``workflow`` has that key (whatever its
+        status, committed or written earlier in this turn), that run, and nothing changes;
+        else the new run keeps it. -32602 for a key that is not one (:func:`wire.key_problem`).
 
         ``keep_steps``: the run retries ``retry_of`` from a step (:meth:`retry`): the old
         run's first ``keep_steps`` steps (with the inputs among them) are copied into its
@@ -233,6 +238,11 @@ class WorkflowManager:
         flow = self.flows.get(workflow)
         if flow is None or flow.removed:
             raise NotFound(f"no workflow named {workflow!r}")
+        if idempotency_key is not None:
+            if (problem := wire.key_problem(idempotency_key)) is not None:
+                raise BadInput(f"the idempotency key {problem}")
+            if (held := self.store.run_by_key(workflow, idempotency_key)) is not None:
+                return held  # the store's own view: a run of this very turn too
         if self.stopping:
             raise ShuttingDown("nerved is shutting down")
         if payload_json is None and payload is not None:
@@ -253,6 +263,7 @@ class WorkflowManager:
         record = self.store.create_run(
             run_id, workflow, admission.transition, payload,
             payload_json=payload_json, retry_of=retry_of, reason=reason,
+            idempotency_key=idempotency_key,
         )  # fmt: skip
         log_transition(run_id, workflow, admission.transition, record.error)
         copied = 0
@@ -408,6 +419,10 @@ class WorkflowManager:
         if self.stopping:
             raise ShuttingDown("nerved is shutting down")
         return self.steering.retry(run_id, from_step)
+
+    def run_by_key(self, workflow: str, key: str) -> RunRecord | None:
+        """The kept run of ``workflow`` with idempotency key ``key``, as this turn has it."""
+        return self.store.run_by_key(workflow, key)
 
     def progress(self, run_id: str) -> dict[str, Any] | None:
         """Where an active run stands (:meth:`ActiveRun.progress`); None: not started."""
