@@ -151,14 +151,15 @@ class Tries:
         tries = run.tries + 1
         again = retry and tries < attempts
         retry_at: int | None = None
+        now = now_ms()  # the entry's time, and what its retryAt counts from
         if again:
             delay_ms = policy.retry.delay_before(tries + 1) if after is None else int(after * 1000)
-            retry_at = now_ms() + delay_ms
+            retry_at = now + delay_ms
         step = {"role": role, "prompt": prompt, "error": error, "try": tries, "retryAt": retry_at}
         if prompt is NO_PROMPT or tries > 1:  # a step's later tries had the first one's prompt
             del step["prompt"]
         record = wire.dumps(step, max_depth=wire.MAX_DEPTH + 1)
-        if not self.store.record_failure(run.run_id, record, retry_at):
+        if not self.store.record_failure(run.run_id, record, retry_at, ts=now):
             log.error("run %s is no longer started; ignoring its failed try", run.run_id)
             return
         run.tries = tries
