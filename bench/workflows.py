@@ -1,6 +1,6 @@
 """Workflow throughput and latency on workload W, nerve beside DBOS and Huey in one run.
 
-W (../shared/anchors/README.md): N = 1000 runs of 3 sequential steps, each step a trivial
+W: N = 1000 runs of 3 sequential steps, each step a trivial
 function returning ~100 bytes of JSON, at most C = 10 runs at once, durable in SQLite on
 local disk. nerve runs it as a workflow with concurrency 10 and a queue; its durability is
 WAL + synchronous=FULL, as Huey's default. Measured from a client on the control socket:
@@ -13,8 +13,9 @@ WAL + synchronous=FULL, as Huey's default. Measured from a client on the control
 - iso: one run at a time: trigger, wait, next; e2e = trigger sent -> completion read;
 - tree RSS: the master and all its workers, sampled during the burst.
 
-The peers run the anchors' own scripts (``../shared/anchors``) in their venv, created from
-its lock file on first use: Huey "single" (its fastest shape) and DBOS with a 10-slot queue
+The peers run their own scripts (``bench/peers/w``: the scripts that measured them on this
+machine for the reference figures, kept as they were) in their venv, created from its lock
+file on first use: Huey "single" (its fastest shape) and DBOS with a 10-slot queue
 (poll 0.01 s), burst and iso, as the anchors ran them. ``--no-peers`` skips them.
 
     python -m bench.workflows [--n 1000] [--iso 200] [--no-peers]
@@ -33,7 +34,7 @@ from typing import Any
 
 from bench.common import REPO, Daemon, summary_ms, tree_rss
 
-ANCHORS = REPO.parent / "shared" / "anchors"
+ANCHORS = REPO / "bench" / "peers" / "w"
 ANCHORS_VENV = Path(os.environ.get("ANCHORS_VENV", "/tmp/anchors-venv"))
 
 WORKFLOW = """

@@ -1,4 +1,4 @@
-"""A real systemd as PID 1 for service tests, after ../shared/tools/systemd-sandbox.
+"""A real systemd as PID 1 for service tests, adapted from the systemd-sandbox tool its authors used.
 
 The tool is vendored in tests/tools/ (so that a clean clone has it). A sandbox boots
 systemd in private namespaces with the host's file system: units come from a directory of

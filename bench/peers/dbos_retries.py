@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -38,13 +37,9 @@ from concurrent.futures import Future
 from typing import Any
 
 from dbos import DBOS
+from waiting import idle_window
 
 INTERVAL = 1.0
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run(n: int, root: str) -> dict[str, Any]:
@@ -99,11 +94,8 @@ def run(n: int, root: str) -> dict[str, Any]:
         raise SystemExit(f"dbos: {len(first_failures)}/{n} first attempts failed; {failed[:1]}")
     # Every workflow now sleeps until its retry, the first due 1 s after the earliest failure.
     first_due = min(first_failures) + INTERVAL
-    cpu0, idle_from = cpu_seconds(), time.monotonic()
     threads = threading.active_count()
-    window = first_due - idle_from - 0.02
-    time.sleep(max(0.0, window))
-    cpu1, idle_for = cpu_seconds(), time.monotonic() - idle_from
+    idle_for, cpu_ms = idle_window(first_due)
     if not finished.wait(60 + n * 0.05) or failed:
         raise SystemExit(f"dbos: {len(completions)}/{n} complete; {failed[:1]}")
     wall = max(completions) - t0
@@ -113,8 +105,8 @@ def run(n: int, root: str) -> dict[str, Any]:
         "runs_per_s": n / wall,
         "wall_s": wall,
         "first_tries_s": max(first_failures) - t0,
-        "idle_window_s": idle_for if window > 0 else 0.0,
-        "cpu_ms_in_window": (cpu1 - cpu0) * 1000 if window > 0 else None,
+        "idle_window_s": idle_for,
+        "cpu_ms_in_window": cpu_ms,
         "settings": {
             "system_database": "sqlite",
             "start": "DBOS.start_workflow (a thread per workflow)",

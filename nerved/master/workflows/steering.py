@@ -77,7 +77,7 @@ class Steering:
         self.end = end
         self.finish = finish
 
-    def _final(self, run_id: str) -> RunRecord:
+    def _run(self, run_id: str) -> RunRecord:
         record = self.store.get_run(run_id)
         if record is None:
             raise NotFound(f"no run {run_id}")
@@ -86,7 +86,7 @@ class Steering:
     def cancel(self, run_id: str, reason: str | None, uid: int | None) -> RunRecord:
         """Cancel an active run; it is ``cancelled`` in this turn's batch. Raises NotFound,
         or Conflict for a run that is final already (data: ``{status}``)."""
-        record = self._final(run_id)
+        record = self._run(run_id)
         if record.status.is_final:
             raise Conflict(
                 f"run {run_id} is {record.status} already: a final run never changes",
@@ -108,7 +108,7 @@ class Steering:
                 queued_in.queue.clear()
                 queued_in.queue.extend(kept)
             self.finish(run_id, record.workflow, Transition.CANCEL, error, entry)
-        return self._final(run_id)
+        return self._run(run_id)
 
     def _let_go(self, flow: Flow, worker: Worker, run_id: str) -> None:
         """Tell ``worker`` to drop ``run_id``'s thread; replace it if it has not answered
@@ -136,7 +136,7 @@ class Steering:
         every step it completed). Raises NotFound (no run, or its workflow is gone),
         Conflict (the run is still active) or BadInput (no such step; a payload that can no
         longer be read)."""
-        record = self._final(run_id)
+        record = self._run(run_id)
         if record.status.is_active:
             raise Conflict(
                 f"run {run_id} is still {record.status}: only a final run can be retried"

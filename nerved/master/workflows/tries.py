@@ -199,14 +199,12 @@ class Tries:
         run.retry_at = retry_at
         run.retry_timer = self.loop.call_later((retry_at - now_ms()) / 1000, due)
 
-    def recovered(self, run: ActiveRun, record: RunRecord) -> bool:
-        """At start: arm the retry ``record`` was waiting for (at once if it fell due while
-        nerved was down); False if it had none."""
+    def recovered(self, run: ActiveRun, record: RunRecord) -> None:
+        """At start: arm the retry ``record`` was waiting for, if any (at once if it fell due
+        while nerved was down)."""
         run.tries = record.tries
-        if record.retry_at is None:
-            return False
-        self.wait(run, record.retry_at)
-        return True
+        if record.retry_at is not None:
+            self.wait(run, record.retry_at)
 
     def cancel(self, run: ActiveRun) -> None:
         """``run`` ends, or is given to a worker otherwise: no retry to come, and no bound
