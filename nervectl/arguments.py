@@ -258,6 +258,24 @@ def workflow_retry(retry: argparse.ArgumentParser) -> None:
     _waiting(retry)
 
 
+def workflow_signal(signal: argparse.ArgumentParser) -> None:
+    signal.add_argument(
+        "run_id", metavar="RUN_ID", type=_text, help="an active run: its id, or a unique prefix"
+        " of 8+ chars",
+    )  # fmt: skip
+    signal.add_argument(
+        "name", metavar="NAME", type=_text, help="the signal's name, as the moderator's wait_for"
+    )
+    payload = signal.add_mutually_exclusive_group()
+    payload.add_argument(
+        "--payload", metavar="JSON", type=_payload, default=argparse.SUPPRESS,
+        help="the signal's payload, a JSON value (default: null)",
+    )  # fmt: skip
+    payload.add_argument(
+        "--payload-file", metavar="FILE", help="read the JSON payload from FILE (- stdin)"
+    )
+
+
 def init(init: argparse.ArgumentParser) -> None:
     init.add_argument(
         "target", nargs="*", metavar="DIR | sense NAME | workflow NAME", help="what to create"

@@ -210,7 +210,7 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
     if wanted("workflow"):
         workflow = sub.add_parser(
             "workflow",
-            help="list, inspect, trigger, cancel, retry or replay workflow runs",
+            help="list, inspect, trigger, signal, cancel, retry or replay workflow runs",
             description="Workflow runs.",
         )
         runs = workflow.add_subparsers(dest="workflow_command", metavar="SUBCOMMAND", required=True)
@@ -249,6 +249,13 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
             "steering:workflow_cancel",
             "cancel active runs: queued ones never start, started ones stop at once",
             arguments.workflow_cancel,
+        )
+        command(
+            runs,
+            ("workflow", "signal"),
+            "steering:workflow_signal",
+            "send a signal to a run: its moderator gets it when it waits for that name",
+            arguments.workflow_signal,
         )
         command(
             runs,

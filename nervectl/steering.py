@@ -1,4 +1,5 @@
-"""``workflow cancel`` and ``workflow retry``: what an operator does to runs.
+"""``workflow cancel``, ``workflow retry`` and ``workflow signal``: what an operator does to
+runs.
 
 ``cancel`` takes several runs: each is asked for in turn, each failure is one line on
 stderr, and the others are still cancelled; the exit status is the worst one met (4 when a
@@ -12,7 +13,7 @@ import sys
 from nervectl.client import RemoteError
 from nervectl.context import visible
 from nervectl.exits import FAILED, NOT_FOUND, OK, USAGE, CliError
-from nervectl.workflows import wait_and_show
+from nervectl.workflows import NO_PAYLOAD, read_payload_file, wait_and_show
 
 TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
 if TYPE_CHECKING:
@@ -68,3 +69,23 @@ def workflow_retry(ctx: Context) -> int:
         ctx.print(f"{said}; waiting for it to finish")
         ctx.out.flush()
     return wait_and_show(ctx, run_id, args.timeout)
+
+
+def workflow_signal(ctx: Context) -> int:
+    """Send the signal; say whether a wait took it at once, or it is pending."""
+    args = ctx.args
+    if args.payload_file is not None:
+        payload = read_payload_file(args.payload_file)
+    else:
+        payload = vars(args).get("payload", NO_PAYLOAD)
+    params: dict[str, Any] = {"runId": args.run_id, "name": args.name}
+    if payload is not NO_PAYLOAD:
+        params["payload"] = payload
+    answer: dict[str, Any] = ctx.call("workflow.signal", params)
+    if ctx.json:
+        ctx.print_json(answer)
+    elif answer.get("delivered"):
+        ctx.print(f"run {args.run_id}: signal {args.name!r} delivered; the run goes on")
+    else:
+        ctx.print(f"run {args.run_id}: signal {args.name!r} pending until the run waits for it")
+    return OK

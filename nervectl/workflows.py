@@ -140,9 +140,15 @@ def run_fields(run: dict[str, Any]) -> str:
         pairs.append(("key", str(run["idempotencyKey"])))
     if run.get("progress") is not None:
         pairs.append(("in flight", in_flight(run)))
-    # An active run's try and next try are in its "in flight" line; a final run has none.
+    pending = run.get("pendingSignals")
+    if pending:  # signals no wait took yet, oldest first
+        names = ", ".join(render.one_line(str(p.get("name"))) for p in pending[:10])
+        more = f" and {len(pending) - 10} more" if len(pending) > 10 else ""
+        pairs.append(("pending signals", f"{len(pending)}: {names}{more}"))
+    # An active run's try, next try and wait are in its "in flight" line; a final run has none.
     known = {key for key, _ in _RUN_FIELDS} | {
-        "events", "progress", "tries", "retryAt", "idempotencyKey",
+        "events", "progress", "tries", "retryAt", "idempotencyKey", "waitFor", "wakeAt",
+        "pendingSignals",
     }  # fmt: skip
     pairs += [(key, render.cell(value)) for key, value in run.items() if key not in known]
     return render.fields(pairs)
@@ -167,6 +173,19 @@ def summarise(entry: Mapping[str, Any], width: int = 100) -> str:
             then = f"next try after {format_duration(max(0, retry_at - at) / 1000)}"
         text = f"{payload.get('role', '?')} try {payload.get('try', '?')}, {then}: "
         return render.truncate(render.one_line(f"{text}{payload.get('error')}"), width)
+    if kind == "waiting" and isinstance(payload, dict):
+        until = payload.get("until")
+        deadline = "" if until is None else f" (until {format_local(until)})"
+        if payload.get("wait") is None:
+            text = f"sleeps {format_duration((payload.get('sleep') or 0) / 1000)}{deadline}"
+        else:
+            text = f"waits for signal {payload.get('wait')!r}" + (
+                deadline if until is not None else ", no deadline"
+            )
+        return render.truncate(render.one_line(text), width)
+    if kind == "signal" and isinstance(payload, dict):
+        text = f"{payload.get('name')!r} {render.compact(payload.get('payload'))}"
+        return render.truncate(render.one_line(text), width)
     if kind == "resumed" and isinstance(payload, dict):
         lost = payload.get("attempt", "?")
         text = f"after {payload.get('reason')}; workers lost under it: {lost} (maxAttempts)"
@@ -183,7 +202,14 @@ def summarise(entry: Mapping[str, Any], width: int = 100) -> str:
 
 def in_flight(run: Mapping[str, Any], now: int | None = None) -> str:
     """Where a started run stands (its ``progress``): ``step 3 (role writer, try 2) for
-    12s``, or ``step 3, try 2 due in 4s`` while it waits to try again; ``-`` otherwise."""
+    12s``, or ``step 3, try 2 due in 4s`` while it waits to try again; a waiting run's wait,
+    ``signal 'approve', timeout in 23h``; ``-`` otherwise."""
+    if run.get("status") == "waiting":
+        wake_at, name = run.get("wakeAt"), run.get("waitFor")
+        if name is None:
+            return f"sleeps, wakes {format_ago(wake_at, now)}"
+        due = "" if wake_at is None else f", timeout {format_ago(wake_at, now)}"
+        return f"signal {render.one_line(str(name))!r}{due}"
     progress = run.get("progress")
     if not isinstance(progress, dict):
         return "-"

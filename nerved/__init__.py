@@ -28,9 +28,13 @@ if TYPE_CHECKING:
         Retry,
         RoleFn,
         SenseContext,
+        Sleep,
         ThreadState,
+        WaitFor,
         WorkflowContext,
         WorkflowDefinition,
+        sleep,
+        wait_for,
     )
     from nerved.store.records import LogEntry
 
@@ -45,10 +49,14 @@ __all__ = [
     "Retry",
     "RoleFn",
     "SenseContext",
+    "Sleep",
     "ThreadState",
+    "WaitFor",
     "WorkflowContext",
     "WorkflowDefinition",
     "__version__",
+    "sleep",
+    "wait_for",
 ]
 
 _MODULE_OF = {name: "nerved.api" for name in __all__ if name not in ("LogEntry", "__version__")}

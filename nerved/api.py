@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol, TypedDict
 
+from nerved import waits
 from nerved.store.records import LogEntry
 
 JsonValue = Any
@@ -28,6 +30,49 @@ class ModerateResult(TypedDict):
 
     role: str
     prompt: JsonValue
+
+
+class WaitFor(TypedDict):
+    """The moderator's answer :func:`wait_for` makes: park until a signal, or a deadline."""
+
+    wait: str
+    timeout: int | None  # milliseconds; None: no deadline
+
+
+class Sleep(TypedDict):
+    """The moderator's answer :func:`sleep` makes: park for a time."""
+
+    sleep: int  # milliseconds
+
+
+Duration = str | float | timedelta
+"""``"90s"``, ``"1h30m"`` (units, as nerve.yaml writes them), a number of seconds, or a
+:class:`~datetime.timedelta`."""
+
+
+def wait_for(name: str, timeout: Duration | None = None) -> WaitFor:
+    """What a moderator returns to wait for the signal ``name`` (SPEC §4 v2).
+
+    The run parks: status ``waiting``; it keeps its concurrency slot but holds no worker,
+    and survives restarts (its deadline is fixed, and logged, when it parks). The moderator
+    is called again with ``{"type": "signal", "name": name, "payload": P}`` when the signal
+    comes (``nervectl workflow signal RUN NAME``; one sent before this wait is delivered at
+    once, oldest first), or ``{"type": "wait_timeout", "name": name}`` once ``timeout`` has
+    passed (None: no deadline). Raises ValueError for a name that is empty, longer than 256
+    characters or holds control characters, or a timeout that is negative, over 100 years,
+    or text without a unit.
+    """
+    if (problem := waits.name_problem(name)) is not None:
+        raise ValueError(f"wait_for(): the name {problem}")
+    ms = None if timeout is None else waits.milliseconds(timeout, "wait_for(timeout=)")
+    return {"wait": name, "timeout": ms}
+
+
+def sleep(duration: Duration) -> Sleep:
+    """What a moderator returns to park its run for ``duration`` (SPEC §4 v2); then it is
+    called again with ``{"type": "wake"}``. Durable as :func:`wait_for` is: a sleep that ends
+    while nerved is down wakes at its next start. Raises ValueError as :func:`wait_for`."""
+    return {"sleep": waits.milliseconds(duration, "sleep()")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +179,9 @@ class SenseContext:
 RoleFn = Callable[[JsonValue, WorkflowContext], CommandEvent | Awaitable[CommandEvent]]
 """A role: sync or async, side effects allowed; returns the next event."""
 
-ModerateFn = Callable[[ThreadState, CommandEvent], ModerateResult | None]
-"""The moderator: pure, no I/O. Returns the next role and prompt, or None when done."""
+ModerateFn = Callable[[ThreadState, CommandEvent], ModerateResult | WaitFor | Sleep | None]
+"""The moderator: pure, no I/O. Returns the next role and prompt, a wait (:func:`wait_for`,
+:func:`sleep`), or None when done."""
 
 ComputeFn = Callable[[SenseContext], JsonValue | Awaitable[JsonValue]]
 """A sense: sync or async; returns the signal's payload, or None for no signal."""

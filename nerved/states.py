@@ -14,6 +14,7 @@ import enum
 class RunStatus(enum.StrEnum):
     QUEUED = "queued"
     STARTED = "started"
+    WAITING = "waiting"  # its moderator waits for a signal or a time: a slot, no worker
     COMPLETED = "completed"
     FAILED = "failed"
     CRASHED = "crashed"
@@ -29,7 +30,7 @@ class RunStatus(enum.StrEnum):
         return self not in ACTIVE
 
 
-ACTIVE: frozenset[RunStatus] = frozenset({RunStatus.QUEUED, RunStatus.STARTED})
+ACTIVE: frozenset[RunStatus] = frozenset({RunStatus.QUEUED, RunStatus.STARTED, RunStatus.WAITING})
 FINAL: frozenset[RunStatus] = frozenset(RunStatus) - ACTIVE
 
 
@@ -61,7 +62,7 @@ class Transition(enum.Enum):
     )
     WITHDRAW = (
         "its workflow was removed while it waited",
-        frozenset({RunStatus.QUEUED}),
+        frozenset({RunStatus.QUEUED, RunStatus.WAITING}),
         RunStatus.DROPPED,
     )
     COMPLETE = ("the moderator returned None", frozenset({RunStatus.STARTED}), RunStatus.COMPLETED)
@@ -73,13 +74,23 @@ class Transition(enum.Enum):
     CRASH = ("its worker died under it", frozenset({RunStatus.STARTED}), RunStatus.CRASHED)
     UNRESUMABLE = (
         "its stored history can no longer be resumed",
-        frozenset({RunStatus.QUEUED, RunStatus.STARTED}),
+        frozenset({RunStatus.QUEUED, RunStatus.STARTED, RunStatus.WAITING}),
         RunStatus.FAILED,
     )
     CANCEL = (
         "an operator cancelled it",
-        frozenset({RunStatus.QUEUED, RunStatus.STARTED}),
+        frozenset({RunStatus.QUEUED, RunStatus.STARTED, RunStatus.WAITING}),
         RunStatus.CANCELLED,
+    )
+    WAIT = (
+        "its moderator waits for a signal, or sleeps",
+        frozenset({RunStatus.STARTED}),
+        RunStatus.WAITING,
+    )
+    WAKE = (
+        "its wait ended: the signal came, or its deadline passed",
+        frozenset({RunStatus.WAITING}),
+        RunStatus.STARTED,
     )
     GIVE_UP = (
         "its role failed its last try, under onError: fail",

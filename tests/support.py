@@ -359,21 +359,40 @@ def pid_alive(pid: int) -> bool:
 # Every type of entry a run has (source 'workflow', ref_id the run), and what it does to the
 # run's row. Listed here by hand, not taken from nerved: a type nerved adds must be taught to
 # derive_runs, which fails on a type it does not know, or the derivation would go blind.
-STATUS_TYPES = ("queued", "started", "completed", "failed", "crashed", "dropped", "cancelled")
-"""Transitions: the run's status becomes the type."""
+STATUS_TYPES = (
+    "queued",
+    "started",
+    "waiting",
+    "completed",
+    "failed",
+    "crashed",
+    "dropped",
+    "cancelled",
+)
+"""Transitions: the run's status becomes the type. A ``waiting`` entry ``{wait, until}`` (or
+none) sets wait_for and wake_at; they are null in any other status."""
 ERROR_TYPES = ("failed", "crashed", "dropped")
 """Transitions whose payload, a string, is the run's error (null: the error stays)."""
 HISTORY_ENTRY_TYPES = ("step_complete", "step_failed", "input")
 """Steps (steps + 1), failed tries (tries + 1, retry_at: retryAt), inputs: the last two
-forgotten at the next step or input."""
-INERT_TYPES = ("log", "resumed", "copied")
+forgotten at the next step or input; an input to a waiting run ends its wait (started)."""
+INERT_TYPES = ("log", "resumed", "copied", "signal")
 """ctx.log lines, a run given to a new worker, and the note before the steps a retry copied
-(the copies themselves count as steps): no change to the row."""
+(the copies themselves count as steps), a signal sent to the run: no change to the row."""
 KEY_TYPE = "key"
 """The idempotency key a run was triggered with, ``{key}``, right after its creating entry:
 the row's idempotency_key."""
 
-RUN_FIELDS = ("status", "steps", "error", "tries", "retry_at", "idempotency_key")
+RUN_FIELDS = (
+    "status",
+    "steps",
+    "error",
+    "tries",
+    "retry_at",
+    "idempotency_key",
+    "wait_for",
+    "wake_at",
+)
 
 
 def cancelled_error(payload: Any) -> str:
@@ -407,11 +426,14 @@ def derive_runs(conn: Any) -> dict[str, dict[str, Any]]:
         run = derived.setdefault(
             ref_id,
             {"status": None, "steps": 0, "error": None, "tries": 0, "retry_at": None,
-             "idempotency_key": None},
+             "idempotency_key": None, "wait_for": None, "wake_at": None},
         )  # fmt: skip
         payload = None if text is None else json.loads(text)
         if type_ in STATUS_TYPES:
             run["status"] = type_
+            waits = type_ == "waiting" and isinstance(payload, dict)
+            run["wait_for"] = payload.get("wait") if waits else None
+            run["wake_at"] = payload.get("until") if waits else None
             if type_ not in ("queued", "started", "waiting"):  # final: no retry will come
                 run["retry_at"] = None
             if type_ in ERROR_TYPES and payload is not None:
@@ -429,6 +451,8 @@ def derive_runs(conn: Any) -> dict[str, dict[str, Any]]:
             run["retry_at"] = payload["retryAt"]
         elif type_ == "input":
             run.update(tries=0, retry_at=None)
+            if run["status"] == "waiting":
+                run.update(status="started", wait_for=None, wake_at=None)
         elif type_ == KEY_TYPE:
             assert isinstance(payload, dict) and isinstance(payload.get("key"), str), payload
             assert run["idempotency_key"] is None, f"run {ref_id}: a second key entry {entry_id}"

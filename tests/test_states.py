@@ -14,7 +14,8 @@ import pytest
 
 from nerved.states import ACTIVE, FINAL, RunStatus, Transition
 
-SPEC_STATUSES = {"queued", "started", "completed", "failed", "crashed", "dropped", "cancelled"}
+SPEC_STATUSES = {"queued", "started", "waiting", "completed", "failed", "crashed", "dropped",
+                 "cancelled"}  # fmt: skip
 CREATING = [t for t in Transition if t.creates]
 MOVING = [t for t in Transition if not t.creates]
 
@@ -44,7 +45,7 @@ def test_statuses_are_the_ones_the_spec_names() -> None:
 def test_active_and_final_partition_the_statuses() -> None:
     assert set(RunStatus) == ACTIVE | FINAL
     assert not ACTIVE & FINAL
-    assert {RunStatus.QUEUED, RunStatus.STARTED} == ACTIVE
+    assert {RunStatus.QUEUED, RunStatus.STARTED, RunStatus.WAITING} == ACTIVE
 
 
 @pytest.mark.parametrize("status", list(RunStatus))

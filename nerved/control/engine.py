@@ -60,6 +60,10 @@ class WorkflowControl(Protocol):
         """Admit a new run retrying a final one, keeping its first ``from_step`` steps (None:
         all it completed); raises NotFound, Conflict (still active), BadInput."""
 
+    def signal(self, run_id: str, name: str, payload: Any) -> bool:
+        """Log a signal for an active run in this turn's batch; True if a wait took it now.
+        Raises NotFound, Conflict (a final run), BadInput (a bad name or payload)."""
+
     def progress(self, run_id: str) -> dict[str, Any] | None:
         """Where a started run stands: ``{step, try, since, role, retryAt}``; None if the
         master holds no started run of that id."""

@@ -92,6 +92,15 @@ class Reader(Protocol):
         and whether more follow."""
         ...
 
+    def pending_signals(
+        self, run_id: str, name: str | None = None, limit: int = 1000
+    ) -> list[LogEntry]:
+        """The run's ``signal`` entries (``{"name", "payload"}``) that none of its ``input``
+        entries delivered (an input's ``signal`` field is the id of the entry it delivers),
+        oldest first, at most ``limit`` (at most MAX_QUERY_LIMIT); with ``name``, only the
+        signals of that name. An entry whose payload does not decode is skipped."""
+        ...
+
     def count_runs(self) -> dict[tuple[str, RunStatus], int]: ...
 
 
@@ -242,6 +251,29 @@ class Storage(Reader, Protocol):
         ``records.input_payload(event_json)``, ``{"event":<event_json>}``), only while the run
         is started: ``tries`` 0, ``retry_at`` None, ``updated_at`` = ``ts`` (ms, default now).
         ``steps`` does not change. False, writing nothing, when the run is not started."""
+        ...
+
+    def record_wait(
+        self,
+        run_id: str,
+        record_json: str,
+        wait_for: str | None,
+        wake_at: int | None,
+        ts: int | None = None,
+    ) -> bool:
+        """Park a started run (``Transition.WAIT``): status ``waiting``, ``wait_for`` (the
+        signal's name; None: a sleep) and ``wake_at`` (ms since the epoch; None: no deadline)
+        set, ``tries`` 0, ``retry_at`` None, and a ``waiting`` entry holding ``record_json``
+        as it is. False, writing nothing, when the run is not started."""
+        ...
+
+    def record_wake(
+        self, run_id: str, event_json: str, signal: int | None = None, ts: int | None = None
+    ) -> bool:
+        """End a waiting run's wait (``Transition.WAKE``): status ``started``, ``wait_for``
+        and ``wake_at`` None, and an ``input`` entry, ``records.input_payload(event_json,
+        signal)`` (``signal``: the id of the ``signal`` entry this input delivers, so that it
+        is pending no more). False, writing nothing, when the run is not waiting."""
         ...
 
     def copy_history(self, from_run: str, to_run: str, steps: int, ts: int | None = None) -> int:

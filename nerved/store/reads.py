@@ -14,7 +14,7 @@ from nerved.store.records import MAX_QUERY_LIMIT, LogEntry, RunRecord, Unreadabl
 
 RUN_COLUMNS: Final = (
     "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
-    "attempts, retry_of, seq, tries, retry_at, idempotency_key"
+    "attempts, retry_of, seq, tries, retry_at, idempotency_key, wait_for, wake_at"
 )
 _LISTED_COLUMNS: Final = RUN_COLUMNS.replace("trigger_payload", "NULL")
 RUN_WIDTH: Final = RUN_COLUMNS.count(",") + 1  # a column added after them is at this index
@@ -26,7 +26,7 @@ def _in(column: str, values: Iterable[str]) -> str:
 
 
 ACTIVE_SQL: Final = _in("status", sorted(ACTIVE))
-"""``status IN ('queued', 'started')``: the active runs (nerved.states.ACTIVE) as the
+"""``status IN ('queued', 'started', 'waiting')``: the active runs (nerved.states.ACTIVE) as the
 partial index ``workflow_runs_active`` spells them. SQLite uses a partial index only for a
 WHERE that is written as its own (literals, in its order), not for bound parameters."""
 
@@ -52,6 +52,8 @@ def run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
         tries=row[11],
         retry_at=row[12],
         idempotency_key=row[13],
+        wait_for=row[14],
+        wake_at=row[15],
         history=history,
     )
 
@@ -293,6 +295,28 @@ class Reads:
         return query_page(
             self._conn, source="workflow", ref_id=run_id, after_id=after_id, limit=None
         )
+
+    def pending_signals(
+        self, run_id: str, name: str | None = None, limit: int = MAX_QUERY_LIMIT
+    ) -> list[LogEntry]:
+        """The run's ``signal`` entries that no ``input`` entry of it delivered (its
+        ``signal`` field names the entry's id), oldest first, up to ``limit``; only those
+        named ``name`` when given. A payload that is not JSON is neither a delivery nor a
+        signal of any name (``json_valid``: ``json_extract`` would raise on it)."""
+        named = "" if name is None else " AND json_extract(payload, '$.name') = ?"
+        with contextlib.closing(
+            self._conn.execute(
+                "SELECT id, source, type, ref_id, payload, ts FROM logs"
+                " WHERE ref_id = ? AND +source = 'workflow' AND +type = 'signal'"
+                f" AND json_valid(payload){named}"
+                " AND id NOT IN (SELECT json_extract(payload, '$.signal') FROM logs"
+                "   WHERE ref_id = ? AND +source = 'workflow' AND +type = 'input'"
+                "   AND json_valid(payload) AND json_extract(payload, '$.signal') IS NOT NULL)"
+                " ORDER BY id LIMIT ?",
+                (run_id, *(() if name is None else (name,)), run_id, _cap(limit)),
+            )
+        ) as rows:
+            return [entry_from_row(row) for row in rows]
 
     def count_runs(self) -> dict[tuple[str, RunStatus], int]:
         rows = self._conn.execute(

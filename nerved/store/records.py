@@ -102,6 +102,11 @@ class RunRecord:
     idempotency_key: str | None = None
     """The key it was triggered with (``workflow.trigger``'s ``idempotencyKey``): no other
     kept run of its workflow has it. None: triggered without one."""
+    wait_for: str | None = None
+    """The signal a ``waiting`` run waits for; None: it sleeps, or it does not wait."""
+    wake_at: int | None = None
+    """When a ``waiting`` run's wait ends (ms since the epoch): its deadline, or the end of
+    its sleep; None: it waits for a signal alone, or it does not wait."""
 
     def to_wire(self, error_limit: int = wire.MAX_LOG_LINE) -> dict[str, Any]:
         """The run's fields (no trigger payload); ``error`` is cut to ``error_limit`` bytes
@@ -119,6 +124,8 @@ class RunRecord:
             "tries": self.tries,
             "retryAt": self.retry_at,
             "idempotencyKey": self.idempotency_key,
+            "waitFor": self.wait_for,
+            "wakeAt": self.wake_at,
         }
 
 
@@ -133,11 +140,13 @@ def cancelled_error(reason: str | None, uid: int | None) -> str:
     return f"{who}: {reason}" if reason else who
 
 
-def input_payload(event_json: str) -> str:
+def input_payload(event_json: str, signal: int | None = None) -> str:
     """The payload text of an ``input`` entry, ``{"event":<event>}``, around the event's JSON
-    text as it is (not decoded and encoded again), compact as :func:`dumps` writes.
+    text as it is (not decoded and encoded again), compact as :func:`dumps` writes; with
+    ``signal``, the id of the ``signal`` entry it delivers: ``{"event":<event>,"signal":ID}``.
 
     What :meth:`nerved.store.interface.Storage.record_input` stores: its length is what the
     entry adds to the run's history.
     """
-    return '{"event":' + event_json + "}"
+    tail = "}" if signal is None else f',"signal":{int(signal)}}}'
+    return '{"event":' + event_json + tail

@@ -12,7 +12,7 @@ from typing import Final
 from nerved.store.connection import Connection
 from nerved.store.errors import StoreError
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.
@@ -95,6 +95,17 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE workflow_runs ADD COLUMN idempotency_key TEXT;
     CREATE UNIQUE INDEX workflow_runs_key ON workflow_runs (workflow, idempotency_key)
         WHERE idempotency_key IS NOT NULL;
+    """,
+    # 4 (issue 12): a run may wait (status 'waiting', accepted since 2): for the signal
+    # `wait_for` (NULL: a sleep) until `wake_at` (ms; NULL: no deadline), both NULL unless
+    # waiting. A waiting run is active (nerved.states.ACTIVE), so the partial index that
+    # recovery reads through covers it, spelled as reads.ACTIVE_SQL spells it.
+    """
+    ALTER TABLE workflow_runs ADD COLUMN wait_for TEXT;
+    ALTER TABLE workflow_runs ADD COLUMN wake_at INTEGER;
+    DROP INDEX workflow_runs_active;
+    CREATE INDEX workflow_runs_active ON workflow_runs (seq)
+        WHERE status IN ('queued', 'started', 'waiting');
     """,
 )
 

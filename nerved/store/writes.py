@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nerved.states import Transition
+from nerved.states import RunStatus, Transition
 from nerved.store.connection import Connection
 from nerved.store.reads import ACTIVE_SQL, HISTORY_SQL, RUN_COLUMNS, RUN_WIDTH, run_from_row
 from nerved.store.records import RunRecord, dumps, input_payload, now_ms
@@ -122,22 +122,34 @@ class Writes:
         The log entry holds ``payload_json`` (encoded JSON, stored as it is: a dispatched run's
         trigger payload) or else ``error``. Returns False, writing nothing, when the guard
         does not hold (the run moved on already): the caller lost a race it must not win twice.
-        A move to a final status drops a pending retry (``retry_at`` NULL): none will come.
+        A move to a final status drops a pending retry (``retry_at`` NULL): none will come;
+        ``wait_for`` and ``wake_at`` are NULL but in ``waiting``.
         """
         if transition.creates:
             raise ValueError(f"{transition.name} creates a run; use create_run")
         ts = ts or now_ms()
         sources = sorted(transition.sources)
         marks = ",".join("?" * len(sources))
+        waits = transition.target is RunStatus.WAITING
         logged_json = payload_json
         if logged_json is None and error is not None:
             logged_json = dumps(error)  # may raise: before any write
         self._begin()
         cur = self._conn.execute(
             f"UPDATE workflow_runs SET status = ?, updated_at = ?, error = COALESCE(?, error),"
-            f" retry_at = CASE WHEN ? THEN NULL ELSE retry_at END"
+            f" retry_at = CASE WHEN ? THEN NULL ELSE retry_at END,"
+            f" wait_for = CASE WHEN ? THEN wait_for END,"
+            f" wake_at = CASE WHEN ? THEN wake_at END"
             f" WHERE run_id = ? AND status IN ({marks})",
-            (transition.target, ts, error, transition.target.is_final, run_id, *sources),
+            (
+                transition.target,
+                ts,
+                error,
+                transition.target.is_final,
+                *[waits] * 2,
+                run_id,
+                *sources,
+            ),
         )
         if cur.rowcount != 1:
             return False
@@ -185,6 +197,44 @@ class Writes:
             run_id, "tries = 0, retry_at = NULL", (), "input", input_payload(event_json), ts
         )
 
+    def record_wait(
+        self,
+        run_id: str,
+        record_json: str,
+        wait_for: str | None,
+        wake_at: int | None,
+        ts: int | None = None,
+    ) -> bool:
+        """Park a started run (Transition.WAIT): ``waiting``, for the signal ``wait_for``
+        (None: a sleep) until ``wake_at`` (ms; None: no deadline), with its ``waiting`` entry
+        (``record_json``: ``{wait, timeout, sleep, until}`` already encoded, stored as it is).
+        False, writing nothing, when the run is not started."""
+        return self._guarded_append(
+            run_id,
+            "status = 'waiting', wait_for = ?, wake_at = ?, tries = 0, retry_at = NULL",
+            (wait_for, wake_at),
+            "waiting",
+            record_json,
+            ts,
+        )
+
+    def record_wake(
+        self, run_id: str, event_json: str, signal: int | None = None, ts: int | None = None
+    ) -> bool:
+        """End a waiting run's wait (Transition.WAKE): ``started`` again, and the event that
+        ended it appended as an ``input`` entry (:func:`input_payload` of ``event_json``, with
+        ``signal``: the id of the ``signal`` entry it delivers). False, writing nothing, when
+        the run is not waiting."""
+        return self._guarded_append(
+            run_id,
+            "status = 'started', wait_for = NULL, wake_at = NULL",
+            (),
+            "input",
+            input_payload(event_json, signal),
+            ts,
+            status="waiting",
+        )
+
     def _guarded_append(
         self,
         run_id: str,
@@ -193,15 +243,15 @@ class Writes:
         type: str,
         payload_json: str,
         ts: int | None,
+        status: str = "started",
     ) -> bool:
-        """Change a started run's row (``changes``, an SQL SET list with ``args``) and
-        append its entry, both with ``ts``; False, writing nothing, if it is not started."""
+        """Change the row of a run in ``status`` (``changes``, an SQL SET list with ``args``)
+        and append its entry, both with ``ts``; False, writing nothing, if it is not in it."""
         ts = ts or now_ms()
         self._begin()
         cur = self._conn.execute(
-            f"UPDATE workflow_runs SET {changes}, updated_at = ?"
-            " WHERE run_id = ? AND status = 'started'",
-            (*args, ts, run_id),
+            f"UPDATE workflow_runs SET {changes}, updated_at = ? WHERE run_id = ? AND status = ?",
+            (*args, ts, run_id, status),
         )
         if cur.rowcount != 1:
             return False

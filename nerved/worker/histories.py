@@ -10,9 +10,12 @@ read from the first entry after the one that appended E[i] that says something o
 - ``step_complete`` or ``step_failed``: ``{"role", "prompt"}`` (the role it chose ran, or
   failed a try); a ``step_failed`` the master wrote itself (the try of a role that blocked
   its worker) has no prompt, and gives ``{"role"}`` alone, compared by role;
+- ``waiting`` ``{wait, timeout, sleep, until}``: the wait it asked for, ``{"wait",
+  "timeout"}`` or ``{"sleep"}`` (``until``, the deadline fixed as it was logged, is not
+  the moderator's); the ``input`` that ended the wait follows, with the next event;
 - ``input`` (the call's own decision is not in this history: a run retried from a step
-  starts with the old run's steps and inputs, but not its failed tries): not compared, and
-  the derivation goes on with the input's event;
+  starts with the old run's steps and inputs, but not its failed tries or waits): not
+  compared, and the derivation goes on with the input's event;
 - ``completed``: None (it ended the run);
 - anything else (``failed``, ``crashed``, ``cancelled``, ``dropped``, a type this release
   does not know, or the end of an active run's history): unknown. Nothing is compared for
@@ -20,8 +23,9 @@ read from the first entry after the one that appended E[i] that says something o
 
 Entries that say nothing of a decision are passed over wherever they are: the transitions
 that start a run (``queued``, ``started``), its idempotency ``key``, ``log`` lines,
-``resumed``, and ``copied`` (the note before the steps a retry copied from the run it
-retries). A ``step_failed``
+``resumed``, ``copied`` (the note before the steps a retry copied from the run it
+retries), and ``signal`` (a signal as it arrived: the ``input`` that delivers it is what
+the moderator saw). A ``step_failed``
 after its call's decision was read is a further try of the same step (no moderator call).
 
 The ``step`` reported for call i is 1 + the number of ``step_complete`` events among
@@ -44,7 +48,10 @@ DECISIONS: Final = frozenset({"step_complete", "step_failed"})
 END: Final = "completed"
 """The entry of a run whose moderator returned None."""
 
-SILENT: Final = frozenset({"queued", "started", "key", "log", "resumed", "copied"})
+WAIT: Final = "waiting"
+"""The entry of a wait the moderator asked for; the ``input`` that ended it follows."""
+
+SILENT: Final = frozenset({"queued", "started", "key", "log", "resumed", "copied", "signal"})
 """Entry types that say nothing of the moderator's decisions: passed over."""
 
 
@@ -54,7 +61,8 @@ class Unusable(ValueError):
 
 
 Decision = dict[str, Any] | None
-"""``{"role": R, "prompt": P}``, or None: the run ends."""
+"""``{"role": R, "prompt": P}``, a wait (``{"wait": N, "timeout": T}``, ``{"sleep": T}``),
+or None: the run ends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +103,8 @@ def derive(trigger_payload: Any, entries: Iterable[tuple[str, Any]]) -> History:
                     isinstance(payload, Mapping) and "prompt" in payload
                 ):
                     decision["prompt"] = _field(payload, "prompt", kind, number)
+            elif kind == WAIT:
+                decision = _wait(payload, number)
             elif kind != END and kind != "input":
                 break  # unknown: nothing more can be compared
             if kind != "input":  # an input here: this call's decision is not logged
@@ -105,9 +115,18 @@ def derive(trigger_payload: Any, entries: Iterable[tuple[str, Any]]) -> History:
             if kind == "step_complete":
                 steps += 1
             waiting = True
-        elif kind != "step_failed":  # the end, or what no decision follows
+        elif kind != "step_failed" and kind != WAIT:  # the end, or what no decision follows
             break
     return History(events, calls)
+
+
+def _wait(payload: Any, number: int) -> Decision:
+    """The wait a ``waiting`` entry logged, as the moderator returned it (nerved.waits)."""
+    if not isinstance(payload, Mapping):
+        raise Unusable(f"entry {number} (waiting) is not an object")
+    if payload.get("wait") is None:
+        return {"sleep": _field(payload, "sleep", WAIT, number)}
+    return {"wait": payload["wait"], "timeout": _field(payload, "timeout", WAIT, number)}
 
 
 def _field(payload: Any, key: str, kind: str, number: int) -> Any:

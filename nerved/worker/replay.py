@@ -20,7 +20,8 @@ Child -> master:
     {"t": "result", "run": ID, "diverged": null | {"step": N, "logged": D, "now": D}}
     {"t": "result", "run": ID, "skipped": "why"}  its entries do not hold what they should
 
-A decision ``D`` as answered is ``{"role", "prompt"}``, null (the run ends) or ``{"error"}``;
+A decision ``D`` as answered is ``{"role", "prompt"}``, a wait (``{"wait", "timeout"}`` or
+``{"sleep"}``), null (the run ends) or ``{"error"}``;
 a prompt whose JSON is over :data:`SHOWN` bytes is shown as that text, cut, with ``"cut":
 true`` (it was compared whole), so that an answer about many runs stays small.
 """
@@ -125,23 +126,24 @@ class Checker:
         return {"diverged": None}
 
     def decision(self, state: ThreadState, event: Any) -> Decision:
-        """What the moderator decides now: ``{"role", "prompt"}``, None, or ``{"error"}``
-        when a thread would fail on it (in the words the run's error would say)."""
+        """What the moderator decides now: ``{"role", "prompt"}``, a wait (``{"wait",
+        "timeout"}``, ``{"sleep"}``), None, or ``{"error"}`` when a thread would fail on it
+        (in the words the run's error would say)."""
         try:
-            role, prompt = self.timebox.call(decide, self.definition, state, event)
+            decision: Decision = self.timebox.call(decide, self.definition, state, event)
         except Overrun as exc:
             return {"error": overrun_message(exc)}
         except ThreadFailed as exc:
             return {"error": str(exc)}
         except BaseException as exc:  # whatever user code raises (SystemExit too) is its
             return {"error": f"moderator raised {explain(exc)}"}
-        return None if role is None else {"role": role, "prompt": prompt}
+        return decision
 
 
 def _same(now: Decision, logged: Decision) -> bool:
     """Whether the moderator decides now what the log says: as JSON values, or by role alone
     for a logged try without its prompt (one the master ended itself)."""
-    if logged is not None and "prompt" not in logged:
+    if logged is not None and "role" in logged and "prompt" not in logged:
         return now is not None and "error" not in now and now.get("role") == logged.get("role")
     return _canonical(now) == _canonical(logged)
 
@@ -154,8 +156,8 @@ def _canonical(decision: Decision) -> str:
 
 def shown(decision: Decision) -> Decision:
     """The decision as an answer shows it: a prompt (or error) over :data:`SHOWN` bytes cut."""
-    if decision is None:
-        return None
+    if decision is None or ("role" not in decision and "error" not in decision):
+        return decision  # None, or a wait: small
     if "error" in decision:
         return {"error": wire.text(str(decision["error"]), SHOWN)}
     text = wire.dumps(decision.get("prompt"), max_depth=wire.MAX_DEPTH + 1)

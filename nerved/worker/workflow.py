@@ -30,6 +30,11 @@ Worker -> master:
      "retry": bool, "after": seconds | null}  a try of step K failed; the thread is dropped
                                               here, and the master resumes the run when (and
                                               if) the role's retry policy says so
+    {"t": "wait", "run": ID, "n": K, "wait": NAME, "timeout": ms | null}  or
+    {"t": "wait", "run": ID, "n": K, "sleep": ms}
+                                              the moderator waits (nerved.waits) before step
+                                              K; the thread is dropped here, and the master
+                                              resumes the run with the input that ends it
     {"t": "stuck", "role": R}                 a sync role's thread could not be stopped (a
                                               timeout, a cancel): take nothing new, replace me
     {"t": "log", "run": ID, "message": "..."}
@@ -59,7 +64,7 @@ import socket
 from collections.abc import Coroutine, Mapping
 from typing import Any, Final, cast
 
-from nerved import wire
+from nerved import waits, wire
 from nerved.api import (
     CommandEvent,
     Fatal,
@@ -126,19 +131,27 @@ def _check_event(role: str, event: Any) -> CommandEvent:
     return checked
 
 
-def decide(
-    definition: WorkflowDefinition, state: ThreadState, event: CommandEvent
-) -> tuple[str | None, Any]:
-    """What the moderator decides on ``event``, checked as a thread takes it: (role, prompt),
-    or (None, None) to end; raises ThreadFailed (or what the moderator raised). The replay
-    check calls it too (nerved.worker.replay), so that it judges what a worker would do."""
-    decision = definition.moderate(state, event)
+Decision = dict[str, Any] | None
+"""A moderator's decision as a thread takes it: ``{"role", "prompt"}``, a wait (``{"wait",
+"timeout"}`` or ``{"sleep"}``: :mod:`nerved.waits`), or None (the run ends)."""
+
+
+def decide(definition: WorkflowDefinition, state: ThreadState, event: CommandEvent) -> Decision:
+    """What the moderator decides on ``event``, checked as a thread takes it (a
+    :data:`Decision`); raises ThreadFailed (or what the moderator raised). The replay check
+    calls it too (nerved.worker.replay), so that it judges what a worker would do."""
+    decision: Any = definition.moderate(state, event)  # user code: whatever it returned
     if decision is None:
-        return None, None
+        return None
+    if waits.is_wait(decision):
+        try:
+            return waits.checked(decision)
+        except ValueError as exc:
+            raise ThreadFailed(f"moderator returned {reprlib.repr(decision)}: {exc}") from None
     if not isinstance(decision, Mapping) or not isinstance(decision.get("role"), str):
         raise ThreadFailed(
-            f"moderator returned {reprlib.repr(decision)}; expected None or"
-            " {'role': <name>, 'prompt': <JSON>}"
+            f"moderator returned {reprlib.repr(decision)}; expected None,"
+            " {'role': <name>, 'prompt': <JSON>}, nerved.wait_for(...) or nerved.sleep(...)"
         )
     role_name = decision["role"]
     if role_name not in definition.roles:
@@ -147,7 +160,7 @@ def decide(
             f"moderator chose unknown role {reprlib.repr(role_name)} (roles: {known})"
         )
     prompt = _checked(decision.get("prompt"), f"the moderator's prompt for role {role_name!r}")
-    return role_name, prompt
+    return {"role": role_name, "prompt": prompt}
 
 
 class WorkflowWorker:
@@ -270,19 +283,25 @@ class WorkflowWorker:
             self.port.post({"t": "log", "run": run_id, "message": wire.text(text)})
 
         while True:
-            role_name, prompt = self._moderate(definition, run_id, events)
-            if role_name is None:
+            decision = self._moderate(definition, run_id, events)
+            if decision is None:
                 self.port.post({"t": "completed", "run": run_id})
                 return
             if self.halting:
                 raise Halted
             decisions = len(events) - 1  # every event after the first answers a decision
+            role_name = decision.get("role")
             if decisions >= max_steps:
+                asked = "a wait" if role_name is None else f"role {role_name!r}"
                 raise ThreadFailed(
                     f"exceeded maxSteps ({max_steps}): the moderator asked for step "
-                    f"{decisions + 1} (role {role_name!r})"
+                    f"{decisions + 1} ({asked})"
                 )
             n = steps + 1
+            if role_name is None:  # a wait: the master parks the run, and resumes it later
+                self.port.post({"t": "wait", "run": run_id, "n": n, **decision})
+                return
+            prompt = decision["prompt"]
             ctx = WorkflowContext(run_id, self.workflow, log_line, tries)
             try:
                 event = await self._execute(definition, run_id, n, role_name, prompt, ctx)
@@ -310,8 +329,8 @@ class WorkflowWorker:
 
     def _moderate(
         self, definition: WorkflowDefinition, run_id: str, events: list[CommandEvent]
-    ) -> tuple[str | None, Any]:
-        """The moderator's decision, checked: (role, prompt), or (None, None) to end.
+    ) -> Decision:
+        """The moderator's decision, checked (:func:`decide`).
 
         The whole of it runs in the time box, the checks included: what the moderator
         returned is user code too (a Mapping whose ``get`` loops, a prompt that shares one

@@ -218,7 +218,7 @@ FAILING = """
         ("notype", "role 'notype' returned an event without a string 'type'"),
         ("notjson", "the event role 'notjson' returned is not a JSON value nerve can keep: a object"),
         ("raise", "moderator raised KeyError: 'no-such-key'"),
-        ("garbage", "moderator returned 42; expected None or"),
+        ("garbage", "moderator returned 42; expected None,"),
         ("prompt", "the moderator's prompt for role 'ok' is not a JSON value nerve can keep: a set"),
     ],
 )  # fmt: skip
@@ -781,7 +781,7 @@ def test_runs_resume_after_a_restart(nerved_factory, tmp_path):
     assert [wait_run(daemon, r)["status"] for r in runs] == ["completed"] * 3
     started = daemon.rpc("logs.query", source="workflow", type="started", limit=100)
     assert [e["refId"] for e in started] == runs  # FIFO kept across the restart
-    assert "recovered 1 started and 2 queued runs" in daemon.log()
+    assert "recovered 1 started, 0 waiting and 2 queued runs" in daemon.log()
     assert os.path.exists(db(daemon))
     assert_runs_match_logs(db(daemon))
 

@@ -34,6 +34,7 @@ BUDGET = 4 * MIB  # wire.RESULT_BUDGET
 PATH_TO: dict[RunStatus, tuple[Transition, ...]] = {
     RunStatus.QUEUED: (Transition.ENQUEUE,),
     RunStatus.STARTED: (Transition.START,),
+    RunStatus.WAITING: (Transition.START, Transition.WAIT),
     RunStatus.COMPLETED: (Transition.START, Transition.COMPLETE),
     RunStatus.FAILED: (Transition.START, Transition.FAIL),
     RunStatus.CRASHED: (Transition.START, Transition.CRASH),

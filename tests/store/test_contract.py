@@ -718,6 +718,131 @@ def test_failures_and_inputs_only_while_started(
     assert store.last_log_id() == n
 
 
+# -- waits and signals: record_wait, record_wake, pending_signals (issue 12) ---------------
+
+
+def waiting_record(wait: str | None, until: int | None) -> str:
+    """A ``waiting`` entry as the engine hands it to record_wait."""
+    return wire.dumps({"wait": wait, "timeout": None, "until": until})
+
+
+def signal(store: Storage, run_id: str, name: str, payload: Any = None) -> int:
+    """A signal as the engine logs it (``workflow.signal``): its entry's id."""
+    return store.append_log("workflow", "signal", run_id, {"name": name, "payload": payload})
+
+
+def test_record_wait_parks_a_started_run_with_its_deadline(store: Storage) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_failure("r1", failure("a", "e", 1, 5_000), 5_000)
+    record = waiting_record("approve", 9_000)
+    assert store.record_wait("r1", record, "approve", 9_000, ts=4_000)
+    store.commit()
+    run = store.committed.get_run("r1")
+    assert run is not None
+    assert (run.status, run.wait_for, run.wake_at) == (RunStatus.WAITING, "approve", 9_000)
+    assert (run.tries, run.retry_at, run.updated_at) == (0, None, 4_000)
+    assert run.to_wire()["waitFor"] == "approve" and run.to_wire()["wakeAt"] == 9_000
+    entry = history(store, "r1")[-1]
+    assert (entry.type, entry.payload, entry.ts) == ("waiting", wire.loads(record), 4_000)
+    # A waiting run is active: recovery finds it, with its wait.
+    (active,) = store.active_runs()
+    assert (active.run_id, active.status, active.wait_for, active.wake_at) == (
+        "r1", RunStatus.WAITING, "approve", 9_000,
+    )  # fmt: skip
+
+
+def test_record_wake_ends_the_wait_with_its_input(store: Storage) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_wait("r1", waiting_record(None, 9_000), None, 9_000)
+    assert store.record_wake("r1", '{"type":"wake"}', ts=9_001)
+    store.commit()
+    run = store.get_run("r1")
+    assert run is not None
+    assert (run.status, run.wait_for, run.wake_at, run.updated_at) == (
+        RunStatus.STARTED, None, None, 9_001,
+    )  # fmt: skip
+    entry = history(store, "r1")[-1]
+    assert (entry.type, entry.payload) == ("input", {"event": {"type": "wake"}})
+    assert store.active_runs()[0].history == len('{"run":"r1"}') + len('{"event":{"type":"wake"}}')
+
+
+@pytest.mark.parametrize("status", sorted(set(RunStatus) - {RunStatus.WAITING}), ids=str)
+def test_only_a_waiting_run_wakes(store: Storage, status: RunStatus) -> None:
+    make_run(store, "r1", status)
+    store.commit()
+    before, n = store.get_run("r1"), store.last_log_id()
+    assert store.record_wake("r1", '{"type":"wake"}') is False
+    store.commit()
+    assert (store.get_run("r1"), store.last_log_id()) == (before, n)
+
+
+@pytest.mark.parametrize("status", NOT_STARTED, ids=str)
+def test_only_a_started_run_waits(store: Storage, status: RunStatus) -> None:
+    make_run(store, "r1", status)
+    store.commit()
+    before, n = store.get_run("r1"), store.last_log_id()
+    assert store.record_wait("r1", waiting_record("x", None), "x", None) is False
+    store.commit()
+    assert (store.get_run("r1"), store.last_log_id()) == (before, n)
+
+
+def test_a_final_transition_drops_the_wait(store: Storage) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.record_wait("r1", waiting_record("x", 9_000), "x", 9_000)
+    assert move(store, "r1", Transition.CANCEL)
+    store.commit()
+    run = store.committed.get_run("r1")
+    assert run is not None
+    assert (run.status, run.wait_for, run.wake_at) == (RunStatus.CANCELLED, None, None)
+    assert store.active_runs() == []
+
+
+def test_pending_signals_are_those_no_input_delivered_in_arrival_order(store: Storage) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    make_run(store, "r2", RunStatus.STARTED)
+    first = signal(store, "r1", "approve", {"by": "ann"})
+    other = signal(store, "r1", "note", 1)
+    second = signal(store, "r1", "approve", {"by": "bob"})
+    signal(store, "r2", "approve", "not r1's")
+    assert [e.id for e in store.pending_signals("r1")] == [first, other, second]
+    assert [e.id for e in store.pending_signals("r1", "approve")] == [first, second]
+    assert store.pending_signals("r1", "approve", limit=1)[0].payload == {
+        "name": "approve", "payload": {"by": "ann"},
+    }  # fmt: skip
+    assert store.record_wait("r1", waiting_record("approve", None), "approve", None)
+    event = wire.dumps({"type": "signal", "name": "approve", "payload": {"by": "ann"}})
+    assert store.record_wake("r1", event, first)
+    assert history(store, "r1")[-1].payload == {"event": wire.loads(event), "signal": first}
+    store.commit()
+    assert [e.id for e in store.committed.pending_signals("r1")] == [other, second]
+    assert [e.id for e in store.pending_signals("r1", "approve")] == [second]
+    assert store.pending_signals("r1", "nothing") == []
+    assert [e.id for e in store.pending_signals("r2")] == [first + 3]
+
+
+def test_a_copied_delivery_does_not_consume_the_new_runs_signals(store: Storage) -> None:
+    """A retry from a step copies the old run's inputs, each naming the old run's signal
+    entry: the new run's own signals stay pending."""
+    make_run(store, "old", RunStatus.STARTED)
+    delivered = signal(store, "old", "go")
+    assert store.record_wait("old", waiting_record("go", None), "go", None)
+    assert store.record_wake("old", '{"type":"signal","name":"go","payload":null}', delivered)
+    assert store.record_step("old", step("a", None, {"n": 1}))
+    assert move(store, "old", Transition.COMPLETE)
+    store.create_run("new", "wf", Transition.START, None)
+    store.copy_history("old", "new", 1)
+    own = signal(store, "new", "go")
+    store.commit()
+    assert [e.id for e in store.pending_signals("new", "go")] == [own]
+
+
+def test_a_signal_that_does_not_decode_is_not_pending(store: Storage) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    good = signal(store, "r1", "go")
+    store.commit()
+    assert [e.id for e in store.pending_signals("r1")] == [good]
+
+
 def test_failures_and_inputs_of_an_unknown_run(store: Storage) -> None:
     assert store.record_failure("nope", failure("a", "e", 1, None), None) is False
     assert store.record_input("nope", role_failed("a", "e", 1)) is False
@@ -1200,14 +1325,15 @@ def test_find_runs_default_limit_tells_ambiguity(findable: Storage) -> None:
     assert [r.run_id for r in findable.find_runs("abc")] == ["abc", "abcd1"]
 
 
-STATUSES = list(RunStatus)  # queued, started, completed, failed, crashed, dropped, cancelled
+STATUSES = list(RunStatus)  # queued, started, waiting, completed, failed, crashed, dropped,
+# cancelled
 MANY = 2 * len(STATUSES)
 
 
 @pytest.fixture
 def many(store: Storage) -> Storage:
     """Runs of two workflows in every status, created in id order: run i is in status
-    ``STATUSES[i % 7]``, of workflow ``a`` when i is odd, else ``b``."""
+    ``STATUSES[i % 8]``, of workflow ``a`` when i is odd, else ``b``."""
     for i in range(MANY):
         make_run(store, f"r{i:02d}", STATUSES[i % len(STATUSES)], workflow="a" if i % 2 else "b")
     store.commit()
@@ -1225,22 +1351,22 @@ def test_list_runs_newest_first(many: Storage) -> None:
 def test_list_runs_by_status_and_workflow(many: Storage) -> None:
     started = many.list_runs(statuses=[RunStatus.STARTED])
     assert {r.status for r in started} == {RunStatus.STARTED}
-    assert ids(started) == ["r08", "r01"]
+    assert ids(started) == ["r09", "r01"]
 
     cancelled = many.list_runs(statuses=[RunStatus.CANCELLED])
-    assert ids(cancelled) == ["r13", "r06"]
+    assert ids(cancelled) == ["r15", "r07"]
 
     final_a = many.list_runs(statuses=sorted(set(RunStatus) - ACTIVE), workflow="a")
-    assert ids(final_a) == ["r13", "r11", "r09", "r05", "r03"]
+    assert ids(final_a) == ["r15", "r13", "r11", "r07", "r05", "r03"]
     assert {r.workflow for r in final_a} == {"a"}
 
-    assert ids(many.list_runs(workflow="b", limit=2)) == ["r12", "r10"]
+    assert ids(many.list_runs(workflow="b", limit=2)) == ["r14", "r12"]
     assert many.list_runs(workflow="nope") == []
     assert many.list_runs(statuses=[]) == []
 
 
 def test_list_runs_limit(many: Storage) -> None:
-    assert ids(many.list_runs(limit=3)) == ["r13", "r12", "r11"]
+    assert ids(many.list_runs(limit=3)) == ["r15", "r14", "r13"]
     assert len(many.list_runs(limit=None)) == MANY
 
 
@@ -1299,8 +1425,11 @@ def test_run_history_is_only_this_runs_workflow_entries(store: Storage) -> None:
 
 
 def test_count_runs(many: Storage) -> None:
-    # Runs i and i + 7 share a status, one of each parity: one run of each workflow.
-    assert many.count_runs() == {(w, status): 1 for w in "ab" for status in RunStatus}
+    expected: dict[tuple[str, RunStatus], int] = {}
+    for i in range(MANY):
+        key = ("a" if i % 2 else "b", STATUSES[i % len(STATUSES)])
+        expected[key] = expected.get(key, 0) + 1
+    assert many.count_runs() == expected
 
 
 def test_meta_get_and_set(store: Storage) -> None:

@@ -309,7 +309,7 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     conn.close()
 
     store = Store(db_path)
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     assert [(r.run_id, r.steps, r.attempts, r.history) for r in store.active_runs()] == [
         ("r0", 0, 0, len('{"i":0}')),
         ("r1", 2, 1, len('{"i":1}') + 2 * len('{"role":"a","prompt":null,"event":{"n":2}}')),
@@ -318,7 +318,14 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     conn = plain_connect(db_path)
     after = rows_by_run(conn)
     assert after == {
-        run_id: {**row, "tries": 0, "retry_at": None, "idempotency_key": None}
+        run_id: {
+            **row,
+            "tries": 0,
+            "retry_at": None,
+            "idempotency_key": None,
+            "wait_for": None,
+            "wake_at": None,
+        }
         for run_id, row in before.items()
     }
     assert conn.execute("SELECT * FROM logs ORDER BY id").fetchall() == logs_before
@@ -344,7 +351,14 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     assert new.seq == max(row["seq"] for row in before.values()) + 1
     conn = plain_connect(db_path)
     after = rows_by_run(conn)
-    after_1 = {"updated_at": 3_000, "tries": 1, "retry_at": 9_000, "idempotency_key": None}
+    after_1 = {
+        "updated_at": 3_000,
+        "tries": 1,
+        "retry_at": 9_000,
+        "idempotency_key": None,
+        "wait_for": None,
+        "wake_at": None,
+    }
     assert after["r1"] == {**before["r1"], **after_1}
     assert after["r0"] == {
         **before["r0"],
@@ -354,21 +368,26 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
         "tries": 0,
         "retry_at": None,
         "idempotency_key": None,
+        "wait_for": None,
+        "wake_at": None,
     }
     assert_runs_match(derive_runs(conn), read_runs(conn))
     conn.close()
 
 
 def test_a_file_of_a_newer_version_is_refused_as_it_is(db_path: Path) -> None:
-    """Version 4 is not this nerved's: refused, and not touched (nothing migrated down)."""
+    """A version past this nerved's is not its own: refused, and not touched (nothing
+    migrated down)."""
+    newer = SCHEMA_VERSION + 1
     write_version_1(db_path)
     conn = plain_connect(db_path)
-    conn.execute("PRAGMA user_version = 4")
+    conn.execute(f"PRAGMA user_version = {newer}")
     conn.close()
-    with pytest.raises(StoreError, match="schema version 4; this nerved knows up to 3"):
+    match = f"schema version {newer}; this nerved knows up to {SCHEMA_VERSION}"
+    with pytest.raises(StoreError, match=match):
         Store(db_path)
     conn = plain_connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (newer,)
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'workflow_runs'").fetchone()
     assert "cancelled" not in sql[0]
     conn.close()

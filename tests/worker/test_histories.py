@@ -52,10 +52,48 @@ def test_an_active_run_stops_at_the_end_of_its_history() -> None:
     assert history.calls == [Call(0, 1, {"role": "x", "prompt": None})]  # call 1: unknown
 
 
-@pytest.mark.parametrize("end", ["failed", "crashed", "cancelled", "dropped", "waiting", "new"])
+@pytest.mark.parametrize("end", ["failed", "crashed", "cancelled", "dropped", "new"])
 def test_a_run_that_ended_otherwise_has_no_decision_for_its_last_call(end: str) -> None:
     history = derive(1, [("started", 1), step("x", 1, {"type": "a"}), (end, "why")])
     assert history.calls == [Call(0, 1, {"role": "x", "prompt": 1})]
+
+
+def test_waits_are_decisions_and_the_inputs_that_end_them_are_events() -> None:
+    """A wait for a signal (its signal logged before it, pending), then a sleep: each
+    ``waiting`` entry is its call's decision (the deadline ``until`` is not the moderator's),
+    each ``input`` the next event; ``signal`` entries say nothing of a decision."""
+    proposed, done = {"type": "proposed"}, {"type": "done"}
+    approve = {"type": "signal", "name": "go", "payload": "ann"}
+    history = derive(
+        None,
+        [("started", None), step("x", None, proposed), ("signal", {"name": "go", "payload": 1}),
+         ("waiting", {"wait": "go", "timeout": 5000, "until": 99}),
+         ("input", {"event": approve, "signal": 3}),
+         ("waiting", {"wait": None, "sleep": 10, "until": 123}), ("input", {"event": {"type": "wake"}}),
+         step("y", "p", done), ("completed", None)],
+    )  # fmt: skip
+    assert history.events == [
+        {"type": "thread_start", "payload": None}, proposed, approve, {"type": "wake"}, done,
+    ]  # fmt: skip
+    assert history.calls == [
+        Call(0, 1, {"role": "x", "prompt": None}),
+        Call(1, 2, {"wait": "go", "timeout": 5000}),
+        Call(2, 2, {"sleep": 10}),
+        Call(3, 2, {"role": "y", "prompt": "p"}),
+        Call(4, 3, None),
+    ]
+
+
+def test_a_run_waiting_now_ends_its_history_with_the_wait() -> None:
+    history = derive(1, [("started", 1), ("waiting", {"wait": "go", "timeout": None,
+                                                     "until": None})])  # fmt: skip
+    assert history.calls == [Call(0, 1, {"wait": "go", "timeout": None})]
+
+
+@pytest.mark.parametrize("payload", ["why", None, {"wait": None}, {"wait": "go"}])
+def test_a_waiting_entry_that_holds_no_wait_is_unusable(payload: Any) -> None:
+    with pytest.raises(Unusable, match="waiting"):
+        derive(1, [("started", 1), ("waiting", payload)])
 
 
 def test_failed_tries_and_a_role_failed_input() -> None:

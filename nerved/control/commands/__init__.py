@@ -27,6 +27,7 @@ from nerved.control.commands import (
     workflow_list,
     workflow_replay,
     workflow_retry,
+    workflow_signal,
     workflow_trigger,
     workflow_wait,
 )
@@ -73,6 +74,7 @@ COMMANDS: dict[str, Command] = {
             workflow_wait,
             workflow_cancel,
             workflow_retry,
+            workflow_signal,
             workflow_replay,
         ),
     )

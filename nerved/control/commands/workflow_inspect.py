@@ -7,7 +7,10 @@ true, ask again with ``afterId`` = the last event's id. An event (or a trigger p
 whose stored value cannot be read back has ``payload: null`` and ``unreadable``: why (for the
 trigger payload, ``triggerPayloadUnreadable``). An active run has ``progress``: the step in
 flight (see ``workflow.list``); every failed try is an event (``step_failed``, with the try
-and ``retryAt``), and so is each resume after a crash or restart (``resumed``).
+and ``retryAt``), and so is each resume after a crash or restart (``resumed``). A waiting
+run has ``waitFor`` (the signal; null: it sleeps) and ``wakeAt`` (its deadline, ms since the
+epoch, or null). ``pendingSignals: [{id, name, payload, ts}]``: the signals sent to the run
+that no wait has taken yet, oldest first (the first 100).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from nerved.store import Unreadable
 
 if TYPE_CHECKING:
     from nerved.control.engine import Engine
+
+PENDING_SHOWN = 100  # pending signals listed, oldest first
 
 NAME = "workflow.inspect"
 PARAMS = ("runId", "afterId")
@@ -35,6 +40,12 @@ def run(engine: Engine, params: Params) -> Any:
     answer["progress"] = (
         engine.workflows.progress(record.run_id) if record.status.is_active else None
     )
+    pending = engine.store.committed.pending_signals(record.run_id, limit=PENDING_SHOWN)
+    answer["pendingSignals"] = [
+        {"id": e.id, "name": e.payload.get("name"), "payload": e.payload.get("payload"),
+         "ts": e.ts}
+        for e in pending if isinstance(e.payload, dict)
+    ]  # fmt: skip
     if isinstance(record.trigger_payload, Unreadable):
         answer["triggerPayload"] = None
         answer["triggerPayloadUnreadable"] = record.trigger_payload.reason

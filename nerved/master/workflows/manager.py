@@ -54,12 +54,14 @@ from nerved.master.workflows.runs import (
     Flow,
     InFlight,
     QueuedRun,
+    Wait,
     log_transition,
     unresumable,
 )
 from nerved.master.workflows.steering import Steering
 from nerved.master.workflows.tries import Tries
 from nerved.master.workflows.waiters import Waiters
+from nerved.master.workflows.waits import Waits
 from nerved.outcome import BadInput, NotFound, Pending, ShuttingDown
 from nerved.states import Transition
 from nerved.store import RunRecord, Storage, StoreError
@@ -87,12 +89,13 @@ class WorkflowManager:
         self.resumer = Resumer(loop, store, self._holds, self._unresumable)
         self.waiters = Waiters(loop, store)
         self.tries = Tries(loop, store, self._assign, self._end, self._replace)
+        self.waits = Waits(loop, store, self._assign, self._end, self._let_go)
         self.steering = Steering(loop, store, self.flows, self.runs, self.trigger, self._end,
                                  self._finish, self._replace)  # fmt: skip
         self.losses = Losses(store, self.trigger, self._end, self._finish, self.tries.cancel,
                              self._wake, lambda: self.stopping)  # fmt: skip
-        self.messages = WorkerMessages(store, self.runs, self.tries, self._end, self._replace,
-                                       self.steering.ended)  # fmt: skip
+        self.messages = WorkerMessages(store, self.runs, self.tries, self.waits, self._end,
+                                       self._replace, self.steering.ended)  # fmt: skip
         self.replays = Replays(loop, workers, store, self.flows)  # workflow.replay
         self.stopping = False
 
@@ -155,7 +158,10 @@ class WorkflowManager:
         # A run no worker holds (its workflow backs off, or is fatal) would wait forever.
         why = f"its workflow was removed while it waited for a worker ({flow.supervisor.reason})"
         for run in [run for run in flow.active.values() if run.worker is None]:
-            self._end(run, Transition.CRASH, why)
+            if run.waiting is not None:  # it held no thread: it is withdrawn, as a queued one
+                self._end(run, Transition.WITHDRAW, f"workflow {flow.name} was removed")
+            else:
+                self._end(run, Transition.CRASH, why)
         flow.supervisor.retire(deadline=flow.config.drain_timeout_ms / 1000, setting=DRAIN)
         self._removed = [f for f in self._removed if f.supervisor.draining] + [flow]
 
@@ -192,13 +198,17 @@ class WorkflowManager:
                 flow.active[run.run_id] = run
                 self.runs[run.run_id] = run
                 self.tries.recovered(run, record)  # a retry it waited for is armed again
+                if recovery.fate is Fate.WAIT:
+                    run.waiting, run.lost = Wait(record.wait_for, record.wake_at), None
+        self.waits.recovered(self.runs.values())  # deadlines passed meanwhile fire first
         for flow in self.flows.values():
             for run in list(flow.active.values()):
                 if run.worker is None:  # a run restarted afresh above was assigned already
                     self._assign(run)  # a run whose steps cannot be read fails then, alone
             self._fill(flow)
         summary = (
-            f"recovered {fates[Fate.RESUME]} started and {fates[Fate.QUEUE]} queued runs, "
+            f"recovered {fates[Fate.RESUME]} started, {fates[Fate.WAIT]} waiting and"
+            f" {fates[Fate.QUEUE]} queued runs, "
             f"restarted {fates[Fate.RESTART]}, ended {fates[Fate.END]} of unconfigured"
             f" workflows and {fates[Fate.FAIL]} that can no longer be resumed"
         )
@@ -316,11 +326,12 @@ class WorkflowManager:
             log.debug("run %s is held by %r already; not assigning it again", run.run_id,
                       run.worker)  # fmt: skip
             return
-        if run.retry_timer is not None:
-            return  # its next try is not due yet (nerved.master.workflows.tries)
+        if run.retry_timer is not None or run.waiting is not None:
+            return  # its next try is not due yet (.tries), or its wait not over (.waits)
         worker = run.flow.supervisor.ensure()
         if worker is None:
             return  # the supervisor wakes the flow when it may fork (see _wake)
+        run.flow.supervisor.busy()  # a worker told to stop when idle is needed again
         run.worker = worker
         run.in_flight = InFlight(None, now_ms())
         if run.sent:
@@ -378,6 +389,7 @@ class WorkflowManager:
         self.runs.pop(run.run_id, None)
         run.worker = None
         self.tries.cancel(run)
+        self.waits.cancel(run)
         self._finish(run.run_id, flow.name, transition, error, payload_json)
         self._fill(flow)
         if not flow.active and not flow.queue:
@@ -401,6 +413,12 @@ class WorkflowManager:
         log_transition(run_id, workflow, transition, error)
         self.waiters.ended(run_id)
 
+    def _let_go(self, flow: Flow) -> None:
+        """A run of ``flow`` let go of its worker to wait: with no other run on it and none
+        queued, the worker is stopped after ``idleTimeout`` (the waits hold no worker)."""
+        if not flow.queue and all(run.worker is None for run in flow.active.values()):
+            self._arm_idle(flow)
+
     def _arm_idle(self, flow: Flow) -> None:
         """No run left: the worker is stopped after ``idleTimeout``, bounded like a drain."""
         config = flow.config
@@ -419,6 +437,10 @@ class WorkflowManager:
         if self.stopping:
             raise ShuttingDown("nerved is shutting down")
         return self.steering.retry(run_id, from_step)
+
+    def signal(self, run_id: str, name: str, payload: Any) -> bool:
+        """``workflow.signal``: see :class:`~nerved.master.workflows.steering.Steering`."""
+        return self.steering.signal(run_id, name, payload, self.waits.signal)
 
     def run_by_key(self, workflow: str, key: str) -> RunRecord | None:
         """The kept run of ``workflow`` with idempotency key ``key``, as this turn has it."""

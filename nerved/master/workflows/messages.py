@@ -17,12 +17,13 @@ from nerved.channel import Message
 from nerved.master.workers import Worker
 from nerved.master.workflows.runs import ActiveRun, Flow, step_record, too_long
 from nerved.master.workflows.tries import Tries
+from nerved.master.workflows.waits import Waits
 from nerved.states import Transition
 from nerved.store import Storage
 
 log = logging.getLogger("nerved.master.workflows")
 
-_WORK: Final = frozenset({"step", "step_failed", "completed", "failed"})  # work done
+_WORK: Final = frozenset({"step", "step_failed", "wait", "completed", "failed"})  # work done
 
 
 class WorkerMessages:
@@ -38,6 +39,7 @@ class WorkerMessages:
         store: Storage,
         runs: Mapping[str, ActiveRun],
         tries: Tries,
+        waits: Waits,
         end: Callable[[ActiveRun, Transition, str | None], None],
         replace: Callable[[Flow, Worker], None],
         ended: Callable[[Worker, str], None],
@@ -46,6 +48,7 @@ class WorkerMessages:
         self.store = store
         self.runs = runs
         self.tries = tries
+        self.waits = waits
         self.end = end
         self.replace = replace
 
@@ -82,6 +85,8 @@ class WorkerMessages:
             self.tries.began(run, worker, message)
         elif kind == "step_failed":
             self.tries.reported(run, message)
+        elif kind == "wait":
+            self.waits.parked(run, message)
         elif kind == "log":
             self.store.append_log("workflow", "log", run.run_id, str(message.get("message")))
         elif kind == "completed":

@@ -3,11 +3,13 @@
 Decided from the stored run and its workflow's settings alone, so that the rule is read (and
 tested) in one place; the workflow manager applies it (:meth:`WorkflowManager.recover`):
 
-- a run of a workflow no longer configured ends: queued ones ``dropped`` (WITHDRAW), started
-  ones ``crashed``;
+- a run of a workflow no longer configured ends: queued and waiting ones ``dropped``
+  (WITHDRAW), started ones ``crashed``;
 - a run whose stored history cannot be resumed (a trigger payload that cannot be read back
   or sent, a history over :data:`wire.MAX_HISTORY`) fails with the reason (UNRESUMABLE);
 - a queued run is queued again, in its order;
+- a waiting run waits again (whatever its workflow's overflow: it holds no thread to lose),
+  its deadline armed again;
 - a started run of an ``overflow: drop`` workflow ends ``crashed`` and a new run takes its
   payload (its thread is not resumed: that is what ``drop`` means);
 - any other started run is resumed from its logged steps.
@@ -31,6 +33,7 @@ class Fate(enum.Enum):
     QUEUE = "queued"
     RESTART = "restarted"  # overflow: drop
     RESUME = "resumed"
+    WAIT = "waiting"  # it waits again, for what it waited for
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +48,8 @@ def recovery_of(record: RunRecord, config: WorkflowConfig | None) -> Recovery:
     """What becomes of an active ``record`` whose workflow has ``config`` (None: the
     workflow is not configured)."""
     if config is None:
-        queued = record.status is RunStatus.QUEUED
-        transition = Transition.WITHDRAW if queued else Transition.CRASH
+        idle = record.status in (RunStatus.QUEUED, RunStatus.WAITING)
+        transition = Transition.WITHDRAW if idle else Transition.CRASH
         return Recovery(Fate.END, None, transition, f"workflow {record.workflow} is not configured")
     try:
         payload_json = resumable_payload(record)
@@ -54,6 +57,8 @@ def recovery_of(record: RunRecord, config: WorkflowConfig | None) -> Recovery:
         return Recovery(Fate.FAIL, None, Transition.UNRESUMABLE, unresumable(exc))
     if record.status is RunStatus.QUEUED:
         return Recovery(Fate.QUEUE, payload_json)
+    if record.status is RunStatus.WAITING:
+        return Recovery(Fate.WAIT, payload_json)
     if config.overflow is Overflow.DROP:
         return Recovery(Fate.RESTART, payload_json)
     return Recovery(Fate.RESUME, payload_json)

@@ -39,9 +39,19 @@ class InFlight:
     since: int
 
 
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """What a waiting run waits for (nerved.master.workflows.waits): the signal ``name``
+    (None: it sleeps), until ``until`` (ms since the epoch; None: no deadline)."""
+
+    name: str | None
+    until: int | None
+
+
 @dataclass(eq=False)
 class ActiveRun:
-    """A started run: which flow it belongs to and which worker (if any) runs it now."""
+    """A started or waiting run: which flow it belongs to and which worker (if any) runs it
+    now."""
 
     run_id: str
     flow: Flow
@@ -56,6 +66,8 @@ class ActiveRun:
     in_flight: InFlight | None = None
     lost: str | None = None  # why its next worker resumes it (a worker died, nerved restarted)
     attempts: int = 0  # workers lost under it, as its row counts them (maxAttempts)
+    waiting: Wait | None = None  # its moderator waits: no worker until the wait ends
+    wait_timer: Timer | None = None  # ends the wait at its deadline
 
     def progress(self) -> dict[str, Any]:
         """Where it stands, for ``inspect`` and ``workflow list``: ``{step, try, since, role,

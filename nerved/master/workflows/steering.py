@@ -11,6 +11,8 @@
   steps (and the inputs among them), not executed again; its moderator, which is pure,
   continues from there. Default K: every step the old run completed, so a run that failed
   at step 9 continues at step 9.
+- **Signal** (``workflow.signal``): logged for an active run as it arrives, and delivered
+  when its moderator waits for that name (:mod:`.waits`). A final run takes none.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
-from nerved import wire
+from nerved import waits, wire
 from nerved.loop import Loop, Timer
 from nerved.master.workers import Worker
 from nerved.master.workflows.runs import ActiveRun, Flow
@@ -82,6 +84,35 @@ class Steering:
         if record is None:
             raise NotFound(f"no run {run_id}")
         return record
+
+    def signal(
+        self,
+        run_id: str,
+        name: str,
+        payload: Any,
+        deliver: Callable[[ActiveRun | None, str, int], bool],
+    ) -> bool:
+        """Log the signal ``name`` with ``payload`` (a JSON value) for an active run, in this
+        turn's batch, and ``deliver(run, name, entry_id)`` it (True: a wait took it now; the
+        run is None while it is queued). Raises NotFound; Conflict for a final run (data:
+        ``{status}``); BadInput for a name a wait could not have (:func:`waits.name_problem`)
+        or a payload nerve does not keep."""
+        record = self._run(run_id)
+        if record.status.is_final:
+            raise Conflict(
+                f"run {run_id} is {record.status} already: a final run takes no signal",
+                {"status": str(record.status)},
+            )
+        if (problem := waits.name_problem(name)) is not None:
+            raise BadInput(f"the signal's name {problem}")
+        try:
+            wire.check_value(payload, "the payload")
+        except wire.Invalid as exc:
+            raise BadInput(str(exc)) from None
+        entry = self.store.append_log("workflow", "signal", run_id,
+                                      {"name": name, "payload": payload})  # fmt: skip
+        log.info("run %s of %s: signal %r", run_id, record.workflow, name)
+        return deliver(self.runs.get(run_id), name, entry)
 
     def cancel(self, run_id: str, reason: str | None, uid: int | None) -> RunRecord:
         """Cancel an active run; it is ``cancelled`` in this turn's batch. Raises NotFound,
