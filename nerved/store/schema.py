@@ -12,7 +12,7 @@ from typing import Final
 from nerved.store.connection import Connection
 from nerved.store.errors import StoreError
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.
@@ -95,6 +95,19 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE workflow_runs ADD COLUMN idempotency_key TEXT;
     CREATE UNIQUE INDEX workflow_runs_key ON workflow_runs (workflow, idempotency_key)
         WHERE idempotency_key IS NOT NULL;
+    """,
+    # 4 (issue 12, cron reflexes): the last firing of each cron reflex (``reflex``: its
+    # identity, nerved.master.cron), for catchUp and the schedule's listing after a restart;
+    # ``run_id``: the run it started, if any, whose status is its outcome (no foreign key:
+    # retention prunes runs, and a firing keeps naming what it started).
+    """
+    CREATE TABLE cron_firings (
+        reflex       TEXT    PRIMARY KEY,
+        scheduled_at INTEGER NOT NULL,
+        fired_at     INTEGER NOT NULL,
+        run_id       TEXT,
+        note         TEXT
+    ) WITHOUT ROWID;
     """,
 )
 
