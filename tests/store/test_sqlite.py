@@ -360,15 +360,18 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
 
 
 def test_a_file_of_a_newer_version_is_refused_as_it_is(db_path: Path) -> None:
-    """Version 4 is not this nerved's: refused, and not touched (nothing migrated down)."""
+    """A version past SCHEMA_VERSION is not this nerved's: refused, and not touched (nothing migrated down)."""
     write_version_1(db_path)
     conn = plain_connect(db_path)
-    conn.execute("PRAGMA user_version = 4")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(StoreError, match="schema version 4; this nerved knows up to 3"):
+    with pytest.raises(
+        StoreError,
+        match=f"schema version {SCHEMA_VERSION + 1}; this nerved knows up to {SCHEMA_VERSION}",
+    ):
         Store(db_path)
     conn = plain_connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'workflow_runs'").fetchone()
     assert "cancelled" not in sql[0]
     conn.close()
