@@ -190,6 +190,9 @@ def test_a_sense_cron_computes_the_sense(nerved_factory):
         "tick",
         "triggered",
     )
+    table = daemon.ctl("sense", "list")
+    assert table.returncode == 0, table.stderr
+    assert "NEXT FIRING" in table.stdout.splitlines()[0] and "LAST FIRING" in table.stdout
 
 
 def test_a_reload_that_changes_the_cron_rearms_it(nerved_factory):
