@@ -210,7 +210,8 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
     if wanted("workflow"):
         workflow = sub.add_parser(
             "workflow",
-            help="list, inspect, trigger, signal, cancel, retry or replay workflow runs",
+            help="list, inspect, trigger, signal, cancel, retry or replay workflow runs; their"
+            " schedule",
             description="Workflow runs.",
         )
         runs = workflow.add_subparsers(dest="workflow_command", metavar="SUBCOMMAND", required=True)
@@ -235,6 +236,12 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
             "check that the workflow's current code decides as its runs' histories say; "
             "exit 1 when one diverges",
             arguments.workflow_replay,
+        )
+        command(
+            runs,
+            ("workflow", "schedule"),
+            "schedule:workflow_schedule",
+            "list the cron reflexes with their next and last firing and its outcome",
         )
         command(
             runs,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from nervectl import render
 from nervectl.exits import OK
-from nervectl.times import format_ago, format_duration
+from nervectl.times import format_ago, format_duration, format_local
 
 TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
 if TYPE_CHECKING:
@@ -107,8 +107,10 @@ def sense_list(ctx: Context) -> int:
     if not senses:
         ctx.print("no senses configured")
         return OK
-    # A newer daemon says how each sense's group worker is (idle, ready, backoff, fatal...).
+    # A newer daemon says how each sense's group worker is (idle, ready, backoff, fatal...),
+    # and when a cron reflex fires it next and fired it last (columns only when one does).
     with_worker = any("worker" in s for s in senses)
+    with_cron = any(s.get("nextFiring") or s.get("lastFiring") for s in senses)
     rows = [
         (
             s.get("name", "-"),
@@ -118,6 +120,11 @@ def sense_list(ctx: Context) -> int:
             s.get("errors", 0),
             format_ago(s.get("lastComputeAt")) + (" (running)" if s.get("running") else ""),
             format_ago(s.get("lastSignalAt")),
+            *(
+                (format_local(s.get("nextFiring")), format_local(s.get("lastFiring")))
+                if with_cron
+                else ()
+            ),
             render.cell(s.get("lastError"), 50),
         )
         for s in senses
@@ -126,7 +133,9 @@ def sense_list(ctx: Context) -> int:
         "NAME",
         "GROUP",
         *(("WORKER",) if with_worker else ()),
-        *("COMPUTES", "ERRORS", "LAST COMPUTE", "LAST SIGNAL", "LAST ERROR"),
+        *("COMPUTES", "ERRORS", "LAST COMPUTE", "LAST SIGNAL"),
+        *(("NEXT FIRING", "LAST FIRING") if with_cron else ()),
+        "LAST ERROR",
     )
     ctx.print(render.table(rows, headers))
     return OK

@@ -21,6 +21,8 @@ One module per job, each importing only those before it:
 - ``model``: the frozen dataclasses (:class:`NerveConfig`, :class:`SenseConfig`, ...), their
   defaults, :class:`ConfigError`;
 - ``walker``: PyYAML's nodes walked with every error kept, with its line and key path;
+- ``cron``: cron expressions and time zones as instants (cronsim, zoneinfo; no PyYAML);
+- ``schedules``: a reflex's ``cron:``, ``timezone:``, ``catchUp:`` and ``key:``;
 - ``policies``: a workflow's ``roles:``, the :class:`RolePolicy` of each role named there;
 - ``schema``: which keys each section takes, and the :class:`NerveConfig` they make;
 - ``load``: the bounded read and the bounded composer: ``load_config``, :func:`parse_config`;
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
         CONFIG_FILE,
         ConfigError,
         ControlConfig,
+        CronSpec,
         NerveConfig,
         OnError,
         Overflow,
@@ -80,6 +83,7 @@ _MODULE_OF = {
     "CONFIG_FILE": "nerved.config.model",
     "ConfigError": "nerved.config.model",
     "ControlConfig": "nerved.config.model",
+    "CronSpec": "nerved.config.model",
     "NerveConfig": "nerved.config.model",
     "OnError": "nerved.config.model",
     "Overflow": "nerved.config.model",
@@ -107,6 +111,7 @@ __all__ = [
     "NAME_RULE",
     "ConfigError",
     "ControlConfig",
+    "CronSpec",
     "NerveConfig",
     "OnError",
     "Overflow",

@@ -72,11 +72,26 @@ class SenseConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CronSpec:
+    """A reflex on a clock: ``cron:`` (five fields, checked), ``timezone:``, ``catchUp:``.
+
+    ``timezone`` None is the host's zone, resolved when the schedule is armed
+    (nerved.config.cron.zone). ``catch_up``: a firing missed while nerved was down runs once
+    at start.
+    """
+
+    expr: str
+    timezone: str | None = None
+    catch_up: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SenseReflex:
     sense: str
     interval_ms: int | None
     on: tuple[str, ...]
     line: int
+    cron: CronSpec | None = None  # instead of interval and on
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +99,10 @@ class WorkflowReflex:
     workflow: str
     on: tuple[str, ...]
     line: int
+    cron: CronSpec | None = None  # instead of on
+    # An RFC 6901 JSON pointer into the signal's payload: its value is the run's idempotency
+    # key (nerved.master.reflexes). None: no key, every signal starts a run.
+    key: str | None = None
 
 
 Reflex: TypeAlias = SenseReflex | WorkflowReflex

@@ -40,6 +40,7 @@ from nerved.config.model import (
     WorkflowReflex,
 )
 from nerved.config.policies import role_policies
+from nerved.config.schedules import cron_spec, json_pointer
 from nerved.config.walker import (
     MAX_INTEGER,
     SEQ_TAG,
@@ -55,8 +56,9 @@ MIN_CONNECTIONS, MAX_CONNECTIONS = 32, 4096
 
 _TOP_KEYS = ("senses", "reflexes", "workflows", "retention", "control")
 _SENSE_KEYS = ("group", "throttle", "timeout", "gracePeriod", "memoryMax")
-_SENSE_REFLEX_KEYS = ("kind", "sense", "interval", "on")
-_WORKFLOW_REFLEX_KEYS = ("kind", "workflow", "on")
+_CRON_KEYS = ("cron", "timezone", "catchUp")
+_SENSE_REFLEX_KEYS = ("kind", "sense", "interval", "on", *_CRON_KEYS)
+_WORKFLOW_REFLEX_KEYS = ("kind", "workflow", "on", "key", *_CRON_KEYS)
 _WORKFLOW_KEYS = (
     "concurrency",
     "overflow",
@@ -297,9 +299,30 @@ class Validator(Walker):
             )
         return None
 
+    def clock_or_signals(
+        self, fields: dict[str, Entry], path: str, others: tuple[str, ...]
+    ) -> None:
+        """``cron`` stands instead of ``others`` (``on``, and a sense's ``interval``)."""
+        if "cron" not in fields:
+            return
+        for key in others:
+            if key in fields:
+                self.error(
+                    fields["cron"].line,
+                    f"{path}.cron",
+                    f"cron replaces {' and '.join(others)}: a reflex fires on a clock or on "
+                    f"signals, not both ({key} is on line {fields[key].line})",
+                )
+                return
+
     def sense_reflex(self, entries: list[Entry], line: int, path: str) -> SenseReflex | None:
-        elsewhere = {"workflow": "'workflow' belongs to a reflex of kind: workflow"}
+        elsewhere = {
+            "workflow": "'workflow' belongs to a reflex of kind: workflow",
+            "key": "'key' belongs to a reflex of kind: workflow",
+        }
         fields = self.known(entries, _SENSE_REFLEX_KEYS, path, elsewhere)
+        self.clock_or_signals(fields, path, ("interval", "on"))
+        cron = cron_spec(self, fields, path)
         sense: str | None = None
         if "sense" not in fields:
             self.error(line, f"{path}.sense", "required key is missing: the sense to recompute")
@@ -322,19 +345,32 @@ class Validator(Walker):
                     f"{path}.on",
                     f"a sense cannot recompute on its own signal: '{sense}' would loop forever",
                 )
-        elif "interval" not in fields:
-            self.error(line, path, "a sense reflex needs interval, on, or both")
+        elif "interval" not in fields and "cron" not in fields:
+            self.error(line, path, "a sense reflex needs interval, on, both, or cron")
         if sense is None:
             return None
-        return SenseReflex(sense=sense, interval_ms=interval, on=tuple(on or ()), line=line)
+        return SenseReflex(
+            sense=sense, interval_ms=interval, on=tuple(on or ()), line=line, cron=cron
+        )
 
     def workflow_reflex(self, entries: list[Entry], line: int, path: str) -> WorkflowReflex | None:
         elsewhere = {
             "interval": "interval belongs to a reflex of kind: sense; "
-            "a workflow starts only on signals (on:)",
+            "a workflow starts on signals (on:) or on a clock (cron:)",
             "sense": "'sense' belongs to a reflex of kind: sense",
         }
         fields = self.known(entries, _WORKFLOW_REFLEX_KEYS, path, elsewhere)
+        self.clock_or_signals(fields, path, ("on",))
+        cron = cron_spec(self, fields, path)
+        key: str | None = None
+        if "key" in fields:
+            key = json_pointer(self, fields["key"], f"{path}.key")
+            if "cron" in fields:
+                self.error(
+                    fields["key"].line,
+                    f"{path}.key",
+                    "key reads a signal's payload; a cron reflex keys each run by its firing",
+                )
         workflow: str | None = None
         if "workflow" not in fields:
             self.error(line, f"{path}.workflow", "required key is missing: the workflow to start")
@@ -351,15 +387,17 @@ class Validator(Walker):
                     "workflows",
                 )
         on: list[str] | None = None
-        if "on" not in fields:
-            self.error(
-                line, f"{path}.on", "required key is missing: the senses whose signals start it"
-            )
-        else:
+        if "on" in fields:
             on = self.sense_list(fields["on"], f"{path}.on")
-        if workflow is None or not on:
+        elif "cron" not in fields:
+            self.error(
+                line,
+                f"{path}.on",
+                "required key is missing: the senses whose signals start it (or cron:)",
+            )
+        if workflow is None or not (on or cron) or (on and "cron" in fields):
             return None
-        return WorkflowReflex(workflow=workflow, on=tuple(on), line=line)
+        return WorkflowReflex(workflow=workflow, on=tuple(on or ()), line=line, cron=cron, key=key)
 
     def retention(self, section: Entry | None) -> RetentionConfig:
         if section is None:

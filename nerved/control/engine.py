@@ -87,6 +87,11 @@ class StoreControl(Protocol):
         not)."""
 
 
+class CronControl(Protocol):
+    def listing(self) -> list[dict[str, Any]]:
+        """Every cron reflex, as ``schedule.list`` shows it."""
+
+
 class Engine(Protocol):
     @property
     def senses(self) -> SenseControl: ...
@@ -96,6 +101,9 @@ class Engine(Protocol):
 
     @property
     def store(self) -> StoreControl: ...
+
+    @property
+    def cron(self) -> CronControl: ...
 
     def status(self) -> dict[str, Any]:
         """What ``status`` answers."""

@@ -28,6 +28,7 @@ from nerved.control.server import ControlServer
 from nerved.loop import Loop
 from nerved.master import ownfiles
 from nerved.master.autoreload import AutomaticReloads
+from nerved.master.cron import Clock, CronReflexes
 from nerved.master.notify import Notifier
 from nerved.master.reflexes import Reflexes
 from nerved.master.reloader import Reloader
@@ -85,6 +86,7 @@ class Daemon:
         self.senses: SenseManager
         self.workflows: WorkflowManager
         self.reflexes: Reflexes
+        self.cron: CronReflexes
         self.control: ControlServer | None = None
         self.watcher: Watcher | None = None
         self.upkeep: Upkeep
@@ -155,6 +157,13 @@ class Daemon:
         self.senses = SenseManager(self.loop, self.workers, self.store, self._on_signal, timeout)
         self.workflows = WorkflowManager(self.loop, self.workers, self.store, timeout)
         self.reflexes = Reflexes(self.loop, self.senses.trigger, self._start_workflow)
+        try:
+            clock = Clock.from_environment()
+        except ValueError as exc:
+            raise Fatal(str(exc), EX_CONFIG) from exc
+        self.cron = CronReflexes(
+            self.loop, self.store, clock, self.senses.trigger, self._start_cron_run
+        )
 
         # Recovery comes before the socket is served: nothing is admitted until the queues
         # and active sets are rebuilt from logs.db, in their original order.
@@ -184,6 +193,7 @@ class Daemon:
 
         self.senses.apply(self.config, self.code)
         self.reflexes.apply(self.config)
+        self.cron.apply(self.config, starting=True)
         self.reloader = Reloader(
             self.loop,
             self.workers,
@@ -326,6 +336,7 @@ class Daemon:
         if [unlined(r) for r in config.reflexes] != [unlined(r) for r in self.config.reflexes]:
             changed.append("reflexes")
         self.reflexes.apply(config)
+        self.cron.apply(config)
         if config.control != self.config.control and self.control is not None:
             self.control.configure(
                 idle_timeout=config.control.idle_timeout_ms / 1000,
@@ -355,12 +366,22 @@ class Daemon:
     def _on_signal(self, sense: str, payload: Any) -> None:
         self.reflexes.on_signal(sense, payload)
 
-    def _start_workflow(self, workflow: str, payload: Any) -> None:
-        """A workflow reflex fired: the signal's payload becomes the trigger payload."""
+    def _start_workflow(self, workflow: str, payload: Any, key: str | None = None) -> None:
+        """A workflow reflex fired: the signal's payload becomes the trigger payload, and
+        ``key`` (read from it by the reflex's ``key:``) the run's idempotency key."""
         try:
-            self.workflows.trigger(workflow, payload)
+            self.workflows.trigger(workflow, payload, idempotency_key=key)
         except Refused as exc:
             log.warning("reflex could not start workflow %s: %s", workflow, exc.message)
+
+    def _start_cron_run(
+        self, workflow: str, payload: Any, key: str
+    ) -> tuple[str | None, str | None]:
+        """A cron reflex fired: the run's id, or why it did not start."""
+        try:
+            return self.workflows.trigger(workflow, payload, idempotency_key=key).run_id, None
+        except Refused as exc:
+            return None, exc.message
 
     # -- stop ---------------------------------------------------------------------------
 
@@ -379,6 +400,7 @@ class Daemon:
             self.watcher.close()
             self.watcher = None
         self.reflexes.stop()
+        self.cron.stop()
         self.reloader.stop()
         self.retention.stop()
         grace = max(self.senses.stop(), self.workflows.stop())

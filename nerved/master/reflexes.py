@@ -12,13 +12,68 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nerved import wire
 from nerved.config import NerveConfig, SenseReflex, WorkflowReflex
 from nerved.loop import Loop, Timer
 
 log = logging.getLogger(__name__)
 
 TriggerSense = Callable[[str], bool]
-StartWorkflow = Callable[[str, Any], None]
+StartWorkflow = Callable[[str, Any, str | None], None]  # workflow, payload, idempotency key
+
+_ABSENT = object()
+
+
+def resolve(pointer: str, document: Any) -> Any:
+    """The value RFC 6901's JSON ``pointer`` names in ``document``, or ``_ABSENT``.
+
+    Fifteen lines rather than a dependency: the pointer's syntax is checked when nerve.yaml
+    is read (nerved.config.schedules), and only resolution is left. ``-`` (the element past
+    an array's end) and an index with a leading zero name nothing.
+    """
+    if pointer == "":
+        return document
+    for token in pointer[1:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(document, dict):
+            if token not in document:
+                return _ABSENT
+            document = document[token]
+        elif isinstance(document, list):
+            if not token.isdecimal() or (token != "0" and token.startswith("0")):
+                return _ABSENT
+            if int(token) >= len(document):
+                return _ABSENT
+            document = document[int(token)]
+        else:
+            return _ABSENT
+    return document
+
+
+def key_of(reflex: WorkflowReflex, payload: Any) -> str | None:
+    """The idempotency key ``reflex`` reads from a signal's ``payload``: a string as it is,
+    any other JSON value as its compact JSON text (``42``, ``{"a":1}``); None, with a
+    warning that names the reflex, when the pointer names nothing or the value is no key
+    (an empty string, past 256 characters): then no run starts, since a run without its
+    key could repeat one the key would have held back."""
+    assert reflex.key is not None
+    value = resolve(reflex.key, payload)
+    where = (
+        f"the workflow reflex of {reflex.workflow} (nerve.yaml:{reflex.line}, key: {reflex.key!r})"
+    )
+    if value is _ABSENT:
+        log.warning("%s: the signal's payload has nothing at the pointer; no run started", where)
+        return None
+    try:
+        key = value if isinstance(value, str) else wire.dumps(value)
+    except wire.Invalid as exc:
+        log.warning("%s: %s; no run started", where, exc)
+        return None
+    problem = wire.key_problem(key)
+    if problem is not None:
+        log.warning("%s: the key read %s; no run started", where, problem)
+        return None
+    return key
 
 
 class _Interval:
@@ -73,8 +128,10 @@ class Reflexes:
         for reflex in self._on.get(sense, ()):
             if isinstance(reflex, SenseReflex):
                 self.trigger_sense(reflex.sense)
-            else:
-                self.start_workflow(reflex.workflow, payload)
+            elif reflex.key is None:
+                self.start_workflow(reflex.workflow, payload, None)
+            elif (key := key_of(reflex, payload)) is not None:
+                self.start_workflow(reflex.workflow, payload, key)
 
     def stop(self) -> None:
         for interval in self._intervals.values():

@@ -6,7 +6,7 @@ backend, one job per module:
 - :mod:`~nerved.store.interface`: what the master needs from a store (:class:`Storage`,
   :class:`Reader`), the batch and ``after_commit`` rules any backend keeps;
 - :mod:`~nerved.store.records`: what a store hands out (:class:`LogEntry`,
-  :class:`RunRecord`, :class:`Unreadable`) and their wire shapes;
+  :class:`RunRecord`, :class:`Unreadable`, :class:`Firing`) and their wire shapes;
 - :mod:`~nerved.store.errors`: :class:`StoreError`, :class:`StoreBusy`;
 - :mod:`~nerved.store.query`: what a logs query may ask (:class:`LogQuery`,
   :class:`BadQuery`), one definition for the socket's ``logs.query`` and ``ctx.logs.query``;
@@ -29,6 +29,7 @@ from nerved.store.interface import AbortCallback, CommitCallback, Reader, Storag
 from nerved.store.query import BadQuery, LogQuery
 from nerved.store.records import (
     MAX_QUERY_LIMIT,
+    Firing,
     LogEntry,
     RunRecord,
     Unreadable,
@@ -47,6 +48,7 @@ __all__ = [
     "AbortCallback",
     "BadQuery",
     "CommitCallback",
+    "Firing",
     "LogEntry",
     "LogQuery",
     "Reader",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nerved.states import RunStatus, Transition
-from nerved.store.records import LogEntry, RunRecord
+from nerved.store.records import Firing, LogEntry, RunRecord
 
 CommitCallback = Callable[[], None]
 AbortCallback = Callable[[BaseException], None]
@@ -102,6 +102,11 @@ class Reader(Protocol):
         ...
 
     def count_runs(self) -> dict[tuple[str, RunStatus], int]: ...
+
+    def firings(self) -> dict[str, Firing]:
+        """The last firing of each cron reflex recorded (:meth:`Storage.record_firing`), by
+        its ``reflex``."""
+        ...
 
 
 class Storage(Reader, Protocol):
@@ -304,6 +309,15 @@ class Storage(Reader, Protocol):
         ...
 
     def set_meta(self, key: str, value: str) -> None: ...
+
+    def record_firing(self, firing: Firing) -> None:
+        """Keep ``firing`` as the last of its reflex, in place of the one before."""
+        ...
+
+    def forget_firings(self, keep: Iterable[str]) -> int:
+        """Delete the firings of every reflex not in ``keep`` (reflexes no longer
+        configured); how many went."""
+        ...
 
     # -- reads of the engine --------------------------------------------------------------
 

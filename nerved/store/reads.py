@@ -10,7 +10,14 @@ from typing import Any, Final
 from nerved import wire
 from nerved.states import ACTIVE, RunStatus
 from nerved.store.connection import Connection
-from nerved.store.records import MAX_QUERY_LIMIT, LogEntry, RunRecord, Unreadable, loads
+from nerved.store.records import (
+    MAX_QUERY_LIMIT,
+    Firing,
+    LogEntry,
+    RunRecord,
+    Unreadable,
+    loads,
+)
 
 RUN_COLUMNS: Final = (
     "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
@@ -323,3 +330,9 @@ class Reads:
             "SELECT workflow, status, COUNT(*) FROM workflow_runs GROUP BY workflow, status"
         ).fetchall()
         return {(r[0], RunStatus(r[1])): int(r[2]) for r in rows}
+
+    def firings(self) -> dict[str, Firing]:
+        rows = self._conn.execute(
+            "SELECT reflex, scheduled_at, fired_at, run_id, note FROM cron_firings"
+        ).fetchall()
+        return {r[0]: Firing(r[0], r[1], r[2], r[3], r[4]) for r in rows}

@@ -129,6 +129,23 @@ class RunRecord:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """The last firing of a cron reflex, kept so that ``catchUp`` and the schedule's listing
+    survive a restart (nerved.master.cron). ``reflex`` is the reflex's identity there."""
+
+    reflex: str
+    scheduled_at: int
+    """The firing it was: when the schedule said (ms since the epoch)."""
+    fired_at: int
+    """When nerved handled it (ms): later than ``scheduled_at`` for a catch-up at start."""
+    run_id: str | None = None
+    """The run it started (a workflow reflex), or None."""
+    note: str | None = None
+    """What became of it, when no run says: ``missed`` (nerved was down and the reflex does
+    not catch up), ``computed`` (a sense's), or why the trigger was refused."""
+
+
 def cancelled_error(reason: str | None, uid: int | None) -> str:
     """A cancelled run's ``error``, from its ``cancelled`` entry's ``{reason, uid}``: who
     cancelled it and why, as an operator reads it in a list.

@@ -12,7 +12,7 @@ from typing import Final
 from nerved.store.connection import Connection
 from nerved.store.errors import StoreError
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.
@@ -106,6 +106,19 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     DROP INDEX workflow_runs_active;
     CREATE INDEX workflow_runs_active ON workflow_runs (seq)
         WHERE status IN ('queued', 'started', 'waiting');
+    """,
+    # 5 (issue 12, cron reflexes): the last firing of each cron reflex (``reflex``: its
+    # identity, nerved.master.cron), for catchUp and the schedule's listing after a restart;
+    # ``run_id``: the run it started, if any, whose status is its outcome (no foreign key:
+    # retention prunes runs, and a firing keeps naming what it started).
+    """
+    CREATE TABLE cron_firings (
+        reflex       TEXT    PRIMARY KEY,
+        scheduled_at INTEGER NOT NULL,
+        fired_at     INTEGER NOT NULL,
+        run_id       TEXT,
+        note         TEXT
+    ) WITHOUT ROWID;
     """,
 )
 

@@ -10,13 +10,13 @@ turn (:meth:`nerved.store.sqlite.Store.commit`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from nerved.states import RunStatus, Transition
 from nerved.store.connection import Connection
 from nerved.store.reads import ACTIVE_SQL, HISTORY_SQL, RUN_COLUMNS, RUN_WIDTH, run_from_row
-from nerved.store.records import RunRecord, dumps, input_payload, now_ms
+from nerved.store.records import Firing, RunRecord, dumps, input_payload, now_ms
 
 # A run's entries of some types, on the ``ref_id`` index (the unary ``+``, see
 # :meth:`Writes.active_runs`): its steps; what a resume replays; all that makes a history.
@@ -380,6 +380,25 @@ class Writes:
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    def record_firing(self, firing: Firing) -> None:
+        self._begin()
+        self._conn.execute(
+            "INSERT INTO cron_firings (reflex, scheduled_at, fired_at, run_id, note)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (reflex) DO UPDATE SET"
+            " scheduled_at = excluded.scheduled_at, fired_at = excluded.fired_at,"
+            " run_id = excluded.run_id, note = excluded.note",
+            (firing.reflex, firing.scheduled_at, firing.fired_at, firing.run_id, firing.note),
+        )
+
+    def forget_firings(self, keep: Iterable[str]) -> int:
+        kept = set(keep)
+        rows = self._conn.execute("SELECT reflex FROM cron_firings").fetchall()
+        gone = [row[0] for row in rows if row[0] not in kept]
+        for reflex in gone:
+            self._begin()
+            self._conn.execute("DELETE FROM cron_firings WHERE reflex = ?", (reflex,))
+        return len(gone)
 
     # -- reads of the engine ---------------------------------------------------------
 

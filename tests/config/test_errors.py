@@ -94,7 +94,7 @@ RULES = [
         "senses: {a: }\nreflexes:\n  - kind: sense\n    sense: a\n",
         3,
         "reflexes[0]",
-        "a sense reflex needs interval, on, or both",
+        "a sense reflex needs interval, on, both, or cron",
     ),
     (
         "senses: {a: }\nreflexes:\n  - kind: sense\n    sense: a\n    interval: 0\n",

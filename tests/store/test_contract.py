@@ -44,6 +44,7 @@ from nerved import wire
 from nerved.states import ACTIVE, RunStatus, Transition
 from nerved.store import (
     MAX_QUERY_LIMIT,
+    Firing,
     LogEntry,
     Reader,
     RunRecord,
@@ -386,6 +387,40 @@ def test_a_key_is_kept_across_reopening(backend: Backend) -> None:
             store.create_run("r2", "wf", Transition.START, None, idempotency_key="ü-key")
     finally:
         store.close()
+
+
+# -- cron firings ------------------------------------------------------------------------
+
+
+def test_a_firing_replaces_its_reflexes_last_and_survives_reopening(backend: Backend) -> None:
+    store = backend.open()
+    assert store.firings() == {}
+    store.record_firing(Firing("workflow:w 0 3 * * * host", 1_000, 1_001, run_id="r1"))
+    store.record_firing(Firing("sense:s * * * * * UTC", 2_000, 2_000, note="computed"))
+    assert store.committed.firings() == {}  # the batch is not durable yet
+    store.commit()
+    store.record_firing(Firing("workflow:w 0 3 * * * host", 5_000, 9_000, note="missed"))
+    store.commit()
+    store.close()
+    store = backend.open()
+    try:
+        assert store.committed.firings() == {
+            "workflow:w 0 3 * * * host": Firing("workflow:w 0 3 * * * host", 5_000, 9_000,
+                                                note="missed"),
+            "sense:s * * * * * UTC": Firing("sense:s * * * * * UTC", 2_000, 2_000,
+                                            note="computed"),
+        }  # fmt: skip
+    finally:
+        store.close()
+
+
+def test_forget_firings_keeps_only_the_reflexes_named(store: Storage) -> None:
+    for name in ("a", "b", "c"):
+        store.record_firing(Firing(name, 1, 1))
+    assert store.forget_firings(["b", "x"]) == 2
+    store.commit()
+    assert list(store.committed.firings()) == ["b"]
+    assert store.forget_firings(["b"]) == 0
 
 
 @pytest.mark.parametrize("transition", MOVING, ids=lambda t: t.name)

@@ -309,7 +309,7 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     conn.close()
 
     store = Store(db_path)
-    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.schema_version == SCHEMA_VERSION == 5
     assert [(r.run_id, r.steps, r.attempts, r.history) for r in store.active_runs()] == [
         ("r0", 0, 0, len('{"i":0}')),
         ("r1", 2, 1, len('{"i":1}') + 2 * len('{"role":"a","prompt":null,"event":{"n":2}}')),
@@ -336,7 +336,7 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
         ("logs_ref_id",), ("logs_source_type",), ("workflow_runs_active",), ("workflow_runs_key",),
     ]  # fmt: skip
     tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-    assert tables.fetchall() == [("logs",), ("meta",), ("workflow_runs",)]
+    assert tables.fetchall() == [("cron_firings",), ("logs",), ("meta",), ("workflow_runs",)]
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert_runs_match(derive_runs(conn), read_runs(conn))
     conn.close()

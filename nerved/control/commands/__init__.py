@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from nerved.control.commands import (
     logs_query,
     reload,
+    schedule_list,
     sense_list,
     sense_trigger,
     status,
@@ -76,6 +77,7 @@ COMMANDS: dict[str, Command] = {
             workflow_retry,
             workflow_signal,
             workflow_replay,
+            schedule_list,
         ),
     )
 }

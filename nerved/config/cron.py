@@ -1,0 +1,154 @@
+"""Cron schedules (``cron:``, ``timezone:``): when a five-field crontab fires, as instants.
+
+The expression is read by cronsim (healthchecks.io's, no dependencies), never by hand; what
+is nerve's here is how a crontab's wall-clock times become instants on the days a time zone
+changes its offset, so that a daily job neither runs twice nor is missed:
+
+- An expression whose **hour is a wildcard or a step of one** (``0 * * * *``,
+  ``*/15 */2 * * *``) runs in real time: every real hour has its firings, and no instant
+  fires twice (23 hourly runs on the day the clocks go forward, 25 on the day they go back,
+  one per real hour).
+- Any other expression (a **fixed hour**, a list or a range of hours: ``30 2 * * *``) is a
+  time of day, on the local wall clock: a time the clocks skip fires once, at the end of the
+  jump (``30 2 * * *`` at 03:00 on Europe/Berlin's spring day; several times in the skipped
+  hour collapse into that one firing); a time the clocks go through twice fires once, the
+  first time. This is Debian cron's rule for times of day, as cronsim documents it,
+  carried to every expression with a fixed hour.
+
+Instants are milliseconds since the epoch, as everywhere in nerve. Each schedule is
+computed from an instant (the next firing strictly after it, the last one at or before it),
+so a caller that never asks for an instant it has fired before cannot fire one twice,
+whatever the wall clock did in between. A leaf: zoneinfo and cronsim, nothing of nerve's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+
+MAX_CRON_LENGTH = 200  # an expression longer than this is a mistake, not a schedule
+HOST_ZONE = "host"  # how a reflex without ``timezone:`` names its zone in listings
+_LOOK_BACK = timedelta(hours=3)  # past the longest offset change (1 h; 30 min at Lord Howe)
+_SCAN = 5000  # firings looked at for one answer, at most: every answer is within a few
+_MINUTE = timedelta(minutes=1)
+_GAP = 48 * 60  # minutes a skipped stretch may last (Samoa skipped a whole day in 2011)
+
+
+class CronError(ValueError):
+    """An expression or a time zone that is not one; the message says why, for nerve.yaml."""
+
+
+def check_expression(expr: str) -> None:
+    """Raise :class:`CronError` unless ``expr`` is a five-field crontab that fires."""
+    if len(expr) > MAX_CRON_LENGTH:
+        raise CronError(f"is longer than {MAX_CRON_LENGTH} characters")
+    fields = expr.split()
+    if len(fields) != 5:
+        raise CronError(
+            f"expected five fields (minute hour day-of-month month day-of-week), got {len(fields)}"
+        )
+    try:
+        next(CronSim(expr, datetime(2000, 1, 1)))
+    except CronSimError as exc:
+        raise CronError(f"is not a crontab expression: {str(exc).lower()} field") from None
+    except StopIteration:
+        raise CronError("never fires") from None
+
+
+def zone(name: str | None) -> tzinfo:
+    """The zone named ``name`` (an IANA name, from the system's tzdata); None: the host's.
+
+    The host's is ``$TZ`` when that names a zone, else ``/etc/localtime``, else UTC: the
+    zone itself, with its rules, not today's offset (which would be wrong after a change).
+    """
+    if name is not None:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise CronError(f"unknown time zone {name!r} (an IANA name: Europe/Berlin)") from None
+    configured = os.environ.get("TZ", "").removeprefix(":")
+    if configured:
+        try:
+            if configured.startswith("/"):
+                with open(configured, "rb") as file:
+                    return ZoneInfo.from_file(file, key=configured)
+            return ZoneInfo(configured)
+        except (OSError, ValueError, ZoneInfoNotFoundError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as file:
+            return ZoneInfo.from_file(file, key="localtime")
+    except (OSError, ValueError):
+        return UTC
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _real(naive: datetime, where: tzinfo) -> bool:
+    aware = naive.replace(tzinfo=where, fold=0)
+    return aware.astimezone(UTC).astimezone(where).replace(tzinfo=None) == naive
+
+
+def _instant(naive: datetime, where: tzinfo) -> int:
+    """A wall-clock time of ``where`` as an instant: a time the clocks skip is the end of
+    the jump, a time they go through twice is its first pass."""
+    for _ in range(_GAP):
+        if _real(naive, where):
+            return _ms(naive.replace(tzinfo=where, fold=0))
+        naive += _MINUTE
+    return _ms(naive.replace(tzinfo=where, fold=0))  # no zone skips two days
+
+
+class Schedule:
+    """One expression in one zone; :meth:`next_after` and :meth:`last_until` in ms."""
+
+    def __init__(self, expr: str, where: tzinfo) -> None:
+        check_expression(expr)
+        self.expr = expr
+        self.zone = where
+        self.real_time = expr.split()[1].startswith("*")
+
+    def _forward(self, ms: int) -> Iterator[int]:
+        start = datetime.fromtimestamp(ms // 1000, self.zone)
+        if self.real_time:
+            for moment in CronSim(self.expr, start):
+                yield _ms(moment)
+        else:
+            for naive in CronSim(self.expr, start.replace(tzinfo=None)):
+                yield _instant(naive, self.zone)
+
+    def _backward(self, ms: int) -> Iterator[int]:
+        start = datetime.fromtimestamp(ms // 1000 + 1, self.zone)
+        if self.real_time:
+            for moment in CronSim(self.expr, start, reverse=True):
+                yield _ms(moment)
+        else:
+            # A wall-clock time a little after ``ms``'s may be an instant before it (``ms``
+            # in the second pass of an hour the clocks go through twice).
+            naive = start.replace(tzinfo=None) + _LOOK_BACK
+            for earlier in CronSim(self.expr, naive, reverse=True):
+                yield _instant(earlier, self.zone)
+
+    def next_after(self, ms: int) -> int | None:
+        """The first firing strictly after ``ms``; None: none in cronsim's 50 years."""
+        for count, firing in enumerate(self._forward(ms)):
+            if firing > ms:
+                return firing
+            if count > _SCAN:
+                break
+        return None
+
+    def last_until(self, ms: int) -> int | None:
+        """The last firing at or before ``ms``; None: none in cronsim's 50 years."""
+        for count, firing in enumerate(self._backward(ms)):
+            if firing <= ms:
+                return firing
+            if count > _SCAN:
+                break
+        return None
