@@ -7,6 +7,8 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STATE  ?= $(CURDIR)/.state
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): the tests mostly wait on daemons, so two share two cores well.
+TEST_JOBS ?= 2
 
 .PHONY: run test test-deps lint typecheck unit bench deb clean
 
@@ -43,7 +45,7 @@ typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
 unit: $(BIN)/.installed test-deps
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 # The whole default suite: style, types, tests (the systemd ones skip where they cannot run).
 test: lint typecheck unit

@@ -6,6 +6,17 @@ from pathlib import Path
 import pytest
 from support import Nerved, make_root
 
+SERIAL_MODULES = frozenset({"test_service_systemd.py", "test_modes.py", "test_limits.py"})
+"""Modules that set up what the whole machine shares (the ``nerve`` user, the service's
+venv under /var/lib/nerve-test: tests/sandbox.py): under pytest-xdist (``make test`` runs
+``-n 2 --dist loadgroup``) their tests run in one worker, one at a time."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SERIAL_MODULES:
+            item.add_marker(pytest.mark.xdist_group("machine"))
+
 
 @pytest.fixture
 def nerved_factory(tmp_path: Path) -> Iterator[Callable[..., Nerved]]:

@@ -55,9 +55,11 @@ def service_venv() -> Path:
     if not (SERVICE_VENV / "bin" / "python").exists():
         SCRATCH.mkdir(mode=0o755, parents=True, exist_ok=True)
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(SERVICE_VENV)], check=True)
+    if not _installed:
+        # The dependencies as pyproject.toml has them now (one added since the venv was made
+        # is installed; pip does nothing for those it has), then this checkout, not editable.
         project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
         subprocess.run([*pip, "setuptools>=77", *project["dependencies"]], check=True)
-    if not _installed:
         subprocess.run(
             [*pip, "--no-build-isolation", "--force-reinstall", "--no-deps", str(REPO)], check=True
         )

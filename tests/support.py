@@ -46,6 +46,21 @@ GATED = """
 """A workflow of one step that returns once the file named by its payload's ``gate`` exists;
 ``<gate>.running`` exists once its role runs."""
 
+QUICK = """
+    from nerved import WorkflowDefinition
+
+    def work(prompt, ctx):
+        return {"type": "done"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "work", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
+"""
+"""A workflow of one step that returns ``{"type": "done"}`` at once."""
+
 
 FORKER = """
     import os, time

@@ -14,21 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from support import REPO, Nerved, make_root, wait_until
-
-QUICK = """
-    from nerved import WorkflowDefinition
-
-    def work(prompt, ctx):
-        return {"type": "done"}
-
-    def moderate(thread, event):
-        if event["type"] == "thread_start":
-            return {"role": "work", "prompt": event["payload"]}
-        return None
-
-    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
-"""
+from support import QUICK, REPO, Nerved, make_root, wait_until
 
 HOURLY = """\
 workflows:

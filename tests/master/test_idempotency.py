@@ -14,23 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import GATED, Nerved, wait_until
+from support import GATED, QUICK, Nerved, wait_until
 
 from nervectl.client import RemoteError
-
-QUICK = """
-    from nerved import WorkflowDefinition
-
-    def work(prompt, ctx):
-        return {"type": "done"}
-
-    def moderate(thread, event):
-        if event["type"] == "thread_start":
-            return {"role": "work", "prompt": event["payload"]}
-        return None
-
-    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
-"""
 
 CONFIG = """\
 workflows:

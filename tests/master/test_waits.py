@@ -247,9 +247,13 @@ def test_cancel_stops_a_wait_and_its_deadline(daemon: Nerved) -> None:
     # Concurrency 1: the waiting run holds the slot, so the next one queues behind it.
     queued = daemon.trigger("single", {"timeout": "1h"})
     assert status(daemon, queued) == "queued"
+    # A queued run takes signals too: pending until it waits for them.
+    assert signal(daemon, queued, payload="early")["delivered"] is False
     cancelled = daemon.rpc("workflow.cancel", runId=run_id, reason="not needed")
     assert cancelled["status"] == "cancelled"
-    waiting(daemon, queued)  # its slot went to the queued run
+    # Its slot went to the queued run, whose wait took the pending signal at once.
+    assert daemon.wait_run(queued)["status"] == "completed"
+    assert daemon.entries(queued, "step_complete")[-1]["payload"]["event"]["by"] == ["early"]
     time.sleep(2)  # past the cancelled run's deadline: nothing more happens to it
     assert types(daemon, run_id)[-1] == "cancelled"
     daemon.healthy()
