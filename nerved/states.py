@@ -68,7 +68,7 @@ class Transition(enum.Enum):
     COMPLETE = ("the moderator returned None", frozenset({RunStatus.STARTED}), RunStatus.COMPLETED)
     FAIL = (
         "a role, the moderator or an event broke a rule",
-        frozenset({RunStatus.STARTED}),
+        frozenset({RunStatus.STARTED, RunStatus.WAITING}),
         RunStatus.FAILED,
     )
     CRASH = ("its worker died under it", frozenset({RunStatus.STARTED}), RunStatus.CRASHED)

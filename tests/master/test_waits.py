@@ -62,16 +62,32 @@ APPROVAL = """
     )
 """
 
+ASKS = """
+    from nerved import WorkflowDefinition
+
+    def moderate(thread, event):
+        if thread.events[0]["payload"] == "loop":
+            return {"sleep": 0}  # for ever: maxSteps ends it
+        if event["type"] == "thread_start":
+            return event["payload"]  # whatever the test says the moderator returns
+        return None
+
+    workflow = WorkflowDefinition(roles={"unused": lambda p, c: {}}, moderate=moderate)
+"""
+"""A moderator that returns its trigger payload as its first decision."""
+
 CONFIG = """\
 workflows:
   approval: {concurrency: 100, idleTimeout: 1s}
   single: {concurrency: 1}
+  asks: {concurrency: 10, maxSteps: 3}
 """
 
 
 @pytest.fixture
 def daemon(nerved_factory) -> Nerved:
-    return nerved_factory(CONFIG, None, {"approval": APPROVAL, "single": APPROVAL}).start()
+    workflows = {"approval": APPROVAL, "single": APPROVAL, "asks": ASKS}
+    return nerved_factory(CONFIG, None, workflows).start()
 
 
 def inspect(daemon: Nerved, run_id: str) -> dict[str, Any]:
@@ -308,3 +324,35 @@ def test_a_hundred_sleeping_runs_leave_the_master_idle(daemon: Nerved) -> None:
     assert switches <= baseline + 3
     assert cpu <= 0.05
     assert len(daemon.rpc("workflow.list", workflow="approval")) == len(runs)
+
+
+@pytest.mark.parametrize(
+    ("decision", "error"),
+    [({"wait": ""}, "the name of a wait must not be empty"),
+     ({"wait": "x" * 300}, "at most 256"),
+     ({"wait": "x", "timeout": -1}, "'timeout' is -1 ms"),
+     ({"sleep": True}, "'sleep' is milliseconds (a number), not True"),
+     ({"sleep": 1e300}, "it must be 0 to"),
+     ({"wait": "x", "role": "unused"}, "a wait has the keys"),
+     ({"sleep": "1h"}, "'sleep' is milliseconds")],
+)  # fmt: skip
+def test_a_wait_nerve_refuses_fails_its_run_alone(
+    daemon: Nerved, decision: dict[str, Any], error: str
+) -> None:
+    run = daemon.wait_run(daemon.trigger("asks", decision))
+    assert run["status"] == "failed" and "moderator returned" in run["error"], run
+    assert error in run["error"], run["error"]
+    daemon.healthy()
+
+
+def test_waits_count_against_max_steps(daemon: Nerved) -> None:
+    """A moderator that sleeps in a loop ends at maxSteps, as one that loops over roles."""
+    run = daemon.wait_run(daemon.trigger("asks", "loop"))
+    assert run["status"] == "failed"
+    assert run["error"] == ("exceeded maxSteps (3): the moderator asked for step 4 (a wait)"), run[
+        "error"
+    ]
+    assert [e["payload"]["event"] for e in daemon.entries(run["runId"], "input")] == [
+        {"type": "wake"}
+    ] * 3
+    daemon.healthy()
