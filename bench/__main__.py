@@ -9,6 +9,7 @@ for name in (
     "bench.control",
     "bench.workflows",
     "bench.retries",
+    "bench.waits",
     "bench.timebox",
     "bench.recovery",
     "bench.abuse",

@@ -43,3 +43,56 @@ def test_example_root_runs_senses_and_both_workflows(tmp_path):
     finally:
         assert daemon.stop() == 0
         daemon.cleanup()
+
+
+def _roles(daemon: Nerved, run_id: str) -> list[str]:
+    return [e["payload"]["role"] for e in daemon.entries(run_id, "step_complete")]
+
+
+def _status(daemon: Nerved, run_id: str) -> str:
+    return str(daemon.rpc("workflow.inspect", runId=run_id)["status"])
+
+
+def test_example_approval_waits_for_a_signal_or_escalates(tmp_path):
+    daemon = run_examples(tmp_path)
+    try:
+        # Approved: the run parks after proposing, the signal sends it on to apply.
+        run = daemon.ctl_json("workflow", "trigger", "approval", "--payload",
+                              '{"change": "resize /var"}')["runId"]  # fmt: skip
+        wait_until(lambda: _status(daemon, run) == "waiting", what="the run to wait")
+        assert daemon.rpc("workflow.inspect", runId=run)["waitFor"] == "approve"
+        signal = daemon.ctl("workflow", "signal", run, "approve", "--payload", '{"by": "ann"}')
+        assert signal.returncode == 0, signal.stderr
+        done = daemon.wait_run(run)
+        assert done["status"] == "completed", done
+        assert _roles(daemon, run) == ["propose", "apply"]
+        applied = daemon.entries(run, "step_complete")[-1]["payload"]["event"]
+        assert applied == {"type": "applied", "change": "resize /var", "by": "ann"}
+
+        # Rejected: the same signal saying so ends the run without applying.
+        rejected = daemon.trigger("approval", {"change": "drop the database"})
+        wait_until(lambda: _status(daemon, rejected) == "waiting", what="the run to wait")
+        daemon.rpc("workflow.signal", runId=rejected, name="approve",
+                   payload={"by": "bob", "approved": False})  # fmt: skip
+        assert daemon.wait_run(rejected)["status"] == "completed"
+        assert _roles(daemon, rejected) == ["propose"]
+
+        # Unanswered: the timeout (short, from the payload) escalates, then waits again (an
+        # hour: the test need not race it); the escalation's approver answers.
+        options = {"change": "rotate keys", "timeout": "100ms", "escalationTimeout": "1h"}
+        late = daemon.trigger("approval", options)
+        wait_until(lambda: "escalate" in _roles(daemon, late), what="the escalation")
+        wait_until(lambda: _status(daemon, late) == "waiting", what="the second wait")
+        daemon.rpc("workflow.signal", runId=late, name="approve", payload={"by": "oncall"})
+        assert daemon.wait_run(late)["status"] == "completed"
+        assert _roles(daemon, late) == ["propose", "escalate", "apply"]
+        inputs = [e["payload"]["event"]["type"] for e in daemon.entries(late, "input")]
+        assert inputs == ["wait_timeout", "signal"]
+
+        # Nobody at all: the second timeout ends it unapplied.
+        silent = daemon.trigger("approval", {"change": "reboot", "timeout": "100ms"})
+        assert daemon.wait_run(silent)["status"] == "completed"
+        assert _roles(daemon, silent) == ["propose", "escalate"]
+    finally:
+        assert daemon.stop() == 0
+        daemon.cleanup()
