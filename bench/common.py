@@ -33,6 +33,13 @@ def summary_ms(values_s: list[float]) -> dict[str, float]:
     return {"n": len(ms), "p50": pct(ms, 50), "p99": pct(ms, 99), "max": max(ms)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss(pid: int) -> int:
     """Resident bytes of one process (VmRSS, from /proc)."""
     with open(f"/proc/{pid}/statm") as f:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Daemon
+from bench.common import Daemon, cpu_seconds
 from bench.workflows import WORKFLOW as STEP  # workload W: three steps of one role
 
 FLAKY = """
@@ -117,13 +117,7 @@ def policy_cost(n: int, rounds: int) -> dict[str, float]:
     return best
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_seconds(pid: int) -> float:
+def _childrencpu_seconds(pid: int) -> float:
     """CPU seconds of a process's descendants (alive now), not its own."""
     total = 0.0
     todo = [pid]
@@ -131,7 +125,7 @@ def _children_cpu_seconds(pid: int) -> float:
         current = todo.pop()
         with contextlib.suppress(OSError):
             if current != pid:
-                total += _cpu_seconds(current)
+                total += cpu_seconds(current)
             for task in os.listdir(f"/proc/{current}/task"):
                 children = f"/proc/{current}/task/{task}/children"
                 with contextlib.suppress(OSError), open(children) as f:
@@ -170,11 +164,11 @@ def failing_twice(n: int) -> dict[str, float]:
             time.sleep(0.005)
         first_due = min(e["payload"]["retryAt"] for e in failed) / 1000
         last_failed = max(e["ts"] for e in failed) / 1000
-        cpu0, workers0 = _cpu_seconds(daemon.pid), _children_cpu_seconds(daemon.pid)
+        cpu0, workers0 = cpu_seconds(daemon.pid), _childrencpu_seconds(daemon.pid)
         idle_from = time.time()
         window = first_due - idle_from - 0.02
         time.sleep(max(0.0, window))
-        cpu1, workers1 = _cpu_seconds(daemon.pid), _children_cpu_seconds(daemon.pid)
+        cpu1, workers1 = cpu_seconds(daemon.pid), _childrencpu_seconds(daemon.pid)
         idle_for = time.time() - idle_from
         rpc.close()
         end, _ = _burst_wait(daemon, n + 1)

@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Daemon, Rpc, rss, summary_ms
+from bench.common import Daemon, Rpc, cpu_seconds, rss, summary_ms
 from bench.recovery import time_to_ready
-from bench.retries import _cpu_seconds, peers_python
+from bench.retries import peers_python
 
 WORKFLOW = """
     import time
@@ -97,10 +97,10 @@ def _voluntary_switches(pid: int) -> int:
 
 def _idle(pid: int, window: float) -> dict[str, float]:
     """The master's CPU ms and voluntary context switches over ``window`` seconds."""
-    cpu0, switches0 = _cpu_seconds(pid), _voluntary_switches(pid)
+    cpu0, switches0 = cpu_seconds(pid), _voluntary_switches(pid)
     time.sleep(window)
     return {
-        "cpu_ms": (_cpu_seconds(pid) - cpu0) * 1000,
+        "cpu_ms": (cpu_seconds(pid) - cpu0) * 1000,
         "wakeups": _voluntary_switches(pid) - switches0,
         "rss_mb": rss(pid) / 2**20,
     }
