@@ -43,6 +43,7 @@ SHARED_LEAVES = tuple(
         "paths",
         "logs",
         "journal",
+        "credentials",
     )
 )
 
