@@ -45,7 +45,7 @@ typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
 unit: $(BIN)/.installed test-deps
-	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 # The whole default suite: style, types, tests (the systemd ones skip where they cannot run).
 test: lint typecheck unit

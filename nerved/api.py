@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol, TypedDict
 
-from nerved import waits
+from nerved import credentials, waits
 from nerved.store.records import LogEntry
 
 JsonValue = Any
@@ -107,6 +107,11 @@ class WorkflowContext:
         """Append a ``log`` entry to this run (``nervectl workflow inspect`` shows it)."""
         self._log(str(message))
 
+    def credential(self, name: str) -> str:
+        """The text of the systemd credential ``name`` (``LoadCredential=name:/path`` in the
+        unit: read from ``$CREDENTIALS_DIRECTORY``). KeyError naming it when there is none."""
+        return credentials.read(name)
+
 
 class Retry(Exception):
     """Raised by a role: this try failed, try again under the role's ``retry`` policy.
@@ -174,6 +179,10 @@ class SenseContext:
     def log(self, message: str) -> None:
         """Append a ``log`` entry for this sense (``nervectl logs --source sense``)."""
         self._log(str(message))
+
+    def credential(self, name: str) -> str:
+        """The text of the systemd credential ``name``, as :meth:`WorkflowContext.credential`."""
+        return credentials.read(name)
 
 
 RoleFn = Callable[[JsonValue, WorkflowContext], CommandEvent | Awaitable[CommandEvent]]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import fcntl
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -7,15 +9,23 @@ import pytest
 from support import Nerved, make_root
 
 SERIAL_MODULES = frozenset({"test_service_systemd.py", "test_modes.py", "test_limits.py"})
-"""Modules that set up what the whole machine shares (the ``nerve`` user, the service's
-venv under /var/lib/nerve-test: tests/sandbox.py): under pytest-xdist (``make test`` runs
-``-n 2 --dist loadgroup``) their tests run in one worker, one at a time."""
+"""Modules whose tests set up what the whole machine shares (the ``nerve`` user, the
+service's venv under /var/lib/nerve-test that tests/sandbox.py installs this checkout into,
+the systemd sandboxes): each of their tests holds :data:`MACHINE_LOCK`, so that under
+pytest-xdist (``make test`` runs two processes) two of them never overlap. (A lock rather
+than xdist's ``--dist loadgroup``, which pytest 9.2 silently breaks: pytest-xdist#1386.)"""
+
+MACHINE_LOCK = Path(tempfile.gettempdir()) / "nerve-tests-machine.lock"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in SERIAL_MODULES:
-            item.add_marker(pytest.mark.xdist_group("machine"))
+@pytest.fixture(autouse=True)
+def _machine(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.path.name not in SERIAL_MODULES:
+        yield
+        return
+    with open(MACHINE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released as the file closes
+        yield
 
 
 @pytest.fixture

@@ -88,8 +88,11 @@ class Sandbox:
     # -- set-up -------------------------------------------------------------------------
 
     def prepare(self, config: str, workflows: dict[str, str] | None = None,
-                watchdog: str = "30s", senses: dict[str, str] | None = None) -> Sandbox:  # fmt: skip
-        """Units (ours, plus a drop-in pointing at the test root and venv) and a root."""
+                watchdog: str = "30s", senses: dict[str, str] | None = None,
+                service: str = "") -> Sandbox:  # fmt: skip
+        """Units (ours, plus a drop-in pointing at the test root and venv) and a root.
+
+        ``service``: more lines for the drop-in's ``[Service]`` section."""
         shutil.rmtree(self.dir, ignore_errors=True)
         self.units.mkdir(parents=True)
         for unit in ("nerved.service", "nerved.socket"):
@@ -97,17 +100,26 @@ class Sandbox:
         dropin = self.units / "nerved.service.d"
         dropin.mkdir()
         venv = service_venv()
+        # The unit's own ExecReload= line, its command taken from the test's venv.
+        [reload] = [
+            line.replace("/usr/bin/", f"{venv}/bin/")
+            for line in (REPO / "systemd" / "nerved.service").read_text().splitlines()
+            if line.startswith("ExecReload=")
+        ]
         (dropin / "50-test.conf").write_text(
             textwrap.dedent(f"""\
             [Service]
             ExecStart=
             ExecStart={venv}/bin/nerved --root {self.root} --state-dir ${{STATE_DIRECTORY}} --socket ${{RUNTIME_DIRECTORY}}/nerved.sock
+            ExecReload=
+            {reload}
             ConfigurationDirectory=
             StateDirectory=
             StateDirectory={self.state_name}
             WatchdogSec={watchdog}
             RestartSec=200ms
             """)
+            + textwrap.dedent(service)
         )
         self.root.mkdir(parents=True)
         (self.root / "nerve.yaml").write_text(textwrap.dedent(config))

@@ -33,7 +33,18 @@ PARTS = (
 )
 SHARED_LEAVES = tuple(
     f"nerved.{name}"
-    for name in ("channel", "wire", "states", "outcome", "loop", "process", "paths", "logs")
+    for name in (
+        "channel",
+        "wire",
+        "states",
+        "outcome",
+        "loop",
+        "process",
+        "paths",
+        "logs",
+        "journal",
+        "credentials",
+    )
 )
 
 

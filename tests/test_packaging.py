@@ -44,6 +44,7 @@ INSTALLED_FILES = {
     UNITS / "nerved.socket": REPO / "systemd/nerved.socket",
     Path("/usr/lib/sysusers.d/nerve.conf"): REPO / "systemd/nerve-sysusers.conf",
     Path("/usr/lib/tmpfiles.d/nerve.conf"): REPO / "systemd/nerve-tmpfiles.conf",
+    Path("/usr/lib/systemd/catalog/nerve.catalog"): REPO / "systemd/nerve.catalog",
     Path("/etc/nerve/nerve.yaml"): REPO / "packaging/nerve.yaml",
     Path("/usr/share/doc/nerve/README.md"): REPO / "README.md",
     Path("/usr/bin/nerved"): None,

@@ -108,9 +108,34 @@ def test_systemctl_reload_applies_a_changed_nerve_yaml(sandbox: Sandbox) -> None
     sandbox.systemctl("start", "nerved.service")
     pid = sandbox.main_pid()
     (sandbox.root / "nerve.yaml").write_text("workflows:\n  g: {concurrency: 7}\n")
-    sandbox.systemctl("reload", "nerved.service")
+    sandbox.systemctl("reload", "nerved.service")  # waits for nerved's answer
     assert sandbox.main_pid() == pid
-    wait_until(lambda: any("reloaded (SIGHUP" in str(e.get("MESSAGE")) for e in sandbox.journal()))
+    assert any("reloaded (nervectl reload" in str(e.get("MESSAGE")) for e in sandbox.journal())
+
+
+def test_systemctl_reload_of_a_broken_config_fails_and_keeps_the_old_one(
+    sandbox: Sandbox,
+) -> None:
+    sandbox.prepare(CONFIG, {"g": GATED}).start()
+    sandbox.systemctl("start", "nerved.service")
+    pid = sandbox.main_pid()
+    # Applied, this would remove g: it names a workflow that has no package.
+    (sandbox.root / "nerve.yaml").write_text("workflows:\n  h: {}\n")
+    done = sandbox.systemctl("reload", "nerved.service", check=False)
+    assert done.returncode != 0, done
+    assert sandbox.main_pid() == pid and sandbox.state() == "active"
+    done = sandbox.nervectl(
+        "--json", "workflow", "trigger", "g", "--payload", '{"fail": true}', "--wait", check=False
+    )
+    assert json.loads(done.stdout)["status"] == "failed"  # g is still there: the old one stays
+    journal = sandbox.journal()
+    messages = [str(e.get("MESSAGE")) for e in journal]
+    refused = [m for m in messages if "configuration not reloaded (nervectl reload)" in m]
+    assert refused and "workflows.h" in refused[0], messages
+    # nervectl's own words, from ExecReload=, are the unit's too
+    said = [str(e.get("MESSAGE")) for e in journal if e.get("_COMM") == "nervectl"]
+    assert any("not reloaded" in m and "workflows.h" in m for m in said), messages
+    assert "Reload failed for nerved.service" in str(messages)
 
 
 def test_socket_activation_starts_nerved_on_the_first_call(sandbox: Sandbox) -> None:
@@ -145,6 +170,93 @@ def test_journal_has_warnings_at_their_priority(sandbox: Sandbox) -> None:
         e for e in infos if run["runId"] in str(e.get("MESSAGE")) and "started" in e["MESSAGE"]
     ]
     assert started and started[0]["PRIORITY"] == "6"
+
+
+CHATTY = """
+    import logging
+    from nerved import WorkflowDefinition
+
+    def talk(prompt, ctx):
+        logging.getLogger("user").warning("a role of run %s speaks", ctx.run_id)
+        raise RuntimeError("deliberate failure")
+
+    def moderate(thread, event):
+        return {"role": "talk", "prompt": {}} if event["type"] == "thread_start" else None
+
+    workflow = WorkflowDefinition(roles={"talk": talk}, moderate=moderate)
+"""
+
+RUN_MESSAGE_IDS = {
+    "started": "04b0d652f8e94a73af843d33818a52b7",
+    "failed": "75f6823d764d4f339109b51d09dd85f7",
+}
+
+
+def test_journalctl_finds_a_runs_lines_by_its_id(sandbox: Sandbox) -> None:
+    sandbox.prepare("workflows:\n  c: {}\n", {"c": CHATTY}).start()
+    sandbox.systemctl("start", "nerved.service")
+    runs = [
+        json.loads(sandbox.nervectl("--json", "workflow", "trigger", "c", "--wait",
+                                    check=False).stdout)
+        for _ in range(2)
+    ]  # fmt: skip
+    run_id = runs[0]["runId"]
+    mine = sandbox.journal(f"NERVE_RUN_ID={run_id}")
+    assert {e["NERVE_WORKFLOW"] for e in mine} == {"c"}
+    by_id = {e.get("MESSAGE_ID"): e for e in mine}
+    started, failed = by_id[RUN_MESSAGE_IDS["started"]], by_id[RUN_MESSAGE_IDS["failed"]]
+    assert started["MESSAGE"] == f"run {run_id} of c started" and started["PRIORITY"] == "6"
+    assert failed["MESSAGE"].startswith(f"run {run_id} of c failed: role 'talk' raised")
+    assert failed["PRIORITY"] == "4"
+    assert failed["_PID"] == str(sandbox.main_pid())
+    assert all(runs[1]["runId"] not in e["MESSAGE"] for e in mine)
+    # The worker's own lines (user code's logging too) name its workflow.
+    spoken = [e for e in sandbox.journal("NERVE_WORKFLOW=c") if "speaks" in e["MESSAGE"]]
+    assert len(spoken) == 2 and spoken[0]["PRIORITY"] == "4", spoken
+    assert spoken[0]["MESSAGE"] == f"workflow:c: a role of run {run_id} speaks"
+    assert spoken[0]["_PID"] != str(sandbox.main_pid())
+    assert spoken[0]["_SYSTEMD_UNIT"] == "nerved.service"
+
+
+CREDENTIAL = """
+    from nerved import WorkflowDefinition
+
+    def read(prompt, ctx):
+        try:
+            ctx.credential("absent")
+        except KeyError as exc:
+            missing = str(exc)
+        return {"type": "read", "token": ctx.credential("token"), "missing": missing}
+
+    def moderate(thread, event):
+        return {"role": "read", "prompt": {}} if event["type"] == "thread_start" else None
+
+    workflow = WorkflowDefinition(roles={"read": read}, moderate=moderate)
+"""
+
+
+def test_a_role_reads_a_credential_systemd_loads(sandbox: Sandbox) -> None:
+    secret = sandbox.dir / "secret"
+    sandbox.prepare("workflows:\n  k: {}\n", {"k": CREDENTIAL},
+                    service=f"LoadCredential=token:{secret}\n")  # fmt: skip
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)  # root's: systemd reads it, and hands nerve a copy of its own
+    probe = "ExecStart=/bin/sh -c 'test -r \"$CREDENTIALS_DIRECTORY/token\"'"
+    (sandbox.units / "probe.service").write_text(
+        f"[Service]\nType=oneshot\nLoadCredential=token:{secret}\n{probe}\n"
+    )
+    sandbox.start()
+    if sandbox.systemctl("start", "probe.service", check=False).returncode != 0:
+        # systemd 252 in this sandbox (nested namespaces) mounts no credentials for any unit,
+        # even a plain oneshot as root: tests/test_credentials.py covers nerve's part.
+        pytest.skip("this systemd sandbox delivers no LoadCredential= credentials")
+    sandbox.systemctl("start", "nerved.service")
+    run = sandbox.nervectl_json("workflow", "trigger", "k", "--wait")
+    assert run["status"] == "completed", run
+    events = sandbox.nervectl_json("workflow", "inspect", run["runId"])["events"]
+    [read] = [e["payload"]["event"] for e in events if e["type"] == "step_complete"]
+    assert read["token"] == "s3cret\n"
+    assert "'absent'" in read["missing"]
 
 
 SERVICE_CGROUP = "/system.slice/nerved.service"
@@ -323,8 +435,12 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         pytest.skip("no systemd-analyze")
     venv = service_venv() if not WHY_NOT else None
     nerved = f"{venv}/bin/nerved" if venv else shutil.which("true")
+    nervectl = f"{venv}/bin/nervectl" if venv else shutil.which("true")
     for unit in ("nerved.service", "nerved.socket"):
-        text = (REPO / "systemd" / unit).read_text().replace("/usr/bin/nerved", str(nerved))
+        text = (REPO / "systemd" / unit).read_text()
+        text = text.replace("/usr/bin/nervectl", str(nervectl)).replace(
+            "/usr/bin/nerved", str(nerved)
+        )
         (tmp_path / unit).write_text(text)
     if not WHY_NOT:
         ensure_nerve_user()

@@ -29,7 +29,7 @@ from nerved.loop import Loop
 from nerved.master import ownfiles
 from nerved.master.autoreload import AutomaticReloads
 from nerved.master.cron import Clock, CronReflexes
-from nerved.master.notify import Notifier
+from nerved.master.notify import EXTEND_EVERY, Notifier
 from nerved.master.reflexes import Reflexes
 from nerved.master.reloader import Reloader
 from nerved.master.retention import Retention
@@ -126,7 +126,7 @@ class Daemon:
         prepared.record_pid(os.getpid())
         self.notifier.status("starting")
         try:
-            self.store = Store(self.options.state_dir / "logs.db", on_wait=self.notifier.status)
+            self.store = Store(self.options.state_dir / "logs.db", on_wait=self._waiting)
         except StoreError as exc:
             raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc
         self.store.watch(self.options.state_dir / "nerved.lock", prepared.lock_fd)
@@ -177,7 +177,7 @@ class Daemon:
             raise Fatal("\n".join(refused), EX_CONFIG)
         self.workflows.apply(self.config, self.code)
         try:
-            self.recovery = self.workflows.recover()
+            self.recovery = self.workflows.recover(self.notifier.extend)
         except StoreError as exc:
             raise Fatal(f"cannot read unfinished runs: {exc}", EX_CANTCREAT) from exc
         self.store.commit()
@@ -220,6 +220,11 @@ class Daemon:
         self._started(EX_OK, summary)
         if early.reload_requested():
             self.request_reload("SIGHUP during start-up")
+
+    def _waiting(self, why: str) -> None:
+        """The store waits for its write lock at start: say why, and ask for more time."""
+        self.notifier.status(why)
+        self.notifier.extend()
 
     def _summary(self) -> str:
         active, queued = self.workflows.counts()
@@ -404,11 +409,18 @@ class Daemon:
         self.reloader.stop()
         self.retention.stop()
         grace = max(self.senses.stop(), self.workflows.stop())
+        self._extend_stop()
         self._stop_timer = self.loop.call_later(
             grace + STOP_MARGIN, self._kill_remaining, gated=False
         )
         if not len(self.workers):
             self.loop.stop()
+
+    def _extend_stop(self) -> None:
+        """While workers finish (bounded by the stop timer below, from their drainTimeout and
+        gracePeriod), systemd's TimeoutStopSec= must not SIGKILL them first."""
+        self.notifier.extend()
+        self.loop.call_later(EXTEND_EVERY, self._extend_stop, gated=False)
 
     def _kill_remaining(self) -> None:
         remaining = list(self.workers)

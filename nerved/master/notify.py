@@ -19,12 +19,16 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Final
 
 import sdnotify
 
 log = logging.getLogger(__name__)
 
 _WATCHDOG = "WATCHDOG=1"
+_EXTEND = "EXTEND_TIMEOUT_USEC="
+EXTEND_WINDOW: Final = 30.0  # seconds each EXTEND_TIMEOUT_USEC= grants, from when it is sent
+EXTEND_EVERY: Final = 5.0  # seconds between two of them, at least
 _RELOADING = "RELOADING=1"
 _READY = "READY=1"
 
@@ -42,6 +46,7 @@ class Notifier:
                 log.warning("cannot notify systemd at %s: %s", address, exc)
                 self._notifier = None
         self._pending: list[str] = []
+        self._extended_at = -EXTEND_EVERY
         self.watchdog_interval = _watchdog_interval()
         os.environ.pop("NOTIFY_SOCKET", None)
         os.environ.pop("WATCHDOG_USEC", None)
@@ -56,6 +61,10 @@ class Notifier:
     def _enqueue(self, message: str) -> None:
         if message == _WATCHDOG and _WATCHDOG in self._pending:
             return
+        if message.startswith(_EXTEND):  # the newest grant replaces one still waiting
+            self._pending = [
+                waiting for waiting in self._pending if not waiting.startswith(_EXTEND)
+            ]
         if _is_status_only(message):
             self._pending = [waiting for waiting in self._pending if not _is_status_only(waiting)]
         elif message.startswith(_RELOADING):
@@ -104,6 +113,22 @@ class Notifier:
 
     def watchdog(self) -> None:
         self._send(_WATCHDOG)
+
+    def extend(self) -> None:
+        """Ask systemd for :data:`EXTEND_WINDOW` more seconds of the start or stop under way,
+        at most once per :data:`EXTEND_EVERY` (so a loop may call this at each step).
+
+        Recovery at start and a drain at stop are bounded by nerve itself (the runs in the
+        store, ``drainTimeout``), not by ``TimeoutStartSec=``/``TimeoutStopSec=``, which nerved
+        cannot read. systemd holds a service to such a grant only once the unit's own timeout
+        has passed, so asking early costs nothing; a start or stop that stops making progress
+        asks no more, and systemd's timeout applies again ``EXTEND_WINDOW`` later.
+        """
+        now = time.monotonic()
+        if now - self._extended_at < EXTEND_EVERY:
+            return
+        self._extended_at = now
+        self._send(f"{_EXTEND}{int(EXTEND_WINDOW * 1_000_000)}")
 
 
 def _is_status_only(message: str) -> bool:

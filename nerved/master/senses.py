@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nerved import wire
+from nerved import logs, wire
 from nerved.channel import TO_WORKER, Message, frame
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package
 from nerved.config import NerveConfig, SenseConfig, group_memory_max, unlined
@@ -208,7 +208,7 @@ class SenseManager:
             group.loaded += 1
             group.supervisor.loading(worker)
             if error:
-                log.error("sense %s: %s", sense, error)
+                log.error("sense %s: %s", sense, error, extra=logs.sense(sense))
                 self._record_error(sense, str(error), journal=False)
         elif kind == "ready":
             if worker is not group.supervisor.current:
@@ -383,7 +383,7 @@ class SenseManager:
             repeated = state.last_error == error
             state.last_error = error
             if journal and not repeated:
-                log.error("sense %s: %s", sense, error)
+                log.error("sense %s: %s", sense, error, extra=logs.sense(sense))
         self.store.append_log("sense", "error", sense, error)
 
     @staticmethod

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from nerved import logs
 from nerved.loop import Loop
 from nerved.master.notify import Notifier
 from nerved.store import Storage
@@ -62,6 +63,7 @@ class Upkeep:
         # What systemd has yet to hear goes first, whatever happens to the commit (a failed
         # commit raises StoreError out of the loop: see the daemon's _storage_failed).
         self.notifier.flush()
+        logs.flush()  # log entries journald's socket could not take at once
         self.store.commit()
 
     def _status_tick(self) -> None:

@@ -198,12 +198,13 @@ async def _until_done_or_orphaned(worker: Served) -> None:
     await asyncio.wait({closed, done}, return_when=asyncio.FIRST_COMPLETED)
 
 
-def serve(label: str, worker: Served) -> int:
+def serve(label: str, worker: Served, **fields: str) -> int:
     """A worker's whole life: import the user package, serve until its work is done or the
-    master is gone, write out what is still queued. Threads still running sync user code
+    master is gone, write out what is still queued. ``fields`` go with each of its
+    journal entries (``NERVE_WORKFLOW=...``). Threads still running sync user code
     are abandoned: the process ends right after.
     """
-    logs.relabel(label)
+    logs.relabel(label, **fields)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     asyncio.set_event_loop(worker.loop)
     worker.loop.run_until_complete(_until_done_or_orphaned(worker))

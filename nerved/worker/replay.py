@@ -62,7 +62,7 @@ SEND: Final = 30.0  # seconds an answer may take to be written out
 
 
 def run(sock: socket.socket, package: Package) -> int:
-    logs.relabel(f"replay:{package.name}")
+    logs.relabel(f"replay:{package.name}", NERVE_WORKFLOW=package.name)
     channel = Channel(sock, receive_limit=TO_WORKER, send_limit=TO_MASTER)
     try:
         definition = load_workflow(package)

@@ -182,4 +182,7 @@ class SenseGroupWorker:
 
 
 def run(sock: socket.socket, group: str, packages: list[Package]) -> int:
-    return serve(f"sense:{group}", SenseGroupWorker(sock, group, packages))
+    # A group of one sense (the usual case) names it; a larger group's lines name the group.
+    fields = {"NERVE_SENSE": packages[0].name} if len(packages) == 1 else {}
+    worker = SenseGroupWorker(sock, group, packages)
+    return serve(f"sense:{group}", worker, NERVE_SENSE_GROUP=group, **fields)

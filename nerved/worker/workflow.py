@@ -64,7 +64,7 @@ import socket
 from collections.abc import Coroutine, Mapping
 from typing import Any, Final, cast
 
-from nerved import waits, wire
+from nerved import logs, waits, wire
 from nerved.api import (
     CommandEvent,
     Fatal,
@@ -207,7 +207,8 @@ class WorkflowWorker:
             run_id = str(message["run"])
             history = self.histories.pop(run_id, [])
             if run_id in self.threads:
-                log.error("run %s is already running here; ignoring a second %s", run_id, kind)
+                log.error("run %s is already running here; ignoring a second %s", run_id, kind,
+                          extra=logs.run(run_id, self.package.name))  # fmt: skip
                 return
             events = [{"type": "thread_start", "payload": message.get("payload")}, *history]
             steps = int(message.get("steps", len(history)))
@@ -262,7 +263,8 @@ class WorkflowWorker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # nerve's own bug: say so, but keep the worker serving
-            log.exception("thread %s broke inside nerve", run_id)
+            log.exception("thread %s broke inside nerve", run_id,
+                          extra=logs.run(run_id, self.package.name))  # fmt: skip
             error = f"internal error: {explain(exc)}"
         else:
             return
@@ -490,4 +492,5 @@ def _ignore_outcome(future: asyncio.Future[Any]) -> None:
 
 def run(sock: socket.socket, package: Package, timeouts: Mapping[str, float] | None = None) -> int:
     """The worker's life; ``timeouts``: the roles' timeouts (seconds) when it was forked."""
-    return serve(f"workflow:{package.name}", WorkflowWorker(sock, package, timeouts))
+    worker = WorkflowWorker(sock, package, timeouts)
+    return serve(f"workflow:{package.name}", worker, NERVE_WORKFLOW=package.name)

@@ -126,6 +126,8 @@ def test_watchdog_pings_when_systemd_asks(nerved_factory):
 
 
 def test_log_lines_carry_priorities_when_journald_reads_stderr(nerved_factory):
+    # No journald socket here (or not the test's): entries fall back to prefixed text lines.
+    # tests/test_journal.py and the service tests see the entries journald's socket takes.
     daemon = nerved_factory("senses:\n  boom: {}\n", {"boom": "def compute(ctx):\n    1/0\n"})
     daemon.base.mkdir(parents=True, exist_ok=True)
     daemon.log_path.touch()

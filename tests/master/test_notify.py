@@ -4,14 +4,15 @@ systemd (or any slow holder of NOTIFY_SOCKET) would."""
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import deadline
+from support import deadline, wait_until
 
-from nerved.master.notify import Notifier
+from nerved.master.notify import EXTEND_EVERY, EXTEND_WINDOW, Notifier
 
 
 @pytest.fixture
@@ -99,3 +100,52 @@ def test_a_notify_socket_that_cannot_be_reached_is_reported(
     assert f"cannot notify systemd at {tmp_path / 'missing.sock'}" in caplog.text
     notifier.ready("fine")  # a no-op, as without NOTIFY_SOCKET
     notifier.flush()
+
+
+def test_extend_asks_for_more_time_at_most_every_few_seconds(
+    receiver: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notifier = Notifier()
+    clock = [1000.0]
+    monkeypatch.setattr("nerved.master.notify.time.monotonic", lambda: clock[0])
+    notifier.extend()
+    notifier.extend()  # within EXTEND_EVERY: nothing more
+    clock[0] += EXTEND_EVERY
+    notifier.extend()
+    assert received(receiver) == [f"EXTEND_TIMEOUT_USEC={int(EXTEND_WINDOW * 1e6)}"] * 2
+
+
+GATED_ROLE = """
+import os, time
+from nerved import WorkflowDefinition
+
+def hold(prompt, ctx):
+    while not os.path.exists(prompt["gate"]):
+        time.sleep(0.02)
+    return {"type": "done"}
+
+def moderate(thread, event):
+    if event["type"] == "thread_start":
+        return {"role": "hold", "prompt": event["payload"]}
+    return None
+
+workflow = WorkflowDefinition(roles={"hold": hold}, moderate=moderate)
+"""
+
+
+def test_a_stop_that_waits_for_a_step_asks_systemd_for_more_time(
+    nerved_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    daemon = nerved_factory("workflows:\n  w: {}\n", None, {"w": GATED_ROLE}).start()
+    gate = tmp_path / "gate"
+    run = daemon.rpc("workflow.trigger", workflow="w", payload={"gate": str(gate)})
+    wait_until(
+        lambda: daemon.rpc("workflow.inspect", runId=run["runId"])["progress"],
+        what="the step to run",
+    )
+    daemon.notifications.clear()
+    daemon.proc.send_signal(signal.SIGTERM)
+    daemon.wait_notify("STOPPING=1")
+    daemon.wait_notify("EXTEND_TIMEOUT_USEC=30000000")  # the first at once, then every 5 s
+    gate.touch()
+    assert daemon.wait() == 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from nerved import logs
 from nerved.config import Overflow
 from nerved.master.supervisor import Exit
 from nerved.master.workers import Worker
@@ -120,6 +121,8 @@ class Losses:
                 record.workflow, record.trigger_payload, payload_json, retry_of=record.run_id
             )
         except Refused as exc:
-            log.warning("run %s could not be restarted: %s", record.run_id, exc.message)
+            log.warning("run %s could not be restarted: %s", record.run_id, exc.message,
+                        extra=logs.run(record.run_id, record.workflow))  # fmt: skip
             return
-        log.info("run %s (%s) restarted afresh as run %s", record.run_id, why, new.run_id)
+        log.info("run %s (%s) restarted afresh as run %s", record.run_id, why, new.run_id,
+                 extra=logs.run(record.run_id, record.workflow))  # fmt: skip

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any, Final
 
 from nerved import wire
@@ -167,7 +168,7 @@ class WorkflowManager:
 
     # -- recovery -----------------------------------------------------------------------
 
-    def recover(self) -> str:
+    def recover(self, progress: Callable[[], None] = lambda: None) -> str:
         """Rebuild the queues and active sets from logs.db and resume what was running.
 
         What becomes of each run is :func:`~.recovery.recovery_of`'s rule: a run whose stored
@@ -176,6 +177,7 @@ class WorkflowManager:
         """
         fates = dict.fromkeys(Fate, 0)
         for record in self.store.active_runs():
+            progress()  # a long recovery asks systemd for more time (Notifier.extend)
             flow = self.flows.get(record.workflow)
             recovery = recovery_of(record, None if flow is None else flow.config)
             fates[recovery.fate] += 1

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from nerved import wire
+from nerved import logs, wire
 from nerved.channel import TO_WORKER, Message, frame
 from nerved.loop import Loop, Timer
 from nerved.master.workers import Worker, Workers
@@ -153,10 +153,12 @@ class Replays:
                     "run %s of %s: the new code's moderator decides differently at step %d:"
                     " logged %s, now %s", diverged["runId"], flow.name, diverged["step"],
                     _text(diverged["logged"]), _text(diverged["now"]),
+                    extra=logs.run(diverged["runId"], flow.name),
                 )  # fmt: skip
             for skipped in result["skipped"]:
                 log.info("run %s of %s not checked against the new code: %s",
-                         skipped["runId"], flow.name, skipped["reason"])  # fmt: skip
+                         skipped["runId"], flow.name, skipped["reason"],
+                         extra=logs.run(skipped["runId"], flow.name))  # fmt: skip
 
         try:
             self._start(_Check(flow.name, deque(runs), done, asked=False))

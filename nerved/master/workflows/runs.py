@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from nerved import wire
+from nerved import logs, wire
 from nerved.channel import Message
 from nerved.code.packages import Package
 from nerved.config import WorkflowConfig
@@ -153,7 +153,8 @@ def may_restart(
     if lost < config.max_attempts:
         return True
     log.warning("run %s of %s not restarted: runs of its payload lost their worker %d times"
-                " in a row (maxAttempts)", record.run_id, record.workflow, lost)  # fmt: skip
+                " in a row (maxAttempts)", record.run_id, record.workflow, lost,
+                extra=logs.run(record.run_id, record.workflow))  # fmt: skip
     return False
 
 
@@ -182,7 +183,8 @@ def log_transition(run_id: str, workflow: str, transition: Transition, error: st
     reason = f": {error}" if error else ""
     if error and error.startswith(f"{transition.target} "):  # "cancelled by uid 0: ..."
         reason = error[len(transition.target) :]
-    log.log(level, "run %s of %s %s%s", run_id, workflow, transition.target, reason)
+    log.log(level, "run %s of %s %s%s", run_id, workflow, transition.target, reason,
+            extra=logs.run(run_id, workflow, transition.target))  # fmt: skip
 
 
 _BAD_ENDS = frozenset({RunStatus.FAILED, RunStatus.CRASHED, RunStatus.DROPPED})

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
-from nerved import waits, wire
+from nerved import logs, waits, wire
 from nerved.loop import Loop, Timer
 from nerved.master.workers import Worker
 from nerved.master.workflows.runs import ActiveRun, Flow
@@ -111,7 +111,8 @@ class Steering:
             raise BadInput(str(exc)) from None
         entry = self.store.append_log("workflow", "signal", run_id,
                                       {"name": name, "payload": payload})  # fmt: skip
-        log.info("run %s of %s: signal %r", run_id, record.workflow, name)
+        log.info("run %s of %s: signal %r", run_id, record.workflow, name,
+                 extra=logs.run(run_id, record.workflow))  # fmt: skip
         return deliver(self.runs.get(run_id), name, entry)
 
     def cancel(self, run_id: str, reason: str | None, uid: int | None) -> RunRecord:

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-from nerved import wire
+from nerved import logs, wire
 from nerved.config import OnError
 from nerved.loop import Loop
 from nerved.master.workers import Worker
@@ -106,7 +106,7 @@ class Tries:
         run, worker, role = bound.run, bound.worker, bound.flight.role or "?"
         log.warning("run %s of %s: role %r ran past its timeout and its worker pid %d did not"
                     " answer; replacing that worker", run.run_id, run.flow.name, role,
-                    worker.pid)  # fmt: skip
+                    worker.pid, extra=logs.run(run.run_id, run.flow.name))  # fmt: skip
         self.replace(run.flow, worker)
         error = (f"timed out after {bound.timeout_ms / 1000:g}s (its worker did not answer:"
                  " something blocks its event loop)")  # fmt: skip
