@@ -1,0 +1,104 @@
+"""Attacks on runs that wait (issue 12): malformed waits, signals a careless or hostile
+client sends, kills at awkward moments. Each test is a defect found (or a guard that held)
+and synchronises on what nerved answers."""
+
+from __future__ import annotations
+
+import os
+import signal as signals
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import Nerved, wait_until
+
+from nervectl.client import RemoteError
+
+SCRIPTED = """
+    import math, os, time
+    from datetime import timedelta
+    from nerved import WorkflowDefinition, wait_for, sleep
+
+    def work(prompt, ctx):
+        gate = (prompt or {}).get("gate") if isinstance(prompt, dict) else None
+        if gate:
+            open(gate + ".running", "w").close()
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+        if isinstance(prompt, dict) and "size" in prompt:
+            return {"type": "worked", "pad": "x" * prompt["size"]}
+        return {"type": "worked", "prompt": prompt}
+
+    def moderate(thread, event):
+        options = thread.events[0]["payload"] or {}
+        i = len(thread.events) - 1
+        script = options.get("script", [])
+        if i < len(script):
+            return eval(script[i])
+        if "loop" in options:
+            return eval(options["loop"])
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
+"""
+
+CONFIG = """\
+workflows:
+  w: {concurrency: 50, idleTimeout: 1s}
+  one: {concurrency: 1, idleTimeout: 1s}
+  short: {maxSteps: 5}
+"""
+
+
+@pytest.fixture
+def daemon(nerved_factory) -> Nerved:
+    return nerved_factory(
+        CONFIG, None, {"w": SCRIPTED, "one": SCRIPTED, "short": SCRIPTED}
+    ).start()
+
+
+def inspect(daemon: Nerved, run_id: str) -> dict[str, Any]:
+    run: dict[str, Any] = daemon.rpc("workflow.inspect", runId=run_id)
+    return run
+
+
+def status(daemon: Nerved, run_id: str) -> str:
+    return str(inspect(daemon, run_id)["status"])
+
+
+def waiting(daemon: Nerved, run_id: str, timeout: float = 20) -> dict[str, Any]:
+    wait_until(lambda: status(daemon, run_id) == "waiting", timeout=timeout, what="a wait")
+    return inspect(daemon, run_id)
+
+
+def run(daemon: Nerved, workflow: str, *script: str, **options: Any) -> str:
+    return daemon.trigger(workflow, {"script": list(script), **options})
+
+
+def signal(daemon: Nerved, run_id: str, name: str = "go", payload: Any = None) -> Any:
+    return daemon.rpc("workflow.signal", runId=run_id, name=name, payload=payload)
+
+
+MIB = 1024 * 1024
+
+
+def test_a_signal_that_would_overflow_the_history_fails_the_run_not_strands_it(
+    daemon: Nerved,
+) -> None:
+    """A waiting run whose wake would take its history past 64 MiB must end ``failed``, as
+    Waits._wake says. It calls end(run, Transition.FAIL, ...), but FAIL is allowed from
+    ``started`` only: the transition is refused ("could not move to failed (it moved on
+    already)"), yet the master has already dropped the run from its active set. The row
+    stays ``waiting`` for ever, its slot is freed in memory but not in logs.db, and signals
+    sent after it pile up as pending."""
+    # 67 steps of 1,000,000 bytes: just under the 64 MiB a history may hold.
+    grow = "{'role': 'work', 'prompt': {'size': 1_000_000}} if i < 67 else wait_for('go')"
+    run_id = daemon.trigger("w", {"loop": grow})
+    waiting(daemon, run_id, timeout=120)
+    # A signal of 200 KB: its input entry would take the history past 64 MiB.
+    assert signal(daemon, run_id, "go", "y" * 200_000)["accepted"] is True
+    final = daemon.wait_run(run_id, timeout=10)  # still "waiting": workflow.wait times out
+    assert final["status"] == "failed", final
+    assert "history" in final["error"]
+    daemon.healthy()
