@@ -102,3 +102,41 @@ def test_a_signal_that_would_overflow_the_history_fails_the_run_not_strands_it(
     assert final["status"] == "failed", final
     assert "history" in final["error"]
     daemon.healthy()
+
+
+def test_a_deadline_passing_while_nerved_drains_to_stop_waits_for_the_next_start(
+    nerved_factory, tmp_path: Path
+) -> None:
+    """A waiting run holds no thread, so a stop cannot interrupt it: the README says it
+    waits on across a restart and a deadline that passed while nerved was down fires at
+    start; recovery says a waiting run waits again "whatever its workflow's overflow".
+
+    Here nerved is stopped (SIGTERM) while another run's role holds it draining, and the
+    sleeping run's deadline passes during that drain. Waits._due still fires: it logs the
+    ``wake`` input and moves the run to ``started``, though no worker will take it now.
+    The next start finds a *started* run, which in an ``overflow: drop`` workflow is ended
+    ``crashed`` ("nerved stopped while it ran") and started afresh from its payload, so
+    the wait (and whatever preceded it) is done again. Expected: no wake while stopping
+    (or a run woken then still resumed): the sleeper completes, nothing crashes."""
+    daemon = nerved_factory(
+        "workflows:\n  w: {concurrency: 5, overflow: drop, drainTimeout: 10s}\n",
+        None, {"w": SCRIPTED},
+    ).start()  # fmt: skip
+    gate = str(tmp_path / "gate")
+    busy = daemon.trigger("w", {"script": [f"{{'role': 'work', 'prompt': {{'gate': {gate!r}}}}}"]})
+    sleeper = run(daemon, "w", "sleep('1500ms')", "{'role': 'work', 'prompt': 1}")
+    wake_at = waiting(daemon, sleeper)["wakeAt"]
+    wait_until(lambda: Path(gate + ".running").exists(), what="the busy role")
+    daemon.signal(signals.SIGTERM)  # it drains: the busy role holds it
+    while time.time() * 1000 < wake_at + 500:  # the deadline passes during the drain
+        time.sleep(0.1)
+    Path(gate).touch()
+    assert daemon.wait() == 0
+    daemon.start()
+    assert daemon.wait_run(busy)["status"] == "completed"
+    final = daemon.wait_run(sleeper)
+    assert (final["status"], final["error"]) == ("completed", None), final
+    assert "crashed" not in [e["type"] for e in daemon.entries(sleeper)]
+    afresh = [r for r in daemon.rpc("workflow.list", workflow="w", all=True) if r["retryOf"]]
+    assert afresh == []
+    daemon.healthy()
