@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from support import Nerved
+from support import Nerved, wait_until
 
 from nerved.config.cron import Schedule
 from nerved.config.model import WorkflowReflex
@@ -100,3 +100,48 @@ def test_one_json_value_gives_one_key_whatever_its_members_order() -> None:
     one = key_of(reflex, {"alert": {"host": "a", "check": "disk"}})
     other = key_of(reflex, {"alert": {"check": "disk", "host": "a"}})
     assert one is not None and one == other
+
+
+QUICK = """
+    from nerved import WorkflowDefinition
+
+    def work(prompt, ctx):
+        return {"type": "done"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "work", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
+"""
+
+
+def test_two_reflexes_firing_at_one_instant_each_start_their_run(nerved_factory) -> None:
+    """Two cron reflexes of one workflow with one expression in two zones (UTC and
+    Europe/London, an hour apart in June) are two reflexes (README: a reflex is its kind,
+    target, expression *and zone*), and fire at the same instants for ``30 * * * *``. The
+    firing's idempotency key is ``cron:<expr>@<scheduledAt>``, without the zone, so the
+    second reflex's firing is deduplicated onto the first one's run: one run starts, and
+    ``schedule.list`` shows both reflexes with that one run as their own (OUTCOME
+    ``completed``). A reflex that fires should start its own run (or at least not claim
+    another's)."""
+    config = """\
+workflows:
+  w: {concurrency: 5}
+reflexes:
+  - {kind: workflow, workflow: w, cron: "30 * * * *", timezone: UTC}
+  - {kind: workflow, workflow: w, cron: "30 * * * *", timezone: Europe/London}
+"""
+    daemon: Nerved = nerved_factory(config, None, {"w": QUICK})
+    daemon.env = {"NERVED_TEST_NOW": "2026-06-01T10:29:58+00:00"}
+    daemon.start()
+
+    def fired() -> list[dict[str, object]] | None:
+        listed: list[dict[str, object]] = daemon.rpc("schedule.list")
+        return listed if all(row["last"] is not None for row in listed) else None
+
+    listed = wait_until(fired, timeout=15, what="both firings at 10:30")
+    runs = daemon.rpc("workflow.list", workflow="w", all=True)
+    assert len(runs) == 2, runs
+    assert listed[0]["lastRunId"] != listed[1]["lastRunId"], listed

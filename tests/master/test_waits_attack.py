@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Nerved, wait_until
+import subprocess
+import sys
+
+from support import REPO, Nerved, wait_until
 
 from nervectl.client import RemoteError
 
@@ -140,3 +143,21 @@ def test_a_deadline_passing_while_nerved_drains_to_stop_waits_for_the_next_start
     afresh = [r for r in daemon.rpc("workflow.list", workflow="w", all=True) if r["retryOf"]]
     assert afresh == []
     daemon.healthy()
+
+
+@pytest.mark.parametrize("name", ["x" * 257, "a\tb", "a\x1bb"])
+def test_nervectl_refuses_a_signal_name_no_wait_can_have_before_it_connects(
+    tmp_path: Path, name: str
+) -> None:
+    """README (Bad input): "nervectl refuses what the daemon would before it connects (exit
+    2, one line naming the option)", as ``trigger --key`` does for a key past 256
+    characters. ``workflow signal`` checks only that NAME is non-empty UTF-8: a name of 257
+    characters or with a control character goes to the daemon, which answers -32602, and
+    nervectl exits 1 (or 3 when no daemon is there, as here) instead of 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nervectl", "--socket", str(tmp_path / "none.sock"),
+         "workflow", "signal", "0123456789abcdef", name],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "NAME" in done.stderr or "name" in done.stderr
