@@ -161,3 +161,17 @@ def test_nervectl_refuses_a_signal_name_no_wait_can_have_before_it_connects(
     )  # fmt: skip
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert "NAME" in done.stderr or "name" in done.stderr
+
+
+@pytest.mark.parametrize("call", ["sleep(1e308)", "wait_for('x', timeout=1e306)"])
+def test_a_duration_too_large_to_count_in_milliseconds_is_a_value_error(call: str) -> None:
+    """wait_for() and sleep() "raise ValueError for ... a timeout that is negative, over 100
+    years"; nerved.waits.milliseconds checks ``math.isfinite(value)`` but then computes
+    ``round(value * 1000)``: a finite number of seconds whose milliseconds overflow a float
+    (1e306 and up) raises OverflowError ("cannot convert float infinity to integer")
+    instead. A moderator that catches ValueError to fall back to a default is bypassed, and
+    the run's error reads "moderator raised OverflowError" rather than the rule."""
+    import nerved
+
+    with pytest.raises(ValueError, match="100 years"):
+        eval(call, {"sleep": nerved.sleep, "wait_for": nerved.wait_for})
