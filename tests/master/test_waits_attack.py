@@ -175,3 +175,32 @@ def test_a_duration_too_large_to_count_in_milliseconds_is_a_value_error(call: st
 
     with pytest.raises(ValueError, match="100 years"):
         eval(call, {"sleep": nerved.sleep, "wait_for": nerved.wait_for})
+
+
+def test_a_run_that_parks_after_its_workflow_was_removed_is_dropped(
+    nerved_factory, tmp_path: Path
+) -> None:
+    """README: "a workflow removed by a reload drops its waiting runs (dropped)".
+    WorkflowManager._remove drops the runs that wait *at the reload*; a run whose step was in
+    flight goes on in its draining worker, and when its moderator then waits, Waits.parked
+    parks it in the removed flow: ``waiting``, signals accepted (and "delivered"), its
+    deadline armed. When the wait ends, _assign asks the retired supervisor for a worker,
+    gets none, and the run stays ``started`` with no worker for as long as nerved runs (at
+    the next start it is ended ``crashed``). Expected: it is dropped when it parks (or when
+    its worker lets go of it), like the runs that waited at the reload."""
+    daemon = nerved_factory(
+        "workflows:\n  w: {drainTimeout: 30s}\n  keep: {}\n", None,
+        {"w": SCRIPTED, "keep": SCRIPTED},
+    ).start()  # fmt: skip
+    gate = str(tmp_path / "gate")
+    run_id = run(
+        daemon, "w", f"{{'role': 'work', 'prompt': {{'gate': {gate!r}}}}}",
+        "wait_for('go', timeout='1s')", "{'role': 'work', 'prompt': 2}",
+    )  # fmt: skip
+    wait_until(lambda: Path(gate + ".running").exists(), what="the step in flight")
+    (daemon.root / "nerve.yaml").write_text("workflows:\n  keep: {}\n")
+    assert daemon.rpc("reload")["changed"] == ["workflow w removed"]
+    Path(gate).touch()  # the step completes in the draining worker; the moderator waits
+    final = daemon.wait_run(run_id, timeout=10)  # today: waiting, then started for ever
+    assert final["status"] == "dropped", final
+    daemon.healthy()
