@@ -82,8 +82,8 @@ def test_a_test_clock_out_of_range_is_refused_in_one_line(nerved_factory) -> Non
 
 def test_a_pointer_reads_array_indexes_in_ascii_digits_only() -> None:
     """RFC 6901: an array index is ``0`` or ASCII digits without a leading zero; reflexes.resolve
-    uses ``str.isdecimal``, which takes any Unicode decimal digit, so ``/٣`` (ARABIC-INDIC
-    DIGIT THREE) and ``/３`` (FULLWIDTH) name element 3 instead of nothing."""
+    uses ``str.isdecimal``, which takes any Unicode decimal digit, so ``/\u0663`` (ARABIC-INDIC
+    DIGIT THREE) and ``/\uff13`` (FULLWIDTH) name element 3 instead of nothing."""
     items = ["a", "b", "c", "d"]
     assert resolve("/3", items) == "d"
     assert resolve("/\u0663", items) is _ABSENT

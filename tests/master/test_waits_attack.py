@@ -4,19 +4,15 @@ and synchronises on what nerved answers."""
 
 from __future__ import annotations
 
-import os
 import signal as signals
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import subprocess
-import sys
-
 from support import REPO, Nerved, wait_until
-
-from nervectl.client import RemoteError
 
 SCRIPTED = """
     import math, os, time
@@ -56,9 +52,7 @@ workflows:
 
 @pytest.fixture
 def daemon(nerved_factory) -> Nerved:
-    return nerved_factory(
-        CONFIG, None, {"w": SCRIPTED, "one": SCRIPTED, "short": SCRIPTED}
-    ).start()
+    return nerved_factory(CONFIG, None, {"w": SCRIPTED, "one": SCRIPTED, "short": SCRIPTED}).start()
 
 
 def inspect(daemon: Nerved, run_id: str) -> dict[str, Any]:
