@@ -82,6 +82,17 @@ def _key(text: str) -> str:
     return text
 
 
+def _signal_name(text: str) -> str:
+    """An argparse type: a signal's name, as ``nerved.wait_for`` takes one (the same rule,
+    :func:`nerved.waits.name_problem`, imported only for this command)."""
+    from nerved.waits import name_problem
+
+    problem = name_problem(_text(text))
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"a signal's name {problem}")
+    return text
+
+
 def _seconds(text: str) -> float:
     """An argparse type: seconds, as a number (``90``, ``0.5``) or as a duration with units
     (``1m30s``, ``2h``: nerve.yaml's grammar, as ``--since`` takes it)."""
@@ -264,8 +275,9 @@ def workflow_signal(signal: argparse.ArgumentParser) -> None:
         " of 8+ chars",
     )  # fmt: skip
     signal.add_argument(
-        "name", metavar="NAME", type=_text, help="the signal's name, as the moderator's wait_for"
-    )
+        "name", metavar="NAME", type=_signal_name,
+        help="the signal's name, as the moderator's wait_for has it (1 to 256 characters)",
+    )  # fmt: skip
     payload = signal.add_mutually_exclusive_group()
     payload.add_argument(
         "--payload", metavar="JSON", type=_payload, default=argparse.SUPPRESS,

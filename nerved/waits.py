@@ -82,16 +82,21 @@ def milliseconds(value: object, what: str) -> int:
     (a bare number in text is refused: ``"30"`` could mean either unit)."""
     from nerved.config.grammar import duration_ms  # not at import: nerved.api stays light
 
+    ms: float
     if isinstance(value, str):
-        ms = duration_ms(value, at_most=MAX_WAIT_MS + 1)
-        if ms is None:
+        text = duration_ms(value, at_most=MAX_WAIT_MS + 1)
+        if text is None:
             raise ValueError(f"{what} {value!r} is not a duration; write it with a unit: '30s'")
+        ms = text
     elif isinstance(value, timedelta):
-        ms = round(value.total_seconds() * 1000)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        ms = round(value * 1000)
+        ms = value.total_seconds() * 1000
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            ms = float(value) * 1000
+        except OverflowError:  # an int past any float: no duration nerve waits for
+            ms = math.inf
     else:
         raise ValueError(f"{what} is a duration ('30s', seconds, a timedelta), not {value!r}")
-    if not 0 <= ms <= MAX_WAIT_MS:
+    if not 0 <= ms <= MAX_WAIT_MS:  # NaN and infinity are neither
         raise ValueError(f"{what} must be from 0 to 100 years, not {value!r}")
-    return ms
+    return round(ms)

@@ -4,10 +4,11 @@ The expression is read by cronsim (healthchecks.io's, no dependencies), never by
 is nerve's here is how a crontab's wall-clock times become instants on the days a time zone
 changes its offset, so that a daily job neither runs twice nor is missed:
 
-- An expression whose **hour is a wildcard or a step of one** (``0 * * * *``,
-  ``*/15 */2 * * *``) runs in real time: every real hour has its firings, and no instant
-  fires twice (23 hourly runs on the day the clocks go forward, 25 on the day they go back,
-  one per real hour).
+- An expression whose **hour is a wildcard or a step** (``0 * * * *``, ``*/15 */2 * * *``)
+  runs in real time: it fires at every instant whose wall-clock time it matches, and at
+  no other (23 hourly runs on the day the clocks go forward, 25 on the day they go back,
+  one per real hour; on Lord Howe's half-hour changes, each wall-clock time that exists
+  once fires once).
 - Any other expression (a **fixed hour**, a list or a range of hours: ``30 2 * * *``) is a
   time of day, on the local wall clock: a time the clocks skip fires once, at the end of the
   jump (``30 2 * * *`` at 03:00 on Europe/Berlin's spring day; several times in the skipped
@@ -95,6 +96,17 @@ def _real(naive: datetime, where: tzinfo) -> bool:
     return aware.astimezone(UTC).astimezone(where).replace(tzinfo=None) == naive
 
 
+def _instants(naive: datetime, where: tzinfo) -> list[int]:
+    """Every instant whose wall-clock time in ``where`` is ``naive``, in order: none (the
+    clocks skip it), one, or two (they go through it twice)."""
+    found = {_ms(naive.replace(tzinfo=where, fold=fold)) for fold in (0, 1)}
+    return sorted(ms for ms in found if _wall(ms, where) == naive)
+
+
+def _wall(ms: int, where: tzinfo) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, where).replace(tzinfo=None)
+
+
 def _instant(naive: datetime, where: tzinfo) -> int:
     """A wall-clock time of ``where`` as an instant: a time the clocks skip is the end of
     the jump, a time they go through twice is its first pass."""
@@ -114,41 +126,41 @@ class Schedule:
         self.zone = where
         self.real_time = expr.split()[1].startswith("*")
 
-    def _forward(self, ms: int) -> Iterator[int]:
-        start = datetime.fromtimestamp(ms // 1000, self.zone)
-        if self.real_time:
-            for moment in CronSim(self.expr, start):
-                yield _ms(moment)
-        else:
-            for naive in CronSim(self.expr, start.replace(tzinfo=None)):
-                yield _instant(naive, self.zone)
-
-    def _backward(self, ms: int) -> Iterator[int]:
-        start = datetime.fromtimestamp(ms // 1000 + 1, self.zone)
-        if self.real_time:
-            for moment in CronSim(self.expr, start, reverse=True):
-                yield _ms(moment)
-        else:
-            # A wall-clock time a little after ``ms``'s may be an instant before it (``ms``
-            # in the second pass of an hour the clocks go through twice).
-            naive = start.replace(tzinfo=None) + _LOOK_BACK
-            for earlier in CronSim(self.expr, naive, reverse=True):
-                yield _instant(earlier, self.zone)
+    def _firings(self, naive_times: Iterator[datetime]) -> Iterator[tuple[datetime, int]]:
+        """(wall-clock time, instant) of each firing the expression's times make, in the
+        order of the times: a time of day once (:func:`_instant`); in real time, each
+        instant that shows the time (:func:`_instants`)."""
+        for naive in naive_times:
+            if self.real_time:
+                for instant in _instants(naive, self.zone):
+                    yield naive, instant
+            else:
+                yield naive, _instant(naive, self.zone)
 
     def next_after(self, ms: int) -> int | None:
-        """The first firing strictly after ``ms``; None: none in cronsim's 50 years."""
-        for count, firing in enumerate(self._forward(ms)):
-            if firing > ms:
-                return firing
-            if count > _SCAN:
+        """The first firing strictly after ``ms``; None: none in cronsim's 50 years.
+
+        Wall-clock times are walked from :data:`_LOOK_BACK` before ``ms``'s: where clocks go
+        back, a later time may be an earlier instant, but never by more than that, so the
+        walk ends once past the best firing's time by as much."""
+        start = _wall(ms - ms % 1000, self.zone) - _LOOK_BACK
+        best: tuple[datetime, int] | None = None
+        for count, (naive, firing) in enumerate(self._firings(CronSim(self.expr, start))):
+            if (best is not None and naive > best[0] + _LOOK_BACK) or count > _SCAN:
                 break
-        return None
+            if firing > ms and (best is None or firing < best[1]):
+                best = naive, firing
+        return None if best is None else best[1]
 
     def last_until(self, ms: int) -> int | None:
-        """The last firing at or before ``ms``; None: none in cronsim's 50 years."""
-        for count, firing in enumerate(self._backward(ms)):
-            if firing <= ms:
-                return firing
-            if count > _SCAN:
+        """The last firing at or before ``ms``; None: none in cronsim's 50 years (the same
+        walk as :meth:`next_after`, backwards)."""
+        start = _wall(ms - ms % 1000 + 1000, self.zone) + _LOOK_BACK
+        best: tuple[datetime, int] | None = None
+        walk = CronSim(self.expr, start, reverse=True)
+        for count, (naive, firing) in enumerate(self._firings(walk)):
+            if (best is not None and naive < best[0] - _LOOK_BACK) or count > _SCAN:
                 break
-        return None
+            if firing <= ms and (best is None or firing > best[1]):
+                best = naive, firing
+        return None if best is None else best[1]

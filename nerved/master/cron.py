@@ -10,7 +10,7 @@ next firing is always computed after the last one fired (nerved.config.cron).
 
 Each reflex's last firing is kept in the store (``Storage.record_firing``), in the batch
 that starts its run: so a firing and its run are durable together, and the run carries the
-idempotency key ``cron:<expr>@<scheduled ms>`` besides, so that nothing can make one firing
+idempotency key ``cron:<expr> <zone>@<scheduled ms>`` besides, so that nothing can make one firing
 start two runs. At start, a reflex whose latest firing before now is later than the one
 recorded was missed while nerved was down: ``catchUp: true`` fires it once (once, however
 many were missed; the run's payload says which firing it is), otherwise it is recorded as
@@ -76,9 +76,15 @@ class Clock:
         return self.base + int((time.monotonic() - self.started) * 1000)
 
 
+LAST_MS: Final = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: datetime's last instant
+
+
 def _parse_now(text: str) -> int:
-    if text.strip().isdigit():
-        return int(text)
+    if text.strip().isascii() and text.strip().isdigit():
+        ms = int(text)
+        if ms > LAST_MS:
+            raise ValueError(f"{TEST_NOW}={text!r}: past the year 9999")
+        return ms
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -211,7 +217,7 @@ class CronReflexes:
             }
             if catch_up:
                 payload["catchUp"] = True
-            key = f"cron:{reflex.spec.expr}@{scheduled}"
+            key = f"cron:{reflex.spec.expr} {reflex.spec.timezone or HOST_ZONE}@{scheduled}"
             run_id, note = self.start_run(reflex.target, payload, key)
             if note is not None:
                 log.warning("cron reflex %s could not start a run: %s", reflex.identity, note)

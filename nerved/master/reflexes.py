@@ -40,7 +40,8 @@ def resolve(pointer: str, document: Any) -> Any:
                 return _ABSENT
             document = document[token]
         elif isinstance(document, list):
-            if not token.isdecimal() or (token != "0" and token.startswith("0")):
+            digits = token.isascii() and token.isdigit()  # RFC 6901: ASCII digits alone
+            if not digits or (token != "0" and token.startswith("0")):
                 return _ABSENT
             if int(token) >= len(document):
                 return _ABSENT
@@ -52,7 +53,8 @@ def resolve(pointer: str, document: Any) -> Any:
 
 def key_of(reflex: WorkflowReflex, payload: Any) -> str | None:
     """The idempotency key ``reflex`` reads from a signal's ``payload``: a string as it is,
-    any other JSON value as its compact JSON text (``42``, ``{"a":1}``); None, with a
+    any other JSON value as its compact JSON text, an object's members sorted (``42``,
+    ``{"a":1,"b":2}``); None, with a
     warning that names the reflex, when the pointer names nothing or the value is no key
     (an empty string, past 256 characters): then no run starts, since a run without its
     key could repeat one the key would have held back."""
@@ -65,7 +67,8 @@ def key_of(reflex: WorkflowReflex, payload: Any) -> str | None:
         log.warning("%s: the signal's payload has nothing at the pointer; no run started", where)
         return None
     try:
-        key = value if isinstance(value, str) else wire.dumps(value)
+        # Members sorted: an object's key must not depend on the order its sender wrote.
+        key = value if isinstance(value, str) else wire.dumps(_sorted(value))
     except wire.Invalid as exc:
         log.warning("%s: %s; no run started", where, exc)
         return None
@@ -138,3 +141,12 @@ class Reflexes:
             interval.cancel()
         self._intervals.clear()
         self._on = {}
+
+
+def _sorted(value: Any) -> Any:
+    """``value`` with every object's members in sorted order (JSON objects are unordered)."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value

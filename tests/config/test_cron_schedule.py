@@ -106,3 +106,60 @@ def test_zones() -> None:
         zone("Mars/Olympus")
     with pytest.raises(CronError, match="unknown time zone"):
         zone("../etc/passwd")
+
+
+ZONES = ("Europe/Berlin", "Australia/Lord_Howe", "America/New_York", "Pacific/Apia",
+         "Asia/Kolkata", "America/St_Johns", "UTC")  # fmt: skip
+EXPRESSIONS = ("0 * * * *", "30 * * * *", "*/20 */2 * * *", "15 2 * * *", "0 1-3 * * *",
+               "45 23 * * 0")  # fmt: skip
+
+
+def _walk(schedule: Schedule, start: int, stop: int) -> list[int]:
+    found, at = [], start
+    while (nxt := schedule.next_after(at)) is not None and nxt < stop:
+        found.append(nxt)
+        at = nxt
+    return found
+
+
+@pytest.mark.parametrize("name", ZONES)
+def test_forward_and_backward_agree_around_every_change_of_2026(name: str) -> None:
+    """Around each offset change of 2026 (and a quiet day): the firings walked forward are
+    those last_until finds walking back, each once; a real-time expression fires at every
+    instant whose wall clock it matches and at no other (checked minute by minute)."""
+    where = ZoneInfo(name)
+    minute = 60_000
+    year = range(_ms("2026-01-01T00:00"), _ms("2027-01-01T00:00"), 3_600_000)
+    offsets = [datetime.fromtimestamp(t / 1000, where).utcoffset() for t in year]
+    changes = [year[i] for i in range(1, len(offsets)) if offsets[i] != offsets[i - 1]]
+    for centre in [*changes, _ms("2026-07-01T12:00")]:
+        start, stop = centre - 86_400_000, centre + 86_400_000
+        for expr in EXPRESSIONS:
+            schedule = Schedule(expr, where)
+            forward = _walk(schedule, start, stop)
+            assert len(forward) == len(set(forward)), (name, expr)
+            for firing in forward:
+                assert schedule.last_until(firing) == firing, (name, expr, _utc(firing))
+            if schedule.real_time:
+                cron = expr.split()
+                matching = [
+                    t for t in range(start + minute - start % minute, stop, minute)
+                    if _matches(cron, datetime.fromtimestamp(t / 1000, where))
+                ]  # fmt: skip
+                assert [t for t in forward if t > start] == [t for t in matching if t > start], (
+                    name, expr,
+                )  # fmt: skip
+
+
+def _matches(cron: list[str], moment: datetime) -> bool:
+    """A minute's wall clock against a real-time expression's minute and hour fields (the
+    others are ``*`` in :data:`EXPRESSIONS`' real-time ones)."""
+
+    def field(text: str, value: int) -> bool:
+        if text == "*":
+            return True
+        if text.startswith("*/"):
+            return value % int(text[2:]) == 0
+        return value == int(text)
+
+    return field(cron[0], moment.minute) and field(cron[1], moment.hour)

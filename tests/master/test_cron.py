@@ -61,7 +61,7 @@ def test_a_cron_workflow_fires_at_its_minute(nerved_factory):
     assert payload_of(daemon, run["runId"]) == {
         "cron": "30 * * * *", "timezone": "UTC", "scheduledAt": firing,
     }  # fmt: skip
-    assert run["idempotencyKey"] == f"cron:30 * * * *@{firing}"
+    assert run["idempotencyKey"] == f"cron:30 * * * * UTC@{firing}"
     assert daemon.wait_run(run["runId"])["status"] == "completed"
     [listed] = daemon.rpc("schedule.list")
     assert listed == {

@@ -90,7 +90,8 @@ class WorkflowManager:
         self.resumer = Resumer(loop, store, self._holds, self._unresumable)
         self.waiters = Waiters(loop, store)
         self.tries = Tries(loop, store, self._assign, self._end, self._replace)
-        self.waits = Waits(loop, store, self._assign, self._end, self._let_go)
+        self.waits = Waits(loop, store, self._assign, self._end, self._let_go,
+                           lambda: self.stopping)  # fmt: skip
         self.steering = Steering(loop, store, self.flows, self.runs, self.trigger, self._end,
                                  self._finish, self._replace)  # fmt: skip
         self.losses = Losses(store, self.trigger, self._end, self._finish, self.tries.cancel,

@@ -40,7 +40,9 @@ class Waits:
     """The waits of every run.
 
     ``assign(run)`` gives a run to a worker (a resume); ``end(run, transition, error)`` ends
-    it; ``idle(flow)`` hears that a run of ``flow`` let go of its worker.
+    it; ``idle(flow)`` hears that a run of ``flow`` let go of its worker; ``stopping()``:
+    nerved stops, and no wait ends before its next start (no worker would take the run: a
+    deadline or a signal that comes meanwhile ends the wait at that start instead).
     """
 
     def __init__(
@@ -50,7 +52,9 @@ class Waits:
         assign: Callable[[ActiveRun], None],
         end: Callable[[ActiveRun, Transition, str | None], None],
         idle: Callable[[Flow], None],
+        stopping: Callable[[], bool],
     ) -> None:
+        self.stopping = stopping
         self.loop = loop
         self.store = store
         self.assign = assign
@@ -82,18 +86,27 @@ class Waits:
         run.worker = None
         run.in_flight = None
         run.waiting = Wait(name, until)
+        if run.flow.removed:  # a reload removed its workflow while its last step ran
+            self.end(run, Transition.WITHDRAW, f"workflow {run.flow.name} was removed")
+            return
         what = "sleeps" if name is None else f"waits for signal {name!r}"
         for_ = (
             "" if ms is None else f" for {ms / 1000:g}s" if name is None else f" ({ms / 1000:g}s)"
         )
         log.info("run %s of %s %s%s", run.run_id, run.flow.name, what, for_)
-        if name is not None:
-            pending = self.store.pending_signals(run.run_id, name, limit=1)
-            if pending:
-                self._deliver(run, pending[0])
-                return
+        if self._take_pending(run):
+            return
         self._arm(run, until)
         self.idle(run.flow)
+
+    def _take_pending(self, run: ActiveRun) -> bool:
+        """Deliver the oldest pending signal the run waits for, if any (and nerved is not
+        stopping): whether one was."""
+        name = None if run.waiting is None else run.waiting.name
+        if name is None or self.stopping():
+            return False
+        pending = self.store.pending_signals(run.run_id, name, limit=1)
+        return bool(pending) and self._deliver(run, pending[0])
 
     # -- from operators -----------------------------------------------------------------
 
@@ -101,7 +114,7 @@ class Waits:
         """A signal ``name`` was logged for an active run (``entry_id``; ``run`` None: it is
         queued): delivered now if the run waits for that name (the oldest pending one of the
         name, which is this one unless a wait is being set up in this very turn)."""
-        if run is None or run.waiting is None or run.waiting.name != name:
+        if run is None or run.waiting is None or run.waiting.name != name or self.stopping():
             return False
         pending = self.store.pending_signals(run.run_id, name, limit=1)
         return self._deliver(run, pending[0] if pending else None)
@@ -121,7 +134,7 @@ class Waits:
         """The run's deadline came: the moderator hears that its wait ended without a signal."""
         run.wait_timer = None
         wait = run.waiting
-        if wait is None:
+        if wait is None or self.stopping():  # it fires at the next start instead
             return
         event = {"type": "wake"} if wait.name is None else {"type": "wait_timeout",
                                                             "name": wait.name}  # fmt: skip
@@ -155,9 +168,11 @@ class Waits:
             run.wait_timer = self.loop.call_later((until - now_ms()) / 1000, lambda: self._due(run))
 
     def recovered(self, runs: Iterable[ActiveRun]) -> None:
-        """At start: arm the deadlines of waiting runs, earliest first, so that those past
-        already (they fell due while nerved was down) fire at once in their order."""
-        timed = [(run.waiting.until, run) for run in runs
+        """At start: a waiting run takes a signal it waits for that came while nerved
+        stopped; the others' deadlines are armed, earliest first, so that those past already
+        (they fell due while nerved was down) fire at once in their order."""
+        waiting = [run for run in runs if run.waiting is not None and not self._take_pending(run)]
+        timed = [(run.waiting.until, run) for run in waiting
                  if run.waiting is not None and run.waiting.until is not None]  # fmt: skip
         for until, run in sorted(timed, key=lambda timed: timed[0]):
             self._arm(run, until)
