@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Test processes (pytest-xdist): the tests mostly wait on daemons, so two share two cores well.
 TEST_JOBS ?= 2
 
-.PHONY: run test test-deps lint typecheck unit bench deb clean
+.PHONY: run test test-deps lint typecheck unit bench deb man clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,8 @@ run: $(BIN)/.installed
 	$(BIN)/nerved --root examples --state-dir $(STATE) --socket $(STATE)/nerved.sock
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check nerved nervectl tests bench
-	$(BIN)/ruff format --check nerved nervectl tests bench
+	$(BIN)/ruff check nerved nervectl tests bench packaging/build_docs.py
+	$(BIN)/ruff format --check nerved nervectl tests bench packaging/build_docs.py
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
@@ -52,6 +52,12 @@ test: lint typecheck unit
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
+
+# Man pages (docs/man/*.rst through docutils) into build/man, and nervectl's bash and zsh
+# completions (shtab, from its argument parser) into build/completions: what the package
+# installs. `man -l build/man/nervectl.1` reads one.
+man: $(BIN)/.installed
+	$(BIN)/python packaging/build_docs.py build
 
 # The Debian package, into dist/ (see packaging/build-deb).
 deb:
