@@ -230,3 +230,27 @@ def test_protocol_reference_has_every_method_param_and_code() -> None:
 def test_docs_name_no_path_outside_the_checkout() -> None:
     for path in [*DOCS.rglob("*.md"), *DOCS.rglob("*.rst"), REPO / "README.md"]:
         assert "/work/shared" not in path.read_text() and "../shared" not in path.read_text()
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub (and most Markdown renderers) give a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def test_links_between_the_docs_lead_somewhere() -> None:
+    pages = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+    anchors = {
+        page.resolve(): {_anchor(h) for h in re.findall(r"^#+ (.+)$", page.read_text(), re.M)}
+        for page in pages
+    }
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page.resolve()
+            if not dest.exists() or (anchor and anchor not in anchors.get(dest, set())):
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert broken == []
