@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from completion import bash_completes
 from support import REPO
 
 from nervectl.cli import build_parser
@@ -119,29 +121,11 @@ def test_completions_name_every_command_and_option(built: Path) -> None:
                 assert word in text, f"{script} lacks {word!r} (of {' '.join(path) or 'nervectl'})"
 
 
-def complete(script: Path, line: str) -> list[str]:
-    """What bash offers on a TAB at the end of ``line``, through the function the script
-    registers with ``complete`` for nervectl (as bash-completion's loader would)."""
-    program = r"""
-source "$1"
-spec=$(complete -p nervectl) || exit 3
-fn=${spec##*-F }; fn=${fn%% *}
-read -r -a COMP_WORDS <<< "$2"
-[[ $2 == *" " ]] && COMP_WORDS+=("")
-COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); COMP_LINE=$2; COMP_POINT=${#COMP_LINE}
-"$fn" nervectl "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
-printf '%s\n' "${COMPREPLY[@]}"
-"""
-    done = subprocess.run(
-        ["bash", "--norc", "--noprofile", "-c", program, "bash", str(script), line],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return [word for word in done.stdout.splitlines() if word]
-
-
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash here")
 def test_bash_completes_from_the_parser(built: Path) -> None:
+    def complete(script: Path, line: str) -> list[str]:
+        return bash_completes(f". {shlex.quote(str(script))}", line)
+
     script = built / "completions" / "nervectl"
     assert complete(script, "nervectl workflow tr") == ["trigger"]
     assert set(complete(script, "nervectl wor")) == {"workflow"}
