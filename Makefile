@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Test processes (pytest-xdist): the tests mostly wait on daemons, so two share two cores well.
 TEST_JOBS ?= 2
 
-.PHONY: run test test-deps lint typecheck unit bench deb clean
+.PHONY: run test test-deps lint typecheck unit bench deb man clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,12 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 # Debian packages the tests use (a real systemd and journald, setpriv, a venv from Debian's
-# python3 for the service user); installed only when missing, and only as root.
+# python3 for the service user); installed only when missing, and only as root, unless
+# NERVE_TEST_NO_SYSTEMD=1 (the host left as it is: those tests skip; see the README).
 TEST_DEBS = systemd util-linux python3-venv
 test-deps:
-	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@[ "$(NERVE_TEST_NO_SYSTEMD)" = 1 ] && exit 0; \
+	missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing $$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing \
@@ -38,8 +40,8 @@ run: $(BIN)/.installed
 	$(BIN)/nerved --root examples --state-dir $(STATE) --socket $(STATE)/nerved.sock
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check nerved nervectl tests bench
-	$(BIN)/ruff format --check nerved nervectl tests bench
+	$(BIN)/ruff check nerved nervectl tests bench packaging/build_docs.py
+	$(BIN)/ruff format --check nerved nervectl tests bench packaging/build_docs.py
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
@@ -52,6 +54,12 @@ test: lint typecheck unit
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
+
+# Man pages (docs/man/*.rst through docutils) into build/man, and nervectl's bash and zsh
+# completions (shtab, from its argument parser) into build/completions: what the package
+# installs. `man -l build/man/nervectl.1` reads one.
+man: $(BIN)/.installed
+	$(BIN)/python packaging/build_docs.py build
 
 # The Debian package, into dist/ (see packaging/build-deb).
 deb:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from completion import INSTALLED, bash_completes
 
 if os.environ.get("NERVE_TEST_PACKAGING") != "1":
     pytest.skip(
@@ -47,6 +48,14 @@ INSTALLED_FILES = {
     Path("/usr/lib/systemd/catalog/nerve.catalog"): REPO / "systemd/nerve.catalog",
     Path("/etc/nerve/nerve.yaml"): REPO / "packaging/nerve.yaml",
     Path("/usr/share/doc/nerve/README.md"): REPO / "README.md",
+    Path("/usr/share/doc/nerve/guide.md"): REPO / "docs/guide.md",
+    Path("/usr/share/doc/nerve/configuration.md"): REPO / "docs/configuration.md",
+    Path("/usr/share/doc/nerve/protocol.md"): REPO / "docs/protocol.md",
+    Path("/usr/share/man/man8/nerved.8.gz"): None,
+    Path("/usr/share/man/man1/nervectl.1.gz"): None,
+    Path("/usr/share/man/man5/nerve.yaml.5.gz"): None,
+    Path("/usr/share/bash-completion/completions/nervectl"): None,
+    Path("/usr/share/zsh/vendor-completions/_nervectl"): None,
     Path("/usr/bin/nerved"): None,
     Path("/usr/bin/nervectl"): None,
     Path("/opt/venvs/nerve/bin/python3"): None,
@@ -132,6 +141,29 @@ def test_package_metadata(deb: Path) -> None:
     assert conffiles.split() == ["/etc/nerve/nerve.yaml"]
 
 
+def check_man_pages() -> None:
+    """``man nerved`` and the others find the installed pages, and they render."""
+    assert shutil.which("man"), "no man(1) here: apt-get install man-db"
+    pages = {"nerved": "man8/nerved.8.gz", "nervectl": "man1/nervectl.1.gz",
+             "nerve.yaml": "man5/nerve.yaml.5.gz"}  # fmt: skip
+    for name, where in pages.items():
+        assert ok(run("man", "-w", name)).strip() == f"/usr/share/man/{where}"
+        done = run("man", "-P", "cat", name)
+        text = ok(done)
+        assert done.stderr == "", done.stderr
+        assert "SYNOPSIS" in text and "SEE ALSO" in text and VERSION in text, text[:2000]
+    assert "maxConnections" in ok(run("man", "-P", "cat", "5", "nerve.yaml"))
+
+
+def check_bash_completion() -> None:
+    """bash completes ``nervectl workflow tr<TAB>`` from the installed completion, found
+    where bash-completion looks for it."""
+    assert bash_completes(INSTALLED, "nervectl workflow tr", env=ENV) == ["trigger"]
+    assert "--from-step" in bash_completes(INSTALLED, "nervectl workflow retry --", env=ENV)
+    zsh = Path("/usr/share/zsh/vendor-completions/_nervectl").read_text()
+    assert zsh.startswith("#compdef nervectl"), zsh[:200]
+
+
 def run_as_nerve(socket: Path) -> None:
     """Run nerved as systemd would (user nerve, the packaged paths), ask it, stop it."""
     daemon = subprocess.Popen(
@@ -175,6 +207,9 @@ def test_install_run_remove_purge(deb: Path, clean_machine: None) -> None:
     assert os.path.realpath("/opt/venvs/nerve/bin/python3").startswith("/usr/bin/python3")
     for folder in ("senses", "workflows"):
         assert list(Path("/etc/nerve", folder).iterdir()) == []
+
+    check_man_pages()
+    check_bash_completion()
 
     assert ok(run("/usr/bin/nervectl", "--version")).strip() == f"nervectl {VERSION}"
     assert ok(run("/usr/bin/nerved", "--version")).strip() == f"nerved {VERSION}"
