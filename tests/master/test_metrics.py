@@ -138,3 +138,26 @@ def test_metrics_count_what_happened(daemon: Any, tmp_path: Path) -> None:
     assert 'nerve_runs_total{status="completed",workflow="gated"} 2.0' in done.stdout
     assert done.stdout.endswith("# EOF\n")
     assert set(nerved.ctl_json("metrics")) == {"text"}
+
+
+def test_a_textfile_that_cannot_be_written_is_a_warning_until_it_can(tmp_path: Path) -> None:
+    textfile = tmp_path / "later" / "nerve.prom"
+    config = f"workflows:\n  quick:\nmetrics: {{textfile: {textfile}, interval: 1s}}\n"
+    root = make_root(tmp_path, config, workflows={"quick": QUICK})
+    nerved = Nerved(root, tmp_path / "d").start()
+    try:
+        warning = f"metrics: cannot write {textfile}: No such file or directory"
+        wait_until(lambda: warning in nerved.log(), what="the warning")
+        assert nerved.rpc("metrics")["text"].endswith("# EOF\n")  # the method answers
+        textfile.parent.mkdir()
+        wait_until(textfile.exists, timeout=5, what="the textfile once it can be written")
+        assert f"metrics: {textfile} written again" in nerved.log()
+        assert nerved.log().count(warning) == 1  # once, not at every interval
+
+        # A reload that drops the textfile removes the one nerve wrote.
+        (root / "nerve.yaml").write_text("workflows:\n  quick:\n")
+        assert nerved.rpc("reload")["changed"] in (["metrics"], [])  # [] if inotify was first
+        wait_until(lambda: not textfile.exists(), timeout=5, what="the textfile removed")
+        assert os.listdir(textfile.parent) == []
+    finally:
+        nerved.cleanup()
