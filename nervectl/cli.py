@@ -203,6 +203,12 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
     )
     command(
         sub,
+        ("metrics",),
+        "metrics:metrics",
+        "print nerve's metrics in the OpenMetrics text format (what Prometheus reads)",
+    )
+    command(
+        sub,
         ("reload",),
         "commands:reload",
         "re-read nerve.yaml and the packages, show what changed",

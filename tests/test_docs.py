@@ -25,7 +25,7 @@ from completion import bash_completes
 from support import REPO
 
 from nervectl.cli import build_parser
-from nerved.config import policies, schema
+from nerved.config import metrics, policies, schema
 from nerved.control import rpc
 from nerved.control.commands import COMMANDS
 
@@ -159,12 +159,13 @@ KEY_SECTIONS = {
     "_RUNS_KEYS": ("retention", "RETENTION"),
     "_SIGNALS_KEYS": ("retention", "RETENTION"),
     "_CONTROL_KEYS": ("control", "CONTROL"),
+    "_METRICS_KEYS": ("metrics", "METRICS"),
 }
 
 
 def _schema_keys() -> dict[str, tuple[str, ...]]:
     found = {}
-    for module in (schema, policies):
+    for module in (schema, policies, metrics):
         for name, value in vars(module).items():
             if re.fullmatch(r"_[A-Z_]+_KEYS", name) and isinstance(value, tuple):
                 found[name] = value

@@ -164,6 +164,17 @@ def check_bash_completion() -> None:
     assert zsh.startswith("#compdef nervectl"), zsh[:200]
 
 
+def asks_metrics(socket: Path) -> None:
+    """``nervectl metrics``: the installed daemon's OpenMetrics text, which parses, with its
+    version (prometheus-client was bundled in the package's virtualenv)."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    text = ok(run("/usr/bin/nervectl", "--socket", socket, "metrics"))
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert {"nerve_build_info", "nerve_store_size_bytes", "nerve_runs"} <= names, names
+    assert f'nerve_build_info{{version="{VERSION}"}} 1.0' in text
+
+
 def run_as_nerve(socket: Path) -> None:
     """Run nerved as systemd would (user nerve, the packaged paths), ask it, stop it."""
     daemon = subprocess.Popen(
@@ -179,6 +190,7 @@ def run_as_nerve(socket: Path) -> None:
         assert socket.exists(), f"nerved did not listen on {socket}"
         status = json.loads(ok(run("/usr/bin/nervectl", "--socket", socket, "--json", "status")))
         assert (status["version"], status["state"]) == (VERSION, "running"), status
+        asks_metrics(socket)
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -235,6 +247,7 @@ def test_install_run_remove_purge(deb: Path, clean_machine: None) -> None:
         ok(run("systemctl", "is-active", "nerved.service"))
         status = json.loads(ok(run("/usr/bin/nervectl", "--socket", socket, "--json", "status")))
         assert (status["version"], status["state"]) == (VERSION, "running"), status
+        asks_metrics(socket)
     else:
         run_as_nerve(socket)
     assert (STATE / "logs.db").is_file()

@@ -24,6 +24,7 @@ One module per job, each importing only those before it:
 - ``cron``: cron expressions and time zones as instants (cronsim, zoneinfo; no PyYAML);
 - ``schedules``: a reflex's ``cron:``, ``timezone:``, ``catchUp:`` and ``key:``;
 - ``policies``: a workflow's ``roles:``, the :class:`RolePolicy` of each role named there;
+- ``metrics``: the top-level ``metrics:``, the :class:`MetricsConfig` (the textfile);
 - ``schema``: which keys each section takes, and the :class:`NerveConfig` they make;
 - ``load``: the bounded read and the bounded composer: ``load_config``, :func:`parse_config`;
 - ``packages``: ``check_packages``, the packages the configuration names;
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
         ConfigError,
         ControlConfig,
         CronSpec,
+        MetricsConfig,
         NerveConfig,
         OnError,
         Overflow,
@@ -83,6 +85,7 @@ _MODULE_OF = {
     "CONFIG_FILE": "nerved.config.model",
     "ConfigError": "nerved.config.model",
     "ControlConfig": "nerved.config.model",
+    "MetricsConfig": "nerved.config.model",
     "CronSpec": "nerved.config.model",
     "NerveConfig": "nerved.config.model",
     "OnError": "nerved.config.model",
@@ -112,6 +115,7 @@ __all__ = [
     "ConfigError",
     "ControlConfig",
     "CronSpec",
+    "MetricsConfig",
     "NerveConfig",
     "OnError",
     "Overflow",

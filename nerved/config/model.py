@@ -35,6 +35,7 @@ DEFAULT_RUN_MAX_COUNT = 10_000
 DEFAULT_SIGNAL_MAX_AGE_MS = 7 * DAY_MS
 DEFAULT_CONTROL_IDLE_TIMEOUT_MS = 60 * SECOND_MS
 DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_METRICS_INTERVAL_MS = 15 * SECOND_MS
 DEFAULT_RETRY_ATTEMPTS = 1
 DEFAULT_RETRY_DELAY_MS = SECOND_MS
 DEFAULT_RETRY_FACTOR = 2.0
@@ -220,6 +221,19 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The metrics' textfile. Key ``metrics:`` at top level, all optional.
+
+    ``textfile``: where the Prometheus text is written for node_exporter's textfile
+    collector (an absolute path ending in ``.prom``), None: nowhere (the ``metrics`` method
+    answers all the same). ``interval_ms``: how often it is written (1 s to 1 h).
+    """
+
+    textfile: Path | None = None
+    interval_ms: int = DEFAULT_METRICS_INTERVAL_MS
+
+
+@dataclass(frozen=True, slots=True)
 class NerveConfig:
     path: Path
     senses: Mapping[str, SenseConfig]
@@ -227,6 +241,7 @@ class NerveConfig:
     workflows: Mapping[str, WorkflowConfig]
     retention: RetentionConfig
     control: ControlConfig = ControlConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def groups(self) -> dict[str, tuple[SenseConfig, ...]]:
         """Senses by worker group; file order is kept so workers start predictably."""

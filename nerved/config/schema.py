@@ -13,6 +13,7 @@ from types import MappingProxyType
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from nerved.config.messages import UNREADABLE, clip, show
+from nerved.config.metrics import metrics_config
 from nerved.config.model import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CONTROL_IDLE_TIMEOUT_MS,
@@ -54,7 +55,7 @@ from nerved.config.walker import (
 
 MIN_CONNECTIONS, MAX_CONNECTIONS = 32, 4096
 
-_TOP_KEYS = ("senses", "reflexes", "workflows", "retention", "control")
+_TOP_KEYS = ("senses", "reflexes", "workflows", "retention", "control", "metrics")
 _SENSE_KEYS = ("group", "throttle", "timeout", "gracePeriod", "memoryMax")
 _CRON_KEYS = ("cron", "timezone", "catchUp")
 _SENSE_REFLEX_KEYS = ("kind", "sense", "interval", "on", *_CRON_KEYS)
@@ -135,6 +136,7 @@ class Validator(Walker):
             workflows=MappingProxyType(workflows),
             retention=retention,
             control=self.control(top.get("control")),
+            metrics=metrics_config(self, top.get("metrics")),
         )
 
     def senses(self, section: Entry | None) -> dict[str, SenseConfig]:

@@ -92,6 +92,11 @@ class CronControl(Protocol):
         """Every cron reflex, as ``schedule.list`` shows it."""
 
 
+class MetricsControl(Protocol):
+    def exposition(self) -> str:
+        """The OpenMetrics text, as ``metrics`` answers it."""
+
+
 class Engine(Protocol):
     @property
     def senses(self) -> SenseControl: ...
@@ -104,6 +109,9 @@ class Engine(Protocol):
 
     @property
     def cron(self) -> CronControl: ...
+
+    @property
+    def metrics(self) -> MetricsControl: ...
 
     def status(self) -> dict[str, Any]:
         """What ``status`` answers."""

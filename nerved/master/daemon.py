@@ -29,6 +29,7 @@ from nerved.loop import Loop
 from nerved.master import ownfiles
 from nerved.master.autoreload import AutomaticReloads
 from nerved.master.cron import Clock, CronReflexes
+from nerved.master.metrics.service import Metrics
 from nerved.master.notify import EXTEND_EVERY, Notifier
 from nerved.master.reflexes import Reflexes
 from nerved.master.reloader import Reloader
@@ -87,6 +88,7 @@ class Daemon:
         self.workflows: WorkflowManager
         self.reflexes: Reflexes
         self.cron: CronReflexes
+        self.metrics: Metrics
         self.control: ControlServer | None = None
         self.watcher: Watcher | None = None
         self.upkeep: Upkeep
@@ -157,6 +159,7 @@ class Daemon:
         self.senses = SenseManager(self.loop, self.workers, self.store, self._on_signal, timeout)
         self.workflows = WorkflowManager(self.loop, self.workers, self.store, timeout)
         self.reflexes = Reflexes(self.loop, self.senses.trigger, self._start_workflow)
+        self.metrics = Metrics(self.loop, self.store, self.senses, self.workflows)
         try:
             clock = Clock.from_environment()
         except ValueError as exc:
@@ -210,6 +213,7 @@ class Daemon:
             self.watcher = Watcher(self.loop, self.options.root, self.autoreload.files_changed)
         self.store.commit()
         self.upkeep.start()
+        self.metrics.apply(self.config.metrics)
         summary = self._summary()
         log.info(
             "nerved %s ready (pid %d): root %s, state %s, socket %s; %s",
@@ -348,6 +352,8 @@ class Daemon:
                 max_connections=config.control.max_connections,
             )
             changed.append("control")
+        if self.metrics.apply(config.metrics):
+            changed.append("metrics")
         self.config, self.code = config, code
         root = config.path.parent
         if root != self.root:
@@ -408,6 +414,7 @@ class Daemon:
         self.cron.stop()
         self.reloader.stop()
         self.retention.stop()
+        self.metrics.stop()
         grace = max(self.senses.stop(), self.workflows.stop())
         self._extend_stop()
         self._stop_timer = self.loop.call_later(

@@ -129,6 +129,10 @@ class Storage(Reader, Protocol):
     @property
     def commits(self) -> int: ...
 
+    commit_observer: Callable[[float], None] | None
+    """Told the seconds each commit took (its checks and the COMMIT, not its callbacks):
+    the metrics' histogram (nerved.master.metrics), None by default."""
+
     @property
     def last_commit(self) -> float:
         """``time.monotonic()`` of the last commit."""

@@ -95,6 +95,7 @@ class Store(Writes, Reads):
         self.locked_since: float | None = None  # monotonic: another process took the lock
         self.commits = 0
         self.last_commit = 0.0  # time.monotonic() of the last commit
+        self.commit_observer: Callable[[float], None] | None = None  # the metrics' hook
         self._since_checkpoint = 0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +253,7 @@ class Store(Writes, Reads):
         callbacks, aborts = self._on_commit, self._on_abort
         self._on_commit, self._on_abort = [], []
         if self._wrote:
+            began = time.monotonic()
             try:
                 self._check_linked()
                 self._conn.execute("COMMIT")
@@ -264,6 +266,8 @@ class Store(Writes, Reads):
             self.commits += 1
             self._since_checkpoint += 1
             self.last_commit = time.monotonic()
+            if self.commit_observer is not None:
+                self.commit_observer(self.last_commit - began)
             self.acquire()  # at once: the instant without the lock is all another writer gets
         for callback in callbacks:
             callback()

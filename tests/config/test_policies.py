@@ -395,9 +395,9 @@ def test_delay_before_the_first_try_is_none_and_tries_count_from_one() -> None:
         RetryPolicy().delay_before(0)
 
 
-def test_the_example_of_the_readme() -> None:
-    """README's roles block parses, and waits as its comment says."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def test_the_example_of_the_configuration_reference() -> None:
+    """docs/configuration.md's roles block parses, and waits as its comment says."""
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     [block] = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "roles:" in b]
     author = parse_config(block, PATH).workflows["code-review"].policy("author")
     assert author == RolePolicy(2 * MINUTE, RetryPolicy(5, 1000, 2.0, 5 * MINUTE), OnError.MODERATE)

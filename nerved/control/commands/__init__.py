@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from nerved.control.commands import (
     logs_query,
+    metrics,
     reload,
     schedule_list,
     sense_list,
@@ -78,6 +79,7 @@ COMMANDS: dict[str, Command] = {
             workflow_signal,
             workflow_replay,
             schedule_list,
+            metrics,
         ),
     )
 }

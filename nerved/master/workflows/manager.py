@@ -279,6 +279,7 @@ class WorkflowManager:
             idempotency_key=idempotency_key,
         )  # fmt: skip
         log_transition(run_id, workflow, admission.transition, record.error)
+        flow.tally.moved(admission.transition)
         copied = 0
         if keep_steps and retry_of is not None and admission.transition is not Transition.REJECT:
             note = {"from": retry_of, "steps": keep_steps}  # inspect tells copies from steps run
@@ -414,6 +415,8 @@ class WorkflowManager:
             )
             return
         log_transition(run_id, workflow, transition, error)
+        if (flow := self.flows.get(workflow)) is not None:  # a removed one's series are gone
+            flow.tally.moved(transition)
         self.waiters.ended(run_id)
 
     def _let_go(self, flow: Flow) -> None:

@@ -20,6 +20,7 @@ from nerved.master.workflows.tries import Tries
 from nerved.master.workflows.waits import Waits
 from nerved.states import Transition
 from nerved.store import Storage
+from nerved.store.records import now_ms
 
 log = logging.getLogger("nerved.master.workflows")
 
@@ -112,6 +113,9 @@ class WorkerMessages:
         if not self.store.record_step(run.run_id, record):
             log.error("run %s is no longer started; ignoring its step %d", run.run_id, n)
             return
+        if run.in_flight is not None:  # since its try was handed out: the role and moderator
+            seconds = (now_ms() - run.in_flight.since) / 1000
+            run.flow.tally.stepped(str(message.get("role")), seconds)
         run.steps = n
         run.history += size
         self.tries.stepped(run)

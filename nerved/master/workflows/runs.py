@@ -18,6 +18,7 @@ from nerved import logs, wire
 from nerved.channel import Message
 from nerved.code.packages import Package
 from nerved.config import WorkflowConfig
+from nerved.master.metrics.tally import FlowTally
 from nerved.states import RunStatus, Transition
 from nerved.store import RunRecord, StoreError
 
@@ -106,6 +107,7 @@ class Flow:
     queue: deque[QueuedRun] = field(default_factory=deque)
     active: dict[str, ActiveRun] = field(default_factory=dict)
     removed: bool = False
+    tally: FlowTally = field(default_factory=FlowTally)  # its counts, for the metrics
 
     @property
     def name(self) -> str:

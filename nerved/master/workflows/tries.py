@@ -162,6 +162,7 @@ class Tries:
         if not self.store.record_failure(run.run_id, record, retry_at, ts=now):
             log.error("run %s is no longer started; ignoring its failed try", run.run_id)
             return
+        run.flow.tally.failed(role)
         run.tries = tries
         run.worker = None  # the worker dropped the thread (or was replaced under it)
         run.in_flight = InFlight(role, now_ms()) if again else None  # its role, until due
