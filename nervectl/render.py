@@ -69,11 +69,9 @@ def fit(
 
 
 def terminal_width(stream: TextIO) -> int | None:
-    """The width to fit a table to: the terminal's (or $COLUMNS), None when ``stream`` is
-    no terminal and $COLUMNS is not set (a pipe gets whole rows, for grep)."""
-    import os
-
-    if not stream.isatty() and "COLUMNS" not in os.environ:
+    """The width to fit a table to: the terminal's ($COLUMNS first, as shutil reads it),
+    or None when ``stream`` is no terminal (a pipe or a file gets whole rows, for grep)."""
+    if not stream.isatty():
         return None
     import shutil
 

@@ -307,7 +307,8 @@ def workflow_trigger(ctx: Context) -> int:
 
 def wait_and_show(ctx: Context, run_id: str, timeout: float | None) -> int:
     """``--wait``: the run once it ends (``timeout`` seconds at most: None, no bound),
-    shown; OK if it completed, else FAILED."""
+    shown; OK if it completed, else FAILED. When the time runs out, FAILED, and with
+    ``--json`` the run as it is now with ``"timedOut": true`` (its events left out)."""
     wait: dict[str, Any] = {"runId": run_id}
     socket_timeout = FOREVER
     if timeout is not None:
@@ -317,6 +318,11 @@ def wait_and_show(ctx: Context, run_id: str, timeout: float | None) -> int:
         run: dict[str, Any] = ctx.call("workflow.wait", wait, timeout=socket_timeout)
     except RemoteError as exc:
         if isinstance(exc.data, dict) and exc.data.get("timeout"):
+            if ctx.json:  # a script reads stdout: the run as it is now, never nothing
+                now = ctx.call("workflow.inspect", {"runId": run_id})
+                now.pop("events", None)
+                now.pop("more", None)
+                ctx.print_json({**now, "timedOut": True})
             message = f"run {run_id} did not finish in time ({exc.message}); it goes on"
             raise CliError(message, FAILED) from None
         raise

@@ -5,10 +5,12 @@ wherever the daemon answers.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from support import QUICK, REPO, Nerved, wait_until
@@ -161,15 +163,36 @@ def test_workflow_list_fits_the_terminal(daemon: Nerved) -> None:
     assert daemon.wait_run(run_id)["status"] == "failed"
 
     def listed(*args: str, columns: str | None) -> str:
-        env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
-        done = subprocess.run(
-            [sys.executable, "-m", "nervectl", "--socket", str(daemon.socket), "workflow",
-             "list", "--all", *args],
-            capture_output=True, text=True, timeout=60, cwd=REPO,
-            env=env if columns is None else {**env, "COLUMNS": columns},
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        """stdout a terminal (a pty) $COLUMNS wide, or a pipe when ``columns`` is None."""
+        import pty
+
+        command = [sys.executable, "-m", "nervectl", "--socket", str(daemon.socket),
+                   "workflow", "list", "--all", *args]  # fmt: skip
+        if columns is None:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+        main, tty = pty.openpty()
+        try:
+            env = {**os.environ, "COLUMNS": columns}
+            proc = subprocess.run(command, stdout=tty, timeout=60, cwd=REPO, env=env)
+            assert proc.returncode == 0
+            os.close(tty)
+            tty = -1
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # EIO: the terminal's other end is closed
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks).decode().replace("\r\n", "\n")
+        finally:
+            os.close(main)
+            if tty >= 0:
+                os.close(tty)
 
     narrow = listed(columns="100")
     assert max(len(line) for line in narrow.splitlines()) <= 100, narrow
@@ -178,3 +201,79 @@ def test_workflow_list_fits_the_terminal(daemon: Nerved) -> None:
     assert ("a long reason " * 3) in whole and max(len(line) for line in whole.splitlines()) > 100
     full = listed("--full", columns="100")
     assert run_id in full  # ids are never cut
+
+
+# -- --wait while nerved stops, and when the time runs out --------------------------------------
+
+TWO_STEPS = """
+    import os, time
+    from nerved import WorkflowDefinition
+
+    def first(prompt, ctx):
+        open(prompt["gate"] + ".running", "w").close()
+        while not os.path.exists(prompt["gate"]):
+            time.sleep(0.01)
+        return {"type": "first"}
+
+    def second(prompt, ctx):
+        return {"type": "second"}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "first", "prompt": event["payload"]}
+        if event["type"] == "first" and thread.events[0]["payload"].get("steps") == 2:
+            return {"role": "second", "prompt": {}}
+        return None
+
+    workflow = WorkflowDefinition(roles={"first": first, "second": second}, moderate=moderate)
+"""
+
+
+@pytest.mark.parametrize(("steps", "code", "said"), [
+    (1, 0, "status:    completed"),
+    (2, 1, "it stays started and resumes at the next start"),
+])  # fmt: skip
+def test_wait_while_nerved_stops_says_what_happens(
+    nerved_factory: Callable[..., Nerved], tmp_path: Path, steps: int, code: int, said: str
+) -> None:
+    """A run whose step finishes during the drain and that its moderator then ends completes:
+    --wait shows it (it said "will resume"). One with a step still to run stays started."""
+    import signal
+
+    daemon = nerved_factory("workflows:\n  two: {}\n", workflows={"two": TWO_STEPS}).start()
+    gate = tmp_path / "gate"
+    payload = json.dumps({"gate": str(gate), "steps": steps})
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "nervectl", "--socket", str(daemon.socket), "workflow",
+         "trigger", "two", "--payload", payload, "--wait"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: Path(f"{gate}.running").exists(), what="the first step")
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_notify("STOPPING=1")
+        gate.touch()
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == code, (out, err)
+    assert said in (out if code == 0 else err), (out, err)
+    assert daemon.wait() == 0
+
+
+def test_json_wait_that_times_out_prints_the_run_as_it_is(
+    nerved_factory: Callable[..., Nerved], tmp_path: Path
+) -> None:
+    daemon = nerved_factory("workflows:\n  two: {}\n", workflows={"two": TWO_STEPS}).start()
+    gate = tmp_path / "gate"
+    done = daemon.ctl(
+        "--json", "workflow", "trigger", "two", "--payload", json.dumps({"gate": str(gate)}),
+        "--wait", "--timeout", "0.5",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    run = json.loads(done.stdout)
+    assert run["timedOut"] is True and run["status"] == "started" and "events" not in run
+    assert "did not finish in time" in done.stderr
+    gate.touch()
+    assert daemon.wait_run(run["runId"])["status"] == "completed"

@@ -455,7 +455,11 @@ class WorkflowManager:
 
     def wait(self, run_id: str, timeout: float | None) -> Any:
         """``workflow.wait``: see :class:`~nerved.master.workflows.waiters.Waiters`."""
-        return self.waiters.wait(run_id, timeout, self.stopping)
+        run = self.runs.get(run_id)
+        # While nerved stops, a run a worker holds may still end (its step finishes and its
+        # moderator ends it); any other stays as it is until the next start.
+        held = run is not None and run.worker is not None
+        return self.waiters.wait(run_id, timeout, self.stopping and not held)
 
     def replay(self, run_id: str | None, workflow: str | None, limit: int) -> Pending:
         """``workflow.replay``: see :class:`~nerved.master.workflows.replay.Replays`."""
@@ -472,9 +476,13 @@ class WorkflowManager:
         longest = max((flow.config.drain_timeout_ms / 1000 for flow in held), default=0.0)
         for flow in flows:
             flow.supervisor.retire(HALT)  # the kill is nerved's stop deadline
-        self.waiters.reject_all()
         self.replays.stop()
         return longest
+
+    def stopped(self) -> None:
+        """nerved has stopped (the workers are gone): waiters of runs that did not end during
+        the drain hear so (:meth:`Waiters.close`)."""
+        self.waiters.close()
 
     def worker_state(self, workflow: str) -> str | None:
         """The state of the workflow's worker (nerved.states.WorkerState); None: no such
