@@ -116,14 +116,22 @@ def sense_trigger(trigger: argparse.ArgumentParser) -> None:
 
 def logs(logs_parser: argparse.ArgumentParser) -> None:
     logs_parser.add_argument(
-        "--source", metavar="S", type=_text, help="only this source: sense or workflow"
-    )
+        "--source", metavar="S", type=_text,
+        help="only this source: sense or workflow (another: exit 4)",
+    )  # fmt: skip
     logs_parser.add_argument(
         "--type", metavar="T", type=_text, help="only this type (signal, log, error, started, ...)"
     )
-    logs_parser.add_argument(
-        "--run", metavar="RUN_ID", type=_text, help="only entries about this run id (or sense name)"
-    )
+    about = logs_parser.add_mutually_exclusive_group()
+    about.add_argument(
+        "--run", metavar="RUN_ID", type=_text,
+        help="only the history of this run: its id, or a unique prefix of 8+ chars (no such "
+        "run: exit 4)",
+    )  # fmt: skip
+    about.add_argument(
+        "--sense", metavar="NAME", type=_text,
+        help="only the entries of this sense (not configured and none kept: exit 4)",
+    )  # fmt: skip
     logs_parser.add_argument(
         "--since", metavar="TIME", type=_since, help=f"from TIME: {SINCE_HELP}"
     )
@@ -156,15 +164,22 @@ def workflow_list(listing: argparse.ArgumentParser) -> None:
         help=f"only runs in this status ({', '.join(statuses)}); may be repeated",
     )
     listing.add_argument(
-        "--workflow", metavar="NAME", type=_text, help="only runs of this workflow"
-    )
+        "--workflow", metavar="NAME", type=_text,
+        help="only runs of this workflow (neither configured nor with kept runs: exit 4)",
+    )  # fmt: skip
     listing.add_argument(
         "--limit",
         metavar="N",
         type=_count(MAX_QUERY_LIMIT),
         help=f"at most N runs, newest first (default 100; at most {MAX_QUERY_LIMIT:,}, "
-        "the most the daemon lists at once)",
+        "the most the daemon lists at once); a line after the table says how many more "
+        "there are",
     )
+    listing.add_argument(
+        "--full", action="store_true",
+        help="whole run ids (the table shows their first 8 characters, which every command "
+        "takes; --json has them whole)",
+    )  # fmt: skip
 
 
 def workflow_inspect(inspect: argparse.ArgumentParser) -> None:

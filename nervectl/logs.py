@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from nervectl import render
+from nervectl.client import RemoteError
 from nervectl.context import visible
 from nervectl.exits import OK
 from nervectl.limits import MAX_QUERY_LIMIT
@@ -22,16 +23,29 @@ if TYPE_CHECKING:
 
     from nervectl.context import Context
 
+NOT_FOUND_CODE: Final = -32001
 POLL_INTERVAL: Final = 0.5  # seconds between two polls while following
 PAGE: Final = 1000  # entries asked for at a time while following
 
 
 def logs(ctx: Context) -> int:
     args = ctx.args
-    filters = {"source": args.source, "type": args.type, "refId": args.run, "since": args.since}
+    filters = {
+        "source": args.source,
+        "type": args.type,
+        "runId": args.run,  # a prefix: the daemon finds the run (exit 4 if none)
+        "sense": args.sense,
+        "since": args.since,
+    }
     # Taken before the tail, so that whatever is appended between the two calls is not lost.
     newest = _newest_id(ctx) if args.follow else 0
-    entries = _tail(ctx, filters, args.limit)
+    try:
+        entries = _tail(ctx, filters, args.limit)
+    except RemoteError as exc:
+        if exc.code == NOT_FOUND_CODE and args.run is not None and not _like_run_id(args.run):
+            # --run once took a sense's name too
+            raise RemoteError(exc.code, f"{exc.message}; a sense's entries: --sense NAME") from None
+        raise
     lines = render.LogLines(ctx.out)
     if not args.follow:
         if ctx.json:
@@ -53,6 +67,11 @@ def logs(ctx: Context) -> int:
     except KeyboardInterrupt:
         pass  # ^C is how a follow ends
     return OK
+
+
+def _like_run_id(text: str) -> bool:
+    """8+ hex digits: what a run id (32 of them) or its prefix looks like."""
+    return len(text) >= 8 and all(c in "0123456789abcdef" for c in text.lower())
 
 
 def _tail(ctx: Context, filters: dict[str, Any], limit: int) -> list[dict[str, Any]]:

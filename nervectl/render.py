@@ -31,6 +31,58 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
     return tabulate(list(rows), headers=list(headers), tablefmt="simple", disable_numparse=True)
 
 
+MIN_CUT: Final = 12  # a column cut to fit the terminal keeps at least this many characters
+_GAP: Final = 2  # tabulate's "simple" format puts two spaces between columns
+
+
+def fit(
+    rows: Sequence[Sequence[Any]],
+    headers: Sequence[str],
+    width: int | None,
+    cut: Sequence[int],
+) -> list[list[str]]:
+    """``rows`` as text, the columns named by ``cut`` (indexes, the first cut first) cut so
+    that a table of them is at most ``width`` characters wide (None: as they are).
+
+    A table wider than the terminal wraps each row over two lines, which no one can read;
+    the free text (an error, where a run stands) is what can lose its end, and ``--json``
+    has it whole. A column is never cut below :data:`MIN_CUT` or its header: a terminal
+    narrower than that gets lines that wrap rather than columns that say nothing.
+    """
+    text = [[str(value) for value in row] for row in rows]
+    if width is None or not text:
+        return text
+    # tabulate's "simple" format gives a header two more characters than it has
+    widths = [max(len(h) + _GAP, *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
+    excess = sum(widths) + _GAP * (len(widths) - 1) - width
+    for column in cut:
+        if excess <= 0:
+            break
+        floor = max(MIN_CUT, len(headers[column]) + _GAP)
+        target = max(widths[column] - excess, floor)
+        if target < widths[column]:
+            excess -= widths[column] - target
+            widths[column] = target
+            for row in text:
+                row[column] = truncate(row[column], target)
+    return text
+
+
+def terminal_width(stream: TextIO) -> int | None:
+    """The width to fit a table to: the terminal's ($COLUMNS first, as shutil reads it),
+    or None when ``stream`` is no terminal (a pipe or a file gets whole rows, for grep)."""
+    if not stream.isatty():
+        return None
+    import shutil
+
+    return shutil.get_terminal_size().columns
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 group``, ``2 groups``, ``0 runs``: a count and its noun, agreeing."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
 def fields(pairs: Iterable[tuple[str, Any]]) -> str:
     """A key/value block: one field per line, values aligned."""
     from tabulate import tabulate

@@ -18,13 +18,15 @@ if TYPE_CHECKING:
     import datetime
     from typing import Final
 
-# Ten or more digits: a bare small number is far likelier a typo for "10m" than a time in 1970.
-_EPOCH_MS_RE: Final = re.compile(r"[0-9]{10,}")
+# Seconds since the epoch as journalctl and date(1) write them: ``@1700000000``, ``@1.5``.
+_EPOCH_SECONDS_RE: Final = re.compile(r"@([0-9]+)(?:\.([0-9]*))?")
+# A bare number is no time: seconds? milliseconds? a duration missing its unit? Never guessed.
+_BARE_NUMBER_RE: Final = re.compile(r"[0-9]+(?:\.[0-9]*)?")
 
 SINCE_HELP: Final = (
     "an ISO date or time (2024-05-01, 2024-05-01T12:00, 12:30 for today, local time unless "
-    "it has an offset), a duration ago (30s, 10m, 2h, 1d, 1h30m), or epoch milliseconds (10 "
-    "or more digits: a shorter bare number is refused, as a duration missing its unit); a "
+    "it has an offset), a duration ago (30s, 10m, 2h, 1d, 1h30m), or seconds since the epoch "
+    "as journalctl takes them (@1700000000); a bare number is refused, never guessed; a "
     "time before 1970 means from the first entry"
 )
 
@@ -48,17 +50,26 @@ def parse_since(text: str, now: int | None = None) -> int:
     """Epoch milliseconds for ``--since``, from 0 to MAX_INTEGER as the daemon takes them;
     ValueError with the accepted forms otherwise.
 
+    ``@1700000000`` is seconds since the epoch, as journalctl and ``date -d`` read it. A bare
+    number is refused: ``1700000000`` was once read as milliseconds (1970, so every entry),
+    and no reading of it is safe to guess.
+
     A time before 1970 (a date, or a duration longer ago) is sent as 0: there is no entry
     before it, so the answer is the same and the daemon, which refuses a negative ``since``,
-    is not asked for one. Epoch milliseconds past MAX_INTEGER are refused, as it would.
+    is not asked for one. A time past MAX_INTEGER milliseconds is refused, as it would be.
     """
     now = now_ms() if now is None else now
     text = text.strip()
-    if _EPOCH_MS_RE.fullmatch(text):
-        # Compared as text first: int() refuses numbers of more than 4,300 digits.
-        if len(text.lstrip("0")) > len(str(MAX_INTEGER)) or int(text) > MAX_INTEGER:
-            raise ValueError(f"epoch milliseconds must be at most {MAX_INTEGER}, got {text}")
-        return int(text)
+    epoch = _EPOCH_SECONDS_RE.fullmatch(text)
+    if epoch is not None:
+        return _epoch_ms(text, epoch[1], epoch[2] or "")
+    if _BARE_NUMBER_RE.fullmatch(text):
+        shown = text if len(text) <= 20 else "SECONDS"
+        raise ValueError(
+            f"a bare number is not read as a time (seconds? milliseconds? a duration missing "
+            f"its unit?): write @{shown} for seconds since the epoch, or a duration with its "
+            f"unit such as 10m"
+        )
     ago = parse_duration_ms(text)
     if ago is not None:
         return max(now - ago, 0)
@@ -68,6 +79,16 @@ def parse_since(text: str, now: int | None = None) -> int:
     if moment.tzinfo is None:
         moment = _local(moment)
     return max(int(moment.timestamp() * 1000), 0)
+
+
+def _epoch_ms(text: str, seconds: str, fraction: str) -> int:
+    """``@SECONDS[.FRACTION]`` in milliseconds (the fraction cut to them); ValueError past
+    MAX_INTEGER milliseconds, as the daemon would refuse it."""
+    limit = MAX_INTEGER // 1000
+    # Compared as text first: int() refuses numbers of more than 4,300 digits.
+    if len(seconds.lstrip("0")) > len(str(limit)) or int(seconds) > limit:
+        raise ValueError(f"seconds since the epoch must be at most @{limit}, got {text}")
+    return int(seconds) * 1000 + int((fraction + "000")[:3])
 
 
 def _local(moment: datetime.datetime) -> datetime.datetime:

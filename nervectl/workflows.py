@@ -11,6 +11,7 @@ import sys
 from nervectl import render
 from nervectl.client import FOREVER, RemoteError
 from nervectl.exits import FAILED, INTERRUPTED, OK, USAGE, CliError
+from nervectl.limits import MAX_QUERY_LIMIT
 from nervectl.times import format_ago, format_duration, format_local, now_ms
 
 TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
@@ -35,16 +36,21 @@ _RUN_FIELDS: Final = (
 )
 
 
+SHORT_ID: Final = 8
+"""Characters of a run id ``workflow list`` shows: the prefix every command takes."""
+LIST_DEFAULT_LIMIT: Final = 100  # workflow.list's own default
+
+
 def workflow_list(ctx: Context) -> int:
     args = ctx.args
-    params = {
+    filters = {
         "all": True if args.all else None,
         # one status as a string, several as a list: workflow.list takes both
         "status": args.status[0] if args.status and len(args.status) == 1 else args.status,
         "workflow": args.workflow,
-        "limit": args.limit,
     }
-    runs: list[dict[str, Any]] = ctx.call("workflow.list", params)
+    limit = args.limit or LIST_DEFAULT_LIMIT
+    runs: list[dict[str, Any]] = ctx.call("workflow.list", {**filters, "limit": limit})
     if ctx.json:
         ctx.print_json(runs)
         return OK
@@ -52,25 +58,59 @@ def workflow_list(ctx: Context) -> int:
         everything = args.all or args.status
         ctx.print("no runs" if everything else "no active runs (--all lists finished ones too)")
         return OK
+    now = now_ms()
     rows = [
         (
-            run.get("runId", "-"),
+            _run_id(run.get("runId"), args.full),
             run.get("workflow", "-"),
             run.get("status", "-"),
             run.get("steps", "-"),
-            format_local(run.get("createdAt")),
-            format_local(run.get("updatedAt")),
-            in_flight(run),
-            render.cell(run.get("error"), 50),
+            _age(run.get("createdAt"), now),
+            _took(run, now),
+            in_flight(run, now),
+            render.cell(run.get("error"), 200),
         )
         for run in runs
     ]
-    headers = ("RUN", "WORKFLOW", "STATUS", "STEPS", "CREATED", "UPDATED", "IN FLIGHT", "ERROR")
-    ctx.print(render.table(rows, headers))
+    headers = ("RUN", "WORKFLOW", "STATUS", "STEPS", "AGE", "DURATION", "IN FLIGHT", "ERROR")
+    fitted = render.fit(rows, headers, render.terminal_width(ctx.out), cut=(7, 6, 1))
+    ctx.print(render.table(fitted, headers))
+    if len(runs) >= limit:  # a full page: say what it leaves out, never pass for the whole
+        total = int(ctx.call("workflow.count", filters).get("count", 0))
+        if total > len(runs):
+            how = "use --limit" if limit < MAX_QUERY_LIMIT else "narrow with --status, --workflow"
+            ctx.print(f"{total - len(runs)} more ({how})")
     note = fatal_note(runs)
     if note:
         ctx.note(note)
     return OK
+
+
+def _run_id(run_id: Any, full: bool) -> str:
+    text = "-" if run_id is None else str(run_id)
+    return text if full else text[:SHORT_ID]
+
+
+def _age(created: Any, now: int) -> str:
+    """How long ago the run was triggered."""
+    if not isinstance(created, (int, float)):
+        return "-"
+    return format_duration(max(0, now - created) / 1000)
+
+
+def _took(run: Mapping[str, Any], now: int) -> str:
+    """How long a final run took, trigger to end; ``-`` for an active one (IN FLIGHT says
+    where it stands)."""
+    created, updated = run.get("createdAt"), run.get("updatedAt")
+    if run.get("status") in _ACTIVE or not isinstance(created, (int, float)):
+        return "-"
+    if not isinstance(updated, (int, float)):
+        return "-"
+    took = max(0, updated - created)
+    return f"{int(took)}ms" if took < 1000 else format_duration(took / 1000)
+
+
+_ACTIVE: Final = frozenset({"queued", "started", "waiting"})
 
 
 def fatal_note(runs: list[dict[str, Any]]) -> str | None:
@@ -267,7 +307,8 @@ def workflow_trigger(ctx: Context) -> int:
 
 def wait_and_show(ctx: Context, run_id: str, timeout: float | None) -> int:
     """``--wait``: the run once it ends (``timeout`` seconds at most: None, no bound),
-    shown; OK if it completed, else FAILED."""
+    shown; OK if it completed, else FAILED. When the time runs out, FAILED, and with
+    ``--json`` the run as it is now with ``"timedOut": true`` (its events left out)."""
     wait: dict[str, Any] = {"runId": run_id}
     socket_timeout = FOREVER
     if timeout is not None:
@@ -277,6 +318,11 @@ def wait_and_show(ctx: Context, run_id: str, timeout: float | None) -> int:
         run: dict[str, Any] = ctx.call("workflow.wait", wait, timeout=socket_timeout)
     except RemoteError as exc:
         if isinstance(exc.data, dict) and exc.data.get("timeout"):
+            if ctx.json:  # a script reads stdout: the run as it is now, never nothing
+                now = ctx.call("workflow.inspect", {"runId": run_id})
+                now.pop("events", None)
+                now.pop("more", None)
+                ctx.print_json({**now, "timedOut": True})
             message = f"run {run_id} did not finish in time ({exc.message}); it goes on"
             raise CliError(message, FAILED) from None
         raise

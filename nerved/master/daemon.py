@@ -460,6 +460,9 @@ class Daemon:
         self.workers.kill_now(KILL_WAIT)
 
     def _close(self) -> None:
+        if self.exit_code != EX_TEMPFAIL and hasattr(self, "workflows"):
+            with contextlib.suppress(StoreError):  # each waiter's run, read as committed
+                self.workflows.stopped()  # answered before the connections close
         if self.control is not None:
             self.control.close(flush=self.exit_code != EX_TEMPFAIL)
         if self.watcher is not None:

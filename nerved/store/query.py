@@ -8,7 +8,9 @@ values accepted, the same bounds, the same message for what is refused. Its fiel
 wire names (``ctx.logs.query`` spells ``refId``, ``afterId`` and ``beforeId`` as
 ``ref_id``, ``after_id`` and ``before_id``):
 
-- ``source``, ``type``, ``refId``: a non-empty string, or absent (null: any);
+- ``source``, ``type``, ``refId``: a non-empty string, or absent (null: any); ``source`` one
+  of :data:`SOURCES` (another is no source there is: :class:`UnknownSource`, not found, never
+  an empty answer that reads as "no entries");
 - ``since`` (milliseconds since the epoch), ``afterId``, ``beforeId``: an integer from 0 to
   2**63 - 1 (what SQLite's INTEGER holds), or absent;
 - ``limit``: an integer of at least 1, or absent (null: :data:`DEFAULT_LIMIT`, 100); one
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from nerved import wire
-from nerved.outcome import BadInput
+from nerved.outcome import BadInput, NotFound
 
 if TYPE_CHECKING:
     from nerved.store.interface import Reader
@@ -44,6 +46,8 @@ DEFAULT_LIMIT: Final = 100
 MAX_QUERY_LIMIT: Final = wire.MAX_QUERY_LIMIT
 MAX_INTEGER: Final = wire.MAX_INTEGER
 
+SOURCES: Final = ("sense", "workflow")
+"""Who writes log entries: a sense (refId its name) or a workflow run (refId its id)."""
 STRINGS: Final = ("source", "type", "refId")
 INTEGERS: Final = ("since", "afterId", "beforeId")
 FIELDS: Final = (*STRINGS, *INTEGERS, "limit")
@@ -52,6 +56,11 @@ FIELDS: Final = (*STRINGS, *INTEGERS, "limit")
 
 class BadQuery(BadInput, ValueError):
     """A logs query nerve will not run; the message names the field and what it must be."""
+
+
+class UnknownSource(BadQuery, NotFound):
+    """A ``source`` that is none of :data:`SOURCES`: not found on the socket (-32001, exit 4
+    in nervectl), a ValueError in a sense, as every other refusal of the query is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,10 @@ class LogQuery:
         if unknown:
             raise BadQuery(f"unknown param {unknown[0]!r} (allowed: {', '.join(sorted(FIELDS))})")
         strings = {name: _string(fields, name) for name in STRINGS}
+        if strings["source"] is not None and strings["source"] not in SOURCES:
+            raise UnknownSource(
+                f"no log source {strings['source']!r} (sources: {', '.join(SOURCES)})"
+            )
         integers = {name: _integer(fields, name, minimum=0) for name in INTEGERS}
         limit = _integer(fields, "limit", minimum=1)
         return cls(

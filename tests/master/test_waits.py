@@ -43,6 +43,8 @@ APPROVAL = """
         if kind == "thread_start":
             return {"role": "propose", "prompt": options}
         if kind == "proposed":
+            if options.get("skip"):
+                return None
             if options.get("sleep"):
                 return sleep(options["sleep"])
             return wait_for("approve", timeout=options.get("timeout"))
@@ -356,3 +358,20 @@ def test_waits_count_against_max_steps(daemon: Nerved) -> None:
         {"type": "wake"}
     ] * 3
     daemon.healthy()
+
+
+def test_the_worker_goes_idle_once_the_last_run_on_it_ends_beside_a_waiting_one(
+    daemon: Nerved, tmp_path: Path
+) -> None:
+    """A run waits while another still runs on the worker; when that one ends, no run is on
+    the worker and it exits after idleTimeout, though a run (waiting) is active."""
+    waiter = daemon.trigger("approval", {"timeout": "1h"})
+    waiting(daemon, waiter)
+    gate = tmp_path / "gate"
+    busy = daemon.trigger("approval", {"gate": str(gate), "skip": True})
+    wait_until(lambda: Path(f"{gate}.running").exists(), what="the second run's role")
+    gate.touch()
+    assert daemon.wait_run(busy)["status"] == "completed"  # no run is on the worker now
+    wait_until(lambda: "approval" not in daemon.worker_pids("workflow"), what="an idle worker")
+    assert signal(daemon, waiter)["delivered"] is True  # a new worker takes it on
+    assert daemon.wait_run(waiter)["status"] == "completed"

@@ -194,19 +194,19 @@ def test_logs_filters(daemon: Nerved) -> None:
     wait_until(lambda: len(signals(daemon, "tick")) >= 3, what="three ticks")
     wait_until(lambda: signals(daemon, "manual"), what="manual's signal")
 
-    entries = daemon.ctl_json("logs", "--source", "sense", "--type", "signal", "--run", "tick")
+    entries = daemon.ctl_json("logs", "--source", "sense", "--type", "signal", "--sense", "tick")
     assert len(entries) >= 3
     assert all((e["source"], e["type"], e["refId"]) == ("sense", "signal", "tick") for e in entries)
     assert [e["id"] for e in entries] == sorted(e["id"] for e in entries)
     assert "n" in entries[0]["payload"]
 
-    last = daemon.ctl_json("logs", "--run", "tick", "--limit", "1")
+    last = daemon.ctl_json("logs", "--sense", "tick", "--limit", "1")
     assert len(last) == 1 and last[0]["id"] >= entries[-1]["id"]
 
-    logged = daemon.ctl_json("logs", "--type", "log", "--run", "manual")
+    logged = daemon.ctl_json("logs", "--type", "log", "--sense", "manual")
     assert [e["payload"] for e in logged] == ["manual computed"]
 
-    human = daemon.ctl("logs", "--run", "manual")
+    human = daemon.ctl("logs", "--sense", "manual")
     assert human.returncode == 0, human.stderr
     lines = human.stdout.splitlines()
     assert len(lines) == 2
@@ -216,10 +216,10 @@ def test_logs_filters(daemon: Nerved) -> None:
 
 def test_logs_since(daemon: Nerved) -> None:
     wait_until(lambda: signals(daemon, "tick"), what="a tick")
-    assert daemon.ctl_json("logs", "--since", "1h", "--run", "tick")
-    future = str(times.now_ms() + 3_600_000)
+    assert daemon.ctl_json("logs", "--since", "1h", "--sense", "tick")
+    future = f"@{times.now_ms() // 1000 + 3_600}"
     assert daemon.ctl_json("logs", "--since", future) == []
-    assert daemon.ctl_json("logs", "--since", "2000-01-01", "--run", "tick")
+    assert daemon.ctl_json("logs", "--since", "2000-01-01", "--sense", "tick")
     assert daemon.ctl("logs", "--since", future).stdout.strip() == "no log entries"
 
 
@@ -269,7 +269,7 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
 def test_logs_follow_json(daemon: Nerved, spawn: Callable[..., subprocess.Popen[str]]) -> None:
     daemon.ctl("sense", "trigger", "manual")
     first = wait_until(lambda: signals(daemon, "manual"), what="manual's signal")[0]
-    proc = spawn(daemon, "--json", "logs", "--follow", "--type", "signal", "--run", "manual")
+    proc = spawn(daemon, "--json", "logs", "--follow", "--type", "signal", "--sense", "manual")
     lines = Lines(proc)
     tail = json.loads(lines.next() or "null")
     assert tail["id"] == first["id"]  # the current tail first
@@ -289,7 +289,7 @@ def test_logs_follow_json(daemon: Nerved, spawn: Callable[..., subprocess.Popen[
 def test_logs_follow_human_sees_new_ticks(
     daemon: Nerved, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    proc = spawn(daemon, "logs", "-f", "--run", "tick", "--limit", "1")
+    proc = spawn(daemon, "logs", "-f", "--sense", "tick", "--limit", "1")
     lines = Lines(proc)
     seen = [lines.next(), lines.next(), lines.next()]
     assert all(line and "tick" in line and '{"n":' in line for line in seen), seen
@@ -300,7 +300,7 @@ def test_logs_follow_human_sees_new_ticks(
 def test_logs_follow_ends_with_0_on_interrupt(
     daemon: Nerved, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    proc = spawn(daemon, "logs", "--follow", "--run", "tick")
+    proc = spawn(daemon, "logs", "--follow", "--sense", "tick")
     lines = Lines(proc)
     assert lines.next()
     proc.send_signal(signal.SIGINT)
@@ -311,7 +311,7 @@ def test_logs_follow_ends_with_0_on_interrupt(
 def test_logs_follow_ends_with_3_when_the_daemon_goes(
     daemon: Nerved, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    proc = spawn(daemon, "logs", "--follow", "--run", "tick")
+    proc = spawn(daemon, "logs", "--follow", "--sense", "tick")
     lines = Lines(proc)
     assert lines.next()
     daemon.stop()  # its exit code is not what this test is about
@@ -434,7 +434,8 @@ def test_workflow_list_and_inspect(daemon: Nerved) -> None:
     several = daemon.ctl_json("workflow", "list", "--status", "failed", "--status", "completed")
     assert [r["runId"] for r in several] == [run_id]
     table = daemon.ctl("workflow", "list", "--all", "--limit", "5").stdout
-    assert run_id in table and "completed" in table
+    assert run_id[:8] in table and run_id not in table and "completed" in table
+    assert run_id in daemon.ctl("workflow", "list", "--all", "--full").stdout
 
     inspected = daemon.ctl_json("workflow", "inspect", run_id[:8])
     assert inspected["runId"] == run_id
@@ -759,7 +760,9 @@ HUGE = "99999999999999999999"  # past it
     ("args", "named"),
     [
         (("logs", "--since", HUGE), "--since"),
-        (("logs", "--since", "0"), "--since"),  # a bare number needs 10+ digits, as the help says
+        (("logs", "--since", "0"), "--since"),  # a bare number is never guessed
+        (("logs", "--since", "1700000000"), "--since"),  # seconds? milliseconds? refused
+        (("logs", "--since", "@" + HUGE), "--since"),
         (("logs", "--since", "1" * 5000), "--since"),
         (("logs", "--limit", HUGE), "--limit"),
         (("logs", "--limit", "9" * 5000), "--limit"),
@@ -791,8 +794,8 @@ def test_what_the_daemon_would_refuse_is_a_usage_error_before_sending(
 @pytest.mark.parametrize(
     "args",
     [
-        ("logs", "--since", "0000000000"),
-        ("logs", "--since", str(MAX_INTEGER)),
+        ("logs", "--since", "@0"),
+        ("logs", "--since", f"@{MAX_INTEGER // 1000}"),
         ("logs", "--since", "1969-12-31"),  # before the epoch: from the first entry
         ("logs", "--since", "0001-01-01"),
         ("logs", "--since", "0001-01-01T00:00+14:00"),
@@ -812,10 +815,11 @@ def test_the_bounds_of_each_option_are_what_the_daemon_takes(
 
 def test_the_help_of_since_says_what_it_takes() -> None:
     help_text = " ".join(nervectl("logs", "--help").stdout.split())
-    assert "epoch milliseconds (10 or more digits" in help_text
+    assert "seconds since the epoch as journalctl takes them (@1700000000)" in help_text
+    assert "a bare number is refused, never guessed" in help_text
     assert "a time before 1970 means from the first entry" in help_text
-    assert times.parse_since("0000000000", now=NOW) == 0
-    with pytest.raises(ValueError, match="10 or more digits"):
+    assert times.parse_since("@0", now=NOW) == 0
+    with pytest.raises(ValueError, match="write @0 for seconds since the epoch"):
         times.parse_since("0", now=NOW)
 
 
@@ -911,7 +915,9 @@ NOW = 1_700_000_000_000
         ("1d12h", NOW - 129_600_000),
         ("2w", NOW - 14 * 86_400_000),
         ("500ms", NOW - 500),
-        ("1699999999000", 1_699_999_999_000),
+        ("@1699999999", 1_699_999_999_000),
+        ("@1699999999.5", 1_699_999_999_500),
+        ("@1699999999.1239", 1_699_999_999_123),
         ("2023-11-14T22:13:20Z", 1_700_000_000_000),
         ("2023-11-14T23:13:20+01:00", 1_700_000_000_000),
     ],
@@ -932,9 +938,16 @@ def test_parse_since_local_forms() -> None:
     assert times.parse_since("08:15", now=NOW) == int(clock.timestamp() * 1000)
 
 
-@pytest.mark.parametrize("text", ["", "yesterday", "10", "5x", "-5m", "2024-13-01", "1h 3"])
+@pytest.mark.parametrize("text", ["", "yesterday", "5x", "-5m", "2024-13-01", "1h 3", "@", "@-5"])
 def test_parse_since_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="cannot read"):
+        times.parse_since(text, now=NOW)
+
+
+@pytest.mark.parametrize("text", ["10", "1700000000", "1700000000000", "1.5"])
+def test_parse_since_never_guesses_a_bare_number(text: str) -> None:
+    """``--since 1700000000`` was read as milliseconds (January 1970: every entry)."""
+    with pytest.raises(ValueError, match=f"write @{text} for seconds since the epoch"):
         times.parse_since(text, now=NOW)
 
 

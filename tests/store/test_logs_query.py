@@ -74,6 +74,7 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("after-id-past-int64", {"afterId": 2**63}, f"param 'afterId' must be at most {MAX}"),
     ("before-id-string", {"beforeId": "1"}, "param 'beforeId' must be an integer"),
     ("source-empty", {"source": ""}, "param 'source' must not be empty"),
+    ("source-unknown", {"source": "bogus"}, "no log source 'bogus' (sources: sense, workflow)"),
     ("type-number", {"type": 5}, "param 'type' must be a string"),
     ("ref-id-surrogate", {"refId": "\udc00x"}, "param 'refId' holds what JSON cannot carry"),
 ]
@@ -100,7 +101,7 @@ def _by_socket(nerved: Nerved, query: dict[str, Any]) -> dict[str, Any]:
     try:
         entries = nerved.rpc("logs.query", **query)
     except RemoteError as exc:
-        assert exc.code == -32602, exc
+        assert exc.code == (-32001 if "no log source" in exc.message else -32602), exc
         return {"refused": exc.message}
     return {"ids": [entry["id"] for entry in entries]}
 
@@ -150,3 +151,12 @@ def test_the_socket_and_a_sense_get_the_same_answer(
         assert "ids" in by_socket
     else:
         assert by_socket["refused"].startswith(refused), by_socket
+
+
+def test_an_unknown_source_is_not_found(daemon: tuple[Nerved, Path]) -> None:
+    """Not an empty answer that reads as "no entries" (SPEC §7: exit 4 in nervectl)."""
+    nerved, _ = daemon
+    with pytest.raises(RemoteError) as caught:
+        nerved.rpc("logs.query", source="bogus")
+    assert caught.value.code == -32001
+    assert nerved.rpc("logs.query", source="sense", refId="fixed")  # the known ones answer

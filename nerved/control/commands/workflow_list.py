@@ -1,13 +1,15 @@
 """workflow.list {status?, workflow?, all?, limit?}: runs, newest first.
 
-Active runs (queued, started) only, unless ``all`` is true or ``status`` names the statuses
-wanted (a string or a list). ``limit`` defaults to 100 (at most 10000). Result: ``[run]``,
-without trigger payloads; each ``error`` is cut, with a marker, to its share of 4 MiB. An
-active run carries ``worker``, the state of its workflow's worker (nerved.states.WorkerState;
-``fatal``: its runs wait until its code is fixed and reloaded; null: no such workflow now)
-and ``progress``: for a started run, the step in flight ``{step, try, since, role,
-retryAt}`` (``since``: when it began, ms; ``role`` when known; ``retryAt``: when its next
-try is due, if it waits for one), null otherwise.
+Active runs (queued, started, waiting) only, unless ``all`` is true or ``status`` names the
+statuses wanted (a string or a list). ``limit`` defaults to 100 (at most 10000); when the
+answer holds ``limit`` runs, ``workflow.count`` with the same filters says how many there
+are in all. A ``workflow`` neither configured nor with kept runs is not found (-32001).
+Result: ``[run]``, without trigger payloads; each ``error`` is cut, with a marker, to its
+share of 4 MiB. An active run carries ``worker``, the state of its workflow's worker
+(nerved.states.WorkerState; ``fatal``: its runs wait until its code is fixed and reloaded;
+null: no such workflow now) and ``progress``: for a started run, the step in flight ``{step,
+try, since, role, retryAt}`` (``since``: when it began, ms; ``role`` when known;
+``retryAt``: when its next try is due, if it waits for one), null otherwise.
 ``workflow.inspect`` has both whole (the error as the payload of the run's last event).
 """
 
@@ -16,38 +18,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nerved import wire
-from nerved.control.rpc import Params, bad_params
-from nerved.states import ACTIVE, RunStatus
+from nerved.control.commands._filters import PARAMS as FILTERS
+from nerved.control.commands._filters import run_filter
+from nerved.control.rpc import Params
 
 if TYPE_CHECKING:
     from nerved.control.engine import Engine
 
 NAME = "workflow.list"
-PARAMS = ("status", "workflow", "all", "limit")
+PARAMS = (*FILTERS, "limit")
 MUTATES = False
 HEAVY = True
 
 
-def _statuses(raw: Any) -> set[RunStatus]:
-    names = [raw] if isinstance(raw, str) else raw
-    if not isinstance(names, list) or not names:
-        raise bad_params("param 'status' must be a status or a list of statuses")
-    try:
-        return {RunStatus(name) for name in names}
-    except ValueError:
-        allowed = ", ".join(s.value for s in RunStatus)
-        raise bad_params(f"param 'status' must be among: {allowed}") from None
-
-
 def run(engine: Engine, params: Params) -> Any:
-    raw_status = params.raw("status")
-    if raw_status is not None:
-        statuses: set[RunStatus] | None = _statuses(raw_status)
-    else:
-        statuses = None if params.flag("all") else set(ACTIVE)
+    selected = run_filter(engine, params)
     records = engine.store.committed.list_runs(
-        statuses=statuses,
-        workflow=params.string("workflow"),
+        statuses=selected.statuses,
+        workflow=selected.workflow,
         limit=params.integer("limit", minimum=1) or 100,
     )
     share = wire.RESULT_BUDGET // max(len(records), 1)

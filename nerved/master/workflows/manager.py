@@ -396,8 +396,7 @@ class WorkflowManager:
         self.waits.cancel(run)
         self._finish(run.run_id, flow.name, transition, error, payload_json)
         self._fill(flow)
-        if not flow.active and not flow.queue:
-            self._arm_idle(flow)
+        self._let_go(flow)
 
     def _finish(
         self,
@@ -420,17 +419,12 @@ class WorkflowManager:
         self.waiters.ended(run_id)
 
     def _let_go(self, flow: Flow) -> None:
-        """A run of ``flow`` let go of its worker to wait: with no other run on it and none
-        queued, the worker is stopped after ``idleTimeout`` (the waits hold no worker)."""
+        """A run of ``flow`` ended or let go of its worker (to wait): with none queued and no
+        active run on a worker (a waiting one holds none), the worker is stopped after
+        ``idleTimeout``, bounded like a drain."""
         if not flow.queue and all(run.worker is None for run in flow.active.values()):
-            self._arm_idle(flow)
-
-    def _arm_idle(self, flow: Flow) -> None:
-        """No run left: the worker is stopped after ``idleTimeout``, bounded like a drain."""
-        config = flow.config
-        flow.supervisor.stop_when_idle(
-            config.idle_timeout_ms / 1000, config.drain_timeout_ms / 1000, DRAIN
-        )
+            idle, drain = flow.config.idle_timeout_ms / 1000, flow.config.drain_timeout_ms / 1000
+            flow.supervisor.stop_when_idle(idle, drain, DRAIN)
 
     # -- what operators do -------------------------------------------------------------
 
@@ -461,7 +455,11 @@ class WorkflowManager:
 
     def wait(self, run_id: str, timeout: float | None) -> Any:
         """``workflow.wait``: see :class:`~nerved.master.workflows.waiters.Waiters`."""
-        return self.waiters.wait(run_id, timeout, self.stopping)
+        run = self.runs.get(run_id)
+        # While nerved stops, a run a worker holds may still end (its step finishes and its
+        # moderator ends it); any other stays as it is until the next start.
+        held = run is not None and run.worker is not None
+        return self.waiters.wait(run_id, timeout, self.stopping and not held)
 
     def replay(self, run_id: str | None, workflow: str | None, limit: int) -> Pending:
         """``workflow.replay``: see :class:`~nerved.master.workflows.replay.Replays`."""
@@ -478,9 +476,13 @@ class WorkflowManager:
         longest = max((flow.config.drain_timeout_ms / 1000 for flow in held), default=0.0)
         for flow in flows:
             flow.supervisor.retire(HALT)  # the kill is nerved's stop deadline
-        self.waiters.reject_all()
         self.replays.stop()
         return longest
+
+    def stopped(self) -> None:
+        """nerved has stopped (the workers are gone): waiters of runs that did not end during
+        the drain hear so (:meth:`Waiters.close`)."""
+        self.waiters.close()
 
     def worker_state(self, workflow: str) -> str | None:
         """The state of the workflow's worker (nerved.states.WorkerState); None: no such

@@ -3,7 +3,12 @@
 A waiter is a :class:`~nerved.outcome.Pending` the control server answers when it resolves:
 with the run as ``workflow.inspect`` shows it, read from the committed view after the commit
 that ended the run; or rejected when its timeout passes (``Failed``, with ``{timeout: true,
-status}``) or nerved stops (``ShuttingDown``: the run resumes at the next start).
+status}``) or once nerved has stopped (``ShuttingDown``).
+
+A graceful stop lets each run finish the step it is in, and a run whose moderator then ends
+it completes during the drain: its waiters are answered with it, as at any other time. Only
+the waiters of runs still active once the workers are gone hear that nerved stopped, with
+the status the run keeps and resumes from at the next start (:meth:`Waiters.close`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ class Waiters:
     def wait(self, run_id: str, timeout: float | None, stopping: bool) -> Any:
         """The run (its wire form) if it is final; otherwise a Pending answered when it ends,
         or rejected ``timeout`` seconds from now (None: no timeout). Raises NotFound for no
-        such run and ShuttingDown while nerved stops."""
+        such run, and ShuttingDown when ``stopping`` (nerved stops and no worker holds the
+        run: it cannot end before the next start)."""
         # The engine's own view, this turn's batch included: a run that ended in it has no
         # waiters left to answer, so the end must be seen here (the answer still goes out
         # only after the commit, with every other answer of the turn).
@@ -34,7 +40,7 @@ class Waiters:
         if record.status.is_final:
             return record.to_wire()
         if stopping:
-            raise ShuttingDown("nerved is shutting down")
+            raise ShuttingDown(f"nerved is shutting down; run {run_id} resumes at the next start")
         pending = Pending()
         self._by_run.setdefault(run_id, []).append(pending)
         if timeout is not None:
@@ -72,9 +78,18 @@ class Waiters:
             else:
                 pending.resolve(record.to_wire())
 
-    def reject_all(self) -> None:
-        """nerved stops: every waiter hears so (its run resumes at the next start)."""
+    def close(self) -> None:
+        """nerved has stopped: the runs still waited for did not end during the drain, and
+        resume at the next start; each waiter hears so, with the status the run keeps."""
         for run_id, waiters in list(self._by_run.items()):
+            current = self.store.committed.get_run(run_id)
+            status = current.status if current else "unknown"
             for pending in waiters:
-                pending.reject(ShuttingDown(f"nerved is shutting down; run {run_id} will resume"))
+                pending.reject(
+                    ShuttingDown(
+                        f"nerved stopped before run {run_id} ended; it stays {status} and "
+                        "resumes at the next start",
+                        {"status": str(status)},
+                    )
+                )
         self._by_run.clear()
