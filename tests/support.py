@@ -529,3 +529,20 @@ def assert_runs_match_logs(db: Path) -> None:
     finally:
         conn.close()
     assert_runs_match(derived, stored)
+
+
+# -- runs, as workflow.inspect shows them ---------------------------------------------------
+
+
+def inspect(daemon: Nerved, run_id: str) -> dict[str, Any]:
+    run: dict[str, Any] = daemon.rpc("workflow.inspect", runId=run_id)
+    return run
+
+
+def status(daemon: Nerved, run_id: str) -> str:
+    return str(inspect(daemon, run_id)["status"])
+
+
+def waiting(daemon: Nerved, run_id: str, timeout: float = 20) -> dict[str, Any]:
+    wait_until(lambda: status(daemon, run_id) == "waiting", timeout=timeout, what="a wait")
+    return inspect(daemon, run_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from support import Nerved, wait_until
+from support import QUICK, Nerved, wait_until
 
 from nerved.config.cron import Schedule
 from nerved.config.model import WorkflowReflex
@@ -100,21 +100,6 @@ def test_one_json_value_gives_one_key_whatever_its_members_order() -> None:
     one = key_of(reflex, {"alert": {"host": "a", "check": "disk"}})
     other = key_of(reflex, {"alert": {"check": "disk", "host": "a"}})
     assert one is not None and one == other
-
-
-QUICK = """
-    from nerved import WorkflowDefinition
-
-    def work(prompt, ctx):
-        return {"type": "done"}
-
-    def moderate(thread, event):
-        if event["type"] == "thread_start":
-            return {"role": "work", "prompt": event["payload"]}
-        return None
-
-    workflow = WorkflowDefinition(roles={"work": work}, moderate=moderate)
-"""
 
 
 def test_two_reflexes_firing_at_one_instant_each_start_their_run(nerved_factory) -> None:

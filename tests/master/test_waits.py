@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Nerved, wait_until
+from support import Nerved, inspect, status, wait_until, waiting
 
 from nervectl.client import RemoteError
 
@@ -90,20 +90,6 @@ workflows:
 def daemon(nerved_factory) -> Nerved:
     workflows = {"approval": APPROVAL, "single": APPROVAL, "asks": ASKS}
     return nerved_factory(CONFIG, None, workflows).start()
-
-
-def inspect(daemon: Nerved, run_id: str) -> dict[str, Any]:
-    run: dict[str, Any] = daemon.rpc("workflow.inspect", runId=run_id)
-    return run
-
-
-def status(daemon: Nerved, run_id: str) -> str:
-    return str(inspect(daemon, run_id)["status"])
-
-
-def waiting(daemon: Nerved, run_id: str, timeout: float = 20) -> dict[str, Any]:
-    wait_until(lambda: status(daemon, run_id) == "waiting", timeout=timeout, what="a wait")
-    return inspect(daemon, run_id)
 
 
 def types(daemon: Nerved, run_id: str) -> list[str]:

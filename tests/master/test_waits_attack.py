@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, Nerved, wait_until
+from support import REPO, Nerved, wait_until, waiting
 
 SCRIPTED = """
     import math, os, time
@@ -53,20 +53,6 @@ workflows:
 @pytest.fixture
 def daemon(nerved_factory) -> Nerved:
     return nerved_factory(CONFIG, None, {"w": SCRIPTED, "one": SCRIPTED, "short": SCRIPTED}).start()
-
-
-def inspect(daemon: Nerved, run_id: str) -> dict[str, Any]:
-    run: dict[str, Any] = daemon.rpc("workflow.inspect", runId=run_id)
-    return run
-
-
-def status(daemon: Nerved, run_id: str) -> str:
-    return str(inspect(daemon, run_id)["status"])
-
-
-def waiting(daemon: Nerved, run_id: str, timeout: float = 20) -> dict[str, Any]:
-    wait_until(lambda: status(daemon, run_id) == "waiting", timeout=timeout, what="a wait")
-    return inspect(daemon, run_id)
 
 
 def run(daemon: Nerved, workflow: str, *script: str, **options: Any) -> str:
