@@ -74,8 +74,8 @@ class Losses:
             return
         if why == KILLED:  # the hard bound on a moderator call (nerved.worker.timebox)
             why = f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted: {why}"
-        log.warning("workflow %s: %s lost their worker pid %d (%s)",
-                    flow.name, plural(len(orphans), "run"), worker.pid, why)  # fmt: skip
+        log.warning("workflow %s: its worker pid %d died under %s (%s)",
+                    flow.name, worker.pid, plural(len(orphans), "run"), why)  # fmt: skip
         survivors = 0
         for run in orphans:
             run.worker = None
