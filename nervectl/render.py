@@ -11,6 +11,7 @@ import sys
 
 from nervectl.context import visible
 from nervectl.times import format_local
+from nerved.words import plural as plural  # nervectl's counts say it as nerved's do
 
 # Cheap to import, as every handler imports it: tabulate is imported when a table is drawn
 # (it alone costs more than the rest of a --json command), shutil when a terminal is
@@ -78,17 +79,53 @@ def terminal_width(stream: TextIO) -> int | None:
     return shutil.get_terminal_size().columns
 
 
-def plural(count: int, noun: str, plural_form: str | None = None) -> str:
-    """``1 group``, ``2 groups``, ``0 runs``: a count and its noun, agreeing."""
-    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+LABELS: Final = {
+    "runId": "run",
+    "createdAt": "created",
+    "updatedAt": "updated",
+    "retryOf": "retry of",
+    "idempotencyKey": "key",
+    "attempts": "workers lost",  # under the run (maxAttempts), not tries of a step
+    "tries": "failed tries",
+    "retryAt": "next try",
+    "waitFor": "waits for",
+    "wakeAt": "wakes",
+    "triggerPayload": "payload",
+    "pendingSignals": "pending signals",
+    "stateDir": "state dir",
+    "activeWorkflows": "active workflows",
+    "queuedWorkflows": "queued workflows",
+}
+"""The words human output gives the protocol's field names it shows; any other name is
+split where its case changes (:func:`label`). ``--json`` keeps the names."""
+
+
+def label(key: str) -> str:
+    """A field's name as an operator reads it: its word from :data:`LABELS`, else the
+    camelCase (or snake_case) name split into lower-case words, ``lastFiredAt`` ``last fired
+    at``, ``workerPID`` ``worker pid``. Words pass unchanged, so a label may go through
+    twice."""
+    if key in LABELS:
+        return LABELS[key]
+    out: list[str] = []
+    for i, char in enumerate(key):
+        before = key[i - 1] if i else ""
+        after = key[i + 1] if i + 1 < len(key) else ""
+        starts_word = before.islower() or before.isdigit() or (before.isupper() and after.islower())
+        if char.isupper() and starts_word:
+            out.append(" ")
+        out.append(" " if char == "_" else char.lower())
+    return " ".join("".join(out).split())
 
 
 def fields(pairs: Iterable[tuple[str, Any]]) -> str:
-    """A key/value block: one field per line, values aligned."""
+    """A key/value block: one field per line, values aligned; a key is shown in words
+    (:func:`label`), whoever built the pairs, so that no protocol name reaches an operator
+    as it is on the wire."""
     from tabulate import tabulate
 
     return tabulate(
-        [(f"{key}:", value) for key, value in pairs], tablefmt="plain", disable_numparse=True
+        [(f"{label(key)}:", value) for key, value in pairs], tablefmt="plain", disable_numparse=True
     )
 
 

@@ -64,7 +64,7 @@ def decision(value: Any) -> str:
 def summary(checked: int, diverged: int, skipped: int = 0) -> str:
     """One line: how many runs were checked, and what came of it; the runs not checked
     (their history cannot be read back) are said, so that none passes for agreeing."""
-    runs = "1 run" if checked == 1 else f"{checked} runs"
+    runs = render.plural(checked, "run")
     said = (
         f"{diverged} diverged"
         if diverged

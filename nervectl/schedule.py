@@ -54,5 +54,5 @@ def workflow_schedule(ctx: Context) -> int:
     headers = ("NEXT", "LEFT", "LAST", "PASSED", "REFLEX", "CRON", "OUTCOME")
     ctx.print(render.table(rows, headers))
     ctx.print()
-    ctx.print(f"{len(reflexes)} cron reflex{'es' if len(reflexes) != 1 else ''} listed.")
+    ctx.print(f"{render.plural(len(reflexes), 'cron reflex', 'cron reflexes')} listed.")
     return OK

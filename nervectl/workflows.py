@@ -167,15 +167,24 @@ def inspect_run(ctx: Context, ref: str) -> dict[str, Any]:
 
 
 def run_fields(run: dict[str, Any]) -> str:
-    """The run's own fields first, in the protocol's order, then whatever else it carries."""
+    """The run's own fields first, in the protocol's order, then whatever else it carries,
+    each in words (``retryOf`` is ``retry of``: :func:`nervectl.render.label`). A field that
+    says nothing is left out: no error, no retry of, no workers lost (``attempts`` 0), no
+    key; ``--json`` has them all."""
     pairs: list[tuple[str, Any]] = []
     for key, label in _RUN_FIELDS:
         value = run.get(key)
         if key in ("createdAt", "updatedAt"):
             value = format_local(value)
         elif key == "error":
-            value = "-" if value is None else render.one_line(str(value))
+            if value is None:
+                continue
+            value = render.one_line(str(value))
         pairs.append((label, "-" if value is None else value))
+    if run.get("attempts"):  # workers that died under it; maxAttempts of them crash it
+        pairs.append(("workers lost", run["attempts"]))
+    if run.get("retryOf") is not None:
+        pairs.append(("retry of", str(run["retryOf"])))
     if run.get("idempotencyKey") is not None:  # shown only when it was triggered with one
         pairs.append(("key", str(run["idempotencyKey"])))
     if run.get("progress") is not None:
@@ -185,12 +194,20 @@ def run_fields(run: dict[str, Any]) -> str:
         names = ", ".join(render.one_line(str(p.get("name"))) for p in pending[:10])
         more = f" and {len(pending) - 10} more" if len(pending) > 10 else ""
         pairs.append(("pending signals", f"{len(pending)}: {names}{more}"))
+    if "triggerPayloadUnreadable" in run:
+        pairs.append(("payload", f"[unreadable: {run['triggerPayloadUnreadable']}]"))
+    elif "triggerPayload" in run:
+        pairs.append(("payload", render.cell(run["triggerPayload"])))
     # An active run's try, next try and wait are in its "in flight" line; a final run has none.
     known = {key for key, _ in _RUN_FIELDS} | {
         "events", "progress", "tries", "retryAt", "idempotencyKey", "waitFor", "wakeAt",
-        "pendingSignals",
+        "pendingSignals", "attempts", "retryOf", "triggerPayload", "triggerPayloadUnreadable",
     }  # fmt: skip
-    pairs += [(key, render.cell(value)) for key, value in run.items() if key not in known]
+    pairs += [
+        (key, render.cell(value))
+        for key, value in run.items()
+        if key not in known and value not in (None, False, 0, "", [], {})  # says nothing
+    ]
     return render.fields(pairs)
 
 
@@ -231,7 +248,9 @@ def summarise(entry: Mapping[str, Any], width: int = 100) -> str:
         text = f"after {payload.get('reason')}; workers lost under it: {lost} (maxAttempts)"
         return render.truncate(render.one_line(text), width)
     if kind == "copied" and isinstance(payload, dict):
-        text = f"the next {payload.get('steps')} steps are run {payload.get('from')}'s, kept"
+        steps = payload.get("steps")
+        these = "the next step is" if steps == 1 else f"the next {steps} steps are"
+        text = f"{these} run {payload.get('from')}'s, kept"
         return render.truncate(render.one_line(f"{text}, not run again"), width)
     if kind == "cancelled" and isinstance(payload, dict):
         reason = payload.get("reason")

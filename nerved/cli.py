@@ -29,13 +29,37 @@ def _parser() -> argparse.ArgumentParser:
         description="nerve daemon: senses, reflexes and durable workflow threads.",
     )
     parser.add_argument("--version", action="version", version=f"nerved {_version.__version__}")
-    parser.add_argument("--root", help="the nerve root (default: $NERVE_ROOT, /etc/nerve as root)")
-    parser.add_argument("--state-dir", help="where logs.db lives (default: $STATE_DIRECTORY)")
-    parser.add_argument("--socket", help="the control socket (default: $NERVE_SOCKET)")
-    parser.add_argument("--log-level", default="info", choices=logs.LEVELS)
+    here = _defaults()
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        help=f"the nerve root (default: {here['root']}: the first of $NERVE_ROOT, /etc/nerve"
+        " as root, ~/.config/nerve)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help=f"where logs.db lives (default: {here['state_dir']}: the first of"
+        " $STATE_DIRECTORY, /var/lib/nerve as root, ~/.local/state/nerve)",
+    )
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help=f"the control socket (default: {here['socket']}: the first of $NERVE_SOCKET,"
+        " $RUNTIME_DIRECTORY/nerved.sock, /run/nerve/nerved.sock as root,"
+        " $XDG_RUNTIME_DIR/nerve/nerved.sock)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=logs.LEVELS,
+        help="what the log shows, from debug up (default: %(default)s)",
+    )
     parser.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
     parser.add_argument("--daemon", action="store_true", help="detach (for hosts without systemd)")
-    parser.add_argument("--pidfile", help="with --daemon: the pid file to write and lock")
+    parser.add_argument(
+        "--pidfile", metavar="FILE", help="with --daemon: the pid file to write and lock"
+    )
     parser.add_argument(
         "--import-timeout",
         type=_import_timeout,
@@ -54,6 +78,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("command", nargs="?", choices=["run", "check"], default="run",
                         help="run the daemon (default) or check the root and exit")  # fmt: skip
     return parser
+
+
+def _defaults() -> dict[str, str]:
+    """Where ``--root``, ``--state-dir`` and ``--socket`` point when not given, as
+    :mod:`nerved.paths` resolves them now: for the user asking and the environment of this
+    very command, so that ``--help`` says where this nerved would look, not only the rule.
+    A default that cannot be worked out (no home directory) says so instead."""
+    from nerved import paths
+
+    shown: dict[str, str] = {}
+    for name, resolve in (
+        ("root", paths.resolve_root),
+        ("state_dir", paths.resolve_state_dir),
+        ("socket", paths.resolve_socket),
+    ):
+        try:
+            value = str(resolve())
+        except (RuntimeError, KeyError, OSError):  # Path.home() with no $HOME nor passwd entry
+            value = "unknown here"
+        shown[name] = value.replace("%", "%%")  # argparse formats help with %
+    return shown
 
 
 def _import_timeout(text: str) -> float:

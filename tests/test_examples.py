@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import time
+from pathlib import Path
 
 from support import REPO, Nerved, wait_until
 
@@ -38,8 +42,71 @@ def test_example_root_runs_senses_and_both_workflows(tmp_path):
         scan_root = tmp_path / "scan"
         scan_root.mkdir()
         cleanup = daemon.ctl_json("workflow", "trigger", "cleanup", "--payload",
-                                  f'{{"scanRoot": "{scan_root}"}}', "--wait")  # fmt: skip
+                                  json.dumps({"path": str(scan_root)}), "--wait")  # fmt: skip
         assert cleanup["status"] == "completed" and cleanup["steps"] == 1
+    finally:
+        assert daemon.stop() == 0
+        daemon.cleanup()
+
+
+def _stale(path: Path) -> Path:
+    path.write_text("old")
+    os.utime(path, (time.time() - 40 * 86400,) * 2)  # past the example's 30 days
+    return path
+
+
+def test_example_cleanup_scans_the_path_its_docstring_and_the_disk_alert_name(tmp_path):
+    """``path``, as the docstring, the guide and disk-alert's signal say (the scan once read
+    ``scanRoot``, so that an alert scanned /tmp whatever it named); a string is the path."""
+    daemon = run_examples(tmp_path)
+    try:
+        scanned = tmp_path / "scanned"
+        scanned.mkdir()
+        _stale(scanned / "old.log")
+        elsewhere = tmp_path / "elsewhere"  # named by the key the scan read before
+        elsewhere.mkdir()
+        _stale(elsewhere / "a")
+        _stale(elsewhere / "b")
+        for payload in ({"path": str(scanned), "used": 0.95}, str(scanned)):
+            run = daemon.trigger("cleanup", payload)
+            assert daemon.wait_run(run)["status"] == "completed"
+            assert _roles(daemon, run) == ["scanner", "cleaner"]
+            done = daemon.entries(run, "step_complete")[-1]["payload"]["event"]
+            assert done == {"type": "cleanup_done", "count": 1, "dryRun": True}
+
+        refused = daemon.trigger("cleanup", [str(scanned)])
+        run = daemon.wait_run(refused)
+        assert run["status"] == "failed" and run["steps"] == 0
+        assert 'cleanup takes a payload {"path": DIR} (or DIR as a string), not [' in run["error"]
+    finally:
+        assert daemon.stop() == 0
+        daemon.cleanup()
+
+
+def test_example_code_review_says_what_it_takes_for_a_payload_that_is_no_change(tmp_path):
+    """A string is the change's title, null an untitled change; a list, a number or lines
+    that are not a count fail the run before any step, naming what it takes (not
+    ``AttributeError: 'str' object has no attribute 'get'``)."""
+    daemon = run_examples(tmp_path)
+    try:
+        titled = daemon.trigger("code-review", "fix typo")
+        assert daemon.wait_run(titled)["status"] == "completed"
+        merged = daemon.entries(titled, "step_complete")[-1]["payload"]["event"]
+        assert merged == {"type": "merged", "title": "fix typo"}
+        untitled = daemon.trigger("code-review", None)
+        assert daemon.wait_run(untitled)["status"] == "completed"
+        assert _roles(daemon, untitled) == ["reviewer", "merger"]
+
+        for payload, said in (
+            (["fix"], 'not ["fix"]'),
+            (7, "not 7"),
+            ({"lines": "many"}, 'lines must be a whole number of at least 1, not "many"'),
+            ({"title": 3}, "its title is 3"),
+        ):
+            run = daemon.wait_run(daemon.trigger("code-review", payload))
+            assert run["status"] == "failed" and run["steps"] == 0, run
+            assert "moderator raised ValueError: code-review takes a payload" in run["error"]
+            assert said in run["error"], run["error"]
     finally:
         assert daemon.stop() == 0
         daemon.cleanup()

@@ -44,6 +44,7 @@ SHARED_LEAVES = tuple(
         "logs",
         "journal",
         "credentials",
+        "words",
     )
 )
 

@@ -19,6 +19,7 @@ from nerved.channel import Channel, ChannelClosed, Garbled, ProtocolError
 from nerved.code.packages import IMPORT_TIMEOUT, CodeSnapshot, Package, probe_child
 from nerved.config import ConfigError, load_root
 from nerved.process import describe_exit, spawn
+from nerved.words import plural
 
 EX_OK: Final = 0
 EX_OSERR: Final = 71  # sysexits: "an operating system error ... e.g., cannot fork"
@@ -121,7 +122,8 @@ def run(root: Path, import_timeout: float | None = None) -> int:
             print(error, file=sys.stderr)
         return EX_CONFIG
     print(
-        f"{root / 'nerve.yaml'}: ok ({len(config.senses)} senses, "
-        f"{len(config.workflows)} workflows, {len(config.reflexes)} reflexes)"
+        f"{root / 'nerve.yaml'}: ok ({plural(len(config.senses), 'sense')}, "
+        f"{plural(len(config.workflows), 'workflow')}, "
+        f"{plural(len(config.reflexes), 'reflex', 'reflexes')})"
     )
     return EX_OK

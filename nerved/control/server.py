@@ -44,6 +44,7 @@ from nerved.control.peers import GROUP, Peer, PeerPolicy, PeerUnknown, peer_of
 from nerved.control.request import Request
 from nerved.control.rpc import SHUTTING_DOWN, RpcError
 from nerved.loop import Loop, Timer
+from nerved.words import plural
 
 __all__ = ["ControlServer", "Dispatch", "SocketInUse", "bind", "inherited_socket"]
 
@@ -185,7 +186,10 @@ class ControlServer:
         now = time.monotonic()
         if now - self._refused_logged >= REFUSAL_LOG_EVERY:
             log.warning(
-                "refused %d control connections (uid %d last): %s", self._refused, peer.uid, why
+                "refused %s (uid %d last): %s",
+                plural(self._refused, "control connection"),
+                peer.uid,
+                why,
             )
             self._refused, self._refused_logged = 0, now
 

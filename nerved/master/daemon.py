@@ -54,6 +54,7 @@ from nerved.master.workers import Worker, Workers
 from nerved.master.workflows import WorkflowManager
 from nerved.outcome import Pending, Refused
 from nerved.store import Storage, Store, StoreError
+from nerved.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +233,10 @@ class Daemon:
 
     def _summary(self) -> str:
         active, queued = self.workflows.counts()
-        return (
-            f"{len(self.config.senses)} senses in {len(self.config.groups())} groups, "
-            f"{len(self.config.workflows)} workflows, {active} active and {queued} queued threads"
-        )
+        senses = plural(len(self.config.senses), "sense")
+        groups = plural(len(self.config.groups()), "group")
+        workflows = plural(len(self.config.workflows), "workflow")
+        return f"{senses} in {groups}, {workflows}; threads: {active} active, {queued} queued"
 
     # -- signals ------------------------------------------------------------------------
 
@@ -440,7 +441,9 @@ class Daemon:
         self.loop.call_later(KILL_WAIT, self._give_up_waiting, gated=False)
 
     def _give_up_waiting(self) -> None:
-        log.error("%d workers were not reaped after SIGKILL; exiting anyway", len(self.workers))
+        log.error(
+            "%s not reaped after SIGKILL; exiting anyway", plural(len(self.workers), "worker")
+        )
         self.loop.stop()
 
     def _storage_failed(self, exc: StoreError) -> None:

@@ -14,6 +14,7 @@ from typing import Final
 from nerved.config import RetentionConfig
 from nerved.loop import Loop, Timer
 from nerved.store import Storage, StoreError, now_ms
+from nerved.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,11 @@ class Retention:
         self.pruned_entries += entries
         backlog = runs == RUN_BATCH or entries == SENSE_BATCH
         if runs or entries:
-            log.debug("retention: pruned %d runs and %d sense entries", runs, entries)
+            log.debug(
+                "retention: pruned %s and %s",
+                plural(runs, "run"),
+                plural(entries, "sense entry", "sense entries"),
+            )
         self._timer = self.loop.call_later(PAUSE if backlog else INTERVAL, self.tick)
 
     def _prune(self) -> tuple[int, int]:

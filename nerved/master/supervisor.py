@@ -43,6 +43,7 @@ from nerved.channel import Message
 from nerved.loop import Timer
 from nerved.master.workers import MessageHandler, Worker, Workers
 from nerved.states import WorkerMove, WorkerState
+from nerved.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -358,9 +359,9 @@ class Supervisor:
         if not worked and self.deaths >= GIVE_UP_AFTER:
             self._move(WorkerMove.GIVE_UP)
             log.error(
-                "%s: worker pid %d died (%s); gave up: its workers died %d times in a row"
+                "%s: worker pid %d died (%s); gave up: its workers died %s in a row"
                 " before doing any work. Fix its code and reload; nothing is forked for it"
-                " until then", self.label, worker.pid, why, self.deaths,
+                " until then", self.label, worker.pid, why, plural(self.deaths, "time"),
             )  # fmt: skip
         else:
             self._move(WorkerMove.DIED)

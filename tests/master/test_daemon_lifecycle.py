@@ -21,7 +21,7 @@ def test_ready_is_sent_once_the_socket_listens(nerved_factory):
     # READY=1 comes only after the socket answers: it must answer right now.
     assert daemon.rpc("status")["pid"] == daemon.pid
     assert f"MAINPID={daemon.pid}" in ready
-    assert "STATUS=1 senses in 1 groups, 0 workflows" in ready
+    assert "STATUS=1 sense in 1 group, 0 workflows; threads: 0 active, 0 queued" in ready
 
 
 def test_sigterm_exits_zero_after_stopping_within_the_deadline(nerved_factory):
@@ -106,7 +106,7 @@ def test_nerved_check(tmp_path):
 
     ok = check(good)
     assert ok.returncode == 0, ok.stderr
-    assert "ok (1 senses" in ok.stdout
+    assert "ok (1 sense, 0 workflows, 0 reflexes)" in ok.stdout
     failed = check(bad)
     assert failed.returncode == 78
     assert "senses.gone" in failed.stderr and "__init__.py" in failed.stderr

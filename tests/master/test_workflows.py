@@ -479,7 +479,7 @@ def test_a_run_with_a_large_history_resumes_after_its_worker_is_killed(nerved_fa
     run_id = trigger(daemon, "h", job)["runId"]
     wait_until(lambda: daemon.rpc("workflow.list")[0]["steps"] == 20, timeout=30)
     os.kill(daemon.worker_pids("workflow")["h"], signal.SIGKILL)
-    wait_until(lambda: "1 runs lost their worker pid" in daemon.log())
+    wait_until(lambda: "died under 1 run (" in daemon.log())
     gate.touch()
     run = wait_run(daemon, run_id, 30)
     assert (run["status"], run["steps"], run["attempts"]) == ("completed", 21, 1)

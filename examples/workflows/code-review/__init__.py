@@ -4,6 +4,11 @@ Trigger it with a change to review:
 
     nervectl workflow trigger code-review --payload '{"title": "fix typo", "lines": 12}' --wait
 
+The payload is an object with an optional `title` (a string) and `lines` (a whole number of
+at least 1, default 10); a string payload is the title alone, and no payload an untitled
+change of 10 lines. Anything else (a list, a number, `"lines": "many"`) fails the run at
+once with an error saying what the workflow takes.
+
 The moderator branches on the events: a rejected review sends the change back to the author
 with the reviewer's comments, an approval goes to the merger, and after MAX_ROUNDS rejected
 reviews the thread ends without merging. The roles are stand-ins for real tools (a linter,
@@ -13,6 +18,7 @@ an LLM, a forge API): what matters is the shape of the conversation.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from nerved import CommandEvent, ModerateResult, ThreadState, WorkflowContext, WorkflowDefinition
@@ -41,13 +47,36 @@ def merger(prompt: dict[str, Any], ctx: WorkflowContext) -> CommandEvent:
     return {"type": "merged", "title": prompt["title"]}
 
 
+TAKES = 'a payload {"title": TEXT, "lines": N} (both optional), or the title as a string'
+
+
+def read_change(payload: Any) -> dict[str, Any]:
+    """The change a trigger payload describes, ``{title, lines}``; ValueError naming what
+    the workflow takes when it describes none (the run fails with it, before any step)."""
+    if payload is None:
+        payload = {}
+    elif isinstance(payload, str):
+        payload = {"title": payload}
+    if not isinstance(payload, dict):
+        raise ValueError(f"code-review takes {TAKES}, not {json.dumps(payload)[:80]}")
+    title, lines = payload.get("title", "untitled"), payload.get("lines", 10)
+    if not isinstance(title, str):
+        raise ValueError(f"code-review takes {TAKES}; its title is {json.dumps(title)[:80]}")
+    if isinstance(lines, bool) or not isinstance(lines, int) or lines < 1:
+        raise ValueError(
+            f"code-review takes {TAKES}; lines must be a whole number of at least 1,"
+            f" not {json.dumps(lines)[:80]}"
+        )
+    return {"title": title, "lines": lines}
+
+
 def moderate(thread: ThreadState, event: CommandEvent) -> ModerateResult | None:
-    change = thread.events[0]["payload"] or {}
-    title = change.get("title", "untitled")
+    change = read_change(thread.events[0]["payload"])
+    title = change["title"]
     rounds = sum(1 for e in thread.events if e["type"] == "changes_requested")
     kind = event["type"]
     if kind == "thread_start":
-        return {"role": "reviewer", "prompt": {"lines": change.get("lines", 10), "round": 1}}
+        return {"role": "reviewer", "prompt": {"lines": change["lines"], "round": 1}}
     if kind == "changes_requested":
         if rounds >= MAX_ROUNDS:
             return None  # given up: the thread completes unmerged

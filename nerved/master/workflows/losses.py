@@ -28,6 +28,7 @@ from nerved.master.workflows.steering import Trigger
 from nerved.outcome import Refused
 from nerved.states import Transition
 from nerved.store import RunRecord, Storage
+from nerved.words import plural
 from nerved.worker.timebox import KILLED, MODERATOR_KILL
 
 log = logging.getLogger("nerved.master.workflows")
@@ -73,8 +74,8 @@ class Losses:
             return
         if why == KILLED:  # the hard bound on a moderator call (nerved.worker.timebox)
             why = f"a moderator ran past {MODERATOR_KILL:g}s and could not be interrupted: {why}"
-        log.warning("workflow %s: %d runs lost their worker pid %d (%s)",
-                    flow.name, len(orphans), worker.pid, why)  # fmt: skip
+        log.warning("workflow %s: its worker pid %d died under %s (%s)",
+                    flow.name, worker.pid, plural(len(orphans), "run"), why)  # fmt: skip
         survivors = 0
         for run in orphans:
             run.worker = None
@@ -94,7 +95,7 @@ class Losses:
                 self.end(
                     run,
                     Transition.CRASH,
-                    f"its worker died {attempts} times under it (last: {why})",
+                    f"its worker died {plural(attempts, 'time')} under it (last: {why})",
                 )
             else:
                 survivors += 1

@@ -39,6 +39,7 @@ from nerved.master.workers import Worker, Workers
 from nerved.master.workflows.runs import Flow
 from nerved.outcome import Failed, NotFound, Pending, Refused, ShuttingDown
 from nerved.store import Storage, StoreError, Unreadable
+from nerved.words import plural
 from nerved.worker import replay as replay_worker
 from nerved.worker.histories import SILENT
 from nerved.worker.timebox import KILLED, MODERATOR_KILL
@@ -78,7 +79,7 @@ class _Check:
         """How far it got, for the error that ends it early."""
         answered = self.checked + len(self.skipped)
         total = answered + len(self.due) + len(self.todo) + (self.reading is not None)
-        return f"{answered} of {total} runs checked"
+        return f"{answered} of {plural(total, 'run')} checked"
 
 
 class Replays:

@@ -21,6 +21,7 @@ from nerved.config import WorkflowConfig
 from nerved.master.metrics.tally import FlowTally
 from nerved.states import RunStatus, Transition
 from nerved.store import RunRecord, StoreError
+from nerved.words import plural
 
 if TYPE_CHECKING:
     from nerved.loop import Timer
@@ -154,8 +155,8 @@ def may_restart(
     lost = losses_in_a_row(record, get_run, config.max_attempts)
     if lost < config.max_attempts:
         return True
-    log.warning("run %s of %s not restarted: runs of its payload lost their worker %d times"
-                " in a row (maxAttempts)", record.run_id, record.workflow, lost,
+    log.warning("run %s of %s not restarted: runs of its payload lost their worker %s"
+                " in a row (maxAttempts)", record.run_id, record.workflow, plural(lost, "time"),
                 extra=logs.run(record.run_id, record.workflow))  # fmt: skip
     return False
 

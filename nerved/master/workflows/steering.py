@@ -29,6 +29,7 @@ from nerved.outcome import BadInput, Conflict, NotFound
 from nerved.states import RunStatus, Transition
 from nerved.store import RunRecord, Storage, Unreadable
 from nerved.store.records import cancelled_error
+from nerved.words import plural
 
 log = logging.getLogger("nerved.master.workflows")
 
@@ -180,7 +181,7 @@ class Steering:
             raise NotFound(f"no workflow named {record.workflow!r} to retry run {run_id} in")
         keep = record.steps if from_step is None else from_step
         if not 0 <= keep <= record.steps:
-            steps = "1 step" if record.steps == 1 else f"{record.steps} steps"
+            steps = plural(record.steps, "step")
             raise BadInput(
                 f"fromStep (--from-step) must be 0 to {record.steps}, the steps kept: run"
                 f" {run_id} recorded {steps} before it ended {record.status}"
