@@ -441,9 +441,7 @@ class Daemon:
         self.loop.call_later(KILL_WAIT, self._give_up_waiting, gated=False)
 
     def _give_up_waiting(self) -> None:
-        log.error(
-            "%s not reaped after SIGKILL; exiting anyway", plural(len(self.workers), "worker")
-        )
+        log.error("%s not reaped after SIGKILL; exiting", plural(len(self.workers), "worker"))
         self.loop.stop()
 
     def _storage_failed(self, exc: StoreError) -> None:
