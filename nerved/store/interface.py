@@ -288,9 +288,12 @@ class Storage(Reader, Protocol):
     def copy_history(self, from_run: str, to_run: str, steps: int, ts: int | None = None) -> int:
         """Give ``to_run`` (a run just created, with no history of its own) ``from_run``'s
         history up to and including its ``steps``-th ``step_complete``: copies of those steps
-        and of the ``input`` entries before it (nothing for 0), in order, as new entries of
-        ``to_run`` stamped ``ts`` (ms, default now), payload texts identical; ``to_run.steps``
-        becomes ``steps``. Returns the UTF-8 bytes of the payloads copied.
+        and of the ``input`` entries before it, and of the inputs after it up to the next
+        step whose event is not a ``role_failed`` (what the world sent the run after that
+        step, a signal, a wait's timeout, a wake, is kept; the failure it is retried for is
+        not); nothing for 0. In order, as new entries of ``to_run`` stamped ``ts`` (ms,
+        default now), payload texts identical; ``to_run.steps`` becomes ``steps``. Returns
+        the UTF-8 bytes of the payloads copied.
 
         ValueError, writing nothing: ``steps`` < 0; ``from_run`` unknown or with fewer than
         ``steps`` steps; ``to_run`` unknown, the same run, or with a ``step_complete``,

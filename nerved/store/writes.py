@@ -22,6 +22,13 @@ from nerved.store.records import Firing, RunRecord, dumps, input_payload, now_ms
 # :meth:`Writes.active_runs`): its steps; what a resume replays; all that makes a history.
 _STEPS_OF = "ref_id = ? AND +source = 'workflow' AND +type = 'step_complete'"
 _HISTORY_OF = f"ref_id = ? AND +source = 'workflow' AND +{HISTORY_SQL}"
+_KEPT = (
+    "(id <= ? OR (id < COALESCE(?, id + 1) AND id > ? AND type = 'input' AND json_valid(payload)"
+    " AND json_extract(payload, '$.event.type') IS NOT 'role_failed'))"
+)
+"""What a retry from step K copies (``copy_history``): the entries up to the K-th step, and
+the inputs after it, up to the next step, that the world sent (a signal, a wait's timeout, a
+wake), not the ``role_failed`` of the failure it is retried for."""
 _ANY_HISTORY_OF = (
     "ref_id = ? AND +source = 'workflow' AND +type IN ('step_complete', 'input', 'step_failed')"
 )
@@ -263,9 +270,10 @@ class Writes:
 
     def copy_history(self, from_run: str, to_run: str, steps: int, ts: int | None = None) -> int:
         """Give ``to_run`` the history of ``from_run`` up to its ``steps``-th step: copies of
-        its ``step_complete`` entries up to that one and of its ``input`` entries before it
-        (none for 0), in order, payloads as they are, stamped ``ts``; ``to_run.steps`` becomes
-        ``steps``. Returns the bytes (UTF-8) of the payloads copied.
+        its ``step_complete`` entries up to that one, of its ``input`` entries before it, and
+        of the inputs after it (up to the next step) but a ``role_failed`` (:data:`_KEPT`;
+        none of it for 0), in order, payloads as they are, stamped ``ts``; ``to_run.steps``
+        becomes ``steps``. Returns the bytes (UTF-8) of the payloads copied.
 
         ValueError, writing nothing, when ``steps`` is negative, ``from_run`` is unknown or
         has fewer steps, or ``to_run`` is unknown, is ``from_run``, or has a history of its own
@@ -295,18 +303,23 @@ class Writes:
         ).fetchone()
         if last is None:
             raise ValueError(f"run {from_run!r} has fewer than {steps} steps")
+        following = self._conn.execute(
+            f"SELECT id FROM logs WHERE {_STEPS_OF} AND id > ? ORDER BY id LIMIT 1",
+            (from_run, last[0]),
+        ).fetchone()
+        upto = (following[0] if following else None, last[0])  # the inputs before the next step
         ts = ts or now_ms()
         self._begin()
         size = self._conn.execute(
             "SELECT COALESCE(SUM(LENGTH(CAST(payload AS BLOB))), 0) FROM logs"
-            f" WHERE {_HISTORY_OF} AND id <= ?",
-            (from_run, last[0]),
+            f" WHERE {_HISTORY_OF} AND {_KEPT}",
+            (from_run, last[0], *upto),
         ).fetchone()[0]
         self._conn.execute(
             "INSERT INTO logs (source, type, ref_id, payload, ts)"
-            f" SELECT 'workflow', type, ?, payload, ? FROM logs WHERE {_HISTORY_OF} AND id <= ?"
+            f" SELECT 'workflow', type, ?, payload, ? FROM logs WHERE {_HISTORY_OF} AND {_KEPT}"
             " ORDER BY id",
-            (to_run, ts, from_run, last[0]),
+            (to_run, ts, from_run, last[0], *upto),
         )
         self._conn.execute(
             "UPDATE workflow_runs SET steps = ?, updated_at = ? WHERE run_id = ?",

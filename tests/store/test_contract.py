@@ -971,13 +971,19 @@ def payload_bytes(entries: list[LogEntry]) -> int:
 @pytest.mark.parametrize("steps", [1, 2, 3])
 def test_copy_history_copies_up_to_the_kth_step(source: Storage, steps: int) -> None:
     """The steps up to the K-th and the inputs before it, in order, as entries of the new
-    run with the same payloads; no failed try, no log line, no input after it."""
+    run with the same payloads, and the inputs after it, up to the next step, but a
+    role_failed (the failure a retry is for); no failed try, no log line."""
     original = replayed(source, "src")
     assert [e.type for e in original] == [
         "input", "step_complete", "input", "step_complete", "step_complete", "input",
     ]  # fmt: skip
-    upto = [i for i, e in enumerate(original) if e.type == "step_complete"][steps - 1]
-    wanted = original[: upto + 1]
+    step_at = [i for i, e in enumerate(original) if e.type == "step_complete"]
+    upto, following = step_at[steps - 1], [*step_at, len(original)][steps]
+    after = [
+        e for e in original[upto + 1 : following] if e.payload["event"]["type"] != "role_failed"
+    ]
+    wanted = original[: upto + 1] + after
+    assert [e.payload["event"]["type"] for e in after] == {1: [], 2: [], 3: ["late"]}[steps]
 
     size = source.copy_history("src", "dst", steps, ts=8_000)
     source.commit()
