@@ -96,6 +96,8 @@ def test_once_draws_every_section_within_80_columns(busy: tuple[Nerved, dict]) -
     worker = next(line for line in _section(lines, "WORKERS") if line.split()[1] == "gated")
     assert f"{runs['started'][:8]} step 1" in worker  # what the worker does now
     assert "M" in worker.split()[4]  # its resident memory
+    workers = [w for w in daemon.rpc("status")["workers"] if w["pid"] is not None]
+    assert workers and all(isinstance(w["rss"], int) and w["rss"] > 0 for w in workers)
     assert "1 queued" in lines[1] and text.count(runs["queued"][:8]) == 1
 
 
@@ -142,7 +144,10 @@ def test_unreachable_frame_says_it_retries() -> None:
 
 def _tmux(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["tmux", "-S", str(socket), *args], capture_output=True, text=True, timeout=30
+        ["tmux", "-f", "/dev/null", "-S", str(socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -153,9 +158,12 @@ def _screen(socket: Path) -> str:
 @pytest.mark.skipif(
     shutil.which("tmux") is None, reason="no tmux here (make test-deps installs it)"
 )
+@pytest.mark.parametrize("key", ["q", "C-c"])
 def test_top_in_a_real_terminal_refreshes_and_quits_on_q(
-    busy: tuple[Nerved, dict], tmp_path: Path
+    busy: tuple[Nerved, dict], tmp_path: Path, key: str
 ) -> None:
+    """Started in an 80x24 tmux pane: the screen is read until the header shows, a run that
+    ends leaves it at a refresh, and q (or Ctrl-C) ends top with 0, the terminal restored."""
     daemon, runs = busy
     sock = tmp_path / "tmux.sock"
     exited = tmp_path / "exited"
@@ -175,7 +183,7 @@ def test_top_in_a_real_terminal_refreshes_and_quits_on_q(
         # it refreshes: a run that ends leaves the screen
         daemon.rpc("workflow.signal", runId=runs["waiting"], name="approve")
         wait_until(lambda: runs["waiting"][:8] not in _screen(sock), timeout=20)
-        _tmux(sock, "send-keys", "-t", "top", "q")
+        _tmux(sock, "send-keys", "-t", "top", key)
         wait_until(exited.exists, timeout=20)
         wait_until(lambda: "TOP-ENDED" in _screen(sock), timeout=20)
         assert exited.read_text().strip() == "0"
