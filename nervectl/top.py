@@ -77,38 +77,65 @@ def _raw(answers: topview.Answers) -> dict[str, Any]:
 
 
 def _live(screen: Any, ctx: Context, interval: float) -> None:
-    """The curses loop: draw, then read keys until the next refresh is due."""
+    """The curses loop: ask, draw, then read keys until the next refresh is due. A resized
+    terminal is drawn again from the answers it has (a resize asks the daemon nothing)."""
     import curses
 
-    curses.curs_set(0)
+    try:  # noqa: SIM105 (contextlib is not imported for this)
+        curses.curs_set(0)
+    except curses.error:  # a terminal that cannot hide its cursor shows it
+        pass
     screen.timeout(_KEY_POLL_MS)
-    lines: list[str] = []
     while True:
         due = time.monotonic() + interval
-        height, width = screen.getmaxyx()
+        answers: topview.Answers | str
         try:
-            lines = topview.frame(ask(ctx), width, height - 1)  # the last line: the footer
+            answers = ask(ctx)
         except (Unreachable, RemoteError) as exc:
-            lines = topview.unreachable(str(exc), width)
+            answers = str(exc)
         footer = f"q quits; every {interval:g}s; {time.strftime('%H:%M:%S')}"
-        _draw(screen, lines, footer)
+        _draw(screen, answers, footer)
         while time.monotonic() < due:
             key = screen.getch()
             if key in (ord("q"), ord("Q")):
                 return
             if key == curses.KEY_RESIZE:
-                break  # redraw now, for the new size
+                _draw(screen, answers, footer)
 
 
-def _draw(screen: Any, lines: list[str], footer: str) -> None:
+def _draw(screen: Any, answers: topview.Answers | str, footer: str) -> None:
+    """The frame of ``answers`` (a message: the daemon did not answer) for the screen's size
+    now, the footer on its last line."""
     import curses
 
-    height, width = screen.getmaxyx()
+    height, width = _size(screen)
+    if isinstance(answers, str):
+        lines = topview.unreachable(answers, width)
+    else:
+        lines = topview.frame(answers, width, height - 1)
     screen.erase()
     for y, line in enumerate(lines[: height - 1]):
         _put(screen, y, line, width, curses.A_BOLD if _is_title(line) else curses.A_NORMAL)
     _put(screen, height - 1, footer, width, curses.A_REVERSE)
     screen.refresh()
+
+
+def _size(screen: Any) -> tuple[int, int]:
+    """The terminal's size now. curses learns of a resize from SIGWINCH, which it may not
+    get (a resize while a refresh waited on the daemon, a multiplexer): the size is asked of
+    the terminal itself, and curses told when it changed."""
+    import curses
+    import os
+
+    height, width = screen.getmaxyx()
+    try:
+        real = os.get_terminal_size(sys.stdout.fileno())
+    except OSError:
+        return height, width
+    if (real.lines, real.columns) != (height, width):
+        curses.resizeterm(real.lines, real.columns)
+        return real.lines, real.columns
+    return height, width
 
 
 def _put(screen: Any, y: int, text: str, width: int, attr: int) -> None:

@@ -191,3 +191,33 @@ def test_top_in_a_real_terminal_refreshes_and_quits_on_q(
         assert "WORKERS" not in after  # the terminal is given back as it was (alternate screen)
     finally:
         _tmux(sock, "kill-server")
+
+
+@pytest.mark.skipif(
+    shutil.which("tmux") is None, reason="no tmux here (make test-deps installs it)"
+)
+def test_top_says_the_daemon_is_unreachable_and_comes_back_with_it(
+    nerved_factory: Callable[..., Nerved], tmp_path: Path
+) -> None:
+    """nerved stopped under a live top: the screen says so and top keeps asking; nerved
+    started again: the screen is back, through a terminal resized meanwhile."""
+    daemon = nerved_factory(
+        "workflows:\n  approval: {}\n", workflows={"approval": APPROVAL}
+    ).start()
+    sock = tmp_path / "tmux.sock"
+    command = f"{sys.executable} -m nervectl --socket {daemon.socket} top --interval 0.5"
+    started = _tmux(sock, "new-session", "-d", "-s", "top", "-x", "80", "-y", "24", command)
+    assert started.returncode == 0, started.stderr
+    try:
+        wait_until(lambda: _screen(sock).startswith("nerved "), timeout=20)
+        assert daemon.stop() == 0
+        wait_until(lambda: "daemon unreachable, retrying" in _screen(sock), timeout=20)
+        assert _tmux(sock, "resize-window", "-t", "top", "-x", "100", "-y", "30").returncode == 0
+        daemon.start()
+        wait_until(lambda: _screen(sock).startswith("nerved "), timeout=20)
+        screen = _screen(sock).splitlines()
+        assert len(screen) == 30 and "WORKERS" in screen and "q quits" in screen[-1]
+        _tmux(sock, "send-keys", "-t", "top", "q")
+        wait_until(lambda: _tmux(sock, "has-session", "-t", "top").returncode != 0, timeout=20)
+    finally:
+        _tmux(sock, "kill-server")
