@@ -310,3 +310,25 @@ def init(init: argparse.ArgumentParser) -> None:
     init.add_argument(
         "--root", metavar="DIR", help="the nerve root to add to (default: as nerved resolves it)"
     )
+
+
+TOP_MIN_INTERVAL = 0.5
+"""Seconds between refreshes of ``top`` at least: each asks the daemon four things."""
+
+
+def _interval(text: str) -> float:
+    value = _seconds(text)
+    if value < TOP_MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(f"at least {TOP_MIN_INTERVAL:g}s, got {text!r}")
+    return value
+
+
+def top(top_parser: argparse.ArgumentParser) -> None:
+    top_parser.add_argument(
+        "--interval", metavar="SECONDS", type=_interval, default=2.0,
+        help="seconds between refreshes, or a duration such as 10s (default 2, at least 0.5)",
+    )  # fmt: skip
+    top_parser.add_argument(
+        "--once", action="store_true",
+        help="print one frame as plain text and exit (what a stdout that is no terminal gets)",
+    )  # fmt: skip

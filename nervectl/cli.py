@@ -181,6 +181,13 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
             arguments(leaf)
 
     command(sub, ("status",), "commands:status", "show what the daemon is doing and its workers")
+    command(
+        sub,
+        ("top",),
+        "top:top",
+        "a live view of workers, runs and failures, refreshed until q",
+        arguments.top,
+    )
     if wanted("sense"):
         sense = sub.add_parser("sense", help="list or trigger senses", description="Senses.")
         senses = sense.add_subparsers(dest="sense_command", metavar="SUBCOMMAND", required=True)

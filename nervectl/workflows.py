@@ -137,6 +137,11 @@ def workflow_inspect(ctx: Context) -> int:
     if not events:
         ctx.print("no events")
         return OK
+    from nervectl import timeline
+
+    bars = timeline.lines(run, now_ms(), timeline.unicode_ok(getattr(ctx.out, "encoding", None)))
+    if bars:
+        ctx.print("\n".join(["TIMELINE", *bars, ""]))
     rows = [
         (
             event.get("id", "-"),

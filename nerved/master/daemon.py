@@ -26,7 +26,7 @@ from nerved.config import NerveConfig, unlined
 from nerved.control.dispatch import HEAVY, Dispatcher
 from nerved.control.server import ControlServer
 from nerved.loop import Loop
-from nerved.master import ownfiles
+from nerved.master import memory, ownfiles
 from nerved.master.autoreload import AutomaticReloads
 from nerved.master.cron import Clock, CronReflexes
 from nerved.master.metrics.service import Metrics
@@ -295,7 +295,7 @@ class Daemon:
             "queuedWorkflows": queued,
             "workers": self._workers_view(workers),
             "containment": self.workers.containment.mode,
-            "rss": _tree_rss([os.getpid(), *(w.pid for w in workers)]),
+            "rss": memory.total_rss([os.getpid(), *(w.pid for w in workers)]),
             "commits": self.store.commits,
         }
 
@@ -312,6 +312,8 @@ class Daemon:
         entries += [
             worker_entry(w.kind, w.name, w.pid, w.state) for w in workers if w.pid not in shown
         ]
+        for entry in entries:  # nervectl top shows each worker's memory
+            entry["rss"] = None if entry["pid"] is None else memory.rss(entry["pid"])
         return entries
 
     def _state(self) -> str:
@@ -487,13 +489,3 @@ class Daemon:
             self.prepared.close(remove=True)
         self._started(reason.code, str(reason))
         return reason.code
-
-
-def _tree_rss(pids: list[int]) -> int:
-    """Resident bytes of the master and its workers (``/proc/<pid>/statm``)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/statm") as f:
-            total += int(f.read().split()[1]) * page
-    return total

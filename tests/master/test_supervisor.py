@@ -320,6 +320,6 @@ def test_status_shows_every_unit_with_the_state_of_its_worker(nerved_factory):
     entry = _entry(daemon, "workflow", "w")
     assert entry == {
         "kind": "workflow", "name": "w", "pid": None, "state": "idle",
-        "restarts": 0, "reason": None,
+        "restarts": 0, "reason": None, "rss": None,
     }  # fmt: skip
     assert os.getpid() not in {w["pid"] for w in daemon.rpc("status")["workers"]}

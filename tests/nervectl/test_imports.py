@@ -113,6 +113,17 @@ def test_other_commands_import_no_scaffold_nor_store(
         assert imported(modules, ("tabulate", "importlib.metadata")) == []
 
 
+@pytest.mark.parametrize("args", [("top", "--once"), ("--json", "top")], ids=" ".join)
+def test_top_once_imports_no_curses_nor_tables(
+    daemon: Nerved, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """One frame as text needs no curses (the live view imports it) and no tabulate."""
+    code, modules = modules_of(tmp_path, "--socket", str(daemon.socket), *args)
+    assert code == 0
+    assert imported(modules, (*NOT_FOR_ANY, "curses", "_curses", "tabulate")) == []
+    assert "nervectl.top" in modules
+
+
 @pytest.mark.parametrize("json_output", [True, False], ids=["json", "table"])
 def test_workflow_replay_imports_its_handler_alone(
     daemon: Nerved, tmp_path: Path, json_output: bool

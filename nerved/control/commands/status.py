@@ -3,10 +3,10 @@
 Result: ``{version, pid, uptime, state, root, stateDir, senses, groups, workflows,
 activeWorkflows, queuedWorkflows, workers, containment, rss, commits}``; ``uptime`` in
 seconds, ``rss`` in bytes for the whole process tree. ``workers``: one entry per sense group
-and per workflow, ``{kind, name, pid, state, restarts, reason}``, ``pid`` null when it has no
-worker now, ``state`` one of idle, spawning, ready, backoff, fatal (nerved.states.
-WorkerState), ``reason`` the last exit while in backoff or fatal; and one entry per other
-live worker (``draining``: told to stop, finishing what it holds).
+and per workflow, ``{kind, name, pid, state, restarts, reason, rss}``, ``pid`` null when it
+has no worker now (``rss``, its resident bytes, null then), ``state`` one of idle, spawning,
+ready, backoff, fatal (nerved.states.WorkerState), ``reason`` the last exit while in backoff
+or fatal; and one entry per other live worker (``draining``: told to stop, finishing what it holds).
 """
 
 from __future__ import annotations

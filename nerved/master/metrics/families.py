@@ -15,7 +15,6 @@ only when the metrics are first asked for (nerved.master.metrics.service).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from nerved import _version
+from nerved.master.memory import total_rss
 from nerved.master.metrics.tally import Histogram
 from nerved.master.senses import SenseState
 from nerved.master.supervisor import Supervisor
@@ -39,7 +39,6 @@ from nerved.store.records import now_ms
 
 ACTIVE_SHOWN: Final = (RunStatus.QUEUED, RunStatus.STARTED, RunStatus.WAITING)
 ENDS_SHOWN: Final = tuple(status for status in RunStatus if status in FINAL)  # enum order
-_PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +152,7 @@ def _workers(supervisors: list[Supervisor]) -> Iterator[Metric]:
         names = [supervisor.kind, supervisor.name]
         restarts.add_metric(names, supervisor.restarts)
         fatal.add_metric(names, int(supervisor.state is WorkerState.FATAL))
-        memory.add_metric(names, sum(_rss(worker.pid) for worker in supervisor.live()))
+        memory.add_metric(names, total_rss(worker.pid for worker in supervisor.live()))
     yield from (restarts, fatal, memory)
 
 
@@ -185,10 +184,3 @@ def _store(files: Iterable[Path], commits: Histogram) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "nerve_store_size_bytes", "logs.db and its write-ahead log.", size, unit="bytes"
     )
-
-
-def _rss(pid: int) -> int:
-    """Resident bytes of ``pid`` (``/proc/<pid>/statm``), 0 once it is gone."""
-    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
-    return 0
