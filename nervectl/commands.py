@@ -40,8 +40,8 @@ def status(ctx: Context) -> int:
         ("uptime", "-" if uptime is None else format_duration(float(uptime))),
         ("senses", result.get("senses", "-")),
         ("groups", result.get("groups", "-")),
-        ("active workflows", result.get("activeWorkflows", "-")),
-        ("queued workflows", result.get("queuedWorkflows", "-")),
+        ("active runs", result.get("activeWorkflows", "-")),
+        ("queued runs", result.get("queuedWorkflows", "-")),
         ("rss", render.mib(result.get("rss"))),
     ]
     if "containment" in result:  # a process group, or a cgroup, per worker

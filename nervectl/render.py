@@ -93,8 +93,8 @@ LABELS: Final = {
     "triggerPayload": "payload",
     "pendingSignals": "pending signals",
     "stateDir": "state dir",
-    "activeWorkflows": "active workflows",
-    "queuedWorkflows": "queued workflows",
+    "activeWorkflows": "active runs",
+    "queuedWorkflows": "queued runs",
 }
 """The words human output gives the protocol's field names it shows; any other name is
 split where its case changes (:func:`label`). ``--json`` keeps the names."""

@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from nerved.config import CronSpec, NerveConfig, SenseReflex
@@ -92,6 +92,11 @@ def _parse_now(text: str) -> int:
     if moment.tzinfo is None:
         raise ValueError(f"{TEST_NOW}={text!r}: an ISO 8601 time needs its offset")
     return int(moment.timestamp() * 1000)
+
+
+def _shown(ms: int) -> str:
+    """A firing as the journal says it: UTC, to the second (``2026-03-29T01:30:00Z``)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def identity(kind: str, target: str, spec: CronSpec) -> str:
@@ -172,14 +177,14 @@ class CronReflexes:
         if latest is None or latest <= last.scheduled_at:
             return max(now, last.scheduled_at)
         if reflex.spec.catch_up:
-            log.info("cron reflex %s missed its firing at %d while nerved was down: catching up",
-                     reflex.identity, latest)  # fmt: skip
+            log.info("cron reflex %s missed its firing at %s while nerved was down: catching up",
+                     reflex.identity, _shown(latest))  # fmt: skip
             self._fire(reflex, latest, now, catch_up=True)
         else:
             reflex.last = Firing(reflex.identity, latest, now, note=MISSED)
             self.store.record_firing(reflex.last)
-            log.info("cron reflex %s missed its firing at %d while nerved was down (no catchUp)",
-                     reflex.identity, latest)  # fmt: skip
+            log.info("cron reflex %s missed its firing at %s while nerved was down (no catchUp)",
+                     reflex.identity, _shown(latest))  # fmt: skip
         return now
 
     def _arm(self) -> None:

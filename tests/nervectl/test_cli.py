@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import sqlite3
@@ -126,10 +127,10 @@ def test_status_human(daemon: Nerved) -> None:
     done = daemon.ctl("status")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert f"pid:               {daemon.pid}" in out
-    for label in ("version:", "uptime:", "senses:", "groups:", "active workflows:", "rss:"):
+    assert re.search(rf"^pid: +{daemon.pid}$", out, re.M), out
+    for label in ("version:", "uptime:", "senses:", "groups:", "active runs:", "rss:"):
         assert label in out
-    assert "containment:       process group" in out
+    assert re.search(r"^containment: +process group$", out, re.M), out
     assert "MiB" in out
     assert "KIND" in out and "PID" in out
     for pid in daemon.worker_pids("sense").values():
