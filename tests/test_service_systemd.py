@@ -70,7 +70,7 @@ def test_start_waits_for_ready_and_nervectl_works(sandbox: Sandbox) -> None:
     ]  # fmt: skip
     assert sandbox.run("ps", "-o", "user=", "-p", str(status["pid"])).stdout.strip() == "nerve"
     shown = sandbox.systemctl("show", "-p", "StatusText", "--value", "nerved.service").stdout
-    assert "workflows" in shown
+    assert "0 senses in 0 groups, 1 workflow; threads: 0 active, 0 queued" in shown, shown
 
 
 def test_kill_9_of_the_main_pid_restarts_it_and_runs_complete(sandbox: Sandbox) -> None:
