@@ -135,5 +135,3 @@ def test_a_roles_failure_counter_is_there_at_zero_before_its_first_failure(
         assert found.get(("nerve_step_failures_total", step)) == 0, "no series at 0"
     finally:
         nerved.cleanup()
-
-

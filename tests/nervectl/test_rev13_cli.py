@@ -12,7 +12,9 @@ def test_top_on_a_short_terminal_draws_a_frame(height: int) -> None:
     """`nervectl top` in a 40x12 tmux pane (or any terminal where a section gets one row or
     none) died with `TypeError: 'int' object is not iterable` in topview.grid: a section
     that keeps no row calls grid() with no rows, and max(len(h), *()) is max(int)."""
-    workers = [{"kind": "workflow", "name": f"w{i}", "state": "idle", "pid": None} for i in range(6)]
+    workers = [
+        {"kind": "workflow", "name": f"w{i}", "state": "idle", "pid": None} for i in range(6)
+    ]
     active = [
         {"runId": f"{i:08d}abcdef", "workflow": f"w{i % 3}", "status": "queued", "createdAt": i}
         for i in range(6)
