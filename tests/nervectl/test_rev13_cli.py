@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from completion import bash_completes
+from support import REPO
 
 from nervectl import topview
 
@@ -27,3 +35,25 @@ def test_top_on_a_short_terminal_draws_a_frame(height: int) -> None:
     answers = topview.Answers({"workers": workers}, active, [], failures, now=100_000)
     lines = topview.frame(answers, 80, height)
     assert len(lines) <= height
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash here")
+def test_bash_completes_paths_where_nervectl_takes_a_file(tmp_path: Path) -> None:
+    """The completions are "generated from the argument parser" (shtab), but no argument
+    says it takes a path (shtab.FILE/DIRECTORY), so a TAB after --payload-file, --socket,
+    --root or `init` offers nothing at all, where bash would at least list files."""
+    out = tmp_path / "built"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "packaging" / "build_docs.py"), str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "payload.json").write_text("{}")
+    setup = f". {shlex.quote(str(out / 'completions' / 'nervectl'))}"
+    prefix = f"{tmp_path}/pay"
+    for line in (
+        f"nervectl workflow trigger code-review --payload-file {prefix}",
+        f"nervectl workflow signal 3f2a9c1e approve --payload-file {prefix}",
+        f"nervectl --socket {prefix}",
+    ):
+        assert bash_completes(setup, line) == [f"{tmp_path}/payload.json"], line
