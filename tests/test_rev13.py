@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -133,5 +134,30 @@ def test_a_roles_failure_counter_is_there_at_zero_before_its_first_failure(
         step = (("role", "works"), ("workflow", "flaky"))
         assert found[("nerve_step_duration_seconds_count", step)] == 1
         assert found.get(("nerve_step_failures_total", step)) == 0, "no series at 0"
+    finally:
+        nerved.cleanup()
+
+
+QUICK_ROLE = FLAKY
+
+
+def test_the_textfile_in_a_package_does_not_reload_nerve_every_interval(tmp_path: Path) -> None:
+    """`metrics.textfile` is checked for its form only (absolute, ending in .prom), so a path
+    inside a package (root/workflows/w/nerve.prom) is accepted by `nerved check`; then every
+    write is a change of that package's code to inotify: a reload each interval ("reloaded
+    (inotify): workflow w code", its worker drained and replaced), until the autoreload
+    backs off, blaming "a package that writes into its own directory". nerve's own textfile
+    should be refused there, or never count as a change of the code."""
+    textfile = tmp_path / "root" / "workflows" / "w" / "nerve.prom"
+    config = f"workflows:\n  w: {{}}\nmetrics:\n  textfile: {textfile}\n  interval: 1s\n"
+    root = make_root(tmp_path, config, workflows={"w": QUICK_ROLE})
+    nerved = Nerved(root, tmp_path / "d").start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not textfile.exists():
+            time.sleep(0.1)
+        assert textfile.exists()
+        time.sleep(3.5)
+        assert "reloaded (inotify)" not in nerved.log(), nerved.log()[-2000:]
     finally:
         nerved.cleanup()
