@@ -161,3 +161,26 @@ def test_the_textfile_in_a_package_does_not_reload_nerve_every_interval(tmp_path
         assert "reloaded (inotify)" not in nerved.log(), nerved.log()[-2000:]
     finally:
         nerved.cleanup()
+
+
+def test_links_between_the_shipped_docs_lead_somewhere_once_installed() -> None:
+    """The .deb installs README.md and docs/*.md side by side in /usr/share/doc/nerve/
+    (packaging/debian/nerve.docs: dh_installdocs drops the directory), where the units'
+    Documentation=, the catalog's Support: and the man pages send the operator. There the
+    README's links (docs/guide.md, docs/configuration.md...) and the guide's (../README.md)
+    lead nowhere: they are right only in a checkout."""
+    import re
+
+    shipped = {
+        Path(line).name: REPO / line
+        for line in (REPO / "packaging" / "debian" / "nerve.docs").read_text().split()
+    }
+    broken = []
+    for name, source in shipped.items():
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", source.read_text()):
+            if "://" in target:
+                continue
+            installed = (Path("/usr/share/doc/nerve") / target).resolve()
+            if installed.parent != Path("/usr/share/doc/nerve") or installed.name not in shipped:
+                broken.append(f"{name}: ({target}) -> {installed}")
+    assert not broken, "\n".join(sorted(set(broken)))
