@@ -57,3 +57,26 @@ def test_bash_completes_paths_where_nervectl_takes_a_file(tmp_path: Path) -> Non
         f"nervectl --socket {prefix}",
     ):
         assert bash_completes(setup, line) == [f"{tmp_path}/payload.json"], line
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="no script(1) here")
+@pytest.mark.parametrize("term", ["xterm-kitty-not-installed", ""])
+def test_top_over_ssh_with_a_terminal_this_host_does_not_know(tmp_path: Path, term: str) -> None:
+    """`nervectl top` over ssh from a terminal whose terminfo the host lacks (TERM=xterm-kitty,
+    alacritty, ghostty... on a stock Debian) or with TERM unset/empty: curses.initscr raises
+    `_curses.error: setupterm: could not find terminal` and nervectl dies with a Python
+    traceback (exit 1), instead of saying so on one `nervectl:` line or drawing plain
+    frames as --once does."""
+    command = (
+        f"TERM={shlex.quote(term)} {shlex.quote(sys.executable)} -m nervectl"
+        f" --socket {tmp_path}/nerved.sock top"
+    )
+    try:
+        done = subprocess.run(
+            ["script", "-qec", command, "/dev/null"],
+            capture_output=True, text=True, timeout=5, cwd=REPO, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        output = done.stdout + done.stderr
+    except subprocess.TimeoutExpired as exc:  # still drawing "daemon unreachable": fine
+        output = (exc.stdout or b"").decode(errors="replace")
+    assert "Traceback" not in output, output[-1500:]
