@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
-from support import REPO, Nerved, make_root
+from support import REPO, Nerved, make_root, wait_until, write_package
 
 from nerved import logs
 from nerved.states import RunStatus
@@ -184,3 +184,30 @@ def test_links_between_the_shipped_docs_lead_somewhere_once_installed() -> None:
             if installed.parent != Path("/usr/share/doc/nerve") or installed.name not in shipped:
                 broken.append(f"{name}: ({target}) -> {installed}")
     assert not broken, "\n".join(sorted(set(broken)))
+
+
+def test_worker_restarts_counter_does_not_fall_when_a_reload_brings_new_code(
+    tmp_path: Path,
+) -> None:
+    """README "Metrics": counters start at zero when nerved starts, as Prometheus counters
+    do. nerve_worker_restarts_total is the unit supervisor's `restarts`, which a reload that
+    changes the group's code sets back to 0 (`nervectl status` RESTARTS too): the counter
+    falls while the same nerved runs, so `increase(nerve_worker_restarts_total[1h])`, the
+    alert on a crash-looping worker, loses every restart before the deploy."""
+    sense = "def compute(ctx):\n    return None\n"
+    root = make_root(tmp_path, "senses:\n  s: {}\n", senses={"s": sense})
+    nerved = Nerved(root, tmp_path / "d", "--no-watch").start()
+    try:
+
+        def restarts() -> float:
+            found = _samples(nerved.rpc("metrics")["text"])
+            return found[("nerve_worker_restarts_total", (("kind", "sense"), ("name", "default")))]
+
+        [worker] = [w for w in nerved.rpc("status")["workers"] if w["kind"] == "sense"]
+        os.kill(worker["pid"], 9)
+        wait_until(lambda: restarts() == 1, what="the restart counted")
+        write_package(root, "senses", "s", sense + "# a new release\n")
+        assert nerved.rpc("reload")["changed"]
+        assert restarts() >= 1
+    finally:
+        nerved.cleanup()
