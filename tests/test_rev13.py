@@ -9,7 +9,6 @@ import shlex
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -151,16 +150,24 @@ def test_the_textfile_in_a_package_does_not_reload_nerve_every_interval(tmp_path
     textfile = tmp_path / "root" / "workflows" / "w" / "nerve.prom"
     config = f"workflows:\n  w: {{}}\nmetrics:\n  textfile: {textfile}\n  interval: 1s\n"
     root = make_root(tmp_path, config, workflows={"w": QUICK_ROLE})
-    nerved = Nerved(root, tmp_path / "d").start()
-    try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not textfile.exists():
-            time.sleep(0.1)
-        assert textfile.exists()
-        time.sleep(3.5)
-        assert "reloaded (inotify)" not in nerved.log(), nerved.log()[-2000:]
-    finally:
-        nerved.cleanup()
+    checked = subprocess.run(
+        [sys.executable, "-m", "nerved", "check", "--root", str(root)],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert checked.returncode == 78, checked.stdout + checked.stderr
+    said = checked.stdout + checked.stderr
+    assert "nerve.yaml:4: metrics.textfile:" in said and "is inside the nerve root" in said, said
+    # Not even through a link: a directory outside the root that leads back into it.
+    (tmp_path / "out").symlink_to(tmp_path / "root" / "workflows")
+    linked = f"workflows:\n  w: {{}}\nmetrics:\n  textfile: {tmp_path / 'out' / 'x.prom'}\n"
+    (root / "nerve.yaml").write_text(linked)
+    checked = subprocess.run(
+        [sys.executable, "-m", "nerved", "check", "--root", str(root)],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert (
+        checked.returncode == 78 and "is inside the nerve root" in checked.stdout + checked.stderr
+    )
 
 
 def test_links_between_the_shipped_docs_lead_somewhere_once_installed() -> None:

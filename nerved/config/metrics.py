@@ -11,6 +11,7 @@ another user, and node_exporter may be installed after nerve).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nerved.config.messages import UNREADABLE, describe, show
@@ -21,8 +22,11 @@ _METRICS_KEYS = ("textfile", "interval")
 MAX_PATH = 4096  # PATH_MAX: longer is no path the kernel takes
 
 
-def metrics_config(walker: Walker, section: Entry | None) -> MetricsConfig:
-    """The ``metrics:`` section; its defaults when it is absent (no textfile)."""
+def metrics_config(
+    walker: Walker, section: Entry | None, root: Path | None = None
+) -> MetricsConfig:
+    """The ``metrics:`` section; its defaults when it is absent (no textfile). ``root``: the
+    nerve root the file sits in, where the textfile may not go (see :func:`_textfile`)."""
     if section is None:
         return MetricsConfig()
     entries = walker.mapping(section.value, section.line, "metrics", "a mapping")
@@ -36,11 +40,11 @@ def metrics_config(walker: Walker, section: Entry | None) -> MetricsConfig:
             interval = ms
     textfile = None
     if "textfile" in fields:
-        textfile = _textfile(walker, fields["textfile"])
+        textfile = _textfile(walker, fields["textfile"], root)
     return MetricsConfig(textfile=textfile, interval_ms=interval)
 
 
-def _textfile(walker: Walker, entry: Entry) -> Path | None:
+def _textfile(walker: Walker, entry: Entry, root: Path | None) -> Path | None:
     value = walker.value(entry.value, "metrics.textfile")
     if value is UNREADABLE or value is None:
         return None  # null: no textfile, as when the key is absent
@@ -63,4 +67,24 @@ def _textfile(walker: Walker, entry: Entry) -> Path | None:
             f" got {show(value)}",
         )
         return None
+    if root is not None and _within(file, root):
+        walker.error(
+            entry.line,
+            path,
+            f"{show(value)} is inside the nerve root ({show(str(root))}): nerve watches it, and"
+            " each write would be a change to reload for; write it elsewhere, such as"
+            " /var/lib/prometheus/node-exporter/nerve.prom",
+        )
+        return None
     return file
+
+
+def _within(file: Path, root: Path) -> bool:
+    """Whether ``file`` is in ``root``, as written or once links are followed."""
+    absolute = Path(os.path.abspath(root))
+    if Path(os.path.abspath(file)).is_relative_to(absolute):
+        return True
+    try:
+        return file.resolve().is_relative_to(absolute.resolve())
+    except (OSError, RuntimeError):  # a loop of links, a directory not readable: as written
+        return False

@@ -136,7 +136,7 @@ class Validator(Walker):
             workflows=MappingProxyType(workflows),
             retention=retention,
             control=self.control(top.get("control")),
-            metrics=metrics_config(self, top.get("metrics")),
+            metrics=metrics_config(self, top.get("metrics"), path.parent),
         )
 
     def senses(self, section: Entry | None) -> dict[str, SenseConfig]:

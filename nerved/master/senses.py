@@ -122,9 +122,11 @@ class SenseManager:
         """
         changed: list[str] = []
         wanted = {name: tuple(s.name for s in members) for name, members in config.groups().items()}
+        restarts: dict[str, int] = {}  # a group replaced under its name keeps its count
         for name, group in list(self.groups.items()):
             members = wanted.get(name)
             if members is None or members != group.senses or code.of_senses(members) != group.code:
+                restarts[name] = group.supervisor.restarts
                 self._retire(group)
                 del self.groups[name]
                 changed.append(f"group {name}")
@@ -148,6 +150,7 @@ class SenseManager:
             packages = tuple(code.senses[member] for member in members)
             group = Group(name, members, code.of_senses(members), packages)
             group.supervisor = self._supervise(group)
+            group.supervisor.restarts = restarts.get(name, 0)  # a counter never falls (metrics)
             self.groups[name] = group
             self._spawn(group)
         return changed

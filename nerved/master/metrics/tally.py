@@ -83,6 +83,8 @@ class FlowTally:
             if len(self.steps) >= MAX_ROLES:
                 role = OTHER_ROLE
             histogram = self.steps.setdefault(role, Histogram(STEP_BUCKETS))
+            if role not in self.failures and len(self.failures) < MAX_ROLES:
+                self.failures[role] = 0  # its failures' series, there at 0 before the first
         histogram.observe(seconds)
 
     def failed(self, role: str) -> None:

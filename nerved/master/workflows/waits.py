@@ -26,10 +26,10 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from nerved import waits, wire
+from nerved import logs, waits, wire
 from nerved.loop import Loop
 from nerved.master.workflows.runs import ActiveRun, Flow, Wait
-from nerved.states import Transition
+from nerved.states import RunStatus, Transition
 from nerved.store import LogEntry, Storage
 from nerved.store.records import input_payload, now_ms
 
@@ -68,7 +68,8 @@ class Waits:
         n = int(message.get("n", 0))
         if n != run.steps + 1:
             log.error("run %s: a wait before step %d arrived after step %d; ignoring it",
-                      run.run_id, n, run.steps)  # fmt: skip
+                      run.run_id, n, run.steps,
+                      extra=logs.run(run.run_id, run.flow.name))  # fmt: skip
             return
         try:
             wait = waits.checked({k: v for k, v in message.items() if k not in ("t", "run", "n")})
@@ -81,7 +82,8 @@ class Waits:
         until = None if ms is None else now + ms
         record = {"wait": None, **wait, "until": until}  # {wait, timeout | sleep, until}
         if not self.store.record_wait(run.run_id, wire.dumps(record), name, until, ts=now):
-            log.error("run %s is no longer started; ignoring its wait", run.run_id)
+            log.error("run %s is no longer started; ignoring its wait", run.run_id,
+                      extra=logs.run(run.run_id, run.flow.name))  # fmt: skip
             return
         run.worker = None
         run.in_flight = None
@@ -93,7 +95,8 @@ class Waits:
         for_ = (
             "" if ms is None else f" for {ms / 1000:g}s" if name is None else f" ({ms / 1000:g}s)"
         )
-        log.info("run %s of %s %s%s", run.run_id, run.flow.name, what, for_)
+        log.info("run %s of %s %s%s", run.run_id, run.flow.name, what, for_,
+                 extra=logs.run(run.run_id, run.flow.name, RunStatus.WAITING))  # fmt: skip
         if self._take_pending(run):
             return
         self._arm(run, until)
@@ -151,11 +154,13 @@ class Waits:
                      " can carry")  # fmt: skip
             return
         if not self.store.record_wake(run.run_id, event_json, signal):
-            log.error("run %s is not waiting; its %s is not delivered", run.run_id, event["type"])
+            log.error("run %s is not waiting; its %s is not delivered", run.run_id, event["type"],
+                      extra=logs.run(run.run_id, run.flow.name))  # fmt: skip
             return
         run.history += size
         self.cancel(run)
-        log.info("run %s of %s goes on: %s", run.run_id, run.flow.name, event["type"])
+        log.info("run %s of %s goes on: %s", run.run_id, run.flow.name, event["type"],
+                 extra=logs.run(run.run_id, run.flow.name, RunStatus.STARTED))  # fmt: skip
         self.assign(run)
 
     # -- timers ---------------------------------------------------------------------------
