@@ -135,6 +135,22 @@ def test_bash_completes_from_the_parser(built: Path) -> None:
     assert "--from-step" in complete(script, "nervectl workflow retry --fr")
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash here")
+def test_bash_completes_words_and_directories_where_they_go(built: Path, tmp_path: Path) -> None:
+    """``logs --source`` its two sources; ``init`` sense, workflow or a directory; ``--root``
+    a directory (arguments.completes: shtab reads .complete when it builds)."""
+    script = f"cd {tmp_path} && . {shlex.quote(str(built / 'completions' / 'nervectl'))}"
+    (tmp_path / "root-dir").mkdir()
+    (tmp_path / "root-file").write_text("")
+    assert bash_completes(script, "nervectl logs --source ") == ["sense", "workflow"]
+    assert bash_completes(script, "nervectl logs --source w") == ["workflow"]
+    assert bash_completes(script, "nervectl init s") == ["sense"]
+    assert bash_completes(script, "nervectl init r") == ["root-dir"]
+    assert bash_completes(script, f"nervectl init {tmp_path}/ro") == [f"{tmp_path}/root-dir"]
+    line = f"nervectl init sense x --root {tmp_path}/ro"
+    assert bash_completes(script, line) == [f"{tmp_path}/root-dir"]
+
+
 # -- the references in docs/ -----------------------------------------------------------------
 
 
