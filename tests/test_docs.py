@@ -250,3 +250,14 @@ def test_links_between_the_docs_lead_somewhere() -> None:
             if not dest.exists() or (anchor and anchor not in anchors.get(dest, set())):
                 broken.append(f"{page.relative_to(REPO)}: {target}")
     assert broken == []
+
+
+def test_the_unit_gives_a_reload_longer_than_nervectl_waits_for_it() -> None:
+    """systemd applies TimeoutStartSec= to ExecReload= (nervectl reload): above nervectl's
+    own bound, a reload that takes too long ends with nervectl saying so, not a SIGTERM."""
+    from nervectl.commands import RELOAD_TIMEOUT
+
+    unit = (REPO / "systemd" / "nerved.service").read_text()
+    [seconds] = re.findall(r"^TimeoutStartSec=(\d+)s$", unit, re.M)
+    assert int(seconds) > RELOAD_TIMEOUT
+    assert f"`TimeoutStartSec={seconds}s`" in (DOCS / "guide.md").read_text()
