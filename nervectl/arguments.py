@@ -19,6 +19,34 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+# What the shell completion offers for an argument, read by shtab from ``action.complete``
+# when packaging/build_docs.py generates the completions (shtab's FILE and DIRECTORY, as
+# plain dicts: shtab is a build dependency, never imported when nervectl runs).
+FILE: dict[str, str] = {"bash": "_shtab_compgen_files", "zsh": "_files"}
+DIRECTORY: dict[str, str] = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/"}
+SOURCES: dict[str, str] = {"bash": "_nervectl_compgen_sources", "zsh": "(sense workflow)"}
+INIT_TARGET: dict[str, str] = {
+    "bash": "_nervectl_compgen_init_dirs",  # "_dir" in the name: bash marks dirs with a /
+    # a leading space: _arguments calls the action as written, without compadd's options
+    "zsh": " _alternative 'kinds:kind:(sense workflow)' 'dirs:directory:_files -/'",
+}
+COMPLETION_PREAMBLE: dict[str, str] = {
+    "bash": """
+# nervectl's own: logs --source, and init's sense, workflow or a directory
+_nervectl_compgen_sources() { compgen -W "sense workflow" -- "$1"; }
+_nervectl_compgen_init_dirs() { compgen -W "sense workflow" -- "$1"; compgen -d -- "$1"; }
+"""
+}
+"""The bash functions SOURCES and INIT_TARGET name, for shtab.complete(preamble=...)."""
+
+
+def completes(action: argparse.Action, how: dict[str, str]) -> argparse.Action:
+    """``action``, whose value the shell completion completes as ``how`` says (a path, a
+    directory, words): what shtab.FILE and the like set, without shtab at run time."""
+    action.complete = how  # type: ignore[attr-defined]
+    return action
+
+
 LOGS_DEFAULT_LIMIT = 100
 """Entries ``logs`` shows unless told (the newest, or the oldest since ``--since``)."""
 
@@ -115,9 +143,12 @@ def sense_trigger(trigger: argparse.ArgumentParser) -> None:
 
 
 def logs(logs_parser: argparse.ArgumentParser) -> None:
-    logs_parser.add_argument(
-        "--source", metavar="S", type=_text,
-        help="only this source: sense or workflow (another: exit 4)",
+    completes(
+        logs_parser.add_argument(
+            "--source", metavar="S", type=_text,
+            help="only this source: sense or workflow (another: exit 4)",
+        ),
+        SOURCES,
     )  # fmt: skip
     logs_parser.add_argument(
         "--type", metavar="T", type=_text, help="only this type (signal, log, error, started, ...)"
@@ -215,9 +246,13 @@ def workflow_trigger(start: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="the trigger payload, a JSON value",
     )
-    payload.add_argument(
-        "--payload-file", metavar="FILE", help="read the JSON trigger payload from FILE (- stdin)"
-    )
+    completes(
+        payload.add_argument(
+            "--payload-file", metavar="FILE",
+            help="read the JSON trigger payload from FILE (- stdin)",
+        ),
+        FILE,
+    )  # fmt: skip
     start.add_argument(
         "--key",
         metavar="KEY",
@@ -298,18 +333,28 @@ def workflow_signal(signal: argparse.ArgumentParser) -> None:
         "--payload", metavar="JSON", type=_payload, default=argparse.SUPPRESS,
         help="the signal's payload, a JSON value (default: null)",
     )  # fmt: skip
-    payload.add_argument(
-        "--payload-file", metavar="FILE", help="read the JSON payload from FILE (- stdin)"
+    completes(
+        payload.add_argument(
+            "--payload-file", metavar="FILE", help="read the JSON payload from FILE (- stdin)"
+        ),
+        FILE,
     )
 
 
 def init(init: argparse.ArgumentParser) -> None:
-    init.add_argument(
-        "target", nargs="*", metavar="DIR | sense NAME | workflow NAME", help="what to create"
+    completes(
+        init.add_argument(
+            "target", nargs="*", metavar="DIR | sense NAME | workflow NAME", help="what to create"
+        ),
+        INIT_TARGET,
     )
-    init.add_argument(
-        "--root", metavar="DIR", help="the nerve root to add to (default: as nerved resolves it)"
-    )
+    completes(
+        init.add_argument(
+            "--root", metavar="DIR",
+            help="the nerve root to add to (default: as nerved resolves it)",
+        ),
+        DIRECTORY,
+    )  # fmt: skip
 
 
 TOP_MIN_INTERVAL = 0.5

@@ -130,7 +130,10 @@ def _common() -> argparse.ArgumentParser:
     the command.
     """
     common = _Parser(add_help=False)
-    common.add_argument("--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    arguments.completes(
+        common.add_argument("--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS),
+        arguments.FILE,
+    )
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
@@ -148,12 +151,13 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
         "not complete, a replayed history diverged, or init refused), 2 usage error, 3 daemon "
         "unreachable, 4 not found.",
     )
-    parser.add_argument(
+    socket = parser.add_argument(
         "--socket",
         metavar="PATH",
         help="the control socket (default: $NERVE_SOCKET, $RUNTIME_DIRECTORY/nerved.sock, "
         "/run/nerve/nerved.sock as root, else $XDG_RUNTIME_DIR/nerve/nerved.sock)",
     )
+    arguments.completes(socket, arguments.FILE)
     parser.add_argument(
         "--json", action="store_true", help="print the daemon's result as JSON on stdout"
     )

@@ -177,6 +177,18 @@ def _took(ms: int) -> str:
     return f"{ms}ms" if ms < 1000 else format_duration(ms / 1000)
 
 
+def blocks_ok(out: Any) -> bool:
+    """Whether the bars may use the block characters on ``out``: its encoding can carry
+    them, and so can the locale's. Under ``LC_ALL=C`` (or POSIX) Python turns on its UTF-8
+    mode by itself (PEP 540), so the stream is UTF-8 whatever the terminal was set up for;
+    the locale's codeset (ASCII there) is what says what the operator asked for."""
+    import locale
+
+    return unicode_ok(getattr(out, "encoding", None)) and unicode_ok(
+        locale.nl_langinfo(locale.CODESET)
+    )
+
+
 def unicode_ok(encoding: str | None) -> bool:
     """Whether text in ``encoding`` can carry the bar's block characters."""
     if not encoding:

@@ -8,7 +8,11 @@ traceback in the middle of the screen.
 
 The screen is drawn with curses (the standard library's): it restores the terminal however
 top ends (``q``, Ctrl-C, an error). ``--once``, or a stdout that is no terminal, prints one
-frame as plain text and exits, for scripts and for the tests.
+frame as plain text and exits, for scripts and for the tests. A terminal curses cannot
+drive (over ssh from a terminal whose terminfo this host lacks, TERM empty, TERM=dumb) gets
+the same plain frames, one every interval after a one-line note saying why, until Ctrl-C:
+the operator who asked for a live view gets one they can read rather than an error to
+work around (``TERM=xterm-256color nervectl top`` still gives the full screen).
 """
 
 from __future__ import annotations
@@ -43,19 +47,66 @@ def top(ctx: Context) -> int:
     if ctx.args.once or not (ctx.out.isatty() and sys.stdin.isatty()):
         width = topview.WIDTH
         if ctx.args.once and ctx.out.isatty():
-            import shutil
-
-            width = shutil.get_terminal_size().columns
+            width = _columns()
         for line in topview.frame(ask(ctx), width):  # an unreachable daemon: exit 3
             ctx.print(line)
         return OK
+    interval = float(ctx.args.interval)
+    why = no_screen()
+    if why is not None:
+        ctx.note(f"{why}: printing a frame every {interval:g}s instead, until Ctrl-C")
+        return _plain(ctx, interval)
     import curses
 
     try:  # noqa: SIM105 (contextlib is not imported for this)
-        curses.wrapper(_live, ctx, float(ctx.args.interval))
+        curses.wrapper(_live, ctx, interval)
     except KeyboardInterrupt:  # Ctrl-C quits as q does; curses.wrapper restored the terminal
         pass
     return OK
+
+
+def no_screen() -> str | None:
+    """Why curses cannot draw a screen on this terminal, or None when it can: no terminfo
+    entry for TERM here (curses.initscr would raise), or one that cannot move the cursor
+    (``dumb``: every refresh would scroll garbage)."""
+    import curses
+    import os
+
+    term = os.environ.get("TERM", "")
+    try:
+        curses.setupterm(term or "unknown", sys.stdout.fileno())
+    except curses.error:
+        if not term:
+            return "TERM is not set, so curses cannot drive this terminal"
+        return f"this host has no terminfo for TERM={term!r} (try TERM=xterm-256color)"
+    if not curses.tigetstr("cup") or not curses.tigetstr("clear"):
+        return f"TERM={term!r} cannot move the cursor"
+    return None
+
+
+def _columns() -> int:
+    import shutil
+
+    return max(shutil.get_terminal_size().columns, topview.MIN_WIDTH)
+
+
+def _plain(ctx: Context, interval: float) -> int:
+    """Frames as ``--once`` prints them, one every ``interval`` with the footer's line, the
+    daemon unreachable shown and asked again as on the screen; Ctrl-C ends with 0."""
+    try:
+        while True:
+            due = time.monotonic() + interval
+            try:
+                lines = topview.frame(ask(ctx), _columns())
+            except (Unreachable, RemoteError) as exc:
+                lines = topview.unreachable(str(exc), _columns())
+            for line in lines:
+                ctx.print(line)
+            ctx.print(f"-- every {interval:g}s; {time.strftime('%H:%M:%S')}; Ctrl-C quits")
+            ctx.out.flush()
+            time.sleep(max(due - time.monotonic(), 0))
+    except KeyboardInterrupt:
+        return OK
 
 
 def ask(ctx: Context) -> topview.Answers:
@@ -109,14 +160,18 @@ def _draw(screen: Any, answers: topview.Answers | str, footer: str) -> None:
     import curses
 
     height, width = _size(screen)
-    if isinstance(answers, str):
+    small = topview.too_small(width, height - 1)
+    if small is not None:  # one line saying so, no footer: nothing else would be whole
+        lines = [small]
+    elif isinstance(answers, str):
         lines = topview.unreachable(answers, width)
     else:
         lines = topview.frame(answers, width, height - 1)
     screen.erase()
-    for y, line in enumerate(lines[: height - 1]):
+    for y, line in enumerate(lines[: max(height - 1, 1)]):
         _put(screen, y, line, width, curses.A_BOLD if _is_title(line) else curses.A_NORMAL)
-    _put(screen, height - 1, footer, width, curses.A_REVERSE)
+    if small is None:
+        _put(screen, height - 1, footer, width, curses.A_REVERSE)
     screen.refresh()
 
 

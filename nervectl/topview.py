@@ -20,7 +20,13 @@ if TYPE_CHECKING:
     Row = Sequence[str]
 
 WIDTH: Final = 80
-"""The narrowest width the frame is drawn for (an ssh session's default terminal)."""
+"""The width ``--once`` draws for when its output is no terminal (an ssh session's default)."""
+MIN_WIDTH: Final = 40
+"""The narrowest terminal a frame is drawn for (a tmux pane split in two): narrower, the
+columns would be cut to nothing, and the screen says the terminal is too small."""
+MIN_HEIGHT: Final = 10
+"""The fewest lines a frame takes: the header's two, and each section's title with one line
+under it (its rows, or ``... N more``). ``nervectl top`` keeps one more for its footer."""
 _GAP: Final = "  "
 
 
@@ -53,27 +59,31 @@ class Section:
         self.flexible = flexible
         self.empty = empty
 
-    def lines(self, width: int, room: int | None) -> list[str]:
-        """The title, the header and as many rows as ``room`` holds (None: all), the last
-        one then saying how many are not shown."""
+    def lines(self, width: int, shown: int | None = None) -> list[str]:
+        """The title, then the header and the first ``shown`` rows (None: all) and a line
+        saying how many are not; no row shown is the title and that line alone."""
         if not self.rows:
             return [self.title, f"  {self.empty}"]
-        rows = self.rows
-        more = 0
-        if room is not None and len(rows) > room:
-            more = len(rows) - max(room - 1, 0)
-            rows = rows[: max(room - 1, 0)]
-        text = grid(self.headers, rows, width, self.flexible)
+        count = len(self.rows) if shown is None else min(max(shown, 0), len(self.rows))
+        more = len(self.rows) - count
+        text = grid(self.headers, self.rows[:count], width, self.flexible) if count else []
         if more:
             text.append(f"  ... {more} more")
         return [self.title, *text]
+
+    def height(self, shown: int) -> int:
+        """How many lines :meth:`lines` takes for ``shown`` rows (counted, not drawn)."""
+        if not self.rows:
+            return 2
+        count = min(max(shown, 0), len(self.rows))
+        return 1 + (1 + count if count else 0) + (1 if count < len(self.rows) else 0)
 
 
 def grid(headers: Row, rows: Sequence[Row], width: int, flexible: int) -> list[str]:
     """Aligned columns two spaces apart; the ``flexible`` column is cut so that the lines
     fit ``width`` (and any line still over it is cut at the edge)."""
     cells = [[visible(str(c)) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     over = sum(widths) + len(_GAP) * (len(widths) - 1) - width
     if over > 0:
         widths[flexible] = max(widths[flexible] - over, len(headers[flexible]))
@@ -85,38 +95,59 @@ def grid(headers: Row, rows: Sequence[Row], width: int, flexible: int) -> list[s
     return [line(headers), *(line(row) for row in cells)]
 
 
+def too_small(width: int, height: int | None) -> str | None:
+    """The one line shown instead of a frame on a terminal smaller than it needs, or None."""
+    if width >= MIN_WIDTH and (height is None or height >= MIN_HEIGHT):
+        return None
+    return render.truncate(
+        f"terminal too small for top: {MIN_WIDTH}x{MIN_HEIGHT + 1} at least", max(width, 1)
+    )
+
+
 def frame(answers: Answers, width: int = WIDTH, height: int | None = None) -> list[str]:
     """The whole view: header, then WORKERS, RUNS, ACTIVE RUNS and RECENT FAILURES.
 
-    ``height`` None draws every row; otherwise the sections share the lines left after the
-    header, each getting rows in turn, so that a short terminal shows some of each.
+    ``height`` None draws every row. Otherwise the frame takes at most ``height`` lines and
+    every section keeps its title: rows are dealt to the sections in turn, so that a short
+    terminal shows some of each and ``... N more``; the blank lines between sections go
+    first, when all would not fit with them. Smaller than MIN_WIDTH x MIN_HEIGHT: one line
+    saying so (a frame cut there would show no section whole).
     """
-    width = max(width, WIDTH)
+    small = too_small(width, height)
+    if small is not None:
+        return [small]
     head = header(answers)
     sections = [workers(answers), per_workflow(answers), active_runs(answers), failures(answers)]
-    rooms: list[int | None] = [None] * len(sections)
+    shown: list[int | None] = [None] * len(sections)
+    blank = True
     if height is not None:
-        fixed = len(head) + sum(2 + 1 for _ in sections)  # title, headers, blank line
-        rooms = list(share([len(s.rows) for s in sections], max(height - fixed, 0)))
+        everything = len(head) + sum(1 + s.height(len(s.rows)) for s in sections)
+        blank = everything <= height
+        if not blank:
+            shown = list(share(sections, height - len(head)))
     lines = list(head)
-    for section, room in zip(sections, rooms, strict=True):
-        lines += ["", *section.lines(width, room)]
-    lines = [render.truncate(line, width) for line in lines]
-    return lines if height is None else lines[:height]
+    for section, rows in zip(sections, shown, strict=True):
+        lines += ["", *section.lines(width, rows)] if blank else section.lines(width, rows)
+    return [render.truncate(line, width) for line in lines]
 
 
-def share(needs: Sequence[int], room: int) -> list[int]:
-    """``room`` rows dealt one at a time to the sections that need more, in turn."""
-    given = [0] * len(needs)
-    while room > 0:
+def share(sections: Sequence[Section], room: int) -> list[int]:
+    """How many rows each section shows in ``room`` lines: one more to each in turn, while
+    the lines it then takes still fit (a first row costs its header too; a last one takes
+    the place of its ``... N more``)."""
+    given = [0] * len(sections)
+    used = sum(s.height(0) for s in sections)
+    dealt = True
+    while dealt:
         dealt = False
-        for i, need in enumerate(needs):
-            if given[i] < need and room > 0:
+        for i, section in enumerate(sections):
+            if given[i] >= len(section.rows):
+                continue
+            cost = section.height(given[i] + 1) - section.height(given[i])
+            if used + cost <= room:
                 given[i] += 1
-                room -= 1
+                used += cost
                 dealt = True
-        if not dealt:
-            break
     return given
 
 
@@ -256,5 +287,5 @@ def _age(created: Any, now: int) -> str:
 
 def unreachable(message: str, width: int = WIDTH) -> list[str]:
     """The frame while the daemon does not answer: top keeps asking."""
-    return [render.truncate(line, max(width, WIDTH)) for line in
+    return [render.truncate(line, max(width, 1)) for line in
             ("nerved: daemon unreachable, retrying", visible(message))]  # fmt: skip

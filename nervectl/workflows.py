@@ -139,7 +139,7 @@ def workflow_inspect(ctx: Context) -> int:
         return OK
     from nervectl import timeline
 
-    bars = timeline.lines(run, now_ms(), timeline.unicode_ok(getattr(ctx.out, "encoding", None)))
+    bars = timeline.lines(run, now_ms(), timeline.blocks_ok(ctx.out))
     if bars:
         ctx.print("\n".join(["TIMELINE", *bars, ""]))
     rows = [

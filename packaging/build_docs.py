@@ -81,13 +81,17 @@ def completions(out: Path) -> list[Path]:
         )
 
     sys.path.insert(0, str(TOP))
+    from nervectl.arguments import COMPLETION_PREAMBLE
     from nervectl.cli import build_parser
 
     out.mkdir(parents=True, exist_ok=True)
     made = []
     for shell, name in (("bash", "nervectl"), ("zsh", "_nervectl")):
         target = out / name
-        target.write_text(shtab.complete(build_parser(), shell=shell), encoding="utf-8")
+        script = shtab.complete(
+            build_parser(), shell=shell, preamble=COMPLETION_PREAMBLE.get(shell, "")
+        )
+        target.write_text(script, encoding="utf-8")
         made.append(target)
     return made
 

@@ -135,6 +135,22 @@ def test_bash_completes_from_the_parser(built: Path) -> None:
     assert "--from-step" in complete(script, "nervectl workflow retry --fr")
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash here")
+def test_bash_completes_words_and_directories_where_they_go(built: Path, tmp_path: Path) -> None:
+    """``logs --source`` its two sources; ``init`` sense, workflow or a directory; ``--root``
+    a directory (arguments.completes: shtab reads .complete when it builds)."""
+    script = f"cd {tmp_path} && . {shlex.quote(str(built / 'completions' / 'nervectl'))}"
+    (tmp_path / "root-dir").mkdir()
+    (tmp_path / "root-file").write_text("")
+    assert bash_completes(script, "nervectl logs --source ") == ["sense", "workflow"]
+    assert bash_completes(script, "nervectl logs --source w") == ["workflow"]
+    assert bash_completes(script, "nervectl init s") == ["sense"]
+    assert bash_completes(script, "nervectl init r") == ["root-dir"]
+    assert bash_completes(script, f"nervectl init {tmp_path}/ro") == [f"{tmp_path}/root-dir"]
+    line = f"nervectl init sense x --root {tmp_path}/ro"
+    assert bash_completes(script, line) == [f"{tmp_path}/root-dir"]
+
+
 # -- the references in docs/ -----------------------------------------------------------------
 
 
@@ -234,3 +250,14 @@ def test_links_between_the_docs_lead_somewhere() -> None:
             if not dest.exists() or (anchor and anchor not in anchors.get(dest, set())):
                 broken.append(f"{page.relative_to(REPO)}: {target}")
     assert broken == []
+
+
+def test_the_unit_gives_a_reload_longer_than_nervectl_waits_for_it() -> None:
+    """systemd applies TimeoutStartSec= to ExecReload= (nervectl reload): above nervectl's
+    own bound, a reload that takes too long ends with nervectl saying so, not a SIGTERM."""
+    from nervectl.commands import RELOAD_TIMEOUT
+
+    unit = (REPO / "systemd" / "nerved.service").read_text()
+    [seconds] = re.findall(r"^TimeoutStartSec=(\d+)s$", unit, re.M)
+    assert int(seconds) > RELOAD_TIMEOUT
+    assert f"`TimeoutStartSec={seconds}s`" in (DOCS / "guide.md").read_text()

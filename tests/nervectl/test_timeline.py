@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from support import REPO, Nerved, wait_until
 
 from nervectl import timeline
@@ -160,3 +161,15 @@ def test_a_run_that_still_waits_and_many_failures() -> None:
     assert wait.strip() == "⏸ sleeping, 3s so far"
     assert timeline.unicode_ok("utf-8") and not timeline.unicode_ok("ascii")
     assert not timeline.unicode_ok(None)
+
+
+@pytest.mark.parametrize(("locale", "blocks"), [("C", False), ("POSIX", False), ("C.UTF-8", True)])
+def test_the_bars_follow_the_locale_not_pythons_utf8_mode(locale: str, blocks: bool) -> None:
+    """LC_ALL=C turns on Python's UTF-8 mode (stdout is UTF-8), yet asks for ASCII."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from nervectl import timeline;"
+         " print(sys.stdout.encoding, timeline.blocks_ok(sys.stdout))"],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+        env={"PATH": os.environ.get("PATH", ""), "LC_ALL": locale},
+    )  # fmt: skip
+    assert done.stdout.split() == ["utf-8", str(blocks)], done.stderr

@@ -133,6 +133,46 @@ def test_a_short_screen_shows_some_of_each_section() -> None:
     assert any(line.strip().startswith("... ") and "more" in line for line in lines)
 
 
+def test_every_size_from_the_minimum_up_draws_each_section_within_it() -> None:
+    """Any terminal of MIN_WIDTH x MIN_HEIGHT or more gets a frame that fits it, every
+    section's title in it; a smaller one gets one line saying so."""
+    workers = [{"kind": "sense", "name": f"g{i}", "state": "idle", "pid": None} for i in range(7)]
+    active = [
+        {"runId": f"{i:08d}-run", "workflow": f"w{i % 4}", "status": "queued", "createdAt": i}
+        for i in range(12)
+    ]
+    failed = [{"runId": "f" * 12, "workflow": "w", "status": "failed", "updatedAt": 1}]
+    for counts in ((7, 12, 1), (0, 0, 0), (1, 1, 1), (7, 0, 1)):
+        answers = topview.Answers(
+            {"workers": workers[: counts[0]]}, active[: counts[1]], [], failed[: counts[2]], 9
+        )
+        for width in range(topview.MIN_WIDTH, 100, 13):
+            for height in range(topview.MIN_HEIGHT, 45):
+                lines = topview.frame(answers, width, height)
+                assert len(lines) <= height and all(len(line) <= width for line in lines)
+                for title in ("WORKERS", "RUNS", "ACTIVE RUNS", "RECENT FAILURES"):
+                    assert title in lines, (width, height, lines)
+        small = topview.frame(answers, 80, topview.MIN_HEIGHT - 1)
+        assert len(small) == 1 and small[0].startswith("terminal too small")
+        assert topview.frame(answers, topview.MIN_WIDTH - 1, 40)[0].startswith("terminal too")
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="no script(1) here")
+def test_top_on_a_dumb_terminal_prints_plain_frames(tmp_path: Path) -> None:
+    """TERM=dumb cannot move the cursor: one note, then a plain frame every interval."""
+    command = f"TERM=dumb {sys.executable} -m nervectl --socket {tmp_path}/s top --interval 0.5"
+    try:
+        done = subprocess.run(
+            ["script", "-qec", command, "/dev/null"],
+            capture_output=True, text=True, timeout=3, cwd=REPO, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        output = done.stdout
+    except subprocess.TimeoutExpired as exc:
+        output = (exc.stdout or b"").decode(errors="replace")
+    assert "nervectl: note: TERM='dumb' cannot move the cursor" in output
+    assert output.count("daemon unreachable, retrying") >= 2, output
+
+
 def test_unreachable_frame_says_it_retries() -> None:
     assert topview.unreachable("cannot connect to /x: No such file")[0] == (
         "nerved: daemon unreachable, retrying"
