@@ -61,6 +61,24 @@ QUICK = """
 """
 """A workflow of one step that returns ``{"type": "done"}`` at once."""
 
+CREDENTIAL_READER = """
+    from nerved import WorkflowDefinition
+
+    def read(prompt, ctx):
+        try:
+            ctx.credential("absent")
+        except KeyError as exc:
+            missing = str(exc)
+        return {"type": "read", "token": ctx.credential("token"), "missing": missing}
+
+    def moderate(thread, event):
+        return {"role": "read", "prompt": {}} if event["type"] == "thread_start" else None
+
+    workflow = WorkflowDefinition(roles={"read": read}, moderate=moderate)
+"""
+"""A workflow whose role returns the credential ``token`` (``ctx.credential``) and the
+KeyError of one that is absent."""
+
 
 FORKER = """
     import os, time

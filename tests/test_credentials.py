@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import CREDENTIAL_READER
 
 from nerved import SenseContext, WorkflowContext, credentials
 
@@ -50,28 +51,11 @@ def test_a_credential_over_1_mib_is_refused(directory: Path) -> None:
         credentials.read("big")
 
 
-READER = """
-from nerved import WorkflowDefinition
-
-def read(prompt, ctx):
-    try:
-        ctx.credential("absent")
-    except KeyError as exc:
-        missing = str(exc)
-    return {"type": "read", "token": ctx.credential("token"), "missing": missing}
-
-def moderate(thread, event):
-    return {"role": "read", "prompt": {}} if event["type"] == "thread_start" else None
-
-workflow = WorkflowDefinition(roles={"read": read}, moderate=moderate)
-"""
-
-
 def test_a_worker_reads_the_directory_nerved_was_given(nerved_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     creds = tmp_path / "creds"
     creds.mkdir(mode=0o700)
     (creds / "token").write_text("s3cret\n")
-    daemon = nerved_factory("workflows:\n  k: {}\n", None, {"k": READER})
+    daemon = nerved_factory("workflows:\n  k: {}\n", None, {"k": CREDENTIAL_READER})
     daemon.env["CREDENTIALS_DIRECTORY"] = str(creds)
     daemon.start()
     run = daemon.rpc("workflow.trigger", workflow="k", payload=None)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from sandbox import Sandbox, ensure_nerve_user, service_venv, unavailable
-from support import FORKER, LEAKER, REPO, wait_until
+from support import CREDENTIAL_READER, FORKER, LEAKER, REPO, wait_until
 
 pytestmark = pytest.mark.systemd
 
@@ -218,26 +218,9 @@ def test_journalctl_finds_a_runs_lines_by_its_id(sandbox: Sandbox) -> None:
     assert spoken[0]["_SYSTEMD_UNIT"] == "nerved.service"
 
 
-CREDENTIAL = """
-    from nerved import WorkflowDefinition
-
-    def read(prompt, ctx):
-        try:
-            ctx.credential("absent")
-        except KeyError as exc:
-            missing = str(exc)
-        return {"type": "read", "token": ctx.credential("token"), "missing": missing}
-
-    def moderate(thread, event):
-        return {"role": "read", "prompt": {}} if event["type"] == "thread_start" else None
-
-    workflow = WorkflowDefinition(roles={"read": read}, moderate=moderate)
-"""
-
-
 def test_a_role_reads_a_credential_systemd_loads(sandbox: Sandbox) -> None:
     secret = sandbox.dir / "secret"
-    sandbox.prepare("workflows:\n  k: {}\n", {"k": CREDENTIAL},
+    sandbox.prepare("workflows:\n  k: {}\n", {"k": CREDENTIAL_READER},
                     service=f"LoadCredential=token:{secret}\n")  # fmt: skip
     secret.write_text("s3cret\n")
     secret.chmod(0o600)  # root's: systemd reads it, and hands nerve a copy of its own

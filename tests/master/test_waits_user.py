@@ -11,24 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support import Nerved, wait_until
+from support import Nerved, inspect, status, wait_until, waiting
 from test_waits_attack import SCRIPTED
 
 HOLD = "{{'role': 'work', 'prompt': {{'gate': {gate!r}}}}}"
-
-
-def inspect(daemon: Nerved, run_id: str) -> dict[str, Any]:
-    run: dict[str, Any] = daemon.rpc("workflow.inspect", runId=run_id)
-    return run
-
-
-def status(daemon: Nerved, run_id: str) -> str:
-    return str(inspect(daemon, run_id)["status"])
-
-
-def waiting(daemon: Nerved, run_id: str, timeout: float = 20) -> dict[str, Any]:
-    wait_until(lambda: status(daemon, run_id) == "waiting", timeout=timeout, what="a wait")
-    return inspect(daemon, run_id)
 
 
 def run(daemon: Nerved, workflow: str, *script: str) -> str:
