@@ -2,8 +2,11 @@
 
 The master trusts nothing a worker sends about a run it does not hold (a message for a run
 that ended, or went to another worker, is ignored), and a step is acknowledged only once it
-is committed (nerved.master.workflows.manager): the moderator never sees an event a crash
-could take back. The messages are listed in :mod:`nerved.worker.workflow`.
+is committed (nerved.master.workflows.manager): no decision on an event a crash could take
+back takes effect. A last step comes with the run's end (``then``): both are written in
+the same turn, so in the same commit, and a crash leaves the run before the step (resumed:
+the role runs again) or completed with it, never between. The messages are listed in
+:mod:`nerved.worker.workflow`.
 """
 
 from __future__ import annotations
@@ -119,6 +122,9 @@ class WorkerMessages:
         run.steps = n
         run.history += size
         self.tries.stepped(run)
+        if message.get("then") == "completed":  # the last step: it and the end, one commit
+            self.end(run, Transition.COMPLETE, None)
+            return
         ack = {"t": "ack", "run": run.run_id, "n": n}
 
         def send() -> None:
