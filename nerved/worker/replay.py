@@ -47,9 +47,9 @@ from nerved.code.importing import load_workflow
 from nerved.code.reading import Package, UserCodeError
 from nerved.process import EXIT_OK, EXIT_UNREADABLE
 from nerved.worker.histories import Decision, Unusable, derive
+from nerved.worker.moderation import ThreadFailed, decide
 from nerved.worker.port import explain
 from nerved.worker.timebox import Overrun, Timebox, overrun_message
-from nerved.worker.workflow import ThreadFailed, decide
 
 SHOWN: Final = 4 * wire.KiB
 """Bytes of a prompt's JSON (or an error) shown in an answer; the rest is cut."""

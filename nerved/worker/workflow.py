@@ -3,8 +3,15 @@
 A thread is the loop moderate -> execute -> moderate ... (RFC-002 §5.4), with one rule that
 the original design lacked: every role's output event is sent to the master and the thread
 waits for the master's ``ack``, which comes only once the event is committed to logs.db.
-The moderator therefore never sees an event that a crash could take back, and a thread
-resumed after a crash replays exactly what its moderator saw.
+No decision on an event takes effect before that, and a thread resumed after a crash
+replays exactly what its moderator saw.
+
+The moderator is pure, so the thread asks for its decision on a role's event before it
+sends the step (nerved.worker.moderation): a decision to end the run goes with the step
+(``then``), and the master commits the step and the run's end at once; a role or a wait is
+taken when the ack arrives, without a second call; a call that raised fails the run then.
+A role with a timeout too near its end sends its step first and asks after the ack, as the
+master's bound on it runs until the step arrives (:func:`moderation.ahead`).
 
 Protocol (master -> worker):
     {"t": "start",  "run": ID, "payload": P, "maxSteps": N}
@@ -26,6 +33,8 @@ Worker -> master:
     {"t": "begin", "run": ID, "n": K, "role": R, "try": T}  a role with a timeout starts: the
                                               master holds the bound too (see _execute)
     {"t": "step", "run": ID, "n": K, "role": R, "prompt": P, "event": E}
+    {"t": "step", ..., "then": "completed"}  step K, and the run ends on it: the master
+                                              records both in one commit, and sends no ack
     {"t": "step_failed", "run": ID, "n": K, "role": R, "prompt": P, "error": "...",
      "retry": bool, "after": seconds | null}  a try of step K failed; the thread is dropped
                                               here, and the master resumes the run when (and
@@ -57,14 +66,12 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
-import json
 import logging
-import reprlib
 import socket
 from collections.abc import Coroutine, Mapping
 from typing import Any, Final, cast
 
-from nerved import logs, waits, wire
+from nerved import logs, wire
 from nerved.api import (
     CommandEvent,
     Fatal,
@@ -76,18 +83,16 @@ from nerved.api import (
 from nerved.channel import Message
 from nerved.code.importing import load_workflow
 from nerved.code.reading import Package, UserCodeError
+from nerved.worker import moderation
+from nerved.worker.moderation import Decision, ThreadFailed, check_event
 from nerved.worker.port import Port, explain, serve
-from nerved.worker.timebox import Overrun, Timebox, overrun_message
+from nerved.worker.timebox import Timebox
 
 log = logging.getLogger(__name__)
 
 ROLE_THREADS: Final = 1024  # sync roles that may run at once in one worker
 CANCEL_GRACE: Final = 1.0  # seconds an async role has to end once cancelled, or it is stuck
 MAX_RETRY_AFTER: Final = 1e9  # seconds (31 years): a Retry(after=) past it is a mistake
-
-
-class ThreadFailed(Exception):
-    """A rule of SPEC §4 was broken; the message is what the run's ``error`` will say."""
 
 
 class Halted(Exception):
@@ -107,60 +112,6 @@ class TryFailed(Exception):
         self.error = error
         self.retry = retry
         self.after = after
-
-
-def _checked(value: Any, what: str) -> Any:
-    """``value`` as it is kept: through JSON and back, so that a tuple is a list and a key a
-    string now, as they will be when a resumed run replays it. Raises ThreadFailed unless it
-    is one nerve keeps (:func:`wire.check_value`)."""
-    try:
-        return json.loads(wire.check_value(value, what))
-    except wire.Invalid as exc:
-        raise ThreadFailed(str(exc)) from None
-
-
-def _check_event(role: str, event: Any) -> CommandEvent:
-    if not isinstance(event, Mapping):
-        raise ThreadFailed(
-            f"role {role!r} returned {type(event).__name__}, not an event"
-            " (a dict with a string 'type')"
-        )
-    if not isinstance(event.get("type"), str):
-        raise ThreadFailed(f"role {role!r} returned an event without a string 'type'")
-    checked: CommandEvent = _checked(dict(event), f"the event role {role!r} returned")
-    return checked
-
-
-Decision = dict[str, Any] | None
-"""A moderator's decision as a thread takes it: ``{"role", "prompt"}``, a wait (``{"wait",
-"timeout"}`` or ``{"sleep"}``: :mod:`nerved.waits`), or None (the run ends)."""
-
-
-def decide(definition: WorkflowDefinition, state: ThreadState, event: CommandEvent) -> Decision:
-    """What the moderator decides on ``event``, checked as a thread takes it (a
-    :data:`Decision`); raises ThreadFailed (or what the moderator raised). The replay check
-    calls it too (nerved.worker.replay), so that it judges what a worker would do."""
-    decision: Any = definition.moderate(state, event)  # user code: whatever it returned
-    if decision is None:
-        return None
-    if waits.is_wait(decision):
-        try:
-            return waits.checked(decision)
-        except ValueError as exc:
-            raise ThreadFailed(f"moderator returned {reprlib.repr(decision)}: {exc}") from None
-    if not isinstance(decision, Mapping) or not isinstance(decision.get("role"), str):
-        raise ThreadFailed(
-            f"moderator returned {reprlib.repr(decision)}; expected None,"
-            " {'role': <name>, 'prompt': <JSON>}, nerved.wait_for(...) or nerved.sleep(...)"
-        )
-    role_name = decision["role"]
-    if role_name not in definition.roles:
-        known = ", ".join(sorted(definition.roles))
-        raise ThreadFailed(
-            f"moderator chose unknown role {reprlib.repr(role_name)} (roles: {known})"
-        )
-    prompt = _checked(decision.get("prompt"), f"the moderator's prompt for role {role_name!r}")
-    return {"role": role_name, "prompt": prompt}
 
 
 class WorkflowWorker:
@@ -284,8 +235,8 @@ class WorkflowWorker:
         def log_line(text: str) -> None:
             self.port.post({"t": "log", "run": run_id, "message": wire.text(text)})
 
+        decision = self._moderate(definition, run_id, events)
         while True:
-            decision = self._moderate(definition, run_id, events)
             if decision is None:
                 self.port.post({"t": "completed", "run": run_id})
                 return
@@ -305,6 +256,7 @@ class WorkflowWorker:
                 return
             prompt = decision["prompt"]
             ctx = WorkflowContext(run_id, self.workflow, log_line, tries)
+            began = self.loop.time()
             try:
                 event = await self._execute(definition, run_id, n, role_name, prompt, ctx)
             except TryFailed as failed:
@@ -315,38 +267,37 @@ class WorkflowWorker:
                 )  # fmt: skip
                 return
             steps, tries = n, 1
+            events.append(event)  # this thread's own: it takes effect once durable (the ack)
+            early = None
+            if moderation.ahead(self.timeouts.get(role_name), self.loop.time() - began):
+                early = moderation.early(self.timebox, definition, self._state(run_id, events))
+            ends = early is not None and early.ends  # the step and the run's end: one commit
+            step = {"t": "step", "run": run_id, "n": n, "role": role_name, "prompt": prompt,
+                    "event": event, **({"then": "completed"} if ends else {})}  # fmt: skip
             try:
-                self.port.post(
-                    {"t": "step", "run": run_id, "n": n, "role": role_name,
-                     "prompt": prompt, "event": event}
-                )  # fmt: skip
+                self.port.post(step)
             except wire.Invalid as exc:  # prompt and event are checked: the role's name is not
                 raise ThreadFailed(f"step {n} (role {role_name!r}) cannot be sent: {exc}") from None
+            if ends:
+                return  # the master ends the run with the step, and acks nothing
             ack = self.acks[(run_id, n)] = self.loop.create_future()
             try:
-                await ack  # durable before the moderator sees it
+                await ack  # durable before a decision on it takes effect
             finally:
                 self.acks.pop((run_id, n), None)  # the master may end the run instead
-            events.append(event)
+            if early is None:
+                decision = self._moderate(definition, run_id, events)
+            else:
+                decision = early.taken()  # raises what the moderator's call raised
+
+    def _state(self, run_id: str, events: list[CommandEvent]) -> ThreadState:
+        return ThreadState(run_id, self.workflow, tuple(events))
 
     def _moderate(
         self, definition: WorkflowDefinition, run_id: str, events: list[CommandEvent]
     ) -> Decision:
-        """The moderator's decision, checked (:func:`decide`).
-
-        The whole of it runs in the time box, the checks included: what the moderator
-        returned is user code too (a Mapping whose ``get`` loops, a prompt that shares one
-        list a million times and takes seconds to encode), and runs on this loop.
-        """
-        state = ThreadState(run_id, self.workflow, tuple(events))
-        try:
-            return self.timebox.call(decide, definition, state, events[-1])
-        except Overrun as exc:
-            raise ThreadFailed(overrun_message(exc)) from None
-        except ThreadFailed:
-            raise
-        except BaseException as exc:  # SystemExit, GeneratorExit...: user code's, the run's end
-            raise ThreadFailed(f"moderator raised {explain(exc)}") from exc
+        """The moderator's decision on the last of ``events``, checked and bounded."""
+        return moderation.moderate(self.timebox, definition, self._state(run_id, events))
 
     async def _execute(
         self,
@@ -406,7 +357,7 @@ class WorkflowWorker:
             raise TryFailed(f"raised {explain(exc.raised)}") from exc
         except BaseException as exc:  # a sync role's SystemExit too: a failed try, no more
             raise TryFailed(f"raised {explain(exc)}") from exc
-        return _check_event(role_name, result)
+        return check_event(role_name, result)
 
     async def _settled(self, work: asyncio.Future[Any], timeout: float) -> bool:
         """Whether ``work`` is done within ``timeout`` seconds (asyncio.wait's job, for one
