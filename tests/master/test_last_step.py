@@ -120,3 +120,30 @@ def test_a_master_killed_right_after_a_last_step_never_leaves_it_without_the_end
     assert set(triggered) <= set(runs)  # and maybe one whose answer the kill took
     assert all(done == steps for _, steps, done in runs.values())
     assert_runs_match_logs(daemon.state / "logs.db")
+
+
+RAISES = """
+    from nerved import WorkflowDefinition
+
+    def step(prompt, ctx):
+        return {"type": "did"}
+
+    def moderate(thread, event):
+        if event["type"] == "did":
+            raise ValueError("no more")
+        return {"role": "step", "prompt": None}
+
+    workflow = WorkflowDefinition(roles={"step": step}, moderate=moderate)
+"""
+
+
+def test_a_moderator_that_raises_on_a_step_fails_the_run_once_the_step_is_recorded(
+    nerved_factory,
+):
+    daemon = nerved_factory("workflows:\n  raises: {}\n", workflows={"raises": RAISES}).start()
+    run = daemon.wait_run(daemon.trigger("raises"))
+    assert run["status"] == "failed"
+    assert "moderator raised ValueError: no more" in run["error"]
+    kinds = [e["type"] for e in daemon.entries(run["runId"])]
+    assert kinds[-2:] == ["step_complete", "failed"], kinds
+    assert_runs_match_logs(daemon.state / "logs.db")
