@@ -122,6 +122,7 @@ def daemon_on(db: Path | None) -> Daemon:
     if db is not None:
         daemon.state.mkdir(mode=0o700)
         shutil.copyfile(db, daemon.state / "logs.db")
+        (daemon.state / "logs.db").chmod(0o600)
     return daemon
 
 
@@ -159,6 +160,7 @@ def measure(runs: int, entries: int, n: int, active: int) -> dict[str, Any]:
         state = base / "state"
         state.mkdir(mode=0o700)
         shutil.copyfile(db, state / "logs.db")
+        (state / "logs.db").chmod(0o600)
         out["ready_s"] = time_to_ready(root, state)
         return out
     finally:
