@@ -8,6 +8,8 @@ import sys
 for name in (
     "bench.control",
     "bench.workflows",
+    "bench.growth",
+    "bench.scale",
     "bench.retries",
     "bench.waits",
     "bench.timebox",

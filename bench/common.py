@@ -110,13 +110,22 @@ def scratch_root(base: Path, config: str, packages: dict[str, str]) -> Path:
 class Daemon:
     """nerved on a scratch root; ready when it says READY=1 on our notify socket.
 
-    With ``watchdog_usec``, nerved feeds a watchdog (``WATCHDOG_USEC``) and the notify socket
-    is read for as long as it runs, as systemd reads it (unread, its queue fills and nerved's
-    pings wait in nerved, so their gaps would be the reader's): every message is kept in
-    :attr:`notifications` with its time. Without, the socket is closed after READY=1.
+    ``launcher``: the interpreter's arguments before nerved's own (:mod:`bench.profiled`
+    wraps nerved to profile it). With ``watchdog_usec``, nerved feeds a watchdog
+    (``WATCHDOG_USEC``) and the notify socket is read for as long as it runs, as systemd
+    reads it (unread, its queue fills and nerved's pings wait in nerved, so their gaps would
+    be the reader's): every message is kept in :attr:`notifications` with its time. Without,
+    the socket is closed after READY=1.
     """
 
-    def __init__(self, config: str, packages: dict[str, str], *, watchdog_usec: int = 0):
+    def __init__(
+        self,
+        config: str,
+        packages: dict[str, str],
+        *,
+        watchdog_usec: int = 0,
+        launcher: tuple[str, ...] = ("-m", "nerved"),
+    ):
         self.dir = Path(tempfile.mkdtemp(prefix="nerve-bench-"))
         self.root = scratch_root(self.dir, config, packages)
         self.state = self.dir / "state"
@@ -125,6 +134,7 @@ class Daemon:
         self.env = dict(os.environ)
         self.watchdog_usec = watchdog_usec
         self.notifications: list[tuple[float, str]] = []  # (time.monotonic(), message)
+        self.launcher = launcher  # what runs nerved: ``-m nerved``, or a bench wrapper of it
         self._reading = threading.Event()
         self._reader: threading.Thread | None = None
 
@@ -137,7 +147,7 @@ class Daemon:
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nerved", "--root", str(self.root), "--state-dir",
+            [sys.executable, *self.launcher, "--root", str(self.root), "--state-dir",
              str(self.state), "--socket", str(self.socket), "--log-level", "warning",
              "--no-watch"],
             env=env, cwd=REPO, stderr=open(self.dir / "nerved.log", "wb"),

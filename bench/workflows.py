@@ -18,7 +18,11 @@ machine for the reference figures, kept as they were) in their venv, created fro
 file on first use: Huey "single" (its fastest shape) and DBOS with a 10-slot queue
 (poll 0.01 s), burst and iso, as the anchors ran them. ``--no-peers`` skips them.
 
-    python -m bench.workflows [--n 1000] [--iso 200] [--no-peers]
+``--json`` prints one JSON object, ``{engine: {metric: value}}`` (ms, MiB; the names are
+:func:`metrics`'), and nothing else on stdout; progress goes to stderr. Without it, a table
+and issue 14's targets, each with whether it holds.
+
+    python -m bench.workflows [--n 1000] [--iso 200] [--no-peers] [--json]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from bench.common import REPO, Daemon, summary_ms, tree_rss
 
@@ -62,69 +66,122 @@ CONFIG = """
 """
 
 
-def run_nerve(n: int, iso: int, conc: int, window: int) -> dict[str, Any]:
-    config = CONFIG.format(conc=conc, queue=max(n, 100))
-    with Daemon(config, {"workflows/w": WORKFLOW}) as daemon:
-        triggers, _waits = daemon.rpc(), daemon.rpc()
-        # Warm up: the worker forks on demand; one run brings it up.
-        run_id = triggers.call("workflow.trigger", {"workflow": "w"})["runId"]
-        triggers.call("workflow.wait", {"runId": run_id})
+def config_for(names: list[str], conc: int, queue: int) -> str:
+    """nerve.yaml for workflows ``names``, each running W's code with its own worker."""
+    one = CONFIG.format(conc=conc, queue=queue).splitlines()[3:]  # the settings, indented
+    lines = ["workflows:"]
+    for name in names:
+        lines += [f"  {name}:", *(line[4:] for line in one)]
+    return "\n".join(lines) + "\n"
 
-        # -- burst. The submitter keeps up to ``window`` triggers in flight on its
-        # connection, as several clients (or reflexes) would: that is what lets one commit
-        # carry many runs. Completion is read from the store afterwards (updatedAt, ms), so
-        # that measuring adds no request per run to the daemon's work.
-        peak = [tree_rss(daemon.pid)]
-        acked: dict[str, float] = {}
-        ack_lat: list[float] = []
-        sent_at: dict[int, float] = {}
-        t_start = time.time()
-        sent = 0
-        while len(acked) < n:
-            while sent < n and len(sent_at) < window:
-                sent_at[triggers.send("workflow.trigger", {"workflow": "w"})] = time.perf_counter()
-                sent += 1
-            answer = triggers.read()
-            ack_lat.append(time.perf_counter() - sent_at.pop(answer["id"]))
-            acked[answer["result"]["runId"]] = time.time()
-            if len(acked) % 100 == 0:
-                peak.append(tree_rss(daemon.pid))
-        while (status := triggers.call("status"))["activeWorkflows"] + status["queuedWorkflows"]:
+
+def packages_for(names: list[str]) -> dict[str, str]:
+    return {f"workflows/{name}": WORKFLOW for name in names}
+
+
+def warm(daemon: Daemon, names: list[str]) -> None:
+    """One run of each workflow: its worker forks on demand, before anything is timed."""
+    rpc = daemon.rpc()
+    for name in names:
+        run_id = rpc.call("workflow.trigger", {"workflow": name})["runId"]
+        rpc.call("workflow.wait", {"runId": run_id})
+    rpc.close()
+
+
+def burst(daemon: Daemon, names: list[str], n: int, window: int) -> dict[str, Any]:
+    """N triggers, round robin over ``names``, up to ``window`` in flight on one connection.
+
+    The submitter keeps triggers in flight as several clients (or reflexes) would: that is
+    what lets one commit carry many runs. Completion is read from the store afterwards
+    (updatedAt, ms), so that measuring adds no request per run to the daemon's work.
+    """
+    triggers = daemon.rpc()
+    peak = [tree_rss(daemon.pid)]
+    acked: dict[str, float] = {}
+    ack_lat: list[float] = []
+    sent_at: dict[int, float] = {}
+    t_start = time.time()
+    sent = 0
+    while len(acked) < n:
+        while sent < n and len(sent_at) < window:
+            params = {"workflow": names[sent % len(names)]}
+            sent_at[triggers.send("workflow.trigger", params)] = time.perf_counter()
+            sent += 1
+        answer = triggers.read()
+        ack_lat.append(time.perf_counter() - sent_at.pop(answer["id"]))
+        acked[answer["result"]["runId"]] = time.time()
+        if len(acked) % 100 == 0:
             peak.append(tree_rss(daemon.pid))
-            time.sleep(0.005)
-        runs = {
-            r["runId"]: r for r in triggers.call("workflow.list", {"all": True, "limit": n + 10})
-        }
-        wall = max(runs[r]["updatedAt"] for r in acked) / 1000 - t_start
-        e2e = [max(0.0, runs[r]["updatedAt"] / 1000 - acked[r]) for r in acked]
+    while (status := triggers.call("status"))["activeWorkflows"] + status["queuedWorkflows"]:
+        peak.append(tree_rss(daemon.pid))
+        time.sleep(0.005)
+    listed = triggers.call("workflow.list", {"all": True, "limit": min(n + 100, 10_000)})
+    runs = {r["runId"]: r for r in listed}
+    if len(acked) > len(runs) or any(r not in runs for r in acked):  # more than a page
+        runs |= {r: triggers.call("workflow.inspect", {"runId": r, "limit": 1}) for r in acked
+                 if r not in runs}  # fmt: skip
+    triggers.close()
+    failed = [r for r in acked if runs[r]["status"] != "completed"]
+    if failed:
+        raise SystemExit(f"{len(failed)} runs did not complete: {failed[:3]}")
+    wall = max(runs[r]["updatedAt"] for r in acked) / 1000 - t_start
+    e2e = [max(0.0, runs[r]["updatedAt"] / 1000 - acked[r]) for r in acked]
+    return {"runs_per_s": n / wall, "steps_per_s": 3 * n / wall, "ack": summary_ms(ack_lat),
+            "e2e": summary_ms(e2e), "rss_mb": max(peak) / 2**20}  # fmt: skip
 
-        # -- iso
-        iso_e2e: list[float] = []
-        iso_ack: list[float] = []
-        for _ in range(iso):
-            t0 = time.perf_counter()
-            run_id = triggers.call("workflow.trigger", {"workflow": "w"})["runId"]
-            t1 = time.perf_counter()
-            triggers.call("workflow.wait", {"runId": run_id})
-            t2 = time.perf_counter()
-            iso_ack.append(t1 - t0)
-            iso_e2e.append(t2 - t0)
-        failed = [
-            r for r in triggers.call("workflow.list", {"all": True, "limit": 10000})
-            if r["status"] != "completed"
-        ]  # fmt: skip
-        if failed:
-            raise SystemExit(f"{len(failed)} runs did not complete: {failed[:3]}")
-        return {
-            "engine": "nerve",
-            "runs_per_s": n / wall,
-            "steps_per_s": 3 * n / wall,
-            "ack": summary_ms(ack_lat),
-            "e2e": summary_ms(e2e),
-            "iso_e2e": summary_ms(iso_e2e),
-            "iso_ack": summary_ms(iso_ack),
-            "tree_rss_mb": max(peak) / 2**20,
-        }
+
+def isolated(daemon: Daemon, name: str, count: int) -> dict[str, Any]:
+    """One run at a time: trigger, wait, next; e2e = trigger sent -> completion read."""
+    rpc = daemon.rpc()
+    e2e: list[float] = []
+    ack: list[float] = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        run_id = rpc.call("workflow.trigger", {"workflow": name})["runId"]
+        t1 = time.perf_counter()
+        if rpc.call("workflow.wait", {"runId": run_id})["status"] != "completed":
+            raise SystemExit(f"run {run_id} did not complete")
+        e2e.append(time.perf_counter() - t0)
+        ack.append(t1 - t0)
+    rpc.close()
+    return {"iso_e2e": summary_ms(e2e), "iso_ack": summary_ms(ack)}
+
+
+def run_nerve(n: int, iso: int, conc: int, window: int) -> dict[str, float]:
+    """W on nerve: the burst, then one run at a time; flat metrics (see :func:`metrics`)."""
+    with Daemon(config_for(["w"], conc, max(n, 100)), packages_for(["w"])) as daemon:
+        warm(daemon, ["w"])
+        b = burst(daemon, ["w"], n, window)
+        i = isolated(daemon, "w", iso)
+    return metrics(
+        b["runs_per_s"], b["steps_per_s"], b["e2e"], b["ack"], i["iso_e2e"], i["iso_ack"],
+        b["rss_mb"],
+    )  # fmt: skip
+
+
+def metrics(
+    runs_per_s: float,
+    steps_per_s: float,
+    e2e: dict[str, float],
+    ack: dict[str, float],
+    iso: dict[str, float],
+    ack_alone: dict[str, float],
+    rss_mb: float,
+) -> dict[str, float]:
+    """The figures of one engine under the names ``--json`` gives them (ms, MiB)."""
+    return {
+        "runs_per_s": runs_per_s,
+        "steps_per_s": steps_per_s,
+        "e2e_p50_ms": e2e["p50"],
+        "e2e_p99_ms": e2e["p99"],
+        "iso_p50_ms": iso["p50"],
+        "iso_p99_ms": iso["p99"],
+        "ack_p50_ms": ack["p50"],
+        "ack_p99_ms": ack["p99"],
+        "ack_alone_p50_ms": ack_alone["p50"],
+        "ack_alone_p99_ms": ack_alone["p99"],
+        "rss_mb": rss_mb,
+    }
 
 
 def _anchors_python() -> Path:
@@ -153,6 +210,34 @@ def run_anchor(script: str, *args: str, n: int, iso: int, conc: int) -> dict[str
     raise RuntimeError(f"{script} {' '.join(args)} gave no result:\n{done.stderr[-2000:]}")
 
 
+PEERS: Final = (
+    ("huey single", ("bench_huey.py", "burst", "single", "thread"),
+     ("bench_huey.py", "iso", "single", "thread", "--fast-poll")),
+    ("dbos poll 0.01s", ("bench_dbos.py", "burst", "0.01"), ("bench_dbos.py", "iso", "0.01")),
+)  # fmt: skip
+
+
+def run_peer(burst_args: tuple[str, ...], iso_args: tuple[str, ...], n: int, iso: int,
+             conc: int) -> dict[str, float]:  # fmt: skip
+    """A peer's burst and iso scripts, their figures under nerve's names."""
+    b = run_anchor(*burst_args, n=n, iso=iso, conc=conc)
+    i = run_anchor(*iso_args, n=n, iso=iso, conc=conc)
+    return metrics(
+        b["runs_per_s"], b["steps_per_s"], b["e2e_latency_ms"], b["enqueue_latency_ms"],
+        i["e2e_latency_ms"], i["enqueue_latency_ms"], b["peak_tree_rss_kb"] / 1024,
+    )  # fmt: skip
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    from tabulate import tabulate
+
+    keys = list(next(iter(results.values())))
+    return tabulate(
+        [[key, *(r[key] for r in results.values())] for key in keys],
+        headers=["", *results], floatfmt=".2f",
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
@@ -160,58 +245,40 @@ def main() -> None:
     parser.add_argument("--conc", type=int, default=10)
     parser.add_argument("--window", type=int, default=10, help="triggers in flight (burst)")
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object on stdout, {engine: {metric: value}}")  # fmt: skip
     args = parser.parse_args()
-    nerve = run_nerve(args.n, args.iso, args.conc, args.window)
-    rows = [
-        ("nerve", nerve["runs_per_s"], nerve["steps_per_s"], nerve["e2e"]["p50"],
-         nerve["e2e"]["p99"], nerve["iso_e2e"]["p50"], nerve["iso_e2e"]["p99"],
-         nerve["ack"]["p50"], nerve["ack"]["p99"], nerve["tree_rss_mb"]),
-    ]  # fmt: skip
-    peers: dict[str, float] = {}
+    print(f"nerve: W, N={args.n}, iso {args.iso}...", file=sys.stderr, flush=True)
+    results = {"nerve": run_nerve(args.n, args.iso, args.conc, args.window)}
     if not args.no_peers:
-        kw = {"n": args.n, "iso": min(args.iso, 30), "conc": args.conc}
-        for name, burst, iso in (
-            ("huey single", ("bench_huey.py", "burst", "single", "thread"),
-             ("bench_huey.py", "iso", "single", "thread", "--fast-poll")),
-            ("dbos poll 0.01s", ("bench_dbos.py", "burst", "0.01"),
-             ("bench_dbos.py", "iso", "0.01")),
-        ):  # fmt: skip
-            b = run_anchor(*burst, **kw)
-            i = run_anchor(*iso, **kw)
-            peers[name] = b["runs_per_s"]
-            rows.append(
-                (name, b["runs_per_s"], b["steps_per_s"], b["e2e_latency_ms"]["p50"],
-                 b["e2e_latency_ms"]["p99"], i["e2e_latency_ms"]["p50"],
-                 i["e2e_latency_ms"]["p99"], b["enqueue_latency_ms"]["p50"],
-                 b["enqueue_latency_ms"]["p99"], b["peak_tree_rss_kb"] / 1024),
-            )  # fmt: skip
-    from tabulate import tabulate
+        for name, burst_args, iso_args in PEERS:
+            print(f"{name}...", file=sys.stderr, flush=True)
+            results[name] = run_peer(burst_args, iso_args, args.n, min(args.iso, 30), args.conc)
+    if args.json:
+        print(json.dumps(results))
+        return
+    print(
+        f"\nWorkload W: N={args.n} runs x 3 steps, concurrency {args.conc}, window"
+        f" {args.window}; iso: one at a time ({args.iso} nerve, {min(args.iso, 30)} peers)"
+    )
+    print(table(results))
+    nerve = results["nerve"]
+    for name, peer in results.items():
+        if name != "nerve":
+            print(f"nerve / {name}: {nerve['runs_per_s'] / peer['runs_per_s']:.2f}x runs/s")
+    print("\nissue 14's targets:")
+    for key, bound, above in TARGETS:
+        value = nerve[key]
+        holds = value >= bound if above else value <= bound
+        sign = ">=" if above else "<="
+        print(f"  {key:18} {value:9.2f}  target {sign} {bound:<7} {'holds' if holds else 'MISSED'}")
 
-    print(f"\nWorkload W: N={args.n} runs x 3 steps, concurrency {args.conc}; iso: one at a time")
-    print(
-        tabulate(
-            rows,
-            headers=[
-                "engine",
-                "runs/s",
-                "steps/s",
-                "e2e p50 ms",
-                "e2e p99 ms",
-                "iso e2e p50 ms",
-                "iso e2e p99 ms",
-                "ack p50 ms",
-                "ack p99 ms",
-                "tree RSS MB",
-            ],
-            floatfmt=".2f",
-        )
-    )
-    for name, rate in peers.items():
-        print(f"nerve / {name}: {nerve['runs_per_s'] / rate:.2f}x runs/s")
-    print(
-        f"nerve iso trigger ack p50 {nerve['iso_ack']['p50']:.3f} ms, "
-        f"p99 {nerve['iso_ack']['p99']:.3f} ms ({args.iso} runs)"
-    )
+
+TARGETS: Final = (
+    ("runs_per_s", 4000, True), ("iso_p50_ms", 1.2, False), ("iso_p99_ms", 2.0, False),
+    ("ack_p99_ms", 1.5, False), ("ack_alone_p99_ms", 0.6, False), ("rss_mb", 50, False),
+)  # fmt: skip
+"""Issue 14's targets: (metric, bound, True when the figure must be at least the bound)."""
 
 
 if __name__ == "__main__":

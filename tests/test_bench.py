@@ -1,0 +1,27 @@
+"""The benchmarks' machine-readable output: ``python -m bench.workflows --json`` is what a
+script (or a regression check) reads, so it must stay one JSON object on stdout with the
+figures issue 14 names, whatever the benchmark prints while it runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NAMED = {"runs_per_s", "iso_p50_ms", "iso_p99_ms", "ack_p99_ms", "ack_alone_p99_ms", "rss_mb"}
+
+
+def test_workflows_json_is_one_object_with_the_named_figures() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.workflows", "--n", "20", "--iso", "5", "--no-peers",
+         "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    results = json.loads(done.stdout)  # the whole of stdout: nothing else is printed there
+    assert list(results) == ["nerve"]
+    nerve = results["nerve"]
+    assert nerve.keys() >= NAMED
+    assert all(isinstance(v, float | int) and v > 0 for v in nerve.values()), nerve
+    assert "nerve" in done.stderr  # progress goes to stderr
