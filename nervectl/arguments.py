@@ -238,21 +238,7 @@ def workflow_replay(replay: argparse.ArgumentParser) -> None:
 
 def workflow_trigger(start: argparse.ArgumentParser) -> None:
     start.add_argument("name", metavar="NAME", type=_text, help="the workflow")
-    payload = start.add_mutually_exclusive_group()
-    payload.add_argument(
-        "--payload",
-        metavar="JSON",
-        type=_payload,
-        default=argparse.SUPPRESS,
-        help="the trigger payload, a JSON value",
-    )
-    completes(
-        payload.add_argument(
-            "--payload-file", metavar="FILE",
-            help="read the JSON trigger payload from FILE (- stdin)",
-        ),
-        FILE,
-    )  # fmt: skip
+    _payload_options(start, "the trigger payload, a JSON value", "the JSON trigger payload")
     start.add_argument(
         "--key",
         metavar="KEY",
@@ -328,14 +314,21 @@ def workflow_signal(signal: argparse.ArgumentParser) -> None:
         "name", metavar="NAME", type=_signal_name,
         help="the signal's name, as the moderator's wait_for has it (1 to 256 characters)",
     )  # fmt: skip
-    payload = signal.add_mutually_exclusive_group()
+    _payload_options(
+        signal, "the signal's payload, a JSON value (default: null)", "the JSON payload"
+    )
+
+
+def _payload_options(parser: argparse.ArgumentParser, inline: str, from_file: str) -> None:
+    """``--payload JSON | --payload-file FILE`` (read by nervectl.workflows.payload_of):
+    absent when neither is given, so that no payload is sent."""
+    payload = parser.add_mutually_exclusive_group()
     payload.add_argument(
-        "--payload", metavar="JSON", type=_payload, default=argparse.SUPPRESS,
-        help="the signal's payload, a JSON value (default: null)",
-    )  # fmt: skip
+        "--payload", metavar="JSON", type=_payload, default=argparse.SUPPRESS, help=inline
+    )
     completes(
         payload.add_argument(
-            "--payload-file", metavar="FILE", help="read the JSON payload from FILE (- stdin)"
+            "--payload-file", metavar="FILE", help=f"read {from_file} from FILE (- stdin)"
         ),
         FILE,
     )

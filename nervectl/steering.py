@@ -13,7 +13,7 @@ import sys
 from nervectl.client import RemoteError
 from nervectl.context import visible
 from nervectl.exits import FAILED, NOT_FOUND, OK, USAGE, CliError
-from nervectl.workflows import NO_PAYLOAD, read_payload_file, wait_and_show
+from nervectl.workflows import NO_PAYLOAD, payload_of, wait_and_show
 
 TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
 if TYPE_CHECKING:
@@ -74,10 +74,7 @@ def workflow_retry(ctx: Context) -> int:
 def workflow_signal(ctx: Context) -> int:
     """Send the signal; say whether a wait took it at once, or it is pending."""
     args = ctx.args
-    if args.payload_file is not None:
-        payload = read_payload_file(args.payload_file)
-    else:
-        payload = vars(args).get("payload", NO_PAYLOAD)
+    payload = payload_of(args)
     params: dict[str, Any] = {"runId": args.run_id, "name": args.name}
     if payload is not NO_PAYLOAD:
         params["payload"] = payload

@@ -296,10 +296,7 @@ def workflow_trigger(ctx: Context) -> int:
     args = ctx.args
     if args.timeout is not None and not args.wait:
         raise CliError("--timeout only applies with --wait", USAGE)
-    if args.payload_file is not None:  # "" is a file that cannot be read, not no payload
-        payload = read_payload_file(args.payload_file)
-    else:  # --payload, parsed by argparse; absent when not given
-        payload = vars(args).get("payload", NO_PAYLOAD)
+    payload = payload_of(args)
     params: dict[str, Any] = {"workflow": args.name}
     if payload is not NO_PAYLOAD:
         params["payload"] = payload
@@ -390,6 +387,14 @@ def parse_payload(data: str | bytes) -> Any:
 # Bytes of a payload file read at most: past this it is refused without reading on (its
 # exact size is said up to here: ``the payload is 2.0 MiB; at most 1.0 MiB is kept``).
 _PAYLOAD_FILE_CAP: Final = 16 * 1024 * 1024
+
+
+def payload_of(args: Any) -> Any:
+    """The payload ``--payload`` or ``--payload-file`` gave (arguments._payload_options), or
+    :data:`NO_PAYLOAD` when neither was."""
+    if args.payload_file is not None:  # "" is a file that cannot be read, not no payload
+        return read_payload_file(args.payload_file)
+    return vars(args).get("payload", NO_PAYLOAD)  # --payload, parsed by argparse
 
 
 def read_payload_file(name: str) -> Any:

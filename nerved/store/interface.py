@@ -101,6 +101,11 @@ class Reader(Protocol):
         signals of that name. An entry whose payload does not decode is skipped."""
         ...
 
+    def signalled_runs(self) -> set[str]:
+        """The ids of the runs that have a pending signal (:meth:`pending_signals` not
+        empty), in one query: recovery asks it once, not once per waiting run."""
+        ...
+
     def count_runs(self) -> dict[tuple[str, RunStatus], int]: ...
 
     def firings(self) -> dict[str, Firing]:

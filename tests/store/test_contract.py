@@ -855,6 +855,20 @@ def test_pending_signals_are_those_no_input_delivered_in_arrival_order(store: St
     assert [e.id for e in store.pending_signals("r2")] == [first + 3]
 
 
+def test_signalled_runs_are_those_with_a_pending_signal(store: Storage) -> None:
+    for run_id in ("r1", "r2", "r3"):
+        make_run(store, run_id, RunStatus.STARTED)
+    taken = signal(store, "r1", "go")
+    signal(store, "r2", "go")
+    assert store.signalled_runs() == {"r1", "r2"}
+    assert store.record_wait("r1", waiting_record("go", None), "go", None)
+    assert store.record_wake("r1", '{"type":"signal","name":"go","payload":null}', taken)
+    store.commit()
+    assert store.committed.signalled_runs() == {"r2"}
+    assert set().union(*[{e.ref_id} for r in ("r1", "r2", "r3")
+                         for e in store.pending_signals(r)]) == {"r2"}  # fmt: skip
+
+
 def test_a_copied_delivery_does_not_consume_the_new_runs_signals(store: Storage) -> None:
     """A retry from a step copies the old run's inputs, each naming the old run's signal
     entry: the new run's own signals stay pending."""

@@ -176,7 +176,9 @@ class Waits:
         """At start: a waiting run takes a signal it waits for that came while nerved
         stopped; the others' deadlines are armed, earliest first, so that those past already
         (they fell due while nerved was down) fire at once in their order."""
-        waiting = [run for run in runs if run.waiting is not None and not self._take_pending(run)]
+        signalled = self.store.signalled_runs()
+        waiting = [run for run in runs if run.waiting is not None and not (
+            run.run_id in signalled and self._take_pending(run))]  # fmt: skip
         timed = [(run.waiting.until, run) for run in waiting
                  if run.waiting is not None and run.waiting.until is not None]  # fmt: skip
         for until, run in sorted(timed, key=lambda timed: timed[0]):
