@@ -59,6 +59,7 @@ CONFIG = """
     workflows:
       echo: {concurrency: 4, overflow: queue, maxQueue: 50}
       single: {concurrency: 1, overflow: drop}
+      held: {concurrency: 50, overflow: queue, maxQueue: 50}
     retention:
       runs: {maxCount: null}
 """
@@ -81,7 +82,25 @@ ECHO = """
 
     workflow = WorkflowDefinition(roles={"echo": echo}, moderate=moderate)
 """
-WORKFLOWS = ("echo", "single")
+# Runs that wait for a signal ``go`` (or 2 s) hold still however fast nerve gets: a fuzzed
+# workflow.cancel or workflow.signal always has live runs to name, not only final ones.
+HELD = """
+    import nerved
+    from nerved import WorkflowDefinition
+
+    def echo(prompt, ctx):
+        return {"type": "echoed", "payload": prompt}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return nerved.wait_for("go", timeout=2)
+        if event["type"] in ("signal", "wait_timeout"):
+            return {"role": "echo", "prompt": event.get("payload")}
+        return None
+
+    workflow = WorkflowDefinition(roles={"echo": echo}, moderate=moderate)
+"""
+WORKFLOWS = ("echo", "single", "held")
 METHODS = sorted(COMMANDS)
 UNKNOWN_METHODS = ("", "nope", "STATUS", "status ", "workflow.", "rpc.discover", "__init__",
                    "run", "dispatch", "logs.query\u0000", "\ud800", "sense.list.x")  # fmt: skip
@@ -178,6 +197,8 @@ class Fuzzer:
                 return json.dumps(rng.choice((*WORKFLOWS, "nope", "Echo")))
             case "sense":
                 return json.dumps(rng.choice(("tick", "nope", "tick ")))
+            case "name" if rng.random() < 0.7:  # a signal's name: the one held runs wait for
+                return json.dumps(rng.choice(("go", "go", "Go", "x", "", "go.1", "é")))
             case "payload" if rng.random() < 0.1:  # at the depth limit: accepted, so kept
                 return nested(rng.choice((98, 99, 100)), rng.random() < 0.5)
             case "payload":
@@ -607,7 +628,8 @@ class Session:
 def test_fuzzed_requests_are_each_answered_once_and_never_take_nerved_down(
     nerved_factory: Callable[..., Nerved], tmp_path: Path
 ) -> None:
-    daemon = nerved_factory(CONFIG, {"tick": TICK}, dict.fromkeys(WORKFLOWS, ECHO)).start()
+    workflows = {"echo": ECHO, "single": ECHO, "held": HELD}
+    daemon = nerved_factory(CONFIG, {"tick": TICK}, workflows).start()
     fuzzer = Fuzzer(SEED)
     with daemon.client() as status:
         session = Session(daemon, fuzzer, status)

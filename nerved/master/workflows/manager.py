@@ -123,8 +123,7 @@ class WorkflowManager:
                 changed.append(f"workflow {name} settings")
             if flow.package.digest != package.digest:  # first: whatever is forked takes it
                 flow.package = package
-                # New runs go to a new worker; the old one finishes its own, up to drainTimeout.
-                flow.supervisor.drain(flow.config.drain_timeout_ms / 1000, DRAIN)
+                self._replace(flow, flow.supervisor.current)  # new runs go to a new worker
                 changed.append(f"workflow {name} code")
                 flow.supervisor.code_changed()  # a fatal workflow is tried again
                 self.replays.code_changed(flow)  # warns of active runs it would change
@@ -157,7 +156,8 @@ class WorkflowManager:
         while flow.queue:
             why = f"workflow {flow.name} was removed"
             self._finish(flow.queue.popleft().run_id, flow.name, Transition.WITHDRAW, why)
-        # A run no worker holds (its workflow backs off, or is fatal) would wait forever.
+        # A run no worker holds (a backoff, fatal code, a start not sent yet) waits for ever.
+        flow.take_back(flow.supervisor.current)
         why = f"its workflow was removed while it waited for a worker ({flow.supervisor.reason})"
         for run in [run for run in flow.active.values() if run.worker is None]:
             if run.waiting is not None:  # it held no thread: it is withdrawn, as a queued one
@@ -298,8 +298,7 @@ class WorkflowManager:
         run.sent = queued.steps > 0  # a retry from a step: resumed from its copied history
         flow.active[run.run_id] = run
         self.runs[run.run_id] = run
-        flow.supervisor.busy()
-        self._assign(run)
+        self._assign(run)  # which tells the supervisor its worker is busy
 
     def _fill(self, flow: Flow) -> None:
         """Start queued runs, oldest first, while the workflow has free slots."""
@@ -336,7 +335,7 @@ class WorkflowManager:
         if worker is None:
             return  # the supervisor wakes the flow when it may fork (see _wake)
         run.flow.supervisor.busy()  # a worker told to stop when idle is needed again
-        run.worker = worker
+        run.worker, run.delivered = worker, False
         run.in_flight = InFlight(None, now_ms())
         if run.sent:
             if run.lost is not None:  # inspect shows each resume after a crash or restart
@@ -354,7 +353,7 @@ class WorkflowManager:
 
         def send() -> None:
             if run.worker is worker and self.runs.get(run.run_id) is run:
-                worker.send_frame(start)
+                run.delivered = worker.send_frame(start)
 
         self.store.after_commit(send)
 
@@ -365,11 +364,14 @@ class WorkflowManager:
     def _unresumable(self, run: ActiveRun, exc: wire.Invalid | StoreError) -> None:
         self._end(run, Transition.UNRESUMABLE, unresumable(exc))
 
-    def _replace(self, flow: Flow, worker: Worker) -> None:
-        """``worker`` has a role stuck in it (past its timeout, or cancelled): it takes no new
-        runs and finishes its others, under the drain rules; new runs go to a new worker."""
-        if flow.supervisor.current is worker:
+    def _replace(self, flow: Flow, worker: Worker | None) -> None:
+        """``worker`` has a role stuck in it (past its timeout, or cancelled), or old code:
+        it takes no new runs and finishes those it was sent, under the drain rules. New runs
+        go to a new worker, and so do those it was promised but not sent (Flow.take_back)."""
+        if flow.supervisor.current is worker:  # None: it has no worker to replace
             flow.supervisor.drain(flow.config.drain_timeout_ms / 1000, DRAIN)
+            for run in flow.take_back(worker):
+                self._assign(run)
 
     def _wake(self, flow: Flow) -> None:
         """The flow may fork again (a backoff ended, a fix ended its fatal state), or its
@@ -480,13 +482,11 @@ class WorkflowManager:
         return longest
 
     def stopped(self) -> None:
-        """nerved has stopped (the workers are gone): waiters of runs that did not end during
-        the drain hear so (:meth:`Waiters.close`)."""
+        """nerved has stopped: waiters of runs that did not end hear so (Waiters.close)."""
         self.waiters.close()
 
     def worker_state(self, workflow: str) -> str | None:
-        """The state of the workflow's worker (nerved.states.WorkerState); None: no such
-        workflow."""
+        """The state of its worker (nerved.states.WorkerState); None: no such workflow."""
         flow = self.flows.get(workflow)
         return None if flow is None else str(flow.supervisor.state)
 

@@ -135,5 +135,5 @@ class Resumer:
             resume.after, resume.steps = entries[-1].id, resume.steps + len(events)
         if more:
             return False
-        worker.send_frame(start_frame("resume", run))
+        run.delivered = worker.send_frame(start_frame("resume", run))
         return True

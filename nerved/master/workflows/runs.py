@@ -62,6 +62,7 @@ class ActiveRun:
     steps: int = 0
     worker: Worker | None = None
     sent: bool = False  # a worker has been told of it before: the next one resumes it
+    delivered: bool = False  # its worker was sent its start or resume (not only promised it)
     tries: int = 0  # failed tries of the step in flight (nerved.master.workflows.tries)
     retry_at: int | None = None  # when its next try is due (ms since the epoch), if waiting
     retry_timer: Timer | None = None  # gives it back to a worker at retry_at
@@ -117,6 +118,22 @@ class Flow:
     @property
     def has_room(self) -> bool:
         return len(self.active) < self.config.concurrency
+
+    def take_back(self, worker: Worker | None) -> list[ActiveRun]:
+        """The runs given to ``worker`` whose ``start`` or ``resume`` it was not sent yet,
+        now given to no worker: ``worker`` was just told to stop.
+
+        A start waits for its turn's commit, and a resume's history goes page by page, but
+        a stop goes at once: a worker drained in between (a role stuck in it, its code
+        reloaded) would hear ``stop`` first, exit with nothing running, and take the run with
+        it as a crash. Taken back, the run goes to the next worker instead.
+        """
+        if worker is None:
+            return []
+        taken = [r for r in self.active.values() if r.worker is worker and not r.delivered]
+        for run in taken:
+            run.worker, run.in_flight = None, None
+        return taken
 
     def timeouts(self) -> dict[str, float]:
         """The roles' timeouts in seconds, as its workers hold them (``timeouts``)."""
