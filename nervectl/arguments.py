@@ -17,7 +17,7 @@ from nervectl.times import SINCE_HELP, parse_duration_ms, parse_since
 TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, Final
 
 # What the shell completion offers for an argument, read by shtab from ``action.complete``
 # when packaging/build_docs.py generates the completions (shtab's FILE and DIRECTORY, as
@@ -217,6 +217,37 @@ def workflow_inspect(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument(
         "run_id", metavar="RUN_ID", type=_text, help="a run id, or a unique prefix of 8+ chars"
     )
+    inspect.add_argument(
+        "--all", action="store_true",
+        help="every event of the run, from its start (read a page at a time)",
+    )  # fmt: skip
+    inspect.add_argument(
+        "--limit", metavar="N", type=_count(MAX_INTEGER),
+        help=f"at most N events (default {INSPECT_DEFAULT_LIMIT}: the newest, or the first "
+        f"after --after); more than {MAX_QUERY_LIMIT:,} are read that many at a time",
+    )  # fmt: skip
+    inspect.add_argument(
+        "--after", metavar="ID", type=_entry_id,
+        help="the events after the event ID, oldest first (to page on: the last ID shown)",
+    )  # fmt: skip
+    inspect.add_argument(
+        "--before", metavar="ID", type=_entry_id,
+        help="the newest events before the event ID (to page back: the first ID shown)",
+    )  # fmt: skip
+
+
+INSPECT_DEFAULT_LIMIT: Final = 100  # workflow.inspect's own default page
+
+
+def _entry_id(text: str) -> int:
+    """An argparse type: a log entry's id, 0 or more, as the daemon takes it."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_INTEGER:
+        raise argparse.ArgumentTypeError(f"expected an entry id, 0 or more, got {text!r}")
+    return value
 
 
 def workflow_replay(replay: argparse.ArgumentParser) -> None:

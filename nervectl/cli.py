@@ -242,7 +242,7 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
         command(
             runs,
             ("workflow", "inspect"),
-            "workflows:workflow_inspect",
+            "history:workflow_inspect",
             "show one run and its event history",
             arguments.workflow_inspect,
         )

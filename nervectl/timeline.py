@@ -58,26 +58,46 @@ class Wait:
 
 def derive(run: Mapping[str, Any], now: int) -> list[Step | Wait]:
     """The run's steps and waits, in order, from its ``events`` (and, for the step in
-    flight, its ``progress``)."""
+    flight, its ``progress``).
+
+    ``events`` may be the newest page of the history (``earlier`` entries left out before
+    it): the steps begin at its first step's end (when the one after it began), numbered
+    from the run's ``steps`` less those the page holds. A page that is not the newest
+    (``more``) has no timeline: where its steps stand in the run is not known."""
     items: list[Step | Wait] = []
     start: int | None = None  # when the next step began
     failures: list[Mapping[str, Any]] = []
     resumed = copied = 0
     wait: Wait | None = None
+    events = run.get("events") or []
+    partial = bool(run.get("earlier"))
+    if partial and run.get("more"):
+        return []
+    shown = sum(1 for entry in events if entry.get("type") == "step_complete")
+    number = max(0, _integer(run.get("steps")) - shown) if partial else 0
 
     def step(role: Any, end: int | None) -> Step:
+        nonlocal number
         assert start is not None
-        made = Step(len([i for i in items if isinstance(i, Step)]) + 1, str(role), start, end)
+        number += 1
+        made = Step(number, str(role), start, end)
         made.failures, made.resumed = len(failures), resumed
         items.append(made)
         return made
 
-    for entry in run.get("events") or []:
+    for entry in events:
         kind, ts = entry.get("type"), entry.get("ts")
         payload = _object(entry.get("payload"))
         if not isinstance(ts, int):
             continue
         if kind == "started" and start is None:
+            start = ts
+        elif partial and start is None and kind in ("step_complete", "input"):
+            # The page begins inside the history: this step (or input) began before it.
+            # Only where it ended is known, which is where the next step began.
+            event = _object(payload.get("event"))
+            if kind == "step_complete" or event.get("type") == "role_failed":
+                number += 1
             start = ts
         elif kind == "copied":
             copied = int(payload.get("steps") or 0)
@@ -108,9 +128,14 @@ def derive(run: Mapping[str, Any], now: int) -> list[Step | Wait]:
         step(role or "?", None)
     elif start is not None and failures:  # the last try failed, and the run with it
         last = failures[-1]
-        ends = [e.get("ts") for e in run.get("events") or [] if e.get("type") == "step_failed"]
+        ends = [e.get("ts") for e in events if e.get("type") == "step_failed"]
         step(last.get("role", "?"), ends[-1]).failed = True
     return items
+
+
+def _integer(value: Any) -> int:
+    """``value`` if it is an integer (not a boolean), else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _object(value: Any) -> Mapping[str, Any]:

@@ -1,7 +1,5 @@
-"""``workflow list``, ``workflow inspect`` and ``workflow trigger [--wait]``.
-
-A run's history is the source of truth of a thread (SPEC §5), so ``inspect`` shows every
-entry, each summarised on one line; the complete payloads are in ``--json``.
+"""``workflow list`` and ``workflow trigger [--wait]``; how a run and its entries are shown
+(``workflow inspect`` is :mod:`nervectl.history`).
 """
 
 from __future__ import annotations
@@ -124,51 +122,6 @@ def fatal_note(runs: list[dict[str, Any]]) -> str | None:
         f"the worker of {which} is fatal: its runs wait until its code is fixed and reloaded"
         " (nervectl status says why)"
     )
-
-
-def workflow_inspect(ctx: Context) -> int:
-    run = inspect_run(ctx, ctx.args.run_id)
-    if ctx.json:
-        ctx.print_json(run)
-        return OK
-    ctx.print(run_fields(run))
-    events = run["events"]
-    ctx.print()
-    if not events:
-        ctx.print("no events")
-        return OK
-    from nervectl import timeline
-
-    bars = timeline.lines(run, now_ms(), timeline.blocks_ok(ctx.out))
-    if bars:
-        ctx.print("\n".join(["TIMELINE", *bars, ""]))
-    rows = [
-        (
-            event.get("id", "-"),
-            format_local(event.get("ts"), millis=True),
-            event.get("type", "-"),
-            summarise(event),
-        )
-        for event in events
-    ]
-    ctx.print(render.table(rows, ("ID", "TIME", "TYPE", "SUMMARY")))
-    return OK
-
-
-def inspect_run(ctx: Context, ref: str) -> dict[str, Any]:
-    """The run with every event: ``workflow.inspect`` answers a page at a time (``more``).
-
-    The run's fields are those of the last page, the freshest; ``more`` is left out.
-    """
-    params: dict[str, Any] = {"runId": ref}
-    events: list[dict[str, Any]] = []
-    while True:
-        page: dict[str, Any] = ctx.call("workflow.inspect", params)
-        batch = page.pop("events", None) or []
-        events += batch
-        if not page.pop("more", False) or not batch:
-            return {**page, "events": events}
-        params = {"runId": page["runId"], "afterId": batch[-1]["id"]}
 
 
 def run_fields(run: dict[str, Any]) -> str:
@@ -340,9 +293,9 @@ def wait_and_show(ctx: Context, run_id: str, timeout: float | None) -> int:
     except RemoteError as exc:
         if isinstance(exc.data, dict) and exc.data.get("timeout"):
             if ctx.json:  # a script reads stdout: the run as it is now, never nothing
-                now = ctx.call("workflow.inspect", {"runId": run_id})
-                now.pop("events", None)
-                now.pop("more", None)
+                now = ctx.call("workflow.inspect", {"runId": run_id, "limit": 1})
+                for key in ("events", "earlier", "more"):
+                    now.pop(key, None)
                 ctx.print_json({**now, "timedOut": True})
             message = f"run {run_id} did not finish in time ({exc.message}); it goes on"
             raise CliError(message, FAILED) from None

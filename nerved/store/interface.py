@@ -92,6 +92,23 @@ class Reader(Protocol):
         and whether more follow."""
         ...
 
+    def run_history(
+        self,
+        run_id: str,
+        *,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> tuple[list[LogEntry], int, bool]:
+        """A page of one run's entries (``source = 'workflow'``), oldest first: up to
+        ``limit`` (at most MAX_QUERY_LIMIT) after ``after_id`` when given, else the newest
+        ``limit`` (before ``before_id`` if given); never more payload than
+        ``wire.RESULT_BUDGET`` (at least one entry), the newest left out when it cuts. With
+        it, the number of the run's entries before the page's first entry (counted in SQL,
+        not read), and whether any entry of the run follows its last. ``workflow.inspect``
+        answers it."""
+        ...
+
     def pending_signals(
         self, run_id: str, name: str | None = None, limit: int = 1000
     ) -> list[LogEntry]:

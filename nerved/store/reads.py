@@ -303,6 +303,51 @@ class Reads:
             self._conn, source="workflow", ref_id=run_id, after_id=after_id, limit=None
         )
 
+    def run_history(
+        self,
+        run_id: str,
+        *,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> tuple[list[LogEntry], int, bool]:
+        """A page of one run's entries, oldest first: the first ``limit`` after ``after_id``
+        when given, else the newest ``limit`` (before ``before_id`` if given), read from the
+        oldest of them on (:func:`_read_page`: a page cut by the payload budget leaves out
+        its newest). Also the number of the run's entries before the page's first, and
+        whether one follows its last (past ``before_id`` too): both from the ``ref_id``
+        index, whatever the run's length. The bounds of an empty page are its params'.
+        """
+        n = max(1, _cap(limit))
+        if after_id is None:
+            # The newest n: where they begin, reading n ids back on the index.
+            row = self._conn.execute(
+                "SELECT id FROM logs WHERE ref_id = ? AND id < ? AND +source = 'workflow'"
+                " ORDER BY id DESC LIMIT 1 OFFSET ?",
+                (run_id, wire.MAX_INTEGER if before_id is None else before_id, n - 1),
+            ).fetchone()
+            after_id = 0 if row is None else int(row[0]) - 1
+        entries, _ = query_page(
+            self._conn,
+            source="workflow",
+            ref_id=run_id,
+            after_id=after_id,
+            before_id=before_id,
+            limit=n,
+        )
+        # An empty page's bounds are after_id's (never after_id + 1: it may be 2**63 - 1).
+        below, first = ("<", entries[0].id) if entries else ("<=", after_id)
+        last = entries[-1].id if entries else after_id
+        earlier = self._conn.execute(
+            f"SELECT COUNT(*) FROM logs WHERE ref_id = ? AND id {below} ? AND +source = 'workflow'",
+            (run_id, first),
+        ).fetchone()[0]
+        later = self._conn.execute(
+            "SELECT 1 FROM logs WHERE ref_id = ? AND id > ? AND +source = 'workflow' LIMIT 1",
+            (run_id, last),
+        ).fetchone()
+        return entries, int(earlier), later is not None
+
     def pending_signals(
         self, run_id: str, name: str | None = None, limit: int = MAX_QUERY_LIMIT
     ) -> list[LogEntry]:

@@ -1312,6 +1312,53 @@ def test_run_history_page_pages_on_with_more(store: Storage) -> None:
     assert store.run_history_page("nope") == ([], False)
 
 
+def test_run_history_pages_newest_first_and_counts_what_it_leaves_out(store: Storage) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    for n in range(8):
+        assert store.record_step("r1", step("role", {"n": n}, n))
+    store.append_log("workflow", "log", "other", "not this run's")
+    store.transition_run("r1", Transition.COMPLETE)
+    store.commit()
+    ids = [e.id for e in history(store, "r1")]
+    assert len(ids) == 10  # started, 8 steps, completed
+
+    def page(**kwargs: Any) -> tuple[list[int], int, bool]:
+        entries, earlier, more = store.run_history("r1", **kwargs)
+        return [e.id for e in entries], earlier, more
+
+    assert page() == (ids, 0, False)  # a short run: whole, as before there were pages
+    assert page(limit=3) == (ids[-3:], 7, False)
+    assert page(limit=3, before_id=ids[-3]) == (ids[-6:-3], 4, True)
+    assert page(limit=3, after_id=ids[1]) == (ids[2:5], 2, True)
+    assert page(limit=3, after_id=ids[1], before_id=ids[3]) == (ids[2:3], 2, True)
+    assert page(after_id=ids[-1]) == ([], 10, False)
+    assert page(after_id=2**63 - 1) == ([], 10, False)
+    assert page(before_id=ids[0]) == ([], 0, True)
+    assert page(limit=100_000) == (ids, 0, False)
+    assert store.run_history("nope") == ([], 0, False)
+    walked, before = [], None
+    while True:  # back to the start, a page at a time: every entry once
+        got, earlier, _ = page(limit=4, before_id=before)
+        walked = got + walked
+        if not earlier:
+            break
+        before = got[0]
+    assert walked == ids
+
+
+def test_run_history_cut_by_the_budget_ends_early(store: Storage) -> None:
+    make_run(store, "r1", RunStatus.STARTED)
+    for n in range(5):
+        assert store.record_step("r1", step("role", {"n": n}, "x" * (1500 * KIB)))
+    store.transition_run("r1", Transition.COMPLETE)
+    store.commit()
+    ids = [e.id for e in history(store, "r1")]
+    entries, earlier, more = store.run_history("r1", limit=4)  # 4 of them: 3 steps and the end
+    assert ([e.id for e in entries], earlier, more) == (ids[3:5], 3, True)
+    entries, earlier, more = store.run_history("r1", after_id=ids[4], limit=2)
+    assert ([e.id for e in entries], earlier, more) == (ids[5:], 5, False)
+
+
 def test_run_wire_form_cuts_a_huge_error(store: Storage) -> None:
     make_run(store, "r1", RunStatus.STARTED)
     store.transition_run("r1", Transition.FAIL, error="e" * MIB)
