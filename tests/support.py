@@ -357,9 +357,14 @@ class Nerved:
             return answer
 
     def entries(self, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
-        """A run's history (of one type of entry), as ``workflow.inspect`` shows it."""
-        events: list[dict[str, Any]] = self.rpc("workflow.inspect", runId=run_id)["events"]
-        return [e for e in events if kind is None or e["type"] == kind]
+        """A run's whole history (of one type of entry), as ``workflow.inspect`` pages it."""
+        events: list[dict[str, Any]] = []
+        while True:
+            after = events[-1]["id"] if events else 0
+            page = self.rpc("workflow.inspect", runId=run_id, afterId=after, limit=10_000)
+            events += page["events"]
+            if not page["more"] or not page["events"]:
+                return [e for e in events if kind is None or e["type"] == kind]
 
     def healthy(self) -> None:
         """It answers ``nervectl status``, and every run's row is what its entries say."""

@@ -206,7 +206,7 @@ class Fuzzer:
             case "timeout":
                 return rng.choice(("0", "0.01", "0.05", "0.2", "null", "1e-9"))
             case "limit":
-                return rng.choice(("1", "7", "100", "10000", "10001"))
+                return rng.choice(("1", "7", "100", "10000", "10001", "0"))  # 0: refused
             case "afterId" | "beforeId" | "since":
                 return str(rng.randrange(0, 5000))
             case "status":
