@@ -8,9 +8,10 @@ entries each (``started``, seven steps, ``completed``), one of them with a long 
 started on a copy of it (retention off, so nothing is pruned meanwhile):
 
 - p50 / p99 of ``workflow.list`` (the newest 100 of every status), ``workflow.inspect`` of
-  a run of nine entries and of the long one (one page: inspect has no limit but its 4 MiB
-  budget, so the page holds all 2,000 steps), and ``logs.query`` with ``limit: 100``,
-  without filters and with each kind of filter (a type, a run, a sense), one at a time;
+  a run of nine entries and of the long one, as a client asks it (no params but the run:
+  the default page, its newest 100 entries of 2,002, with ``earlier`` counted over all of
+  them), and ``logs.query`` with ``limit: 100``, without filters and with each kind of
+  filter (a type, a run, a sense), one at a time;
 - W's runs/s (:mod:`bench.workflows`' burst) on that store against an empty one, in the
   same session;
 - start -> READY=1 with 10,000 active runs added to the full store (half started with two
@@ -141,7 +142,10 @@ def measure(runs: int, entries: int, n: int, active: int) -> dict[str, Any]:
             queries = {
                 "workflow.list": ("workflow.list", {"all": True, "limit": 100}),
                 "workflow.inspect (9 entries)": ("workflow.inspect", {"runId": short_run}),
-                f"workflow.inspect ({LONG:,} steps)": ("workflow.inspect", {"runId": long_run}),
+                f"workflow.inspect ({LONG:,} steps, default page)": (
+                    "workflow.inspect",
+                    {"runId": long_run},
+                ),
                 "logs.query": ("logs.query", {"limit": 100}),
                 "logs.query type": ("logs.query", {"type": "step_complete", "limit": 100}),
                 "logs.query runId": ("logs.query", {"runId": long_run, "limit": 100}),
