@@ -293,7 +293,7 @@ def wait_and_show(ctx: Context, run_id: str, timeout: float | None) -> int:
     except RemoteError as exc:
         if isinstance(exc.data, dict) and exc.data.get("timeout"):
             if ctx.json:  # a script reads stdout: the run as it is now, never nothing
-                now = ctx.call("workflow.inspect", {"runId": run_id, "limit": 1})
+                now = ctx.call("workflow.inspect", {"runId": run_id})  # (what any nerved takes)
                 for key in ("events", "earlier", "more"):
                     now.pop(key, None)
                 ctx.print_json({**now, "timedOut": True})
