@@ -101,6 +101,7 @@ HELD = """
     workflow = WorkflowDefinition(roles={"echo": echo}, moderate=moderate)
 """
 WORKFLOWS = ("echo", "single", "held")
+NAMING = frozenset({"runId", "name", "workflow"})  # params that say what a method is about
 METHODS = sorted(COMMANDS)
 UNKNOWN_METHODS = ("", "nope", "STATUS", "status ", "workflow.", "rpc.discover", "__init__",
                    "run", "dispatch", "logs.query\u0000", "\ud800", "sense.list.x")  # fmt: skip
@@ -181,7 +182,9 @@ class Fuzzer:
     def params(self, method: str) -> str:
         rng = self.rng
         names = sorted(COMMANDS[method].params) if method in COMMANDS else []
-        chosen = [n for n in names if rng.random() < 0.6]
+        # What names the run, sense or workflow most of the time: without it, a method
+        # does nothing past its checks (workflow.signal needs a run and a name).
+        chosen = [n for n in names if rng.random() < (0.9 if n in NAMING else 0.6)]
         if rng.random() < 0.08:
             chosen.append(rng.choice(("x", "", "runid", "limit", "params", "\\ud800")))
         values = [self.value(name) if rng.random() < 0.7 else self.edge() for name in chosen]
@@ -227,7 +230,9 @@ class Fuzzer:
         rng = self.rng
         if not self.runs or rng.random() < 0.15:
             return rng.choice(("", "0" * 32, "abcdef12", f"{rng.getrandbits(128):032x}"))
-        run = rng.choice(self.runs)
+        # Half the time one of the newest: the likeliest to be live (a held run waits 2 s),
+        # so that cancel and signal name live runs, not only final ones, whatever the seed.
+        run = rng.choice(self.runs[-6:] if rng.random() < 0.5 else self.runs)
         roll = rng.random()
         if roll < 0.6:
             return run
