@@ -98,7 +98,11 @@ def derive(run: Mapping[str, Any], now: int) -> list[Step | Wait]:
             event = _object(payload.get("event"))
             if kind == "step_complete" or event.get("type") == "role_failed":
                 number += 1
-            start = ts
+            elif wait is not None:  # a wait the page holds the start of: it ends here
+                wait.end, wait.outcome = ts, event.get("type")
+                items.append(wait)
+                wait = None
+            start, failures, resumed = ts, [], 0
         elif kind == "copied":
             copied = int(payload.get("steps") or 0)
         elif kind == "resumed":

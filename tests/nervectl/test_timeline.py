@@ -163,6 +163,37 @@ def test_a_run_that_still_waits_and_many_failures() -> None:
     assert not timeline.unicode_ok(None)
 
 
+def test_the_newest_page_numbers_its_steps_as_the_run_does() -> None:
+    """A page of the history (``earlier`` entries before it): its steps are numbered from the
+    run's ``steps``; what befell the step before the page (a failed try, a wait begun on the
+    page) is not laid on the next one."""
+    run = {
+        "status": "completed",
+        "steps": 40,
+        "earlier": 75,
+        "more": False,
+        "events": [
+            _entry("step_failed", 900, role="a", retryAt=950),
+            _entry("step_complete", 1_000, role="a"),  # step 38: where it began is not shown
+            _entry("step_complete", 1_500, role="b"),
+            _entry("waiting", 1_500, wait="go", timeout=None, until=None),
+            _entry("input", 4_500, event={"type": "signal", "name": "go"}),
+            _entry("step_complete", 5_000, role="c"),
+            _entry("completed", 5_000),
+        ],
+    }
+    b, wait, c = timeline.lines(run, now=9_000, unicode=False)
+    assert b.split()[:3] == ["39", "b", "500ms"] and "x" not in b
+    assert "|| waited 3s for 'go'" in wait
+    assert c.split()[:3] == ["40", "c", "500ms"]
+    waiting_at_start = {**run, "events": run["events"][4:]}  # the wait began before the page
+    (c,) = timeline.lines(waiting_at_start, now=9_000)
+    assert c.split()[:2] == ["40", "c"]
+    wait, c = timeline.lines({**run, "events": run["events"][3:]}, now=9_000)  # begun on it
+    assert "waited 3s for 'go'" in wait and c.split()[:2] == ["40", "c"]
+    assert timeline.lines({**run, "more": True}, now=9_000) == []  # a page in the middle
+
+
 @pytest.mark.parametrize(("locale", "blocks"), [("C", False), ("POSIX", False), ("C.UTF-8", True)])
 def test_the_bars_follow_the_locale_not_pythons_utf8_mode(locale: str, blocks: bool) -> None:
     """LC_ALL=C turns on Python's UTF-8 mode (stdout is UTF-8), yet asks for ASCII."""
