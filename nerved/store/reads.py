@@ -355,6 +355,14 @@ class Reads:
         ``signal`` field names the entry's id), oldest first, up to ``limit``; only those
         named ``name`` when given. A payload that is not JSON is neither a delivery nor a
         signal of any name (``json_valid``: ``json_extract`` would raise on it)."""
+        # Most runs were never signalled: one pass over the run's entries says so, before the
+        # query below reads all its inputs as well (SQLite makes the NOT IN list up front).
+        if not self._conn.execute(
+            "SELECT 1 FROM logs WHERE ref_id = ? AND +source = 'workflow' AND +type = 'signal'"
+            " LIMIT 1",
+            (run_id,),
+        ).fetchone():
+            return []
         named = "" if name is None else " AND json_extract(payload, '$.name') = ?"
         with contextlib.closing(
             self._conn.execute(
