@@ -85,6 +85,13 @@ def frame(message: Message, limit: int, raw: Mapping[str, str | None] | None = N
     return _HEADER.pack(len(data)) + data
 
 
+def ack_frame(run_id: str, n: int) -> bytes:
+    """The frame of ``{"t": "ack", "run": run_id, "n": n}``, as :func:`frame` makes it, made
+    directly: the master sends one per step, and its shape never varies."""
+    data = b'{"t":"ack","run":%s,"n":%d}' % (json.dumps(run_id, ensure_ascii=False).encode(), n)
+    return _HEADER.pack(len(data)) + data
+
+
 _SCRATCH: list[memoryview] = []
 
 
