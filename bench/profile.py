@@ -5,7 +5,8 @@ nerved with its worker warm:
 
 1. unprofiled, with ``strace -c`` attached to the master (fsync and fdatasync only): CPU
    seconds of the master and of the worker (/proc), commits (the ``metrics`` histogram's
-   count) and fsyncs, per run, per step message and per commit;
+   count), fsyncs and the bytes the master wrote (/proc/PID/io), per run, per step message
+   and per commit;
 2. profiled (:mod:`bench.profiled`: cProfile switched on by signal once the worker is warm,
    off after the last run): the top functions of the master and of the worker, by
    cumulative and by own time, in ms per 1,000 runs, and the calls of JSON's encoder and
@@ -76,8 +77,10 @@ def costs(n: int, strace: bool) -> dict[str, Any]:
             )  # fmt: skip
             time.sleep(0.5)  # attached
         master0, worker0 = cpu_seconds(daemon.pid), cpu_seconds(worker)
+        wrote0 = written(daemon.pid)
         result = burst(daemon, ["w"], n, 10)
         master1, worker1 = cpu_seconds(daemon.pid), cpu_seconds(worker)
+        wrote1 = written(daemon.pid)
         if tracer is not None:
             tracer.send_signal(signal.SIGINT)
             tracer.wait(30)
@@ -91,7 +94,16 @@ def costs(n: int, strace: bool) -> dict[str, Any]:
         "commits": max(commits1 - commits0, 1),
         "commit_s": seconds1 - seconds0,
         "fsyncs": sum(int(c) for c, _name in calls),
+        "written": (wrote1[0] - wrote0[0], wrote1[1] - wrote0[1]),
     }
+
+
+def written(pid: int) -> tuple[int, int]:
+    """Bytes a process passed to write(2) and its kin, and those calls (/proc/PID/io
+    ``wchar``, ``syscw``): for the master, the WAL's pages (its log lines are off in W)."""
+    with open(f"/proc/{pid}/io") as io:
+        fields = dict(line.split(": ") for line in io.read().splitlines())
+    return int(fields["wchar"]), int(fields["syscw"])
 
 
 def profiles(n: int, out: Path) -> None:
@@ -162,6 +174,8 @@ def main() -> None:
         ("commit (COMMIT statement, fsync in it) mean (µs)", c["commit_s"] / c["commits"] * 1e6),
         ("fsyncs per commit (a second pass, under strace)", per_commit),
         ("fsyncs per run (commits per run x fsyncs per commit)", c["commits"] / n * per_commit),
+        ("master KB written per run (write(2): the WAL)", c["written"][0] / n / 1024),
+        ("master writes per run (write(2) calls)", c["written"][1] / n),
     ]
     print(tabulate(rows, floatfmt=".3f"))
     out = Path(tempfile.mkdtemp(prefix="nerve-profile-"))

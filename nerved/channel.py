@@ -85,6 +85,26 @@ def frame(message: Message, limit: int, raw: Mapping[str, str | None] | None = N
     return _HEADER.pack(len(data)) + data
 
 
+def ack_frame(run_id: str, n: int) -> bytes:
+    """The frame of ``{"t": "ack", "run": run_id, "n": n}``, as :func:`frame` makes it, made
+    directly: the master sends one per step, and its shape never varies."""
+    data = b'{"t":"ack","run":%s,"n":%d}' % (json.dumps(run_id, ensure_ascii=False).encode(), n)
+    return _HEADER.pack(len(data)) + data
+
+
+_SCRATCH: list[memoryview] = []
+
+
+def _scratch() -> memoryview:
+    """The buffer every :meth:`Channel.receive` of this process reads into, made at first
+    use: ``recv`` would allocate (and, at this size, mmap, shrink and unmap) one per call.
+    Its bytes are copied out at once, and each process reads from one thread only (the
+    master has no other; a worker's loop thread reads for its role threads)."""
+    if not _SCRATCH:
+        _SCRATCH.append(memoryview(bytearray(_RECV_SIZE)))
+    return _SCRATCH[0]
+
+
 class Channel:
     """One end of a socketpair. ``receive_limit`` and ``send_limit`` are frame sizes in bytes:
     the master's ends accept :data:`TO_MASTER` and send :data:`TO_WORKER`, a worker's the
@@ -171,19 +191,20 @@ class Channel:
         by earlier calls) and ProtocolError on a frame longer than ``receive_limit``.
         """
         eof = False
+        scratch = _scratch()
         for _ in range(_RECVS_PER_CALL):  # bounded: a peer that keeps writing waits a turn
             try:
-                chunk = self.sock.recv(_RECV_SIZE)
+                got = self.sock.recv_into(scratch)
             except (BlockingIOError, InterruptedError):
                 break
             except ConnectionResetError:
                 eof = True
                 break
-            if not chunk:
+            if not got:
                 eof = True
                 break
-            self._rbuf += chunk
-            if len(chunk) < _RECV_SIZE:
+            self._rbuf += scratch[:got]
+            if got < _RECV_SIZE:
                 break
         messages = self._decode()
         if eof and not messages:

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import textwrap
 import tomllib
 from pathlib import Path
@@ -72,9 +73,17 @@ def service_venv() -> Path:
         # is installed; pip does nothing for those it has), then this checkout, not editable.
         project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
         subprocess.run([*pip, "setuptools>=77", *project["dependencies"]], check=True)
-        subprocess.run(
-            [*pip, "--no-build-isolation", "--force-reinstall", "--no-deps", str(REPO)], check=True
-        )
+        # Built from a copy: pip builds in the source tree (build/), and two builds there
+        # at once (another checkout's tests, a developer's pip) fail with EEXIST.
+        with tempfile.TemporaryDirectory() as scratch:
+            source = Path(scratch) / "nerve"
+            shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+                ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".mypy_cache",
+                ".pytest_cache", ".ruff_cache"))  # fmt: skip
+            subprocess.run(
+                [*pip, "--no-build-isolation", "--force-reinstall", "--no-deps", str(source)],
+                check=True,
+            )
         _installed = True
     return SERVICE_VENV
 

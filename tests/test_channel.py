@@ -11,7 +11,16 @@ from collections.abc import Iterator
 import pytest
 
 from nerved import wire
-from nerved.channel import ENVELOPE_DEPTH, TO_MASTER, Channel, Garbled, ProtocolError, frame
+from nerved.channel import (
+    ENVELOPE_DEPTH,
+    TO_MASTER,
+    TO_WORKER,
+    Channel,
+    Garbled,
+    ProtocolError,
+    ack_frame,
+    frame,
+)
 from nerved.worker.port import Port
 
 
@@ -98,3 +107,9 @@ def test_a_worker_that_cannot_read_its_master_ends_itself_to_be_replaced() -> No
         master.close()
     assert heard == [{"t": "stop"}]
     assert port.unreadable == "NaN is not JSON (at n)"  # serve() exits EXIT_UNREADABLE
+
+
+@pytest.mark.parametrize("run_id", ["0" * 32, "a1b2c3d4" + "0" * 24, 'odd "id" é\\'])
+def test_an_ack_frame_is_the_frame_of_its_message(run_id: str) -> None:
+    n = 7
+    assert ack_frame(run_id, n) == frame({"t": "ack", "run": run_id, "n": n}, TO_WORKER)

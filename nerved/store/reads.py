@@ -18,6 +18,7 @@ from nerved.store.records import (
     Unreadable,
     loads,
 )
+from nerved.store.refs import REF_KEY, ref_key
 
 RUN_COLUMNS: Final = (
     "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
@@ -115,10 +116,10 @@ def query_page(
     """
     where: list[str] = []
     args: list[Any] = []
-    for column, value in (("source", source), ("type", type), ("ref_id", ref_id)):
+    for column, value in (("source", source), ("type", type), (REF_KEY, ref_id)):
         if value is not None:
             where.append(f"{column} = ?")
-            args.append(value)
+            args.append(ref_key(value) if column is REF_KEY else value)
     if since is not None:
         where.append("id >= ?")
         args.append(_first_id_since(conn, since))
@@ -284,14 +285,14 @@ class Reads:
         a page of them (:func:`_read_page`), and whether more follow: what resuming it
         replays (not its log lines or failed tries, however many).
 
-        (The unary ``+`` keeps SQLite on the ``ref_id`` index: see ``Writes.active_runs``.)
+        (The unary ``+`` keeps SQLite on the ``logs_ref`` index: see ``Writes.active_runs``.)
         """
         with contextlib.closing(
             self._conn.execute(
                 "SELECT id, source, type, ref_id, payload, ts FROM logs"
-                f" WHERE ref_id = ? AND id > ? AND +source = 'workflow' AND +{HISTORY_SQL}"
+                f" WHERE {REF_KEY} = ? AND id > ? AND +source = 'workflow' AND +{HISTORY_SQL}"
                 " ORDER BY id LIMIT ?",
-                (run_id, after_id, MAX_QUERY_LIMIT + 1),
+                (ref_key(run_id), after_id, MAX_QUERY_LIMIT + 1),
             )
         ) as rows:
             return _read_page(rows, MAX_QUERY_LIMIT)
@@ -364,16 +365,17 @@ class Reads:
         ).fetchone():
             return []
         named = "" if name is None else " AND json_extract(payload, '$.name') = ?"
+        key = ref_key(run_id)
         with contextlib.closing(
             self._conn.execute(
                 "SELECT id, source, type, ref_id, payload, ts FROM logs"
-                " WHERE ref_id = ? AND +source = 'workflow' AND +type = 'signal'"
+                f" WHERE {REF_KEY} = ? AND +source = 'workflow' AND +type = 'signal'"
                 f" AND json_valid(payload){named}"
                 " AND id NOT IN (SELECT json_extract(payload, '$.signal') FROM logs"
-                "   WHERE ref_id = ? AND +source = 'workflow' AND +type = 'input'"
+                f"   WHERE {REF_KEY} = ? AND +source = 'workflow' AND +type = 'input'"
                 "   AND json_valid(payload) AND json_extract(payload, '$.signal') IS NOT NULL)"
                 " ORDER BY id LIMIT ?",
-                (run_id, *(() if name is None else (name,)), run_id, _cap(limit)),
+                (key, *(() if name is None else (name,)), key, _cap(limit)),
             )
         ) as rows:
             return [entry_from_row(row) for row in rows]

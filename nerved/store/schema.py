@@ -12,7 +12,7 @@ from typing import Final
 from nerved.store.connection import Connection
 from nerved.store.errors import StoreError
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.
@@ -119,6 +119,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         run_id       TEXT,
         note         TEXT
     ) WITHOUT ROWID;
+    """,
+    # 6 (issue 14): the index of a ref's entries files them under the ref turned by 8
+    # characters (nerved.store.refs.REF_KEY): a new run id then begins with its time, and
+    # the entries of the runs active now share a few pages, not a page each per commit.
+    # The expression is spelled as refs.REF_KEY spells it, or no query would use it.
+    """
+    CREATE INDEX logs_ref ON logs (substr(ref_id, 9) || substr(ref_id, 1, 8), id);
+    DROP INDEX logs_ref_id;
     """,
 )
 

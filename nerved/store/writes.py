@@ -17,11 +17,13 @@ from nerved.states import RunStatus, Transition
 from nerved.store.connection import Connection
 from nerved.store.reads import ACTIVE_SQL, HISTORY_SQL, RUN_COLUMNS, RUN_WIDTH, run_from_row
 from nerved.store.records import Firing, RunRecord, dumps, input_payload, now_ms
+from nerved.store.refs import REF_KEY, ref_key
 
-# A run's entries of some types, on the ``ref_id`` index (the unary ``+``, see
-# :meth:`Writes.active_runs`): its steps; what a resume replays; all that makes a history.
-_STEPS_OF = "ref_id = ? AND +source = 'workflow' AND +type = 'step_complete'"
-_HISTORY_OF = f"ref_id = ? AND +source = 'workflow' AND +{HISTORY_SQL}"
+# A run's entries of some types, on the ``logs_ref`` index (the unary ``+``, see
+# :meth:`Writes.active_runs`), given ref_key(run id): its steps; what a resume replays; all
+# that makes a history.
+_STEPS_OF = f"{REF_KEY} = ? AND +source = 'workflow' AND +type = 'step_complete'"
+_HISTORY_OF = f"{REF_KEY} = ? AND +source = 'workflow' AND +{HISTORY_SQL}"
 _KEPT = (
     "(id <= ? OR (id < COALESCE(?, id + 1) AND id > ? AND type = 'input' AND json_valid(payload)"
     " AND json_extract(payload, '$.event.type') IS NOT 'role_failed'))"
@@ -30,7 +32,7 @@ _KEPT = (
 the inputs after it, up to the next step, that the world sent (a signal, a wait's timeout, a
 wake), not the ``role_failed`` of the failure it is retried for."""
 _ANY_HISTORY_OF = (
-    "ref_id = ? AND +source = 'workflow' AND +type IN ('step_complete', 'input', 'step_failed')"
+    f"{REF_KEY} = ? AND +source = 'workflow' AND +type IN ('step_complete', 'input', 'step_failed')"
 )
 
 
@@ -289,7 +291,7 @@ class Writes:
         own = self._conn.execute(
             f"SELECT EXISTS (SELECT 1 FROM logs WHERE {_ANY_HISTORY_OF}) FROM workflow_runs"
             " WHERE run_id = ?",
-            (to_run, to_run),
+            (ref_key(to_run), to_run),
         ).fetchone()
         if own is None:
             raise ValueError(f"no run {to_run!r}")
@@ -299,13 +301,13 @@ class Writes:
             return 0
         last = self._conn.execute(
             f"SELECT id FROM logs WHERE {_STEPS_OF} ORDER BY id LIMIT 1 OFFSET ?",
-            (from_run, steps - 1),
+            (ref_key(from_run), steps - 1),
         ).fetchone()
         if last is None:
             raise ValueError(f"run {from_run!r} has fewer than {steps} steps")
         following = self._conn.execute(
             f"SELECT id FROM logs WHERE {_STEPS_OF} AND id > ? ORDER BY id LIMIT 1",
-            (from_run, last[0]),
+            (ref_key(from_run), last[0]),
         ).fetchone()
         upto = (following[0] if following else None, last[0])  # the inputs before the next step
         ts = ts or now_ms()
@@ -313,13 +315,13 @@ class Writes:
         size = self._conn.execute(
             "SELECT COALESCE(SUM(LENGTH(CAST(payload AS BLOB))), 0) FROM logs"
             f" WHERE {_HISTORY_OF} AND {_KEPT}",
-            (from_run, last[0], *upto),
+            (ref_key(from_run), last[0], *upto),
         ).fetchone()[0]
         self._conn.execute(
             "INSERT INTO logs (source, type, ref_id, payload, ts)"
             f" SELECT 'workflow', type, ?, payload, ? FROM logs WHERE {_HISTORY_OF} AND {_KEPT}"
             " ORDER BY id",
-            (to_run, ts, from_run, last[0], *upto),
+            (to_run, ts, ref_key(from_run), last[0], *upto),
         )
         self._conn.execute(
             "UPDATE workflow_runs SET steps = ?, updated_at = ? WHERE run_id = ?",
@@ -371,7 +373,8 @@ class Writes:
         marks = ",".join("?" * len(victims))
         self._begin()
         self._conn.execute(
-            f"DELETE FROM logs WHERE source = 'workflow' AND ref_id IN ({marks})", victims
+            f"DELETE FROM logs WHERE source = 'workflow' AND {REF_KEY} IN ({marks})",
+            [ref_key(victim) for victim in victims],
         )
         self._conn.execute(f"DELETE FROM workflow_runs WHERE run_id IN ({marks})", victims)
         return len(victims)
@@ -421,14 +424,15 @@ class Writes:
 
         Each with its ``history`` size (trigger payload, steps and inputs), counted in SQL,
         so that a run too large to resume is known before its entries are read. (The unary
-        ``+`` keeps SQLite on the ``ref_id`` index: left to itself it picks ``(source,
+        ``+`` keeps SQLite on the ``logs_ref`` index: left to itself it picks ``(source,
         type)`` and scans every step of every run.)
         """
         rows = self._conn.execute(
             f"SELECT {RUN_COLUMNS},"
             " COALESCE(LENGTH(CAST(trigger_payload AS BLOB)), 0)"
             " + (SELECT COALESCE(SUM(LENGTH(CAST(payload AS BLOB))), 0) FROM logs"
-            "    WHERE ref_id = workflow_runs.run_id AND +source = 'workflow'"
+            f"    WHERE {REF_KEY} = substr(run_id, 9) || substr(run_id, 1, 8)"
+            "     AND +source = 'workflow'"
             f"   AND +{HISTORY_SQL})"
             f" FROM workflow_runs WHERE {ACTIVE_SQL} ORDER BY seq"
         ).fetchall()

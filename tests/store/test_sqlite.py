@@ -215,7 +215,7 @@ def plans(store: Store, peer: sqlite3.Connection, call: Callable[[], object]) ->
         store._conn._conn.set_trace_callback(None)
     details = []
     for sql in statements:
-        if sql.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE")):
+        if sql.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE")):
             details += [row[3] for row in peer.execute(f"EXPLAIN QUERY PLAN {sql}")]
     return details
 
@@ -223,7 +223,8 @@ def plans(store: Store, peer: sqlite3.Connection, call: Callable[[], object]) ->
 def test_the_engines_reads_use_their_indexes(store: Store, peer: sqlite3.Connection) -> None:
     """active_runs finds the active runs through the partial index (which covers exactly
     nerved.states.ACTIVE), and a run's history is read, counted and copied through the
-    ``ref_id`` index: never a scan of every entry of every run."""
+    ``logs_ref`` index (the ref turned: nerved.store.refs): never a scan of every entry of
+    every run."""
     make_run(store, "r1", RunStatus.STARTED)
     store.record_step("r1", step("role", None, None))
     make_run(store, "r2", RunStatus.STARTED)
@@ -236,13 +237,23 @@ def test_the_engines_reads_use_their_indexes(store: Store, peer: sqlite3.Connect
 
     active = plans(store, peer, store.active_runs)
     assert any("USING INDEX workflow_runs_active" in d for d in active), active
-    assert any("logs_ref_id" in d for d in active), active
+    assert any("USING INDEX logs_ref (" in d for d in active), active
     by_key = plans(store, peer, lambda: store.run_by_key("wf", "k"))
     assert any("USING INDEX workflow_runs_key" in d for d in by_key), by_key
-    for call in (lambda: store.run_steps_page("r1"), lambda: store.copy_history("r1", "r2", 1)):
+    for call in (
+        lambda: store.run_steps_page("r1"),
+        lambda: store.copy_history("r1", "r2", 1),
+        lambda: store.pending_signals("r1"),
+        lambda: store.query_logs(ref_id="r1"),
+        lambda: store.query_logs(source="workflow", ref_id="r1", after_id=0),
+    ):
         details = plans(store, peer, call)
-        assert any("logs_ref_id" in d for d in details), details
+        assert any("USING INDEX logs_ref (" in d for d in details), details
         assert not any(d.startswith("SCAN logs") for d in details), details
+    make_run(store, "r3", RunStatus.COMPLETED)
+    store.commit()
+    pruned = plans(store, peer, lambda: store.prune_runs(older_than=None, keep=0, limit=10))
+    assert any("USING INDEX logs_ref (" in d for d in pruned), pruned
 
 
 # -- migrations ------------------------------------------------------------------------
@@ -309,7 +320,7 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     conn.close()
 
     store = Store(db_path)
-    assert store.schema_version == SCHEMA_VERSION == 5
+    assert store.schema_version == SCHEMA_VERSION == 6
     assert [(r.run_id, r.steps, r.attempts, r.history) for r in store.active_runs()] == [
         ("r0", 0, 0, len('{"i":0}')),
         ("r1", 2, 1, len('{"i":1}') + 2 * len('{"role":"a","prompt":null,"event":{"n":2}}')),
@@ -333,7 +344,7 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
         "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"
     ).fetchall()
     assert indexes == [
-        ("logs_ref_id",), ("logs_source_type",), ("workflow_runs_active",), ("workflow_runs_key",),
+        ("logs_ref",), ("logs_source_type",), ("workflow_runs_active",), ("workflow_runs_key",),
     ]  # fmt: skip
     tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
     assert tables.fetchall() == [("cron_firings",), ("logs",), ("meta",), ("workflow_runs",)]

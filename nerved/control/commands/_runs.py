@@ -1,8 +1,8 @@
 """Finding a run by its id or by a unique prefix of it (8 characters or more).
 
-Run ids are lowercase hex (uuid4().hex), but an operator copies them from wherever they
-were shown or typed, ``3F2A9C1E`` included: the id or prefix is looked up as given, then in
-lower case, so that case never makes a run "not found".
+Run ids are 32 lowercase hex characters (:mod:`nerved.store.refs`), but an operator copies
+them from wherever they were shown or typed, ``3F2A9C1E`` included: the id or prefix is
+looked up as given, then in lower case, so that case never makes a run "not found".
 """
 
 from __future__ import annotations

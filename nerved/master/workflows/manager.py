@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -67,6 +66,7 @@ from nerved.outcome import BadInput, NotFound, Pending, ShuttingDown
 from nerved.states import Transition
 from nerved.store import RunRecord, Storage, StoreError
 from nerved.store.records import now_ms
+from nerved.store.refs import new_run_id
 from nerved.worker import workflow as workflow_worker
 
 log = logging.getLogger("nerved.master.workflows")
@@ -263,7 +263,7 @@ class WorkflowManager:
                 payload_json = wire.check_value(payload, "the payload")
             except wire.Invalid as exc:
                 raise BadInput(str(exc)) from None
-        run_id = uuid.uuid4().hex
+        run_id = new_run_id()  # random first: its prefix names it (nerved.store.refs)
         config = flow.config
         admission = admit(
             active=len(flow.active), queued=len(flow.queue), concurrency=config.concurrency,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 from nerved import wire
-from nerved.channel import Message
+from nerved.channel import Message, ack_frame
 from nerved.master.workers import Worker
 from nerved.master.workflows.runs import ActiveRun, Flow, step_record, too_long
 from nerved.master.workflows.tries import Tries
@@ -125,10 +125,10 @@ class WorkerMessages:
         if message.get("then") == "completed":  # the last step: it and the end, one commit
             self.end(run, Transition.COMPLETE, None)
             return
-        ack = {"t": "ack", "run": run.run_id, "n": n}
+        ack = ack_frame(run.run_id, n)
 
         def send() -> None:
             if run.worker is worker:
-                worker.send(ack)
+                worker.send_frame(ack)
 
         self.store.after_commit(send)
