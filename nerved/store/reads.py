@@ -316,16 +316,17 @@ class Reads:
         when given, else the newest ``limit`` (before ``before_id`` if given), read from the
         oldest of them on (:func:`_read_page`: a page cut by the payload budget leaves out
         its newest). Also the number of the run's entries before the page's first, and
-        whether one follows its last (past ``before_id`` too): both from the ``ref_id``
+        whether one follows its last (past ``before_id`` too): both from the ``logs_ref``
         index, whatever the run's length. The bounds of an empty page are its params'.
         """
         n = max(1, _cap(limit))
+        key = ref_key(run_id)
         if after_id is None:
             # The newest n: where they begin, reading n ids back on the index.
             row = self._conn.execute(
-                "SELECT id FROM logs WHERE ref_id = ? AND id < ? AND +source = 'workflow'"
+                f"SELECT id FROM logs WHERE {REF_KEY} = ? AND id < ? AND +source = 'workflow'"
                 " ORDER BY id DESC LIMIT 1 OFFSET ?",
-                (run_id, wire.MAX_INTEGER if before_id is None else before_id, n - 1),
+                (key, wire.MAX_INTEGER if before_id is None else before_id, n - 1),
             ).fetchone()
             after_id = 0 if row is None else int(row[0]) - 1
         entries, _ = query_page(
@@ -340,12 +341,13 @@ class Reads:
         below, first = ("<", entries[0].id) if entries else ("<=", after_id)
         last = entries[-1].id if entries else after_id
         earlier = self._conn.execute(
-            f"SELECT COUNT(*) FROM logs WHERE ref_id = ? AND id {below} ? AND +source = 'workflow'",
-            (run_id, first),
+            f"SELECT COUNT(*) FROM logs WHERE {REF_KEY} = ? AND id {below} ?"
+            " AND +source = 'workflow'",
+            (key, first),
         ).fetchone()[0]
         later = self._conn.execute(
-            "SELECT 1 FROM logs WHERE ref_id = ? AND id > ? AND +source = 'workflow' LIMIT 1",
-            (run_id, last),
+            f"SELECT 1 FROM logs WHERE {REF_KEY} = ? AND id > ? AND +source = 'workflow' LIMIT 1",
+            (key, last),
         ).fetchone()
         return entries, int(earlier), later is not None
 
@@ -359,9 +361,9 @@ class Reads:
         # Most runs were never signalled: one pass over the run's entries says so, before the
         # query below reads all its inputs as well (SQLite makes the NOT IN list up front).
         if not self._conn.execute(
-            "SELECT 1 FROM logs WHERE ref_id = ? AND +source = 'workflow' AND +type = 'signal'"
-            " LIMIT 1",
-            (run_id,),
+            f"SELECT 1 FROM logs WHERE {REF_KEY} = ? AND +source = 'workflow'"
+            " AND +type = 'signal' LIMIT 1",
+            (ref_key(run_id),),
         ).fetchone():
             return []
         named = "" if name is None else " AND json_extract(payload, '$.name') = ?"
