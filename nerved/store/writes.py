@@ -55,6 +55,19 @@ class Writes:
         )
         return int(cur.lastrowid or 0)
 
+    def append_logs(
+        self, source: str, type: str, entries: Iterable[tuple[str | None, Any]], ts: int
+    ) -> None:
+        rows = [
+            (source, type, ref_id, None if payload is None else dumps(payload), ts)
+            for ref_id, payload in entries
+        ]  # encoded first: a payload JSON cannot carry raises before anything is written
+        if rows:
+            self._begin()
+            self._conn.executemany(
+                "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES (?, ?, ?, ?, ?)", rows
+            )
+
     def create_run(
         self,
         run_id: str,
