@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nerved.states import RunStatus, Transition
-from nerved.store.records import Firing, LogEntry, RunRecord
+from nerved.store.records import ActiveRecord, Firing, LogEntry, RunRecord
 
 CommitCallback = Callable[[], None]
 AbortCallback = Callable[[BaseException], None]
@@ -341,7 +341,7 @@ class Storage(Reader, Protocol):
 
     # -- reads of the engine --------------------------------------------------------------
 
-    def active_runs(self) -> list[RunRecord]:
+    def active_runs(self) -> list[ActiveRecord]:
         """Every active run (nerved.states.ACTIVE), oldest first, each with its ``history``:
         the UTF-8 bytes of its stored trigger payload and of its ``step_complete`` and
         ``input`` payloads (what a resume reads)."""

@@ -47,10 +47,15 @@ HISTORY_SQL: Final = _in("type", HISTORY_TYPES)
 _STATUSES: Final = {str(status): status for status in RunStatus}
 
 
+def status_of(text: str) -> RunStatus:
+    """A stored status, looked up rather than parsed (recovery reads 10,000 before READY=1);
+    ValueError, naming it, for one nerve does not know."""
+    return _STATUSES.get(text) or RunStatus(text)
+
+
 def run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
-    """A run from its ``RUN_COLUMNS`` (recovery reads 10,000 of them before READY=1: the
-    fields in order, and a status looked up rather than parsed)."""
-    status = _STATUSES.get(row[2]) or RunStatus(row[2])  # RunStatus(): ValueError, naming it
+    """A run from its ``RUN_COLUMNS``, the fields in order."""
+    status = status_of(row[2])
     return RunRecord(
         row[0], row[1], status, row[3], row[4], loads(row[5]), row[6], row[7], row[8], row[9],
         row[10], history, row[11], row[12], row[13], row[14], row[15],
