@@ -59,7 +59,13 @@ STEPS: Final = 7  # per kept run: with its started and completed entries, nine
 LONG: Final = 2000  # steps of the one run inspect reads
 QUERIES: Final = 300  # requests timed per kind
 IDLE: Final = 5.0  # seconds the master's wake-ups are counted over
-RECOVERY_CONFIG: Final = "workflows:\n  w: {concurrency: 5000, maxQueue: 100000, idleTimeout: 1h}\n"
+RECOVERY_CONFIG: Final = """
+    workflows:
+      w: {concurrency: 5000, maxQueue: 100000, idleTimeout: 1h}
+    retention:
+      runs: {maxAge: null, maxCount: null}
+      signals: {maxAge: null}
+"""  # retention off: its first prune of the 100,000 kept runs would be counted as idling
 
 
 def fill(path: Path, runs: int, entries: int) -> tuple[str, str]:
