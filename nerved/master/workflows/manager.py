@@ -66,7 +66,6 @@ from nerved.states import Transition
 from nerved.store import RunRecord, Storage, StoreError
 from nerved.store.records import now_ms
 from nerved.store.refs import new_run_id
-from nerved.worker import workflow as workflow_worker
 
 log = logging.getLogger("nerved.master.workflows")
 
@@ -136,6 +135,8 @@ class WorkflowManager:
 
     def _supervise(self, flow: Flow) -> Supervisor:
         def child_main(sock: socket.socket) -> int:  # code as accepted, settings as they are
+            from nerved.worker import workflow as workflow_worker  # loaded: Workers.spawn
+
             return workflow_worker.run(sock, flow.package, flow.timeouts())  # when it forks
 
         def on_message(worker: Worker, message: Message) -> None:
