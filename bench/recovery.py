@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from tabulate import tabulate
@@ -31,6 +30,7 @@ from nerved import wire
 from nerved.states import Transition
 from nerved.store import Store
 from nerved.store.records import now_ms
+from nerved.store.refs import new_run_id
 
 WORKFLOW = """
     import asyncio, os, time
@@ -56,7 +56,7 @@ def seed_store(path: Path, runs: int) -> None:
     """Write ``runs`` active runs straight into a fresh logs.db, as a dead nerved left them."""
     store = Store(path)
     for i in range(runs):
-        run_id = uuid.uuid4().hex
+        run_id = new_run_id()  # as nerve makes them (nerved.store.refs)
         if i % 2:
             store.create_run(run_id, "w", Transition.ENQUEUE, {"i": i})
         else:
@@ -75,7 +75,7 @@ def seed_waiting(path: Path, runs: int, timeout_ms: int = 3_600_000) -> None:
     ``timeout_ms`` from now, as nerved parks them (Storage.record_wait)."""
     store = Store(path)
     for i in range(runs):
-        run_id = uuid.uuid4().hex
+        run_id = new_run_id()  # as nerve makes them (nerved.store.refs)
         store.create_run(run_id, "w", Transition.START, {"i": i})
         until = now_ms() + timeout_ms
         wait = {"wait": "go", "timeout": timeout_ms, "until": until}

@@ -42,8 +42,9 @@ RESUMES_PER_TURN: Final = 500
 """Recovered started runs given to their worker in one loop turn after READY=1, each with
 its ``resumed`` entry (their histories follow page by page, :mod:`.resume`). 5,000 such
 entries in one batch took 30 ms to write here, and on a logs.db of a million entries some
-110 ms more to commit (each dirties a page of the ``ref_id`` index: 20 MB of WAL): in turns
-of 500, a client's request waits a tenth of that at most."""
+110 ms more to commit, each on its own page of the index of refs of uuid4 run ids (20 MB of
+WAL; fewer pages with schema 6's time-ordered refs): in turns of 500, a client's request
+waits a tenth of that at most."""
 
 
 class Manager(Protocol):
