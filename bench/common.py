@@ -61,6 +61,25 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def voluntary_switches(pid: int) -> int:
+    """Times a process gave up the CPU to wait (/proc/PID/status): its wake-ups."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(x for x in status if x.startswith("voluntary_ctxt_switches:"))
+    return int(line.split()[1])
+
+
+def idle(pid: int, window: float) -> dict[str, float]:
+    """A process's CPU ms and voluntary context switches over ``window`` seconds, and its
+    RSS (MB) at the end."""
+    cpu0, switches0 = cpu_seconds(pid), voluntary_switches(pid)
+    time.sleep(window)
+    return {
+        "cpu_ms": (cpu_seconds(pid) - cpu0) * 1000,
+        "wakeups": voluntary_switches(pid) - switches0,
+        "rss_mb": rss(pid) / 2**20,
+    }
+
+
 class Rpc:
     """A blocking JSON-RPC connection that can also pipeline (send many, read later)."""
 

@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Daemon, Rpc, cpu_seconds, rss, summary_ms
-from bench.recovery import time_to_ready
+from bench.common import Daemon, Rpc, idle, summary_ms
+from bench.recovery import time_to_ready, warm_start
 from bench.retries import peers_python
 
 WORKFLOW = """
@@ -89,23 +89,6 @@ def latency(n: int) -> dict[str, dict[str, float]]:
     return {"role": summary_ms(to_role), "answer": summary_ms(to_answer)}
 
 
-def _voluntary_switches(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        line = next(x for x in status if x.startswith("voluntary_ctxt_switches:"))
-    return int(line.split()[1])
-
-
-def _idle(pid: int, window: float) -> dict[str, float]:
-    """The master's CPU ms and voluntary context switches over ``window`` seconds."""
-    cpu0, switches0 = cpu_seconds(pid), _voluntary_switches(pid)
-    time.sleep(window)
-    return {
-        "cpu_ms": (cpu_seconds(pid) - cpu0) * 1000,
-        "wakeups": _voluntary_switches(pid) - switches0,
-        "rss_mb": rss(pid) / 2**20,
-    }
-
-
 def _workflow_worker_gone(rpc: Rpc) -> bool:
     workers = rpc.call("status")["workers"]
     return not any(w["kind"] == "workflow" and w["pid"] for w in workers)
@@ -115,7 +98,7 @@ def parked(runs: int, window: float) -> dict[str, Any]:
     config = f"workflows:\n  w: {{concurrency: {runs}, idleTimeout: 2s}}\n"
     with Daemon(config, {"workflows/w": WORKFLOW}) as daemon:
         rpc = daemon.rpc()
-        baseline = _idle(daemon.pid, window)
+        baseline = idle(daemon.pid, window)
         t0 = time.perf_counter()
         sent, in_flight = 0, 0
         while sent < runs or in_flight:
@@ -133,11 +116,12 @@ def parked(runs: int, window: float) -> dict[str, Any]:
             raise SystemExit(f"{waiting} of {runs} runs are waiting")
         while not _workflow_worker_gone(rpc):
             time.sleep(0.1)
-        loaded = _idle(daemon.pid, window)
+        loaded = idle(daemon.pid, window)
         rpc.close()
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGTERM)
         daemon.proc.wait(60)
+        warm_start(daemon.root, daemon.dir)  # byte-compiled, as an installed nerved starts
         ready_s = time_to_ready(daemon.root, daemon.state)
     return {"baseline": baseline, "loaded": loaded, "park_s": park_s, "ready_s": ready_s}
 

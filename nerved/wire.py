@@ -199,6 +199,11 @@ def loads_stored(text: str) -> Any:
         raise Invalid(f"not readable as JSON: {exc}") from None
 
 
+# What ``json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)``
+# builds at every call, built once: the encoder keeps no state between two encodings.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(value: Any, *, max_depth: int = MAX_DEPTH) -> str:
     """Encode compactly, as nerve stores and sends values; raises :class:`Invalid`.
 
@@ -206,7 +211,7 @@ def dumps(value: Any, *, max_depth: int = MAX_DEPTH) -> str:
     what JSON has no form for (a set, an object): the path says where it is.
     """
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):
         _raise_first_problem(value, max_depth)
         raise Invalid("not a JSON value") from None

@@ -30,7 +30,6 @@ from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
 from nerved.states import WorkerState
 from nerved.store import BadQuery, LogQuery, Storage, StoreError, now_ms
-from nerved.worker import sense as sense_worker
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +160,8 @@ class SenseManager:
         name, packages = group.name, list(group.packages)
 
         def child_main(sock: socket.socket) -> int:
+            from nerved.worker import sense as sense_worker  # loaded: Workers.spawn
+
             return sense_worker.run(sock, name, packages)
 
         def on_message(worker: Worker, message: Message) -> None:

@@ -29,9 +29,11 @@ from nerved.store.interface import AbortCallback, CommitCallback, Reader, Storag
 from nerved.store.query import BadQuery, LogQuery
 from nerved.store.records import (
     MAX_QUERY_LIMIT,
+    ActiveRecord,
     Firing,
     LogEntry,
     RunRecord,
+    StoredRun,
     Unreadable,
     dumps,
     now_ms,
@@ -46,6 +48,7 @@ __all__ = [
     "MAX_QUERY_LIMIT",
     "SCHEMA_VERSION",
     "AbortCallback",
+    "ActiveRecord",
     "BadQuery",
     "CommitCallback",
     "Firing",
@@ -58,6 +61,7 @@ __all__ = [
     "Store",
     "StoreBusy",
     "StoreError",
+    "StoredRun",
     "Unreadable",
     "dumps",
     "now_ms",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nerved.states import RunStatus, Transition
-from nerved.store.records import Firing, LogEntry, RunRecord
+from nerved.store.records import ActiveRecord, Firing, LogEntry, RunRecord
 
 CommitCallback = Callable[[], None]
 AbortCallback = Callable[[BaseException], None]
@@ -220,6 +220,14 @@ class Storage(Reader, Protocol):
         """Append an entry; its id, which grows with every entry."""
         ...
 
+    def append_logs(
+        self, source: str, type: str, entries: Iterable[tuple[str | None, Any]], ts: int
+    ) -> None:
+        """Append one entry ``(ref_id, payload)`` of ``source`` and ``type`` for each of
+        ``entries``, in their order, all at ``ts``: as :meth:`append_log` would one by one
+        (recovery notes thousands of resumes before READY=1)."""
+        ...
+
     def create_run(
         self,
         run_id: str,
@@ -350,7 +358,7 @@ class Storage(Reader, Protocol):
 
     # -- reads of the engine --------------------------------------------------------------
 
-    def active_runs(self) -> list[RunRecord]:
+    def active_runs(self) -> list[ActiveRecord]:
         """Every active run (nerved.states.ACTIVE), oldest first, each with its ``history``:
         the UTF-8 bytes of its stored trigger payload and of its ``step_complete`` and
         ``input`` payloads (what a resume reads)."""

@@ -44,26 +44,22 @@ HISTORY_SQL: Final = _in("type", HISTORY_TYPES)
 """``type IN ('step_complete', 'input')``."""
 
 
+_STATUSES: Final = {str(status): status for status in RunStatus}
+
+
+def status_of(text: str) -> RunStatus:
+    """A stored status, looked up rather than parsed (recovery reads 10,000 before READY=1);
+    ValueError, naming it, for one nerve does not know."""
+    return _STATUSES.get(text) or RunStatus(text)
+
+
 def run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
+    """A run from its ``RUN_COLUMNS``, the fields in order."""
+    status = status_of(row[2])
     return RunRecord(
-        run_id=row[0],
-        workflow=row[1],
-        status=RunStatus(row[2]),
-        created_at=row[3],
-        updated_at=row[4],
-        trigger_payload=loads(row[5]),
-        steps=row[6],
-        error=row[7],
-        attempts=row[8],
-        retry_of=row[9],
-        seq=row[10],
-        tries=row[11],
-        retry_at=row[12],
-        idempotency_key=row[13],
-        wait_for=row[14],
-        wake_at=row[15],
-        history=history,
-    )
+        row[0], row[1], status, row[3], row[4], loads(row[5]), row[6], row[7], row[8], row[9],
+        row[10], history, row[11], row[12], row[13], row[14], row[15],
+    )  # fmt: skip
 
 
 def entry_from_row(row: Sequence[Any]) -> LogEntry:

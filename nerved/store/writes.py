@@ -15,9 +15,27 @@ from typing import Any
 
 from nerved.states import RunStatus, Transition
 from nerved.store.connection import Connection
-from nerved.store.reads import ACTIVE_SQL, HISTORY_SQL, RUN_COLUMNS, RUN_WIDTH, run_from_row
-from nerved.store.records import Firing, RunRecord, dumps, input_payload, now_ms
+from nerved.store.reads import (
+    ACTIVE_SQL,
+    HISTORY_SQL,
+    RUN_COLUMNS,
+    status_of,
+)
+from nerved.store.records import (
+    ActiveRecord,
+    Firing,
+    RunRecord,
+    dumps,
+    input_payload,
+    loads,
+    now_ms,
+)
 from nerved.store.refs import REF_KEY, ref_key
+
+# RUN_COLUMNS split where ActiveRecord has its ``history`` (after ``seq``).
+_BEFORE_HISTORY, _AFTER_HISTORY = (
+    ", ".join(part) for part in (RUN_COLUMNS.split(", ")[:11], RUN_COLUMNS.split(", ")[11:])
+)
 
 # A run's entries of some types, on the ``logs_ref`` index (the unary ``+``, see
 # :meth:`Writes.active_runs`), given ref_key(run id): its steps; what a resume replays; all
@@ -54,6 +72,19 @@ class Writes:
             (source, type, ref_id, None if payload is None else dumps(payload), ts or now_ms()),
         )
         return int(cur.lastrowid or 0)
+
+    def append_logs(
+        self, source: str, type: str, entries: Iterable[tuple[str | None, Any]], ts: int
+    ) -> None:
+        rows = [
+            (source, type, ref_id, None if payload is None else dumps(payload), ts)
+            for ref_id, payload in entries
+        ]  # encoded first: a payload JSON cannot carry raises before anything is written
+        if rows:
+            self._begin()
+            self._conn.executemany(
+                "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES (?, ?, ?, ?, ?)", rows
+            )
 
     def create_run(
         self,
@@ -418,22 +449,23 @@ class Writes:
 
     # -- reads of the engine ---------------------------------------------------------
 
-    def active_runs(self) -> list[RunRecord]:
+    def active_runs(self) -> list[ActiveRecord]:
         """Every active run (nerved.states.ACTIVE), oldest first: the order recovery must
         keep; found through the partial index ``workflow_runs_active``.
 
         Each with its ``history`` size (trigger payload, steps and inputs), counted in SQL,
         so that a run too large to resume is known before its entries are read. (The unary
         ``+`` keeps SQLite on the ``logs_ref`` index: left to itself it picks ``(source,
-        type)`` and scans every step of every run.)
+        type)`` and scans every step of every run.) The columns come in ActiveRecord's order.
         """
         rows = self._conn.execute(
-            f"SELECT {RUN_COLUMNS},"
+            f"SELECT {_BEFORE_HISTORY},"
             " COALESCE(LENGTH(CAST(trigger_payload AS BLOB)), 0)"
             " + (SELECT COALESCE(SUM(LENGTH(CAST(payload AS BLOB))), 0) FROM logs"
             f"    WHERE {REF_KEY} = substr(run_id, 9) || substr(run_id, 1, 8)"
             "     AND +source = 'workflow'"
-            f"   AND +{HISTORY_SQL})"
-            f" FROM workflow_runs WHERE {ACTIVE_SQL} ORDER BY seq"
+            f"   AND +{HISTORY_SQL}),"
+            f" {_AFTER_HISTORY} FROM workflow_runs WHERE {ACTIVE_SQL} ORDER BY seq"
         ).fetchall()
-        return [run_from_row(r, history=r[RUN_WIDTH]) for r in rows]
+        make = ActiveRecord._make
+        return [make((r[0], r[1], status_of(r[2]), r[3], r[4], loads(r[5]), *r[6:])) for r in rows]

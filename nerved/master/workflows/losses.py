@@ -27,7 +27,7 @@ from nerved.master.workflows.runs import WORKER_DIED, ActiveRun, Flow, may_resta
 from nerved.master.workflows.steering import Trigger
 from nerved.outcome import Refused
 from nerved.states import Transition
-from nerved.store import RunRecord, Storage
+from nerved.store import Storage, StoredRun
 from nerved.words import plural
 from nerved.worker.timebox import KILLED, MODERATOR_KILL
 
@@ -105,7 +105,7 @@ class Losses:
 
     def restart_afresh(
         self,
-        record: RunRecord,
+        record: StoredRun,
         payload_json: str | None,
         why: str,
         *,

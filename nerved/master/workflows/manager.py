@@ -43,10 +43,10 @@ from nerved.config import NerveConfig, unlined
 from nerved.loop import Loop
 from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
+from nerved.master.workflows import rebuild
 from nerved.master.workflows.admission import admit, reasons
 from nerved.master.workflows.losses import Losses
 from nerved.master.workflows.messages import WorkerMessages
-from nerved.master.workflows.recovery import Fate, recovery_of
 from nerved.master.workflows.replay import Replays
 from nerved.master.workflows.resume import Resumer, start_frame
 from nerved.master.workflows.runs import (
@@ -54,7 +54,6 @@ from nerved.master.workflows.runs import (
     Flow,
     InFlight,
     QueuedRun,
-    Wait,
     log_transition,
     unresumable,
 )
@@ -67,7 +66,6 @@ from nerved.states import Transition
 from nerved.store import RunRecord, Storage, StoreError
 from nerved.store.records import now_ms
 from nerved.store.refs import new_run_id
-from nerved.worker import workflow as workflow_worker
 
 log = logging.getLogger("nerved.master.workflows")
 
@@ -100,6 +98,7 @@ class WorkflowManager:
                                        self._replace, self.steering.ended)  # fmt: skip
         self.replays = Replays(loop, workers, store, self.flows)  # workflow.replay
         self.stopping = False
+        self.noting: list[tuple[str, Any]] | None = None  # resumes noted, during recovery
 
     # -- configuration ------------------------------------------------------------------
 
@@ -136,6 +135,8 @@ class WorkflowManager:
 
     def _supervise(self, flow: Flow) -> Supervisor:
         def child_main(sock: socket.socket) -> int:  # code as accepted, settings as they are
+            from nerved.worker import workflow as workflow_worker  # loaded: Workers.spawn
+
             return workflow_worker.run(sock, flow.package, flow.timeouts())  # when it forks
 
         def on_message(worker: Worker, message: Message) -> None:
@@ -170,54 +171,9 @@ class WorkflowManager:
     # -- recovery -----------------------------------------------------------------------
 
     def recover(self, progress: Callable[[], None] = lambda: None) -> str:
-        """Rebuild the queues and active sets from logs.db and resume what was running.
-
-        What becomes of each run is :func:`~.recovery.recovery_of`'s rule: a run whose stored
-        trigger payload cannot be used, or whose history is too large to resume, fails here
-        with the reason; every other run of a configured workflow recovers.
-        """
-        fates = dict.fromkeys(Fate, 0)
-        for record in self.store.active_runs():
-            progress()  # a long recovery asks systemd for more time (Notifier.extend)
-            flow = self.flows.get(record.workflow)
-            recovery = recovery_of(record, None if flow is None else flow.config)
-            fates[recovery.fate] += 1
-            if recovery.transition is not None:
-                self._finish(record.run_id, record.workflow, recovery.transition, recovery.reason)
-            elif flow is None:
-                continue
-            elif recovery.fate is Fate.QUEUE:
-                payload = len((recovery.payload_json or "").encode())
-                queued = QueuedRun(record.run_id, recovery.payload_json, record.steps,
-                                   max(0, record.history - payload))  # fmt: skip
-                flow.queue.append(queued)
-            elif recovery.fate is Fate.RESTART:
-                why = "nerved stopped while it ran"
-                self.losses.restart_afresh(record, recovery.payload_json, why)
-            else:
-                run = ActiveRun(record.run_id, flow, recovery.payload_json, record.history,
-                                record.steps, sent=True, lost="nerved restarted",
-                                attempts=record.attempts)  # fmt: skip
-                flow.active[run.run_id] = run
-                self.runs[run.run_id] = run
-                self.tries.recovered(run, record)  # a retry it waited for is armed again
-                if recovery.fate is Fate.WAIT:
-                    run.waiting, run.lost = Wait(record.wait_for, record.wake_at), None
-        self.waits.recovered(self.runs.values())  # deadlines passed meanwhile fire first
-        for flow in self.flows.values():
-            for run in list(flow.active.values()):
-                if run.worker is None:  # a run restarted afresh above was assigned already
-                    self._assign(run)  # a run whose steps cannot be read fails then, alone
-            self._fill(flow)
-        summary = (
-            f"recovered {fates[Fate.RESUME]} started, {fates[Fate.WAIT]} waiting and"
-            f" {fates[Fate.QUEUE]} queued runs, "
-            f"restarted {fates[Fate.RESTART]}, ended {fates[Fate.END]} of unconfigured"
-            f" workflows and {fates[Fate.FAIL]} that can no longer be resumed"
-        )
-        if any(fates.values()):
-            log.info("%s", summary)
-        return summary
+        """Rebuild the queues and active sets from logs.db and resume what was running
+        (:func:`.rebuild.recover`, by :func:`~.recovery.recovery_of`'s rule); the summary."""
+        return rebuild.recover(self, progress)
 
     # -- admission ----------------------------------------------------------------------
 
@@ -339,8 +295,11 @@ class WorkflowManager:
         run.in_flight = InFlight(None, now_ms())
         if run.sent:
             if run.lost is not None:  # inspect shows each resume after a crash or restart
-                self.store.append_log("workflow", "resumed", run.run_id,
-                                      {"reason": run.lost, "attempt": run.attempts})  # fmt: skip
+                note = {"reason": run.lost, "attempt": run.attempts}
+                if self.noting is None:
+                    self.store.append_log("workflow", "resumed", run.run_id, note)
+                else:  # at start, written together with the others' (.rebuild)
+                    self.noting.append((run.run_id, note))
                 run.lost = None
             self.resumer.resume(run, worker)
             return

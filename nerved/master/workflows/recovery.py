@@ -24,7 +24,7 @@ from nerved import wire
 from nerved.config import Overflow, WorkflowConfig
 from nerved.master.workflows.runs import unresumable
 from nerved.states import RunStatus, Transition
-from nerved.store import RunRecord, Unreadable
+from nerved.store import StoredRun, Unreadable
 
 
 class Fate(enum.Enum):
@@ -44,7 +44,7 @@ class Recovery:
     reason: str | None = None  # why it ends (END, FAIL)
 
 
-def recovery_of(record: RunRecord, config: WorkflowConfig | None) -> Recovery:
+def recovery_of(record: StoredRun, config: WorkflowConfig | None) -> Recovery:
     """What becomes of an active ``record`` whose workflow has ``config`` (None: the
     workflow is not configured)."""
     if config is None:
@@ -64,7 +64,7 @@ def recovery_of(record: RunRecord, config: WorkflowConfig | None) -> Recovery:
     return Recovery(Fate.RESUME, payload_json)
 
 
-def resumable_payload(record: RunRecord) -> str | None:
+def resumable_payload(record: StoredRun) -> str | None:
     """A recovered run's trigger payload, encoded again (None: none); raises wire.Invalid,
     saying why, for a run that cannot be resumed: a payload that cannot be read back or sent
     to a worker, or a history too large for a resume."""

@@ -40,7 +40,6 @@ from nerved.master.workflows.runs import Flow
 from nerved.outcome import Failed, NotFound, Pending, Refused, ShuttingDown
 from nerved.store import Storage, StoreError, Unreadable
 from nerved.words import plural
-from nerved.worker import replay as replay_worker
 from nerved.worker.histories import SILENT
 from nerved.worker.timebox import KILLED, MODERATOR_KILL
 
@@ -184,6 +183,8 @@ class Replays:
         package = flow.package  # as accepted now, whatever a reload does meanwhile
 
         def child_main(sock: socket.socket) -> int:
+            from nerved.worker import replay as replay_worker  # loaded: Workers.spawn
+
             return replay_worker.run(sock, package)
 
         try:

@@ -36,7 +36,7 @@ from nerved.master.workers import Worker
 from nerved.master.workflows.backstops import Backstops, Bound
 from nerved.master.workflows.runs import ActiveRun, Flow, InFlight
 from nerved.states import Transition
-from nerved.store import RunRecord, Storage
+from nerved.store import ActiveRecord, Storage
 from nerved.store.records import input_payload, now_ms
 
 log = logging.getLogger("nerved.master.workflows")
@@ -200,7 +200,7 @@ class Tries:
         run.retry_at = retry_at
         run.retry_timer = self.loop.call_later((retry_at - now_ms()) / 1000, due)
 
-    def recovered(self, run: ActiveRun, record: RunRecord) -> None:
+    def recovered(self, run: ActiveRun, record: ActiveRecord) -> None:
         """At start: arm the retry ``record`` was waiting for, if any (at once if it fell due
         while nerved was down)."""
         run.tries = record.tries
