@@ -157,11 +157,14 @@ class WorkflowManager:
             why = f"workflow {flow.name} was removed"
             self._finish(flow.queue.popleft().run_id, flow.name, Transition.WITHDRAW, why)
         # A run no worker holds (a backoff, fatal code, a start not sent yet) waits for ever.
-        flow.take_back(flow.supervisor.current)
-        why = f"its workflow was removed while it waited for a worker ({flow.supervisor.reason})"
+        unsent = flow.take_back(flow.supervisor.current)
+        waited = f" ({flow.supervisor.reason})" if flow.supervisor.reason else ""
+        why = f"its workflow was removed while it waited for a worker{waited}"
         for run in [run for run in flow.active.values() if run.worker is None]:
             if run.waiting is not None:  # it held no thread: it is withdrawn, as a queued one
                 self._end(run, Transition.WITHDRAW, f"workflow {flow.name} was removed")
+            elif run in unsent:  # its worker was not sent it: no reason of the unit's is its
+                self._end(run, Transition.CRASH, "its workflow was removed before it was sent")
             else:
                 self._end(run, Transition.CRASH, why)
         flow.supervisor.retire(deadline=flow.config.drain_timeout_ms / 1000, setting=DRAIN)
