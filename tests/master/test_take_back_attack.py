@@ -54,21 +54,93 @@ def _pipelined(daemon: Nerved, requests: list[dict]) -> list[dict]:
     return [answers[i] for i in range(len(lines))]
 
 
-def test_a_run_whose_workflow_is_removed_before_its_start_went_says_so(
+def test_a_run_started_in_the_turn_its_workflow_is_removed_is_finished_by_its_worker(
     nerved_factory,
 ) -> None:
+    """On removal the worker drains: the runs it holds get drainTimeout to finish. A run
+    triggered in the same turn is one of them; Flow.take_back crashed it at once ("its
+    workflow was removed while it waited for a worker (None)"): its start goes after the
+    commit, the stop went at once. Now the stop follows the start."""
     daemon: Nerved = nerved_factory(CONFIG, workflows={"w": ONE_STEP}, args=("--no-watch",))
     daemon.start()
     assert daemon.wait_run(daemon.trigger("w", {}))["status"] == "completed"  # a worker, warm
     (daemon.root / "nerve.yaml").write_text("{}\n")
-    trigger, reload = _pipelined(
-        daemon, [{"method": "workflow.trigger", "workflow": "w"}, {"method": "reload"}]
+    answers = _pipelined(
+        daemon,
+        [*({"method": "workflow.trigger", "workflow": "w", "payload": {"n": n}} for n in range(3)),
+         {"method": "reload"}],
+    )  # fmt: skip
+    assert answers[-1]["result"] == {"changed": ["workflow w removed"]}, answers
+    for trigger in answers[:-1]:
+        assert trigger["result"]["status"] == "started", trigger
+        run = daemon.wait_run(trigger["result"]["runId"])
+        assert run["status"] == "completed", run
+    assert "died under" not in daemon.log()
+    daemon.healthy()
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def _exited(pid: int) -> bool:
+    """``pid`` (a child of nerved, which is stopped) has exited: a zombie, not reaped."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_runs_triggered_in_the_turn_a_code_reload_applies_run_the_new_code(
+    nerved_factory, tmp_path: Path
+) -> None:
+    daemon: Nerved = nerved_factory(CONFIG, workflows={"w": ONE_STEP}, args=("--no-watch",))
+    daemon.start()
+    first = daemon.wait_run(daemon.trigger("w", {}))
+    assert first["status"] == "completed"
+    old = daemon.worker_pids("workflow")["w"]
+    package = daemon.root / "workflows" / "w" / "__init__.py"
+    go = tmp_path / "go"
+    # The new code's import waits for file ``go``: its probe answers when the test says.
+    package.write_text(
+        f"import time, pathlib\nwhile not pathlib.Path({str(go)!r}).exists(): time.sleep(0.005)\n"
+        + package.read_text().replace("CODE = 1", "CODE = 2")
     )
-    assert reload["result"] == {"changed": ["workflow w removed"]}, reload
-    assert trigger["result"]["status"] == "started", trigger
-    run = daemon.wait_run(trigger["result"]["runId"])
-    assert run["status"] == "crashed", run
-    # Its worker never heard of it: no "worker" reason is left over from a past death.
-    assert "None" not in run["error"], run
-    assert "removed" in run["error"], run
+    triggers = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    triggers.connect(str(daemon.socket))
+    triggers.sendall(b'{"jsonrpc":"2.0","id":0,"method":"status"}\n')
+    assert b"\n" in triggers.recv(65536)  # accepted: what it sends next is read at once
+    reloading = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    reloading.connect(str(daemon.socket))
+    before = _children(daemon.pid)
+    reloading.sendall(b'{"jsonrpc":"2.0","id":1,"method":"reload"}\n')
+    [probe] = wait_until(lambda: _children(daemon.pid) - before, timeout=10, what="the probe")
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        params = [{"workflow": "w", "payload": {"n": i}} for i in range(1, 6)]
+        lines = [
+            json.dumps({"jsonrpc": "2.0", "id": i, "method": "workflow.trigger", "params": p})
+            for i, p in enumerate(params, 1)
+        ]
+        triggers.sendall(("\n".join(lines) + "\n").encode())
+        go.touch()  # the probe answers after the triggers were sent, and exits
+        wait_until(lambda: _exited(probe), timeout=10, what="the probe's answer")
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    data = b""
+    triggers.settimeout(30)
+    while data.count(b"\n") < 5:
+        data += triggers.recv(65536)
+    reloading.settimeout(30)
+    assert b"workflow w code" in reloading.recv(65536)
+    ids = [json.loads(line)["result"]["runId"] for line in data.splitlines()]
+    for run_id in ids:
+        run = daemon.wait_run(run_id)
+        assert run["status"] == "completed", run
+        assert run["attempts"] == 0, run
+        [step] = daemon.entries(run_id, "step_complete")
+        assert step["payload"]["event"]["code"] == 2, step
+        assert step["payload"]["event"]["pid"] != old
+    assert "died under" not in daemon.log()
+    triggers.close()
+    reloading.close()
     daemon.healthy()

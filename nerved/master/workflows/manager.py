@@ -156,19 +156,8 @@ class WorkflowManager:
         while flow.queue:
             why = f"workflow {flow.name} was removed"
             self._finish(flow.queue.popleft().run_id, flow.name, Transition.WITHDRAW, why)
-        # A run no worker holds (a backoff, fatal code, a start not sent yet) waits for ever.
-        unsent = flow.take_back(flow.supervisor.current)
-        waited = f" ({flow.supervisor.reason})" if flow.supervisor.reason else ""
-        why = f"its workflow was removed while it waited for a worker{waited}"
-        for run in [run for run in flow.active.values() if run.worker is None]:
-            if run.waiting is not None:  # it held no thread: it is withdrawn, as a queued one
-                self._end(run, Transition.WITHDRAW, f"workflow {flow.name} was removed")
-            elif run in unsent:  # its worker was not sent it: no reason of the unit's is its
-                self._end(run, Transition.CRASH, "its workflow was removed before it was sent")
-            else:
-                self._end(run, Transition.CRASH, why)
-        flow.supervisor.retire(deadline=flow.config.drain_timeout_ms / 1000, setting=DRAIN)
-        self._removed = [f for f in self._removed if f.supervisor.draining] + [flow]
+        self.losses.removed(flow, DRAIN)  # its active runs, and its workers told to stop
+        self._removed = [f for f in self._removed if f.supervisor.live()] + [flow]
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -347,7 +336,7 @@ class WorkflowManager:
                 run.lost = None
             self.resumer.resume(run, worker)
             return
-        run.sent = True
+        run.sent = run.starting = True  # (.losses.removed: its stop goes after the start)
         try:
             start = start_frame("start", run)
         except wire.Invalid as exc:
@@ -355,6 +344,7 @@ class WorkflowManager:
             return
 
         def send() -> None:
+            run.starting = False
             if run.worker is worker and self.runs.get(run.run_id) is run:
                 run.delivered = worker.send_frame(start)
 
