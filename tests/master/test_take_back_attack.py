@@ -144,3 +144,73 @@ def test_runs_triggered_in_the_turn_a_code_reload_applies_run_the_new_code(
     triggers.close()
     reloading.close()
     daemon.healthy()
+
+
+BIG = """
+    import os, pathlib, time
+    from nerved import WorkflowDefinition
+
+    while not pathlib.Path(IMPORT_OK).exists():  # a successor of old code waits here
+        time.sleep(0.005)
+
+    def big(prompt, ctx):
+        return {"type": "big", "blob": "x" * 700_000}
+
+    def last(prompt, ctx):
+        while not pathlib.Path(GO).exists():
+            time.sleep(0.005)
+        return {"type": "done", "pid": os.getpid(), "code": CODE}
+
+    def moderate(thread, event):
+        bigs = sum(1 for e in thread.events if e["type"] == "big")
+        if event["type"] in ("thread_start", "big") and bigs < 12:
+            return {"role": "big", "prompt": None}
+        if event["type"] == "big":
+            return {"role": "last", "prompt": None}
+        return None
+
+    CODE = 1
+    workflow = WorkflowDefinition(roles={"big": big, "last": last}, moderate=moderate)
+"""
+
+
+def test_resumes_under_way_when_the_successor_of_a_killed_worker_is_drained(
+    nerved_factory, tmp_path: Path
+) -> None:
+    """kill -9 of a worker holding runs of 8 MiB histories (a page is 4 MiB): they are resumed in a successor,
+    page by page; that successor is still importing (it reads nothing) when a reload of the
+    code drains it. Every resume is taken back and goes whole to the next worker, which
+    runs the new code; none loses a second worker."""
+    import_ok, go = tmp_path / "import-ok", tmp_path / "go"
+    import_ok.touch()
+    code = BIG.replace("IMPORT_OK", repr(str(import_ok))).replace("GO", repr(str(go)))
+    daemon: Nerved = nerved_factory(CONFIG, workflows={"w": code}, args=("--no-watch",))
+    daemon.start()
+    ids = [daemon.trigger("w", {"n": n}) for n in range(3)]
+    wait_until(
+        lambda: all(daemon.rpc("workflow.inspect", runId=r)["steps"] == 12 for r in ids),
+        timeout=30,
+        what="twelve big steps each",
+    )
+    first = daemon.worker_pids("workflow")["w"]
+    import_ok.unlink()
+    package = daemon.root / "workflows" / "w" / "__init__.py"
+    package.write_text(package.read_text().replace("CODE = 1", "CODE = 2")
+                       .replace("while not pathlib", "while False and not pathlib"))  # fmt: skip
+    os.kill(first, signal.SIGKILL)
+    wait_until(
+        lambda: daemon.worker_pids("workflow").get("w") not in (None, first),
+        timeout=20,
+        what="a successor, importing",
+    )
+    assert daemon.rpc("reload") == {"changed": ["workflow w code"]}
+    go.touch()
+    import_ok.touch()  # the drained successor may go on: it holds no run
+    for run_id in ids:
+        run = daemon.wait_run(run_id, timeout=30)
+        assert run["status"] == "completed", run
+        assert run["attempts"] == 1, run  # the kill -9; not the drained successor
+        assert run["steps"] == 13, run
+        [done] = daemon.rpc("logs.query", runId=run_id, type="step_complete", limit=1)
+        assert done["payload"]["event"]["code"] == 2, done
+    daemon.healthy()
