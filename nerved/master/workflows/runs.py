@@ -137,8 +137,8 @@ class Flow:
             return {}
         taken = [r for r in self.active.values() if r.worker is worker and not r.delivered]
         for run in taken:
-            if not (keep_starting and run.starting):
-                run.worker, run.in_flight = None, None
+            if not (keep_starting and run.starting):  # a start sent at the commit stays
+                run.worker, run.in_flight, run.starting = None, None, False
         return {run: "its workflow was removed before it was sent" for run in taken
                 if run.worker is None}  # fmt: skip
 
