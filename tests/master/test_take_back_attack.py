@@ -214,3 +214,40 @@ def test_resumes_under_way_when_the_successor_of_a_killed_worker_is_drained(
         [done] = daemon.rpc("logs.query", runId=run_id, type="step_complete", limit=1)
         assert done["payload"]["event"]["code"] == 2, done
     daemon.healthy()
+
+
+def test_resumes_under_way_when_their_workflow_is_removed_end_saying_so(
+    nerved_factory, tmp_path: Path
+) -> None:
+    """As above, but the reload removes the workflow: the resumes under way are taken back
+    and crash, saying their workflow was removed before they were sent; none waits for a
+    worker that will never come, and the drained successor exits."""
+    import_ok, go = tmp_path / "import-ok", tmp_path / "go"
+    import_ok.touch()
+    code = BIG.replace("IMPORT_OK", repr(str(import_ok))).replace("GO", repr(str(go)))
+    daemon: Nerved = nerved_factory(CONFIG, workflows={"w": code}, args=("--no-watch",))
+    daemon.start()
+    ids = [daemon.trigger("w", {"n": n}) for n in range(3)]
+    wait_until(
+        lambda: all(daemon.rpc("workflow.inspect", runId=r)["steps"] == 12 for r in ids),
+        timeout=30,
+        what="twelve big steps each",
+    )
+    first = daemon.worker_pids("workflow")["w"]
+    import_ok.unlink()
+    os.kill(first, signal.SIGKILL)
+    wait_until(
+        lambda: daemon.worker_pids("workflow").get("w") not in (None, first),
+        timeout=20,
+        what="a successor, importing",
+    )
+    successor = daemon.worker_pids("workflow")["w"]
+    (daemon.root / "nerve.yaml").write_text("{}\n")
+    assert daemon.rpc("reload") == {"changed": ["workflow w removed"]}
+    crashed = [daemon.wait_run(run_id) for run_id in ids]
+    assert {run["status"] for run in crashed} == {"crashed"}, crashed
+    # Each resume was under way (8 MiB, and the successor reads nothing): none was sent.
+    assert {r["error"] for r in crashed} == {"its workflow was removed before it was sent"}
+    import_ok.touch()
+    wait_until(lambda: not os.path.exists(f"/proc/{successor}"), timeout=20, what="its exit")
+    daemon.healthy()
