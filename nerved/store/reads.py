@@ -79,7 +79,9 @@ def _first_id_since(conn: Connection, ts: int) -> int:
     Entries are appended with the master's clock, so ts is non-decreasing in id unless the
     wall clock was stepped back; then the boundary is approximate, never an error.
     """
-    lo, hi = conn.execute("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM logs").fetchone()
+    lo, hi = conn.execute(  # one aggregate a query: SQLite seeks each, where MIN and MAX
+        "SELECT COALESCE((SELECT MIN(id) FROM logs), 0), COALESCE((SELECT MAX(id) FROM logs), 0)"
+    ).fetchone()  # together scan the whole of an index
     hi += 1
     while lo < hi:
         mid = (lo + hi) // 2
@@ -109,10 +111,14 @@ def query_page(
     With ``after_id`` or ``since`` the page starts at the oldest match (paging forward, for
     following); otherwise it ends at the newest, or just before ``before_id`` (paging back).
     See :func:`_read_page` for where a page ends.
+
+    A run's entries are read on the ``logs_ref`` index (the unary ``+``): a run has few, and
+    on ``(source, type)`` SQLite would walk that type's entries of every run to find them.
     """
     where: list[str] = []
     args: list[Any] = []
-    for column, value in (("source", source), ("type", type), (REF_KEY, ref_id)):
+    run = "+" if source == "workflow" and ref_id is not None else ""
+    for column, value in ((f"{run}source", source), (f"{run}type", type), (REF_KEY, ref_id)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(ref_key(value) if column is REF_KEY else value)

@@ -16,7 +16,9 @@ def test_a_run_id_is_32_hex_random_first_then_its_time() -> None:
     after = time.time_ns() // 1_000_000
     assert all(re.fullmatch(r"[0-9a-f]{32}", run_id) for run_id in ids)
     assert len(set(ids)) == len(ids)
-    assert len({run_id[:8] for run_id in ids}) == len(ids)  # what an operator types differs
+    # What an operator types differs: 32 random bits, so that 2000 ids share a prefix about
+    # once in 2000 tries (the birthday bound); three shared would be once in 10^10.
+    assert len({run_id[:8] for run_id in ids}) >= len(ids) - 2
     assert all(before <= int(run_id[8:20], 16) <= after for run_id in ids)
     # Filed by key, the runs of one time sit together, in the order they were made.
     keys = [ref_key(run_id) for run_id in ids]

@@ -103,6 +103,33 @@ class Losses:
             self.wake(flow)  # a drained worker died: the current one (or a new) takes them
         # Otherwise the supervisor wakes the flow once its backoff is over.
 
+    def removed(self, flow: Flow, setting: str) -> None:
+        """A reload removed ``flow`` (its queue withdrawn already): its waiting runs are
+        withdrawn, the runs no worker holds crash, and its workers are told to stop; those
+        they hold get ``drainTimeout`` (``setting``) to finish.
+
+        A run started in this very turn is held: its ``start`` goes at the commit, and the
+        ``stop`` after it (``stop`` first, the worker would exit with nothing running and
+        the run would crash). A resume under way (its history goes page by page, over later
+        turns) is taken back (:meth:`Flow.take_back`), and crashes.
+        """
+        unsent = flow.take_back(flow.supervisor.current, keep_starting=True)
+        waited = f" ({flow.supervisor.reason})" if flow.supervisor.reason else ""
+        why = f"its workflow was removed while it waited for a worker{waited}"
+        for run in [run for run in flow.active.values() if run.worker is None]:
+            if run.waiting is not None:  # it held no thread: it is withdrawn, as a queued one
+                self.end(run, Transition.WITHDRAW, f"workflow {flow.name} was removed")
+            else:  # one taken back: the unit's reason is none of its
+                self.end(run, Transition.CRASH, unsent.get(run, why))
+
+        def retire() -> None:
+            flow.supervisor.retire(deadline=flow.config.drain_timeout_ms / 1000, setting=setting)
+
+        if any(run.starting for run in flow.active.values()):
+            self.store.after_commit(retire)  # registered after the starts: sent after them
+        else:
+            retire()
+
     def restart_afresh(
         self,
         record: StoredRun,

@@ -157,16 +157,8 @@ class WorkflowManager:
         while flow.queue:
             why = f"workflow {flow.name} was removed"
             self._finish(flow.queue.popleft().run_id, flow.name, Transition.WITHDRAW, why)
-        # A run no worker holds (a backoff, fatal code, a start not sent yet) waits for ever.
-        flow.take_back(flow.supervisor.current)
-        why = f"its workflow was removed while it waited for a worker ({flow.supervisor.reason})"
-        for run in [run for run in flow.active.values() if run.worker is None]:
-            if run.waiting is not None:  # it held no thread: it is withdrawn, as a queued one
-                self._end(run, Transition.WITHDRAW, f"workflow {flow.name} was removed")
-            else:
-                self._end(run, Transition.CRASH, why)
-        flow.supervisor.retire(deadline=flow.config.drain_timeout_ms / 1000, setting=DRAIN)
-        self._removed = [f for f in self._removed if f.supervisor.draining] + [flow]
+        self.losses.removed(flow, DRAIN)  # its active runs, and its workers told to stop
+        self._removed = [f for f in self._removed if f.supervisor.live()] + [flow]
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -303,7 +295,7 @@ class WorkflowManager:
                 run.lost = None
             self.resumer.resume(run, worker)
             return
-        run.sent = True
+        run.sent = run.starting = True  # (.losses.removed: its stop goes after the start)
         try:
             start = start_frame("start", run)
         except wire.Invalid as exc:
@@ -311,6 +303,7 @@ class WorkflowManager:
             return
 
         def send() -> None:
+            run.starting = False
             if run.worker is worker and self.runs.get(run.run_id) is run:
                 run.delivered = worker.send_frame(start)
 

@@ -63,6 +63,7 @@ class ActiveRun:
     worker: Worker | None = None
     sent: bool = False  # a worker has been told of it before: the next one resumes it
     delivered: bool = False  # its worker was sent its start or resume (not only promised it)
+    starting: bool = False  # its start goes to its worker at this turn's commit
     tries: int = 0  # failed tries of the step in flight (nerved.master.workflows.tries)
     retry_at: int | None = None  # when its next try is due (ms since the epoch), if waiting
     retry_timer: Timer | None = None  # gives it back to a worker at retry_at
@@ -119,9 +120,13 @@ class Flow:
     def has_room(self) -> bool:
         return len(self.active) < self.config.concurrency
 
-    def take_back(self, worker: Worker | None) -> list[ActiveRun]:
+    def take_back(
+        self, worker: Worker | None, *, keep_starting: bool = False
+    ) -> dict[ActiveRun, str]:
         """The runs given to ``worker`` whose ``start`` or ``resume`` it was not sent yet,
-        now given to no worker: ``worker`` was just told to stop.
+        now given to no worker, each with why its workflow's removal ends it: ``worker`` was
+        just told to stop (``keep_starting``: will be, after this turn's commit; a run whose
+        start goes then stays with it).
 
         A start waits for its turn's commit, and a resume's history goes page by page, but
         a stop goes at once: a worker drained in between (a role stuck in it, its code
@@ -129,11 +134,13 @@ class Flow:
         it as a crash. Taken back, the run goes to the next worker instead.
         """
         if worker is None:
-            return []
+            return {}
         taken = [r for r in self.active.values() if r.worker is worker and not r.delivered]
         for run in taken:
-            run.worker, run.in_flight = None, None
-        return taken
+            if not (keep_starting and run.starting):  # a start sent at the commit stays
+                run.worker, run.in_flight, run.starting = None, None, False
+        return {run: "its workflow was removed before it was sent" for run in taken
+                if run.worker is None}  # fmt: skip
 
     def timeouts(self) -> dict[str, float]:
         """The roles' timeouts in seconds, as its workers hold them (``timeouts``)."""
