@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from nerved import _version, early, modes
 from nerved.code.packages import CodeSnapshot
@@ -49,12 +49,14 @@ from nerved.master.startup import (
 )
 from nerved.master.supervisor import worker_entry
 from nerved.master.upkeep import Upkeep
-from nerved.master.watch import Watcher
 from nerved.master.workers import Worker, Workers
 from nerved.master.workflows import WorkflowManager
 from nerved.outcome import Pending, Refused
 from nerved.store import Storage, Store, StoreError
 from nerved.words import plural
+
+if TYPE_CHECKING:
+    from nerved.master.watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,9 @@ class Daemon:
         )
         self.autoreload.trust_now()
         self.retention = Retention(self.loop, self.store, lambda: self.config.retention)
-        if self.options.watch:
+        if self.options.watch:  # inotify_simple (and subprocess) only for a daemon that watches
+            from nerved.master.watch import Watcher
+
             self.watcher = Watcher(self.loop, self.options.root, self.autoreload.files_changed)
         self.store.commit()
         self.upkeep.start()
