@@ -135,6 +135,7 @@ class Daemon:
         except StoreError as exc:
             raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc
         self.store.watch(self.options.state_dir / "nerved.lock", prepared.lock_fd)
+        self.workers.before_fork = self.store.shrink  # a worker would hold the page caches
         self.loop.set_gate(self.store.acquire)
         self.upkeep = Upkeep(
             self.loop, self.store, self.notifier, self._summary, lambda: self.stopping

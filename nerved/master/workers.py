@@ -218,6 +218,9 @@ class Workers:
         self.loop = loop
         self._by_pid: dict[int, Worker] = {}
         self.containment = Containment(loop)
+        self.before_fork: Callable[[], None] = lambda: None
+        """Run before each fork: what the master can give back, a child would hold too (the
+        daemon's store lets its page caches go)."""
 
     def contain(self) -> str:
         """Set containment up (before the first spawn); the line it logged."""
@@ -235,6 +238,7 @@ class Workers:
     ) -> Worker:
         """Fork a worker in a unit of its own, held to ``memory_max`` bytes (None: no limit);
         raises OSError when no child can be made (see process.spawn)."""
+        self.before_fork()
         unit, sock = self.containment.spawn(
             kind, name, f"nerve:{kind[:1]}:{name}", child_main, memory_max
         )
