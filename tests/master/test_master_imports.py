@@ -38,7 +38,7 @@ NOT_IN_THE_MASTER = (
     ("importlib.abc", "nerved.code.importing's, with tempfile, random and shutil"),
     ("shutil", "argparse's terminal width (nerved.cli) and tempfile's"),
     ("hashlib", "package digests are BLAKE2b (nerved.code.reading)"),
-    ("uuid", "run ids are made as uuid4().hex is, without it"),
+    ("uuid", "run ids are made without it (nerved.store.refs)"),
     ("difflib", "a did-you-mean hint in an error only"),
     ("cronsim", "cron reflexes only"),
     ("zoneinfo", "cron reflexes only"),
