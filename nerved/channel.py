@@ -20,6 +20,7 @@ answering while its user code runs.
 from __future__ import annotations
 
 import json
+import mmap
 import socket
 import struct
 from collections.abc import Mapping
@@ -99,9 +100,14 @@ def _scratch() -> memoryview:
     """The buffer every :meth:`Channel.receive` of this process reads into, made at first
     use: ``recv`` would allocate (and, at this size, mmap, shrink and unmap) one per call.
     Its bytes are copied out at once, and each process reads from one thread only (the
-    master has no other; a worker's loop thread reads for its role threads)."""
+    master has no other; a worker's loop thread reads for its role threads).
+
+    An anonymous private mapping, not a bytearray, which would write its 256 KiB of zeros:
+    only the pages a read reaches are resident (a message is most often a few hundred
+    bytes), where a bytearray's 256 KiB were held by the master and again by each worker
+    (issue 14). Private, so that a forked child's reads never reach its parent's copy."""
     if not _SCRATCH:
-        _SCRATCH.append(memoryview(bytearray(_RECV_SIZE)))
+        _SCRATCH.append(memoryview(mmap.mmap(-1, _RECV_SIZE, flags=mmap.MAP_PRIVATE)))
     return _SCRATCH[0]
 
 

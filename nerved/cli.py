@@ -24,7 +24,35 @@ def _parser() -> argparse.ArgumentParser:
 
     from nerved import _version, logs
 
-    parser = argparse.ArgumentParser(
+    class Parser(argparse.ArgumentParser):
+        """argparse makes a help formatter for every argument it adds, only to check its
+        metavar, and a formatter asks the terminal's width, importing shutil (and bz2, lzma
+        and zlib with it: 0.4 MB that the master, and every worker it forks, would hold).
+        The formatters made for that check get a fixed width; those that print help or
+        usage, the terminal's (as nervectl's parser does)."""
+
+        printing = False
+
+        def _get_formatter(self) -> argparse.HelpFormatter:
+            if self.printing:
+                return super()._get_formatter()
+            return argparse.HelpFormatter(prog=self.prog, width=80)  # no other class is set
+
+        def format_help(self) -> str:
+            self.printing = True
+            try:
+                return super().format_help()
+            finally:
+                self.printing = False
+
+        def format_usage(self) -> str:
+            self.printing = True
+            try:
+                return super().format_usage()
+            finally:
+                self.printing = False
+
+    parser = Parser(
         prog="nerved",
         description="nerve daemon: senses, reflexes and durable workflow threads.",
     )

@@ -138,7 +138,9 @@ def spawn(
     ENOMEM; ``socketpair``, ``pipe``: EMFILE, ENFILE), with nothing left open: the caller
     decides whether to retry.
     """
-    _load_libc()
+    libc = _load_libc()
+    if hasattr(libc, "malloc_trim"):  # glibc: free heap pages back to the kernel, before the
+        libc.malloc_trim(0)  # fork copies them into the child's RSS (about 0.2 ms)
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     gate_r = gate_w = None
     try:

@@ -28,7 +28,9 @@ policy in nerve.yaml for a role the workflow's code does not define: only import
 code tells its roles, so that is checked where the code is (:func:`undefined_roles`). Its
 parts, one job each: reading a package from disk (:mod:`nerved.code.reading`) and importing
 it from its snapshot in a worker (:mod:`nerved.code.importing`). Their public names are also
-importable from here.
+importable from here; the importing ones (and ``nerved.api``) on first use (PEP 562), since
+the master never imports code: importlib.abc and importlib.resources bring tempfile, random
+and shutil, held again by every worker the master forks, which imports them itself.
 """
 
 from __future__ import annotations
@@ -39,20 +41,10 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from nerved import wire
-from nerved.api import WorkflowDefinition
 from nerved.channel import Channel
-from nerved.code.importing import (
-    describe,
-    import_package,
-    load,
-    load_sense,
-    load_workflow,
-    module_name,
-    user_frame,
-)
 from nerved.code.reading import (
     CONTENT_BUDGET,
     MAX_PACKAGE_BYTES,
@@ -68,6 +60,17 @@ from nerved.code.reading import (
 )
 from nerved.config.messages import clip
 from nerved.config.model import CONFIG_FILE, WorkflowConfig
+
+if TYPE_CHECKING:
+    from nerved.code.importing import (
+        describe,
+        import_package,
+        load,
+        load_sense,
+        load_workflow,
+        module_name,
+        user_frame,
+    )
 
 __all__ = [
     "CONTENT_BUDGET",
@@ -94,6 +97,14 @@ __all__ = [
     "undefined_roles",
     "user_frame",
 ]
+_IMPORTING = ("describe", "import_package", "load", "load_sense", "load_workflow", "module_name",
+              "user_frame")  # fmt: skip
+
+if not TYPE_CHECKING:  # hidden from type checkers, which would then take any name as valid
+    from nerved._lazy import exports
+
+    __getattr__, __dir__ = exports(globals(), dict.fromkeys(_IMPORTING, "nerved.code.importing"),
+                                   __all__)  # fmt: skip
 
 # -- the import check ----------------------------------------------------------------------
 
@@ -120,6 +131,8 @@ def probe_child(packages: Sequence[Package], timeout: float) -> Callable[[socket
     packages = list(packages)
 
     def child_main(sock: socket.socket) -> int:
+        from nerved.code.importing import load  # in the child: the master never imports code
+
         channel = Channel(sock)
         errors: list[str] = []
         try:
@@ -155,6 +168,9 @@ def undefined_roles(package: Package, loaded: object) -> list[str]:
     Runs in the import check's child, after the import: the roles are user code's (a
     mapping of its own may raise), so a failure to list them is one more message.
     """
+    from nerved.api import WorkflowDefinition
+    from nerved.code.importing import describe
+
     if not package.policy_roles or not isinstance(loaded, WorkflowDefinition):
         return []
     try:

@@ -14,7 +14,6 @@ package's directory listing.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,14 @@ from pathlib import Path
 from typing import Final
 
 from nerved.wire import KiB, MiB, size_text
+
+# Digests tell a reload whether a package changed, nothing else: they are never stored. BLAKE2b
+# from _blake2, which is what hashlib.blake2b is, because importing hashlib sets up OpenSSL's
+# digests: about 1 MB in the master, held again by every worker it forks (issue 14).
+try:
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - CPython builds _blake2 unless told not to
+    from hashlib import blake2b
 
 MAX_PACKAGE_FILES: Final = 10_000
 """Entries (files, directories, symlinks) of one package the master lists at a reload."""
@@ -35,7 +42,9 @@ SMALL_FILE: Final = 1 * MiB
 Python source is always read whole, whatever its size (it is what workers import)."""
 
 CONTENT_BUDGET: Final = 64 * MiB
-"""Bytes of content one snapshot of all packages reads at most (about 0.2 s of SHA-256 here).
+"""Bytes of content one snapshot of all packages reads at most (read and hashed in 85 ms here,
+from the page cache, with BLAKE2b; 46 ms with OpenSSL's SHA-256, which the master does not
+import: see ``blake2b`` above).
 
 Reading every package whole took the master's only thread 0.7 s per 250 MiB package, at
 start and at every reload: forty such packages held `status` for 8 s and the start for 28 s,
@@ -208,7 +217,7 @@ def read_packages(
 
     - Every ``.py`` file is read whole, packages in order: it is what workers import. A
       package whose source does not fit in what is left of the budget is refused.
-    - Any other regular file counts by its content (SHA-256) if it holds at most SMALL_FILE
+    - Any other regular file counts by its content (BLAKE2b) if it holds at most SMALL_FILE
       bytes and the budget lasts (taken by package path and relative path, so that the
       choice is the same at every snapshot of the same files), else by its size, mtime (ns)
       and mode: a large data file, or any file once the budget is spent.
@@ -270,7 +279,7 @@ def _read_package(
 ) -> Package:
     """One package's snapshot: its sources read, its other files by content where ``read``
     names them, else by metadata (see :func:`read_packages`)."""
-    digest = hashlib.sha256()
+    digest = blake2b(digest_size=32)
     sources: dict[str, bytes] = {}
     unreadable: dict[str, str] = {}
     for entry in listing:
@@ -278,7 +287,7 @@ def _read_package(
         if entry.source or (entry.kind == "file" and (str(directory), entry.path) in read):
             content = _read_file(directory / entry.path, entry.size, follow=bool(entry.link))
             if isinstance(content, bytes):
-                kind_text = "content " + hashlib.sha256(content).hexdigest()
+                kind_text = "content " + blake2b(content, digest_size=32).hexdigest()
                 if entry.source:
                     sources[entry.path] = content
             else:

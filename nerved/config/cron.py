@@ -19,7 +19,9 @@ changes its offset, so that a daily job neither runs twice nor is missed:
 Instants are milliseconds since the epoch, as everywhere in nerve. Each schedule is
 computed from an instant (the next firing strictly after it, the last one at or before it),
 so a caller that never asks for an instant it has fired before cannot fire one twice,
-whatever the wall clock did in between. A leaf: zoneinfo and cronsim, nothing of nerve's.
+whatever the wall clock did in between. A leaf: zoneinfo and cronsim, nothing of nerve's,
+both imported where they are used, so that a root with no cron reflex never imports them
+(with calendar, a quarter of a megabyte in the master and again in each worker it forks).
 """
 
 from __future__ import annotations
@@ -27,9 +29,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from cronsim import CronSim, CronSimError
 
 MAX_CRON_LENGTH = 200  # an expression longer than this is a mistake, not a schedule
 HOST_ZONE = "host"  # how a reflex without ``timezone:`` names its zone in listings
@@ -52,6 +51,8 @@ def check_expression(expr: str) -> None:
         raise CronError(
             f"expected five fields (minute hour day-of-month month day-of-week), got {len(fields)}"
         )
+    from cronsim import CronSim, CronSimError
+
     try:
         next(CronSim(expr, datetime(2000, 1, 1)))
     except CronSimError as exc:
@@ -66,6 +67,8 @@ def zone(name: str | None) -> tzinfo:
     The host's is ``$TZ`` when that names a zone, else ``/etc/localtime``, else UTC: the
     zone itself, with its rules, not today's offset (which would be wrong after a change).
     """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     if name is not None:
         try:
             return ZoneInfo(name)
@@ -143,6 +146,8 @@ class Schedule:
         Wall-clock times are walked from :data:`_LOOK_BACK` before ``ms``'s: where clocks go
         back, a later time may be an earlier instant, but never by more than that, so the
         walk ends once past the best firing's time by as much."""
+        from cronsim import CronSim
+
         start = _wall(ms - ms % 1000, self.zone) - _LOOK_BACK
         best: tuple[datetime, int] | None = None
         for count, (naive, firing) in enumerate(self._firings(CronSim(self.expr, start))):
@@ -155,6 +160,8 @@ class Schedule:
     def last_until(self, ms: int) -> int | None:
         """The last firing at or before ``ms``; None: none in cronsim's 50 years (the same
         walk as :meth:`next_after`, backwards)."""
+        from cronsim import CronSim
+
         start = _wall(ms - ms % 1000 + 1000, self.zone) + _LOOK_BACK
         best: tuple[datetime, int] | None = None
         walk = CronSim(self.expr, start, reverse=True)

@@ -11,7 +11,6 @@ surprises) and nerve's value grammars; what nerve.yaml holds where is ``schema.p
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
@@ -80,6 +79,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     candidates = list(choices)
     if len(candidates) > _HINT_CHOICES:
         return ""
+    import difflib  # for a hint in an error: not in every master, nor in what it forks
+
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from nerved import _version, early, modes
 from nerved.code.packages import CodeSnapshot
@@ -49,12 +49,14 @@ from nerved.master.startup import (
 )
 from nerved.master.supervisor import worker_entry
 from nerved.master.upkeep import Upkeep
-from nerved.master.watch import Watcher
 from nerved.master.workers import Worker, Workers
 from nerved.master.workflows import WorkflowManager
 from nerved.outcome import Pending, Refused
 from nerved.store import Storage, Store, StoreError
 from nerved.words import plural
+
+if TYPE_CHECKING:
+    from nerved.master.watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ class Daemon:
         except StoreError as exc:
             raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc
         self.store.watch(self.options.state_dir / "nerved.lock", prepared.lock_fd)
+        self.workers.before_fork = self.store.shrink  # a worker would hold the page caches
         self.loop.set_gate(self.store.acquire)
         self.upkeep = Upkeep(
             self.loop, self.store, self.notifier, self._summary, lambda: self.stopping
@@ -210,7 +213,9 @@ class Daemon:
         )
         self.autoreload.trust_now()
         self.retention = Retention(self.loop, self.store, lambda: self.config.retention)
-        if self.options.watch:
+        if self.options.watch:  # inotify_simple (and subprocess) only for a daemon that watches
+            from nerved.master.watch import Watcher
+
             self.watcher = Watcher(self.loop, self.options.root, self.autoreload.files_changed)
         self.store.commit()
         self.upkeep.start()

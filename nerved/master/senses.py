@@ -30,6 +30,7 @@ from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
 from nerved.states import WorkerState
 from nerved.store import BadQuery, LogQuery, Storage, StoreError, now_ms
+from nerved.worker import sense_main
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,7 @@ class SenseManager:
         name, packages = group.name, list(group.packages)
 
         def child_main(sock: socket.socket) -> int:
-            from nerved.worker import sense as sense_worker  # loaded: Workers.spawn
-
-            return sense_worker.run(sock, name, packages)
+            return sense_main(sock, name, packages)
 
         def on_message(worker: Worker, message: Message) -> None:
             self._on_message(group, worker, message)

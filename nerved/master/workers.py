@@ -13,6 +13,14 @@ The master does not trust what a worker sends: a frame longer than
 :data:`~nerved.channel.TO_MASTER`, one that does not decode by :mod:`nerved.wire`'s rules, or a
 message its owner cannot use ends that worker (its runs resume in a successor), never the
 daemon. Nor does anything the master sends raise: see :meth:`Worker.send`.
+
+What the master has imported, every worker holds: a forked child's resident memory counts
+each page of the master's heap again. So a worker imports its own modules (asyncio with
+them) after the fork (see :mod:`nerved.worker`), and user code later still, once in its
+unit. One exception: the master imports ``ssl``, which asyncio imports in every worker,
+because setting OpenSSL up reads some 1.5 MB of libcrypto into the process that does it:
+once in the master rather than once per worker (``python -m bench.growth``, 4 workflows:
+127 MB with asyncio in the master, 126.6 with it in each worker, 122.3 with ssl kept here).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import os
 import select
 import signal
 import socket
+import ssl  # noqa: F401  # OpenSSL set up once, before any fork: see the module's doc
 import time
 from collections.abc import Callable, Iterator
 from typing import Final
@@ -209,6 +218,9 @@ class Workers:
         self.loop = loop
         self._by_pid: dict[int, Worker] = {}
         self.containment = Containment(loop)
+        self.before_fork: Callable[[], None] = lambda: None
+        """Run before each fork: what the master can give back, a child would hold too (the
+        daemon's store lets its page caches go)."""
 
     def contain(self) -> str:
         """Set containment up (before the first spawn); the line it logged."""
@@ -226,7 +238,7 @@ class Workers:
     ) -> Worker:
         """Fork a worker in a unit of its own, held to ``memory_max`` bytes (None: no limit);
         raises OSError when no child can be made (see process.spawn)."""
-        _load_worker_code()
+        self.before_fork()
         unit, sock = self.containment.spawn(
             kind, name, f"nerve:{kind[:1]}:{name}", child_main, memory_max
         )
@@ -274,12 +286,3 @@ class Workers:
     def close(self) -> None:
         """At exit: see Containment.close."""
         self.containment.close()
-
-
-def _load_worker_code() -> None:
-    """Import what workers run (nerved.worker's sense, workflow and replay workers, asyncio
-    with them) in the master, before its first fork: every child then starts with it, as
-    it would had the daemon imported it at start. A daemon that forks nothing before READY=1
-    (no sense, no run to start) sends READY=1 without it (about 20 ms of imports); after the
-    first fork this is three lookups in ``sys.modules``."""
-    from nerved.worker import replay, sense, workflow  # noqa: F401

@@ -200,6 +200,10 @@ class Storage(Reader, Protocol):
         """Idle-time housekeeping; False if there was nothing to do."""
         ...
 
+    def shrink(self) -> None:
+        """Give back what memory it can (caches), before the master forks; never raises."""
+        ...
+
     def check_files(self) -> None:
         """Raise StoreError if its files (or a watched one) are gone from under it."""
         ...

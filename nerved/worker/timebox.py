@@ -50,7 +50,6 @@ for them, or arms ``ITIMER_REAL``, disturbs the bounds.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import faulthandler
 import logging
 import signal
@@ -59,8 +58,6 @@ import traceback
 from collections.abc import Callable
 from types import FrameType
 from typing import Final, TypeVar
-
-from nerved.code.importing import user_frame
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +96,8 @@ class Overrun(BaseException):
 
 def overrun_message(exc: Overrun) -> str:
     """What the run's ``error`` says: the bound, where the moderator was, and the rule."""
+    from nerved.code.importing import user_frame  # a worker's: the master reads KILLED only
+
     frames = traceback.extract_tb(exc.__traceback__)
     if exc.__cause__ is not None:  # raised again, as another exception, by the moderator
         frames += traceback.extract_tb(exc.__cause__.__traceback__)
@@ -137,7 +136,9 @@ class _KillTimer:
     def __init__(self, signum: int, seconds: float) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if not hasattr(libc, "timer_create"):  # glibc before 2.34: in librt
-            libc = ctypes.CDLL(ctypes.util.find_library("rt") or "librt.so.1", use_errno=True)
+            from ctypes.util import find_library  # only here: it imports subprocess
+
+            libc = ctypes.CDLL(find_library("rt") or "librt.so.1", use_errno=True)
         event = _Sigevent(sigev_signo=signum, sigev_notify=_SIGEV_SIGNAL)
         self._timer = ctypes.c_void_p()
         if libc.timer_create(_CLOCK_MONOTONIC, ctypes.byref(event), ctypes.byref(self._timer)):

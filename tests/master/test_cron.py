@@ -87,6 +87,9 @@ def test_catch_up_fires_once_after_a_downtime_over_two_firings(nerved_factory):
         workflows={"backup": QUICK},
     ).start()  # fmt: skip
     [first] = wait_until(lambda: runs_of(daemon, "backup"), what="the firing at 10:30")
+    # Done before the downtime: a run still started at the stop (its worker was importing)
+    # is resumed at the start, and the catch-up run queues behind it, not started yet.
+    assert daemon.wait_run(first["runId"])["status"] == "completed"
     assert daemon.stop() == 0
     # Down over 11:30 and 12:30: one run at start, for the latest of them.
     daemon.env = {"NERVED_TEST_NOW": "2026-06-01T12:40:00+00:00"}

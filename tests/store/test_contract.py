@@ -207,6 +207,26 @@ def test_release_refuses_an_uncommitted_batch(store: Storage) -> None:
     assert [e.type for e in store.committed.query_logs()] == ["a"]
 
 
+def test_shrink_before_a_fork_keeps_the_open_batch_and_what_was_committed(
+    store: Storage, backend: Backend
+) -> None:
+    """The master lets the caches go before each fork, whenever in a turn it forks."""
+    store.create_run("r1", "wf", Transition.START, {"a": 1})
+    store.commit()
+    store.create_run("r2", "wf", Transition.START, {"b": 2})
+    store.shrink()
+    store.shrink()
+    assert store.dirty and store.get_run("r2") is not None
+    assert [r.run_id for r in store.committed.list_runs()] == ["r1"]
+    store.commit()
+    store.shrink()
+    assert sorted(r.run_id for r in store.committed.list_runs()) == ["r1", "r2"]
+    store.close()
+    again = backend.open()
+    assert sorted(r.run_id for r in again.list_runs()) == ["r1", "r2"]
+    again.close()
+
+
 def test_a_failed_statement_keeps_the_rest_of_the_batch(store: Storage) -> None:
     """A duplicate run id is refused without its log entry; the batch's other writes stay."""
     store.create_run("r1", "wf", Transition.START, None)

@@ -45,6 +45,7 @@ from nerved.store import (
     StoreError,
     Unreadable,
 )
+from nerved.store.connection import CACHE_KIB
 from nerved.store.schema import MIGRATIONS
 
 # -- helpers and fixtures ----------------------------------------------------------------
@@ -97,6 +98,13 @@ def test_store_connection_is_synchronous_full(store: Store) -> None:
     every commit durable before its after_commit acknowledgements run (SPEC section 5)."""
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_both_connections_page_caches_are_bounded(store: Store) -> None:
+    """A page cache fills up to its bound and stays full: SQLite's default (2 MB) was held by
+    the master once logs.db outgrew it, and counted again by every worker forked after."""
+    for conn in (store._conn, store.committed._conn):
+        assert conn.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
 
 
 def test_reopening_keeps_the_schema_version(db_path: Path) -> None:

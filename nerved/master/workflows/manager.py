@@ -66,6 +66,7 @@ from nerved.states import Transition
 from nerved.store import RunRecord, Storage, StoreError
 from nerved.store.records import now_ms
 from nerved.store.refs import new_run_id
+from nerved.worker import workflow_main
 
 log = logging.getLogger("nerved.master.workflows")
 
@@ -135,9 +136,7 @@ class WorkflowManager:
 
     def _supervise(self, flow: Flow) -> Supervisor:
         def child_main(sock: socket.socket) -> int:  # code as accepted, settings as they are
-            from nerved.worker import workflow as workflow_worker  # loaded: Workers.spawn
-
-            return workflow_worker.run(sock, flow.package, flow.timeouts())  # when it forks
+            return workflow_main(sock, flow.package, flow.timeouts())  # when it forks
 
         def on_message(worker: Worker, message: Message) -> None:
             self.messages.on_message(flow, worker, message)

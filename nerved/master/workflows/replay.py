@@ -40,6 +40,7 @@ from nerved.master.workflows.runs import Flow
 from nerved.outcome import Failed, NotFound, Pending, Refused, ShuttingDown
 from nerved.store import Storage, StoreError, Unreadable
 from nerved.words import plural
+from nerved.worker import replay_main
 from nerved.worker.histories import SILENT
 from nerved.worker.timebox import KILLED, MODERATOR_KILL
 
@@ -183,9 +184,7 @@ class Replays:
         package = flow.package  # as accepted now, whatever a reload does meanwhile
 
         def child_main(sock: socket.socket) -> int:
-            from nerved.worker import replay as replay_worker  # loaded: Workers.spawn
-
-            return replay_worker.run(sock, package)
+            return replay_main(sock, package)
 
         try:
             check.worker = self.workers.spawn(
