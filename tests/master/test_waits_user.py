@@ -149,6 +149,11 @@ def test_a_worker_killed_at_once_after_a_signal_resumes_the_run_once(
     for run_id in ids:
         waiting(daemon, run_id)
     for n, run_id in enumerate(ids):
+        if "w" not in daemon.worker_pids("workflow"):
+            # The run before completed before the kill: that worker died idle, and none is
+            # forked until work comes. A run brings one up, to be killed in its turn.
+            warm = run(daemon, "w", "{'role': 'work', 'prompt': 'warm'}")
+            assert daemon.wait_run(warm)["status"] == "completed"
         pid = wait_until(lambda: daemon.worker_pids("workflow").get("w"), what="a worker")
         assert signal(daemon, run_id, payload=n)["delivered"] is True
         os.kill(pid, signals.SIGKILL)
