@@ -14,10 +14,12 @@ one turn reads both, in that order (epoll reports them as they became ready).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 from support import Nerved, wait_until
 
 # Role ``stick`` runs past its timeout in a thread that cannot be stopped, so its worker
@@ -85,6 +87,7 @@ def unread(reader: int, writer: int) -> int:
     return total
 
 
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2: make test-deps)")
 def test_a_run_given_to_a_worker_told_to_stop_in_the_same_turn_starts_in_the_next(
     nerved_factory, tmp_path: Path
 ) -> None:
