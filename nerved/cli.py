@@ -16,7 +16,7 @@ from nerved import early
 TYPE_CHECKING = False  # typing's would import typing before SIGHUP is held
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,19 +38,18 @@ def _parser() -> argparse.ArgumentParser:
                 return super()._get_formatter()
             return argparse.HelpFormatter(prog=self.prog, width=80)  # no other class is set
 
-        def format_help(self) -> str:
+        def _printed(self, format: Callable[[], str]) -> str:
             self.printing = True
             try:
-                return super().format_help()
+                return format()
             finally:
                 self.printing = False
 
+        def format_help(self) -> str:
+            return self._printed(super().format_help)
+
         def format_usage(self) -> str:
-            self.printing = True
-            try:
-                return super().format_usage()
-            finally:
-                self.printing = False
+            return self._printed(super().format_usage)
 
     parser = Parser(
         prog="nerved",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -94,12 +94,6 @@ class Connection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         try:
             return Cursor(self._conn.execute(sql, params), self.path)
-        except sqlite3.Error as exc:
-            raise store_error(self.path, exc) from exc
-
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        try:
-            self._conn.executemany(sql, rows)
         except sqlite3.Error as exc:
             raise store_error(self.path, exc) from exc
 

@@ -224,14 +224,6 @@ class Storage(Reader, Protocol):
         """Append an entry; its id, which grows with every entry."""
         ...
 
-    def append_logs(
-        self, source: str, type: str, entries: Iterable[tuple[str | None, Any]], ts: int
-    ) -> None:
-        """Append one entry ``(ref_id, payload)`` of ``source`` and ``type`` for each of
-        ``entries``, in their order, all at ``ts``: as :meth:`append_log` would one by one
-        (recovery notes thousands of resumes before READY=1)."""
-        ...
-
     def create_run(
         self,
         run_id: str,

@@ -360,16 +360,16 @@ class Reads:
         ``signal`` field names the entry's id), oldest first, up to ``limit``; only those
         named ``name`` when given. A payload that is not JSON is neither a delivery nor a
         signal of any name (``json_valid``: ``json_extract`` would raise on it)."""
+        key = ref_key(run_id)
         # Most runs were never signalled: one pass over the run's entries says so, before the
         # query below reads all its inputs as well (SQLite makes the NOT IN list up front).
         if not self._conn.execute(
             f"SELECT 1 FROM logs WHERE {REF_KEY} = ? AND +source = 'workflow'"
             " AND +type = 'signal' LIMIT 1",
-            (ref_key(run_id),),
+            (key,),
         ).fetchone():
             return []
         named = "" if name is None else " AND json_extract(payload, '$.name') = ?"
-        key = ref_key(run_id)
         with contextlib.closing(
             self._conn.execute(
                 "SELECT id, source, type, ref_id, payload, ts FROM logs"

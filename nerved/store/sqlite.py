@@ -323,7 +323,7 @@ class Store(Writes, Reads):
 
     def shrink(self) -> None:
         """Empty both connections' page caches (``PRAGMA shrink_memory``; the pages of an
-        open batch stay), before a fork: the cache grows with logs.db to 2 MB, a forked
+        open batch stay), before a fork: a cache fills up to its cap (CACHE_KIB), a forked
         worker's RSS would count it again, and the worker never reads it. The master's
         next queries read those pages again, from the OS's cache. A failure is left for the
         next statement to report: a cache is not worth stopping for."""

@@ -30,7 +30,7 @@ from nerved.store.records import (
     loads,
     now_ms,
 )
-from nerved.store.refs import REF_KEY, ref_key
+from nerved.store.refs import REF_KEY, ref_key, turned
 
 # RUN_COLUMNS split where ActiveRecord has its ``history`` (after ``seq``).
 _BEFORE_HISTORY, _AFTER_HISTORY = (
@@ -72,19 +72,6 @@ class Writes:
             (source, type, ref_id, None if payload is None else dumps(payload), ts or now_ms()),
         )
         return int(cur.lastrowid or 0)
-
-    def append_logs(
-        self, source: str, type: str, entries: Iterable[tuple[str | None, Any]], ts: int
-    ) -> None:
-        rows = [
-            (source, type, ref_id, None if payload is None else dumps(payload), ts)
-            for ref_id, payload in entries
-        ]  # encoded first: a payload JSON cannot carry raises before anything is written
-        if rows:
-            self._begin()
-            self._conn.executemany(
-                "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES (?, ?, ?, ?, ?)", rows
-            )
 
     def create_run(
         self,
@@ -462,7 +449,7 @@ class Writes:
             f"SELECT {_BEFORE_HISTORY},"
             " COALESCE(LENGTH(CAST(trigger_payload AS BLOB)), 0)"
             " + (SELECT COALESCE(SUM(LENGTH(CAST(payload AS BLOB))), 0) FROM logs"
-            f"    WHERE {REF_KEY} = substr(run_id, 9) || substr(run_id, 1, 8)"
+            f"    WHERE {REF_KEY} = {turned('run_id')}"
             "     AND +source = 'workflow'"
             f"   AND +{HISTORY_SQL}),"
             f" {_AFTER_HISTORY} FROM workflow_runs WHERE {ACTIVE_SQL} ORDER BY seq"

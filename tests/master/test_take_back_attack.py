@@ -174,13 +174,10 @@ BIG = """
 """
 
 
-def test_resumes_under_way_when_the_successor_of_a_killed_worker_is_drained(
-    nerved_factory, tmp_path: Path
-) -> None:
-    """kill -9 of a worker holding runs of 8 MiB histories (a page is 4 MiB): they are resumed in a successor,
-    page by page; that successor is still importing (it reads nothing) when a reload of the
-    code drains it. Every resume is taken back and goes whole to the next worker, which
-    runs the new code; none loses a second worker."""
+def big_runs(nerved_factory, tmp_path: Path) -> tuple[Nerved, list[str], int, Path, Path]:
+    """nerved with three runs of :data:`BIG` at their last role (histories of 8 MiB), the
+    pid of their worker, and the files ``import-ok`` (there: a new worker may import) and
+    ``go`` (there: the last role returns)."""
     import_ok, go = tmp_path / "import-ok", tmp_path / "go"
     import_ok.touch()
     code = BIG.replace("IMPORT_OK", repr(str(import_ok))).replace("GO", repr(str(go)))
@@ -192,17 +189,32 @@ def test_resumes_under_way_when_the_successor_of_a_killed_worker_is_drained(
         timeout=30,
         what="twelve big steps each",
     )
-    first = daemon.worker_pids("workflow")["w"]
-    import_ok.unlink()
-    package = daemon.root / "workflows" / "w" / "__init__.py"
-    package.write_text(package.read_text().replace("CODE = 1", "CODE = 2")
-                       .replace("while not pathlib", "while False and not pathlib"))  # fmt: skip
+    return daemon, ids, daemon.worker_pids("workflow")["w"], import_ok, go
+
+
+def kill_into_a_successor(daemon: Nerved, first: int) -> None:
+    """kill -9 of the worker ``first``; back once a successor was forked (it imports)."""
     os.kill(first, signal.SIGKILL)
     wait_until(
         lambda: daemon.worker_pids("workflow").get("w") not in (None, first),
         timeout=20,
         what="a successor, importing",
     )
+
+
+def test_resumes_under_way_when_the_successor_of_a_killed_worker_is_drained(
+    nerved_factory, tmp_path: Path
+) -> None:
+    """kill -9 of a worker holding runs of 8 MiB histories (a page is 4 MiB): they are resumed in a successor,
+    page by page; that successor is still importing (it reads nothing) when a reload of the
+    code drains it. Every resume is taken back and goes whole to the next worker, which
+    runs the new code; none loses a second worker."""
+    daemon, ids, first, import_ok, go = big_runs(nerved_factory, tmp_path)
+    import_ok.unlink()
+    package = daemon.root / "workflows" / "w" / "__init__.py"
+    package.write_text(package.read_text().replace("CODE = 1", "CODE = 2")
+                       .replace("while not pathlib", "while False and not pathlib"))  # fmt: skip
+    kill_into_a_successor(daemon, first)
     assert daemon.rpc("reload") == {"changed": ["workflow w code"]}
     go.touch()
     import_ok.touch()  # the drained successor may go on: it holds no run
@@ -222,25 +234,9 @@ def test_resumes_under_way_when_their_workflow_is_removed_end_saying_so(
     """As above, but the reload removes the workflow: the resumes under way are taken back
     and crash, saying their workflow was removed before they were sent; none waits for a
     worker that will never come, and the drained successor exits."""
-    import_ok, go = tmp_path / "import-ok", tmp_path / "go"
-    import_ok.touch()
-    code = BIG.replace("IMPORT_OK", repr(str(import_ok))).replace("GO", repr(str(go)))
-    daemon: Nerved = nerved_factory(CONFIG, workflows={"w": code}, args=("--no-watch",))
-    daemon.start()
-    ids = [daemon.trigger("w", {"n": n}) for n in range(3)]
-    wait_until(
-        lambda: all(daemon.rpc("workflow.inspect", runId=r)["steps"] == 12 for r in ids),
-        timeout=30,
-        what="twelve big steps each",
-    )
-    first = daemon.worker_pids("workflow")["w"]
+    daemon, ids, first, import_ok, _go = big_runs(nerved_factory, tmp_path)
     import_ok.unlink()
-    os.kill(first, signal.SIGKILL)
-    wait_until(
-        lambda: daemon.worker_pids("workflow").get("w") not in (None, first),
-        timeout=20,
-        what="a successor, importing",
-    )
+    kill_into_a_successor(daemon, first)
     successor = daemon.worker_pids("workflow")["w"]
     (daemon.root / "nerve.yaml").write_text("{}\n")
     assert daemon.rpc("reload") == {"changed": ["workflow w removed"]}

@@ -1492,26 +1492,6 @@ def test_list_runs_limit(many: Storage) -> None:
     assert len(many.list_runs(limit=None)) == MANY
 
 
-def test_append_logs_writes_each_entry_in_order_as_append_log_would(store: Storage) -> None:
-    """Recovery notes every resume in one call: the same entries, in their order, in the
-    batch (an empty list writes nothing)."""
-    store.append_log("workflow", "before", "r0", None)
-    store.append_logs("workflow", "resumed", [], 5)
-    store.append_logs("workflow", "resumed", [("r1", {"reason": "é", "attempt": 0}),
-                                              ("r2", None), (None, [1])], 7)  # fmt: skip
-    assert store.committed.query_logs() == []
-    store.commit()
-    entries = store.committed.query_logs()
-    assert [(e.type, e.ref_id, e.payload) for e in entries] == [
-        ("before", "r0", None),
-        ("resumed", "r1", {"reason": "é", "attempt": 0}),
-        ("resumed", "r2", None),
-        ("resumed", None, [1]),
-    ]
-    assert [e.ts for e in entries[1:]] == [7, 7, 7]
-    assert [e.id for e in entries] == sorted(e.id for e in entries)
-
-
 def test_active_runs_in_creation_order(store: Storage) -> None:
     """Recovery re-queues in original order: a queued run dispatched later keeps its place."""
     make_run(store, "q1", RunStatus.QUEUED)

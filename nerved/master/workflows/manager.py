@@ -99,7 +99,6 @@ class WorkflowManager:
                                        self._replace, self.steering.ended)  # fmt: skip
         self.replays = Replays(loop, workers, store, self.flows)  # workflow.replay
         self.stopping = False
-        self.noting: list[tuple[str, Any]] | None = None  # resumes noted, during recovery
 
     # -- configuration ------------------------------------------------------------------
 
@@ -286,11 +285,8 @@ class WorkflowManager:
         run.in_flight = InFlight(None, now_ms())
         if run.sent:
             if run.lost is not None:  # inspect shows each resume after a crash or restart
-                note = {"reason": run.lost, "attempt": run.attempts}
-                if self.noting is None:
-                    self.store.append_log("workflow", "resumed", run.run_id, note)
-                else:  # at start, written together with the others' (.rebuild)
-                    self.noting.append((run.run_id, note))
+                self.store.append_log("workflow", "resumed", run.run_id,
+                                      {"reason": run.lost, "attempt": run.attempts})  # fmt: skip
                 run.lost = None
             self.resumer.resume(run, worker)
             return

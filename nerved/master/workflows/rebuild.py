@@ -13,9 +13,8 @@ and handing started runs to their worker waits until after READY=1:
   afresh, waiting with its deadline armed, or started, on its flow's active set (what
   admission, ``inspect``, ``status`` and ``cancel`` read);
 - a started run is given to its worker after READY=1, :data:`RESUMES_PER_TURN` a turn, as
-  a run that waits for a worker is (a backoff): its ``resumed`` entry is written then, with
-  the others of that turn in one statement (:meth:`Storage.append_logs`), and its history
-  goes page by page (:mod:`.resume`);
+  a run that waits for a worker is (a backoff): its ``resumed`` entry is written then, and
+  its history goes page by page (:mod:`.resume`);
 - one log line says what became of them all (a run that ends says so on its own line).
 """
 
@@ -24,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from nerved.loop import Loop
 from nerved.master.workflows.losses import Losses
@@ -34,7 +33,6 @@ from nerved.master.workflows.tries import Tries
 from nerved.master.workflows.waits import Waits
 from nerved.states import Transition
 from nerved.store import Storage
-from nerved.store.records import now_ms
 
 log = logging.getLogger("nerved.master.workflows")
 
@@ -56,7 +54,6 @@ class Manager(Protocol):
     losses: Losses
     tries: Tries
     waits: Waits
-    noting: list[tuple[str, Any]] | None
     loop: Loop
     stopping: bool
 
@@ -125,20 +122,15 @@ def recover(manager: Manager, progress: Callable[[], None]) -> str:
 
 def _resume_some(manager: Manager, resumes: deque[ActiveRun]) -> None:
     """Give the next :data:`RESUMES_PER_TURN` recovered started runs to their worker, and
-    the rest in the next turns: each gets its ``resumed`` entry (written together, in this
-    turn's batch) and its history, page by page (:mod:`.resume`). A run that ended meanwhile
+    the rest in the next turns: each gets its ``resumed`` entry (in this turn's batch) and
+    its history, page by page (:mod:`.resume`). A run that ended meanwhile
     (cancelled), or that a worker holds already, is left as it is; none once nerved stops
     (they stay ``started`` for the next start)."""
     if manager.stopping:
         return
-    manager.noting = []
-    try:
-        for _ in range(min(RESUMES_PER_TURN, len(resumes))):
-            run = resumes.popleft()
-            if manager.runs.get(run.run_id) is run:
-                manager._assign(run)  # a run whose steps cannot be read fails then, alone
-        manager.store.append_logs("workflow", "resumed", manager.noting, now_ms())
-    finally:
-        manager.noting = None
+    for _ in range(min(RESUMES_PER_TURN, len(resumes))):
+        run = resumes.popleft()
+        if manager.runs.get(run.run_id) is run:
+            manager._assign(run)  # a run whose steps cannot be read fails then, alone
     if resumes:
         manager.loop.call_later(0, lambda: _resume_some(manager, resumes))
