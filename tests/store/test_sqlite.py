@@ -45,7 +45,7 @@ from nerved.store import (
     StoreError,
     Unreadable,
 )
-from nerved.store.connection import CACHE_KIB
+from nerved.store.connection import AUTOCHECKPOINT_BYTES, CACHE_KIB, PAGE_SIZE
 from nerved.store.schema import MIGRATIONS
 
 # -- helpers and fixtures ----------------------------------------------------------------
@@ -98,6 +98,29 @@ def test_store_connection_is_synchronous_full(store: Store) -> None:
     every commit durable before its after_commit acknowledgements run (SPEC section 5)."""
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_new_file_gets_small_pages_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    """A commit writes whole pages (PAGE_SIZE); a file made with SQLite's default keeps it,
+    and the automatic checkpoint stays at the same number of bytes of WAL."""
+    fresh = Store(tmp_path / "new.db")
+    try:
+        assert fresh._conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+        pages = fresh._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert pages * PAGE_SIZE == AUTOCHECKPOINT_BYTES
+    finally:
+        fresh.close()
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("PRAGMA page_size = 4096")
+    old.execute("CREATE TABLE t (x)")
+    old.close()
+    store = Store(tmp_path / "old.db")
+    try:
+        assert store._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        pages = store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert pages * 4096 == AUTOCHECKPOINT_BYTES
+    finally:
+        store.close()
 
 
 def test_both_connections_page_caches_are_bounded(store: Store) -> None:

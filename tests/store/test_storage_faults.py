@@ -197,7 +197,7 @@ def test_a_read_only_logs_db_is_refused_before_ready_with_73(nerved_factory):
 def test_a_damaged_logs_db_exits_73_with_one_line(nerved_factory):
     daemon = fresh(nerved_factory)
     data = bytearray(db(daemon).read_bytes())
-    page = 4096
+    page = 4 * int.from_bytes(data[16:18], "big")  # the header's page size; the schema's pages
     data[page:] = os.urandom(len(data) - page)  # every page but the header and schema
     db(daemon).write_bytes(bytes(data))
     daemon.start(wait=False)
