@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any, Final
 
 from nerved import wire
 from nerved.states import ACTIVE, RunStatus
-from nerved.store.connection import Connection
 from nerved.store.records import (
     MAX_QUERY_LIMIT,
     Firing,
@@ -19,6 +17,7 @@ from nerved.store.records import (
     loads,
 )
 from nerved.store.refs import REF_KEY, ref_key
+from nerved.store.sql import Connection
 
 RUN_COLUMNS: Final = (
     "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
@@ -183,11 +182,9 @@ class Reads:
     """The queries, over one connection: the store's own, or :attr:`Store.committed`."""
 
     _conn: Connection
-    path: Path
 
-    def __init__(self, conn: Connection, path: Path) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self.path = path
 
     def close(self) -> None:
         self._conn.close()
@@ -375,7 +372,7 @@ class Reads:
                 "SELECT id, source, type, ref_id, payload, ts FROM logs"
                 f" WHERE {REF_KEY} = ? AND +source = 'workflow' AND +type = 'signal'"
                 f" AND json_valid(payload){named}"
-                " AND id NOT IN (SELECT json_extract(payload, '$.signal') FROM logs"
+                " AND id NOT IN (SELECT CAST(json_extract(payload, '$.signal') AS BIGINT) FROM logs"
                 f"   WHERE {REF_KEY} = ? AND +source = 'workflow' AND +type = 'input'"
                 "   AND json_valid(payload) AND json_extract(payload, '$.signal') IS NOT NULL)"
                 " ORDER BY id LIMIT ?",
@@ -389,7 +386,8 @@ class Reads:
         ``(source, type)`` index: what recovery asks instead of once per waiting run."""
         rows = self._conn.execute(
             "SELECT DISTINCT ref_id FROM logs WHERE source = 'workflow' AND type = 'signal'"
-            " AND json_valid(payload) AND id NOT IN (SELECT json_extract(payload, '$.signal')"
+            " AND json_valid(payload) AND id NOT IN"
+            "  (SELECT CAST(json_extract(payload, '$.signal') AS BIGINT)"
             "   FROM logs WHERE source = 'workflow' AND type = 'input' AND json_valid(payload)"
             "   AND json_extract(payload, '$.signal') IS NOT NULL)"
         )

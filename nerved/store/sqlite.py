@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from nerved import modes
-from nerved.store.connection import connect, connect_reader
+from nerved.store.connection import Connection, connect, connect_reader
 from nerved.store.errors import StoreBusy, StoreError
 from nerved.store.interface import AbortCallback, CommitCallback
 from nerved.store.reads import Reads
@@ -73,6 +73,8 @@ class Store(Writes, Reads):
     a damaged page fails alone, where the same error inside the write transaction would
     poison the whole batch (SQLite refuses every later statement of it).
     """
+
+    _conn: Connection  # SQLite's own (the queries need only nerved.store.sql's shape)
 
     def __init__(
         self,
@@ -126,7 +128,7 @@ class Store(Writes, Reads):
             self._at_start(self._migrate, on_wait)
             self._at_start(self._prove_writable, on_wait)
             self._at_start(self._acquire_or_raise, on_wait)
-            self.committed = Reads(connect_reader(path), path)
+            self.committed = Reads(connect_reader(path))
         except OSError as exc:
             self._close_files()
             raise StoreError(f"{path}: {exc.strerror or exc}") from exc

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from nerved.states import RunStatus, Transition
-from nerved.store.connection import Connection
 from nerved.store.reads import (
     ACTIVE_SQL,
     HISTORY_SQL,
@@ -31,6 +30,7 @@ from nerved.store.records import (
     now_ms,
 )
 from nerved.store.refs import REF_KEY, ref_key, turned
+from nerved.store.sql import Connection
 
 # RUN_COLUMNS split where ActiveRecord has its ``history`` (after ``seq``).
 _BEFORE_HISTORY, _AFTER_HISTORY = (
@@ -44,7 +44,7 @@ _STEPS_OF = f"{REF_KEY} = ? AND +source = 'workflow' AND +type = 'step_complete'
 _HISTORY_OF = f"{REF_KEY} = ? AND +source = 'workflow' AND +{HISTORY_SQL}"
 _KEPT = (
     "(id <= ? OR (id < COALESCE(?, id + 1) AND id > ? AND type = 'input' AND json_valid(payload)"
-    " AND json_extract(payload, '$.event.type') IS NOT 'role_failed'))"
+    " AND json_extract(payload, '$.event.type') IS DISTINCT FROM 'role_failed'))"
 )
 """What a retry from step K copies (``copy_history``): the entries up to the K-th step, and
 the inputs after it, up to the next step, that the world sent (a signal, a wait's timeout, a
@@ -67,11 +67,12 @@ class Writes:
         self, source: str, type: str, ref_id: str | None, payload: Any, ts: int | None = None
     ) -> int:
         self._begin()
-        cur = self._conn.execute(
-            "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES (?, ?, ?, ?, ?)",
+        row = self._conn.execute(
+            "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES (?, ?, ?, ?, ?)"
+            " RETURNING id",
             (source, type, ref_id, None if payload is None else dumps(payload), ts or now_ms()),
-        )
-        return int(cur.lastrowid or 0)
+        ).fetchone()
+        return int(row[0])
 
     def create_run(
         self,
@@ -114,12 +115,12 @@ class Writes:
                     f"run {holder[0]} of workflow {workflow!r} has that idempotency key already"
                 )
         self._begin()
-        cur = self._conn.execute(
+        seq = self._conn.execute(
             "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at,"
             " trigger_payload, error, retry_of, idempotency_key)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
             (run_id, workflow, status, ts, ts, payload_json, reason, retry_of, idempotency_key),
-        )
+        ).fetchone()[0]
         self._conn.execute(
             "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES ('workflow', ?, ?, ?, ?)",
             (status, run_id, payload_json if reason is None else dumps(reason), ts),
@@ -132,7 +133,7 @@ class Writes:
             )
         return RunRecord(
             run_id, workflow, status, ts, ts, trigger_payload, 0, reason, 0, retry_of,
-            int(cur.lastrowid or 0), idempotency_key=idempotency_key,
+            int(seq), idempotency_key=idempotency_key,
         )  # fmt: skip
 
     def transition_run(
