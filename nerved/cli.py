@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=logs.LEVELS,
         help="what the log shows, from debug up (default: %(default)s)",
     )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep runs and logs in this PostgreSQL database (postgresql://...) instead of"
+        " logs.db in the state directory; over nerve.yaml's store:",
+    )
     parser.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
     parser.add_argument("--daemon", action="store_true", help="detach (for hosts without systemd)")
     parser.add_argument(
@@ -176,6 +182,7 @@ def _run(args: argparse.Namespace) -> int:
         watch=not args.no_watch,
         pidfile=Path(args.pidfile) if args.pidfile else None,
         strict_modes=args.strict_modes,
+        store=args.store,
         **({"import_timeout": args.import_timeout} if args.import_timeout else {}),
     )
     if args.daemon:

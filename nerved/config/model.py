@@ -242,6 +242,8 @@ class NerveConfig:
     retention: RetentionConfig
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()
+    store: str | None = None
+    """``store:``: a PostgreSQL URL (nerved.store.postgres), or None for logs.db (SQLite)."""
 
     def groups(self) -> dict[str, tuple[SenseConfig, ...]]:
         """Senses by worker group; file order is kept so workers start predictably."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import MappingProxyType
+from typing import Final
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
@@ -55,7 +56,8 @@ from nerved.config.walker import (
 
 MIN_CONNECTIONS, MAX_CONNECTIONS = 32, 4096
 
-_TOP_KEYS = ("senses", "reflexes", "workflows", "retention", "control", "metrics")
+_TOP_KEYS = ("senses", "reflexes", "workflows", "retention", "control", "metrics", "store")
+STORE_SCHEMES: Final = ("postgresql://", "postgres://")
 _SENSE_KEYS = ("group", "throttle", "timeout", "gracePeriod", "memoryMax")
 _CRON_KEYS = ("cron", "timezone", "catchUp")
 _SENSE_REFLEX_KEYS = ("kind", "sense", "interval", "on", *_CRON_KEYS)
@@ -137,7 +139,29 @@ class Validator(Walker):
             retention=retention,
             control=self.control(top.get("control")),
             metrics=metrics_config(self, top.get("metrics"), path.parent),
+            store=self.store(top.get("store")),
         )
+
+    def store(self, entry: Entry | None) -> str | None:
+        """``store:``: ``sqlite`` (logs.db in the state directory: the default) or a
+        PostgreSQL URL (issue 15), checked for its scheme only: libpq reads the rest."""
+        if entry is None:
+            return None
+        value = self.value(entry.value, "store")
+        if value is UNREADABLE:
+            return None
+        if not isinstance(value, str):
+            self.mismatch(entry.line, "store", "sqlite or a postgresql:// URL", entry.value)
+            return None
+        if value == "sqlite":
+            return None
+        if not value.startswith(STORE_SCHEMES):
+            self.error(
+                entry.line, "store",
+                f"expected sqlite or a postgresql:// URL, got {_scheme(value)}",
+            )  # fmt: skip
+            return None
+        return value
 
     def senses(self, section: Entry | None) -> dict[str, SenseConfig]:
         if section is None:
@@ -458,3 +482,10 @@ class Validator(Walker):
                 maximum=MAX_CONNECTIONS,
             ),
         )
+
+
+def _scheme(url: str) -> str:
+    """What to show of a store URL that is not one: its scheme, never the rest (a password
+    may follow)."""
+    scheme, sep, _rest = url.partition("://")
+    return f"{show(scheme)} URL" if sep else "something else"

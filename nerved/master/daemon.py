@@ -52,7 +52,8 @@ from nerved.master.upkeep import Upkeep
 from nerved.master.workers import Worker, Workers
 from nerved.master.workflows import WorkflowManager
 from nerved.outcome import Pending, Refused
-from nerved.store import Storage, Store, StoreError
+from nerved.store import Storage, StoreError
+from nerved.store.opening import open_store
 from nerved.words import plural
 
 if TYPE_CHECKING:
@@ -131,7 +132,8 @@ class Daemon:
         prepared.record_pid(os.getpid())
         self.notifier.status("starting")
         try:
-            self.store = Store(self.options.state_dir / "logs.db", on_wait=self._waiting)
+            url = self.options.store or self.config.store
+            self.store = open_store(self.options.state_dir, url, self._waiting)
         except StoreError as exc:
             raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc
         self.store.watch(self.options.state_dir / "nerved.lock", prepared.lock_fd)
@@ -278,7 +280,7 @@ class Daemon:
             return "nerved is shutting down"
         if not self.loop.gate_open:
             return (
-                f"{self.store.path} is locked by another process; nothing was changed,"
+                f"{self.store.where} is locked by another process; nothing was changed,"
                 " try again once it lets go"
             )
         return None
@@ -362,6 +364,8 @@ class Daemon:
             changed.append("control")
         if self.metrics.apply(config.metrics):
             changed.append("metrics")
+        if config.store != self.config.store and self.options.store is None:
+            log.warning("store: changed; nerved keeps %s until it restarts", self.store.where)
         self.config, self.code = config, code
         root = config.path.parent
         if root != self.root:

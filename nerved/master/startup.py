@@ -61,6 +61,7 @@ class Options:
     pidfile: Path | None = None
     import_timeout: float = IMPORT_TIMEOUT  # seconds: see nerved.code.packages.IMPORT_TIMEOUT
     strict_modes: bool = True  # False: --no-strict-modes (nerved.modes)
+    store: str | None = None  # --store: a PostgreSQL URL, over nerve.yaml's store:
 
 
 Started = Callable[[int, str], None]  # (0, summary) once ready, or (exit code, why not)

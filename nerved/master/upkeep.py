@@ -72,7 +72,7 @@ class Upkeep:
             return
         summary = self._summary()
         if self.store.locked_since is not None:
-            summary = f"waiting for the write lock on {self.store.path}; {summary}"
+            summary = f"waiting for the write lock on {self.store.where}; {summary}"
         if summary != self._last_status:
             self.notifier.status(summary)
             self._last_status = summary

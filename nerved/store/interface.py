@@ -139,8 +139,14 @@ class Storage(Reader, Protocol):
     """
 
     @property
-    def path(self) -> Path:
-        """Where it keeps its data: named in messages to the operator."""
+    def where(self) -> str:
+        """Where it keeps its data, named in messages to the operator: logs.db's path, or a
+        database's URL without its password."""
+        ...
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The local files it keeps its data in (their sizes are a metric); () for none."""
         ...
 
     @property

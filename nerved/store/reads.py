@@ -256,6 +256,8 @@ class Reads:
         args: list[Any] = []
         if statuses is not None:
             wanted = sorted(set(statuses))
+            if not wanted:
+                return []  # no status: no run (and PostgreSQL refuses an empty IN list)
             where.append(f"status IN ({','.join('?' * len(wanted))})")
             args.extend(wanted)
         if workflow is not None:

@@ -41,6 +41,7 @@ from nerved.store.interface import AbortCallback, CommitCallback
 from nerved.store.reads import Reads
 from nerved.store.records import now_ms
 from nerved.store.schema import migrate, user_version
+from nerved.store.watched import WatchedFiles, file_id
 from nerved.store.writes import Writes
 
 if TYPE_CHECKING:
@@ -50,18 +51,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 START_RETRY: Final = 0.1  # seconds between two tries for the write lock at start
-
-
-def _gone(path: Path, why: str) -> StoreError:
-    return StoreError(
-        f"{path} is gone from under nerved ({why}): was the state directory deleted?"
-        " Nothing more is written to the file nerved had open"
-    )
-
-
-def _file_id(path: Path | int) -> tuple[int, int]:
-    st = os.fstat(path) if isinstance(path, int) else os.stat(path)
-    return st.st_dev, st.st_ino
 
 
 class Store(Writes, Reads):
@@ -89,11 +78,13 @@ class Store(Writes, Reads):
         Raises StoreError when the file cannot be opened, read, migrated or written.
         """
         self.path = path
+        self.where = str(path)
+        self.files = (path, path.with_name(f"{path.name}-wal"))
         self._in_tx = False  # we hold the write lock: a BEGIN IMMEDIATE is open
         self._wrote = False  # and something was written in it since the last commit
         self._on_commit: list[CommitCallback] = []
         self._on_abort: list[AbortCallback] = []
-        self._watched: list[tuple[Path, int, tuple[int, int]]] = []  # path, open fd, inode
+        self._watched = WatchedFiles()
         self.locked_since: float | None = None  # monotonic: another process took the lock
         self.commits = 0
         self.last_commit = 0.0  # time.monotonic() of the last commit
@@ -120,11 +111,11 @@ class Store(Writes, Reads):
             os.close(self._db_fd)
             raise
         try:
-            identity = _file_id(self._db_fd)
+            identity = file_id(self._db_fd)
             st = os.lstat(path)
             if (st.st_dev, st.st_ino) != identity:
                 raise StoreError(f"{path} was replaced while nerved opened it")
-            self._watched.append((path, self._db_fd, identity))
+            self._watched.add(path, self._db_fd, identity)
             self._at_start(self._migrate, on_wait)
             self._at_start(self._prove_writable, on_wait)
             self._at_start(self._acquire_or_raise, on_wait)
@@ -171,7 +162,7 @@ class Store(Writes, Reads):
 
     def watch(self, path: Path, fd: int) -> None:
         """Check that ``path`` is still the file open as ``fd`` (see :meth:`check_files`)."""
-        self._watched.append((path, fd, _file_id(fd)))
+        self._watched.add(path, fd)
 
     # -- schema -------------------------------------------------------------------------
 
@@ -257,7 +248,7 @@ class Store(Writes, Reads):
         if self._wrote:
             began = time.monotonic()
             try:
-                self._check_linked()
+                self._watched.check_linked()
                 self._conn.execute("COMMIT")
             except StoreError as exc:
                 self._rollback()
@@ -277,22 +268,7 @@ class Store(Writes, Reads):
     def check_files(self) -> None:
         """Raise StoreError if logs.db (or a watched file) is no longer the file opened at
         its path: the daemon calls this every second."""
-        for path, _fd, identity in self._watched:
-            try:
-                now = _file_id(path)
-            except OSError as exc:
-                now, why = None, exc.strerror or str(exc)
-            else:
-                why = "it is another file now"
-            if now != identity:
-                raise _gone(path, why)
-
-    def _check_linked(self) -> None:
-        """At every commit, cheaply (fstat): raise StoreError if a watched file was unlinked
-        (deleted, or replaced by a rename), so that nothing is acknowledged into it."""
-        for path, fd, _identity in self._watched:
-            if os.fstat(fd).st_nlink == 0:
-                raise _gone(path, "deleted")
+        self._watched.check_paths()
 
     def abandon(self, exc: BaseException) -> None:
         """Roll the batch back and abort its callbacks: for work done in a batch of its own

@@ -499,7 +499,7 @@ def test_errors_name_the_file_they_came_from() -> None:
         parse_config("extra: 1\n", Path("/srv/other.yaml"))
     assert caught.value.errors == (
         "other.yaml:1: extra: unknown key; allowed keys: senses, reflexes, workflows, retention, "
-        "control, metrics",
+        "control, metrics, store",
     )
 
 

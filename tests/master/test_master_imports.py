@@ -45,6 +45,8 @@ NOT_IN_THE_MASTER = (
     ("inotify_simple", "a daemon that watches its root only"),
     ("subprocess", "inotify_simple's ctypes.util, and timebox's on an old glibc, only"),
     ("prometheus_client", "the first metrics asked for only"),
+    ("psycopg", "a PostgreSQL store only (nerved.store.postgres)"),
+    ("nerved.store.postgres", "a PostgreSQL store only"),
     ("tabulate", "nervectl's tables"),
     ("nervectl", "the client"),
 )

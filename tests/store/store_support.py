@@ -280,7 +280,7 @@ class Backend:
     place: str
 
 
-def sqlite_backend(tmp_path: Path) -> Backend:
+def sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     path = tmp_path / "state" / "logs.db"  # its parent does not exist yet: the store makes it
     return Backend(
         name="sqlite",
@@ -291,4 +291,51 @@ def sqlite_backend(tmp_path: Path) -> Backend:
     )
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": sqlite_backend}
+def install_pg_poison(store: Storage) -> None:
+    """PostgreSQL's poison: a deferred constraint trigger, run at COMMIT, that raises for
+    an entry of type 'poison' (added from another connection, as SQLite's)."""
+    import psycopg
+
+    from nerved.store.postgres.store import PgStore
+
+    assert isinstance(store, PgStore)
+    store.release()
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'poisoned batch'; END $$"
+        )
+        conn.execute(
+            "CREATE CONSTRAINT TRIGGER poison AFTER INSERT ON logs"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.type = 'poison')"
+            " EXECUTE FUNCTION poison()"
+        )
+
+
+def postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """A fresh database of the test run's throwaway cluster (tests/pg_support.py)."""
+    from pg_support import pg_unavailable
+
+    reason = pg_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    dsn: str = request.getfixturevalue("pg_dsn")
+
+    def open_store() -> Storage:
+        from nerved.store.postgres.store import PgStore
+
+        return PgStore(dsn)
+
+    return Backend(
+        name="postgresql",
+        open=open_store,
+        poison=install_pg_poison,
+        child="from nerved.store.postgres.store import PgStore\nstore = PgStore(sys.argv[1])",
+        place=dsn,
+    )
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
+    "sqlite": sqlite_backend,
+    "postgresql": postgres_backend,
+}

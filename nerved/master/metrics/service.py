@@ -71,7 +71,7 @@ class Metrics:
                 senses=lambda: senses.senses.values(),
                 supervisors=lambda: (*senses.supervisors(), *workflows.supervisors()),
                 created_at=created_at,
-                store_files=lambda: (store.path, store.path.with_name(f"{store.path.name}-wal")),
+                store_files=lambda: store.files,
                 commits=self.commits,
             )
             registry = CollectorRegistry(auto_describe=False)

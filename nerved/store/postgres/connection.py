@@ -1,0 +1,156 @@
+"""The psycopg connections: opened with bounds on every statement, errors made StoreErrors.
+
+The only module of the PostgreSQL backend that imports psycopg. Each connection is
+opened with the bounds the master's loop needs: the loop is single-threaded, so a
+statement that waited for a lock, or for a database that no longer answers, would hold
+everything the daemon does (SPEC v2 §9; issue 15: "a slow or unreachable database must not
+stall the loop past the watchdog"):
+
+- ``connect_timeout`` (:data:`CONNECT_TIMEOUT`) to open it;
+- ``statement_timeout`` (:data:`STATEMENT_TIMEOUT_MS`) and ``lock_timeout``
+  (:data:`LOCK_TIMEOUT_MS`) on every statement;
+- TCP keepalives and ``tcp_user_timeout``, so that a peer gone silent is noticed within
+  seconds, not after the kernel's retransmissions (minutes).
+
+A statement that meets any of them fails with a StoreError, as an I/O error of SQLite does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+import psycopg
+
+from nerved.store.errors import StoreError
+from nerved.store.postgres.dialect import translate
+
+CONNECT_TIMEOUT: Final = 5  # seconds (libpq counts whole seconds, at least 2)
+STATEMENT_TIMEOUT_MS: Final = 5_000
+LOCK_TIMEOUT_MS: Final = 1_000
+_SOCKET_OPTIONS: Final = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
+def display(url: str) -> str:
+    """``url`` without its password, for messages and the journal."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "postgresql (an unreadable URL)"
+    host = info.get("host") or "localhost"
+    port = f":{info['port']}" if info.get("port") else ""
+    user = f"{info['user']}@" if info.get("user") else ""
+    return f"postgresql://{user}{host}{port}/{info.get('dbname') or ''}"
+
+
+def store_error(where: str, exc: psycopg.Error) -> StoreError:
+    """One line: what PostgreSQL (or libpq) said, naming the store."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StoreError(f"{where}: {text}")
+
+
+class Cursor:
+    """The rows of one statement; every error a StoreError."""
+
+    __slots__ = ("_cursor", "_where")
+
+    def __init__(self, cursor: psycopg.Cursor[Any], where: str) -> None:
+        self._cursor = cursor
+        self._where = where
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cursor.fetchone()
+        except psycopg.Error as exc:
+            raise store_error(self._where, exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return self._cursor.fetchall()
+        except psycopg.Error as exc:
+            raise store_error(self._where, exc) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._cursor.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self._cursor
+        except psycopg.Error as exc:
+            raise store_error(self._where, exc) from exc
+
+
+class Connection:
+    """One psycopg connection running nerve's queries (:func:`translate`), every error a
+    StoreError. ``autocommit``: each statement its own transaction (the committed view);
+    else a transaction is open from the first statement to :meth:`commit`."""
+
+    __slots__ = ("_conn", "where")
+
+    def __init__(self, conn: psycopg.Connection[Any], where: str) -> None:
+        self._conn = conn
+        self.where = where
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        try:
+            return Cursor(self._conn.execute(translate(sql), params, prepare=True), self.where)
+        except psycopg.Error as exc:
+            raise store_error(self.where, exc) from exc
+
+    def script(self, sql: str) -> None:
+        """Run ``sql`` as it is (several statements, no parameters): the migrations."""
+        try:
+            self._conn.execute(sql.encode())
+        except psycopg.Error as exc:
+            raise store_error(self.where, exc) from exc
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open (a statement ran since the last commit or rollback)."""
+        return self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    @property
+    def broken(self) -> bool:
+        """The connection is gone (closed, or lost with the server)."""
+        return self._conn.closed or self._conn.broken
+
+    def commit(self) -> None:
+        try:
+            self._conn.commit()
+        except psycopg.Error as exc:
+            raise store_error(self.where, exc) from exc
+
+    def rollback(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._conn.rollback()
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._conn.close()
+
+
+def connect(url: str, *, autocommit: bool, application_name: str = "nerved") -> Connection:
+    """A connection to ``url`` with the bounds above; StoreError if it cannot be made."""
+    where = display(url)
+    options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+    try:
+        conninfo = psycopg.conninfo.make_conninfo(
+            url, connect_timeout=CONNECT_TIMEOUT, options=options,
+            application_name=application_name, **_SOCKET_OPTIONS,
+        )  # fmt: skip
+        conn = psycopg.connect(conninfo, autocommit=autocommit)
+    except psycopg.Error as exc:
+        raise store_error(where, exc) from exc
+    return Connection(conn, where)

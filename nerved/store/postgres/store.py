@@ -1,0 +1,242 @@
+"""The PostgreSQL store: the master's two connections, the batch, and its commit.
+
+:class:`PgStore` is to a PostgreSQL database what :class:`nerved.store.sqlite.Store` is to
+logs.db, and keeps the same rules (:mod:`nerved.store.interface`):
+
+- **The batch.** The master's connection opens a transaction at the first statement of a
+  turn; the turn's writes join it, and :meth:`PgStore.commit` commits it once at the end of
+  the turn (group commit; PostgreSQL's ``synchronous_commit`` makes the COMMIT durable when
+  it returns: nerve does not lower it). The callbacks (the acknowledgements) run after.
+- **A failed write leaves the rest of the batch.** PostgreSQL aborts a whole transaction at
+  its first error, where SQLite drops the failed statement alone; so each write after the
+  batch's first runs under a savepoint, and one that fails is rolled back to it (the first
+  needs none: before it, the transaction holds nothing worth keeping).
+- **The committed view** is a second connection in autocommit: each query sees what is
+  committed, and durable, when it runs.
+- **No write lock.** Other processes may write the database (several hosts: issue 15);
+  every status change is a guarded ``UPDATE … WHERE status …`` already. :meth:`acquire`
+  is always True.
+- **Bounds.** Every statement has a timeout (:mod:`.connection`); one that meets it, or a
+  database gone, is a StoreError: the daemon stops and a restart recovers (EX_TEMPFAIL:
+  systemd starts it again), as for a failed disk under SQLite.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from nerved.store.errors import StoreError
+from nerved.store.interface import AbortCallback, CommitCallback
+from nerved.store.postgres.connection import Connection, connect, display
+from nerved.store.postgres.schema import migrate, schema_version
+from nerved.store.reads import Reads
+from nerved.store.records import now_ms
+from nerved.store.watched import WatchedFiles
+from nerved.store.writes import Writes
+
+if TYPE_CHECKING:
+    from nerved.store.interface import Storage
+
+log = logging.getLogger(__name__)
+
+START_RETRY: Final = 1.0  # seconds between two tries to reach the database at start
+
+
+class PgStore(Writes, Reads):
+    """The master's connections to a PostgreSQL database: batched writes, the engine's reads
+    (they see the batch), and :attr:`committed`, the clients' view."""
+
+    _conn: Connection
+
+    def __init__(self, url: str, *, on_wait: Callable[[str], None] | None = None) -> None:
+        """Connect (retrying while the database cannot be reached: ``on_wait`` hears why,
+        once), migrate, and prove the database writable. Raises StoreError for what a retry
+        cannot mend: a refused login, a newer schema."""
+        self.url = url
+        self.where = display(url)
+        self.files: tuple[Path, ...] = ()
+        self._wrote = False
+        self._on_commit: list[CommitCallback] = []
+        self._on_abort: list[AbortCallback] = []
+        self._watched = WatchedFiles()
+        self.locked_since: float | None = None
+        self.commits = 0
+        self.last_commit = 0.0
+        self.commit_observer: Callable[[float], None] | None = None
+        self._conn = self._reach(on_wait)
+        try:
+            migrate(self._conn)
+            self._prove_writable()
+            self.committed = Reads(connect(url, autocommit=True))
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _reach(self, on_wait: Callable[[str], None] | None) -> Connection:
+        told = False
+        while True:
+            try:
+                return connect(self.url, autocommit=False)
+            except StoreError as exc:
+                if "password authentication failed" in str(exc) or "does not exist" in str(exc):
+                    raise
+                if not told:
+                    told = True
+                    log.warning("cannot reach %s yet (%s); retrying", self.where, exc)
+                    if on_wait is not None:
+                        on_wait(f"waiting for {self.where}: {exc}")
+                time.sleep(START_RETRY)
+
+    def _prove_writable(self) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_start', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(now_ms()),),
+        )
+        self._conn.commit()
+
+    @property
+    def schema_version(self) -> int:
+        version = schema_version(self._conn)
+        self._end_reads()
+        return version
+
+    # -- the batch ----------------------------------------------------------------------
+
+    def acquire(self) -> bool:
+        """Always True: there is no write lock to take (see the module's doc)."""
+        return True
+
+    def release(self) -> None:
+        """End a transaction that only read (RuntimeError with an uncommitted batch)."""
+        if self._wrote:
+            raise RuntimeError("release() with an uncommitted batch")
+        self._end_reads()
+
+    def _end_reads(self) -> None:
+        """Close a transaction the engine's reads opened: its snapshot and locks go."""
+        if not self._wrote and self._conn.in_transaction:
+            self._conn.rollback()
+
+    def _begin(self) -> None:
+        self._wrote = True
+
+    @property
+    def dirty(self) -> bool:
+        return self._wrote or bool(self._on_commit)
+
+    def after_commit(
+        self, on_commit: CommitCallback, on_abort: AbortCallback | None = None
+    ) -> None:
+        self._on_commit.append(on_commit)
+        if on_abort is not None:
+            self._on_abort.append(on_abort)
+
+    def commit(self) -> None:
+        """Commit the batch, then run its callbacks; on failure roll back, abort the
+        callbacks and raise StoreError."""
+        callbacks, aborts = self._on_commit, self._on_abort
+        self._on_commit, self._on_abort = [], []
+        if self._wrote:
+            began = time.monotonic()
+            try:
+                self._watched.check_linked()
+                self._conn.commit()
+            except StoreError as exc:
+                self._rollback()
+                for abort in aborts:
+                    abort(exc)
+                raise StoreError(f"commit failed: {exc}") from exc
+            self._wrote = False
+            self.commits += 1
+            self.last_commit = time.monotonic()
+            if self.commit_observer is not None:
+                self.commit_observer(self.last_commit - began)
+        else:
+            self._end_reads()
+        for callback in callbacks:
+            callback()
+
+    def abandon(self, exc: BaseException) -> None:
+        aborts = self._on_abort
+        self._on_commit, self._on_abort = [], []
+        self._rollback()
+        for abort in aborts:
+            abort(exc)
+
+    def _rollback(self) -> None:
+        self._conn.rollback()
+        self._wrote = False
+
+    def _savepoint(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a write method so that its failure leaves the batch as it was before it."""
+        if not self._wrote:  # the batch's first write: nothing to keep but reads
+            try:
+                return write(self, *args, **kwargs)
+            except StoreError:
+                self._rollback()
+                raise
+        self._conn.execute("SAVEPOINT nerve_write")
+        try:
+            result = write(self, *args, **kwargs)
+        except StoreError:
+            self._conn.execute("ROLLBACK TO SAVEPOINT nerve_write")
+            self._conn.execute("RELEASE SAVEPOINT nerve_write")
+            raise
+        self._conn.execute("RELEASE SAVEPOINT nerve_write")
+        return result
+
+    def checkpoint(self) -> bool:
+        """PostgreSQL checkpoints on its own: nothing to do."""
+        return False
+
+    def shrink(self) -> None:
+        """Nothing to give back: psycopg keeps no page cache."""
+
+    def check_files(self) -> None:
+        self._watched.check_paths()
+
+    def watch(self, path: Path, fd: int) -> None:
+        self._watched.add(path, fd)
+
+    def close(self) -> None:
+        """Close, dropping a batch nobody committed: nothing of it was acknowledged yet."""
+        self._rollback()
+        self._on_commit, self._on_abort = [], []
+        if hasattr(self, "committed"):
+            self.committed.close()
+        self._conn.close()
+
+
+# Each write but the batch's first runs under a savepoint (see the module's doc).
+WRITES: Final = (
+    "append_log", "create_run", "transition_run", "record_step", "record_failure",
+    "record_input", "record_wait", "record_wake", "copy_history", "count_attempt",
+    "prune_runs", "prune_sense_logs", "set_meta", "record_firing", "forget_firings",
+)  # fmt: skip
+
+
+def _guarded(name: str) -> Callable[..., Any]:
+    write = getattr(Writes, name)
+
+    @functools.wraps(write)
+    def guarded(self: PgStore, *args: Any, **kwargs: Any) -> Any:
+        return self._savepoint(write, *args, **kwargs)
+
+    return guarded
+
+
+for _name in WRITES:
+    setattr(PgStore, _name, _guarded(_name))
+
+
+if TYPE_CHECKING:
+
+    def _satisfies_the_interface(store: PgStore) -> Storage:
+        """mypy checks here that the PostgreSQL backend is a :class:`Storage`."""
+        return store
