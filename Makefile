@@ -23,10 +23,11 @@ venv: $(BIN)/.installed
 # Debian packages the tests use (a real systemd and journald, setpriv, a venv from Debian's
 # python3 for the service user, tmux: the real terminal nervectl top is tested in, iproute2:
 # ss, which tells a test what a socket holds unread, fuse3 and libfuse3-3: fusermount3 and the
-# library tests/tools/slowfs.py mounts with, the filesystem whose fsyncs a test holds);
-# installed only when missing, and only as root, unless NERVE_TEST_NO_SYSTEMD=1 (the host left as it
-# is: those tests skip; see the README).
-TEST_DEBS = systemd util-linux python3-venv tmux iproute2 fuse3 libfuse3-3
+# library tests/tools/slowfs.py mounts with, the filesystem whose fsyncs a test holds,
+# postgresql: Debian's supported PostgreSQL server and psql, of which tests/pg_support.py runs
+# a throwaway cluster per test process); installed only when missing, and only as root, unless
+# NERVE_TEST_NO_SYSTEMD=1 (the host left as it is: those tests skip; see the README).
+TEST_DEBS = systemd util-linux python3-venv tmux iproute2 fuse3 libfuse3-3 postgresql
 test-deps:
 	@[ "$(NERVE_TEST_NO_SYSTEMD)" = 1 ] && exit 0; \
 	missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from support import Nerved, make_root
 
+# The PostgreSQL fixtures (pg_cluster, pg_dsn) for every test module: tests/pg_support.py.
+pytest_plugins = ["pg_support"]
+
 SERIAL_MODULES = frozenset({"test_service_systemd.py", "test_modes.py", "test_limits.py"})
 """Modules whose tests set up what the whole machine shares (the ``nerve`` user, the
 service's venv under /var/lib/nerve-test that tests/sandbox.py installs this checkout into,
