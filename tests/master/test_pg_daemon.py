@@ -10,9 +10,14 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import psycopg
 import pytest
+from pg_support import pg_unavailable
 from support import wait_until
+
+if (_reason := pg_unavailable()) is not None:
+    pytest.skip(f"PostgreSQL: {_reason}", allow_module_level=True)
+
+import psycopg  # after the skip: where it is missing, the module skips
 
 WORKFLOW = """
     import time
@@ -42,6 +47,7 @@ workflows:
 
 @pytest.fixture
 def pg_url(pg_dsn: str) -> str:
+    """The database as ``--store`` takes it: any libpq connection string."""
     return pg_dsn
 
 
