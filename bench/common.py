@@ -144,6 +144,7 @@ class Daemon:
         *,
         watchdog_usec: int = 0,
         launcher: tuple[str, ...] = ("-m", "nerved"),
+        extra: tuple[str, ...] = (),
     ):
         self.dir = Path(tempfile.mkdtemp(prefix="nerve-bench-"))
         self.root = scratch_root(self.dir, config, packages)
@@ -154,6 +155,7 @@ class Daemon:
         self.watchdog_usec = watchdog_usec
         self.notifications: list[tuple[float, str]] = []  # (time.monotonic(), message)
         self.launcher = launcher  # what runs nerved: ``-m nerved``, or a bench wrapper of it
+        self.extra = extra  # more of nerved's options (``--store URL``)
         self._reading = threading.Event()
         self._reader: threading.Thread | None = None
 
@@ -168,7 +170,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, *self.launcher, "--root", str(self.root), "--state-dir",
              str(self.state), "--socket", str(self.socket), "--log-level", "warning",
-             "--no-watch"],
+             "--no-watch", *self.extra],
             env=env, cwd=REPO, stderr=open(self.dir / "nerved.log", "wb"),
         )  # fmt: skip
         while b"READY=1" not in notify.recv(4096):

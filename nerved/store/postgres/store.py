@@ -7,10 +7,12 @@ logs.db, and keeps the same rules (:mod:`nerved.store.interface`):
   turn; the turn's writes join it, and :meth:`PgStore.commit` commits it once at the end of
   the turn (group commit; PostgreSQL's ``synchronous_commit`` makes the COMMIT durable when
   it returns: nerve does not lower it). The callbacks (the acknowledgements) run after.
-- **A failed write leaves the rest of the batch.** PostgreSQL aborts a whole transaction at
-  its first error, where SQLite drops the failed statement alone; so each write after the
-  batch's first runs under a savepoint, and one that fails is rolled back to it (the first
-  needs none: before it, the transaction holds nothing worth keeping).
+- **A refused write leaves the rest of the batch.** PostgreSQL aborts a whole transaction at
+  its first error, where SQLite drops the failed statement alone; so a write that the data
+  can refuse (a new run whose id or idempotency key is taken) runs under a savepoint, and
+  one refused is rolled back to it (the batch's first needs none: before it, the
+  transaction holds nothing worth keeping). Any other write failing is the database
+  failing: the batch is lost, its commit fails, and nothing of it was acknowledged.
 - **The committed view** is a second connection in autocommit: each query sees what is
   committed, and durable, when it runs.
 - **No write lock.** Other processes may write the database (several hosts: issue 15);
@@ -213,12 +215,11 @@ class PgStore(Writes, Reads):
         self._conn.close()
 
 
-# Each write but the batch's first runs under a savepoint (see the module's doc).
-WRITES: Final = (
-    "append_log", "create_run", "transition_run", "record_step", "record_failure",
-    "record_input", "record_wait", "record_wake", "copy_history", "count_attempt",
-    "prune_runs", "prune_sense_logs", "set_meta", "record_firing", "forget_firings",
-)  # fmt: skip
+# The writes that can fail on the data (a run id or an idempotency key taken: a unique
+# index) run under a savepoint, but the batch's first (see the module's doc). The others are
+# guarded updates, appends and upserts that no data of nerve's makes fail: one that fails
+# all the same (a timeout, the database gone) fails the batch, and the commit then fails.
+WRITES: Final = ("create_run",)
 
 
 def _guarded(name: str) -> Callable[..., Any]:
