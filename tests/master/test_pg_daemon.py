@@ -8,11 +8,15 @@ tests skip, saying why, where PostgreSQL cannot be run.
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from pg_support import pg_unavailable
+from pg_support import PgCluster, pg_unavailable
 from support import wait_until
+
+from nervectl.client import RemoteError, Unreachable
 
 if (_reason := pg_unavailable()) is not None:
     pytest.skip(f"PostgreSQL: {_reason}", allow_module_level=True)
@@ -84,3 +88,41 @@ def test_a_run_under_way_at_kill_9_is_resumed_at_the_next_start(
     run = daemon.wait_run(run_id)
     assert run["status"] == "completed"
     assert "resumed" in [e["type"] for e in daemon.entries(run_id)]
+
+
+def test_the_database_restarted_under_load_loses_nothing_acknowledged(
+    nerved_factory, pg_cluster: PgCluster
+):
+    """PostgreSQL restarts while triggers come: nerved meets the broken connection, stops
+    with 75 (EX_TEMPFAIL: systemd starts it again), and, started again, has every run it
+    acknowledged, each of which completes."""
+    dsn = pg_cluster.create_database()
+    daemon = nerved_factory(CONFIG, workflows={"w": WORKFLOW}, args=("--store", dsn))
+    daemon.start()
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                acked.append(daemon.trigger("w", {}))
+            except (Unreachable, RemoteError):  # nerved is down, or refuses as it stops
+                time.sleep(0.01)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        wait_until(lambda: len(acked) >= 30, what="30 runs acknowledged")
+        pg_cluster.restart()
+        assert daemon.wait(30) == 75
+        assert "storage failure" in daemon.log()
+        before = len(acked)
+        daemon.start()  # as systemd would
+        wait_until(lambda: len(acked) >= before + 30, what="30 more runs acknowledged")
+    finally:
+        stop.set()
+        loader.join()
+    for run_id in acked:
+        assert daemon.wait_run(run_id)["status"] == "completed", run_id
+    listed = {r["runId"] for r in daemon.rpc("workflow.list", all=True, limit=10_000)}
+    assert set(acked) <= listed
