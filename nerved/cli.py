@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         help="keep runs and logs in this PostgreSQL database (postgresql://...) instead of"
         " logs.db in the state directory; over nerve.yaml's store:",
     )
+    parser.add_argument(
+        "--host-id",
+        metavar="ID",
+        help="this nerved's name in a store several hosts share (default: $NERVE_HOST_ID,"
+        " else the machine id)",
+    )
     parser.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
     parser.add_argument("--daemon", action="store_true", help="detach (for hosts without systemd)")
     parser.add_argument(
@@ -172,9 +178,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.pidfile and not args.daemon:
         _parser().error("--pidfile needs --daemon")
     logs.setup(args.log_level)
+    from nerved import hostid
     from nerved.master.daemon import Daemon
     from nerved.master.startup import Options
 
+    try:
+        host = hostid.resolve(args.host_id)
+    except hostid.BadHostId as exc:
+        _parser().error(str(exc))
     options = Options(
         root=root,
         state_dir=resolve_state_dir(args.state_dir),
@@ -183,6 +194,7 @@ def _run(args: argparse.Namespace) -> int:
         pidfile=Path(args.pidfile) if args.pidfile else None,
         strict_modes=args.strict_modes,
         store=args.store,
+        host_id=host,
         **({"import_timeout": args.import_timeout} if args.import_timeout else {}),
     )
     if args.daemon:

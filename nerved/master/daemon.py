@@ -26,7 +26,7 @@ from nerved.config import NerveConfig, unlined
 from nerved.control.dispatch import HEAVY, Dispatcher
 from nerved.control.server import ControlServer
 from nerved.loop import Loop
-from nerved.master import memory, ownfiles
+from nerved.master import leases, memory, ownfiles
 from nerved.master.autoreload import AutomaticReloads
 from nerved.master.cron import Clock, CronReflexes
 from nerved.master.metrics.service import Metrics
@@ -47,9 +47,9 @@ from nerved.master.startup import (
     Started,
     prepare,
 )
-from nerved.master.supervisor import worker_entry
+from nerved.master.supervisor import workers_view
 from nerved.master.upkeep import Upkeep
-from nerved.master.workers import Worker, Workers
+from nerved.master.workers import Workers
 from nerved.master.workflows import WorkflowManager
 from nerved.outcome import Pending, Refused
 from nerved.store import Storage, StoreError
@@ -88,6 +88,7 @@ class Daemon:
         self._stop_timer: Any = None
         self.config: NerveConfig
         self.store: Storage
+        self.lease: leases.HostLease | None = None
         self.senses: SenseManager
         self.workflows: WorkflowManager
         self.reflexes: Reflexes
@@ -137,6 +138,10 @@ class Daemon:
         except StoreError as exc:
             raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc
         self.store.watch(self.options.state_dir / "nerved.lock", prepared.lock_fd)
+        try:  # another host holds the store: a restart may find it free (75)
+            self.lease = leases.take(self.loop, self.store, self.options.host_id)
+        except StoreError as exc:
+            raise Fatal(f"cannot use the store: {exc}", EX_TEMPFAIL) from exc
         self.workers.before_fork = self.store.shrink  # a worker would hold the page caches
         self.loop.set_gate(self.store.acquire)
         self.upkeep = Upkeep(
@@ -221,6 +226,8 @@ class Daemon:
             self.watcher = Watcher(self.loop, self.options.root, self.autoreload.files_changed)
         self.store.commit()
         self.upkeep.start()
+        if self.lease is not None:
+            self.lease.start()
         self.metrics.apply(self.config.metrics)
         summary = self._summary()
         log.info(
@@ -300,28 +307,15 @@ class Daemon:
             "workflows": len(self.config.workflows),
             "activeWorkflows": active,
             "queuedWorkflows": queued,
-            "workers": self._workers_view(workers),
+            "workers": workers_view(
+                self.senses.supervisors() + self.workflows.supervisors(), workers
+            ),
             "containment": self.workers.containment.mode,
             "rss": memory.total_rss([os.getpid(), *(w.pid for w in workers)]),
             "commits": self.store.commits,
+            "host": self.options.host_id,
+            "hosts": [] if self.lease is None else self.lease.view(),
         }
-
-    def _workers_view(self, workers: list[Worker]) -> list[dict[str, Any]]:
-        """Each sense group and workflow with the state of its worker (nerved.states.
-        WorkerState; ``pid`` None when it has none now), and every other live process
-        (one draining for a unit a reload removed, an import check's)."""
-        entries = [
-            entry
-            for supervisor in self.senses.supervisors() + self.workflows.supervisors()
-            for entry in supervisor.to_wire()
-        ]
-        shown = {entry["pid"] for entry in entries}
-        entries += [
-            worker_entry(w.kind, w.name, w.pid, w.state) for w in workers if w.pid not in shown
-        ]
-        for entry in entries:  # nervectl top shows each worker's memory
-            entry["rss"] = None if entry["pid"] is None else memory.rss(entry["pid"])
-        return entries
 
     def _state(self) -> str:
         if self.stopping:
@@ -472,6 +466,10 @@ class Daemon:
         self.workers.kill_now(KILL_WAIT)
 
     def _close(self) -> None:
+        if self.exit_code != EX_TEMPFAIL and self.lease is not None:
+            with contextlib.suppress(StoreError):  # others may take over at once
+                self.lease.release()
+                self.store.commit()
         if self.exit_code != EX_TEMPFAIL and hasattr(self, "workflows"):
             with contextlib.suppress(StoreError):  # each waiter's run, read as committed
                 self.workflows.stopped()  # answered before the connections close

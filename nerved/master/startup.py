@@ -62,6 +62,7 @@ class Options:
     import_timeout: float = IMPORT_TIMEOUT  # seconds: see nerved.code.packages.IMPORT_TIMEOUT
     strict_modes: bool = True  # False: --no-strict-modes (nerved.modes)
     store: str | None = None  # --store: a PostgreSQL URL, over nerve.yaml's store:
+    host_id: str = "localhost"  # nerved.hostid.resolve: --host-id, $NERVE_HOST_ID, machine id
 
 
 Started = Callable[[int, str], None]  # (0, summary) once ready, or (exit code, why not)

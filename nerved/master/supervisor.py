@@ -35,12 +35,13 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from nerved.channel import Message
 from nerved.loop import Timer
+from nerved.master import memory
 from nerved.master.workers import MessageHandler, Worker, Workers
 from nerved.states import WorkerMove, WorkerState
 from nerved.words import plural
@@ -417,3 +418,18 @@ def worker_entry(
 
 
 _TROUBLED: Final = frozenset({WorkerState.BACKOFF, WorkerState.FATAL})
+
+
+def workers_view(
+    supervisors: Sequence[Supervisor], workers: Sequence[Worker]
+) -> list[dict[str, Any]]:
+    """``status``'s ``workers``: each sense group and workflow with the state of its worker
+    (nerved.states.WorkerState; ``pid`` None when it has none now), and every other live
+    process (one draining for a unit a reload removed, an import check's), each with its
+    resident memory (``nervectl top``)."""
+    entries = [entry for supervisor in supervisors for entry in supervisor.to_wire()]
+    shown = {entry["pid"] for entry in entries}
+    entries += [worker_entry(w.kind, w.name, w.pid, w.state) for w in workers if w.pid not in shown]
+    for entry in entries:
+        entry["rss"] = None if entry["pid"] is None else memory.rss(entry["pid"])
+    return entries

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nerved.states import RunStatus, Transition
-from nerved.store.records import ActiveRecord, Firing, LogEntry, RunRecord
+from nerved.store.records import ActiveRecord, Firing, HostRecord, LogEntry, RunRecord
 
 CommitCallback = Callable[[], None]
 AbortCallback = Callable[[BaseException], None]
@@ -131,6 +131,28 @@ class Reader(Protocol):
         ...
 
 
+class Leasing(Protocol):
+    """Hosts' leases on a store several hosts may share (PostgreSQL: nerved.store.postgres.
+    leases; issue 15). Times are ms by the store's clock."""
+
+    def claim_lease(self, host_id: str, pid: int, version: str, lease_ms: int) -> int:
+        """Take ``host_id``'s lease for ``lease_ms``, committed at once; its new epoch.
+        StoreError if the store will not serve this host now (another one's is live)."""
+        ...
+
+    def renew_lease(self, host_id: str, epoch: int, lease_ms: int) -> bool:
+        """Extend it, in the turn's batch; False if ``epoch`` is no longer the host's."""
+        ...
+
+    def release_lease(self, host_id: str, epoch: int) -> None:
+        """End it now, in the turn's batch (a clean stop)."""
+        ...
+
+    def hosts(self) -> list[HostRecord]:
+        """Every host that used the store, with its lease, as committed."""
+        ...
+
+
 class Storage(Reader, Protocol):
     """The master's store: batched writes, the batch's lock and files, and the engine's reads.
 
@@ -142,6 +164,12 @@ class Storage(Reader, Protocol):
     def where(self) -> str:
         """Where it keeps its data, named in messages to the operator: logs.db's path, or a
         database's URL without its password."""
+        ...
+
+    @property
+    def leasing(self) -> Leasing | None:
+        """Hosts' leases, for a store several hosts may share; None (SQLite) for one that
+        a single host holds (its write lock)."""
         ...
 
     @property

@@ -196,3 +196,31 @@ def input_payload(event_json: str, signal: int | None = None) -> str:
     """
     tail = "}" if signal is None else f',"signal":{int(signal)}}}'
     return '{"event":' + event_json + tail
+
+
+class HostRecord(NamedTuple):
+    """A host's row, as ``status`` shows it: ms by the database's clock."""
+
+    host_id: str
+    epoch: int
+    lease_until: int
+    renewed_at: int
+    started_at: int
+    pid: int
+    version: str
+    now: int  # the database's clock when read
+
+    @property
+    def live(self) -> bool:
+        return self.lease_until > self.now
+
+    def to_wire(self, own: str) -> dict[str, object]:
+        return {
+            "host": self.host_id,
+            "self": self.host_id == own,
+            "leaseAgeMs": self.now - self.renewed_at,
+            "live": self.live,
+            "pid": self.pid,
+            "version": self.version,
+            "startedAt": self.started_at,
+        }

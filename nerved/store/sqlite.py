@@ -80,6 +80,7 @@ class Store(Writes, Reads):
         self.path = path
         self.where = str(path)
         self.files = (path, path.with_name(f"{path.name}-wal"))
+        self.leasing = None  # one host: the write lock is its lease
         self._in_tx = False  # we hold the write lock: a BEGIN IMMEDIATE is open
         self._wrote = False  # and something was written in it since the last commit
         self._on_commit: list[CommitCallback] = []

@@ -22,7 +22,7 @@ from typing import Final
 from nerved.store.errors import StoreError
 from nerved.store.postgres.connection import Connection
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 MIGRATION_LOCK: Final = 0x6E657276  # "nerv": pg_advisory_xact_lock's key for migrations
 
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -95,6 +95,25 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     EXCEPTION WHEN others THEN
         RETURN NULL;
     END $$;
+    """,
+    # 2 (issue 15): the hosts that use the database, each with its lease (nerved.store.
+    # postgres.leases): ``epoch`` grows each time the host takes it anew; times are ms by
+    # the database's clock (nerve_now_ms), never a host's: hosts' clocks differ.
+    """
+    CREATE FUNCTION nerve_now_ms() RETURNS BIGINT
+    LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+        SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT
+    $$;
+
+    CREATE TABLE hosts (
+        host_id     TEXT COLLATE "C" PRIMARY KEY,
+        epoch       BIGINT  NOT NULL,
+        lease_until BIGINT  NOT NULL,
+        renewed_at  BIGINT  NOT NULL,
+        started_at  BIGINT  NOT NULL,
+        pid         INTEGER NOT NULL,
+        version     TEXT    NOT NULL
+    );
     """,
 )
 

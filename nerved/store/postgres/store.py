@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from nerved.store.errors import StoreError
-from nerved.store.interface import AbortCallback, CommitCallback
+from nerved.store.interface import AbortCallback, CommitCallback, Leasing
+from nerved.store.postgres import leases
 from nerved.store.postgres.connection import Connection, connect, display
 from nerved.store.postgres.schema import migrate, schema_version
 from nerved.store.reads import Reads
-from nerved.store.records import now_ms
+from nerved.store.records import HostRecord, now_ms
 from nerved.store.watched import WatchedFiles
 from nerved.store.writes import Writes
 
@@ -74,7 +75,8 @@ class PgStore(Writes, Reads):
         try:
             migrate(self._conn)
             self._prove_writable()
-            self.committed = Reads(connect(url, autocommit=True))
+            self._reader = connect(url, autocommit=True)
+            self.committed = Reads(self._reader)
         except BaseException:
             self._conn.close()
             raise
@@ -192,6 +194,32 @@ class PgStore(Writes, Reads):
             raise
         self._conn.execute("RELEASE SAVEPOINT nerve_write")
         return result
+
+    # -- hosts' leases (nerved.store.postgres.leases) -------------------------------------
+
+    @property
+    def leasing(self) -> Leasing:
+        return self
+
+    def claim_lease(self, host_id: str, pid: int, version: str, lease_ms: int) -> int:
+        if self._wrote:
+            raise RuntimeError("claim_lease() with an uncommitted batch")
+        try:
+            return leases.claim(self._conn, host_id, pid, version, lease_ms)
+        except StoreError:
+            self._rollback()
+            raise
+
+    def renew_lease(self, host_id: str, epoch: int, lease_ms: int) -> bool:
+        self._begin()
+        return leases.renew(self._conn, host_id, epoch, lease_ms)
+
+    def release_lease(self, host_id: str, epoch: int) -> None:
+        self._begin()
+        leases.release(self._conn, host_id, epoch)
+
+    def hosts(self) -> list[HostRecord]:
+        return leases.hosts(self._reader)
 
     def checkpoint(self) -> bool:
         """PostgreSQL checkpoints on its own: nothing to do."""

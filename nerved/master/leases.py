@@ -1,0 +1,72 @@
+"""This host's lease on a store several hosts may share (PostgreSQL; issue 15, SPEC v2 §9).
+
+At start, before recovery, the host takes its lease (a new epoch: nerved.store.postgres.
+leases); it renews it every :data:`RENEW_EVERY` in the turn's batch while it runs, and ends
+it at a clean stop. A renewal that finds the lease no longer this epoch's (another nerved
+with the same host id took it) means another process drives this host's runs now: it
+raises StoreError out of the loop, and the daemon stops at once (its storage-failure path:
+exit 75), writing nothing more for them.
+``status`` lists every host of the store with the age of its lease (:meth:`HostLease.view`).
+
+With SQLite there is no lease (its write lock is one): :func:`take` returns None.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Final
+
+from nerved import _version
+from nerved.loop import Loop
+from nerved.store import Storage, StoreError
+from nerved.store.interface import Leasing
+
+log = logging.getLogger(__name__)
+
+LEASE_MS: Final = 10_000
+"""How long a lease runs unless renewed: how long after a host's death others may take
+over its work (issue 15). Renewed five times as often, so that a loop turn or a commit slow
+by seconds does not lose it."""
+RENEW_EVERY: Final = LEASE_MS / 5 / 1000  # seconds
+
+
+class HostLease:
+    """The lease of ``host_id``, taken at ``epoch``."""
+
+    def __init__(self, loop: Loop, leasing: Leasing, host_id: str, epoch: int) -> None:
+        self.loop = loop
+        self.leasing = leasing
+        self.host_id = host_id
+        self.epoch = epoch
+
+    def start(self) -> None:
+        """Renew from now on (once the daemon is ready)."""
+        self.loop.call_later(RENEW_EVERY, self._renew)
+
+    def _renew(self) -> None:
+        if not self.leasing.renew_lease(self.host_id, self.epoch, LEASE_MS):
+            raise StoreError(
+                f"host {self.host_id}'s lease was taken by another nerved (epoch {self.epoch}"
+                " is no longer its own): this one writes nothing more"
+            )
+        self.loop.call_later(RENEW_EVERY, self._renew)
+
+    def release(self) -> None:
+        """End the lease now (a clean stop), in the batch the caller commits."""
+        self.leasing.release_lease(self.host_id, self.epoch)
+
+    def view(self) -> list[dict[str, Any]]:
+        """``status``'s ``hosts``: every host of the store, this one marked ``self``."""
+        return [host.to_wire(self.host_id) for host in self.leasing.hosts()]
+
+
+def take(loop: Loop, store: Storage, host_id: str) -> HostLease | None:
+    """This host's lease on ``store``, taken now (None: a store that needs none). Raises
+    StoreError when the store will not serve this host (another one holds it)."""
+    leasing = store.leasing
+    if leasing is None:
+        return None
+    epoch = leasing.claim_lease(host_id, os.getpid(), _version.__version__, LEASE_MS)
+    log.info("host %s took its lease on %s (epoch %d)", host_id, store.where, epoch)
+    return HostLease(loop, leasing, host_id, epoch)

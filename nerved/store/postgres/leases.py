@@ -1,0 +1,76 @@
+"""Hosts and their leases in a shared PostgreSQL store (issue 15; SPEC v2 §9).
+
+Each nerved using the database is a *host*, named by its host id, with a row in ``hosts``:
+its *lease* runs until ``lease_until`` and is renewed by the host while it runs
+(nerved.master.leases); ``epoch`` grows each time a host takes its lease anew, so that what
+a host writes for runs it drives can be fenced by the epoch it holds (a host that lost its
+lease holds an old one). Times are those of the database's clock, never a host's.
+"""
+
+from __future__ import annotations
+
+from nerved.store.errors import StoreError
+from nerved.store.postgres.connection import Connection
+from nerved.store.records import HostRecord
+
+LEASE_LOCK = 0x6E657277  # pg_advisory_xact_lock's key while a host takes its lease
+
+
+def claim(conn: Connection, host_id: str, pid: int, version: str, lease_ms: int) -> int:
+    """Take ``host_id``'s lease, a new epoch (1 for a host new to the database), in a
+    transaction of its own; the epoch. A lease this host id still held (its last nerved was
+    killed, or another runs with the same id) is taken over: that one is fenced by it.
+
+    StoreError, taking nothing, while another host's lease is live: until runs carry the
+    host that drives them (placement, issue 15), two hosts on one database would each
+    recover the other's runs, so one database serves one host at a time.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(?)", (LEASE_LOCK,))
+    live = [h for h in hosts(conn) if h.live and h.host_id != host_id]
+    if live:
+        conn.rollback()
+        other = live[0]
+        raise StoreError(
+            f"{conn.where}: host {other.host_id} (pid {other.pid}) holds a live lease on it,"
+            f" renewed {(other.now - other.renewed_at) / 1000:.1f}s ago: one database serves"
+            " one nerved host for now; stop that one, or give this one a database of its own"
+        )
+    row = conn.execute(
+        "INSERT INTO hosts (host_id, epoch, lease_until, renewed_at, started_at, pid, version)"
+        " VALUES (?, 1, nerve_now_ms() + ?, nerve_now_ms(), nerve_now_ms(), ?, ?)"
+        " ON CONFLICT (host_id) DO UPDATE SET epoch = hosts.epoch + 1,"
+        " lease_until = excluded.lease_until, renewed_at = excluded.renewed_at,"
+        " started_at = excluded.started_at, pid = excluded.pid, version = excluded.version"
+        " RETURNING epoch",
+        (host_id, lease_ms, pid, version),
+    ).fetchone()
+    conn.commit()
+    return int(row[0])
+
+
+def renew(conn: Connection, host_id: str, epoch: int, lease_ms: int) -> bool:
+    """Extend the lease of ``host_id`` at ``epoch`` (in the open batch); False if it is not
+    that host's at that epoch any more (taken over: this host is fenced)."""
+    cur = conn.execute(
+        "UPDATE hosts SET lease_until = nerve_now_ms() + ?, renewed_at = nerve_now_ms()"
+        " WHERE host_id = ? AND epoch = ?",
+        (lease_ms, host_id, epoch),
+    )
+    return cur.rowcount == 1
+
+
+def release(conn: Connection, host_id: str, epoch: int) -> None:
+    """End the lease now (a clean stop), if it is still this epoch's; in the open batch."""
+    conn.execute(
+        "UPDATE hosts SET lease_until = nerve_now_ms() WHERE host_id = ? AND epoch = ?",
+        (host_id, epoch),
+    )
+
+
+def hosts(conn: Connection) -> list[HostRecord]:
+    """Every host that ever used the database, by host id."""
+    rows = conn.execute(
+        "SELECT host_id, epoch, lease_until, renewed_at, started_at, pid, version,"
+        " nerve_now_ms() FROM hosts ORDER BY host_id"
+    ).fetchall()
+    return [HostRecord(*row) for row in rows]

@@ -1,0 +1,81 @@
+"""Hosts and their leases on a PostgreSQL store (issue 15, SPEC v2 §9).
+
+Each nerved takes its host's lease at start (a new epoch) and renews it while it runs;
+``status`` lists the store's hosts with their leases' ages. Until runs carry the host that
+drives them, one database serves one host at a time: a second host is refused while the
+first's lease is live. A nerved whose lease another took (the same host id) stops, writing
+nothing more.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from pg_support import pg_unavailable
+from support import wait_until
+
+if (_reason := pg_unavailable()) is not None:
+    pytest.skip(f"PostgreSQL: {_reason}", allow_module_level=True)
+
+import psycopg  # after the skip: where it is missing, the module skips
+
+CONFIG = """
+workflows: {}
+"""
+
+
+def host(nerved_factory, dsn: str, host_id: str, name: str):
+    return nerved_factory(CONFIG, args=("--store", dsn, "--host-id", host_id), name=name)
+
+
+def epoch(dsn: str, host_id: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT epoch FROM hosts WHERE host_id = %s", (host_id,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_status_lists_the_hosts_of_the_store_with_their_leases(nerved_factory, pg_dsn: str):
+    alpha = host(nerved_factory, pg_dsn, "alpha", "a").start()
+    status = alpha.rpc("status")
+    assert status["host"] == "alpha"
+    (entry,) = status["hosts"]
+    assert entry["host"] == "alpha" and entry["self"] and entry["live"]
+    assert 0 <= entry["leaseAgeMs"] < 3_000
+    assert entry["pid"] == alpha.pid
+    # Renewed while it runs: the age stays under the renewal period.
+    first = entry["leaseAgeMs"]
+    wait_until(lambda: alpha.rpc("status")["hosts"][0]["leaseAgeMs"] < first, timeout=10,
+               what="a renewal")  # fmt: skip
+
+
+def test_a_second_host_is_refused_while_the_first_holds_the_database(nerved_factory, pg_dsn: str):
+    alpha = host(nerved_factory, pg_dsn, "alpha", "a").start()
+    beta = host(nerved_factory, pg_dsn, "beta", "b")
+    beta.start(wait=False)
+    assert beta.wait(30) == 75  # EX_TEMPFAIL: systemd tries again later
+    assert "host alpha" in beta.log() and "holds a live lease" in beta.log()
+    # A clean stop ends the lease: the other may start at once.
+    assert alpha.stop() == 0
+    beta.start()
+    hosts = {h["host"]: h for h in beta.rpc("status")["hosts"]}
+    assert hosts["beta"]["live"] and not hosts["alpha"]["live"]
+
+
+def test_the_same_host_after_kill_9_takes_its_lease_again_at_once(nerved_factory, pg_dsn: str):
+    alpha = host(nerved_factory, pg_dsn, "alpha", "a").start()
+    assert epoch(pg_dsn, "alpha") == 1
+    alpha.signal(signal.SIGKILL)
+    alpha.wait()
+    alpha.start(timeout=10)  # no wait for the old lease to lapse: it was this host's
+    assert epoch(pg_dsn, "alpha") == 2
+
+
+def test_a_nerved_whose_lease_was_taken_stops_and_writes_nothing_more(nerved_factory, pg_dsn: str):
+    first = host(nerved_factory, pg_dsn, "alpha", "a").start()
+    second = host(nerved_factory, pg_dsn, "alpha", "b").start()  # same host id: takes over
+    assert first.wait(15) == 75
+    assert "lease was taken by another nerved" in first.log()
+    assert second.rpc("status")["hosts"][0]["live"]
+    assert epoch(pg_dsn, "alpha") == 2
