@@ -291,7 +291,10 @@ def test_broken_code_change_keeps_the_old_code_running(nerved_factory):
     assert "workflows/v failed to import: SyntaxError" in daemon.log()
     write_package(daemon.root, "senses", "s", "raise RuntimeError('half-written')\n")
     wait_until(lambda: "RuntimeError: half-written" in daemon.log())
-    assert daemon.worker_pids() == workers  # nothing was respawned
+    # The import check's child logs its error before it exits and is reaped: gone, then
+    # the workers are the same processes (nothing was respawned).
+    wait_until(lambda: "reload" not in daemon.worker_pids(), what="the import check reaped")
+    assert daemon.worker_pids() == workers
     run_id = daemon.rpc("workflow.trigger", workflow="v")["runId"]
     assert daemon.rpc("workflow.wait", runId=run_id, timeout=10)["status"] == "completed"
     assert step_event(daemon, run_id)["version"] == 1
