@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from nerved.store.errors import StoreBusy, StoreError
+from nerved.store.sql import Rows
 
 PAGE_SIZE: Final = 1024
 """The page size of a new logs.db (SQLite's default: 4096; a file keeps the size it was
@@ -48,46 +49,6 @@ def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
     return kind(f"{path}: {exc}")
 
 
-class Cursor:
-    """A cursor whose errors, even half-way through its rows, are StoreErrors."""
-
-    __slots__ = ("_cursor", "_path")
-
-    def __init__(self, cursor: sqlite3.Cursor, path: Path) -> None:
-        self._cursor = cursor
-        self._path = path
-
-    @property
-    def rowcount(self) -> int:
-        return self._cursor.rowcount
-
-    def fetchone(self) -> Any:
-        try:
-            return self._cursor.fetchone()
-        except sqlite3.Error as exc:
-            raise store_error(self._path, exc) from exc
-
-    def fetchall(self) -> list[Any]:
-        try:
-            return self._cursor.fetchall()
-        except sqlite3.Error as exc:
-            raise store_error(self._path, exc) from exc
-
-    def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._cursor.close()
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            try:
-                row = next(self._cursor)
-            except StopIteration:
-                return
-            except sqlite3.Error as exc:
-                raise store_error(self._path, exc) from exc
-            yield row
-
-
 class Connection:
     """The one sqlite3 connection, every error of which is a StoreError (busy: StoreBusy)."""
 
@@ -97,9 +58,9 @@ class Connection:
         self._conn = conn
         self.path = path
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows[Path]:
         try:
-            return Cursor(self._conn.execute(sql, params), self.path)
+            return Rows(self._conn.execute(sql, params), sqlite3.Error, store_error, self.path)
         except sqlite3.Error as exc:
             raise store_error(self.path, exc) from exc
 

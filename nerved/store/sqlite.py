@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from nerved import modes
+from nerved.store.batch import Batch
 from nerved.store.connection import Connection, connect, connect_reader
 from nerved.store.errors import StoreBusy, StoreError
-from nerved.store.interface import AbortCallback, CommitCallback
 from nerved.store.reads import Reads
 from nerved.store.records import now_ms
 from nerved.store.schema import migrate, user_version
-from nerved.store.watched import WatchedFiles, file_id
+from nerved.store.watched import file_id
 from nerved.store.writes import Writes
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ T = TypeVar("T")
 START_RETRY: Final = 0.1  # seconds between two tries for the write lock at start
 
 
-class Store(Writes, Reads):
+class Store(Batch, Writes, Reads):
     """The master's connection to logs.db: batched writes, and the reads the engine makes.
 
     Its queries see the batch of the current turn. Queries for clients go through
@@ -81,15 +81,9 @@ class Store(Writes, Reads):
         self.where = str(path)
         self.files = (path, path.with_name(f"{path.name}-wal"))
         self.leasing = None  # one host: the write lock is its lease
+        Batch.__init__(self)
         self._in_tx = False  # we hold the write lock: a BEGIN IMMEDIATE is open
-        self._wrote = False  # and something was written in it since the last commit
-        self._on_commit: list[CommitCallback] = []
-        self._on_abort: list[AbortCallback] = []
-        self._watched = WatchedFiles()
         self.locked_since: float | None = None  # monotonic: another process took the lock
-        self.commits = 0
-        self.last_commit = 0.0  # time.monotonic() of the last commit
-        self.commit_observer: Callable[[float], None] | None = None  # the metrics' hook
         self._since_checkpoint = 0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,63 +216,13 @@ class Store(Writes, Reads):
             raise StoreBusy(f"{self.path}: locked by another process")
         self._wrote = True
 
-    @property
-    def dirty(self) -> bool:
-        return self._wrote or bool(self._on_commit)
+    def _commit_batch(self) -> None:
+        self._conn.execute("COMMIT")
+        self._in_tx = False
+        self._since_checkpoint += 1
 
-    def after_commit(
-        self, on_commit: CommitCallback, on_abort: AbortCallback | None = None
-    ) -> None:
-        """Run ``on_commit`` once everything written so far is durable.
-
-        If nothing is pending, the callback still waits for the end of the turn, so callers
-        never have to care whether their own write was the one that opened the batch.
-        """
-        self._on_commit.append(on_commit)
-        if on_abort is not None:
-            self._on_abort.append(on_abort)
-
-    def commit(self) -> None:
-        """Make the batch durable, then run its callbacks, and take the write lock again.
-
-        On failure (a full disk, an I/O error, logs.db gone from its path), roll back, abort
-        the callbacks (nothing of the batch is acknowledged) and raise StoreError.
-        """
-        callbacks, aborts = self._on_commit, self._on_abort
-        self._on_commit, self._on_abort = [], []
-        if self._wrote:
-            began = time.monotonic()
-            try:
-                self._watched.check_linked()
-                self._conn.execute("COMMIT")
-            except StoreError as exc:
-                self._rollback()
-                for abort in aborts:
-                    abort(exc)
-                raise StoreError(f"commit failed: {exc}") from exc
-            self._in_tx = self._wrote = False
-            self.commits += 1
-            self._since_checkpoint += 1
-            self.last_commit = time.monotonic()
-            if self.commit_observer is not None:
-                self.commit_observer(self.last_commit - began)
-            self.acquire()  # at once: the instant without the lock is all another writer gets
-        for callback in callbacks:
-            callback()
-
-    def check_files(self) -> None:
-        """Raise StoreError if logs.db (or a watched file) is no longer the file opened at
-        its path: the daemon calls this every second."""
-        self._watched.check_paths()
-
-    def abandon(self, exc: BaseException) -> None:
-        """Roll the batch back and abort its callbacks: for work done in a batch of its own
-        (:meth:`commit` first) whose failure must not stop the daemon (retention)."""
-        aborts = self._on_abort
-        self._on_commit, self._on_abort = [], []
-        self._rollback()
-        for abort in aborts:
-            abort(exc)
+    def _committed(self) -> None:
+        self.acquire()  # at once: the instant without the lock is all another writer gets
 
     def _rollback(self) -> None:
         if self._in_tx:

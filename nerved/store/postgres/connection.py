@@ -18,13 +18,14 @@ A statement that meets any of them fails with a StoreError, as an I/O error of S
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import psycopg
 
 from nerved.store.errors import StoreError
 from nerved.store.postgres.dialect import translate
+from nerved.store.sql import Rows
 
 CONNECT_TIMEOUT: Final = 5  # seconds (libpq counts whole seconds, at least 2)
 STATEMENT_TIMEOUT_MS: Final = 5_000
@@ -56,42 +57,6 @@ def store_error(where: str, exc: psycopg.Error) -> StoreError:
     return StoreError(f"{where}: {text}")
 
 
-class Cursor:
-    """The rows of one statement; every error a StoreError."""
-
-    __slots__ = ("_cursor", "_where")
-
-    def __init__(self, cursor: psycopg.Cursor[Any], where: str) -> None:
-        self._cursor = cursor
-        self._where = where
-
-    @property
-    def rowcount(self) -> int:
-        return self._cursor.rowcount
-
-    def fetchone(self) -> Any:
-        try:
-            return self._cursor.fetchone()
-        except psycopg.Error as exc:
-            raise store_error(self._where, exc) from exc
-
-    def fetchall(self) -> list[Any]:
-        try:
-            return self._cursor.fetchall()
-        except psycopg.Error as exc:
-            raise store_error(self._where, exc) from exc
-
-    def close(self) -> None:
-        with contextlib.suppress(psycopg.Error):
-            self._cursor.close()
-
-    def __iter__(self) -> Iterator[Any]:
-        try:
-            yield from self._cursor
-        except psycopg.Error as exc:
-            raise store_error(self._where, exc) from exc
-
-
 class Connection:
     """One psycopg connection running nerve's queries (:func:`translate`), every error a
     StoreError. ``autocommit``: each statement its own transaction (the committed view);
@@ -103,9 +68,10 @@ class Connection:
         self._conn = conn
         self.where = where
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows[str]:
         try:
-            return Cursor(self._conn.execute(translate(sql), params, prepare=True), self.where)
+            cursor = self._conn.execute(translate(sql), params, prepare=True)
+            return Rows(cursor, psycopg.Error, store_error, self.where)
         except psycopg.Error as exc:
             raise store_error(self.where, exc) from exc
 

@@ -32,14 +32,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from nerved.store.batch import Batch
 from nerved.store.errors import StoreError
-from nerved.store.interface import AbortCallback, CommitCallback, Leasing
+from nerved.store.interface import Leasing
 from nerved.store.postgres import leases
 from nerved.store.postgres.connection import Connection, connect, display
 from nerved.store.postgres.schema import migrate, schema_version
 from nerved.store.reads import Reads
 from nerved.store.records import HostRecord, now_ms
-from nerved.store.watched import WatchedFiles
 from nerved.store.writes import Writes
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 START_RETRY: Final = 1.0  # seconds between two tries to reach the database at start
 
 
-class PgStore(Writes, Reads):
+class PgStore(Batch, Writes, Reads):
     """The master's connections to a PostgreSQL database: batched writes, the engine's reads
     (they see the batch), and :attr:`committed`, the clients' view."""
 
@@ -63,14 +63,8 @@ class PgStore(Writes, Reads):
         self.url = url
         self.where = display(url)
         self.files: tuple[Path, ...] = ()
-        self._wrote = False
-        self._on_commit: list[CommitCallback] = []
-        self._on_abort: list[AbortCallback] = []
-        self._watched = WatchedFiles()
+        Batch.__init__(self)
         self.locked_since: float | None = None
-        self.commits = 0
-        self.last_commit = 0.0
-        self.commit_observer: Callable[[float], None] | None = None
         self._conn = self._reach(on_wait)
         try:
             migrate(self._conn)
@@ -130,48 +124,11 @@ class PgStore(Writes, Reads):
     def _begin(self) -> None:
         self._wrote = True
 
-    @property
-    def dirty(self) -> bool:
-        return self._wrote or bool(self._on_commit)
+    def _commit_batch(self) -> None:
+        self._conn.commit()
 
-    def after_commit(
-        self, on_commit: CommitCallback, on_abort: AbortCallback | None = None
-    ) -> None:
-        self._on_commit.append(on_commit)
-        if on_abort is not None:
-            self._on_abort.append(on_abort)
-
-    def commit(self) -> None:
-        """Commit the batch, then run its callbacks; on failure roll back, abort the
-        callbacks and raise StoreError."""
-        callbacks, aborts = self._on_commit, self._on_abort
-        self._on_commit, self._on_abort = [], []
-        if self._wrote:
-            began = time.monotonic()
-            try:
-                self._watched.check_linked()
-                self._conn.commit()
-            except StoreError as exc:
-                self._rollback()
-                for abort in aborts:
-                    abort(exc)
-                raise StoreError(f"commit failed: {exc}") from exc
-            self._wrote = False
-            self.commits += 1
-            self.last_commit = time.monotonic()
-            if self.commit_observer is not None:
-                self.commit_observer(self.last_commit - began)
-        else:
-            self._end_reads()
-        for callback in callbacks:
-            callback()
-
-    def abandon(self, exc: BaseException) -> None:
-        aborts = self._on_abort
-        self._on_commit, self._on_abort = [], []
-        self._rollback()
-        for abort in aborts:
-            abort(exc)
+    def _nothing_written(self) -> None:
+        self._end_reads()
 
     def _rollback(self) -> None:
         self._conn.rollback()
@@ -227,9 +184,6 @@ class PgStore(Writes, Reads):
 
     def shrink(self) -> None:
         """Nothing to give back: psycopg keeps no page cache."""
-
-    def check_files(self) -> None:
-        self._watched.check_paths()
 
     def watch(self, path: Path, fd: int) -> None:
         self._watched.add(path, fd)
