@@ -49,6 +49,10 @@ def status(ctx: Context) -> int:
     pairs += [(label, result[key]) for key, label in _PLACES if result.get(key)]
     ctx.print(render.fields(pairs))
     ctx.print()
+    hosts = result.get("hosts") or []
+    if hosts:  # a store several hosts use (PostgreSQL): each with its lease
+        ctx.print(hosts_table(hosts))
+        ctx.print()
     workers = result.get("workers") or []
     if not workers:
         ctx.print("no workers")
@@ -60,6 +64,18 @@ def status(ctx: Context) -> int:
     for worker in fatal:
         ctx.print(fatal_line(worker))
     return OK
+
+
+def hosts_table(hosts: list[dict[str, Any]]) -> str:
+    """The store's hosts: id (this one marked ``*``), whether its lease is live, its age."""
+    rows = [
+        [f"{h.get('host')}{' *' if h.get('self') else ''}",
+         "live" if h.get("live") else "lapsed",
+         format_duration(float(h.get("leaseAgeMs") or 0) / 1000), h.get("pid"),
+         h.get("version")]
+        for h in hosts
+    ]  # fmt: skip
+    return render.table(rows, ["HOST", "LEASE", "RENEWED AGO", "PID", "VERSION"])
 
 
 # (field, header) of the columns a newer daemon adds to each worker; a column is shown when
@@ -96,7 +112,7 @@ def _or_dash(value: Any) -> Any:
     return "-" if value is None else value
 
 
-_PLACES = (("root", "root"), ("stateDir", "state dir"))
+_PLACES = (("root", "root"), ("stateDir", "state dir"), ("host", "host"))
 
 
 def sense_list(ctx: Context) -> int:

@@ -79,3 +79,14 @@ def test_a_nerved_whose_lease_was_taken_stops_and_writes_nothing_more(nerved_fac
     assert "lease was taken by another nerved" in first.log()
     assert second.rpc("status")["hosts"][0]["live"]
     assert epoch(pg_dsn, "alpha") == 2
+
+
+def test_nervectl_status_shows_the_host_and_the_stores_hosts(nerved_factory, pg_dsn: str):
+    alpha = host(nerved_factory, pg_dsn, "alpha", "a").start()
+    done = alpha.ctl("status")
+    assert done.returncode == 0, done.stderr
+    assert "alpha" in done.stdout
+    header = next(line for line in done.stdout.splitlines() if line.startswith("HOST"))
+    assert header.split()[:3] == ["HOST", "LEASE", "RENEWED"]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("alpha *"))
+    assert "live" in row
