@@ -1773,3 +1773,19 @@ def test_any_sequence_of_operations_keeps_to_a_model(backend: Backend, seed: int
         run_id: (run.status, run.steps) for run_id, run in model.items()
     }
     again.close()
+
+
+def test_a_nul_in_free_text_never_fails_the_batch(store: Storage) -> None:
+    """An exception's message (a run's error) or a cancel's reason may hold NUL: SQLite keeps
+    it, PostgreSQL's text cannot (nerved.store.postgres.connection.without_nul: U+FFFD);
+    either way the batch commits, and so do the writes before and after it."""
+    store.create_run("r1", "wf", Transition.START, None)
+    store.append_log("test", "before", None, None)
+    assert store.transition_run("r1", Transition.FAIL, error="bad\x00byte")
+    store.create_run("r2", "wf", Transition.ENQUEUE, {"text": "a\x00b"}, reason="why\x00")
+    store.commit()
+    run = store.committed.get_run("r1")
+    assert run is not None and run.status is RunStatus.FAILED
+    assert run.error in ("bad\x00byte", "bad\ufffdbyte")
+    queued = store.committed.get_run("r2")
+    assert queued is not None and queued.trigger_payload == {"text": "a\x00b"}  # JSON: kept

@@ -51,6 +51,16 @@ def display(url: str) -> str:
     return f"postgresql://{user}{host}{port}/{info.get('dbname') or ''}"
 
 
+def without_nul(params: Sequence[Any]) -> Sequence[Any]:
+    """``params`` with each NUL of a text made U+FFFD: PostgreSQL's text cannot hold NUL,
+    and a statement that carried one would fail, and with it the turn's batch. JSON is never
+    concerned (its encoder escapes NUL as ``\\u0000``); free text can be (an exception's
+    message kept as a run's error, a cancel's reason), and SQLite keeps it as it is."""
+    if not any(isinstance(p, str) and "\x00" in p for p in params):
+        return params
+    return [p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params]
+
+
 def store_error(where: str, exc: psycopg.Error) -> StoreError:
     """One line: what PostgreSQL (or libpq) said, naming the store."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -70,7 +80,7 @@ class Connection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows[str]:
         try:
-            cursor = self._conn.execute(translate(sql), params, prepare=True)
+            cursor = self._conn.execute(translate(sql), without_nul(params), prepare=True)
             return Rows(cursor, psycopg.Error, store_error, self.where)
         except psycopg.Error as exc:
             raise store_error(self.where, exc) from exc
