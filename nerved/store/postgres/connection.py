@@ -29,6 +29,14 @@ from nerved.store.postgres.dialect import translate
 CONNECT_TIMEOUT: Final = 5  # seconds (libpq counts whole seconds, at least 2)
 STATEMENT_TIMEOUT_MS: Final = 5_000
 LOCK_TIMEOUT_MS: Final = 1_000
+NUL: Final = "\x00"
+NUL_STAND_IN: Final = "\ufffd"
+"""PostgreSQL's text cannot hold a NUL character, SQLite's can: in a parameter it becomes
+U+FFFD (the replacement character), in reads and writes alike, so that a role's error text
+with one in it is stored (not a failed batch: the daemon would stop, and the run fail again
+at each restart), and a client's run id, prefix or key with one in it matches what it
+would have matched when written (never a stored text with a NUL: there is none). Payloads
+are JSON, where a NUL is the escape ``\\u0000``: they never need it."""
 _SOCKET_OPTIONS: Final = {
     "keepalives": 1,
     "keepalives_idle": 5,
@@ -104,6 +112,8 @@ class Connection:
         self.where = where
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        if any(type(p) is str and NUL in p for p in params):
+            params = [p.replace(NUL, NUL_STAND_IN) if type(p) is str else p for p in params]
         try:
             return Cursor(self._conn.execute(translate(sql), params, prepare=True), self.where)
         except psycopg.Error as exc:
