@@ -1773,3 +1773,46 @@ def test_any_sequence_of_operations_keeps_to_a_model(backend: Backend, seed: int
         run_id: (run.status, run.steps) for run_id, run in model.items()
     }
     again.close()
+
+
+# -- text PostgreSQL cannot hold: a NUL character (attack review) ---------------------------
+
+
+def test_an_error_with_a_nul_in_it_is_stored_and_the_batch_commits(store: Storage) -> None:
+    """A role's exception message is the run's error as it is: one with a NUL character in
+    it must fail the run, not the batch (PostgreSQL's text cannot hold NUL: it is stored as
+    U+FFFD there)."""
+    make_run(store, "r1", RunStatus.STARTED)
+    assert store.transition_run("r1", Transition.FAIL, error="bad\x00byte")
+    store.commit()
+    run = store.committed.get_run("r1")
+    assert run is not None and run.status is RunStatus.FAILED
+    assert run.error in ("bad\x00byte", "bad\ufffdbyte")
+
+
+def test_a_nul_in_a_looked_up_id_or_key_matches_nothing(store: Storage) -> None:
+    make_run(store, "ab1", RunStatus.STARTED)
+    store.commit()
+    assert store.committed.find_runs("ab\x00") == []
+    assert store.committed.get_run("ab1\x00") is None
+    assert store.committed.run_by_key("w", "k\x00") is None
+    assert store.committed.query_logs(ref_id="ab1\x00") == []
+
+
+def test_a_key_with_a_nul_keeps_its_run(store: Storage) -> None:
+    store.create_run("r1", "w", Transition.ENQUEUE, {}, idempotency_key="k\x00")
+    store.commit()
+    found = store.committed.run_by_key("w", "k\x00")
+    assert found is not None and found.run_id == "r1"
+    with pytest.raises(ValueError, match="idempotency key"):
+        store.create_run("r2", "w", Transition.ENQUEUE, {}, idempotency_key="k\x00")
+
+
+def test_a_signal_whose_payload_holds_an_escaped_nul_is_pending(store: Storage) -> None:
+    """JSON's ``\\u0000`` is valid JSON (SQLite's json_valid says so); PostgreSQL's jsonb
+    refuses it: a signal carrying one must still be pending, and found by its name."""
+    make_run(store, "r1", RunStatus.STARTED)
+    sent = signal(store, "r1", "go", {"text": "a\x00b"})
+    assert [e.id for e in store.pending_signals("r1")] == [sent]
+    assert [e.id for e in store.pending_signals("r1", "go")] == [sent]
+    assert store.signalled_runs() == {"r1"}
