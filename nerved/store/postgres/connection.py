@@ -18,6 +18,7 @@ A statement that meets any of them fails with a StoreError, as an I/O error of S
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
@@ -46,12 +47,44 @@ _SOCKET_OPTIONS: Final = {
 }
 
 
-def display(url: str) -> str:
-    """``url`` without its password, for messages and the journal."""
+class Refused(StoreError):
+    """What a retry cannot mend: a connection string libpq cannot read, a refused login, a
+    database or role that does not exist. Raised by :func:`connect` (a start stops at once
+    rather than wait for it forever)."""
+
+
+UNREADABLE: Final = "postgresql (an unreadable URL)"
+
+# libpq's words for a connection that a retry will not make (others: the server is not up
+# yet, a network down: worth waiting for).
+_FINAL: Final = (
+    "authentication failed",  # password, peer, ident, scram...
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "does not exist",  # the database, the role
+    "connection is bad: invalid",  # an option libpq reads but refuses: a port, an sslmode
+)
+
+
+def parse(url: str) -> dict[str, str]:
+    """``url``'s parameters; Refused, showing none of it (libpq's message quotes the token
+    it could not read, a password as well as any), for one libpq cannot read."""
     try:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:
-        return "postgresql (an unreadable URL)"
+        raise Refused(
+            f"{UNREADABLE}: not a libpq connection string or postgresql:// URI"
+            " (not shown: it may hold a password)"
+        ) from None
+    return {key: str(value) for key, value in info.items() if value is not None}
+
+
+def display(url: str) -> str:
+    """``url`` without its password, for messages and the journal."""
+    try:
+        info = parse(url)
+    except Refused:
+        return UNREADABLE
     host = info.get("host") or "localhost"
     port = f":{info['port']}" if info.get("port") else ""
     user = f"{info['user']}@" if info.get("user") else ""
@@ -152,9 +185,14 @@ class Connection:
 
 
 def connect(url: str, *, autocommit: bool, application_name: str = "nerved") -> Connection:
-    """A connection to ``url`` with the bounds above; StoreError if it cannot be made."""
+    """A connection to ``url`` with the bounds above; Refused for what a retry cannot mend
+    (see :data:`_FINAL`), else StoreError if it cannot be made. The bounds come after the
+    ``options`` that ``url`` (or ``$PGOPTIONS``) gives: theirs, a ``search_path`` say, stay."""
+    info = parse(url)
     where = display(url)
-    options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+    given = info.get("options", os.environ.get("PGOPTIONS", ""))
+    ours = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+    options = f"{given} {ours}".strip()
     try:
         conninfo = psycopg.conninfo.make_conninfo(
             url, connect_timeout=CONNECT_TIMEOUT, options=options,
@@ -162,5 +200,8 @@ def connect(url: str, *, autocommit: bool, application_name: str = "nerved") -> 
         )  # fmt: skip
         conn = psycopg.connect(conninfo, autocommit=autocommit)
     except psycopg.Error as exc:
-        raise store_error(where, exc) from exc
+        error = store_error(where, exc)
+        if any(words in str(error) for words in _FINAL):
+            raise Refused(str(error)) from exc
+        raise error from exc
     return Connection(conn, where)

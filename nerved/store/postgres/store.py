@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 from nerved.store.errors import StoreError
 from nerved.store.interface import AbortCallback, CommitCallback, Leasing
 from nerved.store.postgres import leases
-from nerved.store.postgres.connection import Connection, connect, display
+from nerved.store.postgres.connection import Connection, Refused, connect, display
 from nerved.store.postgres.schema import migrate, schema_version
 from nerved.store.reads import Reads
 from nerved.store.records import HostRecord, now_ms
@@ -86,14 +86,14 @@ class PgStore(Writes, Reads):
         while True:
             try:
                 return connect(self.url, autocommit=False)
+            except Refused:
+                raise
             except StoreError as exc:
-                if "password authentication failed" in str(exc) or "does not exist" in str(exc):
-                    raise
                 if not told:
                     told = True
-                    log.warning("cannot reach %s yet (%s); retrying", self.where, exc)
+                    log.warning("cannot reach the store yet (%s); retrying", exc)
                     if on_wait is not None:
-                        on_wait(f"waiting for {self.where}: {exc}")
+                        on_wait(f"waiting for {exc}")
                 time.sleep(START_RETRY)
 
     def _prove_writable(self) -> None:
