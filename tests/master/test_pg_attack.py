@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from pg_support import pg_unavailable
+from support import wait_until
 
 from nervectl.client import RemoteError
 
@@ -77,3 +78,84 @@ def test_a_role_failing_with_a_nul_in_its_message_fails_its_run(daemon):
     run = daemon.wait_run(run_id)
     assert run["status"] == "failed"
     alive(daemon)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"runId": "\ud800"},
+        {"runId": "\U0010ffff"},
+        {"runId": "é"},
+        {"runId": "%"},
+        {"runId": "_"},
+    ],
+)
+def test_odd_run_id_prefixes_are_no_run(daemon, params):
+    with pytest.raises(RemoteError) as caught:
+        daemon.rpc("workflow.inspect", **params)
+    assert "cannot read the store" not in str(caught.value)
+    alive(daemon)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"afterId": 2**63 - 1},
+        {"beforeId": 0},
+        {"beforeId": 2**63 - 1, "limit": 0},
+        {"since": 2**63 - 1},
+        {"since": -(2**63)},
+        {"source": "\ud800"},
+        {"type": "%", "limit": 1},
+    ],
+)
+def test_odd_log_queries_answer_like_sqlite(daemon, params):
+    daemon.trigger("w", {})
+    try:
+        answer = daemon.rpc("logs.query", **params)
+    except RemoteError as exc:
+        answer = ("error", str(exc).split(":")[0])
+    alive(daemon)
+    assert "cannot read the store" not in str(answer)
+
+
+GATED = """
+    import os, time
+    from pathlib import Path
+    from nerved import WorkflowDefinition
+
+    async def step(prompt, ctx):
+        with open(prompt["marks"], "a") as marks:
+            marks.write(f"{os.getppid()}\\n")
+        while not Path(prompt["gate"]).exists():
+            time.sleep(0.01)
+        return {"type": "done", "nerved": os.getppid()}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "step", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"step": step}, moderate=moderate)
+"""
+
+
+def test_a_nerved_whose_lease_was_taken_writes_nothing_more(nerved_factory, pg_dsn, tmp_path):
+    """docs/configuration.md: "A nerved whose lease another nerved with its host id took
+    stops at once (exit status 75), writing nothing more." Its worker's step, finished after
+    the takeover, must not be recorded by it: the new holder drives the run now."""
+    args = ("--store", pg_dsn, "--host-id", "same")
+    first = nerved_factory(CONFIG, workflows={"w": GATED}, args=args, name="a").start()
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    run_id = first.trigger("w", {"marks": str(marks), "gate": str(gate)})
+    wait_until(lambda: marks.exists() and len(marks.read_text().split()) == 1)
+    second = nerved_factory(CONFIG, workflows={"w": GATED}, args=args, name="b").start()
+    wait_until(lambda: len(marks.read_text().split()) == 2)  # the second resumed it
+    gate.touch()  # both workers finish their step now
+    assert first.wait(15) == 75
+    run = second.wait_run(run_id)
+    assert run["status"] == "completed"
+    steps = second.entries(run_id, "step_complete")
+    assert [s["payload"]["event"]["nerved"] for s in steps] == [second.pid], (
+        marks.read_text(), first.pid, second.pid, steps,
+    )

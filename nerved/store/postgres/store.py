@@ -71,6 +71,7 @@ class PgStore(Writes, Reads):
         self.commits = 0
         self.last_commit = 0.0
         self.commit_observer: Callable[[float], None] | None = None
+        self._fence: tuple[str, int] | None = None  # the lease held: (host id, epoch)
         self._conn = self._reach(on_wait)
         try:
             migrate(self._conn)
@@ -150,6 +151,7 @@ class PgStore(Writes, Reads):
             began = time.monotonic()
             try:
                 self._watched.check_linked()
+                self._check_fence()
                 self._conn.commit()
             except StoreError as exc:
                 self._rollback()
@@ -165,6 +167,23 @@ class PgStore(Writes, Reads):
             self._end_reads()
         for callback in callbacks:
             callback()
+
+    def _check_fence(self) -> None:
+        """StoreError unless this host holds its lease at its epoch still, checked in the
+        batch, its row locked (FOR SHARE) to the commit: another nerved taking the lease
+        over (a new epoch) waits for this commit, and every batch after it fails here. So a
+        nerved whose lease was taken writes nothing more, not only from its next renewal."""
+        if self._fence is None:
+            return
+        host_id, epoch = self._fence
+        held = self._conn.execute(
+            "SELECT 1 FROM hosts WHERE host_id = ? AND epoch = ? FOR SHARE", (host_id, epoch)
+        ).fetchone()
+        if held is None:
+            raise StoreError(
+                f"host {host_id}'s lease was taken by another nerved (epoch {epoch} is no"
+                " longer its own): this one writes nothing more"
+            )
 
     def abandon(self, exc: BaseException) -> None:
         aborts = self._on_abort
@@ -205,10 +224,12 @@ class PgStore(Writes, Reads):
         if self._wrote:
             raise RuntimeError("claim_lease() with an uncommitted batch")
         try:
-            return leases.claim(self._conn, host_id, pid, version, lease_ms)
+            epoch = leases.claim(self._conn, host_id, pid, version, lease_ms)
         except StoreError:
             self._rollback()
             raise
+        self._fence = (host_id, epoch)
+        return epoch
 
     def renew_lease(self, host_id: str, epoch: int, lease_ms: int) -> bool:
         self._begin()
