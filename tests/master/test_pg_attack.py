@@ -157,5 +157,8 @@ def test_a_nerved_whose_lease_was_taken_writes_nothing_more(nerved_factory, pg_d
     assert run["status"] == "completed"
     steps = second.entries(run_id, "step_complete")
     assert [s["payload"]["event"]["nerved"] for s in steps] == [second.pid], (
-        marks.read_text(), first.pid, second.pid, steps,
+        marks.read_text(),
+        first.pid,
+        second.pid,
+        steps,
     )
