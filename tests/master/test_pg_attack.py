@@ -3,6 +3,9 @@ a payload can send that PostgreSQL stores differently from SQLite."""
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 from pg_support import pg_unavailable
 from support import wait_until
@@ -162,3 +165,37 @@ def test_a_nerved_whose_lease_was_taken_writes_nothing_more(nerved_factory, pg_d
         second.pid,
         steps,
     )
+
+
+def test_a_host_whose_lease_lapsed_stops_once_another_took_the_database(
+    nerved_factory, pg_dsn, tmp_path
+):
+    """One database serves one host at a time: a host stalled past its lease (SIGSTOP here;
+    a long recovery or a stalled loop in life) may find another host serving the database
+    when it goes on. Its renewal must not quietly succeed then: it stops (75)."""
+    alpha = nerved_factory(CONFIG, workflows={"w": WORKFLOW},
+                           args=("--store", pg_dsn, "--host-id", "alpha"), name="a").start()  # fmt: skip
+    alpha.signal(signal.SIGSTOP)
+    try:
+        time.sleep(11)  # LEASE_MS: alpha's lease lapses
+        beta = nerved_factory(CONFIG, workflows={"w": WORKFLOW},
+                              args=("--store", pg_dsn, "--host-id", "beta"), name="b").start()  # fmt: skip
+    finally:
+        alpha.signal(signal.SIGCONT)
+    assert alpha.wait(15) == 75
+    assert "lease" in alpha.log()
+    alive(beta)
+
+
+def test_a_host_stalled_past_its_lease_goes_on_when_no_other_took_the_database(
+    nerved_factory, pg_dsn
+):
+    alpha = nerved_factory(CONFIG, workflows={"w": WORKFLOW},
+                           args=("--store", pg_dsn, "--host-id", "alpha"), name="a").start()  # fmt: skip
+    alpha.signal(signal.SIGSTOP)
+    time.sleep(11)  # LEASE_MS: alpha's lease lapses, and nobody takes the database
+    alpha.signal(signal.SIGCONT)
+    run_id = alpha.trigger("w", {})
+    assert alpha.wait_run(run_id)["status"] == "completed"
+    time.sleep(3)  # a renewal or two
+    alive(alpha)

@@ -171,18 +171,19 @@ class PgStore(Writes, Reads):
     def _check_fence(self) -> None:
         """StoreError unless this host holds its lease at its epoch still, checked in the
         batch, its row locked (FOR SHARE) to the commit: another nerved taking the lease
-        over (a new epoch) waits for this commit, and every batch after it fails here. So a
-        nerved whose lease was taken writes nothing more, not only from its next renewal."""
+        over (a new epoch), or the database once it lapsed, waits for this commit, and every
+        batch after it fails here. So a nerved whose lease was taken, or lapsed while it
+        was stalled, writes nothing more, not only from its next renewal."""
         if self._fence is None:
             return
         host_id, epoch = self._fence
         held = self._conn.execute(
-            "SELECT 1 FROM hosts WHERE host_id = ? AND epoch = ? FOR SHARE", (host_id, epoch)
+            f"SELECT 1 FROM hosts WHERE {leases.HELD} FOR SHARE", (host_id, epoch)
         ).fetchone()
         if held is None:
             raise StoreError(
-                f"host {host_id}'s lease was taken by another nerved (epoch {epoch} is no"
-                " longer its own): this one writes nothing more"
+                f"host {host_id}'s lease lapsed or was taken by another nerved (epoch"
+                f" {epoch}): this one writes nothing more"
             )
 
     def abandon(self, exc: BaseException) -> None:
