@@ -1,0 +1,55 @@
+"""The PostgreSQL store's queries under the plans a large database gets (attack review,
+issue 15): a parallel plan, forced here on a few rows, must run them all."""
+
+from __future__ import annotations
+
+import pytest
+from pg_support import pg_unavailable
+
+if (_reason := pg_unavailable()) is not None:
+    pytest.skip(f"PostgreSQL: {_reason}", allow_module_level=True)
+
+import psycopg
+
+from nerved import wire
+from nerved.states import Transition
+from nerved.store.postgres.store import PgStore
+from nerved.store.records import input_payload
+
+
+def test_signals_are_found_under_a_parallel_plan(pg_dsn: str) -> None:
+    """json_valid and json_extract catch errors (an EXCEPTION block: a subtransaction),
+    which a parallel plan cannot start: at some 100,000 inputs PostgreSQL chose one for
+    signalled_runs, which failed, and recovery with it, at every start."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        dbname = conn.info.dbname
+        for setting in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0",
+                        "min_parallel_table_scan_size = 0", "min_parallel_index_scan_size = 0",
+                        "max_parallel_workers_per_gather = 2", "enable_indexscan = off",
+                        "enable_bitmapscan = off"):  # fmt: skip
+            conn.execute(f'ALTER DATABASE "{dbname}" SET {setting}'.encode())
+    store = PgStore(pg_dsn)
+    try:
+        for n in range(50):
+            run = f"run{n:05d}"
+            store.create_run(run, "w", Transition.START, None)
+            event = wire.dumps({"type": "signal", "name": "go", "payload": None})
+            store.append_log("workflow", "input", run, None)
+            sent = store.append_log("workflow", "signal", run, {"name": "go", "payload": n})
+            if n % 2:
+                store._conn.execute(  # a delivered one: its input names it
+                    "INSERT INTO logs (source, type, ref_id, payload, ts)"
+                    " VALUES ('workflow', 'input', ?, ?, 1)",
+                    (run, input_payload(event, sent)),
+                )
+        store.commit()
+        plan = "\n".join(
+            row[0]
+            for row in store._reader.execute(
+                "EXPLAIN SELECT COUNT(*) FROM logs WHERE json_valid(payload)"
+            ).fetchall()
+        )
+        assert store.signalled_runs() == {f"run{n:05d}" for n in range(0, 50, 2)}, plan
+        assert len(store.committed.pending_signals("run00000", "go")) == 1
+    finally:
+        store.close()
