@@ -199,3 +199,13 @@ def test_a_host_stalled_past_its_lease_goes_on_when_no_other_took_the_database(
     assert alpha.wait_run(run_id)["status"] == "completed"
     time.sleep(3)  # a renewal or two
     alive(alpha)
+
+
+def test_store_sqlite_on_the_command_line_is_logs_db_over_the_files_postgresql(
+    nerved_factory, pg_dsn
+):
+    config = f"store: postgresql:///nowhere?host=/nonexistent\n{CONFIG}"
+    daemon = nerved_factory(config, workflows={"w": WORKFLOW}, args=("--store", "sqlite"))
+    daemon.start(timeout=10)
+    assert daemon.wait_run(daemon.trigger("w", {}))["status"] == "completed"
+    assert (daemon.state / "logs.db").exists()
