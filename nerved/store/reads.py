@@ -16,7 +16,7 @@ from nerved.store.records import (
     Unreadable,
     loads,
 )
-from nerved.store.refs import REF_KEY, ref_key
+from nerved.store.refs import REF_KEY, ref_key, turned
 from nerved.store.sql import Connection
 
 RUN_COLUMNS: Final = (
@@ -386,12 +386,17 @@ class Reads:
     def signalled_runs(self) -> set[str]:
         """The runs with a pending signal (see :meth:`pending_signals`), in one query on the
         ``(source, type)`` index: what recovery asks instead of once per waiting run."""
+        # Each signal is looked for among its own run's inputs (on the ``logs_ref`` index), not
+        # among every input of the database: PostgreSQL's json_valid and json_extract cost a
+        # subtransaction a call, and at a million inputs the query met its statement timeout,
+        # failing recovery at every start. An input delivers only its own run's signals (a
+        # retry's copies name the old run's, which the old run's own input delivered).
         rows = self._conn.execute(
-            "SELECT DISTINCT ref_id FROM logs WHERE source = 'workflow' AND type = 'signal'"
-            " AND json_valid(payload) AND id NOT IN"
-            "  (SELECT CAST(json_extract(payload, '$.signal') AS BIGINT)"
-            "   FROM logs WHERE source = 'workflow' AND type = 'input' AND json_valid(payload)"
-            "   AND json_extract(payload, '$.signal') IS NOT NULL)"
+            "SELECT DISTINCT s.ref_id FROM logs AS s WHERE s.source = 'workflow'"
+            " AND s.type = 'signal' AND json_valid(s.payload) AND NOT EXISTS"
+            f"  (SELECT 1 FROM logs WHERE {REF_KEY} = {turned('s.ref_id')}"
+            "   AND +source = 'workflow' AND +type = 'input' AND json_valid(payload)"
+            "   AND CAST(json_extract(payload, '$.signal') AS BIGINT) = s.id)"
         )
         return {str(row[0]) for row in rows}
 
