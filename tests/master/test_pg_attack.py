@@ -209,3 +209,17 @@ def test_store_sqlite_on_the_command_line_is_logs_db_over_the_files_postgresql(
     daemon.start(timeout=10)
     assert daemon.wait_run(daemon.trigger("w", {}))["status"] == "completed"
     assert (daemon.state / "logs.db").exists()
+
+
+def test_concurrent_triggers_with_one_key_make_one_run(daemon):
+    import concurrent.futures
+
+    def trigger(_: int) -> str:
+        answer = daemon.rpc("workflow.trigger", workflow="w", payload={}, idempotencyKey="k")
+        return str(answer["runId"])
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        ids = set(pool.map(trigger, range(64)))
+    assert len(ids) == 1
+    assert len(daemon.rpc("workflow.list", all=True)) == 1
+    alive(daemon)
