@@ -14,6 +14,7 @@ import psycopg
 from nerved import wire
 from nerved.states import Transition
 from nerved.store.postgres.store import PgStore
+from nerved.store.reads import query_page
 from nerved.store.records import input_payload
 
 
@@ -55,24 +56,19 @@ def test_signals_are_found_under_a_parallel_plan(pg_dsn: str) -> None:
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: psycopg's client-side cursor reads a whole result before the first"
-    " row; SQLite's _read_page stops at the budget (wire.RESULT_BUDGET)",
-)
 def test_a_page_of_large_entries_reads_no_more_than_it_answers(pg_dsn: str) -> None:
     """query_page reads rows "one at a time and no further than needed" (_read_page): an
     answer carries 4 MiB. On PostgreSQL the whole LIMIT (up to 10,000 rows of up to 1 MiB
     each) came into the master's memory first: 200 entries of 1 MiB, 200 MiB read for a
     page of 4 (at 10,000, 10 GB: one ``nervectl logs`` could take the master down)."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO logs (source, type, ref_id, payload, ts) SELECT 'workflow',"
-            " 'step_complete', 'run1', '\"' || repeat('x', 1000000) || '\"', 1"
-            " FROM generate_series(1, 200)"
-        )
     store = PgStore(pg_dsn)
     try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO logs (source, type, ref_id, payload, ts) SELECT 'workflow',"
+                " 'step_complete', 'run1', '\"' || repeat('x', 1000000) || '\"', 1"
+                " FROM generate_series(1, 200)"
+            )
 
         def peak_mib() -> int:
             with open("/proc/self/status") as status:
@@ -81,8 +77,14 @@ def test_a_page_of_large_entries_reads_no_more_than_it_answers(pg_dsn: str) -> N
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")  # the peak (VmHWM) starts again from the RSS now
         before = peak_mib()
-        entries = store.committed.query_logs(limit=10_000)
-        assert len(entries) <= 5
+        entries, more = query_page(store._reader, limit=10_000)
+        assert (len(entries), more) == (4, True)
         assert peak_mib() - before < 100
+        # the same page, paging forward and back, as SQLite answers it
+        forward, more = query_page(store._reader, after_id=2, limit=3)
+        assert ([e.id for e in forward], more) == ([3, 4, 5], True)
+        back, more = query_page(store._reader, before_id=7, limit=10)
+        assert ([e.id for e in back], more) == ([3, 4, 5, 6], True)
+        assert query_page(store._reader, after_id=200) == ([], False)
     finally:
         store.close()

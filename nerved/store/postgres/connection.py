@@ -140,6 +140,10 @@ class Connection:
 
     __slots__ = ("_conn", "where")
 
+    reads_ahead = True
+    """psycopg reads a statement's whole result before its first row: a page of large
+    entries is read by their sizes first (nerved.store.reads._sized_page)."""
+
     def __init__(self, conn: psycopg.Connection[Any], where: str) -> None:
         self._conn = conn
         self.where = where
