@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         "--store",
         metavar="URL",
         help="keep runs and logs in this PostgreSQL database (postgresql://...) instead of"
-        " logs.db in the state directory; over nerve.yaml's store:",
+        " logs.db in the state directory (sqlite: logs.db); over nerve.yaml's store:",
     )
     parser.add_argument(
         "--host-id",

@@ -31,7 +31,7 @@ def check(host_id: str, origin: str) -> str:
 def resolve(option: str | None) -> str:
     """The host id, from the first of ``option`` (``--host-id``), ``$NERVE_HOST_ID``, the
     machine id and the host name; BadHostId for a given one that breaks the rule."""
-    if option:
+    if option is not None:  # --host-id '' too: refused, not the machine id in silence
         return check(option, "--host-id")
     if value := os.environ.get("NERVE_HOST_ID"):
         return check(value, "NERVE_HOST_ID")

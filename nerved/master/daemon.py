@@ -134,6 +134,8 @@ class Daemon:
         self.notifier.status("starting")
         try:
             url = self.options.store or self.config.store
+            if url == "sqlite":  # --store sqlite: logs.db, over nerve.yaml's PostgreSQL
+                url = None
             self.store = open_store(self.options.state_dir, url, self._waiting)
         except StoreError as exc:
             raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc

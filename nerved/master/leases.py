@@ -47,8 +47,8 @@ class HostLease:
     def _renew(self) -> None:
         if not self.leasing.renew_lease(self.host_id, self.epoch, LEASE_MS):
             raise StoreError(
-                f"host {self.host_id}'s lease was taken by another nerved (epoch {self.epoch}"
-                " is no longer its own): this one writes nothing more"
+                f"host {self.host_id}'s lease lapsed or was taken by another nerved (epoch"
+                f" {self.epoch}): this one writes nothing more"
             )
         self.loop.call_later(RENEW_EVERY, self._renew)
 

@@ -16,7 +16,7 @@ from nerved.store.records import (
     Unreadable,
     loads,
 )
-from nerved.store.refs import REF_KEY, ref_key
+from nerved.store.refs import REF_KEY, ref_key, turned
 from nerved.store.sql import Connection
 
 RUN_COLUMNS: Final = (
@@ -133,6 +133,11 @@ def query_page(
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     n = _cap(limit)
     forward = after_id is not None or since is not None
+    if getattr(conn, "reads_ahead", False):
+        entries, more = _sized_page(conn, where, args, n, forward)
+        if not forward:
+            entries.reverse()
+        return entries, more
     with contextlib.closing(
         conn.execute(
             f"SELECT id, source, type, ref_id, payload, ts FROM logs {clause}"
@@ -144,6 +149,39 @@ def query_page(
     if not forward:
         entries.reverse()
     return entries, more
+
+
+def _sized_page(
+    conn: Connection, where: list[str], args: list[Any], n: int, forward: bool
+) -> tuple[list[LogEntry], bool]:
+    """:func:`query_page`'s page over a connection that reads a whole result before its
+    first row (``reads_ahead``: psycopg's): the sizes of the LIMIT's payloads first, then only
+    the rows :func:`_read_page` takes, so that a page of 10,000 entries of 1 MiB each does not
+    bring 10 GB into the master to answer 4 MiB."""
+    order = "ASC" if forward else "DESC"
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    sizes = conn.execute(
+        f"SELECT id, COALESCE(LENGTH(CAST(payload AS BLOB)), 0) FROM logs {clause}"
+        f" ORDER BY id {order} LIMIT ?",
+        (*args, n + 1),
+    ).fetchall()
+    taken: list[int] = []
+    room = wire.RESULT_BUDGET
+    for row_id, size in sizes:  # _read_page's rule, on the sizes alone
+        if len(taken) == n or (taken and size > room):
+            break
+        room -= size
+        taken.append(int(row_id))
+    if not taken:
+        return [], False
+    bounded = " AND ".join([*where, "id >= ? AND id <= ?"])
+    rows = conn.execute(
+        f"SELECT id, source, type, ref_id, payload, ts FROM logs WHERE {bounded}"
+        f" ORDER BY id {order}",
+        (*args, min(taken), max(taken)),
+    ).fetchall()
+    entries, _ = _read_page(rows, len(taken))
+    return entries, len(taken) < len(sizes)
 
 
 def _read_page(rows: Iterable[Sequence[Any]], limit: int) -> tuple[list[LogEntry], bool]:
@@ -386,12 +424,17 @@ class Reads:
     def signalled_runs(self) -> set[str]:
         """The runs with a pending signal (see :meth:`pending_signals`), in one query on the
         ``(source, type)`` index: what recovery asks instead of once per waiting run."""
+        # Each signal is looked for among its own run's inputs (on the ``logs_ref`` index), not
+        # among every input of the database: PostgreSQL's json_valid and json_extract cost a
+        # subtransaction a call, and at a million inputs the query met its statement timeout,
+        # failing recovery at every start. An input delivers only its own run's signals (a
+        # retry's copies name the old run's, which the old run's own input delivered).
         rows = self._conn.execute(
-            "SELECT DISTINCT ref_id FROM logs WHERE source = 'workflow' AND type = 'signal'"
-            " AND json_valid(payload) AND id NOT IN"
-            "  (SELECT CAST(json_extract(payload, '$.signal') AS BIGINT)"
-            "   FROM logs WHERE source = 'workflow' AND type = 'input' AND json_valid(payload)"
-            "   AND json_extract(payload, '$.signal') IS NOT NULL)"
+            "SELECT DISTINCT s.ref_id FROM logs AS s WHERE s.source = 'workflow'"
+            " AND s.type = 'signal' AND json_valid(s.payload) AND NOT EXISTS"
+            f"  (SELECT 1 FROM logs WHERE {REF_KEY} = {turned('s.ref_id')}"
+            "   AND +source = 'workflow' AND +type = 'input' AND json_valid(payload)"
+            "   AND CAST(json_extract(payload, '$.signal') AS BIGINT) = s.id)"
         )
         return {str(row[0]) for row in rows}
 

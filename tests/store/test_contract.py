@@ -1775,9 +1775,12 @@ def test_any_sequence_of_operations_keeps_to_a_model(backend: Backend, seed: int
     again.close()
 
 
+# -- text PostgreSQL cannot hold: a NUL character (attack review) ---------------------------
+
+
 def test_a_nul_in_free_text_never_fails_the_batch(store: Storage) -> None:
     """An exception's message (a run's error) or a cancel's reason may hold NUL: SQLite keeps
-    it, PostgreSQL's text cannot (nerved.store.postgres.connection.without_nul: U+FFFD);
+    it, PostgreSQL's text cannot (nerved.store.postgres.connection.NUL_STAND_IN: U+FFFD);
     either way the batch commits, and so do the writes before and after it."""
     store.create_run("r1", "wf", Transition.START, None)
     store.append_log("test", "before", None, None)
@@ -1789,3 +1792,31 @@ def test_a_nul_in_free_text_never_fails_the_batch(store: Storage) -> None:
     assert run.error in ("bad\x00byte", "bad\ufffdbyte")
     queued = store.committed.get_run("r2")
     assert queued is not None and queued.trigger_payload == {"text": "a\x00b"}  # JSON: kept
+
+
+def test_a_nul_in_a_looked_up_id_or_key_matches_nothing(store: Storage) -> None:
+    make_run(store, "ab1", RunStatus.STARTED)
+    store.commit()
+    assert store.committed.find_runs("ab\x00") == []
+    assert store.committed.get_run("ab1\x00") is None
+    assert store.committed.run_by_key("w", "k\x00") is None
+    assert store.committed.query_logs(ref_id="ab1\x00") == []
+
+
+def test_a_key_with_a_nul_keeps_its_run(store: Storage) -> None:
+    store.create_run("r1", "w", Transition.ENQUEUE, {}, idempotency_key="k\x00")
+    store.commit()
+    found = store.committed.run_by_key("w", "k\x00")
+    assert found is not None and found.run_id == "r1"
+    with pytest.raises(ValueError, match="idempotency key"):
+        store.create_run("r2", "w", Transition.ENQUEUE, {}, idempotency_key="k\x00")
+
+
+def test_a_signal_whose_payload_holds_an_escaped_nul_is_pending(store: Storage) -> None:
+    """JSON's ``\\u0000`` is valid JSON (SQLite's json_valid says so); PostgreSQL's jsonb
+    refuses it: a signal carrying one must still be pending, and found by its name."""
+    make_run(store, "r1", RunStatus.STARTED)
+    sent = signal(store, "r1", "go", {"text": "a\x00b"})
+    assert [e.id for e in store.pending_signals("r1")] == [sent]
+    assert [e.id for e in store.pending_signals("r1", "go")] == [sent]
+    assert store.signalled_runs() == {"r1"}

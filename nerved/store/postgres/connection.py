@@ -18,6 +18,7 @@ A statement that meets any of them fails with a StoreError, as an I/O error of S
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -30,6 +31,14 @@ from nerved.store.sql import Rows
 CONNECT_TIMEOUT: Final = 5  # seconds (libpq counts whole seconds, at least 2)
 STATEMENT_TIMEOUT_MS: Final = 5_000
 LOCK_TIMEOUT_MS: Final = 1_000
+NUL: Final = "\x00"
+NUL_STAND_IN: Final = "\ufffd"
+"""PostgreSQL's text cannot hold a NUL character, SQLite's can: in a parameter it becomes
+U+FFFD (the replacement character), in reads and writes alike, so that a role's error text
+with one in it is stored (not a failed batch: the daemon would stop, and the run fail again
+at each restart), and a client's run id, prefix or key with one in it matches what it
+would have matched when written (never a stored text with a NUL: there is none). Payloads
+are JSON, where a NUL is the escape ``\\u0000``: they never need it."""
 _SOCKET_OPTIONS: Final = {
     "keepalives": 1,
     "keepalives_idle": 5,
@@ -39,12 +48,44 @@ _SOCKET_OPTIONS: Final = {
 }
 
 
-def display(url: str) -> str:
-    """``url`` without its password, for messages and the journal."""
+class Refused(StoreError):
+    """What a retry cannot mend: a connection string libpq cannot read, a refused login, a
+    database or role that does not exist. Raised by :func:`connect` (a start stops at once
+    rather than wait for it forever)."""
+
+
+UNREADABLE: Final = "postgresql (an unreadable URL)"
+
+# libpq's words for a connection that a retry will not make (others: the server is not up
+# yet, a network down: worth waiting for).
+_FINAL: Final = (
+    "authentication failed",  # password, peer, ident, scram...
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "does not exist",  # the database, the role
+    "connection is bad: invalid",  # an option libpq reads but refuses: a port, an sslmode
+)
+
+
+def parse(url: str) -> dict[str, str]:
+    """``url``'s parameters; Refused, showing none of it (libpq's message quotes the token
+    it could not read, a password as well as any), for one libpq cannot read."""
     try:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:
-        return "postgresql (an unreadable URL)"
+        raise Refused(
+            f"{UNREADABLE}: not a libpq connection string or postgresql:// URI"
+            " (not shown: it may hold a password)"
+        ) from None
+    return {key: str(value) for key, value in info.items() if value is not None}
+
+
+def display(url: str) -> str:
+    """``url`` without its password, for messages and the journal."""
+    try:
+        info = parse(url)
+    except Refused:
+        return UNREADABLE
     host = info.get("host") or "localhost"
     port = f":{info['port']}" if info.get("port") else ""
     user = f"{info['user']}@" if info.get("user") else ""
@@ -52,13 +93,10 @@ def display(url: str) -> str:
 
 
 def without_nul(params: Sequence[Any]) -> Sequence[Any]:
-    """``params`` with each NUL of a text made U+FFFD: PostgreSQL's text cannot hold NUL,
-    and a statement that carried one would fail, and with it the turn's batch. JSON is never
-    concerned (its encoder escapes NUL as ``\\u0000``); free text can be (an exception's
-    message kept as a run's error, a cancel's reason), and SQLite keeps it as it is."""
-    if not any(isinstance(p, str) and "\x00" in p for p in params):
+    """``params`` with each NUL of a text made :data:`NUL_STAND_IN` (see there)."""
+    if not any(type(p) is str and NUL in p for p in params):
         return params
-    return [p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params]
+    return [p.replace(NUL, NUL_STAND_IN) if type(p) is str else p for p in params]
 
 
 def store_error(where: str, exc: psycopg.Error) -> StoreError:
@@ -73,6 +111,10 @@ class Connection:
     else a transaction is open from the first statement to :meth:`commit`."""
 
     __slots__ = ("_conn", "where")
+
+    reads_ahead = True
+    """psycopg reads a statement's whole result before its first row: a page of large
+    entries is read by their sizes first (nerved.store.reads._sized_page)."""
 
     def __init__(self, conn: psycopg.Connection[Any], where: str) -> None:
         self._conn = conn
@@ -118,9 +160,14 @@ class Connection:
 
 
 def connect(url: str, *, autocommit: bool, application_name: str = "nerved") -> Connection:
-    """A connection to ``url`` with the bounds above; StoreError if it cannot be made."""
+    """A connection to ``url`` with the bounds above; Refused for what a retry cannot mend
+    (see :data:`_FINAL`), else StoreError if it cannot be made. The bounds come after the
+    ``options`` that ``url`` (or ``$PGOPTIONS``) gives: theirs, a ``search_path`` say, stay."""
+    info = parse(url)
     where = display(url)
-    options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+    given = info.get("options", os.environ.get("PGOPTIONS", ""))
+    ours = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+    options = f"{given} {ours}".strip()
     try:
         conninfo = psycopg.conninfo.make_conninfo(
             url, connect_timeout=CONNECT_TIMEOUT, options=options,
@@ -128,5 +175,8 @@ def connect(url: str, *, autocommit: bool, application_name: str = "nerved") -> 
         )  # fmt: skip
         conn = psycopg.connect(conninfo, autocommit=autocommit)
     except psycopg.Error as exc:
-        raise store_error(where, exc) from exc
+        error = store_error(where, exc)
+        if any(words in str(error) for words in _FINAL):
+            raise Refused(str(error)) from exc
+        raise error from exc
     return Connection(conn, where)

@@ -14,6 +14,15 @@ from nerved.store.postgres.connection import Connection
 from nerved.store.records import HostRecord
 
 LEASE_LOCK = 0x6E657277  # pg_advisory_xact_lock's key while a host takes its lease
+HELD = (
+    "host_id = ? AND epoch = ? AND (lease_until > nerve_now_ms() OR NOT EXISTS"
+    " (SELECT 1 FROM hosts other WHERE other.host_id <> hosts.host_id"
+    "  AND other.started_at >= hosts.lease_until))"
+)
+"""The lease of (host id, epoch) is this host's still: not taken over (a new epoch), and
+live, or lapsed (the host was stalled: a long recovery, a stopped process) with no other
+host started on the database since (which would have taken the database: one serves one
+host for now)."""
 
 
 def claim(conn: Connection, host_id: str, pid: int, version: str, lease_ms: int) -> int:
@@ -26,7 +35,10 @@ def claim(conn: Connection, host_id: str, pid: int, version: str, lease_ms: int)
     recover the other's runs, so one database serves one host at a time.
     """
     conn.execute("SELECT pg_advisory_xact_lock(?)", (LEASE_LOCK,))
-    live = [h for h in hosts(conn) if h.live and h.host_id != host_id]
+    # FOR UPDATE: a batch of another host being committed holds its row (FOR SHARE, its
+    # fence: nerved.store.postgres.store) and is waited for; its next one finds its lease
+    # lapsed, or taken, and fails.
+    live = [h for h in hosts(conn, lock=True) if h.live and h.host_id != host_id]
     if live:
         conn.rollback()
         other = live[0]
@@ -50,10 +62,11 @@ def claim(conn: Connection, host_id: str, pid: int, version: str, lease_ms: int)
 
 def renew(conn: Connection, host_id: str, epoch: int, lease_ms: int) -> bool:
     """Extend the lease of ``host_id`` at ``epoch`` (in the open batch); False if it is not
-    that host's at that epoch any more (taken over: this host is fenced)."""
+    that host's at that epoch any more (taken over: this host is fenced), or if it lapsed
+    and another host took the database meanwhile (:data:`HELD`): this one must stop."""
     cur = conn.execute(
         "UPDATE hosts SET lease_until = nerve_now_ms() + ?, renewed_at = nerve_now_ms()"
-        " WHERE host_id = ? AND epoch = ?",
+        f" WHERE {HELD}",
         (lease_ms, host_id, epoch),
     )
     return cur.rowcount == 1
@@ -67,10 +80,11 @@ def release(conn: Connection, host_id: str, epoch: int) -> None:
     )
 
 
-def hosts(conn: Connection) -> list[HostRecord]:
-    """Every host that ever used the database, by host id."""
+def hosts(conn: Connection, *, lock: bool = False) -> list[HostRecord]:
+    """Every host that ever used the database, by host id (their rows locked FOR UPDATE to
+    the end of the transaction with ``lock``)."""
     rows = conn.execute(
         "SELECT host_id, epoch, lease_until, renewed_at, started_at, pid, version,"
-        " nerve_now_ms() FROM hosts ORDER BY host_id"
+        f" nerve_now_ms() FROM hosts ORDER BY host_id{' FOR UPDATE' if lock else ''}"
     ).fetchall()
     return [HostRecord(*row) for row in rows]

@@ -22,7 +22,7 @@ from typing import Final
 from nerved.store.errors import StoreError
 from nerved.store.postgres.connection import Connection
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 MIGRATION_LOCK: Final = 0x6E657276  # "nerv": pg_advisory_xact_lock's key for migrations
 
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -114,6 +114,37 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         pid         INTEGER NOT NULL,
         version     TEXT    NOT NULL
     );
+    """,
+    # 3: jsonb refuses the escape ``\u0000`` that JSON (and SQLite's json_valid) allow, so
+    # a signal whose payload held one was no signal at all to pending_signals (json_valid
+    # false, json_extract NULL), and the run waiting for it never woke: json_valid parses
+    # ``json`` (which takes it), json_extract reads it as U+FFFD. And both are PARALLEL
+    # UNSAFE: their EXCEPTION blocks are subtransactions, which a parallel plan cannot start
+    # ("cannot start subtransactions during a parallel operation"): once the logs were large
+    # enough for one (some 100,000 inputs), signalled_runs failed, and with it recovery, at
+    # every start.
+    r"""
+    CREATE OR REPLACE FUNCTION json_valid(doc TEXT) RETURNS BOOLEAN
+    LANGUAGE plpgsql IMMUTABLE PARALLEL UNSAFE AS $$
+    BEGIN
+        PERFORM doc::json;
+        RETURN doc IS NOT NULL;
+    EXCEPTION WHEN others THEN
+        RETURN FALSE;
+    END $$;
+
+    -- (a ``\u0000`` escape, not an escaped backslash and ``u0000``, is read as U+FFFD:
+    -- no text of PostgreSQL's holds a NUL; the other values of the payload are found)
+    CREATE OR REPLACE FUNCTION json_extract(doc TEXT, path TEXT) RETURNS TEXT
+    LANGUAGE plpgsql IMMUTABLE PARALLEL UNSAFE AS $$
+    BEGIN
+        IF strpos(doc, '\u0000') > 0 THEN
+            doc := regexp_replace(doc, '(?<![\\])((\\\\)*)\\u0000', '\1\\ufffd', 'g');
+        END IF;
+        RETURN doc::jsonb #>> string_to_array(substr(path, 3), '.');
+    EXCEPTION WHEN others THEN
+        RETURN NULL;
+    END $$;
     """,
 )
 

@@ -36,7 +36,7 @@ from nerved.store.batch import Batch
 from nerved.store.errors import StoreError
 from nerved.store.interface import Leasing
 from nerved.store.postgres import leases
-from nerved.store.postgres.connection import Connection, connect, display
+from nerved.store.postgres.connection import Connection, Refused, connect, display
 from nerved.store.postgres.schema import migrate, schema_version
 from nerved.store.reads import Reads
 from nerved.store.records import HostRecord, now_ms
@@ -65,6 +65,7 @@ class PgStore(Batch, Writes, Reads):
         self.files: tuple[Path, ...] = ()
         Batch.__init__(self)
         self.locked_since: float | None = None
+        self._fence: tuple[str, int] | None = None  # the lease held: (host id, epoch)
         self._conn = self._reach(on_wait)
         try:
             migrate(self._conn)
@@ -80,14 +81,14 @@ class PgStore(Batch, Writes, Reads):
         while True:
             try:
                 return connect(self.url, autocommit=False)
+            except Refused:
+                raise
             except StoreError as exc:
-                if "password authentication failed" in str(exc) or "does not exist" in str(exc):
-                    raise
                 if not told:
                     told = True
-                    log.warning("cannot reach %s yet (%s); retrying", self.where, exc)
+                    log.warning("cannot reach the store yet (%s); retrying", exc)
                     if on_wait is not None:
-                        on_wait(f"waiting for {self.where}: {exc}")
+                        on_wait(f"waiting for {exc}")
                 time.sleep(START_RETRY)
 
     def _prove_writable(self) -> None:
@@ -125,10 +126,29 @@ class PgStore(Batch, Writes, Reads):
         self._wrote = True
 
     def _commit_batch(self) -> None:
+        self._check_fence()
         self._conn.commit()
 
     def _nothing_written(self) -> None:
         self._end_reads()
+
+    def _check_fence(self) -> None:
+        """StoreError unless this host holds its lease at its epoch still, checked in the
+        batch, its row locked (FOR SHARE) to the commit: another nerved taking the lease
+        over (a new epoch), or the database once it lapsed, waits for this commit, and every
+        batch after it fails here. So a nerved whose lease was taken, or lapsed while it
+        was stalled, writes nothing more, not only from its next renewal."""
+        if self._fence is None:
+            return
+        host_id, epoch = self._fence
+        held = self._conn.execute(
+            f"SELECT 1 FROM hosts WHERE {leases.HELD} FOR SHARE", (host_id, epoch)
+        ).fetchone()
+        if held is None:
+            raise StoreError(
+                f"host {host_id}'s lease lapsed or was taken by another nerved (epoch"
+                f" {epoch}): this one writes nothing more"
+            )
 
     def _rollback(self) -> None:
         self._conn.rollback()
@@ -162,10 +182,12 @@ class PgStore(Batch, Writes, Reads):
         if self._wrote:
             raise RuntimeError("claim_lease() with an uncommitted batch")
         try:
-            return leases.claim(self._conn, host_id, pid, version, lease_ms)
+            epoch = leases.claim(self._conn, host_id, pid, version, lease_ms)
         except StoreError:
             self._rollback()
             raise
+        self._fence = (host_id, epoch)
+        return epoch
 
     def renew_lease(self, host_id: str, epoch: int, lease_ms: int) -> bool:
         self._begin()

@@ -1,0 +1,239 @@
+"""Attacks on the PostgreSQL store through a real nerved (issue 15): what a client, a role or
+a payload can send that PostgreSQL stores differently from SQLite."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from pg_support import pg_unavailable
+from support import wait_until
+
+from nervectl.client import RemoteError
+
+if (_reason := pg_unavailable()) is not None:
+    pytest.skip(f"PostgreSQL: {_reason}", allow_module_level=True)
+
+WORKFLOW = """
+    from nerved import WorkflowDefinition
+
+    async def step(prompt, ctx):
+        if prompt and prompt.get("raise"):
+            raise RuntimeError(prompt["raise"])
+        return {"type": "done", "echo": prompt}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "step", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"step": step}, moderate=moderate)
+"""
+CONFIG = """
+workflows:
+  w: {concurrency: 4, overflow: queue, idleTimeout: 1h}
+"""
+
+
+def alive(daemon) -> None:
+    """Still up and answering (its runs are where --store says: no logs.db to compare)."""
+    assert daemon.proc.poll() is None, daemon.log()
+    assert daemon.ctl("status").returncode == 0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def daemon(request, nerved_factory):
+    args: tuple[str, ...] = ()
+    if request.param == "postgresql":
+        args = ("--store", request.getfixturevalue("pg_dsn"))
+    d = nerved_factory(CONFIG, workflows={"w": WORKFLOW}, args=args)
+    d.start()
+    return d
+
+
+def test_a_nul_in_a_run_id_prefix_is_no_run_not_a_storage_failure(daemon):
+    for method, params in (
+        ("workflow.inspect", {"runId": "ab\x00"}),
+        ("workflow.cancel", {"runId": "ab\x00"}),
+        ("workflow.signal", {"runId": "ab\x00", "name": "go"}),
+    ):
+        with pytest.raises(RemoteError) as caught:
+            daemon.rpc(method, **params)
+        assert "cannot read the store" not in str(caught.value), method
+        alive(daemon)
+    alive(daemon)
+
+
+def test_a_nul_in_an_idempotency_key_does_not_stop_the_daemon(daemon):
+    try:
+        first = daemon.rpc("workflow.trigger", workflow="w", payload={}, idempotencyKey="k\x00")
+    except RemoteError:
+        first = None
+    alive(daemon)
+    if first is not None:
+        again = daemon.rpc("workflow.trigger", workflow="w", payload={}, idempotencyKey="k\x00")
+        assert again["runId"] == first["runId"]
+
+
+def test_a_role_failing_with_a_nul_in_its_message_fails_its_run(daemon):
+    run_id = daemon.trigger("w", {"raise": "bad\x00byte"})
+    run = daemon.wait_run(run_id)
+    assert run["status"] == "failed"
+    alive(daemon)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"runId": "\ud800"},
+        {"runId": "\U0010ffff"},
+        {"runId": "é"},
+        {"runId": "%"},
+        {"runId": "_"},
+    ],
+)
+def test_odd_run_id_prefixes_are_no_run(daemon, params):
+    with pytest.raises(RemoteError) as caught:
+        daemon.rpc("workflow.inspect", **params)
+    assert "cannot read the store" not in str(caught.value)
+    alive(daemon)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"afterId": 2**63 - 1},
+        {"beforeId": 0},
+        {"beforeId": 2**63 - 1, "limit": 0},
+        {"since": 2**63 - 1},
+        {"since": -(2**63)},
+        {"source": "\ud800"},
+        {"type": "%", "limit": 1},
+    ],
+)
+def test_odd_log_queries_answer_like_sqlite(daemon, params):
+    daemon.trigger("w", {})
+    try:
+        answer = daemon.rpc("logs.query", **params)
+    except RemoteError as exc:
+        answer = ("error", str(exc).split(":")[0])
+    alive(daemon)
+    assert "cannot read the store" not in str(answer)
+
+
+GATED = """
+    import os, time
+    from pathlib import Path
+    from nerved import WorkflowDefinition
+
+    async def step(prompt, ctx):
+        with open(prompt["marks"], "a") as marks:
+            marks.write(f"{os.getppid()}\\n")
+        while not Path(prompt["gate"]).exists():
+            time.sleep(0.01)
+        return {"type": "done", "nerved": os.getppid()}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "step", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"step": step}, moderate=moderate)
+"""
+
+
+def test_a_nerved_whose_lease_was_taken_writes_nothing_more(nerved_factory, pg_dsn, tmp_path):
+    """docs/configuration.md: "A nerved whose lease another nerved with its host id took
+    stops at once (exit status 75), writing nothing more." Its worker's step, finished after
+    the takeover, must not be recorded by it: the new holder drives the run now."""
+    args = ("--store", pg_dsn, "--host-id", "same")
+    first = nerved_factory(CONFIG, workflows={"w": GATED}, args=args, name="a").start()
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    run_id = first.trigger("w", {"marks": str(marks), "gate": str(gate)})
+    wait_until(lambda: marks.exists() and len(marks.read_text().split()) == 1)
+    second = nerved_factory(CONFIG, workflows={"w": GATED}, args=args, name="b").start()
+    wait_until(lambda: len(marks.read_text().split()) == 2)  # the second resumed it
+    gate.touch()  # both workers finish their step now
+    assert first.wait(15) == 75
+    run = second.wait_run(run_id)
+    assert run["status"] == "completed"
+    steps = second.entries(run_id, "step_complete")
+    assert [s["payload"]["event"]["nerved"] for s in steps] == [second.pid], (
+        marks.read_text(),
+        first.pid,
+        second.pid,
+        steps,
+    )
+
+
+def test_a_host_whose_lease_lapsed_stops_once_another_took_the_database(
+    nerved_factory, pg_dsn, tmp_path
+):
+    """One database serves one host at a time: a host stalled past its lease (SIGSTOP here;
+    a long recovery or a stalled loop in life) may find another host serving the database
+    when it goes on. Its renewal must not quietly succeed then: it stops (75)."""
+    alpha = nerved_factory(CONFIG, workflows={"w": WORKFLOW},
+                           args=("--store", pg_dsn, "--host-id", "alpha"), name="a").start()  # fmt: skip
+    alpha.signal(signal.SIGSTOP)
+    try:
+        time.sleep(11)  # LEASE_MS: alpha's lease lapses
+        beta = nerved_factory(CONFIG, workflows={"w": WORKFLOW},
+                              args=("--store", pg_dsn, "--host-id", "beta"), name="b").start()  # fmt: skip
+    finally:
+        alpha.signal(signal.SIGCONT)
+    assert alpha.wait(15) == 75
+    assert "lease" in alpha.log()
+    alive(beta)
+
+
+def test_a_host_stalled_past_its_lease_goes_on_when_no_other_took_the_database(
+    nerved_factory, pg_dsn
+):
+    alpha = nerved_factory(CONFIG, workflows={"w": WORKFLOW},
+                           args=("--store", pg_dsn, "--host-id", "alpha"), name="a").start()  # fmt: skip
+    alpha.signal(signal.SIGSTOP)
+    time.sleep(11)  # LEASE_MS: alpha's lease lapses, and nobody takes the database
+    alpha.signal(signal.SIGCONT)
+    run_id = alpha.trigger("w", {})
+    assert alpha.wait_run(run_id)["status"] == "completed"
+    time.sleep(3)  # a renewal or two
+    alive(alpha)
+
+
+def test_store_sqlite_on_the_command_line_is_logs_db_over_the_files_postgresql(
+    nerved_factory, pg_dsn
+):
+    config = f"store: postgresql:///nowhere?host=/nonexistent\n{CONFIG}"
+    daemon = nerved_factory(config, workflows={"w": WORKFLOW}, args=("--store", "sqlite"))
+    daemon.start(timeout=10)
+    assert daemon.wait_run(daemon.trigger("w", {}))["status"] == "completed"
+    assert (daemon.state / "logs.db").exists()
+
+
+def test_concurrent_triggers_with_one_key_make_one_run(daemon):
+    import concurrent.futures
+
+    def trigger(_: int) -> str:
+        answer = daemon.rpc("workflow.trigger", workflow="w", payload={}, idempotencyKey="k")
+        return str(answer["runId"])
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        ids = set(pool.map(trigger, range(64)))
+    assert len(ids) == 1
+    assert len(daemon.rpc("workflow.list", all=True)) == 1
+    alive(daemon)
+
+
+def test_sigterm_while_waiting_for_the_database_at_start_stops_it(nerved_factory, tmp_path):
+    """PostgreSQL not up yet: nerved waits for it, and a stop (systemd's SIGTERM, its start
+    timeout) ends the wait at once rather than after TimeoutStopSec's SIGKILL."""
+    url = f"host={tmp_path / 'nowhere'} port=5432 dbname=x user=postgres"
+    daemon = nerved_factory(CONFIG, workflows={"w": WORKFLOW}, args=("--store", url))
+    daemon.start(wait=False)
+    daemon.wait_notify("waiting for", timeout=20)
+    began = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    code = daemon.wait(10)
+    assert time.monotonic() - began < 5
+    assert code != 0
