@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Final
 
 from nerved import _version
 from nerved.loop import Loop
 from nerved.store import Storage, StoreError
 from nerved.store.interface import Leasing
+from nerved.store.records import HostRecord
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,18 @@ RENEW_EVERY: Final = LEASE_MS / 5 / 1000  # seconds
 class HostLease:
     """The lease of ``host_id``, taken at ``epoch``."""
 
-    def __init__(self, loop: Loop, leasing: Leasing, host_id: str, epoch: int) -> None:
+    def __init__(self, loop: Loop, store: Storage, leasing: Leasing, host_id: str, epoch: int):
         self.loop = loop
+        self.store = store
         self.leasing = leasing
         self.host_id = host_id
         self.epoch = epoch
+        self._hosts: list[HostRecord] = []  # read after each renewal's commit: view()
+        self._read_at = time.monotonic()
+        self._read_hosts()
+
+    def _read_hosts(self) -> None:
+        self._hosts, self._read_at = self.leasing.hosts(), time.monotonic()
 
     def start(self) -> None:
         """Renew from now on (once the daemon is ready)."""
@@ -50,6 +59,7 @@ class HostLease:
                 f"host {self.host_id}'s lease lapsed or was taken by another nerved (epoch"
                 f" {self.epoch}): this one writes nothing more"
             )
+        self.store.after_commit(self._read_hosts)
         self.loop.call_later(RENEW_EVERY, self._renew)
 
     def release(self) -> None:
@@ -57,8 +67,11 @@ class HostLease:
         self.leasing.release_lease(self.host_id, self.epoch)
 
     def view(self) -> list[dict[str, Any]]:
-        """``status``'s ``hosts``: every host of the store, this one marked ``self``."""
-        return [host.to_wire(self.host_id) for host in self.leasing.hosts()]
+        """``status``'s ``hosts``: every host of the store, this one marked ``self``, as read
+        after the last renewal's commit, its ages and liveness brought to now: ``status``
+        never waits for the database, however slow it is."""
+        since = round((time.monotonic() - self._read_at) * 1000)
+        return [host.to_wire(self.host_id, since) for host in self._hosts]
 
 
 def take(loop: Loop, store: Storage, host_id: str) -> HostLease | None:
@@ -69,4 +82,4 @@ def take(loop: Loop, store: Storage, host_id: str) -> HostLease | None:
         return None
     epoch = leasing.claim_lease(host_id, os.getpid(), _version.__version__, LEASE_MS)
     log.info("host %s took its lease on %s (epoch %d)", host_id, store.where, epoch)
-    return HostLease(loop, leasing, host_id, epoch)
+    return HostLease(loop, store, leasing, host_id, epoch)

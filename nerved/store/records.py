@@ -214,12 +214,15 @@ class HostRecord(NamedTuple):
     def live(self) -> bool:
         return self.lease_until > self.now
 
-    def to_wire(self, own: str) -> dict[str, object]:
+    def to_wire(self, own: str, since_read_ms: int = 0) -> dict[str, object]:
+        """``status``'s entry; ``since_read_ms``: how long ago the row was read (ages and
+        liveness are as of now)."""
+        now = self.now + since_read_ms
         return {
             "host": self.host_id,
             "self": self.host_id == own,
-            "leaseAgeMs": self.now - self.renewed_at,
-            "live": self.live,
+            "leaseAgeMs": now - self.renewed_at,
+            "live": self.lease_until > now,
             "pid": self.pid,
             "version": self.version,
             "startedAt": self.started_at,
