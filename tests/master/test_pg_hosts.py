@@ -9,6 +9,7 @@ nothing more.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 
@@ -52,7 +53,7 @@ def test_status_lists_the_hosts_of_the_store_with_their_leases(nerved_factory, p
         ages.append(alpha.rpc("status")["hosts"][0]["leaseAgeMs"])
         time.sleep(0.1)
     assert max(ages) < 5_000
-    assert any(later < earlier for earlier, later in zip(ages, ages[1:])), ages
+    assert any(later < earlier for earlier, later in itertools.pairwise(ages)), ages
 
 
 def test_a_second_host_is_refused_while_the_first_holds_the_database(nerved_factory, pg_dsn: str):
