@@ -141,7 +141,7 @@ class Daemon:
             raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc
         self.store.watch(self.options.state_dir / "nerved.lock", prepared.lock_fd)
         try:  # another host holds the store: a restart may find it free (75)
-            self.lease = leases.take(self.loop, self.store, self.options.host_id)
+            self.lease = leases.take(self.loop, self.store, self.options)
         except StoreError as exc:
             raise Fatal(f"cannot use the store: {exc}", EX_TEMPFAIL) from exc
         self.workers.before_fork = self.store.shrink  # a worker would hold the page caches

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
+from pathlib import Path
 from typing import Any, Final
 
-from nerved import _version
+from nerved import _version, modes
 from nerved.loop import Loop
+from nerved.master.startup import Options
 from nerved.store import Storage, StoreError
 from nerved.store.interface import Leasing
 from nerved.store.records import HostRecord
@@ -74,12 +77,36 @@ class HostLease:
         return [host.to_wire(self.host_id, since) for host in self._hosts]
 
 
-def take(loop: Loop, store: Storage, host_id: str) -> HostLease | None:
-    """This host's lease on ``store``, taken now (None: a store that needs none). Raises
-    StoreError when the store will not serve this host (another one holds it)."""
+def instance(state_dir: Path) -> str:
+    """This nerved's instance token: random, made once and kept in its state directory
+    (``host-instance``), so that a restart of it is told from another nerved that has the
+    same host id (a machine cloned from the same image). OSError if it cannot be kept."""
+    path = state_dir / "host-instance"
+    fd = modes.open_state_file(path, os.O_RDWR | os.O_CREAT)
+    try:
+        token = os.read(fd, 64).decode("ascii", "replace").strip()
+        if len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
+            token = secrets.token_hex(16)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, token.encode() + b"\n", 0)
+            os.fsync(fd)
+        return token
+    finally:
+        os.close(fd)
+
+
+def take(loop: Loop, store: Storage, options: Options) -> HostLease | None:
+    """This host's lease on ``store`` (``options.host_id``), taken now (None: a store that
+    needs none). Raises StoreError when the store will not serve this host (another one
+    holds it)."""
     leasing = store.leasing
     if leasing is None:
         return None
-    epoch = leasing.claim_lease(host_id, os.getpid(), _version.__version__, LEASE_MS)
+    host_id, state_dir = options.host_id, options.state_dir
+    try:
+        token = instance(state_dir)
+    except (OSError, modes.UnsafeStateFile) as exc:
+        raise StoreError(f"{state_dir}/host-instance: {exc}") from exc
+    epoch = leasing.claim_lease(host_id, token, os.getpid(), _version.__version__, LEASE_MS)
     log.info("host %s took its lease on %s (epoch %d)", host_id, store.where, epoch)
     return HostLease(loop, store, leasing, host_id, epoch)

@@ -135,9 +135,13 @@ class Leasing(Protocol):
     """Hosts' leases on a store several hosts may share (PostgreSQL: nerved.store.postgres.
     leases; issue 15). Times are ms by the store's clock."""
 
-    def claim_lease(self, host_id: str, pid: int, version: str, lease_ms: int) -> int:
+    def claim_lease(
+        self, host_id: str, instance: str, pid: int, version: str, lease_ms: int
+    ) -> int:
         """Take ``host_id``'s lease for ``lease_ms``, committed at once; its new epoch.
-        StoreError if the store will not serve this host now (another one's is live)."""
+        ``instance``: the nerved's own token (its state directory's), so that only its own
+        restart takes a live lease over. StoreError if the store will not serve this host
+        now (another host's lease is live, or this host id's from another instance)."""
         ...
 
     def renew_lease(self, host_id: str, epoch: int, lease_ms: int) -> bool:

@@ -15,6 +15,8 @@ from nervectl.client import RemoteError
 if (_reason := pg_unavailable()) is not None:
     pytest.skip(f"PostgreSQL: {_reason}", allow_module_level=True)
 
+import psycopg  # after the skip: where it is missing, the module skips
+
 WORKFLOW = """
     from nerved import WorkflowDefinition
 
@@ -143,17 +145,37 @@ GATED = """
 """
 
 
+def lapsed(dsn: str, host_id: str) -> bool:
+    """The host's lease has lapsed, by the database's clock."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT lease_until <= nerve_now_ms() FROM hosts WHERE host_id = %s", (host_id,)
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def renewal_after(dsn: str, renewed_at: int) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT renewed_at FROM hosts WHERE host_id = 'alpha'").fetchone()
+    return bool(row and row[0] > renewed_at)
+
+
 def test_a_nerved_whose_lease_was_taken_writes_nothing_more(nerved_factory, pg_dsn, tmp_path):
-    """docs/configuration.md: "A nerved whose lease another nerved with its host id took
-    stops at once (exit status 75), writing nothing more." Its worker's step, finished after
-    the takeover, must not be recorded by it: the new holder drives the run now."""
+    """A nerved stalled past its lease while another with its host id took it over (allowed
+    once the lease lapsed) writes nothing more when it goes on: its worker's step, finished
+    after the takeover, must not be recorded by it; the new holder drives the run now."""
     args = ("--store", pg_dsn, "--host-id", "same")
     first = nerved_factory(CONFIG, workflows={"w": GATED}, args=args, name="a").start()
     marks, gate = tmp_path / "marks", tmp_path / "gate"
     run_id = first.trigger("w", {"marks": str(marks), "gate": str(gate)})
     wait_until(lambda: marks.exists() and len(marks.read_text().split()) == 1)
-    second = nerved_factory(CONFIG, workflows={"w": GATED}, args=args, name="b").start()
-    wait_until(lambda: len(marks.read_text().split()) == 2)  # the second resumed it
+    first.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: lapsed(pg_dsn, "same"), timeout=30, what="the lease lapsed")
+        second = nerved_factory(CONFIG, workflows={"w": GATED}, args=args, name="b").start()
+        wait_until(lambda: len(marks.read_text().split()) == 2)  # the second resumed it
+    finally:
+        first.signal(signal.SIGCONT)
     gate.touch()  # both workers finish their step now
     assert first.wait(15) == 75
     run = second.wait_run(run_id)
@@ -177,7 +199,7 @@ def test_a_host_whose_lease_lapsed_stops_once_another_took_the_database(
                            args=("--store", pg_dsn, "--host-id", "alpha"), name="a").start()  # fmt: skip
     alpha.signal(signal.SIGSTOP)
     try:
-        time.sleep(11)  # LEASE_MS: alpha's lease lapses
+        wait_until(lambda: lapsed(pg_dsn, "alpha"), timeout=30, what="alpha's lease lapsed")
         beta = nerved_factory(CONFIG, workflows={"w": WORKFLOW},
                               args=("--store", pg_dsn, "--host-id", "beta"), name="b").start()  # fmt: skip
     finally:
@@ -193,11 +215,14 @@ def test_a_host_stalled_past_its_lease_goes_on_when_no_other_took_the_database(
     alpha = nerved_factory(CONFIG, workflows={"w": WORKFLOW},
                            args=("--store", pg_dsn, "--host-id", "alpha"), name="a").start()  # fmt: skip
     alpha.signal(signal.SIGSTOP)
-    time.sleep(11)  # LEASE_MS: alpha's lease lapses, and nobody takes the database
+    wait_until(lambda: lapsed(pg_dsn, "alpha"), timeout=30, what="alpha's lease lapsed")
     alpha.signal(signal.SIGCONT)
     run_id = alpha.trigger("w", {})
     assert alpha.wait_run(run_id)["status"] == "completed"
-    time.sleep(3)  # a renewal or two
+    with psycopg.connect(pg_dsn) as conn:  # a renewal or two since it went on
+        renewed = conn.execute("SELECT renewed_at FROM hosts WHERE host_id = 'alpha'").fetchone()
+    wait_until(lambda: not lapsed(pg_dsn, "alpha") and renewal_after(pg_dsn, renewed[0]),
+               timeout=10, what="a renewal")  # fmt: skip
     alive(alpha)
 
 

@@ -25,10 +25,14 @@ host started on the database since (which would have taken the database: one ser
 host for now)."""
 
 
-def claim(conn: Connection, host_id: str, pid: int, version: str, lease_ms: int) -> int:
+def claim(
+    conn: Connection, host_id: str, instance: str, pid: int, version: str, lease_ms: int
+) -> int:
     """Take ``host_id``'s lease, a new epoch (1 for a host new to the database), in a
-    transaction of its own; the epoch. A lease this host id still held (its last nerved was
-    killed, or another runs with the same id) is taken over: that one is fenced by it.
+    transaction of its own; the epoch. A live lease this host id holds from the same
+    ``instance`` (its state directory: this nerved, killed and started again) is taken over,
+    and that epoch fenced; one from another instance (another machine with the same id) is
+    not: StoreError, so that two nerved never take one host's lease in turns.
 
     StoreError, taking nothing, while another host's lease is live: until runs carry the
     host that drives them (placement, issue 15), two hosts on one database would each
@@ -47,14 +51,27 @@ def claim(conn: Connection, host_id: str, pid: int, version: str, lease_ms: int)
             f" renewed {(other.now - other.renewed_at) / 1000:.1f}s ago: one database serves"
             " one nerved host for now; stop that one, or give this one a database of its own"
         )
+    twin = conn.execute(
+        "SELECT pid, nerve_now_ms() - renewed_at FROM hosts WHERE host_id = ?"
+        " AND lease_until > nerve_now_ms() AND instance <> '' AND instance <> ?",
+        (host_id, instance),
+    ).fetchone()
+    if twin is not None:
+        conn.rollback()
+        raise StoreError(
+            f"{conn.where}: host id {host_id} is in use by another nerved (pid {twin[0]}, its"
+            f" lease renewed {twin[1] / 1000:.1f}s ago, another state directory): machines"
+            " cloned from one image share /etc/machine-id; give each its own --host-id or"
+            " $NERVE_HOST_ID"
+        )
     row = conn.execute(
-        "INSERT INTO hosts (host_id, epoch, lease_until, renewed_at, started_at, pid, version)"
-        " VALUES (?, 1, nerve_now_ms() + ?, nerve_now_ms(), nerve_now_ms(), ?, ?)"
+        "INSERT INTO hosts (host_id, epoch, lease_until, renewed_at, started_at, pid, version,"
+        " instance) VALUES (?, 1, nerve_now_ms() + ?, nerve_now_ms(), nerve_now_ms(), ?, ?, ?)"
         " ON CONFLICT (host_id) DO UPDATE SET epoch = hosts.epoch + 1,"
         " lease_until = excluded.lease_until, renewed_at = excluded.renewed_at,"
-        " started_at = excluded.started_at, pid = excluded.pid, version = excluded.version"
-        " RETURNING epoch",
-        (host_id, lease_ms, pid, version),
+        " started_at = excluded.started_at, pid = excluded.pid, version = excluded.version,"
+        " instance = excluded.instance RETURNING epoch",
+        (host_id, lease_ms, pid, version, instance),
     ).fetchone()
     conn.commit()
     return int(row[0])

@@ -22,7 +22,7 @@ from typing import Final
 from nerved.store.errors import StoreError
 from nerved.store.postgres.connection import Connection
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 MIGRATION_LOCK: Final = 0x6E657276  # "nerv": pg_advisory_xact_lock's key for migrations
 
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -145,6 +145,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     EXCEPTION WHEN others THEN
         RETURN NULL;
     END $$;
+    """,
+    # 4: the nerved that holds a host's lease, by its state directory's instance token
+    # (nerved.master.leases.instance): a restart of that nerved takes its lease over at
+    # once; another with the same host id (machines cloned from one image share
+    # /etc/machine-id) is refused while the lease is live, not let to take it in turns.
+    """
+    ALTER TABLE hosts ADD COLUMN instance TEXT COLLATE "C" NOT NULL DEFAULT '';
     """,
 )
 

@@ -178,11 +178,13 @@ class PgStore(Batch, Writes, Reads):
     def leasing(self) -> Leasing:
         return self
 
-    def claim_lease(self, host_id: str, pid: int, version: str, lease_ms: int) -> int:
+    def claim_lease(
+        self, host_id: str, instance: str, pid: int, version: str, lease_ms: int
+    ) -> int:
         if self._wrote:
             raise RuntimeError("claim_lease() with an uncommitted batch")
         try:
-            epoch = leases.claim(self._conn, host_id, pid, version, lease_ms)
+            epoch = leases.claim(self._conn, host_id, instance, pid, version, lease_ms)
         except StoreError:
             self._rollback()
             raise
