@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -86,7 +85,7 @@ def instance(state_dir: Path) -> str:
     try:
         token = os.read(fd, 64).decode("ascii", "replace").strip()
         if len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
-            token = secrets.token_hex(16)
+            token = os.urandom(16).hex()
             os.ftruncate(fd, 0)
             os.pwrite(fd, token.encode() + b"\n", 0)
             os.fsync(fd)
