@@ -11,14 +11,16 @@ fails the commit.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 
 from nerved.store.errors import StoreError
 from nerved.store.interface import AbortCallback, CommitCallback
 from nerved.store.watched import WatchedFiles
 
 
-class Batch:
+class Batch(ABC):
     """The open batch: whether anything was written, and what waits for its commit."""
 
     _watched: WatchedFiles
@@ -34,18 +36,18 @@ class Batch:
 
     # -- what a backend says ---------------------------------------------------------------
 
+    @abstractmethod
     def _commit_batch(self) -> None:
         """COMMIT what was written (StoreError if it cannot)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _rollback(self) -> None:
         """Drop what was written since the last commit; never raises."""
-        raise NotImplementedError
 
-    def _committed(self) -> None:
+    def _committed(self) -> None:  # noqa: B027 (an optional hook: nothing by default)
         """After a commit that wrote: what the backend does next (take its lock again)."""
 
-    def _nothing_written(self) -> None:
+    def _nothing_written(self) -> None:  # noqa: B027 (an optional hook: nothing by default)
         """At a commit with nothing written: what the backend does (end a reading one)."""
 
     # -- the rules -------------------------------------------------------------------------
@@ -105,6 +107,10 @@ class Batch:
         self._rollback()
         for abort in aborts:
             abort(exc)
+
+    def watch(self, path: Path, fd: int) -> None:
+        """Also check that ``path`` is still the file open as ``fd`` (:meth:`check_files`)."""
+        self._watched.add(path, fd)
 
     def check_files(self) -> None:
         """Raise StoreError if a watched file is no longer the file opened at its path: the

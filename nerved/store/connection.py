@@ -54,6 +54,8 @@ class Connection:
 
     __slots__ = ("_conn", "path")
 
+    reads_ahead = False  # sqlite3 steps through a result a row at a time
+
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path

@@ -133,19 +133,17 @@ def query_page(
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     n = _cap(limit)
     forward = after_id is not None or since is not None
-    if getattr(conn, "reads_ahead", False):
+    if conn.reads_ahead:
         entries, more = _sized_page(conn, where, args, n, forward)
-        if not forward:
-            entries.reverse()
-        return entries, more
-    with contextlib.closing(
-        conn.execute(
-            f"SELECT id, source, type, ref_id, payload, ts FROM logs {clause}"
-            f" ORDER BY id {'ASC' if forward else 'DESC'} LIMIT ?",
-            (*args, n + 1),
-        )
-    ) as rows:
-        entries, more = _read_page(rows, n)
+    else:
+        with contextlib.closing(
+            conn.execute(
+                f"SELECT id, source, type, ref_id, payload, ts FROM logs {clause}"
+                f" ORDER BY id {'ASC' if forward else 'DESC'} LIMIT ?",
+                (*args, n + 1),
+            )
+        ) as rows:
+            entries, more = _read_page(rows, n)
     if not forward:
         entries.reverse()
     return entries, more

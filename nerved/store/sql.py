@@ -40,6 +40,10 @@ class Cursor(Protocol):
 class Connection(Protocol):
     """One connection to the store's database."""
 
+    reads_ahead: bool
+    """The driver reads a statement's whole result before its first row (psycopg; not
+    sqlite3): a page of large entries is read by their sizes first (nerved.store.reads)."""
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
 
     def close(self) -> None: ...

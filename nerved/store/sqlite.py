@@ -155,10 +155,6 @@ class Store(Batch, Writes, Reads):
                 self._conn.execute("ROLLBACK")
             raise
 
-    def watch(self, path: Path, fd: int) -> None:
-        """Check that ``path`` is still the file open as ``fd`` (see :meth:`check_files`)."""
-        self._watched.add(path, fd)
-
     # -- schema -------------------------------------------------------------------------
 
     def _migrate(self) -> None:

@@ -25,7 +25,6 @@ logs.db, and keeps the same rules (:mod:`nerved.store.interface`):
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from nerved.store.postgres import leases
 from nerved.store.postgres.connection import Connection, Refused, connect, display
 from nerved.store.postgres.schema import migrate, schema_version
 from nerved.store.reads import Reads
-from nerved.store.records import HostRecord, now_ms
+from nerved.store.records import HostRecord, RunRecord, now_ms
 from nerved.store.writes import Writes
 
 if TYPE_CHECKING:
@@ -154,23 +153,28 @@ class PgStore(Batch, Writes, Reads):
         self._conn.rollback()
         self._wrote = False
 
-    def _savepoint(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a write method so that its failure leaves the batch as it was before it."""
-        if not self._wrote:  # the batch's first write: nothing to keep but reads
+    def create_run(self, *args: Any, **kwargs: Any) -> RunRecord:
+        """:meth:`Writes.create_run`, the one write the data can refuse (a run id or an
+        idempotency key taken: a unique index), under a savepoint so that a refusal leaves
+        the batch as it was (the batch's first needs none: before it, the transaction holds
+        nothing worth keeping). The other writes are guarded updates, appends and upserts
+        no data of nerve's makes fail: one that fails all the same (a timeout, the database
+        gone) fails the batch, and its commit then fails."""
+        if not self._wrote:
             try:
-                return write(self, *args, **kwargs)
+                return Writes.create_run(self, *args, **kwargs)
             except StoreError:
                 self._rollback()
                 raise
         self._conn.execute("SAVEPOINT nerve_write")
         try:
-            result = write(self, *args, **kwargs)
+            run = Writes.create_run(self, *args, **kwargs)
         except StoreError:
             self._conn.execute("ROLLBACK TO SAVEPOINT nerve_write")
             self._conn.execute("RELEASE SAVEPOINT nerve_write")
             raise
         self._conn.execute("RELEASE SAVEPOINT nerve_write")
-        return result
+        return run
 
     # -- hosts' leases (nerved.store.postgres.leases) -------------------------------------
 
@@ -209,9 +213,6 @@ class PgStore(Batch, Writes, Reads):
     def shrink(self) -> None:
         """Nothing to give back: psycopg keeps no page cache."""
 
-    def watch(self, path: Path, fd: int) -> None:
-        self._watched.add(path, fd)
-
     def close(self) -> None:
         """Close, dropping a batch nobody committed: nothing of it was acknowledged yet."""
         self._rollback()
@@ -219,27 +220,6 @@ class PgStore(Batch, Writes, Reads):
         if hasattr(self, "committed"):
             self.committed.close()
         self._conn.close()
-
-
-# The writes that can fail on the data (a run id or an idempotency key taken: a unique
-# index) run under a savepoint, but the batch's first (see the module's doc). The others are
-# guarded updates, appends and upserts that no data of nerve's makes fail: one that fails
-# all the same (a timeout, the database gone) fails the batch, and the commit then fails.
-WRITES: Final = ("create_run",)
-
-
-def _guarded(name: str) -> Callable[..., Any]:
-    write = getattr(Writes, name)
-
-    @functools.wraps(write)
-    def guarded(self: PgStore, *args: Any, **kwargs: Any) -> Any:
-        return self._savepoint(write, *args, **kwargs)
-
-    return guarded
-
-
-for _name in WRITES:
-    setattr(PgStore, _name, _guarded(_name))
 
 
 if TYPE_CHECKING:
