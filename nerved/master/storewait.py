@@ -69,8 +69,6 @@ MAX_DELAY: Final = 15.0  # seconds between two tries, at most
 STATE: Final = "waiting for the store"
 """``status``'s ``state`` while the store cannot be reached."""
 
-OnWait = Callable[[str], None]
-
 
 class Unreachable(Exception):
     """The database did not answer a try (not a refusal: a retry may reach it)."""
@@ -107,14 +105,14 @@ def open_or_wait(
 
         return open_store(options.state_dir, None, locked), None
     try:
-        return _try(options, url), None
+        return _open_once(options, url), None
     except Unreachable as exc:
         waiting = StoreWait(loop, notifier, options, prepared, url, exc.why, started_at)
     store = waiting.run(started)
     return store, waiting.control
 
 
-def _try(options: Options, url: str) -> Storage:
+def _open_once(options: Options, url: str) -> Storage:
     """One try at the database: the store, or Unreachable at its first failure to connect
     (PgStore retries while its ``on_wait`` returns: here it raises)."""
 
@@ -218,7 +216,7 @@ class StoreWait:
             self._still(str(exc))
             return
         try:
-            self.store = _try(self.options, self.url)
+            self.store = _open_once(self.options, self.url)
         except Unreachable as exc:  # gone again since the bare connection
             self._still(exc.why)
         except StoreError as exc:

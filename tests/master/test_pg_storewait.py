@@ -21,6 +21,10 @@ from pg_support import PgCluster, pg_unavailable
 from support import Nerved, wait_until
 
 from nervectl.client import RemoteError
+from nerved.loop import Loop
+from nerved.master.notify import Notifier
+from nerved.master.startup import Options
+from nerved.master.storewait import FIRST_DELAY, MAX_DELAY, StoreWait
 
 if (_reason := pg_unavailable()) is not None:
     pytest.skip(f"PostgreSQL: {_reason}", allow_module_level=True)
@@ -155,3 +159,27 @@ def test_a_database_that_refuses_once_it_is_up_ends_the_wait_with_a_fatal_error(
     cluster.start()
     assert daemon.wait(30) == 73
     assert "does not exist" in daemon.log()
+
+
+def test_tries_back_off_exponentially_with_jitter_up_to_a_cap(tmp_path: Path) -> None:
+    from nerved.store.postgres.connection import display  # psycopg: after the skip
+
+    options = Options(tmp_path, tmp_path / "state", tmp_path / "sock")
+    loop = Loop()
+    try:
+        url = f"host=/x dbname=y password={SECRET}"
+        waiting = StoreWait(loop, Notifier(), options, None, url,  # type: ignore[arg-type]
+                            f"{display(url)}: no", time.monotonic())  # fmt: skip
+        assert waiting.error == "no" and SECRET not in waiting.where
+        ceilings = []
+        for _ in range(10):
+            ceiling = waiting.delay
+            before = time.monotonic()
+            waiting._schedule()
+            assert ceiling / 2 <= waiting.next_try - before <= ceiling + 0.01
+            ceilings.append(ceiling)
+        assert ceilings[:6] == [FIRST_DELAY * 2**n for n in range(5)] + [MAX_DELAY]
+        assert set(ceilings[5:]) == {MAX_DELAY}
+        assert len(waiting._timers) == 10  # loop timers, nothing slept
+    finally:
+        loop.close()
