@@ -102,10 +102,12 @@ def test_started_while_the_database_is_down_it_answers_then_serves_once_it_is_up
     first = assert_waiting(daemon)
     wait_until(lambda: daemon.rpc("status")["store"]["tries"] > first["tries"],
                what="a retry")  # fmt: skip
-    cluster.start()
-    wait_until(lambda: running(daemon), timeout=30, what="nerved reached the database")
-    run = daemon.wait_run(daemon.trigger("w", {}))
-    assert run["status"] == "completed"
+    with daemon.client() as kept:  # a connection made while it waits is served after
+        assert kept.call("status", {})["state"] == "waiting for the store"
+        cluster.start()
+        wait_until(lambda: running(daemon), timeout=30, what="nerved reached the database")
+        run_id = kept.call("workflow.trigger", {"workflow": "w", "payload": {}})["runId"]
+    assert daemon.wait_run(run_id)["status"] == "completed"
     assert SECRET not in daemon.log()
 
 
