@@ -4,7 +4,6 @@ a payload can send that PostgreSQL stores differently from SQLite."""
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 from pg_support import pg_unavailable
@@ -264,17 +263,3 @@ def test_concurrent_triggers_with_one_key_make_one_run(daemon):
     assert len(ids) == 1
     assert len(daemon.rpc("workflow.list", all=True)) == 1
     alive(daemon)
-
-
-def test_sigterm_while_waiting_for_the_database_at_start_stops_it(nerved_factory, tmp_path):
-    """PostgreSQL not up yet: nerved waits for it, and a stop (systemd's SIGTERM, its start
-    timeout) ends the wait at once rather than after TimeoutStopSec's SIGKILL."""
-    url = f"host={tmp_path / 'nowhere'} port=5432 dbname=x user=postgres"
-    daemon = nerved_factory(CONFIG, workflows={"w": WORKFLOW}, args=("--store", url))
-    daemon.start(wait=False)
-    daemon.wait_notify("waiting for", timeout=20)
-    began = time.monotonic()
-    daemon.signal(signal.SIGTERM)
-    code = daemon.wait(10)
-    assert time.monotonic() - began < 5
-    assert code != 0
