@@ -7,10 +7,9 @@ way, references included: a reflex naming a sense or workflow nobody declared.
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final, TypeVar
+from typing import Final
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
@@ -58,7 +57,6 @@ from nerved.config.walker import (
 
 MIN_CONNECTIONS, MAX_CONNECTIONS = 32, 4096
 
-_Choice = TypeVar("_Choice", bound=enum.StrEnum)
 _TOP_KEYS = ("senses", "reflexes", "workflows", "retention", "control", "metrics", "store")
 STORE_SCHEMES: Final = ("postgresql://", "postgres://")
 _SENSE_KEYS = ("group", "throttle", "timeout", "gracePeriod", "memoryMax")
@@ -251,8 +249,8 @@ class Validator(Walker):
             self.check_name(entry.key, entry.line, path, "workflow")
             settings = self.mapping(entry.value, entry.line, path, "a mapping of workflow settings")
             fields = self.known(settings or [], _WORKFLOW_KEYS, path)
-            overflow = self._choice(fields, "overflow", path, Overflow.QUEUE)
-            placement = self._choice(fields, "placement", path, Placement.LOCAL)
+            overflow = self.choice(fields, "overflow", path, Overflow.QUEUE)
+            placement = self.choice(fields, "placement", path, Placement.LOCAL)
             if overflow is Overflow.DROP and "maxQueue" in fields:
                 self.error(
                     fields["maxQueue"].line,
@@ -282,21 +280,6 @@ class Validator(Walker):
                 ),
             )
         return result
-
-    def _choice(self, fields: dict[str, Entry], key: str, path: str, default: _Choice) -> _Choice:
-        """``fields[key]``, one of ``default``'s enum's values (``default`` if absent, or
-        after an error saying which values there are)."""
-        field = fields.get(key)
-        if field is None:
-            return default
-        value = self.value(field.value, f"{path}.{key}")
-        choices = tuple(type(default))
-        if isinstance(value, str) and value in choices:
-            return type(default)(value)
-        if value is not UNREADABLE:
-            expected = " or ".join(str(c) for c in choices)
-            self.error(field.line, f"{path}.{key}", f"expected {expected}, got {show(value)}")
-        return default
 
     def reflexes(self, section: Entry | None) -> list[Reflex]:
         if section is None or is_null(section.value):

@@ -11,9 +11,10 @@ surprises) and nerve's value grammars; what nerve.yaml holds where is ``schema.p
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -44,6 +45,9 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 INT_TAG = "tag:yaml.org,2002:int"
 FLOAT_TAG = "tag:yaml.org,2002:float"
 _DECIMAL_RE = re.compile(r"[-+]?[0-9][0-9_]*")
+
+
+Choice = TypeVar("Choice", bound=enum.StrEnum)
 
 
 class Entry(NamedTuple):
@@ -202,6 +206,21 @@ class Walker:
                 return
             found = describe(value)
         self.error(line, path, f"expected {expected}, got {found}")
+
+    def choice(self, fields: dict[str, Entry], key: str, path: str, default: Choice) -> Choice:
+        """``fields[key]``, one of ``default``'s enum's values (``default`` if absent, or
+        after an error saying which values there are)."""
+        field = fields.get(key)
+        if field is None:
+            return default
+        value = self.value(field.value, f"{path}.{key}")
+        choices = tuple(type(default))
+        if isinstance(value, str) and value in choices:
+            return type(default)(value)
+        if value is not UNREADABLE:
+            expected = " or ".join(str(c) for c in choices)
+            self.error(field.line, f"{path}.{key}", f"expected {expected}, got {show(value)}")
+        return default
 
     def known(
         self,

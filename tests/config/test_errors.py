@@ -211,6 +211,13 @@ RULES = [
     ("workflows:\n  w: {overflow: fifo}\n", 2, "workflows.w.overflow", "expected drop or queue"),
     ("workflows:\n  w: {overflow: DROP}\n", 2, "workflows.w.overflow", "got 'DROP'"),
     (
+        "workflows:\n  w: {placement: anywhere}\n",
+        2,
+        "workflows.w.placement",
+        "expected local or any, got 'anywhere'",
+    ),
+    ("workflows:\n  w: {placement: [any]}\n", 2, "workflows.w.placement", "expected local or any"),
+    (
         "workflows:\n  w:\n    overflow: drop\n    maxQueue: 5\n",
         4,
         "workflows.w.maxQueue",

@@ -273,11 +273,11 @@ class WorkflowManager:
         self._assign(run)  # which tells the supervisor its worker is busy
 
     def _fill(self, flow: Flow) -> None:
-        """Start queued runs, oldest first, while the workflow has free slots (those of a
-        shared queue are claimed once this turn is committed: :mod:`.shared`)."""
+        """Start queued runs, oldest first, while the workflow has free slots; those of a
+        shared queue are claimed at the next turn (:mod:`.shared`), after the local ones a
+        workflow queued before a reload made it ``placement: any``."""
         if self.shared.shared(flow):
             self.shared.claim_soon(flow)
-            return
         while flow.queue and flow.has_room and not self.stopping and not flow.removed:
             queued = flow.queue.popleft()
             if self.store.transition_run(
