@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 NAMED = {"runs_per_s", "iso_p50_ms", "iso_p99_ms", "ack_p99_ms", "ack_alone_p99_ms", "rss_mb"}
 
@@ -25,3 +27,21 @@ def test_workflows_json_is_one_object_with_the_named_figures() -> None:
     assert nerve.keys() >= NAMED
     assert all(isinstance(v, float | int) and v > 0 for v in nerve.values()), nerve
     assert "nerve" in done.stderr  # progress goes to stderr
+
+
+def test_pg_quick_json_is_one_object_with_each_engine() -> None:
+    """``bench.pg --quick --no-peers --json``: a throwaway PostgreSQL, W on SQLite and on
+    PostgreSQL (and on three hosts where nerved has ``placement: any``), one JSON object."""
+    from pg_support import pg_unavailable
+
+    if (reason := pg_unavailable()) is not None:
+        pytest.skip(f"PostgreSQL: {reason}")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.pg", "--quick", "--no-peers", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    results = json.loads(done.stdout)
+    assert list(results)[:2] == ["nerve sqlite", "nerve postgresql"]
+    for engine in ("nerve sqlite", "nerve postgresql"):
+        assert results[engine].keys() >= NAMED
+    assert all(isinstance(v, float | int) and v >= 0 for r in results.values() for v in r.values())
