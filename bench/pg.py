@@ -130,8 +130,9 @@ def hosts(cluster: PgCluster, config: str, code: str) -> Iterator[list[Daemon]]:
                 try:
                     daemons.append(stack.enter_context(daemon))
                 except DaemonExited as exited:
-                    if "placement" in exited.log:
-                        raise Unsupported(f"{UNSUPPORTED} (it refuses the key)") from None
+                    said = [line for line in exited.log.splitlines() if "placement" in line]
+                    if said:
+                        raise Unsupported(f"{UNSUPPORTED} ({said[-1].strip()})") from None
                     if number > 1 and exited.code == 75:
                         raise Unsupported(
                             f"{UNSUPPORTED} (a second host on the database is refused: exit 75)"
