@@ -61,6 +61,15 @@ class Overflow(enum.StrEnum):
     QUEUE = "queue"
 
 
+class Placement(enum.StrEnum):
+    """Where a workflow's runs execute, on a store several hosts share (SPEC v2 §9): on the
+    host that triggered them (``local``), or on whichever host claims them first from the
+    shared queue (``any``). With a store one host holds (SQLite) both are ``local``."""
+
+    LOCAL = "local"
+    ANY = "any"
+
+
 @dataclass(frozen=True, slots=True)
 class SenseConfig:
     name: str
@@ -187,6 +196,7 @@ class WorkflowConfig:
     max_attempts: int
     line: int
     memory_max: int | None = None  # bytes, for the worker and everything it starts
+    placement: Placement = Placement.LOCAL
     # Policies by role name; a role not named here has the defaults (:meth:`policy`).
     roles: Mapping[str, RolePolicy] = field(default_factory=_no_roles)
 

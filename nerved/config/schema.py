@@ -7,9 +7,10 @@ way, references included: a reflex naming a sense or workflow nobody declared.
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Final, TypeVar
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
@@ -34,6 +35,7 @@ from nerved.config.model import (
     ControlConfig,
     NerveConfig,
     Overflow,
+    Placement,
     Reflex,
     RetentionConfig,
     SenseConfig,
@@ -56,6 +58,7 @@ from nerved.config.walker import (
 
 MIN_CONNECTIONS, MAX_CONNECTIONS = 32, 4096
 
+_Choice = TypeVar("_Choice", bound=enum.StrEnum)
 _TOP_KEYS = ("senses", "reflexes", "workflows", "retention", "control", "metrics", "store")
 STORE_SCHEMES: Final = ("postgresql://", "postgres://")
 _SENSE_KEYS = ("group", "throttle", "timeout", "gracePeriod", "memoryMax")
@@ -71,6 +74,7 @@ _WORKFLOW_KEYS = (
     "maxSteps",
     "maxAttempts",
     "memoryMax",
+    "placement",
     "roles",
 )
 _RETENTION_KEYS = ("runs", "signals")
@@ -247,18 +251,8 @@ class Validator(Walker):
             self.check_name(entry.key, entry.line, path, "workflow")
             settings = self.mapping(entry.value, entry.line, path, "a mapping of workflow settings")
             fields = self.known(settings or [], _WORKFLOW_KEYS, path)
-            overflow = Overflow.QUEUE
-            if "overflow" in fields:
-                field = fields["overflow"]
-                value = self.value(field.value, f"{path}.overflow")
-                if isinstance(value, str) and value in tuple(Overflow):
-                    overflow = Overflow(value)
-                elif value is not UNREADABLE:
-                    self.error(
-                        field.line,
-                        f"{path}.overflow",
-                        f"expected drop or queue, got {show(value)}",
-                    )
+            overflow = self._choice(fields, "overflow", path, Overflow.QUEUE)
+            placement = self._choice(fields, "placement", path, Placement.LOCAL)
             if overflow is Overflow.DROP and "maxQueue" in fields:
                 self.error(
                     fields["maxQueue"].line,
@@ -282,11 +276,27 @@ class Validator(Walker):
                 max_attempts=self._integer(fields, "maxAttempts", path, DEFAULT_MAX_ATTEMPTS),
                 line=entry.line,
                 memory_max=self.memory_max(fields, path),
+                placement=placement,
                 roles=MappingProxyType(
                     {} if roles is None else role_policies(self, roles, f"{path}.roles")
                 ),
             )
         return result
+
+    def _choice(self, fields: dict[str, Entry], key: str, path: str, default: _Choice) -> _Choice:
+        """``fields[key]``, one of ``default``'s enum's values (``default`` if absent, or
+        after an error saying which values there are)."""
+        field = fields.get(key)
+        if field is None:
+            return default
+        value = self.value(field.value, f"{path}.{key}")
+        choices = tuple(type(default))
+        if isinstance(value, str) and value in choices:
+            return type(default)(value)
+        if value is not UNREADABLE:
+            expected = " or ".join(str(c) for c in choices)
+            self.error(field.line, f"{path}.{key}", f"expected {expected}, got {show(value)}")
+        return default
 
     def reflexes(self, section: Entry | None) -> list[Reflex]:
         if section is None or is_null(section.value):

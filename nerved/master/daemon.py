@@ -229,7 +229,7 @@ class Daemon:
         self.store.commit()
         self.upkeep.start()
         if self.lease is not None:
-            self.lease.start()
+            self.lease.start(self.workflows.shared.serves)
         self.metrics.apply(self.config.metrics)
         summary = self._summary()
         log.info(

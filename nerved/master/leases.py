@@ -1,9 +1,10 @@
 """This host's lease on a store several hosts may share (PostgreSQL; issue 15, SPEC v2 §9).
 
 At start, before recovery, the host takes its lease (a new epoch: nerved.store.postgres.
-leases); it renews it every :data:`RENEW_EVERY` in the turn's batch while it runs, and ends
-it at a clean stop. A renewal that finds the lease no longer this epoch's (another nerved
-with the same host id took it) means another process drives this host's runs now: it
+leases); it renews it :data:`RENEWALS` times a lease in the turn's batch while it runs, and
+ends it at a clean stop. A renewal that finds the lease no longer this epoch's (another
+nerved with the same host id took it, or another host took this one's runs over once it
+lapsed) means another process drives this host's runs now: it
 raises StoreError out of the loop, and the daemon stops at once (its storage-failure path:
 exit 75), writing nothing more for them.
 ``status`` lists every host of the store with the age of its lease (:meth:`HostLease.view`).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,20 +32,46 @@ log = logging.getLogger(__name__)
 
 LEASE_MS: Final = 10_000
 """How long a lease runs unless renewed: how long after a host's death others may take
-over its work (issue 15). Renewed five times as often, so that a loop turn or a commit slow
-by seconds does not lose it."""
-RENEW_EVERY: Final = LEASE_MS / 5 / 1000  # seconds
+over its work (issue 15). Renewed five times as often (:data:`RENEWALS`), so that a loop
+turn or a commit slow by seconds does not lose it. ``$NERVE_LEASE_MS`` sets another
+(:data:`LEASE_RANGE`): shorter, a dead host's ``any`` runs go on sooner elsewhere, and a
+host stalled for longer (a paused VM, a slow disk) loses its lease and restarts."""
+LEASE_RANGE: Final = (1_000, 600_000)
+RENEWALS: Final = 5  # renewals per lease
+
+
+def lease_ms(environ: Mapping[str, str] = os.environ) -> int:
+    """The lease's length: ``$NERVE_LEASE_MS``, else :data:`LEASE_MS`; StoreError (the start
+    fails: a configuration error) for a value that is not a whole number of ms in
+    :data:`LEASE_RANGE`."""
+    text = environ.get("NERVE_LEASE_MS", "").strip()
+    if not text:
+        return LEASE_MS
+    low, high = LEASE_RANGE
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise StoreError(f"$NERVE_LEASE_MS must be a whole number of ms, {low} to {high}: {text!r}")
+    return int(text)
 
 
 class HostLease:
     """The lease of ``host_id``, taken at ``epoch``."""
 
-    def __init__(self, loop: Loop, store: Storage, leasing: Leasing, host_id: str, epoch: int):
+    def __init__(
+        self,
+        loop: Loop,
+        store: Storage,
+        leasing: Leasing,
+        host_id: str,
+        epoch: int,
+        length_ms: int = LEASE_MS,
+    ):
         self.loop = loop
         self.store = store
         self.leasing = leasing
         self.host_id = host_id
         self.epoch = epoch
+        self.length_ms = length_ms
+        self.serves: Callable[[], Sequence[str]] = tuple  # its ``any`` workflows
         self._hosts: list[HostRecord] = []  # read after each renewal's commit: view()
         self._read_at = time.monotonic()
         self._read_hosts()
@@ -51,18 +79,21 @@ class HostLease:
     def _read_hosts(self) -> None:
         self._hosts, self._read_at = self.leasing.hosts(), time.monotonic()
 
-    def start(self) -> None:
-        """Renew from now on (once the daemon is ready)."""
-        self.loop.call_later(RENEW_EVERY, self._renew)
+    def start(self, serves: Callable[[], Sequence[str]]) -> None:
+        """Renew from now on (once the daemon is ready), each renewal saying which ``any``
+        workflows the host ``serves`` then (its share of their slots)."""
+        self.serves = serves
+        self._renew()
 
     def _renew(self) -> None:
-        if not self.leasing.renew_lease(self.host_id, self.epoch, LEASE_MS):
+        renewed = self.leasing.renew_lease(self.host_id, self.epoch, self.length_ms, self.serves())
+        if not renewed:
             raise StoreError(
                 f"host {self.host_id}'s lease lapsed or was taken by another nerved (epoch"
                 f" {self.epoch}): this one writes nothing more"
             )
         self.store.after_commit(self._read_hosts)
-        self.loop.call_later(RENEW_EVERY, self._renew)
+        self.loop.call_later(self.length_ms / RENEWALS / 1000, self._renew)
 
     def release(self) -> None:
         """End the lease now (a clean stop), in the batch the caller commits."""
@@ -106,6 +137,8 @@ def take(loop: Loop, store: Storage, options: Options) -> HostLease | None:
         token = instance(state_dir)
     except (OSError, modes.UnsafeStateFile) as exc:
         raise StoreError(f"{state_dir}/host-instance: {exc}") from exc
-    epoch = leasing.claim_lease(host_id, token, os.getpid(), _version.__version__, LEASE_MS)
-    log.info("host %s took its lease on %s (epoch %d)", host_id, store.where, epoch)
-    return HostLease(loop, store, leasing, host_id, epoch)
+    length = lease_ms()
+    epoch = leasing.claim_lease(host_id, token, os.getpid(), _version.__version__, length)
+    log.info("host %s took its lease on %s (epoch %d, %d ms)", host_id, store.where, epoch,
+             length)  # fmt: skip
+    return HostLease(loop, store, leasing, host_id, epoch, length)

@@ -22,7 +22,7 @@ A leaf: it imports no backend, so the engine can be typed against it alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -144,8 +144,11 @@ class Leasing(Protocol):
         now (another host's lease is live, or this host id's from another instance)."""
         ...
 
-    def renew_lease(self, host_id: str, epoch: int, lease_ms: int) -> bool:
-        """Extend it, in the turn's batch; False if ``epoch`` is no longer the host's."""
+    def renew_lease(
+        self, host_id: str, epoch: int, lease_ms: int, serves: Sequence[str] = ()
+    ) -> bool:
+        """Extend it, in the turn's batch, saying which ``placement: any`` workflows the
+        host ``serves`` now; False if ``epoch`` is no longer the host's."""
         ...
 
     def release_lease(self, host_id: str, epoch: int) -> None:
@@ -156,6 +159,31 @@ class Leasing(Protocol):
         """Every host that used the store, with its lease, as committed."""
         ...
 
+    # The queue of ``placement: any`` runs that every host claims from, and the takeover of
+    # a lapsed host's (nerved.store.postgres.queue; SPEC v2 §9).
+
+    def queue_counts(self, workflow: str) -> tuple[int, int]:
+        """(holding a slot: started or waiting, queued) runs of the ``any`` workflow over
+        every host, as committed."""
+        ...
+
+    def claim_runs(self, workflow: str, concurrency: int) -> list[ActiveRecord] | None:
+        """Claim, in the batch, the oldest queued runs of the ``any`` workflow that its free
+        slots (of ``concurrency`` over every host) and this host's share allow: each is
+        ``started`` on this host. None: another host is claiming them now (try again
+        soon). Fenced by the lease: StoreError once it was taken."""
+        ...
+
+    def oldest_queued(self, workflow: str) -> str | None:
+        """The oldest queued run of the ``any`` workflow, locked in the batch (an evict's
+        victim); None: none free."""
+        ...
+
+    def take_over(self, serves: Sequence[str]) -> list[tuple[str, list[ActiveRecord]]]:
+        """Take over, in the batch, the started and waiting runs of the workflows in
+        ``serves`` that hosts whose lease lapsed left: (host, its runs now this host's)."""
+        ...
+
 
 class Storage(Reader, Protocol):
     """The master's store: batched writes, the batch's lock and files, and the engine's reads.
@@ -163,6 +191,10 @@ class Storage(Reader, Protocol):
     Its own queries see the batch of the current turn; :attr:`committed` sees only what
     is durable.
     """
+
+    host_id: str | None
+    """The host whose runs it writes and recovers, on a store several hosts share (set when
+    the host takes its lease); None for one a single host holds (SQLite)."""
 
     @property
     def where(self) -> str:
@@ -273,9 +305,13 @@ class Storage(Reader, Protocol):
         reason: str | None = None,
         retry_of: str | None = None,
         idempotency_key: str | None = None,
+        placement: str = "local",
         ts: int | None = None,
     ) -> RunRecord:
         """Insert a new run in a creating transition's status, with its log entry.
+
+        ``placement``: ``any`` for a run any host of a shared store may claim (a queued one
+        carries no host then); the row's ``host`` is the store's ``host_id`` otherwise.
 
         With ``idempotency_key`` (a string), the row keeps it (``RunRecord.idempotency_key``)
         and a ``key`` entry ``{"key": K}`` follows the creating entry, in the same batch (the
@@ -392,8 +428,10 @@ class Storage(Reader, Protocol):
 
     # -- reads of the engine --------------------------------------------------------------
 
-    def active_runs(self) -> list[ActiveRecord]:
+    def active_runs(self, run_ids: Sequence[str] | None = None) -> list[ActiveRecord]:
         """Every active run (nerved.states.ACTIVE), oldest first, each with its ``history``:
         the UTF-8 bytes of its stored trigger payload and of its ``step_complete`` and
-        ``input`` payloads (what a resume reads)."""
+        ``input`` payloads (what a resume reads). On a store several hosts share, this
+        host's (not the queued ``placement: any`` runs: those are claimed). ``run_ids``:
+        those of these runs that are active."""
         ...

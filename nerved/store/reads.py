@@ -21,7 +21,7 @@ from nerved.store.sql import Connection
 
 RUN_COLUMNS: Final = (
     "run_id, workflow, status, created_at, updated_at, trigger_payload, steps, error, "
-    "attempts, retry_of, seq, tries, retry_at, idempotency_key, wait_for, wake_at"
+    "attempts, retry_of, seq, tries, retry_at, idempotency_key, wait_for, wake_at, host, placement"
 )
 _LISTED_COLUMNS: Final = RUN_COLUMNS.replace("trigger_payload", "NULL")
 RUN_WIDTH: Final = RUN_COLUMNS.count(",") + 1  # a column added after them is at this index
@@ -57,7 +57,7 @@ def run_from_row(row: Sequence[Any], history: int = 0) -> RunRecord:
     status = status_of(row[2])
     return RunRecord(
         row[0], row[1], status, row[3], row[4], loads(row[5]), row[6], row[7], row[8], row[9],
-        row[10], history, row[11], row[12], row[13], row[14], row[15],
+        row[10], history, row[11], row[12], row[13], row[14], row[15], row[16], row[17],
     )  # fmt: skip
 
 

@@ -107,6 +107,12 @@ class RunRecord:
     wake_at: int | None = None
     """When a ``waiting`` run's wait ends (ms since the epoch): its deadline, or the end of
     its sleep; None: it waits for a signal alone, or it does not wait."""
+    host: str | None = None
+    """The host that drives it, on a store several hosts share (SPEC v2 §9): the one that
+    triggered a ``local`` run, the last to claim or take over an ``any`` one. None: a store
+    one host holds (SQLite), or an ``any`` run no host has claimed yet."""
+    placement: str = "local"
+    """Its workflow's ``placement`` when it was triggered: ``local`` or ``any``."""
 
     def to_wire(self, error_limit: int = wire.MAX_LOG_LINE) -> dict[str, Any]:
         """The run's fields (no trigger payload); ``error`` is cut to ``error_limit`` bytes
@@ -126,6 +132,8 @@ class RunRecord:
             "idempotencyKey": self.idempotency_key,
             "waitFor": self.wait_for,
             "wakeAt": self.wake_at,
+            "host": self.host,
+            "placement": self.placement,
         }
 
 
@@ -152,6 +160,8 @@ class ActiveRecord(NamedTuple):
     idempotency_key: str | None
     wait_for: str | None
     wake_at: int | None
+    host: str | None
+    placement: str
 
 
 StoredRun = RunRecord | ActiveRecord

@@ -12,7 +12,7 @@ from typing import Final
 from nerved.store.connection import Connection
 from nerved.store.errors import StoreError
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.
@@ -127,6 +127,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     CREATE INDEX logs_ref ON logs (substr(ref_id, 9) || substr(ref_id, 1, 8), id);
     DROP INDEX logs_ref_id;
+    """,
+    # 7 (issue 15): a run carries the host that drives it and its workflow's placement, as
+    # a store several hosts share has them (nerved.store.postgres.schema, 5); in logs.db,
+    # which one host holds, ``host`` stays NULL and ``placement`` 'local'.
+    """
+    ALTER TABLE workflow_runs ADD COLUMN host TEXT;
+    ALTER TABLE workflow_runs ADD COLUMN placement TEXT NOT NULL DEFAULT 'local';
     """,
 )
 

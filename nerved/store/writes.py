@@ -10,7 +10,7 @@ turn (:meth:`nerved.store.sqlite.Store.commit`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from nerved.states import RunStatus, Transition
@@ -49,6 +49,10 @@ _KEPT = (
 """What a retry from step K copies (``copy_history``): the entries up to the K-th step, and
 the inputs after it, up to the next step, that the world sent (a signal, a wait's timeout, a
 wake), not the ``role_failed`` of the failure it is retried for."""
+_OWN_RUNS = " AND (host = ? OR (host IS NULL AND placement = 'local'))"
+"""What keeps a shared store's active runs to this host's (one parameter: its host id): those
+it drives, and the ``local`` ones of a release before hosts (no host). Not the ``any`` runs
+still queued: those are claimed, not recovered (nerved.store.postgres.queue)."""
 _ANY_HISTORY_OF = (
     f"{REF_KEY} = ? AND +source = 'workflow' AND +type IN ('step_complete', 'input', 'step_failed')"
 )
@@ -60,6 +64,9 @@ class Writes:
 
     _conn: Connection
     _begin: Callable[[], None]  # the Store's: opens the batch before a write
+    host_id: str | None = None
+    """The host whose runs these writes are, on a store several hosts share (set when it
+    takes its lease); None for one a single host holds (SQLite): its runs carry no host."""
 
     # -- writes -------------------------------------------------------------------------
 
@@ -85,9 +92,13 @@ class Writes:
         reason: str | None = None,
         retry_of: str | None = None,
         idempotency_key: str | None = None,
+        placement: str = "local",
         ts: int | None = None,
     ) -> RunRecord:
         """Insert a new run in the transition's status, with the log entry recording it.
+
+        ``placement``: ``any`` for a run any host of a shared store may claim (SPEC v2 §9):
+        queued, it carries no host (:attr:`host_id` otherwise).
 
         ``payload_json`` is ``trigger_payload`` as :func:`dumps` encodes it, when the caller
         has it (it checked the payload on admission): it is stored as it is, not encoded again.
@@ -114,12 +125,25 @@ class Writes:
                 raise ValueError(
                     f"run {holder[0]} of workflow {workflow!r} has that idempotency key already"
                 )
+        host = None if placement == "any" and status is RunStatus.QUEUED else self.host_id
         self._begin()
         seq = self._conn.execute(
             "INSERT INTO workflow_runs (run_id, workflow, status, created_at, updated_at,"
-            " trigger_payload, error, retry_of, idempotency_key)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-            (run_id, workflow, status, ts, ts, payload_json, reason, retry_of, idempotency_key),
+            " trigger_payload, error, retry_of, idempotency_key, host, placement)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (
+                run_id,
+                workflow,
+                status,
+                ts,
+                ts,
+                payload_json,
+                reason,
+                retry_of,
+                idempotency_key,
+                host,
+                placement,
+            ),
         ).fetchone()[0]
         self._conn.execute(
             "INSERT INTO logs (source, type, ref_id, payload, ts) VALUES ('workflow', ?, ?, ?, ?)",
@@ -133,7 +157,7 @@ class Writes:
             )
         return RunRecord(
             run_id, workflow, status, ts, ts, trigger_payload, 0, reason, 0, retry_of,
-            int(seq), idempotency_key=idempotency_key,
+            int(seq), idempotency_key=idempotency_key, host=host, placement=placement,
         )  # fmt: skip
 
     def transition_run(
@@ -437,15 +461,27 @@ class Writes:
 
     # -- reads of the engine ---------------------------------------------------------
 
-    def active_runs(self) -> list[ActiveRecord]:
+    def active_runs(self, run_ids: Sequence[str] | None = None) -> list[ActiveRecord]:
         """Every active run (nerved.states.ACTIVE), oldest first: the order recovery must
-        keep; found through the partial index ``workflow_runs_active``.
+        keep; found through the partial index ``workflow_runs_active``. On a store several
+        hosts share (:attr:`host_id` set), this host's alone: those it drives, and none of
+        the ``any`` runs still queued (claimed, not recovered: nerved.store.postgres.queue).
 
         Each with its ``history`` size (trigger payload, steps and inputs), counted in SQL,
         so that a run too large to resume is known before its entries are read. (The unary
         ``+`` keeps SQLite on the ``logs_ref`` index: left to itself it picks ``(source,
         type)`` and scans every step of every run.) The columns come in ActiveRecord's order.
+
+        ``run_ids``: those runs alone, if active (runs this host has just claimed or taken
+        over from another: nerved.store.postgres.queue).
         """
+        where, params = ACTIVE_SQL, tuple(run_ids or ())
+        if run_ids is not None:
+            if not run_ids:
+                return []
+            where += f" AND run_id IN ({','.join('?' * len(run_ids))})"
+        elif self.host_id is not None:
+            where, params = where + _OWN_RUNS, (self.host_id,)
         rows = self._conn.execute(
             f"SELECT {_BEFORE_HISTORY},"
             " COALESCE(LENGTH(CAST(trigger_payload AS BLOB)), 0)"
@@ -453,7 +489,8 @@ class Writes:
             f"    WHERE {REF_KEY} = {turned('run_id')}"
             "     AND +source = 'workflow'"
             f"   AND +{HISTORY_SQL}),"
-            f" {_AFTER_HISTORY} FROM workflow_runs WHERE {ACTIVE_SQL} ORDER BY seq"
+            f" {_AFTER_HISTORY} FROM workflow_runs WHERE {where} ORDER BY seq",
+            params,
         ).fetchall()
         make = ActiveRecord._make
         return [make((r[0], r[1], status_of(r[2]), r[3], r[4], loads(r[5]), *r[6:])) for r in rows]

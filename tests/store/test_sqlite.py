@@ -351,7 +351,7 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     conn.close()
 
     store = Store(db_path)
-    assert store.schema_version == SCHEMA_VERSION == 6
+    assert store.schema_version == SCHEMA_VERSION == 7
     assert [(r.run_id, r.steps, r.attempts, r.history) for r in store.active_runs()] == [
         ("r0", 0, 0, len('{"i":0}')),
         ("r1", 2, 1, len('{"i":1}') + 2 * len('{"role":"a","prompt":null,"event":{"n":2}}')),
@@ -367,6 +367,8 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
             "idempotency_key": None,
             "wait_for": None,
             "wake_at": None,
+            "host": None,
+            "placement": "local",
         }
         for run_id, row in before.items()
     }
@@ -400,6 +402,8 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
         "idempotency_key": None,
         "wait_for": None,
         "wake_at": None,
+        "host": None,
+        "placement": "local",
     }
     assert after["r1"] == {**before["r1"], **after_1}
     assert after["r0"] == {
@@ -412,6 +416,8 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
         "idempotency_key": None,
         "wait_for": None,
         "wake_at": None,
+        "host": None,
+        "placement": "local",
     }
     assert_runs_match(derive_runs(conn), read_runs(conn))
     conn.close()

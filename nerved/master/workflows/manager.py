@@ -47,6 +47,7 @@ from nerved.master.workflows import rebuild
 from nerved.master.workflows.admission import admit, reasons
 from nerved.master.workflows.losses import Losses
 from nerved.master.workflows.messages import WorkerMessages
+from nerved.master.workflows.recovery import resumable_payload
 from nerved.master.workflows.replay import Replays
 from nerved.master.workflows.resume import Resumer, start_frame
 from nerved.master.workflows.runs import (
@@ -57,13 +58,14 @@ from nerved.master.workflows.runs import (
     log_transition,
     unresumable,
 )
+from nerved.master.workflows.shared import SharedQueue
 from nerved.master.workflows.steering import Steering
 from nerved.master.workflows.tries import Tries
 from nerved.master.workflows.waiters import Waiters
 from nerved.master.workflows.waits import Waits
 from nerved.outcome import BadInput, NotFound, Pending, ShuttingDown
 from nerved.states import Transition
-from nerved.store import RunRecord, Storage, StoreError
+from nerved.store import ActiveRecord, RunRecord, Storage, StoreError
 from nerved.store.records import now_ms
 from nerved.store.refs import new_run_id
 from nerved.worker import workflow_main
@@ -82,6 +84,7 @@ class WorkflowManager:
         self.loop = loop
         self.workers = workers
         self.store = store
+        self.stopping = False
         self.import_timeout = import_timeout  # seconds a worker's import may take
         self.flows: dict[str, Flow] = {}
         self.runs: dict[str, ActiveRun] = {}
@@ -98,7 +101,7 @@ class WorkflowManager:
         self.messages = WorkerMessages(store, self.runs, self.tries, self.waits, self._end,
                                        self._replace, self.steering.ended)  # fmt: skip
         self.replays = Replays(loop, workers, store, self.flows)  # workflow.replay
-        self.stopping = False
+        self.shared = SharedQueue(loop, store, self)  # placement: any, on a shared store
 
     # -- configuration ------------------------------------------------------------------
 
@@ -163,7 +166,9 @@ class WorkflowManager:
     def recover(self, progress: Callable[[], None] = lambda: None) -> str:
         """Rebuild the queues and active sets from logs.db and resume what was running
         (:func:`.rebuild.recover`, by :func:`~.recovery.recovery_of`'s rule); the summary."""
-        return rebuild.recover(self, progress)
+        summary = rebuild.recover(self, progress)
+        self.shared.start()  # its first claims and takeovers run once the loop does
+        return summary
 
     # -- admission ----------------------------------------------------------------------
 
@@ -211,18 +216,24 @@ class WorkflowManager:
                 raise BadInput(str(exc)) from None
         run_id = new_run_id()  # random first: its prefix names it (nerved.store.refs)
         config = flow.config
-        admission = admit(
-            active=len(flow.active), queued=len(flow.queue), concurrency=config.concurrency,
-            max_queue=config.max_queue, overflow=config.overflow,
-        )  # fmt: skip
+        shared = self.shared.shared(flow)  # queued over every host, claimed (.shared)
+        if shared:
+            admission = self.shared.admit(flow)
+        else:
+            admission = admit(
+                active=len(flow.active), queued=len(flow.queue), concurrency=config.concurrency,
+                max_queue=config.max_queue, overflow=config.overflow,
+            )  # fmt: skip
         rejected, evicted = reasons(workflow, config.concurrency, config.max_queue)
         if admission.evict:
-            self._finish(flow.queue.popleft().run_id, workflow, Transition.EVICT, evicted)
+            victim = self.shared.oldest(flow) if shared else flow.queue.popleft().run_id
+            if victim is not None:
+                self._finish(victim, workflow, Transition.EVICT, evicted)
         reason = rejected if admission.transition is Transition.REJECT else None
         record = self.store.create_run(
             run_id, workflow, admission.transition, payload,
             payload_json=payload_json, retry_of=retry_of, reason=reason,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, placement="any" if shared else "local",
         )  # fmt: skip
         log_transition(run_id, workflow, admission.transition, record.error)
         flow.tally.moved(admission.transition)
@@ -233,9 +244,24 @@ class WorkflowManager:
             copied = self.store.copy_history(retry_of, run_id, keep_steps)
         if admission.transition is Transition.START:
             self._activate(flow, QueuedRun(run_id, payload_json, keep_steps, copied))
+        elif admission.transition is Transition.ENQUEUE and shared:
+            self.shared.claim_soon(flow)
         elif admission.transition is Transition.ENQUEUE:
             flow.queue.append(QueuedRun(run_id, payload_json, keep_steps, copied))
         return record
+
+    def _activate_claimed(self, flow: Flow, record: ActiveRecord) -> None:
+        """A run this host has just claimed from the shared queue (committed ``started``
+        here): given to its worker, as a dispatched run is (:mod:`.shared`)."""
+        try:
+            payload_json = resumable_payload(record)
+        except wire.Invalid as exc:
+            self._finish(record.run_id, flow.name, Transition.UNRESUMABLE, unresumable(exc))
+            return
+        log_transition(record.run_id, flow.name, Transition.DISPATCH, None)
+        flow.tally.moved(Transition.DISPATCH)
+        copied = max(0, record.history - len((payload_json or "").encode()))
+        self._activate(flow, QueuedRun(record.run_id, payload_json, record.steps, copied))
 
     def _activate(self, flow: Flow, queued: QueuedRun) -> None:
         payload_json = queued.payload_json
@@ -247,7 +273,11 @@ class WorkflowManager:
         self._assign(run)  # which tells the supervisor its worker is busy
 
     def _fill(self, flow: Flow) -> None:
-        """Start queued runs, oldest first, while the workflow has free slots."""
+        """Start queued runs, oldest first, while the workflow has free slots (those of a
+        shared queue are claimed once this turn is committed: :mod:`.shared`)."""
+        if self.shared.shared(flow):
+            self.shared.claim_soon(flow)
+            return
         while flow.queue and flow.has_room and not self.stopping and not flow.removed:
             queued = flow.queue.popleft()
             if self.store.transition_run(
@@ -419,6 +449,7 @@ class WorkflowManager:
     def stop(self) -> float:
         """Halt every worker after its running steps; returns the longest grace (seconds)."""
         self.stopping = True
+        self.shared.stop()
         flows = (*self.flows.values(), *self._removed)  # removed: still draining
         # A run no worker holds (its workflow backs off, or is fatal) has no step to finish.
         held = [f for f in flows if any(r.worker is not None for r in f.active.values())]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
 from nerved.loop import Loop
@@ -32,7 +32,7 @@ from nerved.master.workflows.runs import ActiveRun, Flow, QueuedRun, Wait
 from nerved.master.workflows.tries import Tries
 from nerved.master.workflows.waits import Waits
 from nerved.states import Transition
-from nerved.store import Storage
+from nerved.store import ActiveRecord, Storage
 
 log = logging.getLogger("nerved.master.workflows")
 
@@ -70,34 +70,9 @@ def recover(manager: Manager, progress: Callable[[], None]) -> str:
     """Rebuild ``manager``'s queues and active sets from its store and resume what was
     running; returns the summary it logs. ``progress`` is called once per run (a long
     recovery asks systemd for more time: Notifier.extend)."""
-    fates = dict.fromkeys(Fate, 0)
+    records = manager.store.active_runs()
+    fates, _ = _place(manager, records, "nerved restarted", "nerved stopped while it ran", progress)
     flows, runs = manager.flows, manager.runs
-    for record in manager.store.active_runs():
-        progress()
-        flow = flows.get(record.workflow)
-        recovery = recovery_of(record, None if flow is None else flow.config)
-        fates[recovery.fate] += 1
-        if recovery.transition is not None:
-            manager._finish(record.run_id, record.workflow, recovery.transition, recovery.reason)
-        elif flow is None:
-            continue
-        elif recovery.fate is Fate.QUEUE:
-            payload = len((recovery.payload_json or "").encode())
-            queued = QueuedRun(record.run_id, recovery.payload_json, record.steps,
-                               max(0, record.history - payload))  # fmt: skip
-            flow.queue.append(queued)
-        elif recovery.fate is Fate.RESTART:
-            manager.losses.restart_afresh(record, recovery.payload_json,
-                                          "nerved stopped while it ran")  # fmt: skip
-        else:
-            run = ActiveRun(record.run_id, flow, recovery.payload_json, record.history,
-                            record.steps, sent=True, lost="nerved restarted",
-                            attempts=record.attempts)  # fmt: skip
-            flow.active[run.run_id] = run
-            runs[run.run_id] = run
-            manager.tries.recovered(run, record)  # a retry it waited for is armed again
-            if recovery.fate is Fate.WAIT:
-                run.waiting, run.lost = Wait(record.wait_for, record.wake_at), None
     manager.waits.recovered(runs.values())  # deadlines passed meanwhile fire first
     resumes: deque[ActiveRun] = deque()  # given to their worker after READY=1 (below)
     for flow in flows.values():
@@ -118,6 +93,61 @@ def recover(manager: Manager, progress: Callable[[], None]) -> str:
     if any(fates.values()):
         log.info("%s", summary)
     return summary
+
+
+def adopt(manager: Manager, records: Iterable[ActiveRecord], lost: str) -> None:
+    """Make ``records``, active runs this host has just taken over from another (its lease
+    lapsed: nerved.master.workflows.shared), its own by recovery's rule, as if it had
+    restarted with them: a started run is resumed from its logged events (``lost`` says
+    why, in its ``resumed`` entry), a waiting one waits again with its deadline armed."""
+    _, placed = _place(manager, records, lost, lost, lambda: None)
+    manager.waits.recovered(placed)
+    for run in placed:
+        if manager.runs.get(run.run_id) is run and run.worker is None:
+            manager._assign(run)
+
+
+def _place(
+    manager: Manager,
+    records: Iterable[ActiveRecord],
+    lost: str,
+    crashed: str,
+    progress: Callable[[], None],
+) -> tuple[dict[Fate, int], list[ActiveRun]]:
+    """Put each active run where :func:`~.recovery.recovery_of` says: ended, queued in its
+    order, restarted afresh (``crashed`` says why), or on its flow's active set (its resume
+    after ``lost``, or its wait, to come); how many met each fate, and the runs put on an
+    active set."""
+    fates = dict.fromkeys(Fate, 0)
+    placed: list[ActiveRun] = []
+    flows, runs = manager.flows, manager.runs
+    for record in records:
+        progress()
+        flow = flows.get(record.workflow)
+        recovery = recovery_of(record, None if flow is None else flow.config)
+        fates[recovery.fate] += 1
+        if recovery.transition is not None:
+            manager._finish(record.run_id, record.workflow, recovery.transition, recovery.reason)
+        elif flow is None:
+            continue
+        elif recovery.fate is Fate.QUEUE:
+            payload = len((recovery.payload_json or "").encode())
+            queued = QueuedRun(record.run_id, recovery.payload_json, record.steps,
+                               max(0, record.history - payload))  # fmt: skip
+            flow.queue.append(queued)
+        elif recovery.fate is Fate.RESTART:
+            manager.losses.restart_afresh(record, recovery.payload_json, crashed)
+        else:
+            run = ActiveRun(record.run_id, flow, recovery.payload_json, record.history,
+                            record.steps, sent=True, lost=lost,
+                            attempts=record.attempts)  # fmt: skip
+            flow.active[run.run_id] = run
+            runs[run.run_id] = run
+            placed.append(run)
+            manager.tries.recovered(run, record)  # a retry it waited for is armed again
+            if recovery.fate is Fate.WAIT:
+                run.waiting, run.lost = Wait(record.wait_for, record.wake_at), None
+    return fates, placed
 
 
 def _resume_some(manager: Manager, resumes: deque[ActiveRun]) -> None:

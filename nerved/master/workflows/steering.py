@@ -86,6 +86,19 @@ class Steering:
             raise NotFound(f"no run {run_id}")
         return record
 
+    def _here(self, record: RunRecord, what: str) -> None:
+        """Conflict (data: ``{status, host}``) for an active run another host drives, on a
+        store several hosts share: only that host may change it (its worker holds it, its
+        queue or its waits), so ``what`` is done there (``nervectl`` on that host). A queued
+        ``any`` run, which no host drives yet, may be changed from any."""
+        if record.host is None or record.host == self.store.host_id or record.status.is_final:
+            return
+        raise Conflict(
+            f"run {record.run_id} is {record.status} on host {record.host}: {what} it there"
+            f" (this is host {self.store.host_id})",
+            {"status": str(record.status), "host": record.host},
+        )
+
     def signal(
         self,
         run_id: str,
@@ -106,6 +119,7 @@ class Steering:
             )
         if (problem := waits.name_problem(name)) is not None:
             raise BadInput(f"the signal's name {problem}")
+        self._here(record, "signal")
         try:  # the socket's params checked it already: encoded once here, as it is stored
             entry = self.store.append_log("workflow", "signal", run_id,
                                           {"name": name, "payload": payload})  # fmt: skip
@@ -124,6 +138,7 @@ class Steering:
                 f"run {run_id} is {record.status} already: a final run never changes",
                 {"status": str(record.status)},
             )
+        self._here(record, "cancel")
         reason = None if reason is None else wire.text(reason, wire.MAX_LOG_LINE)
         error = cancelled_error(reason, uid)
         entry = wire.dumps({"reason": reason, "uid": uid})

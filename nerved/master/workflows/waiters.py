@@ -13,11 +13,16 @@ the status the run keeps and resumes from at the next start (:meth:`Waiters.clos
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
-from nerved.loop import Loop
+from nerved.loop import Loop, Timer
 from nerved.outcome import Failed, NotFound, Pending, ShuttingDown
 from nerved.store import Storage
+
+ELSEWHERE_EVERY: Final = 0.25
+"""Seconds between two reads of the runs waited for that another host drives (a store several
+hosts share): their end is committed by that host, and this one hears of it no other way."""
+ELSEWHERE_READS: Final = 64  # runs read per look, in turns: a look is bounded whatever waits
 
 
 class Waiters:
@@ -25,6 +30,7 @@ class Waiters:
         self.loop = loop
         self.store = store
         self._by_run: dict[str, list[Pending]] = {}
+        self._elsewhere: Timer | None = None  # the next look at runs other hosts drive
 
     def wait(self, run_id: str, timeout: float | None, stopping: bool) -> Any:
         """The run (its wire form) if it is final; otherwise a Pending answered when it ends,
@@ -43,6 +49,8 @@ class Waiters:
             raise ShuttingDown(f"nerved is shutting down; run {run_id} resumes at the next start")
         pending = Pending()
         self._by_run.setdefault(run_id, []).append(pending)
+        if self.store.leasing is not None and self._elsewhere is None:
+            self._elsewhere = self.loop.call_later(ELSEWHERE_EVERY, self._look_elsewhere)
         if timeout is not None:
 
             def expire() -> None:
@@ -69,6 +77,20 @@ class Waiters:
         waiters = self._by_run.pop(run_id, None)
         if waiters:
             self.store.after_commit(lambda: self._answer(run_id, waiters))
+
+    def _look_elsewhere(self) -> None:
+        """Answer the waiters of runs that ended on another host (as committed), up to
+        :data:`ELSEWHERE_READS` runs a look, those waited for longest first; the next look
+        is armed while any waiter is left."""
+        self._elsewhere = None
+        for run_id in list(self._by_run)[:ELSEWHERE_READS]:
+            record = self.store.committed.get_run(run_id)
+            if record is None or record.status.is_final:
+                self._answer(run_id, self._by_run.pop(run_id))
+            else:  # to the back: the next look reads the next ones
+                self._by_run[run_id] = self._by_run.pop(run_id)
+        if self._by_run:
+            self._elsewhere = self.loop.call_later(ELSEWHERE_EVERY, self._look_elsewhere)
 
     def _answer(self, run_id: str, waiters: list[Pending]) -> None:
         record = self.store.committed.get_run(run_id)

@@ -9,20 +9,19 @@ lease holds an old one). Times are those of the database's clock, never a host's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from nerved.store.errors import StoreError
 from nerved.store.postgres.connection import Connection
 from nerved.store.records import HostRecord
 
 LEASE_LOCK = 0x6E657277  # pg_advisory_xact_lock's key while a host takes its lease
-HELD = (
-    "host_id = ? AND epoch = ? AND (lease_until > nerve_now_ms() OR NOT EXISTS"
-    " (SELECT 1 FROM hosts other WHERE other.host_id <> hosts.host_id"
-    "  AND other.started_at >= hosts.lease_until))"
-)
-"""The lease of (host id, epoch) is this host's still: not taken over (a new epoch), and
-live, or lapsed (the host was stalled: a long recovery, a stopped process) with no other
-host started on the database since (which would have taken the database: one serves one
-host for now)."""
+HELD = "host_id = ? AND epoch = ?"
+"""The lease of (host id, epoch) is this host's still: not taken anew, nor over (either moves
+the epoch on). A lease that lapsed is still held until another host takes the host's runs
+over (nerved.store.postgres.queue.take_over), which it does in a transaction that locks the
+host's row: a batch of the host's, which holds that row FOR SHARE from its first write to its
+commit, is either committed before the takeover, or finds the epoch moved on and fails."""
 
 
 def claim(
@@ -34,23 +33,13 @@ def claim(
     and that epoch fenced; one from another instance (another machine with the same id) is
     not: StoreError, so that two nerved never take one host's lease in turns.
 
-    StoreError, taking nothing, while another host's lease is live: until runs carry the
-    host that drives them (placement, issue 15), two hosts on one database would each
-    recover the other's runs, so one database serves one host at a time.
+    Several hosts share the database, each with its own lease (SPEC v2 §9).
     """
     conn.execute("SELECT pg_advisory_xact_lock(?)", (LEASE_LOCK,))
-    # FOR UPDATE: a batch of another host being committed holds its row (FOR SHARE, its
-    # fence: nerved.store.postgres.store) and is waited for; its next one finds its lease
-    # lapsed, or taken, and fails.
-    live = [h for h in hosts(conn, lock=True) if h.live and h.host_id != host_id]
-    if live:
-        conn.rollback()
-        other = live[0]
-        raise StoreError(
-            f"{conn.where}: host {other.host_id} (pid {other.pid}) holds a live lease on it,"
-            f" renewed {(other.now - other.renewed_at) / 1000:.1f}s ago: one database serves"
-            " one nerved host for now; stop that one, or give this one a database of its own"
-        )
+    # FOR UPDATE: a batch of this host id's being committed (a nerved killed a moment ago,
+    # whose last commit is under way) holds its row FOR SHARE, its fence, and is waited
+    # for; its next one finds the epoch moved on, and fails.
+    conn.execute("SELECT 1 FROM hosts WHERE host_id = ? FOR UPDATE", (host_id,))
     twin = conn.execute(
         "SELECT pid, nerve_now_ms() - renewed_at FROM hosts WHERE host_id = ?"
         " AND lease_until > nerve_now_ms() AND instance <> '' AND instance <> ?",
@@ -77,14 +66,15 @@ def claim(
     return int(row[0])
 
 
-def renew(conn: Connection, host_id: str, epoch: int, lease_ms: int) -> bool:
-    """Extend the lease of ``host_id`` at ``epoch`` (in the open batch); False if it is not
-    that host's at that epoch any more (taken over: this host is fenced), or if it lapsed
-    and another host took the database meanwhile (:data:`HELD`): this one must stop."""
+def renew(conn: Connection, host_id: str, epoch: int, lease_ms: int, serves: Sequence[str]) -> bool:
+    """Extend the lease of ``host_id`` at ``epoch`` (in the open batch), and say which
+    ``any`` workflows it ``serves`` now (its share of their slots: nerved.store.postgres.
+    queue); False if it is not that host's at that epoch any more (taken anew by another
+    nerved, or its runs taken over: :data:`HELD`): this one must stop."""
     cur = conn.execute(
-        "UPDATE hosts SET lease_until = nerve_now_ms() + ?, renewed_at = nerve_now_ms()"
-        f" WHERE {HELD}",
-        (lease_ms, host_id, epoch),
+        "UPDATE hosts SET lease_until = nerve_now_ms() + ?, renewed_at = nerve_now_ms(),"
+        f" serves = ? WHERE {HELD}",
+        (lease_ms, sorted(serves), host_id, epoch),
     )
     return cur.rowcount == 1
 

@@ -22,7 +22,7 @@ from typing import Final
 from nerved.store.errors import StoreError
 from nerved.store.postgres.connection import Connection
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 MIGRATION_LOCK: Final = 0x6E657276  # "nerv": pg_advisory_xact_lock's key for migrations
 
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -152,6 +152,22 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # /etc/machine-id) is refused while the lease is live, not let to take it in turns.
     """
     ALTER TABLE hosts ADD COLUMN instance TEXT COLLATE "C" NOT NULL DEFAULT '';
+    """,
+    # 5: several hosts (SPEC v2 §9). A run carries the host that drives it (``host``: the
+    # one that triggered a ``local`` run; the last to claim or take over an ``any`` run;
+    # NULL for an ``any`` run still queued) and its workflow's ``placement``. The queue of
+    # ``any`` runs, and what counts against their workflow's concurrency, are read through
+    # ``workflow_runs_any``; a host's own active runs (its recovery) through
+    # ``workflow_runs_host``. ``serves``: the ``any`` workflows a host runs, whose slots
+    # are shared among the live hosts serving each (nerved.store.postgres.queue).
+    """
+    ALTER TABLE workflow_runs ADD COLUMN host TEXT COLLATE "C";
+    ALTER TABLE workflow_runs ADD COLUMN placement TEXT COLLATE "C" NOT NULL DEFAULT 'local';
+    CREATE INDEX workflow_runs_any ON workflow_runs (workflow, status, seq)
+        WHERE placement = 'any' AND status IN ('queued', 'started', 'waiting');
+    CREATE INDEX workflow_runs_host ON workflow_runs (host, seq)
+        WHERE status IN ('queued', 'started', 'waiting');
+    ALTER TABLE hosts ADD COLUMN serves TEXT[] COLLATE "C" NOT NULL DEFAULT '{}';
     """,
 )
 

@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from nerved.store.batch import Batch
 from nerved.store.errors import StoreError
 from nerved.store.interface import Leasing
-from nerved.store.postgres import leases
+from nerved.store.postgres import leases, queue
 from nerved.store.postgres.connection import Connection, Refused, connect, display
 from nerved.store.postgres.schema import migrate, schema_version
 from nerved.store.reads import Reads
-from nerved.store.records import HostRecord, RunRecord, now_ms
+from nerved.store.records import ActiveRecord, HostRecord, RunRecord, now_ms
 from nerved.store.writes import Writes
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ class PgStore(Batch, Writes, Reads):
         Batch.__init__(self)
         self.locked_since: float | None = None
         self._fence: tuple[str, int] | None = None  # the lease held: (host id, epoch)
+        self._fenced: StoreError | None = None  # the fence failed: no batch commits again
         self._conn = self._reach(on_wait)
         try:
             migrate(self._conn)
@@ -122,21 +123,28 @@ class PgStore(Batch, Writes, Reads):
             self._conn.rollback()
 
     def _begin(self) -> None:
-        self._wrote = True
+        """Before each write: the batch's first checks the fence (:meth:`_check_fence`)."""
+        if not self._wrote:
+            self._wrote = True
+            self._check_fence()
 
     def _commit_batch(self) -> None:
-        self._check_fence()
+        if self._fenced is not None:  # whoever caught it, nothing of this batch is kept
+            raise self._fenced
         self._conn.commit()
 
     def _nothing_written(self) -> None:
         self._end_reads()
 
     def _check_fence(self) -> None:
-        """StoreError unless this host holds its lease at its epoch still, checked in the
-        batch, its row locked (FOR SHARE) to the commit: another nerved taking the lease
-        over (a new epoch), or the database once it lapsed, waits for this commit, and every
-        batch after it fails here. So a nerved whose lease was taken, or lapsed while it
-        was stalled, writes nothing more, not only from its next renewal."""
+        """StoreError unless this host holds its lease at its epoch still, checked at the
+        batch's first write, its row locked (FOR SHARE) from then to the commit: another
+        nerved taking the lease anew, or a host taking this one's runs over once it lapsed
+        (either moves the epoch on, :data:`leases.HELD`), waits for this commit, and every
+        batch after it fails here. So a nerved whose lease was taken, or lapsed while it was
+        stalled (SIGSTOP, a long pause), writes nothing more, not only from its next
+        renewal. The row is locked before any other the batch writes, as a takeover locks
+        it before the host's runs: one order, so the two never wait for each other."""
         if self._fence is None:
             return
         host_id, epoch = self._fence
@@ -144,10 +152,11 @@ class PgStore(Batch, Writes, Reads):
             f"SELECT 1 FROM hosts WHERE {leases.HELD} FOR SHARE", (host_id, epoch)
         ).fetchone()
         if held is None:
-            raise StoreError(
-                f"host {host_id}'s lease lapsed or was taken by another nerved (epoch"
+            self._fenced = StoreError(
+                f"host {host_id}'s lease was taken anew or its runs taken over (epoch"
                 f" {epoch}): this one writes nothing more"
             )
+            raise self._fenced
 
     def _rollback(self) -> None:
         self._conn.rollback()
@@ -192,12 +201,14 @@ class PgStore(Batch, Writes, Reads):
         except StoreError:
             self._rollback()
             raise
-        self._fence = (host_id, epoch)
+        self._fence, self.host_id = (host_id, epoch), host_id
         return epoch
 
-    def renew_lease(self, host_id: str, epoch: int, lease_ms: int) -> bool:
+    def renew_lease(
+        self, host_id: str, epoch: int, lease_ms: int, serves: Sequence[str] = ()
+    ) -> bool:
         self._begin()
-        return leases.renew(self._conn, host_id, epoch, lease_ms)
+        return leases.renew(self._conn, host_id, epoch, lease_ms, serves)
 
     def release_lease(self, host_id: str, epoch: int) -> None:
         self._begin()
@@ -205,6 +216,33 @@ class PgStore(Batch, Writes, Reads):
 
     def hosts(self) -> list[HostRecord]:
         return leases.hosts(self._reader)
+
+    # -- the queue of ``any`` runs, and takeover (nerved.store.postgres.queue) -----------
+
+    def queue_counts(self, workflow: str) -> tuple[int, int]:
+        return queue.counts(self._reader, workflow)
+
+    def claim_runs(self, workflow: str, concurrency: int) -> list[ActiveRecord] | None:
+        if self.host_id is None or not queue.may_claim(self._reader, workflow, concurrency):
+            return []
+        self._begin()  # the fence first (see _check_fence)
+        claimed = queue.claim(self._conn, self.host_id, workflow, concurrency)
+        return None if claimed is None else self.active_runs(claimed)
+
+    def oldest_queued(self, workflow: str) -> str | None:
+        self._begin()  # the fence before the row lock (see _check_fence)
+        return queue.oldest_queued(self._conn, workflow)
+
+    def take_over(self, serves: Sequence[str]) -> list[tuple[str, list[ActiveRecord]]]:
+        if self.host_id is None:
+            return []
+        taken = []
+        for host in queue.lapsed(self._reader, self.host_id, serves):
+            self._begin()
+            run_ids = queue.take_over(self._conn, self.host_id, host, serves)
+            if run_ids:
+                taken.append((host, self.active_runs(run_ids)))
+        return taken
 
     def checkpoint(self) -> bool:
         """PostgreSQL checkpoints on its own: nothing to do."""

@@ -1,0 +1,159 @@
+"""``placement: any`` workflows on a store several hosts share: claims and takeovers.
+
+The runs of such a workflow are queued in the store, not in this master's memory: any host
+serving the workflow *claims* them (nerved.store.postgres.queue: FIFO, ``concurrency`` held
+over every host, each host to its share of the slots), in its batch, and its worker hears of
+a claimed run once that batch is committed, as of any run. This host claims
+
+- at the next turn after one that queued a run of the workflow here (a trigger), or freed
+  one of its slots here (a run ended): what that turn wrote is committed by then;
+- every :data:`CLAIM_EVERY`, for what other hosts queued or freed (a claim that could find
+  nothing costs one read of the committed view, and writes nothing);
+- :data:`RETRY_CLAIM` after a claim that found another host claiming;
+
+and never while it stops, nor for a workflow whose worker cannot be had (fatal, or backing
+off: claimed runs would wait on this host while another could run them).
+
+Every :data:`TAKEOVER_EVERY` it looks for hosts whose lease lapsed that left started or
+waiting runs of the workflows it serves, takes them over (their host's epoch moved on: it is
+fenced) and resumes each from its logged events, as after a worker's crash (roles are
+at-least-once): :func:`~.rebuild.adopt`, the rule recovery applies.
+
+With a store one host holds (SQLite) nothing here runs: ``any`` is ``local``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final, Protocol
+
+from nerved.config import Placement
+from nerved.loop import Loop, Timer
+from nerved.master.workflows import rebuild
+from nerved.master.workflows.admission import Admission, admit
+from nerved.master.workflows.runs import Flow
+from nerved.states import Transition, WorkerState
+from nerved.store import ActiveRecord, Storage
+from nerved.store.interface import Leasing
+
+log = logging.getLogger("nerved.master.workflows")
+
+CLAIM_EVERY: Final = 0.25
+"""Seconds between two looks at the shared queue of each ``any`` workflow: how long a run
+queued by another host, or a slot another host freed, may wait for this one."""
+RETRY_CLAIM: Final = 0.01
+"""Seconds before a claim that found another host claiming tries again (that host holds the
+workflow's queue lock to its batch's commit: milliseconds)."""
+TAKEOVER_EVERY: Final = 2.0
+"""Seconds between two looks for lapsed hosts' runs: a host's runs are taken over at most
+this long after its lease lapsed (nerved.master.leases.LEASE_MS)."""
+
+
+class Manager(rebuild.Manager, Protocol):
+    """What claims and takeovers use of the workflow manager."""
+
+    def _activate_claimed(self, flow: Flow, record: ActiveRecord) -> None: ...
+
+
+class SharedQueue:
+    """This host's claims from the shared queue of its ``any`` workflows, and its takeovers
+    of lapsed hosts' runs."""
+
+    def __init__(self, loop: Loop, store: Storage, manager: Manager) -> None:
+        self.loop = loop
+        self.store = store
+        self.manager = manager
+        self.leasing: Leasing | None = store.leasing
+        self._soon: set[str] = set()  # workflows whose claim is due at the next turn
+        self._timers: list[Timer] = []
+
+    def shared(self, flow: Flow) -> bool:
+        """Whether ``flow``'s runs go to the shared queue (``any`` on a shared store)."""
+        return self.leasing is not None and flow.config.placement is Placement.ANY
+
+    def serves(self) -> list[str]:
+        """The ``any`` workflows this host runs: its share of their slots, and what it takes
+        over."""
+        return sorted(name for name, flow in self.manager.flows.items()
+                      if self.shared(flow) and not flow.removed)  # fmt: skip
+
+    def start(self) -> None:
+        """Claim and take over from now on (once recovery is done and nerved is ready)."""
+        if self.leasing is None:
+            return
+        self._timers = [
+            self.loop.call_later(CLAIM_EVERY, self._poll),
+            self.loop.call_later(0, self._take_over),
+        ]
+
+    def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
+
+    # -- claims -------------------------------------------------------------------------
+
+    def claim_soon(self, flow: Flow) -> None:
+        """Claim for ``flow`` at the next turn (in its batch): a run was queued here, or a
+        slot freed; the triggers and ends of one turn make one claim."""
+        if flow.name in self._soon:
+            return
+        self._soon.add(flow.name)
+        self.loop.call_later(0, lambda: self._claim(flow))
+
+    def admit(self, flow: Flow) -> Admission:
+        """Where a new run of ``flow`` goes, weighed against its runs over every host (as
+        committed: two hosts admitting at once may each see the other's run not yet, so
+        ``maxQueue`` may be passed by a few; ``concurrency`` never is, the claims hold it).
+        A run that would start is queued, and claimed at once after the commit."""
+        assert self.leasing is not None
+        active, queued = self.leasing.queue_counts(flow.name)
+        config = flow.config
+        admission = admit(
+            active=active, queued=queued, concurrency=config.concurrency,
+            max_queue=config.max_queue, overflow=config.overflow,
+        )  # fmt: skip
+        if admission.transition is Transition.START:
+            return Admission(Transition.ENQUEUE)
+        return admission
+
+    def oldest(self, flow: Flow) -> str | None:
+        """The oldest queued run of ``flow`` over every host, locked in the batch (an
+        evict's victim); None: none free."""
+        assert self.leasing is not None
+        return self.leasing.oldest_queued(flow.name)
+
+    def _poll(self) -> None:
+        for flow in list(self.manager.flows.values()):
+            if self.shared(flow):
+                self._claim(flow)
+        self._timers[0] = self.loop.call_later(CLAIM_EVERY, self._poll)
+
+    def _claim(self, flow: Flow) -> None:
+        self._soon.discard(flow.name)
+        if self.manager.stopping or flow.removed or self.leasing is None:
+            return
+        if flow.supervisor.state in (WorkerState.FATAL, WorkerState.BACKOFF, WorkerState.GONE):
+            return
+        claimed = self.leasing.claim_runs(flow.name, flow.config.concurrency)
+        if claimed is None:  # another host is claiming: again once its batch is committed
+            self._soon.add(flow.name)
+            self.loop.call_later(RETRY_CLAIM, lambda: self._claim(flow))
+            return
+        for record in claimed:
+            self.manager._activate_claimed(flow, record)
+
+    # -- takeover -----------------------------------------------------------------------
+
+    def _take_over(self) -> None:
+        self._timers[1] = self.loop.call_later(TAKEOVER_EVERY, self._take_over)
+        if self.manager.stopping or self.leasing is None:
+            return
+        serves = self.serves()
+        for host, records in self.leasing.take_over(serves):
+            log.warning(
+                "host %s's lease lapsed: took over %d of its runs (%s), resumed here from"
+                " their logged events", host, len(records),
+                ", ".join(sorted({r.workflow for r in records})) or "none active",
+            )  # fmt: skip
+            rebuild.adopt(self.manager, records, f"host {host} lost its lease")

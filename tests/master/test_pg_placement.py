@@ -1,0 +1,175 @@
+"""Several nerved hosts on one PostgreSQL store (issue 15, SPEC v2 §9): ``placement: any``
+runs shared over the hosts, takeover after a host's death, fencing of a host that lost its
+lease, and the fleet view. Every host is a real nerved with its own state directory and
+socket, all on one real PostgreSQL database; leases are 2 s (``$NERVE_LEASE_MS``) so that a
+takeover comes within seconds.
+
+What the roles see is the truth about concurrency: each appends ``+ <pid of its nerved>`` as
+it begins and ``-`` as it ends to one file, so that the runs at once over all hosts are
+counted from inside, not from what nerve says of itself.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pg_support import pg_unavailable
+from support import wait_until
+
+from nervectl.client import RemoteError
+
+if (_reason := pg_unavailable()) is not None:
+    pytest.skip(f"PostgreSQL: {_reason}", allow_module_level=True)
+
+import psycopg  # after the skip: where it is missing, the module skips
+
+LEASE_MS = "2000"
+WORKFLOW = """
+    import asyncio, os
+    from pathlib import Path
+    from nerved import WorkflowDefinition
+
+    async def step(prompt, ctx):
+        with open(prompt["marks"], "a") as marks:
+            marks.write(f"+ {os.getppid()} {prompt['i']}\\n")
+        gate = prompt.get("gate")
+        if gate:
+            while not Path(gate).exists():
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(prompt.get("sleep", 0))
+        with open(prompt["marks"], "a") as marks:
+            marks.write(f"- {os.getppid()} {prompt['i']}\\n")
+        return {"type": "done", "nerved": os.getppid()}
+
+    def moderate(thread, event):
+        if event["type"] == "thread_start":
+            return {"role": "step", "prompt": event["payload"]}
+        return None
+
+    workflow = WorkflowDefinition(roles={"step": step}, moderate=moderate)
+"""
+
+
+def config(concurrency: int) -> str:
+    return f"""
+workflows:
+  w: {{concurrency: {concurrency}, placement: any, idleTimeout: 1h}}
+  here: {{concurrency: 4, idleTimeout: 1h}}
+"""
+
+
+def hosts(nerved_factory, dsn: str, names: str, concurrency: int = 2) -> list[Any]:
+    made = []
+    for name in names:
+        daemon = nerved_factory(
+            config(concurrency), workflows={"w": WORKFLOW, "here": WORKFLOW},
+            args=("--store", dsn, "--host-id", name), name=name,
+        )  # fmt: skip
+        daemon.env["NERVE_LEASE_MS"] = LEASE_MS
+        made.append(daemon.start())
+    return made
+
+
+def at_most_at_once(marks: Path) -> tuple[int, set[int]]:
+    """The most roles running at once, as they wrote it, and the nerved pids they ran under."""
+    running, most, pids = 0, 0, set()
+    for line in marks.read_text().splitlines():
+        sign, pid, _ = line.split()
+        running += 1 if sign == "+" else -1
+        most = max(most, running)
+        pids.add(int(pid))
+    return most, pids
+
+
+def run_of(dsn: str, run_id: str) -> tuple[str, str | None]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT status, host FROM workflow_runs WHERE run_id = %s", (run_id,)
+        ).fetchone()
+    assert row is not None
+    return str(row[0]), row[1]
+
+
+def started_order(dsn: str) -> list[str]:
+    """The runs in the order their ``started`` entries were written (claims are serialized
+    per workflow, so ids are claim order)."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT ref_id FROM logs WHERE source = 'workflow' AND type = 'started' ORDER BY id"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_any_runs_spread_over_the_hosts_in_fifo_order_within_concurrency(
+    nerved_factory, pg_dsn, tmp_path
+):
+    a, b, c = hosts(nerved_factory, pg_dsn, "abc", concurrency=2)
+    marks = tmp_path / "marks"
+    triggered = [
+        (a if i % 3 else b).trigger("w", {"marks": str(marks), "i": i, "sleep": 0.3})
+        for i in range(12)
+    ]
+    for run_id in triggered:
+        assert c.wait_run(run_id, timeout=60)["status"] == "completed"  # seen from any host
+    most, pids = at_most_at_once(marks)
+    assert most <= 2, marks.read_text()
+    assert len(pids) >= 2, (pids, marks.read_text())  # spread: each host's share is one slot
+    assert started_order(pg_dsn) == triggered  # FIFO over every host
+    runs = {run["runId"]: run for run in c.rpc("workflow.list", all=True)}
+    assert {runs[r]["host"] for r in triggered} <= {"a", "b", "c"}
+    assert len({runs[r]["host"] for r in triggered}) >= 2
+    assert all(runs[r]["placement"] == "any" for r in triggered)
+
+
+def test_kill_9_of_a_host_its_any_runs_go_on_elsewhere_its_local_runs_wait_for_it(
+    nerved_factory, pg_dsn, tmp_path
+):
+    a, b = hosts(nerved_factory, pg_dsn, "ab", concurrency=4)
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    prompt = {"marks": str(marks), "gate": str(gate)}
+    # b serves w too, but its share is 2 of the 4 slots: fill b's first, so that a's claims
+    # get the next two.
+    mine = [a.trigger("w", {**prompt, "i": i}) for i in range(4)]
+    local = a.trigger("here", {**prompt, "i": 9})
+    wait_until(lambda: marks.exists() and marks.read_text().count("+") == 5, timeout=20)
+    on_a = [r for r in mine if run_of(pg_dsn, r)[1] == "a"]
+    assert on_a, [run_of(pg_dsn, r) for r in mine]
+    a.kill()  # kill -9 of the master; its workers die with it (PR_SET_PDEATHSIG)
+    gate.touch()
+    for run_id in mine:
+        run = b.wait_run(run_id, timeout=30)
+        assert run["status"] == "completed" and run["host"] == "b", run
+    for run_id in on_a:  # resumed on b from their events, with a note of the takeover
+        assert b.entries(run_id, "taken")[0]["payload"] == {"from": "a", "by": "b"}
+    assert run_of(pg_dsn, local) == ("started", "a")  # local: it waits for its host
+    with pytest.raises(RemoteError) as refused:
+        b.rpc("workflow.cancel", runId=local)
+    assert "on host a" in str(refused.value)
+    a.start()
+    assert a.wait_run(local, timeout=30)["status"] == "completed"
+
+
+def test_a_host_frozen_past_its_lease_writes_nothing_for_the_runs_taken_over(
+    nerved_factory, pg_dsn, tmp_path
+):
+    a, b = hosts(nerved_factory, pg_dsn, "ab", concurrency=2)
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    run_id = a.trigger("w", {"marks": str(marks), "gate": str(gate), "i": 0})
+    wait_until(lambda: marks.exists() and marks.read_text().count("+") == 1, timeout=20)
+    assert run_of(pg_dsn, run_id) == ("started", "a")
+    a.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: run_of(pg_dsn, run_id)[1] == "b", timeout=30, what="b took it over")
+        wait_until(lambda: marks.read_text().count("+") == 2, timeout=20)  # b resumed it
+        gate.touch()  # a's worker finishes its step too, and tells its frozen master
+    finally:
+        a.signal(signal.SIGCONT)
+    assert a.wait(20) == 75  # its next batch fails its fence: it stops, writing nothing
+    assert "taken over" in a.log()
+    run = b.wait_run(run_id, timeout=30)
+    assert run["status"] == "completed" and run["host"] == "b"
+    steps = b.entries(run_id, "step_complete")
+    assert [s["payload"]["event"]["nerved"] for s in steps] == [b.pid], steps
