@@ -9,24 +9,27 @@ machine's PostgreSQL, a Unix socket, ``fsync`` on; its processes' memory is not 
   (bench/peers/dbos_pg.py, in the peers' venv; a fresh database for its burst, another for
   its one-at-a-time runs); ``--no-peers`` leaves it out;
 - ``nerve postgresql x3 any``: three nerved (their own host id, state directory and
-  socket) on one database, W's workflow with ``placement: any``: N triggers spread round
-  robin over the three sockets, ``--window`` in flight on each; runs/s (first trigger ->
+  socket) on one database, W's workflow with ``placement: any`` (its concurrency is over
+  all three hosts): N triggers spread round robin over the three sockets, ``--window`` in
+  flight on each; runs/s (first trigger ->
   last completion, from the runs' ``updatedAt``), how many runs each host drove (a run's
   ``host``), and the three trees' RSS;
 - takeover: three hosts again, a workflow whose one step sleeps :data:`NAP` seconds, runs
   triggered on every socket; once a host drives some of them, its master and its workers'
   process groups are killed (SIGKILL), and a surviving host is polled until each of the
   dead host's runs is ``started`` on another host or has ended: ``takeover_s`` is the kill
-  -> the last of them, beside the lease it waits out (``lease_s``, nerved's default).
+  -> the last of them, beside the lease it waits out (``lease_s``, nerved's default:
+  ``$NERVE_LEASE_MS`` is unset for the hosts). It can be below the lease: the lease lapses
+  its length after the last renewal, which came up to a fifth of it before the kill.
 
 The last two need ``placement: any`` (issue 15, being built): where nerved refuses the key,
 or a second host on the database, they are skipped, saying so on stderr.
 
 ``--json`` prints one JSON object, ``{engine: {metric: value}}`` (ms, MiB, s), and nothing
 else on stdout; progress goes to stderr. ``--quick``: N=100 and 20 runs one at a time, a
-smoke run (the takeover still waits out a whole lease).
+smoke run; the takeover still waits out a whole lease (10 s), which ``--no-takeover`` spares.
 
-    python -m bench.pg [--n 1000] [--iso 200] [--quick] [--no-peers] [--json]
+    python -m bench.pg [--n 1000] [--iso 200] [--quick] [--no-peers] [--no-takeover] [--json]
 """
 
 from __future__ import annotations
@@ -127,6 +130,7 @@ def hosts(cluster: PgCluster, config: str, code: str) -> Iterator[list[Daemon]]:
             for number in range(1, HOSTS + 1):
                 daemon = Daemon(config, {"workflows/w": code},
                                 extra=("--store", dsn, "--host-id", f"h{number}"))  # fmt: skip
+                daemon.env.pop("NERVE_LEASE_MS", None)  # nerved's default lease, always
                 try:
                     daemons.append(stack.enter_context(daemon))
                 except DaemonExited as exited:
@@ -247,7 +251,7 @@ def children(pid: int) -> list[int]:
 
 def takeover(cluster: PgCluster, conc: int) -> dict[str, float]:
     """Kill -9 a host while it drives runs; the time until a survivor drives them all."""
-    from nerved.master.leases import LEASE_MS  # nerved's default lease
+    from nerved.master.leases import LEASE_MS  # nerved's default: $NERVE_LEASE_MS is unset
 
     config = CONFIG_ANY.format(conc=conc, queue=100)
     with hosts(cluster, config, NAPPING) as daemons:
@@ -322,8 +326,9 @@ def measure(cluster: PgCluster, args: argparse.Namespace) -> dict[str, dict[str,
     say(f"nerve postgresql, {HOSTS} hosts on any...")
     try:
         results[f"nerve postgresql x{HOSTS} any"] = three_hosts(cluster, n, conc, window)
-        say(f"takeover: kill -9 of a host driving runs ({NAP:g} s steps)...")
-        results[f"nerve postgresql x{HOSTS} any"].update(takeover(cluster, conc))
+        if not args.no_takeover:
+            say(f"takeover: kill -9 of a host driving runs ({NAP:g} s steps)...")
+            results[f"nerve postgresql x{HOSTS} any"].update(takeover(cluster, conc))
     except Unsupported as refused:
         say(f"  skipped: {refused}")
     return results
@@ -337,6 +342,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10, help="triggers in flight per socket")
     parser.add_argument("--quick", action="store_true", help="N=100, iso 20: a smoke run")
     parser.add_argument("--no-peers", action="store_true", help="leave DBOS out")
+    parser.add_argument("--no-takeover", action="store_true",
+                        help="leave the takeover out (it waits out a lease)")  # fmt: skip
     parser.add_argument("--json", action="store_true",
                         help="one JSON object on stdout, {engine: {metric: value}}")  # fmt: skip
     args = parser.parse_args()
@@ -355,12 +362,17 @@ def main() -> None:
     print(
         f"\nWorkload W on PostgreSQL (fsync on, Unix socket): N={args.n} runs x 3 steps,"
         f" concurrency {args.conc}, window {args.window} (per socket: {HOSTS} hosts' triggers"
-        f" spread round robin); iso: one at a time ({args.iso} nerve, {min(args.iso, 30)} DBOS)"
+        f" spread round robin); iso: one at a time ({args.iso} nerve"
+        + ("" if args.no_peers else f", {min(args.iso, 30)} DBOS")
+        + ")"
     )
     print(table(results))
     many = results.get(f"nerve postgresql x{HOSTS} any", {})
     if "takeover_s" in many:
-        print(f"takeover after kill -9: {many['takeover_s']:.1f} s (lease {many['lease_s']:g} s)")
+        print(
+            f"takeover after kill -9: {many['takeover_s']:.1f} s (lease {many['lease_s']:g} s,"
+            f" nerved's default; {many['takeover_runs']:.0f} runs of the killed host)"
+        )
 
 
 if __name__ == "__main__":
