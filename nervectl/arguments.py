@@ -199,6 +199,11 @@ def workflow_list(listing: argparse.ArgumentParser) -> None:
         help="only runs of this workflow (neither configured nor with kept runs: exit 4)",
     )  # fmt: skip
     listing.add_argument(
+        "--host", metavar="H", type=_text,
+        help="only runs of this host, the one that last drove each (a store several hosts "
+        "share; a host no run has, and any host with SQLite: no runs)",
+    )  # fmt: skip
+    listing.add_argument(
         "--limit",
         metavar="N",
         type=_count(MAX_QUERY_LIMIT),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from nervectl import render
 from nervectl.exits import OK
-from nervectl.times import format_ago, format_duration, format_local
+from nervectl.times import format_ago, format_duration, format_local, now_ms
 
 TYPE_CHECKING = False  # typing is not imported at run time: see nervectl.client
 if TYPE_CHECKING:
@@ -47,6 +47,9 @@ def status(ctx: Context) -> int:
     if "containment" in result:  # a process group, or a cgroup, per worker
         pairs.append(("containment", result["containment"]))
     pairs += [(label, result[key]) for key, label in _PLACES if result.get(key)]
+    store = result.get("store")
+    if isinstance(store, dict) and store.get("reachable") is False:
+        pairs.append(("store", unreachable_store(store)))
     ctx.print(render.fields(pairs))
     ctx.print()
     hosts = result.get("hosts") or []
@@ -64,6 +67,20 @@ def status(ctx: Context) -> int:
     for worker in fatal:
         ctx.print(fatal_line(worker))
     return OK
+
+
+def unreachable_store(store: Mapping[str, Any]) -> str:
+    """What a daemon waiting for its store (PostgreSQL down) says of it, in one line:
+    ``postgresql://nerve@db/nerve unreachable since 2024-05-01 12:00:01 (5 tries, the next
+    in 4.0s): <why>; only status is answered, every other command is refused (-32002)``."""
+    tries, error = store.get("tries", "?"), render.one_line(str(store.get("error") or "?"))
+    since = format_local(store.get("since"))
+    next_try = store.get("nextTry")
+    wait = "?" if next_try is None else format_duration(max(0, next_try - now_ms()) / 1000)
+    return (
+        f"{store.get('where', '?')} unreachable since {since} ({tries} tries, the next in"
+        f" {wait}): {error}; only status is answered, every other command is refused (-32002)"
+    )
 
 
 def hosts_table(hosts: list[dict[str, Any]]) -> str:

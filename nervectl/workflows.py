@@ -46,6 +46,7 @@ def workflow_list(ctx: Context) -> int:
         # one status as a string, several as a list: workflow.list takes both
         "status": args.status[0] if args.status and len(args.status) == 1 else args.status,
         "workflow": args.workflow,
+        "host": args.host,
     }
     limit = args.limit or LIST_DEFAULT_LIMIT
     runs: list[dict[str, Any]] = ctx.call("workflow.list", {**filters, "limit": limit})
@@ -54,13 +55,21 @@ def workflow_list(ctx: Context) -> int:
         return OK
     if not runs:
         everything = args.all or args.status
-        ctx.print("no runs" if everything else "no active runs (--all lists finished ones too)")
+        of = f" of host {args.host}" if args.host else ""
+        ctx.print(
+            f"no runs{of}" if everything
+            else f"no active runs{of} (--all lists finished ones too)"
+        )  # fmt: skip
         return OK
     now = now_ms()
+    # HOST only for a store several hosts share: there a run carries the host that drove
+    # it; with SQLite no run has one, and the table stays as it always was.
+    fleet = any(run.get("host") is not None for run in runs)
     rows = [
         (
             _run_id(run.get("runId"), args.full),
             run.get("workflow", "-"),
+            *((run.get("host") or "-",) if fleet else ()),  # an any run still queued: none
             run.get("status", "-"),
             run.get("steps", "-"),
             _age(run.get("createdAt"), now),
@@ -70,13 +79,18 @@ def workflow_list(ctx: Context) -> int:
         )
         for run in runs
     ]
-    headers = ("RUN", "WORKFLOW", "STATUS", "STEPS", "AGE", "DURATION", "IN FLIGHT", "ERROR")
-    fitted = render.fit(rows, headers, render.terminal_width(ctx.out), cut=(7, 6, 1))
+    headers = (
+        "RUN", "WORKFLOW", *(("HOST",) if fleet else ()), "STATUS", "STEPS", "AGE",
+        "DURATION", "IN FLIGHT", "ERROR",
+    )  # fmt: skip
+    last = len(headers) - 1  # cut first: ERROR, then IN FLIGHT, then WORKFLOW
+    fitted = render.fit(rows, headers, render.terminal_width(ctx.out), cut=(last, last - 1, 1))
     ctx.print(render.table(fitted, headers))
     if len(runs) >= limit:  # a full page: say what it leaves out, never pass for the whole
         total = int(ctx.call("workflow.count", filters).get("count", 0))
         if total > len(runs):
-            how = "use --limit" if limit < MAX_QUERY_LIMIT else "narrow with --status, --workflow"
+            narrow = "--status, --workflow, --host" if fleet else "--status, --workflow"
+            how = "use --limit" if limit < MAX_QUERY_LIMIT else f"narrow with {narrow}"
             ctx.print(f"{total - len(runs)} more ({how})")
     note = fatal_note(runs)
     if note:
@@ -139,6 +153,13 @@ def run_fields(run: dict[str, Any]) -> str:
                 continue
             value = render.one_line(str(value))
         pairs.append((label, "-" if value is None else value))
+    # Where it runs, on a store several hosts share: the host that last drove it, and its
+    # workflow's placement (``any``: whichever host claims it; a queued one has no host
+    # yet). With SQLite no run has a host and every run is ``local``: neither is shown.
+    if run.get("host") is not None:
+        pairs.append(("host", str(run["host"])))
+    if run.get("host") is not None or run.get("placement") not in (None, "local"):
+        pairs.append(("placement", str(run.get("placement") or "-")))
     if run.get("attempts"):  # workers that died under it; maxAttempts of them crash it
         pairs.append(("workers lost", run["attempts"]))
     if run.get("retryOf") is not None:
@@ -160,6 +181,7 @@ def run_fields(run: dict[str, Any]) -> str:
     known = {key for key, _ in _RUN_FIELDS} | {
         "events", "progress", "tries", "retryAt", "idempotencyKey", "waitFor", "wakeAt",
         "pendingSignals", "attempts", "retryOf", "triggerPayload", "triggerPayloadUnreadable",
+        "host", "placement",
     }  # fmt: skip
     pairs += [
         (key, render.cell(value))

@@ -7,8 +7,9 @@ thread anywhere in the master: the control socket is served by the same loop.
 
 Start-up order matters for the guarantees: every check that can refuse a start comes first
 (nerved.master.startup's ``prepare``, before any detaching); then, in the process that will
-serve, logs.db is opened (never before a fork), unfinished work recovered, and only then are
-connections accepted (they wait in the socket's backlog until then) and ``READY=1`` sent.
+serve, the store is opened (never before a fork; a PostgreSQL database not reached is waited
+for with the socket served in a waiting mode: nerved.master.storewait), unfinished work
+recovered, and only then is work accepted and ``READY=1`` sent (with its summary).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from nerved.config import NerveConfig, unlined
 from nerved.control.dispatch import HEAVY, Dispatcher
 from nerved.control.server import ControlServer
 from nerved.loop import Loop
-from nerved.master import leases, memory, ownfiles
+from nerved.master import leases, memory, ownfiles, storewait
 from nerved.master.autoreload import AutomaticReloads
 from nerved.master.cron import Clock, CronReflexes
 from nerved.master.metrics.service import Metrics
@@ -53,7 +54,6 @@ from nerved.master.workers import Workers
 from nerved.master.workflows import WorkflowManager
 from nerved.outcome import Pending, Refused
 from nerved.store import Storage, StoreError
-from nerved.store.opening import open_store
 from nerved.words import plural
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ class Daemon:
             fatal = Fatal(f"internal error during start-up: {exc!r}", EX_SOFTWARE)
             return self._shutdown_after_failed_start(fatal, exc)
         try:
-            self.loop.run()
+            if not self.stopping:  # else a signal ended the wait for the store: exit 0
+                self.loop.run()
         except StoreError as exc:
             self._storage_failed(exc)
         except Exception:
@@ -132,13 +133,16 @@ class Daemon:
         self.config = prepared.config
         prepared.record_pid(os.getpid())
         self.notifier.status("starting")
-        try:
-            url = self.options.store or self.config.store
-            if url == "sqlite":  # --store sqlite: logs.db, over nerve.yaml's PostgreSQL
-                url = None
-            self.store = open_store(self.options.state_dir, url, self._waiting)
+        try:  # a PostgreSQL database not reached: the socket served meanwhile (storewait)
+            store, self.control = storewait.open_or_wait(
+                self.loop, self.notifier, self.options, prepared, self._started, self.started_at
+            )
         except StoreError as exc:
             raise Fatal(f"cannot use the store: {exc}", EX_CANTCREAT) from exc
+        if store is None:  # stopped while it waited: nothing else was started
+            self.stopping = True
+            return
+        self.store = store
         self.store.watch(self.options.state_dir / "nerved.lock", prepared.lock_fd)
         try:  # another host holds the store: a restart may find it free (75)
             self.lease = leases.take(self.loop, self.store, self.options)
@@ -198,14 +202,14 @@ class Daemon:
             raise Fatal(f"cannot read unfinished runs: {exc}", EX_CANTCREAT) from exc
         self.store.commit()
 
-        self.control = ControlServer(
-            self.loop,
-            prepared.listener,
-            Dispatcher(self),
-            heavy=HEAVY,
-            idle_timeout=self.config.control.idle_timeout_ms / 1000,
-            max_connections=self.config.control.max_connections,
-        )
+        if self.control is not None:  # served while it waited: its clients stay, served now
+            self.control.dispatch = Dispatcher(self)
+        else:
+            self.control = ControlServer(
+                self.loop, prepared.listener, Dispatcher(self), heavy=HEAVY,
+                idle_timeout=self.config.control.idle_timeout_ms / 1000,
+                max_connections=self.config.control.max_connections,
+            )  # fmt: skip
 
         self.senses.apply(self.config, self.code)
         self.reflexes.apply(self.config)
@@ -241,11 +245,6 @@ class Daemon:
         self._started(EX_OK, summary)
         if early.reload_requested():
             self.request_reload("SIGHUP during start-up")
-
-    def _waiting(self, why: str) -> None:
-        """The store waits for its write lock at start: say why, and ask for more time."""
-        self.notifier.status(why)
-        self.notifier.extend()
 
     def _summary(self) -> str:
         active, queued = self.workflows.counts()
@@ -481,7 +480,8 @@ class Daemon:
             self.watcher.close()
         self.workers.close()
         with contextlib.suppress(StoreError):
-            self.store.close()
+            if hasattr(self, "store"):  # none: a signal ended the wait for it (storewait)
+                self.store.close()
         self.loop.close()
         early.ignore()  # the loop restored SIGHUP's default: death, of a clean exit
         if self.prepared is not None:

@@ -83,7 +83,7 @@ class HostLease:
         """Renew from now on (once the daemon is ready), each renewal saying which ``any``
         workflows the host ``serves`` then (its share of their slots)."""
         self.serves = serves
-        self._renew()
+        self.loop.call_later(0, self._renew)  # in the first turn's batch
 
     def _renew(self) -> None:
         renewed = self.leasing.renew_lease(self.host_id, self.epoch, self.length_ms, self.serves())

@@ -123,12 +123,18 @@ class Notifier:
         cannot read. systemd holds a service to such a grant only once the unit's own timeout
         has passed, so asking early costs nothing; a start or stop that stops making progress
         asks no more, and systemd's timeout applies again ``EXTEND_WINDOW`` later.
+
+        The watchdog is fed with it: a start can come after ``READY=1`` (the one that
+        follows a wait for the store: nerved.master.storewait), when the watchdog runs
+        already and the loop, in which the Upkeep feeds it, does not turn yet.
         """
         now = time.monotonic()
         if now - self._extended_at < EXTEND_EVERY:
             return
         self._extended_at = now
         self._send(f"{_EXTEND}{int(EXTEND_WINDOW * 1_000_000)}")
+        if self.watchdog_interval:
+            self.watchdog()
 
 
 def _is_status_only(message: str) -> bool:

@@ -69,9 +69,12 @@ class Reader(Protocol):
         *,
         statuses: Iterable[RunStatus] | None = None,
         workflow: str | None = None,
+        host: str | None = None,
         limit: int | None = 100,
     ) -> list[RunRecord]:
-        """Newest first; ``trigger_payload`` is not read (None)."""
+        """Newest first; ``trigger_payload`` is not read (None). ``host``: only the runs
+        whose ``host`` is that (a run with none, as every run of a store a single host
+        holds, is no host's)."""
         ...
 
     def run_by_key(self, workflow: str, key: str) -> RunRecord | None:
@@ -123,7 +126,10 @@ class Reader(Protocol):
         empty), in one query: recovery asks it once, not once per waiting run."""
         ...
 
-    def count_runs(self) -> dict[tuple[str, RunStatus], int]: ...
+    def count_runs(self, host: str | None = None) -> dict[tuple[str, RunStatus], int]:
+        """How many runs, by (workflow, status); with ``host``, of those :meth:`list_runs`
+        with that ``host`` lists."""
+        ...
 
     def firings(self) -> dict[str, Firing]:
         """The last firing of each cron reflex recorded (:meth:`Storage.record_firing`), by

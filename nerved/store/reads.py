@@ -214,6 +214,37 @@ def _read_page(rows: Iterable[Sequence[Any]], limit: int) -> tuple[list[LogEntry
     return entries, False
 
 
+def _run_where(
+    statuses: Iterable[RunStatus] | None, workflow: str | None, host: str | None
+) -> tuple[str, list[Any]] | None:
+    """The WHERE clause (empty for none) of the runs :meth:`Reads.list_runs` selects, and
+    its parameters; None when no run can match (no status wanted: PostgreSQL refuses an
+    empty IN list).
+
+    Statuses that are all active are also written as :data:`ACTIVE_SQL`, the predicate of the
+    partial indexes (SQLite's ``workflow_runs_active``; PostgreSQL's ``workflow_runs_host``,
+    which a host's active runs, the default listing with ``--host``, are read on): neither
+    planner proves a partial index's predicate from bound parameters.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+    if statuses is not None:
+        wanted = sorted(set(statuses))
+        if not wanted:
+            return None
+        if set(wanted) <= ACTIVE:
+            where.append(ACTIVE_SQL)
+        where.append(f"status IN ({','.join('?' * len(wanted))})")
+        args.extend(wanted)
+    if workflow is not None:
+        where.append("workflow = ?")
+        args.append(workflow)
+    if host is not None:
+        where.append("host = ?")  # NULL (SQLite's runs, a queued any run) is no host's
+        args.append(host)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args
+
+
 class Reads:
     """The queries, over one connection: the store's own, or :attr:`Store.committed`."""
 
@@ -281,25 +312,19 @@ class Reads:
         *,
         statuses: Iterable[RunStatus] | None = None,
         workflow: str | None = None,
+        host: str | None = None,
         limit: int | None = 100,
     ) -> list[RunRecord]:
         """Newest first, as an operator reads a list; ``trigger_payload`` is not read (None).
 
         A list never shows payloads: reading up to 10,000 of them (a MiB each) only to drop
-        them would stall the loop.
+        them would stall the loop. ``host``: only the runs whose ``host`` is that (none on a
+        store a single host holds, whose runs have no host).
         """
-        where: list[str] = []
-        args: list[Any] = []
-        if statuses is not None:
-            wanted = sorted(set(statuses))
-            if not wanted:
-                return []  # no status: no run (and PostgreSQL refuses an empty IN list)
-            where.append(f"status IN ({','.join('?' * len(wanted))})")
-            args.extend(wanted)
-        if workflow is not None:
-            where.append("workflow = ?")
-            args.append(workflow)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        where = _run_where(statuses, workflow, host)
+        if where is None:
+            return []
+        clause, args = where
         n = _cap(limit)
         rows = self._conn.execute(
             f"SELECT {_LISTED_COLUMNS} FROM workflow_runs {clause} ORDER BY seq DESC LIMIT ?",
@@ -436,9 +461,14 @@ class Reads:
         )
         return {str(row[0]) for row in rows}
 
-    def count_runs(self) -> dict[tuple[str, RunStatus], int]:
+    def count_runs(self, host: str | None = None) -> dict[tuple[str, RunStatus], int]:
+        """The runs by workflow and status; with ``host``, only those whose ``host`` is that
+        (:meth:`list_runs`'s filter: ``workflow.count`` counts what ``workflow.list`` lists)."""
+        clause, args = _run_where(None, None, host) or ("", [])
         rows = self._conn.execute(
-            "SELECT workflow, status, COUNT(*) FROM workflow_runs GROUP BY workflow, status"
+            f"SELECT workflow, status, COUNT(*) FROM workflow_runs {clause}"
+            " GROUP BY workflow, status",
+            args,
         ).fetchall()
         return {(r[0], RunStatus(r[1])): int(r[2]) for r in rows}
 

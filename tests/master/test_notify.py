@@ -115,6 +115,17 @@ def test_extend_asks_for_more_time_at_most_every_few_seconds(
     assert received(receiver) == [f"EXTEND_TIMEOUT_USEC={int(EXTEND_WINDOW * 1e6)}"] * 2
 
 
+def test_extend_feeds_the_watchdog_too_when_it_runs(
+    receiver: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start after READY=1 (the one that follows a wait for the store) runs under the
+    watchdog before the loop, whose Upkeep feeds it, turns: its progress feeds it."""
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    notifier = Notifier()
+    notifier.extend()
+    assert received(receiver) == [f"EXTEND_TIMEOUT_USEC={int(EXTEND_WINDOW * 1e6)}", "WATCHDOG=1"]
+
+
 GATED_ROLE = """
 import os, time
 from nerved import WorkflowDefinition

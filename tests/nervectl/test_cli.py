@@ -448,6 +448,32 @@ def test_workflow_list_and_inspect(daemon: Nerved) -> None:
     assert 'greeter -> greeted {"type":"greeted","text":"hello x"}' in step
 
 
+def test_with_sqlite_the_fleet_view_changes_nothing_and_no_run_has_a_host(
+    daemon: Nerved,
+) -> None:
+    """Issue 15's fleet view on a store one host holds: runs have no host, so the table has
+    no HOST column and inspect no host or placement line, as before there were hosts; a
+    ``--host`` filter selects no run (an empty list, not "not found": a host is a run's
+    field's value, not a configured name), and ``workflow.count`` counts what it lists."""
+    run_id = daemon.ctl_json("workflow", "trigger", "greet", "--payload", '{"name": "x"}',
+                             "--wait")["runId"]  # fmt: skip
+    shown = daemon.ctl("workflow", "list", "--all")
+    assert shown.returncode == 0, shown.stderr
+    header = shown.stdout.splitlines()[0].split()
+    assert header[:3] == ["RUN", "WORKFLOW", "STATUS"] and "HOST" not in header
+    assert daemon.ctl_json("workflow", "list", "--all")[0]["host"] is None
+    human = daemon.ctl("workflow", "inspect", run_id).stdout
+    assert not re.search(r"^\s*(host|placement):", human, re.M), human
+    for args in (("--all", "--host", "x"), ("--host", "x")):
+        none = daemon.ctl("workflow", "list", *args)
+        assert none.returncode == 0, none.stderr
+        assert none.stdout.startswith(("no runs of host x", "no active runs of host x"))
+        assert daemon.ctl_json("workflow", "list", *args) == []
+    assert daemon.rpc("workflow.list", all=True, host="x") == []
+    assert daemon.rpc("workflow.count", all=True, host="x") == {"count": 0}
+    assert daemon.rpc("workflow.count", all=True) == {"count": 1}
+
+
 def test_workflow_not_found_exits_4(daemon: Nerved) -> None:
     assert_one_line_error(daemon.ctl("workflow", "inspect", "0123456789abcdef"), 4)
     assert_one_line_error(daemon.ctl("workflow", "trigger", "nosuch"), 4)

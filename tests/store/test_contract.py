@@ -1554,6 +1554,41 @@ def test_count_runs(many: Storage) -> None:
     assert many.count_runs() == expected
 
 
+def test_list_and_count_runs_by_host(store: Storage) -> None:
+    """The fleet view's filter (issue 15): ``host`` selects the runs whose host is that, in
+    the list and in the count alike (``workflow.count`` says how many ``workflow.list``
+    would list), with and without statuses; a run with no host (every run on SQLite, a
+    queued ``any`` run) is no host's, and a host no run has selects none."""
+    many = store
+    for i in range(MANY):  # as ``many``'s, and host x's when i % 3 == 0, y's when 1, none when 2
+        make_run(store, f"r{i:02d}", STATUSES[i % len(STATUSES)], workflow="a" if i % 2 else "b")
+        if i % 3 < 2:  # in the batch that created it (a host is the writer's to set)
+            store._conn.execute(  # type: ignore[attr-defined]
+                "UPDATE workflow_runs SET host = ? WHERE run_id = ?", ("xy"[i % 3], f"r{i:02d}")
+            )
+    store.commit()
+    on_x = [f"r{i:02d}" for i in reversed(range(MANY)) if i % 3 == 0]
+    assert ids(many.list_runs(host="x")) == on_x
+    assert ids(many.list_runs(host="x", limit=2)) == on_x[:2]
+    assert many.list_runs(host="z") == [] and many.count_runs(host="z") == {}
+    for statuses in (None, sorted(ACTIVE), [RunStatus.STARTED], sorted(set(RunStatus) - ACTIVE)):
+        for workflow in (None, "a"):
+            listed = many.list_runs(statuses=statuses, workflow=workflow, host="y", limit=None)
+            assert all(r.host == "y" for r in listed)
+            expected = [
+                f"r{i:02d}" for i in reversed(range(MANY)) if i % 3 == 1
+                and (statuses is None or STATUSES[i % len(STATUSES)] in statuses)
+                and (workflow is None or (i % 2 == 1) == (workflow == "a"))
+            ]  # fmt: skip
+            assert ids(listed) == expected, (statuses, workflow)
+            counted = sum(
+                n for (w, status), n in many.count_runs(host="y").items()
+                if (statuses is None or status in statuses) and workflow in (None, w)
+            )  # fmt: skip
+            assert counted == len(listed), (statuses, workflow)
+    assert sum(many.count_runs().values()) == MANY  # no host: every run, with one or none
+
+
 def test_meta_get_and_set(store: Storage) -> None:
     assert store.get_meta("boot") is None
     store.set_meta("boot", "1")

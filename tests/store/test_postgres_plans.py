@@ -12,9 +12,9 @@ if (_reason := pg_unavailable()) is not None:
 import psycopg
 
 from nerved import wire
-from nerved.states import Transition
+from nerved.states import ACTIVE, Transition
 from nerved.store.postgres.store import PgStore
-from nerved.store.reads import query_page
+from nerved.store.reads import _run_where, query_page
 from nerved.store.records import input_payload
 
 
@@ -86,5 +86,33 @@ def test_a_page_of_large_entries_reads_no_more_than_it_answers(pg_dsn: str) -> N
         back, more = query_page(store._reader, before_id=7, limit=10)
         assert ([e.id for e in back], more) == ([3, 4, 5, 6], True)
         assert query_page(store._reader, after_id=200) == ([], False)
+    finally:
+        store.close()
+
+
+def test_a_hosts_active_runs_are_listed_on_its_index_under_a_generic_plan(pg_dsn: str) -> None:
+    """``workflow list --host H`` (active runs: the default) reads ``workflow_runs_host``,
+    the partial index on ``(host, seq)`` of the active runs, not every run ever kept. Its
+    predicate is proved only from literals: the statuses bound as parameters alone would not
+    match it once PostgreSQL switches a statement to a generic plan, so list_runs writes
+    them as :data:`ACTIVE_SQL` too (see ``_run_where``)."""
+    store = PgStore(pg_dsn)
+    try:
+        clause, args = _run_where(sorted(ACTIVE), None, "a") or ("", [])
+        numbered = clause
+        for n in range(1, len(args) + 1):
+            numbered = numbered.replace("?", f"${n}", 1)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("SET enable_seqscan = off")
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+            conn.execute(
+                f"PREPARE listed AS SELECT run_id FROM workflow_runs {numbered}".encode()
+                + b" ORDER BY seq DESC LIMIT 100"
+            )
+            values = ", ".join(f"'{value}'" for value in args)
+            plan = "\n".join(
+                str(row[0]) for row in conn.execute(f"EXPLAIN EXECUTE listed({values})".encode())
+            )
+        assert "workflow_runs_host" in plan, plan
     finally:
         store.close()

@@ -64,7 +64,8 @@ def test_the_urls_own_options_are_kept_with_the_bounds(pg_dsn: str) -> None:
     conn = connect(f"{pg_dsn} options='-c search_path=elsewhere'", autocommit=True)
     try:
         assert conn.execute("SHOW search_path").fetchone()[0] == "elsewhere"
-        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "1s"
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "4s"
+        assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0] == "3s"
     finally:
         conn.close()
 

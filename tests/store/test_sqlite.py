@@ -287,6 +287,24 @@ def test_the_engines_reads_use_their_indexes(store: Store, peer: sqlite3.Connect
     assert any("USING INDEX logs_ref (" in d for d in pruned), pruned
 
 
+def test_a_listing_of_active_runs_reads_the_active_index(
+    store: Store, peer: sqlite3.Connection
+) -> None:
+    """``workflow list`` without ``--all`` (with ``--host`` or not) walks the active runs'
+    partial index, not every run kept: its statuses are written as the index's own literals
+    (reads._run_where), which SQLite needs to use a partial index."""
+    make_run(store, "r1", RunStatus.STARTED)
+    make_run(store, "r2", RunStatus.COMPLETED)
+    store.commit()
+    for call in (
+        lambda: store.list_runs(statuses=ACTIVE),
+        lambda: store.list_runs(statuses=ACTIVE, host="a"),
+        lambda: store.list_runs(statuses=[RunStatus.QUEUED]),
+    ):
+        details = plans(store, peer, call)
+        assert any("USING INDEX workflow_runs_active" in d for d in details), details
+
+
 # -- migrations ------------------------------------------------------------------------
 
 # Runs of a version-1 file, one in each status it knew: (status, steps, attempts, error,

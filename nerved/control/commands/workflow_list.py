@@ -1,7 +1,10 @@
-"""workflow.list {status?, workflow?, all?, limit?}: runs, newest first.
+"""workflow.list {status?, workflow?, all?, host?, limit?}: runs, newest first.
 
 Active runs (queued, started, waiting) only, unless ``all`` is true or ``status`` names the
-statuses wanted (a string or a list). ``limit`` defaults to 100 (at most 10000); when the
+statuses wanted (a string or a list). Every host's runs, unless ``host`` names the one whose
+runs are wanted (a run's ``host``: the host that last drove it; a host no run carries gives
+``[]``, not -32001: see nerved.control.commands._filters; on SQLite no run has a host).
+``limit`` defaults to 100 (at most 10000); when the
 answer holds ``limit`` runs, ``workflow.count`` with the same filters says how many there
 are in all. A ``workflow`` neither configured nor with kept runs is not found (-32001).
 Result: ``[run]``, without trigger payloads; each ``error`` is cut, with a marker, to its
@@ -36,6 +39,7 @@ def run(engine: Engine, params: Params) -> Any:
     records = engine.store.committed.list_runs(
         statuses=selected.statuses,
         workflow=selected.workflow,
+        host=selected.host,
         limit=params.integer("limit", minimum=1) or 100,
     )
     share = wire.RESULT_BUDGET // max(len(records), 1)

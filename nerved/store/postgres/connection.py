@@ -9,6 +9,13 @@ stall the loop past the watchdog"):
 - ``connect_timeout`` (:data:`CONNECT_TIMEOUT`) to open it;
 - ``statement_timeout`` (:data:`STATEMENT_TIMEOUT_MS`) and ``lock_timeout``
   (:data:`LOCK_TIMEOUT_MS`) on every statement;
+- ``idle_in_transaction_session_timeout`` (:data:`IDLE_IN_TRANSACTION_MS`): a nerved that
+  stops between two statements of its batch (SIGSTOP, a paused VM) holds the locks of that
+  batch, the hosts' write lock among them (nerved.store.postgres.store); the server ends its
+  session after this long, so that the other hosts wait for it that long at most (less than
+  :data:`LOCK_TIMEOUT_MS`: they wait, not fail). Its batch is lost, never acknowledged; it
+  finds its connection gone when it goes on, and restarts. A master's batch lasts one loop
+  turn, milliseconds; between turns its connections hold no transaction;
 - TCP keepalives and ``tcp_user_timeout``, so that a peer gone silent is noticed within
   seconds, not after the kernel's retransmissions (minutes).
 
@@ -30,7 +37,8 @@ from nerved.store.sql import Rows
 
 CONNECT_TIMEOUT: Final = 5  # seconds (libpq counts whole seconds, at least 2)
 STATEMENT_TIMEOUT_MS: Final = 5_000
-LOCK_TIMEOUT_MS: Final = 1_000
+LOCK_TIMEOUT_MS: Final = 4_000
+IDLE_IN_TRANSACTION_MS: Final = 3_000
 NUL: Final = "\x00"
 NUL_STAND_IN: Final = "\ufffd"
 """PostgreSQL's text cannot hold a NUL character, SQLite's can: in a parameter it becomes
@@ -166,7 +174,10 @@ def connect(url: str, *, autocommit: bool, application_name: str = "nerved") -> 
     info = parse(url)
     where = display(url)
     given = info.get("options", os.environ.get("PGOPTIONS", ""))
-    ours = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+    ours = (
+        f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+        f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+    )
     options = f"{given} {ours}".strip()
     try:
         conninfo = psycopg.conninfo.make_conninfo(

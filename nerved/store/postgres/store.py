@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 START_RETRY: Final = 1.0  # seconds between two tries to reach the database at start
+WRITE_LOCK: Final = 0x6E657262  # "nerb": pg_advisory_xact_lock's key, the hosts' write lock
 
 
 class PgStore(Batch, Writes, Reads):
@@ -122,6 +123,16 @@ class PgStore(Batch, Writes, Reads):
         if not self._wrote and self._conn.in_transaction:
             self._conn.rollback()
 
+    def commit(self) -> None:
+        """:meth:`Batch.commit`, then no read's transaction left open to the next turn (the
+        callbacks run after the commit, and may read). Between two turns the connection is
+        idle, and idle in a transaction it would hold its locks and be ended by the server
+        (:data:`~.connection.IDLE_IN_TRANSACTION_MS`). What a callback writes waits for the
+        next turn's commit (the store's contract), a second at most: the loop's longest
+        wait (nerved.loop.Loop.run_once)."""
+        Batch.commit(self)
+        self._end_reads()
+
     def _begin(self) -> None:
         """Before each write: the batch's first checks the fence (:meth:`_check_fence`)."""
         if not self._wrote:
@@ -137,19 +148,31 @@ class PgStore(Batch, Writes, Reads):
         self._end_reads()
 
     def _check_fence(self) -> None:
-        """StoreError unless this host holds its lease at its epoch still, checked at the
-        batch's first write, its row locked (FOR SHARE) from then to the commit: another
-        nerved taking the lease anew, or a host taking this one's runs over once it lapsed
-        (either moves the epoch on, :data:`leases.HELD`), waits for this commit, and every
-        batch after it fails here. So a nerved whose lease was taken, or lapsed while it was
-        stalled (SIGSTOP, a long pause), writes nothing more, not only from its next
-        renewal. The row is locked before any other the batch writes, as a takeover locks
-        it before the host's runs: one order, so the two never wait for each other."""
-        if self._fence is None:
+        """At the batch's first write: take the hosts' write lock, and check that this host
+        holds its lease at its epoch still (StoreError, and no batch commits again, if not).
+
+        **The write lock** (:data:`WRITE_LOCK`, a transaction-level advisory lock, held to
+        the commit) makes the batches of all hosts on the database follow one another: each
+        commits before the next writes its first row. So log entries are committed in the
+        order of their ids, whichever host wrote them (a follower of ``logs.query``'s
+        ``afterId`` misses none: without it, an id taken by one host and committed after a
+        greater one of another's would be passed over); and, every batch taking it first,
+        no batch ever waits for another holding a row it wants (no deadlock). A host stopped
+        in the middle of its batch holds it until the server ends that session
+        (:data:`~.connection.IDLE_IN_TRANSACTION_MS`).
+
+        **The fence**: the host's row, locked FOR SHARE to the commit. Another nerved taking
+        the lease anew, or a host taking this one's runs over once it lapsed (either moves the
+        epoch on, :data:`leases.HELD`), waits for this commit, and every batch after it fails
+        here. So a nerved whose lease was taken, or lapsed while it was stalled (SIGSTOP, a
+        long pause), writes nothing more, not only from its next renewal."""
+        if self._fence is None:  # no lease (the store's own tests): the write lock alone
+            self._conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
             return
         host_id, epoch = self._fence
         held = self._conn.execute(
-            f"SELECT 1 FROM hosts WHERE {leases.HELD} FOR SHARE", (host_id, epoch)
+            f"SELECT pg_advisory_xact_lock(?) FROM hosts WHERE {leases.HELD} FOR SHARE",
+            (WRITE_LOCK, host_id, epoch),
         ).fetchone()
         if held is None:
             self._fenced = StoreError(
