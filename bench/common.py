@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+ANCHORS = REPO / "bench" / "peers" / "w"
+"""The peers' scripts of workload W, and the lock file of the venv they run in."""
+ANCHORS_VENV = Path(os.environ.get("ANCHORS_VENV", "/tmp/anchors-venv"))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -126,6 +129,15 @@ def scratch_root(base: Path, config: str, packages: dict[str, str]) -> Path:
     return root
 
 
+class DaemonExited(RuntimeError):
+    """nerved ended before it was ready: its exit status and its log (stderr)."""
+
+    def __init__(self, code: int, log: str) -> None:
+        super().__init__(f"nerved exited ({code}) before READY=1: {log.strip()[-1000:]}")
+        self.code = code
+        self.log = log
+
+
 class Daemon:
     """nerved on a scratch root; ready when it says READY=1 on our notify socket.
 
@@ -163,7 +175,6 @@ class Daemon:
         notify_path = self.dir / "notify.sock"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
-        notify.settimeout(30)
         env = {**self.env, "NOTIFY_SOCKET": str(notify_path)}
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
@@ -173,8 +184,7 @@ class Daemon:
              "--no-watch", *self.extra],
             env=env, cwd=REPO, stderr=open(self.dir / "nerved.log", "wb"),
         )  # fmt: skip
-        while b"READY=1" not in notify.recv(4096):
-            pass
+        self._wait_ready(notify)
         if self.watchdog_usec:
             self._reading.set()
             self._reader = threading.Thread(target=self._read_notify, args=(notify,), daemon=True)
@@ -182,6 +192,27 @@ class Daemon:
         else:
             notify.close()
         return self
+
+    def _wait_ready(self, notify: socket.socket) -> None:
+        """Wait for READY=1; :class:`DaemonExited` at once if nerved ends first (a refused
+        configuration, a refused host), so that a caller can say why rather than wait out
+        the 30 s."""
+        assert self.proc is not None
+        deadline = time.monotonic() + 30
+        notify.settimeout(0.1)
+        while time.monotonic() < deadline:
+            try:
+                if b"READY=1" in notify.recv(4096):
+                    notify.settimeout(30)
+                    return
+            except TimeoutError:
+                if (code := self.proc.poll()) is not None:
+                    self.proc = None
+                    notify.close()
+                    log = (self.dir / "nerved.log").read_text(errors="replace")
+                    shutil.rmtree(self.dir, ignore_errors=True)
+                    raise DaemonExited(code, log) from None
+        raise TimeoutError(f"nerved not ready in 30 s (log: {self.dir / 'nerved.log'})")
 
     def _read_notify(self, notify: socket.socket) -> None:
         notify.settimeout(0.1)
@@ -207,6 +238,40 @@ class Daemon:
 
     def rpc(self) -> Rpc:
         return Rpc(self.socket)
+
+
+def anchors_python() -> Path:
+    """The peers' Python: their venv (``$ANCHORS_VENV``), made from their lock file on first
+    use, so that Huey and DBOS run at the versions their reference figures were taken with."""
+    python = ANCHORS_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {ANCHORS_VENV} for the peers (once)...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(ANCHORS_VENV)], check=True)
+        subprocess.run(
+            [str(ANCHORS_VENV / "bin" / "pip"), "install", "-q", "-r",
+             str(ANCHORS / "requirements.lock.txt")],
+            check=True,
+        )  # fmt: skip
+    return python
+
+
+def run_anchor(
+    script: str | Path, *args: str, n: int, iso: int, conc: int, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run a peer's script (a name in :data:`ANCHORS`, or a path) in the peers' venv; its
+    ``RESULT {json}`` line. ``ANCHORS_N``, ``ANCHORS_ISO`` and ``ANCHORS_CONC`` size W for it;
+    ``env`` adds to its environment (what a script takes besides: a database's URL)."""
+    env = {**os.environ, "ANCHORS_N": str(n), "ANCHORS_ISO": str(iso), "ANCHORS_CONC": str(conc),
+           **(env or {})}  # fmt: skip
+    done = subprocess.run(
+        [str(anchors_python()), str(ANCHORS / script), *args],
+        capture_output=True, text=True, env=env, cwd=ANCHORS, timeout=1800,
+    )  # fmt: skip
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            return result
+    raise RuntimeError(f"{script} {' '.join(args)} gave no result:\n{done.stderr[-2000:]}")
 
 
 @contextlib.contextmanager

@@ -29,17 +29,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Final
 
-from bench.common import REPO, Daemon, summary_ms, tree_rss
-
-ANCHORS = REPO / "bench" / "peers" / "w"
-ANCHORS_VENV = Path(os.environ.get("ANCHORS_VENV", "/tmp/anchors-venv"))
+from bench.common import Daemon, run_anchor, summary_ms, tree_rss
 
 WORKFLOW = """
     from nerved import WorkflowDefinition
@@ -147,9 +141,13 @@ def isolated(daemon: Daemon, name: str, count: int) -> dict[str, Any]:
     return {"iso_e2e": summary_ms(e2e), "iso_ack": summary_ms(ack)}
 
 
-def run_nerve(n: int, iso: int, conc: int, window: int) -> dict[str, float]:
-    """W on nerve: the burst, then one run at a time; flat metrics (see :func:`metrics`)."""
-    with Daemon(config_for(["w"], conc, max(n, 100)), packages_for(["w"])) as daemon:
+def run_nerve(
+    n: int, iso: int, conc: int, window: int, extra: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """W on nerve: the burst, then one run at a time; flat metrics (see :func:`metrics`).
+    ``extra``: more of nerved's options (:mod:`bench.pg`: ``--store`` a PostgreSQL DSN)."""
+    config = config_for(["w"], conc, max(n, 100))
+    with Daemon(config, packages_for(["w"]), extra=extra) as daemon:
         warm(daemon, ["w"])
         b = burst(daemon, ["w"], n, window)
         i = isolated(daemon, "w", iso)
@@ -182,32 +180,6 @@ def metrics(
         "ack_alone_p99_ms": ack_alone["p99"],
         "rss_mb": rss_mb,
     }
-
-
-def _anchors_python() -> Path:
-    python = ANCHORS_VENV / "bin" / "python"
-    if not python.exists():
-        print(f"creating {ANCHORS_VENV} for the peers (once)...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(ANCHORS_VENV)], check=True)
-        subprocess.run(
-            [str(ANCHORS_VENV / "bin" / "pip"), "install", "-q", "-r",
-             str(ANCHORS / "requirements.lock.txt")],
-            check=True,
-        )  # fmt: skip
-    return python
-
-
-def run_anchor(script: str, *args: str, n: int, iso: int, conc: int) -> dict[str, Any]:
-    env = {**os.environ, "ANCHORS_N": str(n), "ANCHORS_ISO": str(iso), "ANCHORS_CONC": str(conc)}
-    done = subprocess.run(
-        [str(_anchors_python()), str(ANCHORS / script), *args],
-        capture_output=True, text=True, env=env, cwd=ANCHORS, timeout=1800,
-    )  # fmt: skip
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
-            return result
-    raise RuntimeError(f"{script} {' '.join(args)} gave no result:\n{done.stderr[-2000:]}")
 
 
 PEERS: Final = (
