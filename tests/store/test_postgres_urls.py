@@ -77,3 +77,21 @@ def test_waiting_for_the_database_names_it_once(caplog) -> None:
     )
     assert len(waited) == 1
     assert waited[0].count("postgresql://") == 1, waited[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("host=/run/postgresql port=5433 dbname=nerve user=n password=x",
+         "postgresql://n@/nerve?host=/run/postgresql&port=5433"),
+        ("postgresql:///nerve?host=/run/postgresql", "postgresql:///nerve?host=/run/postgresql"),
+        ("postgresql://n:x@db.example:6432/nerve", "postgresql://n@db.example:6432/nerve"),
+        ("dbname=nerve", "postgresql://localhost/nerve"),
+    ],
+)  # fmt: skip
+def test_the_database_is_named_as_libpq_spells_it_without_the_password(url, shown) -> None:
+    """A Unix socket's directory is a ``host`` query parameter (libpq's URI form), not a host
+    name with a path in it (``postgres@/tmp/x:5432/db`` read as a path)."""
+    from nerved.store.postgres.connection import display  # psycopg: after the skip
+
+    assert display(url) == shown

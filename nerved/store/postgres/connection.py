@@ -97,7 +97,11 @@ def display(url: str) -> str:
     host = info.get("host") or "localhost"
     port = f":{info['port']}" if info.get("port") else ""
     user = f"{info['user']}@" if info.get("user") else ""
-    return f"postgresql://{user}{host}{port}/{info.get('dbname') or ''}"
+    dbname = info.get("dbname") or ""
+    if host.startswith("/"):  # a Unix socket's directory: as libpq's URIs spell it
+        query = f"?host={host}" + (f"&port={info['port']}" if info.get("port") else "")
+        return f"postgresql://{user}/{dbname}{query}"
+    return f"postgresql://{user}{host}{port}/{dbname}"
 
 
 def without_nul(params: Sequence[Any]) -> Sequence[Any]:
