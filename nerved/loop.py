@@ -155,9 +155,14 @@ class Loop:
 
     # -- running ------------------------------------------------------------------------
 
-    def at_end_of_turn(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` after every turn: where the store commits its batch."""
-        self._end_of_turn.append(callback)
+    def at_end_of_turn(self, callback: Callable[[], None], *, first: bool = False) -> None:
+        """Run ``callback`` after every turn: where the store commits its batch. ``first``:
+        before those registered so far (work that joins the turn's batch, before its
+        commit)."""
+        if first:
+            self._end_of_turn.insert(0, callback)
+        else:
+            self._end_of_turn.append(callback)
 
     def flush_at_end(self, owner: object, flush: Callable[[], None]) -> None:
         """Write ``owner``'s output once, after the turn's commit, however often it was asked.

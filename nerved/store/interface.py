@@ -168,16 +168,19 @@ class Leasing(Protocol):
     # The queue of ``placement: any`` runs that every host claims from, and the takeover of
     # a lapsed host's (nerved.store.postgres.queue; SPEC v2 §9).
 
-    def queue_counts(self, workflow: str) -> tuple[int, int]:
+    def queue_counts(self, workflow: str, concurrency: int, max_queue: int) -> tuple[int, int]:
         """(holding a slot: started or waiting, queued) runs of the ``any`` workflow over
-        every host, as committed."""
+        every host, as committed, counted up to ``concurrency`` and ``max_queue``."""
         ...
 
-    def claim_runs(self, workflow: str, concurrency: int) -> list[ActiveRecord] | None:
+    def claim_runs(
+        self, workflow: str, concurrency: int, *, fresh: bool = False
+    ) -> list[ActiveRecord]:
         """Claim, in the batch, the oldest queued runs of the ``any`` workflow that its free
         slots (of ``concurrency`` over every host) and this host's share allow: each is
-        ``started`` on this host. None: another host is claiming them now (try again
-        soon). Fenced by the lease: StoreError once it was taken."""
+        ``started`` on this host. Fenced by the lease: StoreError once it was taken. Unless
+        ``fresh`` (the batch wrote what the claim is for), the committed view is read
+        first, and a claim that would find nothing writes nothing."""
         ...
 
     def oldest_queued(self, workflow: str) -> str | None:

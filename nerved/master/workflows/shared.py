@@ -5,11 +5,11 @@ serving the workflow *claims* them (nerved.store.postgres.queue: FIFO, ``concurr
 over every host, each host to its share of the slots), in its batch, and its worker hears of
 a claimed run once that batch is committed, as of any run. This host claims
 
-- at the next turn after one that queued a run of the workflow here (a trigger), or freed
-  one of its slots here (a run ended): what that turn wrote is committed by then;
+- at the end of a turn that queued a run of the workflow here (a trigger), or freed one of
+  its slots here (a run ended), in that turn's batch before its commit (the claim reads the
+  batch's own connection: it sees both), so that the runs it claims start with that commit;
 - every :data:`CLAIM_EVERY`, for what other hosts queued or freed (a claim that could find
   nothing costs one read of the committed view, and writes nothing);
-- :data:`RETRY_CLAIM` after a claim that found another host claiming;
 
 and never while it stops, nor for a workflow whose worker cannot be had (fatal, or backing
 off: claimed runs would wait on this host while another could run them).
@@ -41,9 +41,6 @@ log = logging.getLogger("nerved.master.workflows")
 CLAIM_EVERY: Final = 0.25
 """Seconds between two looks at the shared queue of each ``any`` workflow: how long a run
 queued by another host, or a slot another host freed, may wait for this one."""
-RETRY_CLAIM: Final = 0.01
-"""Seconds before a claim that found another host claiming tries again (that host holds the
-workflow's queue lock to its batch's commit: milliseconds)."""
 TAKEOVER_EVERY: Final = 2.0
 """Seconds between two looks for lapsed hosts' runs: a host's runs are taken over at most
 this long after its lease lapsed (nerved.master.leases.LEASE_MS)."""
@@ -64,7 +61,7 @@ class SharedQueue:
         self.store = store
         self.manager = manager
         self.leasing: Leasing | None = store.leasing
-        self._soon: set[str] = set()  # workflows whose claim is due at the next turn
+        self._soon: set[str] = set()  # workflows whose claim is due at the end of this turn
         self._timers: list[Timer] = []
 
     def shared(self, flow: Flow) -> bool:
@@ -81,6 +78,7 @@ class SharedQueue:
         """Claim and take over from now on (once recovery is done and nerved is ready)."""
         if self.leasing is None:
             return
+        self.loop.at_end_of_turn(self._claim_due, first=True)  # before the commit
         self._timers = [
             self.loop.call_later(CLAIM_EVERY, self._poll),
             self.loop.call_later(0, self._take_over),
@@ -94,12 +92,18 @@ class SharedQueue:
     # -- claims -------------------------------------------------------------------------
 
     def claim_soon(self, flow: Flow) -> None:
-        """Claim for ``flow`` at the next turn (in its batch): a run was queued here, or a
-        slot freed; the triggers and ends of one turn make one claim."""
-        if flow.name in self._soon:
-            return
+        """Claim for ``flow`` at the end of this turn, in its batch, before its commit: a
+        run was queued here, or a slot freed (the claim's count, on the batch's connection,
+        sees both); the triggers and ends of one turn make one claim, and the runs it claims
+        start with that commit, not one later."""
         self._soon.add(flow.name)
-        self.loop.call_later(0, lambda: self._claim(flow))
+
+    def _claim_due(self) -> None:
+        """At the end of each turn, before the commit: the claims this turn asked for."""
+        while self._soon:
+            flow = self.manager.flows.get(self._soon.pop())
+            if flow is not None:
+                self._claim(flow, fresh=True)
 
     def admit(self, flow: Flow) -> Admission:
         """Where a new run of ``flow`` goes, weighed against its runs over every host (as
@@ -107,8 +111,8 @@ class SharedQueue:
         ``maxQueue`` may be passed by a few; ``concurrency`` never is, the claims hold it).
         A run that would start is queued, and claimed at once after the commit."""
         assert self.leasing is not None
-        active, queued = self.leasing.queue_counts(flow.name)
         config = flow.config
+        active, queued = self.leasing.queue_counts(flow.name, config.concurrency, config.max_queue)
         admission = admit(
             active=active, queued=queued, concurrency=config.concurrency,
             max_queue=config.max_queue, overflow=config.overflow,
@@ -129,18 +133,14 @@ class SharedQueue:
                 self._claim(flow)
         self._timers[0] = self.loop.call_later(CLAIM_EVERY, self._poll)
 
-    def _claim(self, flow: Flow) -> None:
-        self._soon.discard(flow.name)
+    def _claim(self, flow: Flow, fresh: bool = False) -> None:
+        """Claim what ``flow`` may; ``fresh``: this turn wrote what the claim is for (look
+        in the batch, not first at the committed view)."""
         if self.manager.stopping or flow.removed or self.leasing is None:
             return
         if flow.supervisor.state in (WorkerState.FATAL, WorkerState.BACKOFF, WorkerState.GONE):
             return
-        claimed = self.leasing.claim_runs(flow.name, flow.config.concurrency)
-        if claimed is None:  # another host is claiming: again once its batch is committed
-            self._soon.add(flow.name)
-            self.loop.call_later(RETRY_CLAIM, lambda: self._claim(flow))
-            return
-        for record in claimed:
+        for record in self.leasing.claim_runs(flow.name, flow.config.concurrency, fresh=fresh):
             self.manager._activate_claimed(flow, record)
 
     # -- takeover -----------------------------------------------------------------------

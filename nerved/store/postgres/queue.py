@@ -5,13 +5,10 @@ workflow *claims* it: moves it to ``started`` with its own host id, in its batch
 its worker hears of the run once that batch is committed, as for any run). The rules that hold
 across all hosts, and how:
 
-- **concurrency**: a claim takes the workflow's queue lock (a transaction-level advisory lock
-  keyed by the workflow's name, :data:`QUEUE_LOCK`), counts the workflow's ``started`` and
-  ``waiting`` runs of every host, and claims at most the slots left. The lock is held to the
-  batch's commit, so two claims of one workflow never overlap and the count is never stale.
-  It is only *tried* (``pg_try_advisory_xact_lock``): a host that finds it taken claims again
-  soon, and no batch ever waits for another's (two batches each holding one workflow's lock
-  and waiting for the other's would deadlock).
+- **concurrency**: a claim counts the workflow's ``started`` and ``waiting`` runs of every
+  host and claims at most the slots left, in a batch that holds the hosts' write lock
+  (nerved.store.postgres.store): no other host's claim, or end of a run, comes between the
+  count and the claim, so the count is never stale.
 - **FIFO**: the oldest queued runs first (``seq``, the database's own sequence: hosts' clocks
   differ), ``FOR UPDATE SKIP LOCKED`` as Procrastinate and Hatchet claim, so that a row some
   other transaction holds (a cancel) is passed over, not waited for.
@@ -37,7 +34,6 @@ from typing import Final
 from nerved.store.postgres.connection import Connection
 from nerved.store.records import dumps, now_ms
 
-QUEUE_LOCK: Final = 0x6E657271  # "nerq": the class of pg_advisory_xact_lock(class, hashtext(W))
 LIVE_COUNTS: Final = "status IN ('started', 'waiting')"  # what holds a slot
 
 
@@ -55,15 +51,17 @@ def may_claim(reader: Connection, workflow: str, concurrency: int) -> bool:
     return bool(row[0]) and int(row[1]) < concurrency
 
 
-def counts(reader: Connection, workflow: str) -> tuple[int, int]:
+def counts(reader: Connection, workflow: str, concurrency: int, max_queue: int) -> tuple[int, int]:
     """(holding a slot, queued) runs of the ``any`` workflow ``workflow`` over every host,
-    as committed: what admission weighs a new run against."""
+    as committed, counted up to ``concurrency`` and ``max_queue``: what admission weighs a
+    new run against (:func:`nerved.master.workflows.admission.admit` compares them with no
+    more), read in a few index entries however long the queue has grown."""
     row = reader.execute(
-        f"SELECT count(*) FILTER (WHERE {LIVE_COUNTS}),"
-        " count(*) FILTER (WHERE status = 'queued')"
-        " FROM workflow_runs WHERE workflow = ? AND placement = 'any'"
-        " AND status IN ('queued', 'started', 'waiting')",
-        (workflow,),
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM workflow_runs WHERE workflow = ?"
+        f"   AND placement = 'any' AND {LIVE_COUNTS} LIMIT ?) AS live),"
+        " (SELECT count(*) FROM (SELECT 1 FROM workflow_runs WHERE workflow = ?"
+        "   AND placement = 'any' AND status = 'queued' LIMIT ?) AS queued)",
+        (workflow, concurrency, workflow, max_queue),
     ).fetchone()
     return int(row[0]), int(row[1])
 
@@ -79,43 +77,35 @@ def oldest_queued(conn: Connection, workflow: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def claim(conn: Connection, host_id: str, workflow: str, concurrency: int) -> list[str] | None:
+def claim(conn: Connection, host_id: str, workflow: str, concurrency: int) -> list[str]:
     """Claim, in the caller's batch, the oldest queued runs of ``workflow`` that its free
-    slots and this host's share allow (see the module's doc); their ids, oldest first, or
-    None when another host holds the workflow's queue lock (it is claiming: try again
-    soon). Each moves to ``started`` with this host, logged as a dispatch is (``started``,
-    the trigger payload)."""
-    locked = conn.execute(
-        "SELECT pg_try_advisory_xact_lock(?, hashtext(?))", (QUEUE_LOCK, workflow)
-    ).fetchone()
-    if not locked[0]:
-        return None
-    total, mine, serving = conn.execute(
-        "SELECT count(*), count(*) FILTER (WHERE host = ?),"
-        "  (SELECT count(*) FROM hosts WHERE lease_until > nerve_now_ms() AND ? = ANY(serves))"
-        f" FROM workflow_runs WHERE workflow = ? AND placement = 'any' AND {LIVE_COUNTS}",
-        (host_id, workflow, workflow),
-    ).fetchone()
-    share = -(-concurrency // max(1, int(serving)))
-    free = min(concurrency - int(total), share - int(mine))
-    if free <= 0:
-        return []
+    slots and this host's share allow (see the module's doc), in one statement; their ids,
+    oldest first. Each moves to ``started`` with this host, logged as a dispatch is
+    (``started``, the trigger payload). The batch holds the hosts' write lock: no other
+    host's claim or end of a run comes between the count and the claim."""
     ts = now_ms()
     rows = conn.execute(
-        "UPDATE workflow_runs SET status = 'started', host = ?, updated_at = ?"
-        " WHERE run_id IN (SELECT run_id FROM workflow_runs WHERE workflow = ?"
-        "  AND placement = 'any' AND status = 'queued' ORDER BY seq LIMIT ?"
-        "  FOR UPDATE SKIP LOCKED)"
-        " RETURNING run_id, seq, trigger_payload",
-        (host_id, ts, workflow, free),
+        "WITH counted AS ("
+        "  SELECT count(*) AS total, count(*) FILTER (WHERE host = ?) AS mine,"
+        "   (SELECT count(*) FROM hosts WHERE lease_until > nerve_now_ms()"
+        "    AND ? = ANY(serves)) AS serving"
+        f"  FROM workflow_runs WHERE workflow = ? AND placement = 'any' AND {LIVE_COUNTS}),"
+        " picked AS ("
+        "  SELECT run_id FROM workflow_runs WHERE workflow = ? AND placement = 'any'"
+        "  AND status = 'queued' ORDER BY seq"
+        "  LIMIT (SELECT GREATEST(0, LEAST(? - total,"
+        "   (? + GREATEST(serving, 1) - 1) / GREATEST(serving, 1) - mine)) FROM counted)"
+        "  FOR UPDATE SKIP LOCKED),"
+        " moved AS ("
+        "  UPDATE workflow_runs SET status = 'started', host = ?, updated_at = ?"
+        "  WHERE run_id IN (SELECT run_id FROM picked)"
+        "  RETURNING run_id, seq, trigger_payload),"
+        " logged AS ("
+        "  INSERT INTO logs (source, type, ref_id, payload, ts)"
+        "  SELECT 'workflow', 'started', run_id, trigger_payload, ? FROM moved ORDER BY seq)"
+        " SELECT run_id FROM moved ORDER BY seq",
+        (host_id, workflow, workflow, workflow, concurrency, concurrency, host_id, ts, ts),
     ).fetchall()
-    rows.sort(key=lambda row: row[1])
-    for run_id, _, payload in rows:
-        conn.execute(
-            "INSERT INTO logs (source, type, ref_id, payload, ts)"
-            " VALUES ('workflow', 'started', ?, ?, ?)",
-            (run_id, payload, ts),
-        )
     return [str(row[0]) for row in rows]
 
 

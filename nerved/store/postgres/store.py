@@ -242,15 +242,19 @@ class PgStore(Batch, Writes, Reads):
 
     # -- the queue of ``any`` runs, and takeover (nerved.store.postgres.queue) -----------
 
-    def queue_counts(self, workflow: str) -> tuple[int, int]:
-        return queue.counts(self._reader, workflow)
+    def queue_counts(self, workflow: str, concurrency: int, max_queue: int) -> tuple[int, int]:
+        return queue.counts(self._reader, workflow, concurrency, max_queue)
 
-    def claim_runs(self, workflow: str, concurrency: int) -> list[ActiveRecord] | None:
-        if self.host_id is None or not queue.may_claim(self._reader, workflow, concurrency):
+    def claim_runs(
+        self, workflow: str, concurrency: int, *, fresh: bool = False
+    ) -> list[ActiveRecord]:
+        if self.host_id is None:
             return []
-        self._begin()  # the fence first (see _check_fence)
+        if not fresh and not queue.may_claim(self._reader, workflow, concurrency):
+            return []
+        self._begin()  # the fence and the write lock first (see _check_fence)
         claimed = queue.claim(self._conn, self.host_id, workflow, concurrency)
-        return None if claimed is None else self.active_runs(claimed)
+        return self.active_runs(claimed) if claimed else []
 
     def oldest_queued(self, workflow: str) -> str | None:
         self._begin()  # the fence before the row lock (see _check_fence)
