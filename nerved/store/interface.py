@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nerved.states import RunStatus, Transition
-from nerved.store.records import ActiveRecord, Firing, HostRecord, LogEntry, RunRecord
+from nerved.store.records import (
+    ActiveRecord,
+    Firing,
+    HostRecord,
+    LogEntry,
+    QueueCounts,
+    RunRecord,
+)
 
 CommitCallback = Callable[[], None]
 AbortCallback = Callable[[BaseException], None]
@@ -168,9 +175,9 @@ class Leasing(Protocol):
     # The queue of ``placement: any`` runs that every host claims from, and the takeover of
     # a lapsed host's (nerved.store.postgres.queue; SPEC v2 §9).
 
-    def queue_counts(self, workflow: str, concurrency: int, max_queue: int) -> tuple[int, int]:
-        """(holding a slot: started or waiting, queued) runs of the ``any`` workflow over
-        every host, as committed, counted up to ``concurrency`` and ``max_queue``."""
+    def queue_counts(self, workflow: str, concurrency: int, max_queue: int) -> QueueCounts:
+        """The runs of the ``any`` workflow over every host that admission weighs a new one
+        against, in the batch (exact: no other host writes meanwhile)."""
         ...
 
     def claim_runs(

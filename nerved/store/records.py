@@ -208,6 +208,17 @@ def input_payload(event_json: str, signal: int | None = None) -> str:
     return '{"event":' + event_json + tail
 
 
+class QueueCounts(NamedTuple):
+    """The runs of a ``placement: any`` workflow over every host, counted under the hosts'
+    write lock (nerved.store.postgres.queue.counts): what admission weighs a new run
+    against. Counts are capped where admission compares them with no more."""
+
+    live: int  # started or waiting, over every host (at most the concurrency)
+    mine: int  # of those, this host's (at most the concurrency)
+    queued: int  # queued, no host yet (at most maxQueue)
+    share: int  # this host's share of the slots: concurrency / live hosts serving it, rounded up
+
+
 class HostRecord(NamedTuple):
     """A host's row, as ``status`` shows it: ms by the database's clock."""
 

@@ -58,6 +58,8 @@ def config(concurrency: int) -> str:
 workflows:
   w: {{concurrency: {concurrency}, placement: any, idleTimeout: 1h}}
   here: {{concurrency: 4, idleTimeout: 1h}}
+  d: {{concurrency: 2, overflow: drop, placement: any, idleTimeout: 1h}}
+  q: {{concurrency: 1, maxQueue: 3, placement: any, idleTimeout: 1h}}
 """
 
 
@@ -65,7 +67,8 @@ def hosts(nerved_factory, dsn: str, names: str, concurrency: int = 2) -> list[An
     made = []
     for name in names:
         daemon = nerved_factory(
-            config(concurrency), workflows={"w": WORKFLOW, "here": WORKFLOW},
+            config(concurrency),
+            workflows={"w": WORKFLOW, "here": WORKFLOW, "d": WORKFLOW, "q": WORKFLOW},
             args=("--store", dsn, "--host-id", name), name=name,
         )  # fmt: skip
         daemon.env["NERVE_LEASE_MS"] = LEASE_MS
@@ -209,3 +212,59 @@ def test_the_fleet_view_lists_every_hosts_runs_with_their_host(nerved_factory, p
         if line.strip().startswith(("host:", "placement:"))
     )  # fmt: skip
     assert {k: v.strip() for k, v in fields.items()} == {"host": "a", "placement": "local"}
+
+
+def test_one_idempotency_key_on_two_hosts_at_once_makes_one_run(nerved_factory, pg_dsn, tmp_path):
+    """The same key given to two hosts in the same instant (the attacker's finding 1: one
+    host's batch broke the unique index, and it stopped): one run, both answers name it."""
+    import concurrent.futures
+
+    a, b = hosts(nerved_factory, pg_dsn, "ab")
+    marks = tmp_path / "marks"
+    for attempt in range(10):
+        for workflow in ("w", "here"):
+            key = f"{workflow}-{attempt}"
+
+            def trigger(daemon: Any, key: str = key, workflow: str = workflow) -> str:
+                answer = daemon.rpc("workflow.trigger", workflow=workflow, idempotencyKey=key,
+                                    payload={"marks": str(marks), "i": attempt})  # fmt: skip
+                return str(answer["runId"])
+
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                ids = set(pool.map(trigger, (a, b)))
+            assert len(ids) == 1, (workflow, attempt, ids)
+    for daemon in (a, b):
+        assert daemon.proc.poll() is None, daemon.log()
+    assert len(a.rpc("workflow.list", all=True, limit=100)) == 20
+
+
+def test_overflow_and_max_queue_hold_over_every_host_for_triggers_at_once(
+    nerved_factory, pg_dsn, tmp_path
+):
+    """Admission of an ``any`` run counts every host's runs exactly (the hosts' write lock):
+    ``overflow: drop`` keeps no more than ``concurrency`` runs, ``maxQueue`` no more queued
+    (the attacker's finding 2: 5 to 9 of 30 were kept, and 6 to 8 queued of a maxQueue 5)."""
+    import concurrent.futures
+
+    a, b = hosts(nerved_factory, pg_dsn, "ab")
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+
+    def trigger(workflow: str, i: int) -> str:
+        daemon = (a, b)[i % 2]
+        prompt = {"marks": str(marks), "gate": str(gate), "i": i}
+        return str(daemon.rpc("workflow.trigger", workflow=workflow, payload=prompt)["runId"])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        dropping = list(pool.map(lambda i: trigger("d", i), range(30)))
+        queueing = list(pool.map(lambda i: trigger("q", i), range(30)))
+    kept = [r for r in dropping if run_of(pg_dsn, r)[0] != "dropped"]
+    assert len(kept) == 2, [run_of(pg_dsn, r) for r in dropping]
+    wait_until(lambda: all(run_of(pg_dsn, r)[0] == "started" for r in kept), timeout=10)
+    statuses = [run_of(pg_dsn, r)[0] for r in queueing]
+    assert statuses.count("started") == 1 and statuses.count("queued") == 3, statuses
+    assert statuses.count("dropped") == 26, statuses
+    gate.touch()
+    for run_id in kept + [r for r in queueing if run_of(pg_dsn, r)[0] != "dropped"]:
+        assert a.wait_run(run_id, timeout=30)["status"] == "completed"
+    most, _ = at_most_at_once(marks)
+    assert most <= 3, marks.read_text()  # d's two and q's one

@@ -106,18 +106,19 @@ class SharedQueue:
                 self._claim(flow, fresh=True)
 
     def admit(self, flow: Flow) -> Admission:
-        """Where a new run of ``flow`` goes, weighed against its runs over every host (as
-        committed: two hosts admitting at once may each see the other's run not yet, so
-        ``maxQueue`` may be passed by a few; ``concurrency`` never is, the claims hold it).
-        A run that would start is queued, and claimed at once after the commit."""
+        """Where a new run of ``flow`` goes, weighed against its runs over every host, in
+        the batch (which holds the hosts' write lock: the counts are exact, ``overflow`` and
+        ``maxQueue`` hold as for a local workflow). A run that may start starts here while
+        this host is within its share of the slots; else it is queued, for the host whose
+        share has room to claim."""
         assert self.leasing is not None
         config = flow.config
-        active, queued = self.leasing.queue_counts(flow.name, config.concurrency, config.max_queue)
+        counts = self.leasing.queue_counts(flow.name, config.concurrency, config.max_queue)
         admission = admit(
-            active=active, queued=queued, concurrency=config.concurrency,
+            active=counts.live, queued=counts.queued, concurrency=config.concurrency,
             max_queue=config.max_queue, overflow=config.overflow,
         )  # fmt: skip
-        if admission.transition is Transition.START:
+        if admission.transition is Transition.START and counts.mine >= counts.share:
             return Admission(Transition.ENQUEUE)
         return admission
 

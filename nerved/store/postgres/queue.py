@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from nerved.store.postgres.connection import Connection
-from nerved.store.records import dumps, now_ms
+from nerved.store.records import QueueCounts, dumps, now_ms
 
 LIVE_COUNTS: Final = "status IN ('started', 'waiting')"  # what holds a slot
 
@@ -51,19 +51,25 @@ def may_claim(reader: Connection, workflow: str, concurrency: int) -> bool:
     return bool(row[0]) and int(row[1]) < concurrency
 
 
-def counts(reader: Connection, workflow: str, concurrency: int, max_queue: int) -> tuple[int, int]:
-    """(holding a slot, queued) runs of the ``any`` workflow ``workflow`` over every host,
-    as committed, counted up to ``concurrency`` and ``max_queue``: what admission weighs a
-    new run against (:func:`nerved.master.workflows.admission.admit` compares them with no
-    more), read in a few index entries however long the queue has grown."""
-    row = reader.execute(
-        "SELECT (SELECT count(*) FROM (SELECT 1 FROM workflow_runs WHERE workflow = ?"
-        f"   AND placement = 'any' AND {LIVE_COUNTS} LIMIT ?) AS live),"
+def counts(
+    conn: Connection, host_id: str, workflow: str, concurrency: int, max_queue: int
+) -> QueueCounts:
+    """The runs of the ``any`` workflow that admission weighs a new one against, read in the
+    caller's batch (which holds the hosts' write lock: exact, this turn's triggers included),
+    each count capped where admission compares it with no more: a few index entries,
+    however long the queue has grown."""
+    live = f"workflow = ? AND placement = 'any' AND {LIVE_COUNTS}"
+    row = conn.execute(
+        f"SELECT (SELECT count(*) FROM (SELECT 1 FROM workflow_runs WHERE {live} LIMIT ?) a),"
+        f" (SELECT count(*) FROM (SELECT 1 FROM workflow_runs WHERE {live} AND host = ?"
+        "   LIMIT ?) m),"
         " (SELECT count(*) FROM (SELECT 1 FROM workflow_runs WHERE workflow = ?"
-        "   AND placement = 'any' AND status = 'queued' LIMIT ?) AS queued)",
-        (workflow, concurrency, workflow, max_queue),
+        "   AND placement = 'any' AND status = 'queued' LIMIT ?) q),"
+        " (SELECT count(*) FROM hosts WHERE lease_until > nerve_now_ms() AND ? = ANY(serves))",
+        (workflow, concurrency, workflow, host_id, concurrency, workflow, max_queue, workflow),
     ).fetchone()
-    return int(row[0]), int(row[1])
+    share = -(-concurrency // max(1, int(row[3])))
+    return QueueCounts(int(row[0]), int(row[1]), int(row[2]), share)
 
 
 def oldest_queued(conn: Connection, workflow: str) -> str | None:

@@ -38,7 +38,7 @@ from nerved.store.postgres import leases, queue
 from nerved.store.postgres.connection import Connection, Refused, connect, display
 from nerved.store.postgres.schema import migrate, schema_version
 from nerved.store.reads import Reads
-from nerved.store.records import ActiveRecord, HostRecord, RunRecord, now_ms
+from nerved.store.records import ActiveRecord, HostRecord, QueueCounts, RunRecord, now_ms
 from nerved.store.writes import Writes
 
 if TYPE_CHECKING:
@@ -191,9 +191,14 @@ class PgStore(Batch, Writes, Reads):
         the batch as it was (the batch's first needs none: before it, the transaction holds
         nothing worth keeping). The other writes are guarded updates, appends and upserts
         no data of nerve's makes fail: one that fails all the same (a timeout, the database
-        gone) fails the batch, and its commit then fails."""
+        gone) fails the batch, and its commit then fails.
+
+        The batch's write lock is taken first (:meth:`_begin`), so that its check of the
+        idempotency key sees every run another host committed with it: two hosts given one
+        key at once make one run, the second host's trigger answered with the first's."""
         if not self._wrote:
             try:
+                self._begin()
                 return Writes.create_run(self, *args, **kwargs)
             except StoreError:
                 self._rollback()
@@ -207,6 +212,12 @@ class PgStore(Batch, Writes, Reads):
             raise
         self._conn.execute("RELEASE SAVEPOINT nerve_write")
         return run
+
+    def run_by_key(self, workflow: str, key: str) -> RunRecord | None:
+        """:meth:`Reads.run_by_key` under the batch's write lock (a trigger with a key
+        looks before it writes: another host's run with that key, committed, is found)."""
+        self._begin()
+        return Reads.run_by_key(self, workflow, key)
 
     # -- hosts' leases (nerved.store.postgres.leases) -------------------------------------
 
@@ -242,8 +253,11 @@ class PgStore(Batch, Writes, Reads):
 
     # -- the queue of ``any`` runs, and takeover (nerved.store.postgres.queue) -----------
 
-    def queue_counts(self, workflow: str, concurrency: int, max_queue: int) -> tuple[int, int]:
-        return queue.counts(self._reader, workflow, concurrency, max_queue)
+    def queue_counts(self, workflow: str, concurrency: int, max_queue: int) -> QueueCounts:
+        if self.host_id is None:
+            raise RuntimeError("no lease taken: claim_lease() first")
+        self._begin()  # the write lock: the counts are exact
+        return queue.counts(self._conn, self.host_id, workflow, concurrency, max_queue)
 
     def claim_runs(
         self, workflow: str, concurrency: int, *, fresh: bool = False
