@@ -225,9 +225,11 @@ def test_one_idempotency_key_on_two_hosts_at_once_makes_one_run(nerved_factory, 
         for workflow in ("w", "here"):
             key = f"{workflow}-{attempt}"
 
-            def trigger(daemon: Any, key: str = key, workflow: str = workflow) -> str:
+            def trigger(
+                daemon: Any, key: str = key, workflow: str = workflow, i: int = attempt
+            ) -> str:
                 answer = daemon.rpc("workflow.trigger", workflow=workflow, idempotencyKey=key,
-                                    payload={"marks": str(marks), "i": attempt})  # fmt: skip
+                                    payload={"marks": str(marks), "i": i})  # fmt: skip
                 return str(answer["runId"])
 
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
