@@ -180,6 +180,10 @@ class Leasing(Protocol):
         against, in the batch (exact: no other host writes meanwhile)."""
         ...
 
+    def queue_waiting(self, workflow: str) -> bool:
+        """Whether a run of the ``any`` workflow is queued, as committed."""
+        ...
+
     def claim_runs(
         self, workflow: str, concurrency: int, *, fresh: bool = False
     ) -> list[ActiveRecord]:

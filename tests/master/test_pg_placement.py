@@ -270,3 +270,23 @@ def test_overflow_and_max_queue_hold_over_every_host_for_triggers_at_once(
         assert a.wait_run(run_id, timeout=30)["status"] == "completed"
     most, _ = at_most_at_once(marks)
     assert most <= 3, marks.read_text()  # d's two and q's one
+
+
+def test_a_host_whose_code_does_not_load_claims_none_of_the_runs(nerved_factory, pg_dsn, tmp_path):
+    """A bad deploy on one host (its code of an ``any`` workflow raises at import) does not
+    cost the fleet its share of the runs (the attacker's finding 4: it claimed its share and
+    failed each); the hosts where the code loads run them all."""
+    a = hosts(nerved_factory, pg_dsn, "a", concurrency=4)[0]
+    b = nerved_factory(
+        config(4), workflows={"w": "raise RuntimeError('broken deploy')\n", "here": WORKFLOW,
+                              "d": WORKFLOW, "q": WORKFLOW},
+        args=("--store", pg_dsn, "--host-id", "b"), name="b",
+    )  # fmt: skip
+    b.env["NERVE_LEASE_MS"] = LEASE_MS
+    b.start()
+    marks = tmp_path / "marks"
+    ids = [(a, b)[i % 2].trigger("w", {"marks": str(marks), "i": i, "sleep": 0.2})
+           for i in range(12)]  # fmt: skip
+    for run_id in ids:
+        run = a.wait_run(run_id, timeout=30)
+        assert run["status"] == "completed" and run["host"] == "a", run

@@ -125,6 +125,7 @@ class WorkflowManager:
                 changed.append(f"workflow {name} settings")
             if flow.package.digest != package.digest:  # first: whatever is forked takes it
                 flow.package = package
+                flow.loaded, flow.load_error = False, None  # until a worker imports it
                 self._replace(flow, flow.supervisor.current)  # new runs go to a new worker
                 changed.append(f"workflow {name} code")
                 flow.supervisor.code_changed()  # a fatal workflow is tried again

@@ -61,10 +61,12 @@ class WorkerMessages:
         if kind == "ready":
             log.debug("workflow %s worker pid %d ready", flow.name, worker.pid)
             flow.supervisor.ready(worker)
+            flow.loaded, flow.load_error = True, None
             return
         if kind == "load_error":  # it stays, and fails the runs it is given with the reason
             log.error("workflow %s: %s", flow.name, message.get("error"))
             flow.supervisor.ready(worker)
+            flow.load_error = str(message.get("error"))
             return
         if kind == "stuck":
             log.warning("workflow %s: role %r could not be stopped in worker pid %d; it takes"

@@ -111,6 +111,8 @@ class Flow:
     active: dict[str, ActiveRun] = field(default_factory=dict)
     removed: bool = False
     tally: FlowTally = field(default_factory=FlowTally)  # its counts, for the metrics
+    loaded: bool = False  # a worker of its code has imported it (its "ready")
+    load_error: str | None = None  # why a worker of its code could not load it, if so
 
     @property
     def name(self) -> str:

@@ -51,6 +51,8 @@ class Manager(rebuild.Manager, Protocol):
 
     def _activate_claimed(self, flow: Flow, record: ActiveRecord) -> None: ...
 
+    def _let_go(self, flow: Flow) -> None: ...
+
 
 class SharedQueue:
     """This host's claims from the shared queue of its ``any`` workflows, and its takeovers
@@ -118,9 +120,27 @@ class SharedQueue:
             active=counts.live, queued=counts.queued, concurrency=config.concurrency,
             max_queue=config.max_queue, overflow=config.overflow,
         )  # fmt: skip
-        if admission.transition is Transition.START and counts.mine >= counts.share:
+        mine_to_start = counts.mine < counts.share and self.runs_here(flow)
+        if admission.transition is Transition.START and not mine_to_start:
             return Admission(Transition.ENQUEUE)
         return admission
+
+    def runs_here(self, flow: Flow) -> bool:
+        """Whether this host may take ``flow``'s runs: a worker of its code imported it (a
+        host whose code of it does not load, a bad deploy, claims none: the hosts where it
+        loads run them, where it would claim its share and fail each)."""
+        return flow.loaded and flow.load_error is None
+
+    def _warm(self, flow: Flow, fresh: bool) -> None:
+        """A worker for ``flow``, forked before any run is claimed for it (once there is one
+        to claim: ``fresh``, this turn queued one): its import says whether this host may
+        take them (:meth:`runs_here`); it goes after ``idleTimeout`` if it gets none."""
+        if flow.load_error is not None or flow.supervisor.current is not None:
+            return
+        assert self.leasing is not None
+        if fresh or self.leasing.queue_waiting(flow.name):
+            flow.supervisor.ensure()
+            self.manager._let_go(flow)
 
     def oldest(self, flow: Flow) -> str | None:
         """The oldest queued run of ``flow`` over every host, locked in the batch (an
@@ -140,6 +160,9 @@ class SharedQueue:
         if self.manager.stopping or flow.removed or self.leasing is None:
             return
         if flow.supervisor.state in (WorkerState.FATAL, WorkerState.BACKOFF, WorkerState.GONE):
+            return
+        if not self.runs_here(flow):
+            self._warm(flow, fresh)
             return
         for record in self.leasing.claim_runs(flow.name, flow.config.concurrency, fresh=fresh):
             self.manager._activate_claimed(flow, record)

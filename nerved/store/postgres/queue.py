@@ -37,6 +37,16 @@ from nerved.store.records import QueueCounts, dumps, now_ms
 LIVE_COUNTS: Final = "status IN ('started', 'waiting')"  # what holds a slot
 
 
+def waiting(reader: Connection, workflow: str) -> bool:
+    """Whether a run of the ``any`` workflow is queued, by the committed view."""
+    row = reader.execute(
+        "SELECT EXISTS (SELECT 1 FROM workflow_runs WHERE workflow = ? AND placement = 'any'"
+        "  AND status = 'queued')",
+        (workflow,),
+    ).fetchone()
+    return bool(row[0])
+
+
 def may_claim(reader: Connection, workflow: str, concurrency: int) -> bool:
     """Whether a claim of ``workflow`` may find something (a queued run, a free slot), by
     the committed view: a claim that would find nothing costs no transaction (its fence
