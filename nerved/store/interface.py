@@ -199,6 +199,11 @@ class Leasing(Protocol):
         victim); None: none free."""
         ...
 
+    def fence_lapsed(self, host: str) -> bool:
+        """Fence ``host`` (its epoch moved on, in the batch) if its lease has lapsed; whether
+        it did: another host may then change its runs (it writes nothing more)."""
+        ...
+
     def take_over(self, serves: Sequence[str]) -> list[tuple[str, list[ActiveRecord]]]:
         """Take over, in the batch, the started and waiting runs of the workflows in
         ``serves`` that hosts whose lease lapsed left: (host, its runs now this host's)."""

@@ -141,6 +141,9 @@ def test_kill_9_of_a_host_its_any_runs_go_on_elsewhere_its_local_runs_wait_for_i
     on_a = [r for r in mine if run_of(pg_dsn, r)[1] == "a"]
     assert on_a, [run_of(pg_dsn, r) for r in mine]
     a.kill()  # kill -9 of the master; its workers die with it (PR_SET_PDEATHSIG)
+    with pytest.raises(RemoteError) as refused:  # its lease is live still: a drives it
+        b.rpc("workflow.cancel", runId=local)
+    assert "on host a" in str(refused.value)
     gate.touch()
     for run_id in mine:
         run = b.wait_run(run_id, timeout=30)
@@ -148,9 +151,6 @@ def test_kill_9_of_a_host_its_any_runs_go_on_elsewhere_its_local_runs_wait_for_i
     for run_id in on_a:  # resumed on b from their events, with a note of the takeover
         assert b.entries(run_id, "taken")[0]["payload"] == {"from": "a", "by": "b"}
     assert run_of(pg_dsn, local) == ("started", "a")  # local: it waits for its host
-    with pytest.raises(RemoteError) as refused:
-        b.rpc("workflow.cancel", runId=local)
-    assert "on host a" in str(refused.value)
     a.start()
     assert a.wait_run(local, timeout=30)["status"] == "completed"
 
@@ -290,3 +290,31 @@ def test_a_host_whose_code_does_not_load_claims_none_of_the_runs(nerved_factory,
     for run_id in ids:
         run = a.wait_run(run_id, timeout=30)
         assert run["status"] == "completed" and run["host"] == "a", run
+
+
+def test_a_dead_hosts_local_run_may_be_cancelled_once_its_lease_lapsed(
+    nerved_factory, pg_dsn, tmp_path
+):
+    """The attacker's finding 8: a dead host's local run could be cancelled nowhere. Once
+    its lease has lapsed another host cancels it, fencing the dead host first: started
+    again, it finds the run cancelled and drives it no more."""
+    a, b = hosts(nerved_factory, pg_dsn, "ab")
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    local = a.trigger("here", {"marks": str(marks), "gate": str(gate), "i": 0})
+    wait_until(lambda: marks.exists() and marks.read_text().count("+") == 1, timeout=20)
+    a.kill()
+    wait_until(lambda: lapsed(pg_dsn, "a"), timeout=20, what="a's lease lapsed")
+    run = b.rpc("workflow.cancel", runId=local, reason="host a is gone")
+    assert run["status"] == "cancelled"
+    gate.touch()
+    a.start()
+    assert a.wait_run(local)["status"] == "cancelled"
+    assert not a.entries(local, "step_complete")
+
+
+def lapsed(dsn: str, host_id: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT lease_until <= nerve_now_ms() FROM hosts WHERE host_id = %s", (host_id,)
+        ).fetchone()
+    return bool(row and row[0])

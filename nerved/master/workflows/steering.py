@@ -90,8 +90,16 @@ class Steering:
         """Conflict (data: ``{status, host}``) for an active run another host drives, on a
         store several hosts share: only that host may change it (its worker holds it, its
         queue or its waits), so ``what`` is done there (``nervectl`` on that host). A queued
-        ``any`` run, which no host drives yet, may be changed from any."""
+        ``any`` run, which no host drives yet, may be changed from any; so may the run of a
+        host whose lease has lapsed (it is dead, or stalled: it is fenced first, and should
+        it come back it writes nothing more, restarts, and finds the run as changed here)."""
         if record.host is None or record.host == self.store.host_id or record.status.is_final:
+            return
+        leasing = self.store.leasing
+        if leasing is not None and leasing.fence_lapsed(record.host):
+            log.warning("run %s of %s: its host %s's lease has lapsed; %s here (host %s is"
+                        " fenced: it writes nothing more)", record.run_id, record.workflow,
+                        record.host, what, self.store.host_id)  # fmt: skip
             return
         raise Conflict(
             f"run {record.run_id} is {record.status} on host {record.host}: {what} it there"

@@ -140,6 +140,21 @@ def lapsed(reader: Connection, host_id: str, serves: Sequence[str]) -> list[str]
     return [str(row[0]) for row in rows]
 
 
+def fence_lapsed(conn: Connection, host: str) -> bool:
+    """Move the epoch of ``host`` on, in the caller's batch, if its lease has lapsed (and no
+    batch of its is being committed: its row held); whether it did. A host fenced so writes
+    nothing more should it come back: another may then change its runs."""
+    held = conn.execute(
+        "SELECT 1 FROM hosts WHERE host_id = ? AND lease_until <= nerve_now_ms()"
+        " FOR UPDATE SKIP LOCKED",
+        (host,),
+    ).fetchone()
+    if held is None:
+        return False
+    conn.execute("UPDATE hosts SET epoch = epoch + 1 WHERE host_id = ?", (host,))
+    return True
+
+
 def take_over(conn: Connection, host_id: str, lapsed_host: str, serves: Sequence[str]) -> list[str]:
     """Take over, in the caller's batch, ``lapsed_host``'s started and waiting ``any`` runs
     of the workflows in ``serves``: its epoch moves on (so that, should it come back, it
@@ -147,14 +162,8 @@ def take_over(conn: Connection, host_id: str, lapsed_host: str, serves: Sequence
     with a ``taken`` entry ``{"from": H, "by": H}``. Their ids, oldest first; none when its
     lease is live again (it came back first), or its row is held (its last batch is being
     committed, or another host is taking it over: looked at again later)."""
-    held = conn.execute(
-        "SELECT 1 FROM hosts WHERE host_id = ? AND lease_until <= nerve_now_ms()"
-        " FOR UPDATE SKIP LOCKED",
-        (lapsed_host,),
-    ).fetchone()
-    if held is None:
+    if not fence_lapsed(conn, lapsed_host):
         return []
-    conn.execute("UPDATE hosts SET epoch = epoch + 1 WHERE host_id = ?", (lapsed_host,))
     ts = now_ms()
     rows = conn.execute(
         "UPDATE workflow_runs SET host = ?, updated_at = ? WHERE host = ?"

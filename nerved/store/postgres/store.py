@@ -277,6 +277,10 @@ class PgStore(Batch, Writes, Reads):
         self._begin()  # the fence before the row lock (see _check_fence)
         return queue.oldest_queued(self._conn, workflow)
 
+    def fence_lapsed(self, host: str) -> bool:
+        self._begin()
+        return queue.fence_lapsed(self._conn, host)
+
     def take_over(self, serves: Sequence[str]) -> list[tuple[str, list[ActiveRecord]]]:
         if self.host_id is None:
             return []
