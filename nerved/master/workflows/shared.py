@@ -27,10 +27,10 @@ from __future__ import annotations
 import logging
 from typing import Final, Protocol
 
-from nerved.config import Placement
+from nerved.config import Overflow, Placement
 from nerved.loop import Loop, Timer
 from nerved.master.workflows import rebuild
-from nerved.master.workflows.admission import Admission, admit
+from nerved.master.workflows.admission import Admission
 from nerved.master.workflows.runs import Flow
 from nerved.states import Transition, WorkerState
 from nerved.store import ActiveRecord, Storage
@@ -110,20 +110,23 @@ class SharedQueue:
     def admit(self, flow: Flow) -> Admission:
         """Where a new run of ``flow`` goes, weighed against its runs over every host, in
         the batch (which holds the hosts' write lock: the counts are exact, ``overflow`` and
-        ``maxQueue`` hold as for a local workflow). A run that may start starts here while
-        this host is within its share of the slots; else it is queued, for the host whose
-        share has room to claim."""
+        ``maxQueue`` hold as for a local workflow, :func:`~.admission.admit`).
+
+        A queued run here may be one a host is about to claim, a slot free for it, not only
+        one waiting for a slot: ``overflow: drop`` drops a new run when the started and
+        queued ones fill every slot. A new run starts here only with no run queued before it
+        (FIFO) and this host within its share of the slots (and able to run it: its code
+        loads here); else it is queued, for the host whose share has room to claim."""
         assert self.leasing is not None
         config = flow.config
         counts = self.leasing.queue_counts(flow.name, config.concurrency, config.max_queue)
-        admission = admit(
-            active=counts.live, queued=counts.queued, concurrency=config.concurrency,
-            max_queue=config.max_queue, overflow=config.overflow,
-        )  # fmt: skip
-        mine_to_start = counts.mine < counts.share and self.runs_here(flow)
-        if admission.transition is Transition.START and not mine_to_start:
+        if config.overflow is Overflow.DROP and counts.live + counts.queued >= config.concurrency:
+            return Admission(Transition.REJECT)
+        if counts.queued == 0 and counts.live < config.concurrency:
+            if counts.mine < counts.share and self.runs_here(flow):
+                return Admission(Transition.START)
             return Admission(Transition.ENQUEUE)
-        return admission
+        return Admission(Transition.ENQUEUE, evict=counts.queued >= config.max_queue)
 
     def runs_here(self, flow: Flow) -> bool:
         """Whether this host may take ``flow``'s runs: a worker of its code imported it (a
