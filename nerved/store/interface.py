@@ -180,6 +180,10 @@ class Leasing(Protocol):
         against, in the batch (exact: no other host writes meanwhile)."""
         ...
 
+    def orphans(self, workflows: Sequence[str]) -> list[str]:
+        """Those of ``workflows`` with queued ``any`` runs no live host serves, as committed."""
+        ...
+
     def queue_waiting(self, workflow: str) -> bool:
         """Whether a run of the ``any`` workflow is queued, as committed."""
         ...

@@ -318,3 +318,22 @@ def lapsed(dsn: str, host_id: str) -> bool:
             "SELECT lease_until <= nerve_now_ms() FROM hosts WHERE host_id = %s", (host_id,)
         ).fetchone()
     return bool(row and row[0])
+
+
+def test_queued_any_runs_are_run_once_no_host_serves_their_workflow_as_any(
+    nerved_factory, pg_dsn, tmp_path
+):
+    """The attacker's finding 5: a reload that made a workflow ``local`` on every host while
+    runs of it were queued left them queued forever; a host that has it (as ``local``) now
+    claims them once no live host serves it as ``any``."""
+    a, b = hosts(nerved_factory, pg_dsn, "ab")
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    ids = [a.trigger("w", {"marks": str(marks), "gate": str(gate), "i": i}) for i in range(5)]
+    wait_until(lambda: marks.exists() and marks.read_text().count("+") == 2, timeout=20)
+    for daemon in (a, b):
+        yaml = daemon.root / "nerve.yaml"
+        yaml.write_text(yaml.read_text().replace("placement: any, idleTimeout", "idleTimeout"))
+        assert daemon.ctl("reload").returncode == 0
+    gate.touch()
+    for run_id in ids:
+        assert a.wait_run(run_id, timeout=30)["status"] == "completed"

@@ -184,3 +184,16 @@ class SharedQueue:
                 ", ".join(sorted({r.workflow for r in records})) or "none active",
             )  # fmt: skip
             rebuild.adopt(self.manager, records, f"host {host} lost its lease")
+        self._orphans()
+
+    def _orphans(self) -> None:
+        """Claim the queued ``any`` runs of the workflows this host has as ``local`` that no
+        live host serves as ``any`` (a reload made it ``local`` everywhere while runs were
+        queued: acknowledged, they would wait forever); they run here, as this host's."""
+        assert self.leasing is not None
+        local = {name: flow for name, flow in self.manager.flows.items()
+                 if not self.shared(flow) and not flow.removed}  # fmt: skip
+        for name in self.leasing.orphans(sorted(local)):
+            log.warning("workflow %s: no host serves it as placement: any now; its queued"
+                        " any runs are claimed here", name)  # fmt: skip
+            self._claim(local[name])

@@ -47,6 +47,21 @@ def waiting(reader: Connection, workflow: str) -> bool:
     return bool(row[0])
 
 
+def orphans(reader: Connection, workflows: Sequence[str]) -> list[str]:
+    """Those of ``workflows`` with queued ``any`` runs that no live host serves as ``any``,
+    by the committed view."""
+    if not workflows:
+        return []
+    rows = reader.execute(
+        "SELECT DISTINCT workflow FROM workflow_runs WHERE placement = 'any'"
+        " AND status = 'queued' AND workflow = ANY(?) AND NOT EXISTS (SELECT 1 FROM hosts"
+        "  WHERE lease_until > nerve_now_ms() AND workflow_runs.workflow = ANY(serves))"
+        " ORDER BY workflow",
+        (list(workflows),),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
 def may_claim(reader: Connection, workflow: str, concurrency: int) -> bool:
     """Whether a claim of ``workflow`` may find something (a queued run, a free slot), by
     the committed view: a claim that would find nothing costs no transaction (its fence

@@ -259,6 +259,9 @@ class PgStore(Batch, Writes, Reads):
         self._begin()  # the write lock: the counts are exact
         return queue.counts(self._conn, self.host_id, workflow, concurrency, max_queue)
 
+    def orphans(self, workflows: Sequence[str]) -> list[str]:
+        return queue.orphans(self._reader, workflows)
+
     def queue_waiting(self, workflow: str) -> bool:
         return queue.waiting(self._reader, workflow)
 
