@@ -38,6 +38,12 @@ turn or a commit slow by seconds does not lose it. ``$NERVE_LEASE_MS`` sets anot
 host stalled for longer (a paused VM, a slow disk) loses its lease and restarts."""
 LEASE_RANGE: Final = (1_000, 600_000)
 RENEWALS: Final = 5  # renewals per lease
+SELF_FENCE: Final = 0.7
+"""A host whose last renewal committed this share of a lease ago stops (exit 75, its
+workers killed) rather than renew: another host may take its runs over once the lease
+lapses, and the roles it runs must be gone by then. The master's loop or the database held
+that long (each statement waits 5 s at most, a silent peer is given up after 5 s:
+nerved.store.postgres.connection) is what it takes."""
 
 
 def lease_ms(environ: Mapping[str, str] = os.environ) -> int:
@@ -83,9 +89,18 @@ class HostLease:
         """Renew from now on (once the daemon is ready), each renewal saying which ``any``
         workflows the host ``serves`` then (its share of their slots)."""
         self.serves = serves
+        self._read_at = time.monotonic()  # a long recovery before READY=1 is no stall
         self.loop.call_later(0, self._renew)  # in the first turn's batch
 
     def _renew(self) -> None:
+        overdue = time.monotonic() - self._read_at
+        if overdue > self.length_ms * SELF_FENCE / 1000:
+            raise StoreError(
+                f"host {self.host_id}'s lease was last renewed {overdue:.1f}s ago (the loop or"
+                f" the database was held): stopping before it lapses ({self.length_ms} ms),"
+                " so that no role of its runs is still running here once another host may"
+                " take them over"
+            )
         renewed = self.leasing.renew_lease(self.host_id, self.epoch, self.length_ms, self.serves())
         if not renewed:
             raise StoreError(

@@ -16,8 +16,9 @@ stall the loop past the watchdog"):
   :data:`LOCK_TIMEOUT_MS`: they wait, not fail). Its batch is lost, never acknowledged; it
   finds its connection gone when it goes on, and restarts. A master's batch lasts one loop
   turn, milliseconds; between turns its connections hold no transaction;
-- TCP keepalives and ``tcp_user_timeout``, so that a peer gone silent is noticed within
-  seconds, not after the kernel's retransmissions (minutes).
+- TCP keepalives and ``tcp_user_timeout`` (5 s), so that a peer gone silent is noticed
+  within seconds, not after the kernel's retransmissions (minutes): well within a lease
+  (nerved.master.leases.SELF_FENCE);
 
 A statement that meets any of them fails with a StoreError, as an I/O error of SQLite does.
 """
@@ -52,7 +53,7 @@ _SOCKET_OPTIONS: Final = {
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
+    "tcp_user_timeout": 5_000,
 }
 
 
