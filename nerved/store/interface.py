@@ -44,6 +44,12 @@ class Reader(Protocol):
     """The queries: of the engine (they see its open batch) or of clients (they see only
     what is committed: :attr:`Storage.committed`)."""
 
+    def firings(self) -> dict[str, Firing]:
+        """The last firing of each cron reflex of this host recorded (:meth:`Storage.
+        record_firing`), by its ``reflex`` (a store several hosts share keeps each host's:
+        its reflexes are its own)."""
+        ...
+
     def get_meta(self, key: str) -> str | None: ...
 
     def query_logs(
@@ -136,11 +142,6 @@ class Reader(Protocol):
     def count_runs(self, host: str | None = None) -> dict[tuple[str, RunStatus], int]:
         """How many runs, by (workflow, status); with ``host``, of those :meth:`list_runs`
         with that ``host`` lists."""
-        ...
-
-    def firings(self) -> dict[str, Firing]:
-        """The last firing of each cron reflex recorded (:meth:`Storage.record_firing`), by
-        its ``reflex``."""
         ...
 
 

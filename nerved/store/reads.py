@@ -250,8 +250,21 @@ class Reads:
 
     _conn: Connection
 
+    host_id: str | None = None
+    """The host whose cron firings :meth:`firings` reads, on a store several hosts share;
+    None for one a single host holds."""
+
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+
+    def firings(self) -> dict[str, Firing]:
+        """This host's cron firings (a shared store keeps each host's: its reflexes are its
+        own), by reflex."""
+        rows = self._conn.execute(
+            "SELECT reflex, scheduled_at, fired_at, run_id, note FROM cron_firings WHERE host = ?",
+            (self.host_id or "",),
+        ).fetchall()
+        return {r[0]: Firing(r[0], r[1], r[2], r[3], r[4]) for r in rows}
 
     def close(self) -> None:
         self._conn.close()
@@ -471,9 +484,3 @@ class Reads:
             args,
         ).fetchall()
         return {(r[0], RunStatus(r[1])): int(r[2]) for r in rows}
-
-    def firings(self) -> dict[str, Firing]:
-        rows = self._conn.execute(
-            "SELECT reflex, scheduled_at, fired_at, run_id, note FROM cron_firings"
-        ).fetchall()
-        return {r[0]: Firing(r[0], r[1], r[2], r[3], r[4]) for r in rows}

@@ -12,7 +12,7 @@ from typing import Final
 from nerved.store.connection import Connection
 from nerved.store.errors import StoreError
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the RFC-002 §6 tables, with what the engine needs to resume and explain a run.
@@ -134,6 +134,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE workflow_runs ADD COLUMN host TEXT;
     ALTER TABLE workflow_runs ADD COLUMN placement TEXT NOT NULL DEFAULT 'local';
+    """,
+    # 8 (issue 15): a cron reflex's last firing is its host's (nerved.store.postgres.schema,
+    # 6); in logs.db, which one host holds, ``host`` stays '' and ``reflex`` the key.
+    """
+    ALTER TABLE cron_firings ADD COLUMN host TEXT NOT NULL DEFAULT '';
     """,
 )
 

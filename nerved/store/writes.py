@@ -50,9 +50,8 @@ _KEPT = (
 the inputs after it, up to the next step, that the world sent (a signal, a wait's timeout, a
 wake), not the ``role_failed`` of the failure it is retried for."""
 _OWN_RUNS = " AND (host = ? OR (host IS NULL AND placement = 'local'))"
-"""What keeps a shared store's active runs to this host's (one parameter: its host id): those
-it drives, and the ``local`` ones of a release before hosts (no host). Not the ``any`` runs
-still queued: those are claimed, not recovered (nerved.store.postgres.queue)."""
+"""A shared store's active runs that are this host's (one parameter: its id): those it
+drives, and ``local`` ones of a release before hosts; not queued ``any`` runs (claimed)."""
 _ANY_HISTORY_OF = (
     f"{REF_KEY} = ? AND +source = 'workflow' AND +type IN ('step_complete', 'input', 'step_failed')"
 )
@@ -64,9 +63,8 @@ class Writes:
 
     _conn: Connection
     _begin: Callable[[], None]  # the Store's: opens the batch before a write
-    host_id: str | None = None
-    """The host whose runs these writes are, on a store several hosts share (set when it
-    takes its lease); None for one a single host holds (SQLite): its runs carry no host."""
+    FIRING_KEY = "reflex"  # cron_firings' key, ON CONFLICT's target (PostgreSQL: host, reflex)
+    host_id: str | None = None  # this host, on a shared store (its lease taken); else None
 
     # -- writes -------------------------------------------------------------------------
 
@@ -442,21 +440,26 @@ class Writes:
 
     def record_firing(self, firing: Firing) -> None:
         self._begin()
+        row = (firing.scheduled_at, firing.fired_at, firing.run_id, firing.note)
         self._conn.execute(
-            "INSERT INTO cron_firings (reflex, scheduled_at, fired_at, run_id, note)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (reflex) DO UPDATE SET"
+            "INSERT INTO cron_firings (host, reflex, scheduled_at, fired_at, run_id, note)"
+            f" VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT ({self.FIRING_KEY}) DO UPDATE SET"
             " scheduled_at = excluded.scheduled_at, fired_at = excluded.fired_at,"
             " run_id = excluded.run_id, note = excluded.note",
-            (firing.reflex, firing.scheduled_at, firing.fired_at, firing.run_id, firing.note),
+            (self.host_id or "", firing.reflex, *row),
         )
 
     def forget_firings(self, keep: Iterable[str]) -> int:
-        kept = set(keep)
-        rows = self._conn.execute("SELECT reflex FROM cron_firings").fetchall()
+        kept, host = set(keep), self.host_id or ""
+        rows = self._conn.execute(
+            "SELECT reflex FROM cron_firings WHERE host = ?", (host,)
+        ).fetchall()
         gone = [row[0] for row in rows if row[0] not in kept]
         for reflex in gone:
             self._begin()
-            self._conn.execute("DELETE FROM cron_firings WHERE reflex = ?", (reflex,))
+            self._conn.execute(
+                "DELETE FROM cron_firings WHERE host = ? AND reflex = ?", (host, reflex)
+            )
         return len(gone)
 
     # -- reads of the engine ---------------------------------------------------------

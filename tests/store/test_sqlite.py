@@ -369,7 +369,7 @@ def test_a_version_1_file_migrates_keeping_every_row_seq_and_entry(db_path: Path
     conn.close()
 
     store = Store(db_path)
-    assert store.schema_version == SCHEMA_VERSION == 7
+    assert store.schema_version == SCHEMA_VERSION == 8
     assert [(r.run_id, r.steps, r.attempts, r.history) for r in store.active_runs()] == [
         ("r0", 0, 0, len('{"i":0}')),
         ("r1", 2, 1, len('{"i":1}') + 2 * len('{"role":"a","prompt":null,"event":{"n":2}}')),

@@ -22,7 +22,7 @@ from typing import Final
 from nerved.store.errors import StoreError
 from nerved.store.postgres.connection import Connection
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 MIGRATION_LOCK: Final = 0x6E657276  # "nerv": pg_advisory_xact_lock's key for migrations
 
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -168,6 +168,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX workflow_runs_host ON workflow_runs (host, seq)
         WHERE status IN ('queued', 'started', 'waiting');
     ALTER TABLE hosts ADD COLUMN serves TEXT[] COLLATE "C" NOT NULL DEFAULT '{}';
+    """,
+    # 6: cron reflexes are each host's own (as senses are): a reflex's last firing is kept
+    # per host, so that one host's firings, and its forgetting of a reflex it no longer
+    # has, leave another's with the same name alone. Rows of before were the one host's.
+    """
+    ALTER TABLE cron_firings ADD COLUMN host TEXT COLLATE "C" NOT NULL DEFAULT '';
+    UPDATE cron_firings SET host = COALESCE(
+        (SELECT host_id FROM hosts ORDER BY renewed_at DESC LIMIT 1), '');
+    ALTER TABLE cron_firings DROP CONSTRAINT cron_firings_pkey;
+    ALTER TABLE cron_firings ADD PRIMARY KEY (host, reflex);
     """,
 )
 

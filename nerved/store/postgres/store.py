@@ -55,6 +55,7 @@ class PgStore(Batch, Writes, Reads):
     (they see the batch), and :attr:`committed`, the clients' view."""
 
     _conn: Connection
+    FIRING_KEY = "host, reflex"  # cron_firings' key (schema 6): each host's reflexes
 
     def __init__(self, url: str, *, on_wait: Callable[[str], None] | None = None) -> None:
         """Connect (retrying while the database cannot be reached: ``on_wait`` hears why,
@@ -200,7 +201,7 @@ class PgStore(Batch, Writes, Reads):
             try:
                 self._begin()
                 return Writes.create_run(self, *args, **kwargs)
-            except StoreError:
+            except (StoreError, ValueError):  # refused: the batch as it was (none)
                 self._rollback()
                 raise
         self._conn.execute("SAVEPOINT nerve_write")
@@ -236,6 +237,7 @@ class PgStore(Batch, Writes, Reads):
             self._rollback()
             raise
         self._fence, self.host_id = (host_id, epoch), host_id
+        self.committed.host_id = host_id
         return epoch
 
     def renew_lease(

@@ -1,0 +1,59 @@
+"""What several hosts' stores on one PostgreSQL database keep apart, and what they share:
+each store as its host's master holds it (its lease taken), two hosts at once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pg_support import pg_unavailable
+
+if (_reason := pg_unavailable()) is not None:
+    pytest.skip(f"PostgreSQL: {_reason}", allow_module_level=True)
+
+from nerved.states import Transition
+from nerved.store.postgres.store import PgStore
+from nerved.store.records import Firing
+
+
+@pytest.fixture
+def two(pg_dsn: str) -> Iterator[tuple[PgStore, PgStore]]:
+    stores = []
+    for host in ("a", "b"):
+        store = PgStore(pg_dsn)
+        store.claim_lease(host, host * 32, 1, "test", 10_000)
+        stores.append(store)
+    yield stores[0], stores[1]
+    for store in stores:
+        store.close()
+
+
+def test_each_host_keeps_its_own_cron_firings(two: tuple[PgStore, PgStore]) -> None:
+    """A cron reflex is its host's (as a sense is): two hosts with a reflex of one name keep
+    a firing each, and one forgetting its reflexes leaves the other's alone."""
+    a, b = two
+    a.record_firing(Firing("nightly", 1_000, 1_001, None, "computed"))
+    a.commit()  # (a batch holds the hosts' write lock to its commit: one after the other)
+    b.record_firing(Firing("nightly", 2_000, 2_002, None, "missed"))
+    b.commit()
+    assert a.firings()["nightly"].scheduled_at == 1_000
+    assert b.committed.firings()["nightly"].scheduled_at == 2_000
+    assert a.forget_firings([]) == 1
+    a.commit()
+    assert a.firings() == {}
+    assert b.firings()["nightly"].note == "missed"
+
+
+def test_each_host_recovers_its_own_runs_and_lists_every_hosts(
+    two: tuple[PgStore, PgStore],
+) -> None:
+    a, b = two
+    a.create_run("ra", "w", Transition.START, None)
+    a.commit()
+    b.create_run("rb", "w", Transition.START, None)
+    b.create_run("rq", "w", Transition.ENQUEUE, None, placement="any")
+    b.commit()
+    assert [r.run_id for r in a.active_runs()] == ["ra"]
+    assert [r.run_id for r in b.active_runs()] == ["rb"]  # not the queued any run: claimed
+    listed = {r.run_id: r.host for r in a.committed.list_runs()}
+    assert listed == {"ra": "a", "rb": "b", "rq": None}
