@@ -78,6 +78,10 @@ class StoreControl(Protocol):
     def committed(self) -> Reader:
         """What is committed: every read a command makes."""
 
+    @property
+    def host_id(self) -> str | None:
+        """This host, on a store several hosts share; None for one it holds alone."""
+
     def after_commit(
         self,
         on_commit: Callable[[], None],

@@ -13,6 +13,7 @@ The signal loop is lossy on purpose: a compute lost to a dying worker is logged,
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import socket
@@ -30,6 +31,7 @@ from nerved.master.supervisor import Exit, Supervisor
 from nerved.master.workers import Worker, Workers
 from nerved.states import WorkerState
 from nerved.store import BadQuery, LogQuery, Storage, StoreError, now_ms
+from nerved.store.refs import sense_ref
 from nerved.worker import sense_main
 
 log = logging.getLogger(__name__)
@@ -231,7 +233,7 @@ class SenseManager:
                 data = frame(error, TO_WORKER)
             worker.send_frame(data)
         elif kind == "log":
-            sense = str(message.get("sense"))
+            sense = sense_ref(str(message.get("sense")), self.store.host_id)
             self.store.append_log("sense", "log", sense, str(message.get("message")))
         else:
             log.warning("sense group %s sent an unknown message %r", group.name, kind)
@@ -250,6 +252,8 @@ class SenseManager:
         except BadQuery as exc:
             reply["error"], reply["refused"] = exc.message, True
             return reply
+        if query.source == "sense" and query.ref_id is not None:  # this host's sense
+            query = dataclasses.replace(query, ref_id=sense_ref(query.ref_id, self.store.host_id))
         # The committed view (nerved.store): user code may ask for any page of logs.db, and
         # a damaged one must fail that query alone, not the master's open batch.
         try:
@@ -347,7 +351,8 @@ class SenseManager:
             payload = message.get("payload")
             if payload is not None:
                 state.last_signal_at = now_ms()
-                self.store.append_log("sense", "signal", state.name, payload)
+                ref = sense_ref(state.name, self.store.host_id)
+                self.store.append_log("sense", "signal", ref, payload)
                 self.on_signal(state.name, payload)
         self._schedule(state)
 
@@ -387,7 +392,7 @@ class SenseManager:
             state.last_error = error
             if journal and not repeated:
                 log.error("sense %s: %s", sense, error, extra=logs.sense(sense))
-        self.store.append_log("sense", "error", sense, error)
+        self.store.append_log("sense", "error", sense_ref(sense, self.store.host_id), error)
 
     @staticmethod
     def _cancel_timers(state: SenseState) -> None:

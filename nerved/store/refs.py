@@ -38,6 +38,16 @@ def ref_key(ref: str) -> str:
     return ref[8:] + ref[:8]
 
 
+def sense_ref(sense: str, host: str | None) -> str:
+    """The ``ref_id`` of a sense's entries: its name, or on a store several hosts share
+    ``<name>@<host>`` (senses are each host's own, SPEC v2 §9: two hosts' ``cpu`` senses
+    are two senses, and a sense's ``ctx.logs.query`` reads its own entries). A name with
+    an ``@`` already names a host's sense, and is kept as it is."""
+    if host is None or "@" in sense:
+        return sense
+    return f"{sense}@{host}"
+
+
 def new_run_id() -> str:
     """32 lowercase hex: 32 random bits, the time in ms (48 bits), 48 random bits.
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from nerved.control.commands._runs import find_run
 from nerved.control.rpc import NOT_FOUND, Params, RpcError, bad_params
 from nerved.store.query import FIELDS, LogQuery
+from nerved.store.refs import sense_ref
 
 if TYPE_CHECKING:
     from nerved.control.engine import Engine
@@ -59,13 +60,18 @@ def run(engine: Engine, params: Params) -> Any:
         store = engine.store.committed
         ref = find_run(store, run_ref).run_id if run_ref else _known_sense(engine, sense)
         fields |= {"source": source, "refId": ref}
+    elif fields["source"] == "sense" and isinstance(fields["refId"], str):
+        fields["refId"] = sense_ref(fields["refId"], engine.store.host_id)  # this host's
     query = LogQuery.parse(fields)
     return [entry.to_wire() for entry in query.read(engine.store.committed)]
 
 
 def _known_sense(engine: Engine, name: str) -> str:
+    """The ``refId`` of the sense ``name``'s entries: this host's sense, on a store several
+    hosts share (``<name>@<host>``; a name with its ``@<host>`` names another host's)."""
+    ref = sense_ref(name, engine.store.host_id)
     if engine.senses.worker_state(name) is not None:
-        return name
-    if engine.store.committed.query_logs(source="sense", ref_id=name, limit=1):
-        return name  # removed by a reload, its entries still kept
+        return ref
+    if engine.store.committed.query_logs(source="sense", ref_id=ref, limit=1):
+        return ref  # removed by a reload, its entries still kept
     raise RpcError(NOT_FOUND, f"no sense named {name!r} (none configured, no entries kept)")
