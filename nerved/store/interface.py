@@ -204,6 +204,12 @@ class Leasing(Protocol):
         victim); None: none free."""
         ...
 
+    def hold_writes(self) -> None:
+        """Take the hosts' write lock in the batch now: what the batch reads from here on
+        is as every host committed it, and stays so to its commit (no other host writes
+        meanwhile): a decision read from a run is still true when written."""
+        ...
+
     def fence_lapsed(self, host: str) -> bool:
         """Fence ``host`` (its epoch moved on, in the batch) if its lease has lapsed; whether
         it did: another host may then change its runs (it writes nothing more)."""

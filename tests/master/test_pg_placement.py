@@ -339,3 +339,31 @@ def test_queued_any_runs_are_run_once_no_host_serves_their_workflow_as_any(
     gate.touch()
     for run_id in ids:
         assert a.wait_run(run_id, timeout=30)["status"] == "completed"
+
+
+def test_a_cancel_never_races_another_hosts_claim(nerved_factory, pg_dsn, tmp_path):
+    """Cancels of queued ``any`` runs from one host while another claims them (the second
+    attacker's finding 1: a cancel read the run before the claim committed, and was answered
+    ``cancelled`` for a run the other host had started, whose role then ran to its end). A
+    cancel answered is the run's end: its role, if it began, is stopped; one that another
+    host started is refused, naming it."""
+    import concurrent.futures
+
+    a, b = hosts(nerved_factory, pg_dsn, "ab", concurrency=2)
+    marks = tmp_path / "marks"
+    ids = [a.trigger("w", {"marks": str(marks), "i": i, "sleep": 0.05}) for i in range(150)]
+
+    def cancel(run_id: str) -> str | None:
+        try:
+            return str(b.rpc("workflow.cancel", runId=run_id)["status"])
+        except RemoteError:
+            return None  # final already, or started on a: refused
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answered = dict(zip(ids, pool.map(cancel, ids), strict=True))
+    for run_id in ids:
+        a.wait_run(run_id, timeout=60)
+    ended = {line.split()[2] for line in marks.read_text().splitlines() if line[0] == "-"}
+    ran_on = [i for i, run_id in enumerate(ids) if answered[run_id] == "cancelled"
+              and str(i) in ended]  # fmt: skip
+    assert not ran_on, (ran_on, marks.read_text())

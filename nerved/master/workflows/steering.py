@@ -81,6 +81,12 @@ class Steering:
         self.finish = finish
 
     def _run(self, run_id: str) -> RunRecord:
+        """The run as it is now. On a store several hosts share, read under the hosts' write
+        lock, held to this batch's commit: a cancel or signal decided from it cannot race
+        another host's claim or takeover of the run (read before them, it was answered
+        ``cancelled`` for a run another host had just started, whose role ran on)."""
+        if self.store.leasing is not None:
+            self.store.leasing.hold_writes()
         record = self.store.get_run(run_id)
         if record is None:
             raise NotFound(f"no run {run_id}")
@@ -97,9 +103,10 @@ class Steering:
             return
         leasing = self.store.leasing
         if leasing is not None and leasing.fence_lapsed(record.host):
-            log.warning("run %s of %s: its host %s's lease has lapsed; %s here (host %s is"
-                        " fenced: it writes nothing more)", record.run_id, record.workflow,
-                        record.host, what, self.store.host_id)  # fmt: skip
+            log.warning("run %s of %s: its host %s's lease has lapsed; %s here, on host %s"
+                        " (host %s is fenced: it writes nothing more)", record.run_id,
+                        record.workflow, record.host, what, self.store.host_id,
+                        record.host)  # fmt: skip
             return
         raise Conflict(
             f"run {record.run_id} is {record.status} on host {record.host}: {what} it there"

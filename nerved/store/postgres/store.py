@@ -282,6 +282,9 @@ class PgStore(Batch, Writes, Reads):
         self._begin()  # the fence before the row lock (see _check_fence)
         return queue.oldest_queued(self._conn, workflow)
 
+    def hold_writes(self) -> None:
+        self._begin()
+
     def fence_lapsed(self, host: str) -> bool:
         self._begin()
         return queue.fence_lapsed(self._conn, host)
