@@ -140,6 +140,22 @@ def instance(state_dir: Path) -> str:
         os.close(fd)
 
 
+def site(state_dir: Path, boot: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+    """Where this nerved runs: its machine's boot id and its state directory's device and
+    inode ('' parts when unreadable). Its own restart has the same; a copy of its state
+    directory (a machine cloned with nerved's state, or a copied directory here) has its
+    instance token but not this."""
+    try:
+        boot_id = boot.read_text(encoding="ascii").strip()[:40]
+    except (OSError, UnicodeDecodeError):
+        boot_id = ""
+    try:
+        where = os.stat(state_dir)
+        return f"{boot_id}:{where.st_dev}:{where.st_ino}"
+    except OSError:
+        return f"{boot_id}::"
+
+
 def take(loop: Loop, store: Storage, options: Options) -> HostLease | None:
     """This host's lease on ``store`` (``options.host_id``), taken now (None: a store that
     needs none). Raises StoreError when the store will not serve this host (another one
@@ -153,7 +169,9 @@ def take(loop: Loop, store: Storage, options: Options) -> HostLease | None:
     except (OSError, modes.UnsafeStateFile) as exc:
         raise StoreError(f"{state_dir}/host-instance: {exc}") from exc
     length = lease_ms()
-    epoch = leasing.claim_lease(host_id, token, os.getpid(), _version.__version__, length)
+    epoch = leasing.claim_lease(
+        host_id, token, os.getpid(), _version.__version__, length, site(state_dir)
+    )
     log.info("host %s took its lease on %s (epoch %d, %d ms)", host_id, store.where, epoch,
              length)  # fmt: skip
     return HostLease(loop, store, leasing, host_id, epoch, length)

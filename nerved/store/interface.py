@@ -150,12 +150,14 @@ class Leasing(Protocol):
     leases; issue 15). Times are ms by the store's clock."""
 
     def claim_lease(
-        self, host_id: str, instance: str, pid: int, version: str, lease_ms: int
+        self, host_id: str, instance: str, pid: int, version: str, lease_ms: int, site: str = ""
     ) -> int:
         """Take ``host_id``'s lease for ``lease_ms``, committed at once; its new epoch.
-        ``instance``: the nerved's own token (its state directory's), so that only its own
-        restart takes a live lease over. StoreError if the store will not serve this host
-        now (another host's lease is live, or this host id's from another instance)."""
+        ``instance``: the nerved's own token (its state directory's), and ``site``, where it
+        runs (machine boot, state directory), so that only its own restart takes a live
+        lease over. StoreError
+        if the store will not serve this host now (this host id's lease is live, held from
+        another state directory or another machine)."""
         ...
 
     def renew_lease(

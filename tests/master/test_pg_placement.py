@@ -367,3 +367,44 @@ def test_a_cancel_never_races_another_hosts_claim(nerved_factory, pg_dsn, tmp_pa
     ran_on = [i for i, run_id in enumerate(ids) if answered[run_id] == "cancelled"
               and str(i) in ended]  # fmt: skip
     assert not ran_on, (ran_on, marks.read_text())
+
+
+def test_a_copy_of_a_hosts_state_directory_is_refused_while_it_runs(
+    nerved_factory, pg_dsn, tmp_path
+):
+    """The second attacker's finding 5: a machine cloned with nerved's state (its state
+    directory, instance token and all, and its host id) took the original's lease, and the
+    two fenced each other in turns, running the same roles again and again. The copy is
+    refused (75) while the original's lease is live; the original goes on."""
+    import shutil
+
+    (a,) = hosts(nerved_factory, pg_dsn, "a")
+    copy = nerved_factory(config(2), workflows={"w": WORKFLOW, "here": WORKFLOW,
+                                                "d": WORKFLOW, "q": WORKFLOW},
+                          args=("--store", pg_dsn, "--host-id", "a"), name="copy")  # fmt: skip
+    copy.state.mkdir(parents=True, mode=0o700)
+    shutil.copy2(a.state / "host-instance", copy.state / "host-instance")
+    copy.start(wait=False)
+    assert copy.wait(30) == 75
+    assert "a copy of this state directory" in copy.log()
+    assert a.proc.poll() is None
+    run_id = a.trigger("here", {"marks": str(tmp_path / "marks"), "i": 0})
+    assert a.wait_run(run_id)["status"] == "completed"
+
+
+def test_a_host_started_again_under_a_new_host_id_keeps_its_runs(nerved_factory, pg_dsn, tmp_path):
+    """The second attacker's finding 6: a nerved started again on its state directory with
+    another --host-id (the machine id's default replaced by a chosen one, as the docs
+    advise) left its local runs to the old id, started and queued forever. They are the new
+    id's now, and the old host is gone from the hosts."""
+    (a,) = hosts(nerved_factory, pg_dsn, "a")
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    held = a.trigger("here", {"marks": str(marks), "gate": str(gate), "i": 0})
+    wait_until(lambda: marks.exists() and marks.read_text().count("+") == 1, timeout=20)
+    a.kill()
+    a.extra[a.extra.index("a")] = "renamed"
+    gate.touch()
+    a.start()
+    run = a.wait_run(held, timeout=30)
+    assert run["status"] == "completed" and run["host"] == "renamed", run
+    assert [h["host"] for h in a.rpc("status")["hosts"]] == ["renamed"]

@@ -25,15 +25,29 @@ commit, is either committed before the takeover, or finds the epoch moved on and
 
 
 def claim(
-    conn: Connection, host_id: str, instance: str, pid: int, version: str, lease_ms: int
+    conn: Connection,
+    host_id: str,
+    instance: str,
+    pid: int,
+    version: str,
+    lease_ms: int,
+    site: str = "",
 ) -> int:
     """Take ``host_id``'s lease, a new epoch (1 for a host new to the database), in a
-    transaction of its own; the epoch. A live lease this host id holds from the same
-    ``instance`` (its state directory: this nerved, killed and started again) is taken over,
-    and that epoch fenced; one from another instance (another machine with the same id) is
-    not: StoreError, so that two nerved never take one host's lease in turns.
+    transaction of its own; the epoch. Several hosts share the database, each with its own
+    lease (SPEC v2 §9).
 
-    Several hosts share the database, each with its own lease (SPEC v2 §9).
+    A live lease of this host id is taken over only from this nerved's own predecessor: the
+    same ``instance`` (its state directory's token) at the same ``site`` (the machine's boot
+    and the state directory itself: nerved's lock on it says the predecessor is gone). Else
+    StoreError, taking nothing, so that two nerved never take one host's lease in turns:
+    another state directory with this host id (machines cloned from one image share
+    /etc/machine-id), a copy of this one (a machine cloned with nerved's state: the token,
+    not the site), or this machine rebooted within the lease (it waits for it to lapse).
+
+    A lapsed lease of another host id held from this state directory (this nerved, started
+    again under a new ``--host-id``) is this host's past: its active runs and cron firings
+    become this host's, and its row goes.
     """
     conn.execute("SELECT pg_advisory_xact_lock(?)", (LEASE_LOCK,))
     # FOR UPDATE: a batch of this host id's being committed (a nerved killed a moment ago,
@@ -41,29 +55,59 @@ def claim(
     # for; its next one finds the epoch moved on, and fails.
     conn.execute("SELECT 1 FROM hosts WHERE host_id = ? FOR UPDATE", (host_id,))
     twin = conn.execute(
-        "SELECT pid, nerve_now_ms() - renewed_at FROM hosts WHERE host_id = ?"
-        " AND lease_until > nerve_now_ms() AND instance <> '' AND instance <> ?",
-        (host_id, instance),
+        "SELECT pid, nerve_now_ms() - renewed_at, instance = ? FROM hosts WHERE host_id = ?"
+        " AND lease_until > nerve_now_ms() AND instance <> ''"
+        " AND (instance <> ? OR (site <> '' AND site <> ?))",
+        (instance, host_id, instance, site),
     ).fetchone()
     if twin is not None:
         conn.rollback()
-        raise StoreError(
-            f"{conn.where}: host id {host_id} is in use by another nerved (pid {twin[0]}, its"
-            f" lease renewed {twin[1] / 1000:.1f}s ago, another state directory): machines"
-            " cloned from one image share /etc/machine-id; give each its own --host-id or"
-            " $NERVE_HOST_ID"
+        pid_, age, copy = twin
+        where = (
+            "a copy of this state directory (a machine cloned with nerved's state), or this"
+            " machine before a reboot"
+            if copy
+            else "another state directory: machines cloned from one image share"
+            " /etc/machine-id; give each its own --host-id or $NERVE_HOST_ID"
         )
+        raise StoreError(
+            f"{conn.where}: host id {host_id} is in use by another nerved (pid {pid_}, its"
+            f" lease renewed {age / 1000:.1f}s ago, {where}); refused while its lease is live"
+        )
+    for (past,) in conn.execute(
+        "SELECT host_id FROM hosts WHERE instance = ? AND instance <> '' AND host_id <> ?"
+        " AND (lease_until <= nerve_now_ms() OR site = ?) FOR UPDATE",
+        (instance, host_id, site),
+    ).fetchall():
+        _adopt(conn, past, host_id)
     row = conn.execute(
         "INSERT INTO hosts (host_id, epoch, lease_until, renewed_at, started_at, pid, version,"
-        " instance) VALUES (?, 1, nerve_now_ms() + ?, nerve_now_ms(), nerve_now_ms(), ?, ?, ?)"
-        " ON CONFLICT (host_id) DO UPDATE SET epoch = hosts.epoch + 1,"
+        " instance, site) VALUES (?, 1, nerve_now_ms() + ?, nerve_now_ms(), nerve_now_ms(),"
+        " ?, ?, ?, ?) ON CONFLICT (host_id) DO UPDATE SET epoch = hosts.epoch + 1,"
         " lease_until = excluded.lease_until, renewed_at = excluded.renewed_at,"
         " started_at = excluded.started_at, pid = excluded.pid, version = excluded.version,"
-        " instance = excluded.instance RETURNING epoch",
-        (host_id, lease_ms, pid, version, instance),
+        " instance = excluded.instance, site = excluded.site RETURNING epoch",
+        (host_id, lease_ms, pid, version, instance, site),
     ).fetchone()
     conn.commit()
     return int(row[0])
+
+
+def _adopt(conn: Connection, past: str, host_id: str) -> None:
+    """The host ``past`` was this nerved under another host id: its active runs and cron
+    firings are ``host_id``'s now, and its row goes (in the claim's transaction)."""
+    conn.execute(
+        "UPDATE workflow_runs SET host = ? WHERE host = ?"
+        " AND status IN ('queued', 'started', 'waiting')",
+        (host_id, past),
+    )
+    conn.execute(
+        "DELETE FROM cron_firings WHERE host = ? AND reflex IN"
+        " (SELECT reflex FROM cron_firings WHERE host = ?)",
+        (past, host_id),
+    )
+    conn.execute("UPDATE cron_firings SET host = ? WHERE host = ?", (host_id, past))
+    conn.execute("DELETE FROM hosts WHERE host_id = ?", (past,))
 
 
 def renew(conn: Connection, host_id: str, epoch: int, lease_ms: int, serves: Sequence[str]) -> bool:

@@ -22,7 +22,7 @@ from typing import Final
 from nerved.store.errors import StoreError
 from nerved.store.postgres.connection import Connection
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 MIGRATION_LOCK: Final = 0x6E657276  # "nerv": pg_advisory_xact_lock's key for migrations
 
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -178,6 +178,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         (SELECT host_id FROM hosts ORDER BY renewed_at DESC LIMIT 1), '');
     ALTER TABLE cron_firings DROP CONSTRAINT cron_firings_pkey;
     ALTER TABLE cron_firings ADD PRIMARY KEY (host, reflex);
+    """,
+    # 7: where a host's nerved runs (its machine's boot id and its state directory's inode:
+    # nerved.master.leases.site), beside its state directory's instance token: a copy of a
+    # state directory (a machine cloned with nerved's state) has the token, not the site
+    # (nerved.store.postgres.leases.claim).
+    """
+    ALTER TABLE hosts ADD COLUMN site TEXT COLLATE "C" NOT NULL DEFAULT '';
     """,
 )
 

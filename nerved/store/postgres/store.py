@@ -227,12 +227,12 @@ class PgStore(Batch, Writes, Reads):
         return self
 
     def claim_lease(
-        self, host_id: str, instance: str, pid: int, version: str, lease_ms: int
+        self, host_id: str, instance: str, pid: int, version: str, lease_ms: int, site: str = ""
     ) -> int:
         if self._wrote:
             raise RuntimeError("claim_lease() with an uncommitted batch")
         try:
-            epoch = leases.claim(self._conn, host_id, instance, pid, version, lease_ms)
+            epoch = leases.claim(self._conn, host_id, instance, pid, version, lease_ms, site)
         except StoreError:
             self._rollback()
             raise
