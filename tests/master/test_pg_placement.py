@@ -292,6 +292,14 @@ def test_a_host_whose_code_does_not_load_claims_none_of_the_runs(nerved_factory,
     for run_id in ids:
         run = a.wait_run(run_id, timeout=30)
         assert run["status"] == "completed" and run["host"] == "a", run
+    # Nor does it keep a share of the slots (the second attacker's finding 7: the fleet's
+    # throughput halved): once it found its code broken, a runs all four at once.
+    gated, gate = tmp_path / "gated", tmp_path / "gate"
+    held = [a.trigger("w", {"marks": str(gated), "gate": str(gate), "i": i}) for i in range(4)]
+    wait_until(lambda: gated.exists() and gated.read_text().count("+") == 4, timeout=20)
+    gate.touch()
+    for run_id in held:
+        assert a.wait_run(run_id, timeout=30)["host"] == "a"
 
 
 def test_a_dead_hosts_local_run_may_be_cancelled_once_its_lease_lapsed(

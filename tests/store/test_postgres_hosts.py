@@ -57,3 +57,33 @@ def test_each_host_recovers_its_own_runs_and_lists_every_hosts(
     assert [r.run_id for r in b.active_runs()] == ["rb"]  # not the queued any run: claimed
     listed = {r.run_id: r.host for r in a.committed.list_runs()}
     assert listed == {"ra": "a", "rb": "b", "rq": None}
+
+
+DAY = 86_400_000
+
+
+def test_retention_prunes_by_the_databases_clock_and_each_host_its_own_senses(
+    two: tuple[PgStore, PgStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second attacker's finding 3: a host whose clock was days ahead pruned every
+    host's runs (and so freed their idempotency keys), and a host's sense settings pruned
+    every host's sense entries. Ages are by the database's clock; a host prunes the entries
+    of its own senses alone."""
+    import nerved.store.postgres.store as pg_store
+    from nerved.store.records import now_ms
+
+    a, b = two
+    a.create_run("young", "w", Transition.START, None, idempotency_key="k")
+    assert a.transition_run("young", Transition.COMPLETE)
+    a.append_log("sense", "signal", "s@a", {"n": 1})
+    a.commit()
+    b.append_log("sense", "signal", "s@b", {"n": 1})
+    b.commit()
+    ahead = now_ms() + 2 * DAY  # b's clock, two days fast
+    monkeypatch.setattr(pg_store, "now_ms", lambda: ahead)
+    assert b.prune_runs(older_than=ahead - DAY, keep=None, limit=100) == 0
+    assert b.prune_sense_logs(older_than=ahead + DAY, limit=100) == 1  # all of its own
+    b.commit()
+    assert a.committed.run_by_key("w", "k") is not None
+    kept = a.committed.query_logs(source="sense", limit=10)
+    assert [entry.ref_id for entry in kept] == ["s@a"]

@@ -72,9 +72,11 @@ class SharedQueue:
 
     def serves(self) -> list[str]:
         """The ``any`` workflows this host runs: its share of their slots, and what it takes
-        over."""
+        over. Not one whose code does not load here (a bad deploy): the hosts where it loads
+        share all its slots, and take over its runs."""
         return sorted(name for name, flow in self.manager.flows.items()
-                      if self.shared(flow) and not flow.removed)  # fmt: skip
+                      if self.shared(flow) and not flow.removed
+                      and flow.load_error is None)  # fmt: skip
 
     def start(self) -> None:
         """Claim and take over from now on (once recovery is done and nerved is ready)."""

@@ -300,6 +300,35 @@ class PgStore(Batch, Writes, Reads):
                 taken.append((host, self.active_runs(run_ids)))
         return taken
 
+    # -- retention on a database several hosts share ------------------------------------
+
+    def _by_the_databases_clock(self, older_than: int) -> int:
+        """``older_than`` (ms, by this host's clock) by the database's: a host whose clock is
+        ahead must not prune what is young by every other host's."""
+        row = self._conn.execute("SELECT nerve_now_ms()").fetchone()
+        return older_than + int(row[0]) - now_ms()
+
+    def prune_runs(self, *, older_than: int | None, keep: int | None, limit: int) -> int:
+        """:meth:`Writes.prune_runs`, the age by the database's clock."""
+        if older_than is not None:
+            older_than = self._by_the_databases_clock(older_than)
+        return Writes.prune_runs(self, older_than=older_than, keep=keep, limit=limit)
+
+    def prune_sense_logs(self, *, older_than: int, limit: int) -> int:
+        """:meth:`Writes.prune_sense_logs` of this host's senses alone (their entries are
+        ``<name>@<host>``: senses are each host's, and so are their settings), the age by
+        the database's clock."""
+        if self.host_id is None:
+            return Writes.prune_sense_logs(self, older_than=older_than, limit=limit)
+        older_than = self._by_the_databases_clock(older_than)
+        self._begin()
+        cur = self._conn.execute(
+            "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE source = 'sense'"
+            " AND ts < ? AND right(ref_id, ?) = ? ORDER BY id LIMIT ?)",
+            (older_than, len(self.host_id) + 1, "@" + self.host_id, limit),
+        )
+        return cur.rowcount
+
     def checkpoint(self) -> bool:
         """PostgreSQL checkpoints on its own: nothing to do."""
         return False
