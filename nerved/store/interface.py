@@ -22,7 +22,7 @@ A leaf: it imports no backend, so the engine can be typed against it alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -185,6 +185,11 @@ class Leasing(Protocol):
 
     def orphans(self, workflows: Sequence[str]) -> list[str]:
         """Those of ``workflows`` with queued ``any`` runs no live host serves, as committed."""
+        ...
+
+    def claimable(self, wanted: Mapping[str, int]) -> list[str]:
+        """Those of the ``any`` workflows ``wanted`` (name: concurrency) with a queued run
+        and a free slot, as committed (one read however many)."""
         ...
 
     def queue_waiting(self, workflow: str) -> bool:

@@ -154,10 +154,16 @@ class SharedQueue:
         return self.leasing.oldest_queued(flow.name)
 
     def _poll(self) -> None:
-        for flow in list(self.manager.flows.values()):
-            if self.shared(flow):
-                self._claim(flow)
+        """Claim for each ``any`` workflow that other hosts queued runs of, or freed slots
+        of: one read of the committed view for all of them."""
         self._timers[0] = self.loop.call_later(CLAIM_EVERY, self._poll)
+        if self.manager.stopping or self.leasing is None:
+            return
+        flows = {name: flow for name, flow in self.manager.flows.items()
+                 if self.shared(flow) and not flow.removed}  # fmt: skip
+        wanted = {name: flow.config.concurrency for name, flow in flows.items()}
+        for name in self.leasing.claimable(wanted):
+            self._claim(flows[name], fresh=True)
 
     def _claim(self, flow: Flow, fresh: bool = False) -> None:
         """Claim what ``flow`` may; ``fresh``: this turn wrote what the claim is for (look

@@ -28,7 +28,7 @@ of that host's being committed, looked at again later), then its runs, in that s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from nerved.store.postgres.connection import Connection
@@ -62,18 +62,23 @@ def orphans(reader: Connection, workflows: Sequence[str]) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
-def may_claim(reader: Connection, workflow: str, concurrency: int) -> bool:
-    """Whether a claim of ``workflow`` may find something (a queued run, a free slot), by
-    the committed view: a claim that would find nothing costs no transaction (its fence
-    would lock a row: a commit, and a WAL flush, for nothing)."""
-    row = reader.execute(
-        "SELECT EXISTS (SELECT 1 FROM workflow_runs WHERE workflow = ? AND placement = 'any'"
-        "  AND status = 'queued'),"
-        " (SELECT count(*) FROM workflow_runs WHERE workflow = ? AND placement = 'any'"
-        f"  AND {LIVE_COUNTS})",
-        (workflow, workflow),
-    ).fetchone()
-    return bool(row[0]) and int(row[1]) < concurrency
+def claimable(reader: Connection, wanted: Mapping[str, int]) -> list[str]:
+    """Those of the ``any`` workflows ``wanted`` (name: concurrency) that a claim may find
+    something of (a queued run, a free slot), by the committed view, in one query however
+    many there are: a claim that would find nothing costs no transaction (its fence would
+    lock a row: a commit, and a WAL flush, for nothing), and a host's idle looks at its
+    queues one read a look."""
+    if not wanted:
+        return []
+    rows = reader.execute(
+        "SELECT w.name FROM unnest(?::text[], ?::int[]) AS w(name, conc)"
+        " WHERE EXISTS (SELECT 1 FROM workflow_runs WHERE workflow = w.name"
+        "  AND placement = 'any' AND status = 'queued')"
+        " AND (SELECT count(*) FROM workflow_runs WHERE workflow = w.name"
+        f"  AND placement = 'any' AND {LIVE_COUNTS}) < w.conc ORDER BY w.name",
+        (list(wanted), list(wanted.values())),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
 
 
 def counts(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -264,6 +264,9 @@ class PgStore(Batch, Writes, Reads):
     def orphans(self, workflows: Sequence[str]) -> list[str]:
         return queue.orphans(self._reader, workflows)
 
+    def claimable(self, wanted: Mapping[str, int]) -> list[str]:
+        return queue.claimable(self._reader, wanted)
+
     def queue_waiting(self, workflow: str) -> bool:
         return queue.waiting(self._reader, workflow)
 
@@ -272,7 +275,7 @@ class PgStore(Batch, Writes, Reads):
     ) -> list[ActiveRecord]:
         if self.host_id is None:
             return []
-        if not fresh and not queue.may_claim(self._reader, workflow, concurrency):
+        if not fresh and not queue.claimable(self._reader, {workflow: concurrency}):
             return []
         self._begin()  # the fence and the write lock first (see _check_fence)
         claimed = queue.claim(self._conn, self.host_id, workflow, concurrency)
