@@ -95,3 +95,15 @@ def pg_dsn(pg_cluster: PgCluster) -> Iterator[str]:
     if not pg_cluster.running:  # the test stopped or killed it and did not start it again
         pg_cluster.start()
     pg_cluster.drop_database(dbname_of(dsn))
+
+
+def lapsed(dsn: str, host_id: str) -> bool:
+    """Whether the host's lease has lapsed, by the database's clock (psycopg: a test that
+    calls it skipped already where it is missing)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT lease_until <= nerve_now_ms() FROM hosts WHERE host_id = %s", (host_id,)
+        ).fetchone()
+    return bool(row and row[0])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from pg_support import pg_unavailable
+from pg_support import lapsed, pg_unavailable
 from support import wait_until
 
 from nervectl.client import RemoteError
@@ -142,15 +142,6 @@ GATED = """
 
     workflow = WorkflowDefinition(roles={"step": step}, moderate=moderate)
 """
-
-
-def lapsed(dsn: str, host_id: str) -> bool:
-    """The host's lease has lapsed, by the database's clock."""
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT lease_until <= nerve_now_ms() FROM hosts WHERE host_id = %s", (host_id,)
-        ).fetchone()
-    return bool(row and row[0])
 
 
 def idle(dsn: str, host_id: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_support import pg_unavailable
+from pg_support import lapsed, pg_unavailable
 from support import wait_until
 
 from nervectl.client import RemoteError
@@ -320,14 +320,6 @@ def test_a_dead_hosts_local_run_may_be_cancelled_once_its_lease_lapsed(
     a.start()
     assert a.wait_run(local)["status"] == "cancelled"
     assert not a.entries(local, "step_complete")
-
-
-def lapsed(dsn: str, host_id: str) -> bool:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT lease_until <= nerve_now_ms() FROM hosts WHERE host_id = %s", (host_id,)
-        ).fetchone()
-    return bool(row and row[0])
 
 
 def test_queued_any_runs_are_run_once_no_host_serves_their_workflow_as_any(
