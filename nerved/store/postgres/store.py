@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 START_RETRY: Final = 1.0  # seconds between two tries to reach the database at start
+CLOCKS_AGREE: Final = 1_000  # ms of difference between a host's clock and the database's
 WRITE_LOCK: Final = 0x6E657262  # "nerb": pg_advisory_xact_lock's key, the hosts' write lock
 
 
@@ -306,10 +307,12 @@ class PgStore(Batch, Writes, Reads):
     # -- retention on a database several hosts share ------------------------------------
 
     def _by_the_databases_clock(self, older_than: int) -> int:
-        """``older_than`` (ms, by this host's clock) by the database's: a host whose clock is
-        ahead must not prune what is young by every other host's."""
-        row = self._conn.execute("SELECT nerve_now_ms()").fetchone()
-        return older_than + int(row[0]) - now_ms()
+        """``older_than`` (ms, by this host's clock) by the database's, when the two differ
+        by more than :data:`CLOCKS_AGREE`: a host whose clock is ahead must not prune what
+        is young by every other host's. (Within it they agree: a time given is kept as it
+        is, to the millisecond.)"""
+        skew = int(self._conn.execute("SELECT nerve_now_ms()").fetchone()[0]) - now_ms()
+        return older_than + skew if abs(skew) > CLOCKS_AGREE else older_than
 
     def prune_runs(self, *, older_than: int | None, keep: int | None, limit: int) -> int:
         """:meth:`Writes.prune_runs`, the age by the database's clock."""
