@@ -192,18 +192,10 @@ class Leasing(Protocol):
         and a free slot, as committed (one read however many)."""
         ...
 
-    def queue_waiting(self, workflow: str) -> bool:
-        """Whether a run of the ``any`` workflow is queued, as committed."""
-        ...
-
-    def claim_runs(
-        self, workflow: str, concurrency: int, *, fresh: bool = False
-    ) -> list[ActiveRecord]:
+    def claim_runs(self, workflow: str, concurrency: int) -> list[ActiveRecord]:
         """Claim, in the batch, the oldest queued runs of the ``any`` workflow that its free
         slots (of ``concurrency`` over every host) and this host's share allow: each is
-        ``started`` on this host. Fenced by the lease: StoreError once it was taken. Unless
-        ``fresh`` (the batch wrote what the claim is for), the committed view is read
-        first, and a claim that would find nothing writes nothing."""
+        ``started`` on this host. Fenced by the lease: StoreError once it was taken."""
         ...
 
     def oldest_queued(self, workflow: str) -> str | None:

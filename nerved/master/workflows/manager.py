@@ -90,7 +90,7 @@ class WorkflowManager:
         self.runs: dict[str, ActiveRun] = {}
         self._removed: list[Flow] = []  # workflows a reload removed, their workers draining
         self.resumer = Resumer(loop, store, self._holds, self._unresumable)
-        self.waiters = Waiters(loop, store)
+        self.waiters = Waiters(loop, store, lambda run_id: run_id in self.runs)
         self.tries = Tries(loop, store, self._assign, self._end, self._replace)
         self.waits = Waits(loop, store, self._assign, self._end, self._let_go,
                            lambda: self.stopping)  # fmt: skip

@@ -107,7 +107,7 @@ class SharedQueue:
         while self._soon:
             flow = self.manager.flows.get(self._soon.pop())
             if flow is not None:
-                self._claim(flow, fresh=True)
+                self._claim(flow)
 
     def admit(self, flow: Flow) -> Admission:
         """Where a new run of ``flow`` goes, weighed against its runs over every host, in
@@ -136,14 +136,11 @@ class SharedQueue:
         loads run them, where it would claim its share and fail each)."""
         return flow.loaded and flow.load_error is None
 
-    def _warm(self, flow: Flow, fresh: bool) -> None:
-        """A worker for ``flow``, forked before any run is claimed for it (once there is one
-        to claim: ``fresh``, this turn queued one): its import says whether this host may
-        take them (:meth:`runs_here`); it goes after ``idleTimeout`` if it gets none."""
-        if flow.load_error is not None or flow.supervisor.current is not None:
-            return
-        assert self.leasing is not None
-        if fresh or self.leasing.queue_waiting(flow.name):
+    def _warm(self, flow: Flow) -> None:
+        """A worker for ``flow``, forked before any run is claimed for it: its import says
+        whether this host may take them (:meth:`runs_here`); it goes after ``idleTimeout``
+        if it gets none."""
+        if flow.load_error is None and flow.supervisor.current is None:
             flow.supervisor.ensure()
             self.manager._let_go(flow)
 
@@ -163,19 +160,20 @@ class SharedQueue:
                  if self.shared(flow) and not flow.removed}  # fmt: skip
         wanted = {name: flow.config.concurrency for name, flow in flows.items()}
         for name in self.leasing.claimable(wanted):
-            self._claim(flows[name], fresh=True)
+            self._claim(flows[name])
 
-    def _claim(self, flow: Flow, fresh: bool = False) -> None:
-        """Claim what ``flow`` may; ``fresh``: this turn wrote what the claim is for (look
-        in the batch, not first at the committed view)."""
+    def _claim(self, flow: Flow) -> None:
+        """Claim what ``flow`` may, in the batch. Each caller knows there is something to
+        claim (this turn queued a run or freed a slot, the poll or the orphans' look read a
+        queued run), so the committed view is not read first."""
         if self.manager.stopping or flow.removed or self.leasing is None:
             return
         if flow.supervisor.state in (WorkerState.FATAL, WorkerState.BACKOFF, WorkerState.GONE):
             return
         if not self.runs_here(flow):
-            self._warm(flow, fresh)
+            self._warm(flow)
             return
-        for record in self.leasing.claim_runs(flow.name, flow.config.concurrency, fresh=fresh):
+        for record in self.leasing.claim_runs(flow.name, flow.config.concurrency):
             self.manager._activate_claimed(flow, record)
 
     # -- takeover -----------------------------------------------------------------------

@@ -13,6 +13,7 @@ the status the run keeps and resumes from at the next start (:meth:`Waiters.clos
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from nerved.loop import Loop, Timer
@@ -26,9 +27,12 @@ ELSEWHERE_READS: Final = 64  # runs read per look, in turns: a look is bounded w
 
 
 class Waiters:
-    def __init__(self, loop: Loop, store: Storage) -> None:
+    def __init__(
+        self, loop: Loop, store: Storage, here: Callable[[str], bool] = lambda run_id: False
+    ) -> None:
         self.loop = loop
         self.store = store
+        self.here = here  # a run this host drives: its end answers its waiters (ended())
         self._by_run: dict[str, list[Pending]] = {}
         self._elsewhere: Timer | None = None  # the next look at runs other hosts drive
 
@@ -79,11 +83,13 @@ class Waiters:
             self.store.after_commit(lambda: self._answer(run_id, waiters))
 
     def _look_elsewhere(self) -> None:
-        """Answer the waiters of runs that ended on another host (as committed), up to
-        :data:`ELSEWHERE_READS` runs a look, those waited for longest first; the next look
-        is armed while any waiter is left."""
+        """Answer the waiters of runs that ended on another host (as committed; not those
+        this host drives: their end answers them), up to :data:`ELSEWHERE_READS` runs a
+        look, those waited for longest first; the next look is armed while any waiter is
+        left."""
         self._elsewhere = None
-        for run_id in list(self._by_run)[:ELSEWHERE_READS]:
+        elsewhere = [run_id for run_id in self._by_run if not self.here(run_id)]
+        for run_id in elsewhere[:ELSEWHERE_READS]:
             record = self.store.committed.get_run(run_id)
             if record is None or record.status.is_final:
                 self._answer(run_id, self._by_run.pop(run_id))

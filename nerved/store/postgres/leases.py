@@ -131,11 +131,10 @@ def release(conn: Connection, host_id: str, epoch: int) -> None:
     )
 
 
-def hosts(conn: Connection, *, lock: bool = False) -> list[HostRecord]:
-    """Every host that ever used the database, by host id (their rows locked FOR UPDATE to
-    the end of the transaction with ``lock``)."""
+def hosts(conn: Connection) -> list[HostRecord]:
+    """Every host that ever used the database, by host id."""
     rows = conn.execute(
         "SELECT host_id, epoch, lease_until, renewed_at, started_at, pid, version,"
-        f" nerve_now_ms() FROM hosts ORDER BY host_id{' FOR UPDATE' if lock else ''}"
+        " nerve_now_ms() FROM hosts ORDER BY host_id"
     ).fetchall()
     return [HostRecord(*row) for row in rows]

@@ -37,16 +37,6 @@ from nerved.store.records import QueueCounts, dumps, now_ms
 LIVE_COUNTS: Final = "status IN ('started', 'waiting')"  # what holds a slot
 
 
-def waiting(reader: Connection, workflow: str) -> bool:
-    """Whether a run of the ``any`` workflow is queued, by the committed view."""
-    row = reader.execute(
-        "SELECT EXISTS (SELECT 1 FROM workflow_runs WHERE workflow = ? AND placement = 'any'"
-        "  AND status = 'queued')",
-        (workflow,),
-    ).fetchone()
-    return bool(row[0])
-
-
 def orphans(reader: Connection, workflows: Sequence[str]) -> list[str]:
     """Those of ``workflows`` with queued ``any`` runs that no live host serves as ``any``,
     by the committed view."""

@@ -268,15 +268,8 @@ class PgStore(Batch, Writes, Reads):
     def claimable(self, wanted: Mapping[str, int]) -> list[str]:
         return queue.claimable(self._reader, wanted)
 
-    def queue_waiting(self, workflow: str) -> bool:
-        return queue.waiting(self._reader, workflow)
-
-    def claim_runs(
-        self, workflow: str, concurrency: int, *, fresh: bool = False
-    ) -> list[ActiveRecord]:
+    def claim_runs(self, workflow: str, concurrency: int) -> list[ActiveRecord]:
         if self.host_id is None:
-            return []
-        if not fresh and not queue.claimable(self._reader, {workflow: concurrency}):
             return []
         self._begin()  # the fence and the write lock first (see _check_fence)
         claimed = queue.claim(self._conn, self.host_id, workflow, concurrency)
